@@ -1,0 +1,1 @@
+"""The ``pacspace`` command line."""

@@ -1,0 +1,161 @@
+"""Operator commands for the log itself: init, serve, log-key, fsck."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ..config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
+from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists
+from ..fsck import fsck
+from ..sequencer import SequencerConfig
+from ..storage.sqlite import SqliteLog
+from .progress import ProgressBar
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "init",
+        help="create a new log and its signing key",
+        description="Create a new log in DIR: its Ed25519 key (log.key, mode 0600) and its database, "
+        "with a signed checkpoint of the empty tree. Prints the log's verifier key (vkey). "
+        "Refuses to touch a directory that already holds a log.",
+    )
+    _data_arg(p)
+    _origin_arg(p)
+    p.set_defaults(run=cmd_init)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the log server",
+        description="Serve the log over HTTP: C2SP tlog-tiles (/checkpoint, /tile/...), JSON proofs "
+        "under /v1/proof/, /health and /metrics. Creates the log on first run if DIR holds none.",
+    )
+    _data_arg(p)
+    _origin_arg(p, " (used only when the log is created on first run)")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
+    defaults = SequencerConfig()
+    p.add_argument(
+        "--pool-interval",
+        type=float,
+        default=defaults.pool_interval,
+        metavar="SECONDS",
+        help=f"longest a submission waits before its batch is sequenced, at most 0.5 (default {defaults.pool_interval})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"sequence at once when this many entries wait (default {defaults.batch_size})",
+    )
+    p.add_argument(
+        "--pool-capacity",
+        type=int,
+        default=defaults.pool_capacity,
+        help=f"entries allowed to wait before submissions get 503 (default {defaults.pool_capacity})",
+    )
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser(
+        "log-key",
+        help="print the log's verifier key (vkey)",
+        description="Print the log's signed-note verifier key: what a client, monitor or witness pins.",
+    )
+    _data_arg(p)
+    p.set_defaults(run=cmd_log_key)
+
+    p = sub.add_parser(
+        "fsck",
+        help="check the whole log: every tile, every checkpoint",
+        description="Recompute every tile from the stored entries, and check every stored checkpoint's "
+        "signature, its root, and its consistency with the checkpoint before it. Exit 0 if all is "
+        "sound, 1 on any fault. Safe to run beside a live server.",
+    )
+    _data_arg(p)
+    p.set_defaults(run=cmd_fsck)
+
+
+def _data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        metavar="DIR",
+        help=f"the log's data directory (default ./{DEFAULT_DATA_DIR})",
+    )
+
+
+def _origin_arg(p: argparse.ArgumentParser, extra: str = "") -> None:
+    p.add_argument(
+        "--origin",
+        default=DEFAULT_ORIGIN,
+        help="the log's name in checkpoints and its key name: a schema-less URL such as "
+        f"example.com/billing-log (default {DEFAULT_ORIGIN}){extra}",
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    signer = init_log(args.data, args.origin, int(time.time()))
+    print(signer.verifier.vkey())
+    print(f"pacspace: created log {args.origin} in {args.data}", file=sys.stderr)
+    return 0
+
+
+def cmd_log_key(args: argparse.Namespace) -> int:
+    print(load_signer(args.data).verifier.vkey())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from ..server.app import create_app
+    from ..server.context import FATAL
+
+    config = ServerConfig(
+        data_dir=args.data,
+        host=args.host,
+        port=args.port,
+        sequencer=SequencerConfig(
+            pool_interval=args.pool_interval, batch_size=args.batch_size, pool_capacity=args.pool_capacity
+        ),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not log_exists(args.data):
+        signer = init_log(args.data, args.origin, int(time.time()))
+        print(f"pacspace: created log {args.origin} in {args.data}", file=sys.stderr)
+    else:
+        signer = load_signer(args.data)
+    print(f"pacspace: log {signer.name}, vkey {signer.verifier.vkey()}", file=sys.stderr)
+    print(f"pacspace: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    app = create_app(config)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    if app[FATAL]:
+        print(f"pacspace: error: the sequencer stopped: {app[FATAL][0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    signer = load_signer(args.data)
+    store = SqliteLog.open(args.data, readonly=True)
+    try:
+        report = fsck(store, signer.verifier, ProgressBar())
+    finally:
+        store.close()
+    for warning in report.warnings:
+        print(f"pacspace: warning: {warning}", file=sys.stderr)
+    for fault in report.faults:
+        print(f"pacspace: fault: {fault}", file=sys.stderr)
+    if not report.ok:
+        print(f"pacspace: fsck found {len(report.faults)} fault(s) in {args.data}", file=sys.stderr)
+        return 1
+    print(
+        f"fsck: ok: size {report.size:,}, {report.entries:,} entries and {report.tiles:,} tiles recomputed, "
+        f"{report.checkpoints:,} checkpoints verified"
+    )
+    return 0

@@ -1,0 +1,143 @@
+"""A log's data directory: its key, its database, its write lock, and the trust check at start.
+
+Layout of ``<data>/``:
+
+- ``log.key``: the log's Ed25519 note private key (``PRIVATE+KEY+...``), mode 0600;
+- ``log.db``: the SQLite database (storage/sqlite.py), with ``-wal`` and ``-shm`` beside it;
+- ``lock``: held with flock by the one process that writes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .checkpoint import Checkpoint, SignedCheckpoint, check_origin, open_checkpoint, sign_checkpoint
+from .durable import write_new_file
+from .errors import LogExists, LogLocked, LogNotFound, MalformedNote, UntrustedState
+from .merkle import EMPTY_ROOT
+from .note import NoteSigner
+from .storage.sqlite import DB_NAME, SqliteLog
+from .tiles import TILE_WIDTH, iter_bundle, root_from_edge
+
+KEY_NAME = "log.key"
+LOCK_NAME = "lock"
+DEFAULT_ORIGIN = "localhost/pacspace"
+# tlog-checkpoint: the origin is a schema-less URL; we keep to URL-safe characters.
+_ORIGIN = re.compile(r"[A-Za-z0-9._~:/@!$&'()*,;=%-]{1,255}")
+
+
+@dataclass(frozen=True)
+class LogState:
+    """The trusted tip of the log: owned by the sequencer once it runs.
+
+    ``edge`` holds each tile level's partial tile; ``edge_entries`` the entries
+    of the partial entry bundle. Together they are O(log n) in size.
+    """
+
+    checkpoint: SignedCheckpoint
+    edge: dict[int, list[bytes]]
+    edge_entries: list[bytes]
+
+    @property
+    def size(self) -> int:
+        return self.checkpoint.size
+
+
+def validate_origin(origin: str) -> str:
+    if not _ORIGIN.fullmatch(origin) or "+" in origin or "://" in origin:
+        raise MalformedNote(
+            f"invalid origin {origin!r}: use a schema-less URL such as example.com/billing-log"
+        )
+    check_origin(origin)
+    return origin
+
+
+def init_log(data_dir: Path, origin: str, timestamp: int) -> NoteSigner:
+    """Create a new log: key file (0600), database, and the signed size-0 checkpoint.
+
+    Refuses with LogExists if the directory already holds a key or a database.
+    A crash part-way leaves at most a key without a database, which ``init``
+    then refuses to touch and ``serve`` reports (never a database without a key).
+    """
+    validate_origin(origin)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (data_dir / KEY_NAME).exists() or (data_dir / DB_NAME).exists():
+        raise LogExists(f"a log already exists at {data_dir}; refusing to touch it")
+    signer = NoteSigner(origin, Ed25519PrivateKey.generate())
+    write_new_file(data_dir / KEY_NAME, (signer.private_key_text() + "\n").encode(), mode=0o600)
+    first = sign_checkpoint(Checkpoint(origin, 0, EMPTY_ROOT), signer, timestamp)
+    SqliteLog.create(data_dir, origin, first.format()).close()
+    return signer
+
+
+def log_exists(data_dir: Path) -> bool:
+    return (data_dir / DB_NAME).exists() or (data_dir / KEY_NAME).exists()
+
+
+def load_signer(data_dir: Path) -> NoteSigner:
+    path = data_dir / KEY_NAME
+    if not path.exists():
+        raise LogNotFound(f"no log key at {path} (run `pacspace init --data {data_dir}`)")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise UntrustedState(f"{path} is readable by others (mode {mode:o}); run chmod 600 {path}")
+    try:
+        return NoteSigner.from_private_key_text(path.read_text())
+    except (MalformedNote, UnicodeDecodeError):
+        raise UntrustedState(f"{path} does not hold a valid log key") from None
+
+
+class WriteLock:
+    """Exclusive flock on ``<data>/lock``: one writer per data directory. Released on close or exit."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise LogLocked(f"another process is writing to {data_dir}") from None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def load_state(store: SqliteLog, signer: NoteSigner) -> LogState:
+    """Check that storage reproduces the latest checkpoint, and return the tip. O(log n) reads.
+
+    Like Sunlight's LoadLog: the stored checkpoint must carry the log key's
+    valid signature, the stored right-edge tiles must hash to its root, and no
+    entry bundle may extend past it. Anything else raises UntrustedState and
+    the log refuses to start.
+    """
+    if store.origin != signer.name:
+        raise UntrustedState(f"database origin {store.origin!r} does not match the key's {signer.name!r}")
+    try:
+        checkpoint = open_checkpoint(store.latest_checkpoint(), signer.verifier)
+    except (MalformedNote, UntrustedState) as exc:
+        raise UntrustedState(f"the latest stored checkpoint is not valid: {exc}") from None
+    except Exception as exc:
+        raise UntrustedState(f"the latest stored checkpoint does not verify: {exc}") from None
+    size = checkpoint.size
+    edge = store.edge_tiles(size)
+    if root_from_edge(size, edge) != checkpoint.root_hash:
+        raise UntrustedState(f"stored tiles do not reproduce the root of the checkpoint at size {size}")
+    last_bundle = store.max_bundle()
+    expected_last = (size - 1) // TILE_WIDTH if size else None
+    if last_bundle != expected_last:
+        raise UntrustedState(f"stored entry bundles end at {last_bundle}, the checkpoint implies {expected_last}")
+    edge_entries: list[bytes] = []
+    if size % TILE_WIDTH:
+        data = store.read_bundle(size // TILE_WIDTH) or b""
+        edge_entries = list(iter_bundle(data))
+        if len(edge_entries) != size % TILE_WIDTH:
+            raise UntrustedState("the partial entry bundle does not match the checkpoint size")
+    return LogState(checkpoint, edge, edge_entries)

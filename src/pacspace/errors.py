@@ -1,0 +1,121 @@
+"""Every error pacspace raises on purpose: one class per meaning.
+
+Each class carries a stable machine-readable ``code`` and the HTTP status the
+server answers with. Only the server middleware turns these into JSON bodies,
+and only the CLI's main turns them into one stderr line and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class PacspaceError(Exception):
+    """Base class. ``code`` is stable API; the message is for humans."""
+
+    code = "error"
+    http_status = 500
+
+
+class InvalidRange(PacspaceError):
+    """Arguments that cannot describe a tree, leaf or proof (index >= size, ...)."""
+
+    code = "invalid_range"
+    http_status = 400
+
+
+class ProofError(PacspaceError):
+    """A Merkle inclusion or consistency proof did not verify."""
+
+    code = "proof_failed"
+    http_status = 422
+
+
+class MalformedInput(PacspaceError):
+    """Bytes that do not parse as the format they claim to be."""
+
+    code = "malformed"
+    http_status = 400
+
+
+class MalformedNote(MalformedInput):
+    """Not a well-formed C2SP signed note or checkpoint."""
+
+    code = "malformed_note"
+
+
+class MalformedTilePath(MalformedInput):
+    """Not a canonical C2SP tlog-tiles path."""
+
+    code = "malformed_tile_path"
+
+
+class SignatureError(PacspaceError):
+    """A note carries no valid signature from a trusted key, or a known key's signature fails."""
+
+    code = "bad_signature"
+    http_status = 422
+
+
+class NotFound(PacspaceError):
+    """The resource is not implied by any published checkpoint, or does not exist."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class PoolFull(PacspaceError):
+    """The sequencer's pool is at capacity; the caller should retry later."""
+
+    code = "pool_full"
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SequencerStopped(PacspaceError):
+    """The sequencer is not running (it failed or is shutting down); nothing was appended."""
+
+    code = "sequencer_stopped"
+    http_status = 503
+
+
+class EntryTooLarge(PacspaceError):
+    """An entry exceeds the 65,535 bytes an entry bundle can carry."""
+
+    code = "entry_too_large"
+    http_status = 413
+
+
+class LogExists(PacspaceError):
+    """``init`` was asked to create a log where one already is."""
+
+    code = "log_exists"
+    http_status = 409
+
+
+class LogNotFound(PacspaceError):
+    """No log at the data directory."""
+
+    code = "log_not_found"
+    http_status = 500
+
+
+class UntrustedState(PacspaceError):
+    """Stored state does not reproduce what was published; refusing to run on it."""
+
+    code = "untrusted_state"
+    http_status = 500
+
+
+class CheckpointConflict(UntrustedState):
+    """The stored latest checkpoint is not the one the writer extended (another writer?)."""
+
+    code = "checkpoint_conflict"
+
+
+class LogLocked(PacspaceError):
+    """Another process holds the data directory's write lock."""
+
+    code = "log_locked"
+    http_status = 500

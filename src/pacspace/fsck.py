@@ -1,0 +1,140 @@
+"""Full offline check of a log's storage: every tile recomputed from the entries, every checkpoint re-verified.
+
+Unlike the start-up check (O(log n)), this reads everything once. It works on a
+read-only connection and can run beside a live server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .checkpoint import SignedCheckpoint, open_checkpoint
+from .errors import PacspaceError
+from .merkle import HASH_SIZE, consistency_proof, leaf_hash, tree_hash, verify_consistency
+from .note import Ed25519Verifier
+from .storage.sqlite import SqliteLog
+from .tiles import TILE_WIDTH, extend, iter_bundle, pack_interior, tiles_for_size
+
+# Recompute the tree this many bundles at a time: bounded memory, few calls.
+BUNDLES_PER_STEP = 16
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class FsckReport:
+    size: int = 0
+    entries: int = 0
+    tiles: int = 0
+    checkpoints: int = 0
+    faults: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+
+def fsck(store: SqliteLog, log_key: Ed25519Verifier, progress: Progress | None = None) -> FsckReport:
+    report = FsckReport()
+    try:
+        latest = open_checkpoint(store.latest_checkpoint(), log_key)
+    except PacspaceError as exc:
+        report.faults.append(f"latest checkpoint: {exc}")
+        return report
+    report.size = latest.size
+    _check_tree(store, latest.size, report, progress)
+    if report.ok:
+        _check_checkpoints(store, log_key, report, progress)
+    return report
+
+
+def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progress | None) -> None:
+    """Rebuild every tile from the entry bundles and compare with what is stored."""
+    bundles = (size + TILE_WIDTH - 1) // TILE_WIDTH
+    edge: dict[int, list[bytes]] = {}
+    built = 0
+    for start in range(0, bundles, BUNDLES_PER_STEP):
+        hashes: list[bytes] = []
+        for n in range(start, min(start + BUNDLES_PER_STEP, bundles)):
+            expected = min(TILE_WIDTH, size - n * TILE_WIDTH)
+            data = store.read_bundle(n)
+            entries = [] if data is None else list(iter_bundle(data))
+            if len(entries) != expected:
+                report.faults.append(f"entry bundle {n}: {len(entries)} entries stored, {expected} expected")
+                return
+            for i, entry in enumerate(entries):
+                h = leaf_hash(entry)
+                hashes.append(h)
+                _check_leaf_index(store, h, n * TILE_WIDTH + i, report)
+        update = extend(built, edge, hashes)
+        built, edge = update.size, update.edge
+        report.entries = built
+        for (level, n), tile in update.tiles.items():
+            if len(tile) == TILE_WIDTH or built == size:
+                _compare_tile(store, level, n, b"".join(tile), pack_interior(update.expanded[(level, n)]), report)
+        if report.faults:
+            return
+        if progress:
+            progress("entries", built, size)
+    expected_tiles = sum(
+        (size >> (8 * (level + 1))) for level in range(8) if size >> (8 * (level + 1))
+    ) + len(tiles_for_size(size))
+    stored_tiles = sum(1 for _ in store.tile_rows())
+    if stored_tiles != expected_tiles:
+        report.faults.append(f"{stored_tiles} tiles stored, the tree of size {size} has {expected_tiles}")
+    report.tiles = stored_tiles
+    leaves = store.leaf_count()
+    if leaves > size:
+        report.faults.append(f"the leaf index holds {leaves} hashes, more than the {size} entries")
+
+
+def _check_leaf_index(store: SqliteLog, h: bytes, index: int, report: FsckReport) -> None:
+    found = store.find_leaf(h)
+    if found == index:
+        return
+    # A repeated entry keeps its first index; anything else is a fault.
+    if found is None or found > index or store.read_hashes([(0, found)])[0] != h:
+        report.faults.append(f"leaf index: entry {index} is not found by its hash")
+
+
+def _compare_tile(store: SqliteLog, level: int, n: int, hashes: bytes, interior: bytes, report: FsckReport) -> None:
+    row = store.read_tile_row(level, n)
+    width = len(hashes) // HASH_SIZE
+    if row is None:
+        report.faults.append(f"tile {level}/{n} (width {width}) is missing")
+    elif row[0] != hashes:
+        report.faults.append(f"tile {level}/{n}: stored hashes differ from those of the entries (width {width})")
+    elif row[1] != interior:
+        report.faults.append(f"tile {level}/{n}: stored interior hashes differ from those of the entries")
+
+
+def _check_checkpoints(store: SqliteLog, log_key: Ed25519Verifier, report: FsckReport, progress: Progress | None) -> None:
+    """Each checkpoint: valid signature, root reproduced by the tiles, consistent with the one before."""
+    total = store.checkpoint_count()
+    previous: SignedCheckpoint | None = None
+    for i, note in enumerate(store.checkpoints()):
+        try:
+            checkpoint = open_checkpoint(note, log_key)
+        except PacspaceError as exc:
+            report.faults.append(f"checkpoint #{i}: {exc}")
+            continue
+        if tree_hash(checkpoint.size, store) != checkpoint.root_hash:
+            report.faults.append(f"checkpoint at size {checkpoint.size}: root does not match the stored tiles")
+        if previous is not None:
+            try:
+                proof = consistency_proof(previous.size, checkpoint.size, store)
+                verify_consistency(previous.size, checkpoint.size, previous.root_hash, checkpoint.root_hash, proof)
+            except PacspaceError as exc:
+                report.faults.append(
+                    f"checkpoints at sizes {previous.size} and {checkpoint.size} are not consistent: {exc}"
+                )
+            if checkpoint.timestamp < previous.timestamp:
+                report.warnings.append(
+                    f"checkpoint at size {checkpoint.size} has an earlier signed time than the one before"
+                )
+        previous = checkpoint
+        report.checkpoints += 1
+        if progress and (i % 1000 == 0 or i + 1 == total):
+            progress("checkpoints", i + 1, total)

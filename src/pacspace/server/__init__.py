@@ -1,0 +1,1 @@
+"""The HTTP server: one aiohttp application around the storage and the sequencer."""

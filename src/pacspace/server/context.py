@@ -1,0 +1,27 @@
+"""Typed application keys: what handlers reach through ``request.app``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..config import ServerConfig
+from ..sequencer import Sequencer
+from ..storage.sqlite import SqliteLog
+
+
+@dataclass
+class LogService:
+    """The store (reads) and the sequencer (writes and the published checkpoint)."""
+
+    store: SqliteLog
+    sequencer: Sequencer
+    vkey: str
+    timestamp_vkey: str
+
+
+SERVICE = web.AppKey("service", LogService)
+CONFIG = web.AppKey("config", ServerConfig)
+# Exceptions that stopped the sequencer; non-empty means the server is exiting.
+FATAL = web.AppKey("fatal", list)

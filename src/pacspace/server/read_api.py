@@ -1,0 +1,190 @@
+"""The public read API: C2SP tlog-tiles byte for byte, and JSON proof conveniences from the same hashes.
+
+No credentials: everything here is derived from the public 65-byte entries and
+the tree over them. Nothing is served that no published checkpoint implies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from aiohttp import web
+
+from ..errors import InvalidRange, MalformedInput, NotFound, UntrustedState
+from ..merkle import HASH_SIZE, consistency_proof, inclusion_proof
+from ..storage.sqlite import SqliteLog
+from ..tiles import TileRef, bundle_prefix, implied_by, parse_tile_path
+from .context import FATAL, SERVICE, LogService
+
+# C2SP tlog-tiles: the checkpoint is mutable ("SHOULD prevent caching beyond a few
+# seconds"); tiles and bundles, partial ones included, never change once served.
+CHECKPOINT_CACHE = "no-cache"
+IMMUTABLE_CACHE = "public, max-age=31536000, immutable"
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/checkpoint", get_checkpoint)
+    app.router.add_get("/tile/{path:.+}", get_tile)
+    app.router.add_get("/v1/log", get_log)
+    app.router.add_get("/v1/proof/inclusion", get_inclusion)
+    app.router.add_get("/v1/proof/by-hash", get_by_hash)
+    app.router.add_get("/v1/proof/consistency", get_consistency)
+    app.router.add_get("/health", get_health)
+    app.router.add_get("/metrics", get_metrics)
+
+
+def _service(request: web.Request) -> LogService:
+    return request.app[SERVICE]
+
+
+async def get_checkpoint(request: web.Request) -> web.Response:
+    latest = _service(request).sequencer.latest
+    return web.Response(
+        body=latest.format(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Cache-Control": CHECKPOINT_CACHE},
+    )
+
+
+async def get_tile(request: web.Request) -> web.Response:
+    ref = parse_tile_path("tile/" + request.match_info["path"])
+    service = _service(request)
+    size = service.sequencer.latest.size
+    if not _published(service.store, ref, size):
+        raise NotFound(f"{ref.path()} is not implied by any published checkpoint")
+    if ref.level is None:
+        data = _bundle_bytes(service.store, ref)
+    else:
+        stored = service.store.read_tile(ref.level, ref.n)
+        if stored is None or len(stored) < ref.width * HASH_SIZE:
+            raise UntrustedState(f"published tile {ref.path()} is missing from storage")
+        data = stored[: ref.width * HASH_SIZE]
+    response = web.Response(
+        body=data,
+        content_type="application/octet-stream",
+        headers={"Cache-Control": IMMUTABLE_CACHE},
+    )
+    if ref.level is None:
+        # C2SP tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer.
+        response.enable_compression()
+    return response
+
+
+def _published(store: SqliteLog, ref: TileRef, size: int) -> bool:
+    """Full tiles: within the latest checkpoint. Partial tiles: exactly some committed checkpoint's edge."""
+    if not ref.is_partial:
+        return implied_by(ref, size)
+    lo, hi = ref.sizes_that_imply()
+    return lo <= size and store.checkpoint_in(lo, min(hi, size + 1))
+
+
+def _bundle_bytes(store: SqliteLog, ref: TileRef) -> bytes:
+    stored = store.read_bundle(ref.n)
+    try:
+        if stored is None:
+            raise InvalidRange("absent")
+        return bundle_prefix(stored, ref.width)
+    except InvalidRange:
+        raise UntrustedState(f"published entry bundle {ref.path()} is missing from storage") from None
+
+
+async def get_log(request: web.Request) -> web.Response:
+    service = _service(request)
+    latest = service.sequencer.latest
+    return web.json_response(
+        {
+            "origin": latest.checkpoint.origin,
+            "vkey": service.vkey,
+            "size": latest.size,
+            "timestamp_vkey": service.timestamp_vkey,
+        }
+    )
+
+
+def _int_param(request: web.Request, name: str, default: int | None = None) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise MalformedInput(f"missing query parameter {name!r}")
+        return default
+    if not _DECIMAL.fullmatch(raw):
+        raise MalformedInput(f"query parameter {name!r} must be a non-negative decimal integer without leading zeros")
+    return int(raw)
+
+
+def _size_param(request: web.Request) -> int:
+    """The tree size to prove against: at most the latest published checkpoint (404 beyond it)."""
+    latest = _service(request).sequencer.latest.size
+    size = _int_param(request, "size", default=latest)
+    if size > latest:
+        raise NotFound(f"size {size} is beyond the latest checkpoint ({latest})")
+    return size
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _inclusion_body(store: SqliteLog, index: int, size: int) -> dict[str, object]:
+    hashes = inclusion_proof(index, size, store)
+    leaf = store.read_hashes([(0, index)])[0]
+    return {"index": index, "size": size, "leaf_hash": _b64(leaf), "hashes": [_b64(h) for h in hashes]}
+
+
+async def get_inclusion(request: web.Request) -> web.Response:
+    size = _size_param(request)
+    index = _int_param(request, "index")
+    if index >= size:
+        raise InvalidRange(f"index {index} is not in a tree of size {size}")
+    return web.json_response(_inclusion_body(_service(request).store, index, size))
+
+
+def _hash_param(request: web.Request) -> bytes:
+    raw = request.query.get("hash")
+    if raw is None:
+        raise MalformedInput("missing query parameter 'hash'")
+    # A '+' sent unencoded in a query string arrives as a space; base64url is accepted too.
+    text = raw.replace(" ", "+").replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        value = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedInput("query parameter 'hash' is not base64") from None
+    if len(value) != HASH_SIZE:
+        raise MalformedInput("query parameter 'hash' must be a 32-byte leaf hash")
+    return value
+
+
+async def get_by_hash(request: web.Request) -> web.Response:
+    leaf = _hash_param(request)
+    size = _size_param(request)
+    store = _service(request).store
+    index = store.find_leaf(leaf)
+    if index is None or index >= size:
+        raise NotFound(f"no leaf with this hash in the tree of size {size}")
+    return web.json_response(_inclusion_body(store, index, size))
+
+
+async def get_consistency(request: web.Request) -> web.Response:
+    size = _size_param(request)
+    old = _int_param(request, "old")
+    if old > size:
+        raise InvalidRange(f"old size {old} is larger than size {size}")
+    hashes = consistency_proof(old, size, _service(request).store)
+    return web.json_response({"old": old, "size": size, "hashes": [_b64(h) for h in hashes]})
+
+
+async def get_health(request: web.Request) -> web.Response:
+    service = _service(request)
+    if request.app[FATAL]:
+        return web.json_response({"status": "failing", "size": service.sequencer.latest.size}, status=503)
+    return web.json_response({"status": "ok", "size": service.sequencer.latest.size})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body = _service(request).sequencer.metrics.render()
+    return web.Response(text=body, content_type="text/plain", charset="utf-8", headers={"X-Content-Version": "0.0.4"})

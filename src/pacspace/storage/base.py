@@ -1,0 +1,79 @@
+"""The storage contracts the sequencer and the read API rely on.
+
+Modelled on Sunlight's ``Backend`` / ``LockBackend``: each method states what is
+true once it returns, so crash-safety can be reasoned about where it is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..merkle import Node
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Everything one sequencing step writes, committed as one transaction.
+
+    ``tiles`` holds each touched tile's full hash bytes and packed interior;
+    ``bundles`` each touched entry bundle's full bytes; ``leaves`` the
+    (leaf hash, index) pairs for lookup by hash; ``checkpoint`` the signed note
+    for ``new_size``.
+    """
+
+    old_size: int
+    new_size: int
+    tiles: dict[tuple[int, int], tuple[bytes, bytes]]
+    bundles: dict[int, bytes]
+    leaves: Sequence[tuple[bytes, int]]
+    checkpoint: bytes
+
+
+class LogReader(Protocol):
+    """Reads committed state. Never sees a partially written batch."""
+
+    def latest_checkpoint(self) -> bytes:
+        """The signed note of the largest committed checkpoint."""
+        ...
+
+    def read_hashes(self, nodes: Sequence[Node]) -> list[bytes]:
+        """merkle.HashReader over stored tiles: exactly ``len(nodes)`` complete hashes, or raises."""
+        ...
+
+    def read_tile(self, level: int, n: int) -> bytes | None:
+        """The stored hash bytes of tile (level, n) at its current width, or None."""
+        ...
+
+    def read_bundle(self, n: int) -> bytes | None:
+        """The stored entry bundle n at its current width, or None."""
+        ...
+
+    def checkpoint_in(self, lo: int, hi: int) -> bool:
+        """Whether a checkpoint with lo <= size < hi was committed."""
+        ...
+
+    def find_leaf(self, leaf_hash: bytes) -> int | None:
+        """The first index whose leaf hash is ``leaf_hash``, if any."""
+        ...
+
+
+class LogWriter(Protocol):
+    """The single writer's view. Only the sequencer holds one."""
+
+    def edge_tiles(self, size: int) -> dict[int, list[bytes]]:
+        """The partial tile at every level for a tree of ``size`` (the right edge)."""
+        ...
+
+    def commit(self, batch: Batch) -> None:
+        """Atomically write ``batch``; durable (fsynced) once it returns.
+
+        Raises CheckpointConflict, writing nothing, unless the latest stored
+        checkpoint has size ``batch.old_size``.
+        """
+        ...
+
+    def checkpoints(self) -> Iterator[bytes]:
+        """Every committed checkpoint note, by increasing size."""
+        ...

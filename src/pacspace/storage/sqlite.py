@@ -1,0 +1,287 @@
+"""The embedded default: one SQLite database in WAL mode in the data directory.
+
+Schema (``log.db``):
+
+- ``tiles(level, n, hashes, interior)``: every tile at its current width. A
+  partial tile's row is rewritten as it grows; a partial of width W is always
+  the first W hashes of the row, so every partial a checkpoint implied stays
+  servable. ``interior`` holds the tile's sub-levels 1..7 (see tiles.py).
+- ``bundles(n, data)``: entry bundles, same growth rule.
+- ``leaves(hash, idx)``: leaf hash to index, for proofs by hash.
+- ``checkpoints(size, note)``: every checkpoint the log signed.
+- ``meta(key, value)``: schema version and origin.
+
+Durability: ``synchronous=FULL`` in WAL mode makes SQLite fsync the WAL before
+COMMIT returns, so a committed batch survives power loss and ``kill -9``; a
+batch that did not reach COMMIT leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..durable import fsync_dir, fsync_file
+from ..errors import CheckpointConflict, InvalidRange, LogExists, LogNotFound, UntrustedState
+from ..merkle import HASH_SIZE, Node
+from ..tiles import TILE_WIDTH, full_tile_count, locate, partial_width, read_tile_hash, tile_levels
+from .base import Batch
+
+SCHEMA_VERSION = 1
+DB_NAME = "log.db"
+# Full tiles never change, so they are cached; 1,024 tiles with interiors is ~16 MiB.
+FULL_TILE_CACHE = 1024
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tiles (
+    level INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    hashes BLOB NOT NULL,
+    interior BLOB NOT NULL,
+    PRIMARY KEY (level, n)
+);
+CREATE TABLE bundles (n INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE leaves (hash BLOB PRIMARY KEY, idx INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL);
+"""
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode={'ro' if readonly else 'rw'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        # WAL: readers never block the writer and see only committed batches.
+        conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: in WAL mode, COMMIT returns only after the WAL is fsynced (the durability contract).
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA cache_size = -32768")
+    return conn
+
+
+class SqliteLog:
+    """A log's tables in ``<data>/log.db``; implements LogReader and LogWriter.
+
+    Reads go through one connection, writes through another; each connection is
+    used by one thread at a time (reads by the event loop, the commit by the
+    sequencer's worker thread).
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self._read = _connect(path, readonly=readonly)
+        self._write = None if readonly else _connect(path)
+        self._read_lock = threading.Lock()
+        self._full_tiles: OrderedDict[tuple[int, int], tuple[bytes, bytes]] = OrderedDict()
+        version = self._meta("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise UntrustedState(f"{path}: unknown schema version {version!r}")
+        self.origin = self._meta("origin") or ""
+
+    @classmethod
+    def create(cls, data_dir: Path, origin: str, first_checkpoint: bytes) -> SqliteLog:
+        """Create the database with its size-0 checkpoint; refuses if one exists."""
+        path = data_dir / DB_NAME
+        if path.exists():
+            raise LogExists(f"a log already exists at {data_dir}")
+        tmp = data_dir / (DB_NAME + ".creating")
+        for leftover in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm"), Path(str(tmp) + "-journal")):
+            leftover.unlink(missing_ok=True)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("BEGIN")
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("INSERT INTO meta VALUES ('origin', ?)", (origin,))
+            conn.execute("INSERT INTO checkpoints VALUES (0, ?)", (first_checkpoint,))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        # Publish the database under its real name only once it is complete and durable.
+        fsync_file(tmp)
+        os.rename(tmp, path)
+        fsync_dir(data_dir)
+        return cls(path)
+
+    @classmethod
+    def open(cls, data_dir: Path, *, readonly: bool = False) -> SqliteLog:
+        path = data_dir / DB_NAME
+        if not path.exists():
+            raise LogNotFound(f"no log at {data_dir} (run `pacspace init --data {data_dir}`)")
+        return cls(path, readonly=readonly)
+
+    def close(self) -> None:
+        self._read.close()
+        if self._write is not None:
+            self._write.close()
+
+    def _meta(self, key: str) -> str | None:
+        try:
+            row = self._read.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise UntrustedState(f"{self.path}: not a pacspace log database ({exc})") from None
+        return None if row is None else row[0]
+
+    # --- LogReader ---------------------------------------------------------
+
+    def latest_checkpoint(self) -> bytes:
+        with self._read_lock:
+            row = self._read.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        if row is None:
+            raise UntrustedState(f"{self.path}: the log has no checkpoint")
+        return bytes(row[0])
+
+    def _tile_row(self, level: int, n: int) -> tuple[bytes, bytes] | None:
+        key = (level, n)
+        with self._read_lock:
+            cached = self._full_tiles.get(key)
+            if cached is not None:
+                self._full_tiles.move_to_end(key)
+                return cached
+            row = self._read.execute(
+                "SELECT hashes, interior FROM tiles WHERE level = ? AND n = ?", (level, n)
+            ).fetchone()
+            if row is None:
+                return None
+            hashes, interior = bytes(row[0]), bytes(row[1])
+            # Only full tiles are cached: they never change. Partial rows grow with each batch.
+            if len(hashes) == TILE_WIDTH * HASH_SIZE:
+                self._full_tiles[key] = (hashes, interior)
+                if len(self._full_tiles) > FULL_TILE_CACHE:
+                    self._full_tiles.popitem(last=False)
+            return hashes, interior
+
+    def read_hashes(self, nodes: Sequence[Node]) -> list[bytes]:
+        out = []
+        for node in nodes:
+            loc = locate(node)
+            row = self._tile_row(loc.tile_level, loc.tile_n)
+            if row is None:
+                raise InvalidRange(f"node {node} is not stored")
+            out.append(read_tile_hash(row[0], row[1], loc.sublevel, loc.position))
+        return out
+
+    def read_tile_row(self, level: int, n: int) -> tuple[bytes, bytes] | None:
+        """The stored (hashes, interior) of tile (level, n)."""
+        return self._tile_row(level, n)
+
+    def read_tile(self, level: int, n: int) -> bytes | None:
+        row = self._tile_row(level, n)
+        return None if row is None else row[0]
+
+    def read_bundle(self, n: int) -> bytes | None:
+        with self._read_lock:
+            row = self._read.execute("SELECT data FROM bundles WHERE n = ?", (n,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def checkpoint_in(self, lo: int, hi: int) -> bool:
+        with self._read_lock:
+            row = self._read.execute(
+                "SELECT 1 FROM checkpoints WHERE size >= ? AND size < ? LIMIT 1", (lo, hi)
+            ).fetchone()
+        return row is not None
+
+    def find_leaf(self, leaf_hash: bytes) -> int | None:
+        with self._read_lock:
+            row = self._read.execute("SELECT idx FROM leaves WHERE hash = ?", (leaf_hash,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def checkpoints(self) -> Iterator[bytes]:
+        """Every committed checkpoint, by increasing size, read in pages (never all in memory)."""
+        after = -1
+        while True:
+            with self._read_lock:
+                rows = self._read.execute(
+                    "SELECT size, note FROM checkpoints WHERE size > ? ORDER BY size LIMIT 1000", (after,)
+                ).fetchall()
+            if not rows:
+                return
+            for size, note in rows:
+                yield bytes(note)
+            after = rows[-1][0]
+
+    def checkpoint_count(self) -> int:
+        with self._read_lock:
+            return int(self._read.execute("SELECT count(*) FROM checkpoints").fetchone()[0])
+
+    def leaf_count(self) -> int:
+        with self._read_lock:
+            return int(self._read.execute("SELECT count(*) FROM leaves").fetchone()[0])
+
+    def tile_rows(self) -> Iterator[tuple[int, int, bytes, bytes]]:
+        """Every stored tile row (fsck), in pages."""
+        after = (-1, -1)
+        while True:
+            with self._read_lock:
+                rows = self._read.execute(
+                    "SELECT level, n, hashes, interior FROM tiles WHERE (level, n) > (?, ?) "
+                    "ORDER BY level, n LIMIT 256",
+                    after,
+                ).fetchall()
+            if not rows:
+                return
+            for level, n, hashes, interior in rows:
+                yield int(level), int(n), bytes(hashes), bytes(interior)
+            after = (rows[-1][0], rows[-1][1])
+
+    def max_bundle(self) -> int | None:
+        with self._read_lock:
+            row = self._read.execute("SELECT max(n) FROM bundles").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    # --- LogWriter ---------------------------------------------------------
+
+    def edge_tiles(self, size: int) -> dict[int, list[bytes]]:
+        """The right edge for ``size``; raises UntrustedState if a stored edge tile has another width."""
+        edge: dict[int, list[bytes]] = {}
+        for level in range(tile_levels(size) + 1):
+            width = partial_width(size, level)
+            if width == 0:
+                edge[level] = []
+                continue
+            row = self._tile_row(level, full_tile_count(size, level))
+            if row is None or len(row[0]) != width * HASH_SIZE:
+                raise UntrustedState(
+                    f"stored tile ({level}, {full_tile_count(size, level)}) does not have the width "
+                    f"{width} that tree size {size} implies"
+                )
+            hashes = row[0]
+            edge[level] = [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
+        return edge
+
+    def commit(self, batch: Batch) -> None:
+        conn = self._write
+        if conn is None:
+            raise UntrustedState("this log was opened read-only")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (stored,) = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
+            if stored != batch.old_size:
+                raise CheckpointConflict(
+                    f"stored checkpoint has size {stored}, the batch extends size {batch.old_size}"
+                )
+            conn.executemany(
+                "INSERT OR REPLACE INTO tiles (level, n, hashes, interior) VALUES (?, ?, ?, ?)",
+                [(level, n, hashes, interior) for (level, n), (hashes, interior) in batch.tiles.items()],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO bundles (n, data) VALUES (?, ?)", list(batch.bundles.items())
+            )
+            # OR IGNORE: the same entry appended twice keeps its first index for lookups by hash.
+            conn.executemany("INSERT OR IGNORE INTO leaves (hash, idx) VALUES (?, ?)", batch.leaves)
+            conn.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (batch.new_size, batch.checkpoint))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        # Durable from here: the WAL was fsynced inside COMMIT (synchronous=FULL).
+
