@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from ..config import ServerConfig
@@ -16,16 +16,18 @@ from ..errors import PacspaceError
 from ..sequencer import Sequencer
 from ..storage.sqlite import SqliteLog
 from . import read_api
-from .context import CONFIG, FATAL, SERVICE, LogService
+from .context import CONFIG, FATAL, ON_FATAL, SERVICE, LogService
 from .errors import error_middleware
 
 log = logging.getLogger("pacspace.server")
 
 
-def create_app(config: ServerConfig) -> web.Application:
+def create_app(config: ServerConfig, on_fatal: Callable[[BaseException], None] | None = None) -> web.Application:
+    """The application. ``on_fatal`` runs if the sequencer dies; by default the process terminates."""
     app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
     app[CONFIG] = config
     app[FATAL] = []
+    app[ON_FATAL] = on_fatal or _terminate
     app.cleanup_ctx.append(_log_service)
     read_api.add_routes(app)
     return app
@@ -70,4 +72,9 @@ def _on_sequencer_exit(app: web.Application, task: asyncio.Task[None]) -> None:
         return
     app[FATAL].append(exc)
     log.error("sequencer stopped: %s; shutting down", exc)
+    app[ON_FATAL](exc)
+
+
+def _terminate(exc: BaseException) -> None:
+    # web.run_app turns SIGTERM into a graceful shutdown; serve then exits 1 because FATAL is set.
     os.kill(os.getpid(), signal.SIGTERM)

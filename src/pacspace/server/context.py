@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -25,3 +26,4 @@ SERVICE = web.AppKey("service", LogService)
 CONFIG = web.AppKey("config", ServerConfig)
 # Exceptions that stopped the sequencer; non-empty means the server is exiting.
 FATAL = web.AppKey("fatal", list)
+ON_FATAL = web.AppKey("on_fatal", Callable[[BaseException], None])

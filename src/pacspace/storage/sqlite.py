@@ -137,7 +137,7 @@ class SqliteLog:
             row = self._read.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
         if row is None:
             raise UntrustedState(f"{self.path}: the log has no checkpoint")
-        return bytes(row[0])
+        return _as_bytes(row[0])
 
     def _tile_row(self, level: int, n: int) -> tuple[bytes, bytes] | None:
         key = (level, n)
@@ -205,7 +205,7 @@ class SqliteLog:
             if not rows:
                 return
             for size, note in rows:
-                yield bytes(note)
+                yield _as_bytes(note)
             after = rows[-1][0]
 
     def checkpoint_count(self) -> int:
@@ -285,3 +285,12 @@ class SqliteLog:
             raise
         # Durable from here: the WAL was fsynced inside COMMIT (synchronous=FULL).
 
+
+
+def _as_bytes(value: object) -> bytes:
+    """A stored blob; text in a blob column (a damaged or hand-edited database) becomes its UTF-8 bytes."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, (bytes, memoryview, bytearray)):
+        return bytes(value)
+    raise UntrustedState(f"unexpected {type(value).__name__} where a blob is stored")

@@ -1,0 +1,255 @@
+"""The sequencer and the start-up trust check, on real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+
+import pytest
+from helpers import entry, new_log
+
+from pacspace.checkpoint import Checkpoint, sign_checkpoint
+from pacspace.datadir import WriteLock, init_log, load_signer, load_state
+from pacspace.errors import (
+    CheckpointConflict,
+    EntryTooLarge,
+    LogExists,
+    LogLocked,
+    PoolFull,
+    SequencerStopped,
+    UntrustedState,
+)
+from pacspace.fsck import fsck
+from pacspace.merkle import ListHashReader, leaf_hash, tree_hash, verify_inclusion
+from pacspace.sequencer import Sequencer, SequencerConfig
+from pacspace.storage.sqlite import SqliteLog
+
+
+class Running:
+    """A sequencer task over a real data directory, for one test."""
+
+    def __init__(self, path, config=SequencerConfig(pool_interval=0.01), clock=time.time):
+        self.signer = load_signer(path)
+        self.store = SqliteLog.open(path)
+        self.sequencer = Sequencer(self.store, self.signer, load_state(self.store, self.signer), config, clock=clock)
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.sequencer.run())
+        return self.sequencer
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        try:
+            await self.task
+        except (asyncio.CancelledError, Exception):
+            pass
+        self.store.close()
+
+
+async def test_concurrent_submissions_get_consecutive_indexes_and_valid_proofs(tmp_path):
+    new_log(tmp_path)
+    async with Running(tmp_path) as seq:
+        results = await asyncio.gather(*(seq.submit(entry(i)) for i in range(500)))
+        assert sorted(r.index for r in results) == list(range(500))
+        latest = seq.latest
+        assert latest.size == 500
+        for r in results:
+            assert r.checkpoint.size >= r.index + 1
+            proof = seq.inclusion_proof(r.index, r.checkpoint.size)
+            verify_inclusion(r.index, r.checkpoint.size, r.leaf_hash, proof, r.checkpoint.root_hash)
+        by_index = {r.index: r.leaf_hash for r in results}
+        hashes = [by_index[i] for i in range(500)]
+        assert latest.root_hash == tree_hash(500, ListHashReader(hashes))
+
+
+async def test_every_checkpoint_carries_a_signed_time_from_the_clock(tmp_path):
+    new_log(tmp_path)
+    async with Running(tmp_path, clock=lambda: 1_900_000_000.7) as seq:
+        result = await seq.submit(entry(1))
+    assert result.checkpoint.timestamp == 1_900_000_000
+
+
+async def test_restart_continues_the_same_tree(tmp_path):
+    new_log(tmp_path)
+    async with Running(tmp_path) as seq:
+        first = await seq.submit_many([entry(i) for i in range(300)])
+    async with Running(tmp_path) as seq:
+        assert seq.latest.size == 300
+        second = await seq.submit_many([entry(i) for i in range(300, 700)])
+    assert second[0].index == 300
+    hashes = [r.leaf_hash for r in first + second]
+    assert second[-1].checkpoint.root_hash == tree_hash(700, ListHashReader(hashes))
+
+
+async def test_full_pool_is_refused_with_retry_after(tmp_path):
+    new_log(tmp_path)
+    config = SequencerConfig(pool_interval=0.5, batch_size=10, pool_capacity=10)
+    runner = Running(tmp_path, config)
+    seq = runner.sequencer
+    # Not running yet: submissions wait in the pool.
+    waiting = [asyncio.create_task(seq.submit(entry(i))) for i in range(10)]
+    await asyncio.sleep(0)
+    with pytest.raises(PoolFull) as info:
+        await seq.submit(entry(99))
+    assert info.value.retry_after >= 1
+    assert seq.metrics.pool_rejections_total == 1
+    async with runner:
+        results = await asyncio.gather(*waiting)
+    assert sorted(r.index for r in results) == list(range(10))
+
+
+async def test_oversized_entry_is_refused_and_nothing_appended(tmp_path):
+    new_log(tmp_path)
+    async with Running(tmp_path) as seq:
+        with pytest.raises(EntryTooLarge):
+            await seq.submit_many([entry(0), b"x" * 65536])
+        assert seq.latest.size == 0
+        assert (await seq.submit(entry(0))).index == 0
+
+
+async def test_a_cancelled_submitter_does_not_stop_its_entry_being_committed(tmp_path):
+    new_log(tmp_path)
+    async with Running(tmp_path, SequencerConfig(pool_interval=0.2)) as seq:
+        task = asyncio.create_task(seq.submit(entry(0)))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        other = await seq.submit(entry(1))
+    assert other.index == 1 and other.checkpoint.size == 2
+
+
+async def test_a_failed_commit_stops_the_sequencer_and_fails_waiters(tmp_path):
+    new_log(tmp_path)
+    runner = Running(tmp_path)
+    async with runner as seq:
+        await seq.submit(entry(0))
+        # Another writer sneaks a checkpoint in behind the sequencer's back.
+        conn = sqlite3.connect(tmp_path / "log.db")
+        conn.execute("INSERT INTO checkpoints VALUES (5, x'00')")
+        conn.commit()
+        conn.close()
+        with pytest.raises(SequencerStopped):
+            await seq.submit(entry(1))
+        with pytest.raises(CheckpointConflict):
+            await runner.task
+        with pytest.raises(SequencerStopped):
+            await seq.submit(entry(2))
+    assert seq.latest.size == 1
+
+
+async def test_refuses_to_sign_a_tree_inconsistent_with_the_last_checkpoint(tmp_path):
+    new_log(tmp_path)
+    runner = Running(tmp_path)
+    async with runner as seq:
+        await seq.submit_many([entry(i) for i in range(10)])
+        # Corrupt the in-memory right edge: the next tree would not extend the signed one.
+        edge = seq.state.edge
+        edge[0][3] = leaf_hash(b"rewritten history")
+        with pytest.raises(SequencerStopped):
+            await seq.submit(entry(10))
+        with pytest.raises(UntrustedState, match="not consistent"):
+            await runner.task
+    store = SqliteLog.open(tmp_path)
+    assert load_state(store, load_signer(tmp_path)).size == 10
+    store.close()
+
+
+def _tamper(path, sql, *params):
+    conn = sqlite3.connect(path / "log.db")
+    conn.execute(sql, params)
+    conn.commit()
+    conn.close()
+
+
+async def _grow(path, n):
+    async with Running(path) as seq:
+        await seq.submit_many([entry(i) for i in range(n)])
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # A right-edge tile that no longer hashes to the checkpoint's root.
+        "UPDATE tiles SET hashes = zeroblob(length(hashes)) WHERE level = 0 AND n = 1",
+        # A right-edge tile of the wrong width.
+        "UPDATE tiles SET hashes = substr(hashes, 1, 32) WHERE level = 0 AND n = 1",
+        # An entry bundle past the checkpoint.
+        "INSERT INTO bundles VALUES (9, x'0000')",
+        # A latest checkpoint whose signature does not verify.
+        "UPDATE checkpoints SET note = replace(note, 'example.com', 'example.org') WHERE size = 300",
+    ],
+)
+async def test_refuses_to_start_on_untrusted_state(tmp_path, sql):
+    new_log(tmp_path)
+    await _grow(tmp_path, 300)
+    _tamper(tmp_path, sql)
+    store = SqliteLog.open(tmp_path)
+    with pytest.raises(UntrustedState):
+        load_state(store, load_signer(tmp_path))
+    store.close()
+
+
+async def test_refuses_a_checkpoint_signed_by_another_key(tmp_path):
+    new_log(tmp_path)
+    other = tmp_path / "other"
+    signer = init_log(other, "example.com/test-log", 1)
+    forged = sign_checkpoint(Checkpoint("example.com/test-log", 0, tree_hash(0, ListHashReader([]))), signer, 2)
+    _tamper(tmp_path, "UPDATE checkpoints SET note = ? WHERE size = 0", forged.format())
+    store = SqliteLog.open(tmp_path)
+    with pytest.raises(UntrustedState):
+        load_state(store, load_signer(tmp_path))
+    store.close()
+
+
+async def test_fsck_passes_a_sound_log_and_finds_each_fault(tmp_path):
+    new_log(tmp_path)
+    async with Running(tmp_path) as seq:
+        for n in (1, 255, 256, 257, 1000, 70000):
+            await seq.submit_many([entry(i) for i in range(seq.latest.size, n)])
+    signer = load_signer(tmp_path)
+    store = SqliteLog.open(tmp_path, readonly=True)
+    report = fsck(store, signer.verifier)
+    store.close()
+    assert report.ok, report.faults
+    assert report.entries == 70000 and report.checkpoints == 7
+    for case, (sql, expect) in enumerate([
+        ("UPDATE bundles SET data = CAST(substr(data, 1, 10) || x'ff' || substr(data, 12) AS BLOB) WHERE n = 5", "tile 0/5"),
+        ("UPDATE tiles SET interior = zeroblob(length(interior)) WHERE level = 0 AND n = 7", "interior"),
+        ("UPDATE checkpoints SET note = replace(note, 'example.com', 'example.org') WHERE size = 256", "checkpoint"),
+        ("DELETE FROM leaves WHERE idx = 77", "leaf index"),
+    ]):
+        copy = tmp_path / f"copy{case}"
+        copy.mkdir()
+        for name in ("log.db", "log.key"):
+            (copy / name).write_bytes((tmp_path / name).read_bytes())
+        os.chmod(copy / "log.key", 0o600)
+        _tamper(copy, sql)
+        store = SqliteLog.open(copy, readonly=True)
+        report = fsck(store, signer.verifier)
+        store.close()
+        assert not report.ok, sql
+        assert any(expect in fault for fault in report.faults), (sql, report.faults)
+
+
+def test_init_refuses_an_existing_log_and_key_is_private(tmp_path):
+    new_log(tmp_path)
+    assert (tmp_path / "log.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(LogExists):
+        init_log(tmp_path, "example.com/other", 1)
+
+
+def test_a_readable_key_file_is_refused(tmp_path):
+    new_log(tmp_path)
+    os.chmod(tmp_path / "log.key", 0o644)
+    with pytest.raises(UntrustedState, match="chmod 600"):
+        load_signer(tmp_path)
+
+
+def test_one_writer_per_data_directory(tmp_path):
+    new_log(tmp_path)
+    lock = WriteLock(tmp_path)
+    with pytest.raises(LogLocked):
+        WriteLock(tmp_path)
+    lock.close()
+    WriteLock(tmp_path).close()
