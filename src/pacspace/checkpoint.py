@@ -91,11 +91,13 @@ def sign_checkpoint(checkpoint: Checkpoint, signer: NoteSigner, timestamp: int) 
     return SignedCheckpoint(checkpoint, note, timestamp)
 
 
-def open_checkpoint(data: bytes, log_key: Ed25519Verifier) -> SignedCheckpoint:
+def open_checkpoint(data: bytes, log_key: Ed25519Verifier, *, require_timestamp: bool = True) -> SignedCheckpoint:
     """Parse and verify a signed checkpoint against the log's verifier key.
 
     The origin must equal the key name. The log's own cosignature (type 0x04,
-    same key) supplies the signed time; a checkpoint without it gets timestamp 0.
+    same key) supplies the signed time. pacspace logs sign one on every
+    checkpoint, so its absence is a SignatureError unless ``require_timestamp``
+    is False (a foreign log), in which case the timestamp is 0.
     """
     note = parse_note(data)
     checkpoint = parse_checkpoint_text(note.text)
@@ -110,4 +112,8 @@ def open_checkpoint(data: bytes, log_key: Ed25519Verifier) -> SignedCheckpoint:
             if signed is None:
                 raise SignatureError("the log's timestamp cosignature does not verify")
             timestamp = signed
+            break
+    else:
+        if require_timestamp:
+            raise SignatureError("the checkpoint carries no timestamp cosignature by the log")
     return SignedCheckpoint(checkpoint, note, timestamp)

@@ -74,7 +74,9 @@ def format_index(n: int) -> str:
     return "/".join(["x" + g for g in groups[:-1]] + [groups[-1]])
 
 
-_PATH = re.compile(r"tile/(entries|[0-9]+)/((?:x[0-9]{3}/)*[0-9]{3})(?:\.p/([0-9]+))?")
+# Bounded digit counts: a level below 64, an index below 10**24, a width below 1000
+# (range checks follow); nothing unbounded reaches int().
+_PATH = re.compile(r"tile/(entries|[0-9]{1,2})/((?:x[0-9]{3}/){0,7}[0-9]{3})(?:\.p/([0-9]{1,3}))?")
 
 
 def parse_tile_path(path: str) -> TileRef:
@@ -234,7 +236,9 @@ def extend(size: int, edge: dict[int, list[bytes]], new_leaf_hashes: Sequence[by
 
 
 def _check_edge(size: int, edge: dict[int, list[bytes]]) -> None:
-    for level in range(tile_levels(size) + 1):
+    for level in set(edge) | set(range(tile_levels(size) + 1)):
+        if level < 0:
+            raise InvalidRange(f"edge tile level {level} is negative")
         if len(edge.get(level, [])) != partial_width(size, level):
             raise InvalidRange(f"edge tile at level {level} does not match tree size {size}")
 
