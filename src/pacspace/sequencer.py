@@ -28,7 +28,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .checkpoint import Checkpoint, SignedCheckpoint, sign_checkpoint
@@ -117,6 +117,9 @@ class Sequencer:
         self._stopped: BaseException | None = None
         # The commit runs in one worker thread so the event loop keeps serving reads during fsync.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-sequencer")
+        # WAL checkpoints run here, on the other core, never on the commit path.
+        self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-wal")
+        self._wal_checkpoint: Future[None] | None = None
         self.metrics.tree_size = self.state.size
 
     @property
@@ -171,6 +174,7 @@ class Sequencer:
             raise
         finally:
             self._executor.shutdown(wait=True)
+            self._maintenance.shutdown(wait=True)
 
     async def _sequence_pool(self, pool: list[_Submission]) -> None:
         entries = [e for sub in pool for e in sub.entries]
@@ -190,6 +194,8 @@ class Sequencer:
         self.state = outcome.state
         self._record(pool, entries, started)
         self._resolve(pool, outcome)
+        if self._wal_checkpoint is None or self._wal_checkpoint.done():
+            self._wal_checkpoint = self._maintenance.submit(self.store.checkpoint_wal)
 
     async def _wait_for_batch(self) -> None:
         while not self._pool:

@@ -39,6 +39,8 @@ SCHEMA_VERSION = 1
 DB_NAME = "log.db"
 # Full tiles never change, so they are cached; 1,024 tiles with interiors is ~16 MiB.
 FULL_TILE_CACHE = 1024
+WAL_AUTOCHECKPOINT_PAGES = 20000
+WAL_SIZE_LIMIT = 64 << 20
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,6 +67,11 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     # FULL: in WAL mode, COMMIT returns only after the WAL is fsynced (the durability contract).
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA cache_size = -32768")
+    if not readonly:
+        # Checkpoints normally run off the commit path (SqliteLog.checkpoint_wal, from the
+        # sequencer's maintenance thread); this larger automatic threshold is only a backstop.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     return conn
 
 
@@ -81,6 +88,7 @@ class SqliteLog:
         self._read = _connect(path, readonly=readonly)
         self._write = None if readonly else _connect(path)
         self._read_lock = threading.Lock()
+        self._checkpointer: sqlite3.Connection | None = None
         self._full_tiles: OrderedDict[tuple[int, int], tuple[bytes, bytes]] = OrderedDict()
         version = self._meta("schema_version")
         if version != str(SCHEMA_VERSION):
@@ -126,6 +134,19 @@ class SqliteLog:
         self._read.close()
         if self._write is not None:
             self._write.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+
+    def checkpoint_wal(self) -> None:
+        """Copy committed WAL pages into the database file (a PASSIVE checkpoint: never blocks the writer).
+
+        Run from one maintenance thread, so the commit path does not pay for it.
+        """
+        if self._write is None:
+            return
+        if self._checkpointer is None:
+            self._checkpointer = _connect(self.path)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def _meta(self, key: str) -> str | None:
         try:
