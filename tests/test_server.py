@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import struct
@@ -219,3 +220,29 @@ async def test_health_and_metrics(server):
     assert "pacspace_pool_depth 0" in text
     assert 'pacspace_batch_entries_bucket{le="64"} 1' in text
     assert "pacspace_sequencing_seconds_count 1" in text
+
+
+async def test_a_dead_sequencer_takes_the_server_down(aiohttp_client, tmp_path):
+    new_log(tmp_path)
+    fatal: list[BaseException] = []
+    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01)), fatal.append)
+    client = await aiohttp_client(app)
+    sequencer = app[SERVICE].sequencer
+    await sequencer.submit(entry(0))
+    # Another writer commits behind the sequencer's back: its next commit must fail.
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "log.db")
+    conn.execute("INSERT INTO checkpoints VALUES (99, x'00')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(Exception):
+        await sequencer.submit(entry(1))
+    for _ in range(100):
+        if fatal:
+            break
+        await asyncio.sleep(0.01)
+    assert fatal and fatal[0].__class__.__name__ == "CheckpointConflict"
+    resp = await client.get("/health")
+    assert resp.status == 503
+    assert (await resp.json())["status"] == "failing"

@@ -133,7 +133,10 @@ def load_state(store: SqliteLog, signer: NoteSigner) -> LogState:
     last_bundle = store.max_bundle()
     expected_last = (size - 1) // TILE_WIDTH if size else None
     if last_bundle != expected_last:
-        raise UntrustedState(f"stored entry bundles end at {last_bundle}, the checkpoint implies {expected_last}")
+        implied = "none" if expected_last is None else f"bundles up to {expected_last}"
+        raise UntrustedState(
+            f"stored entry bundles end at {last_bundle}, but the checkpoint at size {size} implies {implied}"
+        )
     edge_entries: list[bytes] = []
     if size % TILE_WIDTH:
         data = store.read_bundle(size // TILE_WIDTH) or b""

@@ -37,8 +37,7 @@ from .errors import EntryTooLarge, PoolFull, ProofError, SequencerStopped, Untru
 from .merkle import Hash, Node, consistency_proof, inclusion_proof, leaf_hash, verify_consistency
 from .metrics import LogMetrics
 from .note import NoteSigner
-from .storage.base import Batch
-from .storage.sqlite import SqliteLog
+from .storage.base import Batch, LogWriter
 from .tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileUpdate, encode_bundle, extend, locate, pack_interior
 
 
@@ -84,7 +83,7 @@ class _Outcome:
 class _OverlayReader:
     """HashReader over a batch's fresh tiles, falling back to committed storage."""
 
-    def __init__(self, update: TileUpdate, store: SqliteLog) -> None:
+    def __init__(self, update: TileUpdate, store: LogWriter) -> None:
         self._expanded = update.expanded
         self._store = store
 
@@ -102,7 +101,7 @@ class _OverlayReader:
 
 @dataclass
 class Sequencer:
-    store: SqliteLog
+    store: LogWriter
     signer: NoteSigner
     state: LogState
     config: SequencerConfig = field(default_factory=SequencerConfig)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ..config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists
+from ..errors import MalformedNote
 from ..fsck import fsck
+from ..note import Ed25519Verifier, parse_vkey
 from ..sequencer import SequencerConfig
 from ..storage.sqlite import SqliteLog
 from .progress import ProgressBar
@@ -76,6 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "sound, 1 on any fault. Safe to run beside a live server.",
     )
     _data_arg(p)
+    p.add_argument(
+        "--log-key",
+        metavar="VKEY",
+        help="verify checkpoints against this vkey instead of the key in DIR (for an auditor with a copy of log.db)",
+    )
     p.set_defaults(run=cmd_fsck)
 
 
@@ -114,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from ..server.app import create_app
-    from ..server.context import FATAL
+    from ..server.context import FATAL, SERVICE
 
     config = ServerConfig(
         data_dir=args.data,
@@ -130,9 +137,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"pacspace: created log {args.origin} in {args.data}", file=sys.stderr)
     else:
         signer = load_signer(args.data)
-    print(f"pacspace: log {signer.name}, vkey {signer.verifier.vkey()}", file=sys.stderr)
-    print(f"pacspace: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     app = create_app(config)
+
+    async def announce(app: web.Application) -> None:
+        # Runs after the data directory passed its start-up checks.
+        size = app[SERVICE].sequencer.latest.size
+        print(f"pacspace: log {signer.name} at size {size:,}, vkey {signer.verifier.vkey()}", file=sys.stderr)
+        print(f"pacspace: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+
+    app.on_startup.append(announce)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     if app[FATAL]:
         print(f"pacspace: error: the sequencer stopped: {app[FATAL][0]}", file=sys.stderr)
@@ -141,10 +154,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    signer = load_signer(args.data)
+    if args.log_key:
+        verifier = parse_vkey(args.log_key)
+        if not isinstance(verifier, Ed25519Verifier):
+            raise MalformedNote("--log-key must be an Ed25519 (type 0x01) vkey")
+    else:
+        verifier = load_signer(args.data).verifier
     store = SqliteLog.open(args.data, readonly=True)
     try:
-        report = fsck(store, signer.verifier, ProgressBar())
+        report = fsck(store, verifier, ProgressBar())
     finally:
         store.close()
     for warning in report.warnings:

@@ -58,9 +58,21 @@ class LogReader(Protocol):
         """The first index whose leaf hash is ``leaf_hash``, if any."""
         ...
 
+    def checkpoints(self) -> Iterator[bytes]:
+        """Every committed checkpoint note, by increasing size."""
+        ...
+
 
 class LogWriter(Protocol):
     """The single writer's view. Only the sequencer holds one."""
+
+    def read_hashes(self, nodes: Sequence[Node]) -> list[bytes]:
+        """merkle.HashReader over committed tiles."""
+        ...
+
+    def checkpoint_wal(self) -> None:
+        """Maintenance kept off the commit path; safe to run in another thread during a commit."""
+        ...
 
     def edge_tiles(self, size: int) -> dict[int, list[bytes]]:
         """The partial tile at every level for a tree of ``size`` (the right edge)."""
@@ -72,8 +84,4 @@ class LogWriter(Protocol):
         Raises CheckpointConflict, writing nothing, unless the latest stored
         checkpoint has size ``batch.old_size``.
         """
-        ...
-
-    def checkpoints(self) -> Iterator[bytes]:
-        """Every committed checkpoint note, by increasing size."""
         ...
