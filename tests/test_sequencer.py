@@ -217,14 +217,20 @@ async def test_fsck_passes_a_sound_log_and_finds_each_fault(tmp_path):
         ("UPDATE bundles SET data = CAST(substr(data, 1, 10) || x'ff' || substr(data, 12) AS BLOB) WHERE n = 5", "tile 0/5"),
         ("UPDATE tiles SET interior = zeroblob(length(interior)) WHERE level = 0 AND n = 7", "interior"),
         ("UPDATE checkpoints SET note = replace(note, 'example.com', 'example.org') WHERE size = 256", "checkpoint"),
-        ("DELETE FROM leaves WHERE idx = 77", "leaf index"),
+        ("leaves.db: DELETE FROM leaves WHERE idx = 77", "leaf index"),
     ]):
         copy = tmp_path / f"copy{case}"
         copy.mkdir()
-        for name in ("log.db", "log.key"):
+        for name in ("log.db", "log.key", "leaves.db"):
             (copy / name).write_bytes((tmp_path / name).read_bytes())
         os.chmod(copy / "log.key", 0o600)
-        _tamper(copy, sql)
+        if sql.startswith("leaves.db: "):
+            conn = sqlite3.connect(copy / "leaves.db")
+            conn.execute(sql.removeprefix("leaves.db: "))
+            conn.commit()
+            conn.close()
+        else:
+            _tamper(copy, sql)
         store = SqliteLog.open(copy, readonly=True)
         report = fsck(store, signer.verifier)
         store.close()
@@ -253,3 +259,32 @@ def test_one_writer_per_data_directory(tmp_path):
         WriteLock(tmp_path)
     lock.close()
     WriteLock(tmp_path).close()
+
+
+async def test_leaf_index_is_rebuilt_after_loss_and_finds_every_leaf(tmp_path):
+    new_log(tmp_path)
+    async with Running(tmp_path) as seq:
+        results = await seq.submit_many([entry(i) for i in range(3000)])
+        # Found at once, before any flush to leaves.db.
+        assert seq.store.find_leaf(results[2999].leaf_hash) == 2999
+    # Lose the derived index entirely (as a crash before any flush could).
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / ("leaves.db" + suffix)).unlink(missing_ok=True)
+    store = SqliteLog.open(tmp_path)
+    assert store.find_leaf(results[5].leaf_hash) is None
+    load_state(store, load_signer(tmp_path))
+    for r in results[::97]:
+        assert store.find_leaf(r.leaf_hash) == r.index
+    assert store.find_leaf(leaf_hash(b"never appended")) is None
+    store.close()
+    # After a clean close everything is flushed: a read-only open sees the full index.
+    store = SqliteLog.open(tmp_path, readonly=True)
+    assert store.index.stored_size() == 3000 and store.index.row_count() == 3000
+    store.close()
+
+
+async def test_a_repeated_entry_is_found_at_its_first_index(tmp_path):
+    new_log(tmp_path)
+    async with Running(tmp_path) as seq:
+        await seq.submit_many([entry(1), entry(2), entry(1)])
+        assert seq.store.find_leaf(leaf_hash(entry(1))) == 0

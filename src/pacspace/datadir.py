@@ -143,4 +143,6 @@ def load_state(store: SqliteLog, signer: NoteSigner) -> LogState:
         edge_entries = list(iter_bundle(data))
         if len(edge_entries) != size % TILE_WIDTH:
             raise UntrustedState("the partial entry bundle does not match the checkpoint size")
+    # Derived data a crash may have left behind the log: re-derived from the verified tiles.
+    store.index.catch_up(size, store.read_leaf_hashes)
     return LogState(checkpoint, edge, edge_entries)

@@ -116,7 +116,7 @@ class Sequencer:
         self._stopped: BaseException | None = None
         # The commit runs in one worker thread so the event loop keeps serving reads during fsync.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-sequencer")
-        # WAL checkpoints run here, on the other core, never on the commit path.
+        # Leaf-index flushes and WAL checkpoints run here, on the other core, never on the commit path.
         self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-wal")
         self._wal_checkpoint: Future[None] | None = None
         self.metrics.tree_size = self.state.size
@@ -194,7 +194,7 @@ class Sequencer:
         self._record(pool, entries, started)
         self._resolve(pool, outcome)
         if self._wal_checkpoint is None or self._wal_checkpoint.done():
-            self._wal_checkpoint = self._maintenance.submit(self.store.checkpoint_wal)
+            self._wal_checkpoint = self._maintenance.submit(self.store.maintain)
 
     async def _wait_for_batch(self) -> None:
         while not self._pool:
@@ -229,7 +229,7 @@ class Sequencer:
                 for key, hashes_ in update.tiles.items()
             },
             bundles=bundles,
-            leaves=[(h, old.size + i) for i, h in enumerate(hashes)],
+            leaf_hashes=hashes,
             checkpoint=checkpoint.format(),
         )
         self.store.commit(batch)

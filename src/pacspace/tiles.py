@@ -12,6 +12,7 @@ import re
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import EntryTooLarge, InvalidRange, MalformedTilePath
 from .merkle import EMPTY_ROOT, HASH_SIZE, Hash, Node, fold_range, node_hash, range_nodes
@@ -132,8 +133,7 @@ def implied_by(ref: TileRef, size: int) -> bool:
     return lo <= size < hi
 
 
-@dataclass(frozen=True)
-class NodeLocation:
+class NodeLocation(NamedTuple):
     """Where a complete node lives: tile (level, n), sub-level k in 0..7, position in that sub-level."""
 
     tile_level: int
@@ -145,8 +145,8 @@ class NodeLocation:
 def locate(node: Node) -> NodeLocation:
     level, n = node
     tile_level, sublevel = divmod(level, TILE_HEIGHT)
-    per_tile = TILE_WIDTH >> sublevel
-    return NodeLocation(tile_level, n // per_tile, sublevel, n % per_tile)
+    shift = TILE_HEIGHT - sublevel
+    return NodeLocation(tile_level, n >> shift, sublevel, n & ((1 << shift) - 1))
 
 
 def expand(hashes: Sequence[bytes]) -> list[list[bytes]]:
@@ -165,8 +165,15 @@ def pack_interior(levels: Sequence[Sequence[bytes]]) -> bytes:
 
 def interior_offset(width: int, sublevel: int, position: int) -> int:
     """Byte offset of a hash in a packed interior of a tile ``width`` hashes wide."""
-    before = sum(width >> k for k in range(1, sublevel))
+    if width == TILE_WIDTH:
+        before = _FULL_TILE_LEVEL_STARTS[sublevel]
+    else:
+        before = sum(width >> k for k in range(1, sublevel))
     return (before + position) * HASH_SIZE
+
+
+# Hashes before sub-level k in a full tile's packed interior: 0, 0, 128, 192, 224, ...
+_FULL_TILE_LEVEL_STARTS = tuple(sum(TILE_WIDTH >> k for k in range(1, sub)) for sub in range(TILE_HEIGHT + 1))
 
 
 def read_tile_hash(hashes: bytes, interior: bytes, sublevel: int, position: int) -> bytes:

@@ -18,16 +18,16 @@ class Batch:
     """Everything one sequencing step writes, committed as one transaction.
 
     ``tiles`` holds each touched tile's full hash bytes and packed interior;
-    ``bundles`` each touched entry bundle's full bytes; ``leaves`` the
-    (leaf hash, index) pairs for lookup by hash; ``checkpoint`` the signed note
-    for ``new_size``.
+    ``bundles`` each touched entry bundle's full bytes; ``leaf_hashes`` the new
+    leaves' hashes (indexes old_size, old_size + 1, ...); ``checkpoint`` the
+    signed note for ``new_size``.
     """
 
     old_size: int
     new_size: int
     tiles: dict[tuple[int, int], tuple[bytes, bytes]]
     bundles: dict[int, bytes]
-    leaves: Sequence[tuple[bytes, int]]
+    leaf_hashes: Sequence[bytes]
     checkpoint: bytes
 
 
@@ -70,7 +70,7 @@ class LogWriter(Protocol):
         """merkle.HashReader over committed tiles."""
         ...
 
-    def checkpoint_wal(self) -> None:
+    def maintain(self) -> None:
         """Maintenance kept off the commit path; safe to run in another thread during a commit."""
         ...
 
@@ -82,6 +82,7 @@ class LogWriter(Protocol):
         """Atomically write ``batch``; durable (fsynced) once it returns.
 
         Raises CheckpointConflict, writing nothing, unless the latest stored
-        checkpoint has size ``batch.old_size``.
+        checkpoint has size ``batch.old_size``. The new leaves are findable by
+        hash once it returns (the index itself is made durable later, by maintain).
         """
         ...

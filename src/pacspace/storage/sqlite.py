@@ -7,13 +7,10 @@ Schema (``log.db``):
   the first W hashes of the row, so every partial a checkpoint implied stays
   servable. ``interior`` holds the tile's sub-levels 1..7 (see tiles.py).
 - ``bundles(n, data)``: entry bundles, same growth rule.
-- ``leaves(prefix, idx)``: the first 8 bytes of each leaf hash (as a signed
-  integer) and its index, for proofs by hash. Candidates are confirmed against
-  the level-0 tile, so colliding prefixes cost a read, never a wrong answer; the
-  8-byte key keeps the B-tree small and batches insert in key order, which
-  together make it several times cheaper than a 32-byte key at 10^7 leaves.
 - ``checkpoints(size, note)``: every checkpoint the log signed.
 - ``meta(key, value)``: schema version and origin.
+
+The leaf index for proofs by hash is derived data in its own file (leafindex.py).
 
 Durability: ``synchronous=FULL`` in WAL mode makes SQLite fsync the WAL before
 COMMIT returns, so a committed batch survives power loss and ``kill -9``; a
@@ -34,6 +31,7 @@ from ..errors import CheckpointConflict, InvalidRange, LogExists, LogNotFound, U
 from ..merkle import HASH_SIZE, Node
 from ..tiles import TILE_WIDTH, full_tile_count, locate, partial_width, read_tile_hash, tile_levels
 from .base import Batch
+from .leafindex import MAX_PENDING, LeafIndex
 
 SCHEMA_VERSION = 1
 DB_NAME = "log.db"
@@ -52,7 +50,6 @@ CREATE TABLE tiles (
     PRIMARY KEY (level, n)
 );
 CREATE TABLE bundles (n INTEGER PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE leaves (prefix INTEGER NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (prefix, idx)) WITHOUT ROWID;
 CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL);
 """
 
@@ -68,7 +65,7 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA cache_size = -32768")
     if not readonly:
-        # Checkpoints normally run off the commit path (SqliteLog.checkpoint_wal, from the
+        # Checkpoints normally run off the commit path (SqliteLog.maintain, from the
         # sequencer's maintenance thread); this larger automatic threshold is only a backstop.
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
@@ -89,11 +86,15 @@ class SqliteLog:
         self._write = None if readonly else _connect(path)
         self._read_lock = threading.Lock()
         self._checkpointer: sqlite3.Connection | None = None
+        # The partial tiles as of the last commit by this process: a tile only ever grows,
+        # so the latest committed row answers for every node of every published size.
+        self._edge_rows: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         self._full_tiles: OrderedDict[tuple[int, int], tuple[bytes, bytes]] = OrderedDict()
         version = self._meta("schema_version")
         if version != str(SCHEMA_VERSION):
             raise UntrustedState(f"{path}: unknown schema version {version!r}")
         self.origin = self._meta("origin") or ""
+        self.index = LeafIndex(path.parent, readonly=readonly)
 
     @classmethod
     def create(cls, data_dir: Path, origin: str, first_checkpoint: bytes) -> SqliteLog:
@@ -131,19 +132,23 @@ class SqliteLog:
         return cls(path, readonly=readonly)
 
     def close(self) -> None:
+        if self._write is not None:
+            self.index.flush()
+        self.index.close()
         self._read.close()
         if self._write is not None:
             self._write.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
 
-    def checkpoint_wal(self) -> None:
-        """Copy committed WAL pages into the database file (a PASSIVE checkpoint: never blocks the writer).
-
-        Run from one maintenance thread, so the commit path does not pay for it.
+    def maintain(self) -> None:
+        """Work kept off the commit path, for one maintenance thread: flush the leaf index when due,
+        and copy committed WAL pages into the database file (a PASSIVE checkpoint never blocks the writer).
         """
         if self._write is None:
             return
+        if self.index.flush_due():
+            self.index.flush()
         if self._checkpointer is None:
             self._checkpointer = _connect(self.path)
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -171,6 +176,9 @@ class SqliteLog:
             if cached is not None:
                 self._full_tiles.move_to_end(key)
                 return cached
+            edge = self._edge_rows.get(key)
+            if edge is not None:
+                return edge
             row = self._read.execute(
                 "SELECT hashes, interior FROM tiles WHERE level = ? AND n = ?", (level, n)
             ).fetchone()
@@ -185,12 +193,18 @@ class SqliteLog:
             return hashes, interior
 
     def read_hashes(self, nodes: Sequence[Node]) -> list[bytes]:
+        """One query per distinct tile that is neither cached nor on the right edge (the hot path of proofs)."""
         out = []
+        rows: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         for node in nodes:
             loc = locate(node)
-            row = self._tile_row(loc.tile_level, loc.tile_n)
+            key = (loc.tile_level, loc.tile_n)
+            row = rows.get(key)
             if row is None:
-                raise InvalidRange(f"node {node} is not stored")
+                row = self._tile_row(*key)
+                if row is None:
+                    raise InvalidRange(f"node {node} is not stored")
+                rows[key] = row
             out.append(read_tile_hash(row[0], row[1], loc.sublevel, loc.position))
         return out
 
@@ -215,14 +229,13 @@ class SqliteLog:
         return row is not None
 
     def find_leaf(self, leaf_hash: bytes) -> int | None:
-        with self._read_lock:
-            rows = self._read.execute(
-                "SELECT idx FROM leaves WHERE prefix = ? ORDER BY idx", (leaf_prefix(leaf_hash),)
-            ).fetchall()
-        for (idx,) in rows:
-            if self.read_hashes([(0, int(idx))])[0] == leaf_hash:
-                return int(idx)
+        for idx in self.index.candidates(leaf_hash):
+            if self.read_hashes([(0, idx)])[0] == leaf_hash:
+                return idx
         return None
+
+    def read_leaf_hashes(self, start: int, stop: int) -> list[bytes]:
+        return self.read_hashes([(0, i) for i in range(start, stop)])
 
     def checkpoints(self) -> Iterator[bytes]:
         """Every committed checkpoint, by increasing size, read in pages (never all in memory)."""
@@ -241,10 +254,6 @@ class SqliteLog:
     def checkpoint_count(self) -> int:
         with self._read_lock:
             return int(self._read.execute("SELECT count(*) FROM checkpoints").fetchone()[0])
-
-    def leaf_count(self) -> int:
-        with self._read_lock:
-            return int(self._read.execute("SELECT count(*) FROM leaves").fetchone()[0])
 
     def tile_rows(self) -> Iterator[tuple[int, int, bytes, bytes]]:
         """Every stored tile row (fsck), in pages."""
@@ -285,6 +294,8 @@ class SqliteLog:
                 )
             hashes = row[0]
             edge[level] = [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
+            with self._read_lock:
+                self._edge_rows[(level, full_tile_count(size, level))] = row
         return edge
 
     def commit(self, batch: Batch) -> None:
@@ -305,11 +316,6 @@ class SqliteLog:
             conn.executemany(
                 "INSERT OR REPLACE INTO bundles (n, data) VALUES (?, ?)", list(batch.bundles.items())
             )
-            # In key order: consecutive inserts land on the same B-tree pages.
-            conn.executemany(
-                "INSERT INTO leaves (prefix, idx) VALUES (?, ?)",
-                sorted((leaf_prefix(h), idx) for h, idx in batch.leaves),
-            )
             conn.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (batch.new_size, batch.checkpoint))
             conn.execute("COMMIT")
         except BaseException:
@@ -317,12 +323,17 @@ class SqliteLog:
                 conn.execute("ROLLBACK")
             raise
         # Durable from here: the WAL was fsynced inside COMMIT (synchronous=FULL).
+        self.index.add(batch.old_size, batch.leaf_hashes)
+        if self.index.pending() > MAX_PENDING:
+            # Back-pressure: the maintenance thread fell behind; pay for it here.
+            self.index.flush()
+        with self._read_lock:
+            for key, row in batch.tiles.items():
+                if len(row[0]) == TILE_WIDTH * HASH_SIZE:
+                    self._edge_rows.pop(key, None)
+                else:
+                    self._edge_rows[key] = row
 
-
-
-def leaf_prefix(leaf_hash: bytes) -> int:
-    """The leaf index key: the hash's first 8 bytes as a signed 64-bit integer (SQLite's INTEGER)."""
-    return int.from_bytes(leaf_hash[:8], "big", signed=True)
 
 
 def _as_bytes(value: object) -> bytes:
