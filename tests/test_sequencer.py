@@ -16,6 +16,7 @@ from pacspace.errors import (
     CheckpointConflict,
     EntryTooLarge,
     LogExists,
+    MalformedInput,
     LogLocked,
     PoolFull,
     SequencerStopped,
@@ -57,7 +58,8 @@ async def test_concurrent_submissions_get_consecutive_indexes_and_valid_proofs(t
         assert latest.size == 500
         for r in results:
             assert r.checkpoint.size >= r.index + 1
-            proof = seq.inclusion_proof(r.index, r.checkpoint.size)
+            proof = r.inclusion_proof()
+            assert proof == seq.inclusion_proof(r.index, r.checkpoint.size)
             verify_inclusion(r.index, r.checkpoint.size, r.leaf_hash, proof, r.checkpoint.root_hash)
         by_index = {r.index: r.leaf_hash for r in results}
         hashes = [by_index[i] for i in range(500)]
@@ -105,6 +107,8 @@ async def test_oversized_entry_is_refused_and_nothing_appended(tmp_path):
     async with Running(tmp_path) as seq:
         with pytest.raises(EntryTooLarge):
             await seq.submit_many([entry(0), b"x" * 65536])
+        with pytest.raises(MalformedInput):
+            await seq.submit_many([entry(0), "not bytes"])
         assert seq.latest.size == 0
         assert (await seq.submit(entry(0))).index == 0
 

@@ -59,6 +59,11 @@ class LeafIndex:
                 self._conn.execute("PRAGMA synchronous = NORMAL")
                 for statement in _SCHEMA:
                     self._conn.execute(statement)
+        # Lookups use their own connection: the writing one may be mid-transaction in another thread.
+        self._reader: sqlite3.Connection | None = None
+        if self._conn is not None:
+            self._reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        self._reader_lock = threading.Lock()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         # Owned under _lock: hashes not yet flushed, by prefix; the size they extend to.
@@ -68,6 +73,8 @@ class LeafIndex:
         self._size = self._stored_size()
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         if self._conn is not None:
             self._conn.close()
 
@@ -153,11 +160,12 @@ class LeafIndex:
         with self._lock:
             pending = list(self._pending.get(prefix, ()))
         stored: list[int] = []
-        if self._conn is not None:
-            stored = [
-                int(r[0])
-                for r in self._conn.execute("SELECT idx FROM leaves WHERE prefix = ? ORDER BY idx", (prefix,))
-            ]
+        if self._reader is not None:
+            with self._reader_lock:
+                stored = [
+                    int(r[0])
+                    for r in self._reader.execute("SELECT idx FROM leaves WHERE prefix = ? ORDER BY idx", (prefix,))
+                ]
         return sorted(set(stored + pending))
 
     def catch_up(self, log_size: int, read_leaf_hashes: Callable[[int, int], list[bytes]]) -> int:
