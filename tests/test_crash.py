@@ -84,7 +84,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
         for index, leaf in all_acks.items():
             assert index < final.size
             assert store.read_hashes([(0, index)])[0].hex() == leaf
-            assert store.find_leaf(bytes.fromhex(leaf)) == index
+            assert store.find_leaf(bytes.fromhex(leaf), final.size) == index
         assert len(seen) > ROUNDS
         for checkpoint in seen:
             assert checkpoint.size <= final.size

@@ -270,20 +270,20 @@ async def test_leaf_index_is_rebuilt_after_loss_and_finds_every_leaf(tmp_path):
     async with Running(tmp_path) as seq:
         results = await seq.submit_many([entry(i) for i in range(3000)])
         # Found at once, before any flush to leaves.db.
-        assert seq.store.find_leaf(results[2999].leaf_hash) == 2999
+        assert seq.store.find_leaf(results[2999].leaf_hash, 3000) == 2999
     # Lose the derived index entirely (as a crash before any flush could).
     for suffix in ("", "-wal", "-shm"):
         (tmp_path / ("leaves.db" + suffix)).unlink(missing_ok=True)
     store = SqliteLog.open(tmp_path)
-    assert store.find_leaf(results[5].leaf_hash) is None
+    assert store.find_leaf(results[5].leaf_hash, 3000) is None
     load_state(store, load_signer(tmp_path))
     for r in results[::97]:
-        assert store.find_leaf(r.leaf_hash) == r.index
-    assert store.find_leaf(leaf_hash(b"never appended")) is None
+        assert store.find_leaf(r.leaf_hash, 3000) == r.index
+    assert store.find_leaf(leaf_hash(b"never appended"), 3000) is None
     store.close()
     # After a clean close everything is flushed: a read-only open sees the full index.
     store = SqliteLog.open(tmp_path, readonly=True)
-    assert store.index.stored_size() == 3000 and store.index.row_count() == 3000
+    assert store.index.stored_size_and_rows() == (3000, 3000)
     store.close()
 
 
@@ -291,4 +291,38 @@ async def test_a_repeated_entry_is_found_at_its_first_index(tmp_path):
     new_log(tmp_path)
     async with Running(tmp_path) as seq:
         await seq.submit_many([entry(1), entry(2), entry(1)])
-        assert seq.store.find_leaf(leaf_hash(entry(1))) == 0
+        assert seq.store.find_leaf(leaf_hash(entry(1)), 3) == 0
+
+
+def test_an_interrupted_init_is_completed_with_its_key(tmp_path):
+    vkey = new_log(tmp_path)
+    # As if the process died after writing the key, before the database existed.
+    for name in ("log.db", "log.db-wal", "log.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    with pytest.raises(LogExists, match="unfinished"):
+        init_log(tmp_path, "example.com/another-name", 1)
+    signer = init_log(tmp_path, "example.com/test-log", 1)
+    assert signer.verifier.vkey() == vkey
+    store = SqliteLog.open(tmp_path)
+    assert load_state(store, signer).size == 0
+    store.close()
+
+
+async def test_a_tampered_partial_bundle_is_refused_at_start(tmp_path):
+    new_log(tmp_path)
+    await _grow(tmp_path, 300)
+    # Same entry count, different bytes: the next batch would rewrite it from the bad entries.
+    _tamper(tmp_path, "UPDATE bundles SET data = CAST(substr(data, 1, 10) || x'ee' || substr(data, 12) AS BLOB) WHERE n = 1")
+    store = SqliteLog.open(tmp_path)
+    with pytest.raises(UntrustedState, match="partial entry bundle"):
+        load_state(store, load_signer(tmp_path))
+    store.close()
+
+
+async def test_signed_time_never_goes_backwards(tmp_path):
+    new_log(tmp_path)
+    async with Running(tmp_path, clock=lambda: 2_000_000_000) as seq:
+        first = await seq.submit(entry(0))
+    async with Running(tmp_path, clock=lambda: 1_000) as seq:
+        second = await seq.submit(entry(1))
+    assert second.checkpoint.timestamp == first.checkpoint.timestamp == 2_000_000_000

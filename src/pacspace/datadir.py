@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from .checkpoint import Checkpoint, SignedCheckpoint, check_origin, open_checkpoint, sign_checkpoint
 from .durable import write_new_file
 from .errors import LogExists, LogLocked, LogNotFound, MalformedNote, UntrustedState
-from .merkle import EMPTY_ROOT
+from .merkle import EMPTY_ROOT, leaf_hash
 from .note import NoteSigner
 from .storage.sqlite import DB_NAME, SqliteLog
 from .tiles import TILE_WIDTH, iter_bundle, root_from_edge
@@ -61,23 +61,38 @@ def validate_origin(origin: str) -> str:
 def init_log(data_dir: Path, origin: str, timestamp: int) -> NoteSigner:
     """Create a new log: key file (0600), database, and the signed size-0 checkpoint.
 
-    Refuses with LogExists if the directory already holds a key or a database.
-    A crash part-way leaves at most a key without a database, which ``init``
-    then refuses to touch and ``serve`` reports (never a database without a key).
+    Refuses with LogExists if the directory already holds a database. Holds the
+    write lock throughout, so two first runs cannot both create a log. A crash
+    part-way leaves at most a key without a database: nothing signed with it was
+    ever published, so the next ``init`` (or first ``serve``) completes the log
+    with that key, if its name is the origin asked for.
     """
     validate_origin(origin)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if (data_dir / KEY_NAME).exists() or (data_dir / DB_NAME).exists():
-        raise LogExists(f"a log already exists at {data_dir}; refusing to touch it")
-    signer = NoteSigner(origin, Ed25519PrivateKey.generate())
-    write_new_file(data_dir / KEY_NAME, (signer.private_key_text() + "\n").encode(), mode=0o600)
-    first = sign_checkpoint(Checkpoint(origin, 0, EMPTY_ROOT), signer, timestamp)
-    SqliteLog.create(data_dir, origin, first.format()).close()
+    lock = WriteLock(data_dir)
+    try:
+        if (data_dir / DB_NAME).exists():
+            raise LogExists(f"a log already exists at {data_dir}; refusing to touch it")
+        if (data_dir / KEY_NAME).exists():
+            signer = load_signer(data_dir)
+            if signer.name != origin:
+                raise LogExists(
+                    f"{data_dir} holds the key of an unfinished log named {signer.name!r}; "
+                    f"use --origin {signer.name} or remove {data_dir / KEY_NAME}"
+                )
+        else:
+            signer = NoteSigner(origin, Ed25519PrivateKey.generate())
+            write_new_file(data_dir / KEY_NAME, (signer.private_key_text() + "\n").encode(), mode=0o600)
+        first = sign_checkpoint(Checkpoint(origin, 0, EMPTY_ROOT), signer, timestamp)
+        SqliteLog.create(data_dir, origin, first.format()).close()
+    finally:
+        lock.close()
     return signer
 
 
 def log_exists(data_dir: Path) -> bool:
-    return (data_dir / DB_NAME).exists() or (data_dir / KEY_NAME).exists()
+    """Whether the directory holds a complete log (a database); a lone key is an unfinished init."""
+    return (data_dir / DB_NAME).exists()
 
 
 def load_signer(data_dir: Path) -> NoteSigner:
@@ -143,6 +158,9 @@ def load_state(store: SqliteLog, signer: NoteSigner) -> LogState:
         edge_entries = list(iter_bundle(data))
         if len(edge_entries) != size % TILE_WIDTH:
             raise UntrustedState("the partial entry bundle does not match the checkpoint size")
+        # The next batch rewrites this bundle from these entries: they must be the ones the tiles hash.
+        if [leaf_hash(e) for e in edge_entries] != edge[0]:
+            raise UntrustedState("the partial entry bundle does not hash to the stored level-0 tile")
     # Derived data a crash may have left behind the log: re-derived from the verified tiles.
     store.index.catch_up(size, store.read_leaf_hashes)
     return LogState(checkpoint, edge, edge_entries)

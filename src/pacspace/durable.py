@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -30,8 +31,7 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     mode, so a secret is never readable by others even briefly), fsyncs it,
     links it into place (which fails if ``path`` exists), and fsyncs the directory.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)

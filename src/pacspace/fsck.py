@@ -38,21 +38,24 @@ class FsckReport:
 
 def fsck(store: SqliteLog, log_key: Ed25519Verifier, progress: Progress | None = None) -> FsckReport:
     report = FsckReport()
-    try:
-        latest = open_checkpoint(store.latest_checkpoint(), log_key)
-    except PacspaceError as exc:
-        report.faults.append(f"latest checkpoint: {exc}")
-        return report
-    report.size = latest.size
-    _check_tree(store, latest.size, report, progress)
-    if report.ok:
-        _check_checkpoints(store, log_key, report, progress)
+    # One snapshot for the whole check: a live server may append while we read.
+    with store.snapshot():
+        try:
+            latest = open_checkpoint(store.latest_checkpoint(), log_key)
+        except PacspaceError as exc:
+            report.faults.append(f"latest checkpoint: {exc}")
+            return report
+        report.size = latest.size
+        _check_tree(store, latest.size, report, progress)
+        if report.ok:
+            _check_checkpoints(store, log_key, report, progress)
     return report
 
 
 def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progress | None) -> None:
     """Rebuild every tile from the entry bundles and compare with what is stored."""
     bundles = (size + TILE_WIDTH - 1) // TILE_WIDTH
+    indexed, rows = store.index.stored_size_and_rows()
     edge: dict[int, list[bytes]] = {}
     built = 0
     for start in range(0, bundles, BUNDLES_PER_STEP):
@@ -67,7 +70,7 @@ def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progr
             for i, entry in enumerate(entries):
                 h = leaf_hash(entry)
                 hashes.append(h)
-                if n * TILE_WIDTH + i < store.index.size:
+                if n * TILE_WIDTH + i < indexed:
                     _check_leaf_index(store, h, n * TILE_WIDTH + i, report)
         update = extend(built, edge, hashes)
         built, edge = update.size, update.edge
@@ -86,8 +89,6 @@ def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progr
     if stored_tiles != expected_tiles:
         report.faults.append(f"{stored_tiles} tiles stored, the tree of size {size} has {expected_tiles}")
     report.tiles = stored_tiles
-    indexed = store.index.stored_size()
-    rows = store.index.row_count()
     if rows != indexed:
         report.faults.append(f"the leaf index holds {rows} rows but claims {indexed} leaves")
     if indexed > size:
@@ -99,7 +100,7 @@ def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progr
 
 
 def _check_leaf_index(store: SqliteLog, h: bytes, index: int, report: FsckReport) -> None:
-    found = store.find_leaf(h)
+    found = store.find_leaf(h, index + 1)
     # find_leaf answers with the first index of a repeated entry.
     if found is None or found > index or (found != index and store.read_hashes([(0, found)])[0] != h):
         report.faults.append(f"leaf index: entry {index} is not found by its hash")

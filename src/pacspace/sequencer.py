@@ -25,6 +25,7 @@ rather than accept writes it cannot sequence.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ from .metrics import LogMetrics
 from .note import NoteSigner
 from .storage.base import Batch, LogWriter
 from .tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileUpdate, encode_bundle, extend, locate, pack_interior
+
+log = logging.getLogger("pacspace.sequencer")
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ class Sequencer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-sequencer")
         # Leaf-index flushes and WAL checkpoints run here, on the other core, never on the commit path.
         self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-wal")
-        self._wal_checkpoint: Future[None] | None = None
+        self._maintenance_run: Future[None] | None = None
         self.metrics.tree_size = self.state.size
 
     @property
@@ -194,9 +197,14 @@ class Sequencer:
         try:
             outcome = await asyncio.shield(work)
         except asyncio.CancelledError:
-            # Shutting down mid-commit: let the commit finish and answer its submitters first.
-            outcome = await work
-            self._publish(pool, entries, started, outcome)
+            # Shutting down mid-commit: let the commit finish and answer its submitters first,
+            # however many times we are asked to stop meanwhile.
+            while not work.done():
+                try:
+                    await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    continue
+            self._publish(pool, entries, started, work.result())
             raise
         self._publish(pool, entries, started, outcome)
 
@@ -205,8 +213,9 @@ class Sequencer:
         self.state = outcome.state
         self._record(pool, entries, started)
         self._resolve(pool, outcome)
-        if self._wal_checkpoint is None or self._wal_checkpoint.done():
-            self._wal_checkpoint = self._maintenance.submit(self.store.maintain)
+        if self._maintenance_run is None or self._maintenance_run.done():
+            self._maintenance_run = self._maintenance.submit(self.store.maintain)
+            self._maintenance_run.add_done_callback(_log_maintenance_failure)
 
     async def _wait_for_batch(self) -> None:
         while not self._pool:
@@ -229,9 +238,9 @@ class Sequencer:
         hashes = [leaf_hash(e) for e in entries]
         update = extend(old.size, state.edge, hashes)
         self._check_consistent(old, update)
-        checkpoint = sign_checkpoint(
-            Checkpoint(old.checkpoint.origin, update.size, update.root), self.signer, int(self.clock())
-        )
+        # Signed times never go backwards, even if the clock does.
+        timestamp = max(int(self.clock()), old.timestamp)
+        checkpoint = sign_checkpoint(Checkpoint(old.checkpoint.origin, update.size, update.root), self.signer, timestamp)
         bundles, edge_entries = _bundles(old.size, state.edge_entries, entries)
         batch = Batch(
             old_size=old.size,
@@ -282,6 +291,13 @@ class Sequencer:
         for sub in in_flight + pool:
             if not sub.future.done():
                 sub.future.set_exception(SequencerStopped("the sequencer stopped; the entry was not appended"))
+
+
+def _log_maintenance_failure(done: Future[None]) -> None:
+    exc = done.exception()
+    if exc is not None:
+        # Maintenance is recoverable (a WAL checkpoint, a leaf-index flush): log it, keep sequencing.
+        log.error("storage maintenance failed: %s", exc)
 
 
 def _bundles(size: int, edge_entries: list[bytes], entries: list[bytes]) -> tuple[dict[int, bytes], list[bytes]]:

@@ -163,8 +163,8 @@ async def get_by_hash(request: web.Request) -> web.Response:
     leaf = _hash_param(request)
     size = _size_param(request)
     store = _service(request).store
-    index = store.find_leaf(leaf)
-    if index is None or index >= size:
+    index = store.find_leaf(leaf, size)
+    if index is None:
         raise NotFound(f"no leaf with this hash in the tree of size {size}")
     return web.json_response(_inclusion_body(store, index, size))
 

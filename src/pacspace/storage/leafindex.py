@@ -95,10 +95,18 @@ class LeafIndex:
     def stored_size(self) -> int:
         return self._stored_size()
 
-    def row_count(self) -> int:
-        if self._conn is None:
-            return 0
-        return int(self._conn.execute("SELECT count(*) FROM leaves").fetchone()[0])
+    def stored_size_and_rows(self) -> tuple[int, int]:
+        """(indexed_size, row count) from one snapshot of leaves.db."""
+        if self._reader is None:
+            return 0, 0
+        with self._reader_lock:
+            self._reader.execute("BEGIN")
+            try:
+                row = self._reader.execute("SELECT value FROM meta WHERE key = 'indexed_size'").fetchone()
+                count = self._reader.execute("SELECT count(*) FROM leaves").fetchone()[0]
+            finally:
+                self._reader.execute("COMMIT")
+        return (0 if row is None else int(row[0])), int(count)
 
     def add(self, start: int, hashes: Iterable[bytes]) -> None:
         """Index leaves ``start, start+1, ...``; ``start`` must be the current size. Memory only."""
@@ -130,7 +138,8 @@ class LeafIndex:
             return
         with self._flush_lock:
             with self._lock:
-                rows = self._pending_rows
+                # A copy: the commit thread may add rows while these are written.
+                rows = list(self._pending_rows)
                 size = self._size
             if not rows:
                 return
@@ -145,9 +154,7 @@ class LeafIndex:
                     conn.execute("ROLLBACK")
                 raise
             with self._lock:
-                # Rows added while we wrote stay pending.
-                done = len(rows)
-                self._pending_rows = self._pending_rows[done:]
+                self._pending_rows = self._pending_rows[len(rows) :]
                 self._pending = {}
                 for prefix, i in self._pending_rows:
                     self._pending.setdefault(prefix, []).append(i)
