@@ -1,0 +1,1 @@
+"""Recordation records: canonical bodies, sealing, and chain rules. Pure: no I/O."""

@@ -1,0 +1,76 @@
+"""Canonical JSON for sealed bodies (RFC 8785 style). Pure.
+
+Sorted keys, no insignificant whitespace, UTF-8, and no JSON numbers at all:
+integers and decimals travel as strings, so no float ever touches a quantity.
+Parsing is strict: duplicate keys, numbers, and any input that does not
+re-encode to the same bytes are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import MalformedInput
+
+JsonValue = Any  # dict[str, JsonValue] | list[JsonValue] | str | bool | None
+
+
+class NotCanonical(MalformedInput):
+    """Bytes that are not the canonical encoding of a pacspace JSON value."""
+
+    code = "not_canonical"
+
+
+def encode(value: JsonValue) -> bytes:
+    _check(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _check(value: JsonValue) -> None:
+    if value is None or isinstance(value, (str, bool)):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise NotCanonical("object keys must be strings")
+            _check(item)
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check(item)
+        return
+    raise NotCanonical(f"{type(value).__name__} is not allowed in canonical JSON (numbers travel as strings)")
+
+
+def _no_duplicates(pairs: list[tuple[str, JsonValue]]) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {}
+    for key, value in pairs:
+        if key in out:
+            raise NotCanonical(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_numbers(text: str) -> None:
+    raise NotCanonical(f"number {text!r}: numbers travel as strings")
+
+
+def decode(data: bytes) -> JsonValue:
+    """Parse canonical JSON; the result re-encodes to exactly ``data``."""
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_int=_no_numbers,
+            parse_float=_no_numbers,
+            parse_constant=_no_numbers,
+        )
+    except UnicodeDecodeError:
+        raise NotCanonical("not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise NotCanonical(f"not JSON: {exc.msg}") from None
+    if encode(value) != data:
+        raise NotCanonical("JSON is not in canonical form")
+    return value
