@@ -132,17 +132,18 @@ class LeafIndex:
             n = len(self._pending_rows)
             return n >= FLUSH_ENTRIES or (n > 0 and time.monotonic() - self._pending_since >= FLUSH_AFTER)
 
-    def flush(self) -> None:
-        """Write pending rows as one sorted run, with the size they reach, in one transaction."""
+    def flush(self, limit: int | None = None) -> None:
+        """Write the oldest pending rows (at most ``limit``) as one sorted run, with the size they reach."""
         if self._conn is None or self._readonly:
             return
         with self._flush_lock:
             with self._lock:
                 # A copy: the commit thread may add rows while these are written.
-                rows = list(self._pending_rows)
-                size = self._size
-            if not rows:
-                return
+                rows = self._pending_rows[:limit] if limit is not None else list(self._pending_rows)
+                if not rows:
+                    return
+                # Rows are pending in index order, so the run ends where the indexed prefix ends.
+                size = rows[-1][1] + 1
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -187,7 +188,10 @@ class LeafIndex:
         step = FLUSH_ENTRIES
         for lo in range(start, log_size, step):
             self.add(lo, read_leaf_hashes(lo, min(log_size, lo + step)))
-            self.flush()
+            # A crash leaves at most MAX_PENDING behind: those wait in memory for the maintenance
+            # thread, so start-up stays fast. Only a lost or much older index is written here.
+            if self.pending() > MAX_PENDING:
+                self.flush()
         return log_size - start
 
     def _reset(self) -> None:

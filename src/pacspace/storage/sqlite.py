@@ -33,7 +33,7 @@ from ..errors import CheckpointConflict, InvalidRange, LogExists, LogNotFound, U
 from ..merkle import HASH_SIZE, Node
 from ..tiles import TILE_WIDTH, full_tile_count, locate, partial_width, read_tile_hash, tile_levels
 from .base import Batch
-from .leafindex import MAX_PENDING, LeafIndex
+from .leafindex import FLUSH_ENTRIES, MAX_PENDING, LeafIndex
 
 log = logging.getLogger("pacspace.storage")
 
@@ -354,8 +354,9 @@ class SqliteLog:
         try:
             self.index.add(batch.old_size, batch.leaf_hashes)
             if self.index.pending() > MAX_PENDING:
-                # Back-pressure: the maintenance thread fell behind; pay for it here.
-                self.index.flush()
+                # Back-pressure: the maintenance thread fell behind. Pay for one run here (a short
+                # stall, not a flush of everything), so memory stays bounded.
+                self.index.flush(limit=FLUSH_ENTRIES)
         except Exception:
             # The index is derived: the next start re-derives what is missing (LeafIndex.catch_up).
             log.exception("leaf index update failed after a durable commit; lookups by hash may miss entries until restart")
