@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .transaction import write_transaction
+
 INDEX_NAME = "leaves.db"
 # Flush once this many hashes wait, or once the oldest waited FLUSH_AFTER seconds.
 FLUSH_ENTRIES = 65536
@@ -144,16 +146,9 @@ class LeafIndex:
                     return
                 # Rows are pending in index order, so the run ends where the indexed prefix ends.
                 size = rows[-1][1] + 1
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(self._conn) as conn:
                 conn.executemany("INSERT OR IGNORE INTO leaves (prefix, idx) VALUES (?, ?)", sorted(rows))
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('indexed_size', ?)", (size,))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
             with self._lock:
                 self._pending_rows = self._pending_rows[len(rows) :]
                 self._pending = {}
@@ -197,9 +192,8 @@ class LeafIndex:
     def _reset(self) -> None:
         if self._conn is None:
             return
-        self._conn.execute("BEGIN IMMEDIATE")
-        self._conn.execute("DELETE FROM leaves")
-        self._conn.execute("DELETE FROM meta")
-        self._conn.execute("COMMIT")
+        with write_transaction(self._conn) as conn:
+            conn.execute("DELETE FROM leaves")
+            conn.execute("DELETE FROM meta")
         with self._lock:
             self._pending, self._pending_rows, self._size = {}, [], 0

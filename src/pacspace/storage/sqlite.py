@@ -33,6 +33,7 @@ from ..errors import CheckpointConflict, InvalidRange, LogExists, LogNotFound, U
 from ..merkle import HASH_SIZE, Node
 from ..tiles import TILE_WIDTH, full_tile_count, locate, partial_width, read_tile_hash, tile_levels
 from .base import Batch
+from .transaction import write_transaction
 from .leafindex import FLUSH_ENTRIES, MAX_PENDING, LeafIndex
 
 log = logging.getLogger("pacspace.storage")
@@ -323,8 +324,7 @@ class SqliteLog:
         conn = self._write
         if conn is None:
             raise UntrustedState("this log was opened read-only")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             (stored,) = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
             if stored != batch.old_size:
                 raise CheckpointConflict(
@@ -334,15 +334,8 @@ class SqliteLog:
                 "INSERT OR REPLACE INTO tiles (level, n, hashes, interior) VALUES (?, ?, ?, ?)",
                 [(level, n, hashes, interior) for (level, n), (hashes, interior) in batch.tiles.items()],
             )
-            conn.executemany(
-                "INSERT OR REPLACE INTO bundles (n, data) VALUES (?, ?)", list(batch.bundles.items())
-            )
+            conn.executemany("INSERT OR REPLACE INTO bundles (n, data) VALUES (?, ?)", list(batch.bundles.items()))
             conn.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (batch.new_size, batch.checkpoint))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         # Durable from here: the WAL was fsynced inside COMMIT (synchronous=FULL).
         # Nothing below may fail the batch: it is committed, and its submitters must hear so.
         with self._read_lock:
