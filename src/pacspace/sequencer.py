@@ -130,7 +130,7 @@ class Sequencer:
         # The commit runs in one worker thread so the event loop keeps serving reads during fsync.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-sequencer")
         # Leaf-index flushes and WAL checkpoints run here, on the other core, never on the commit path.
-        self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-wal")
+        self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-maintenance")
         self._maintenance_run: Future[None] | None = None
         self.metrics.tree_size = self.state.size
 
