@@ -14,6 +14,10 @@ class PacspaceError(Exception):
     code = "error"
     http_status = 500
 
+    def details(self) -> dict[str, object]:
+        """Extra fields for the JSON error body (machine-readable hints, never secrets)."""
+        return {}
+
 
 class InvalidRange(PacspaceError):
     """Arguments that cannot describe a tree, leaf or proof (index >= size, ...)."""

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import PacspaceError
-from . import log_commands
+from . import admin_commands, client_commands, log_commands
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     log_commands.register(sub)
+    admin_commands.register(sub)
+    client_commands.register(sub)
     return parser
 
 

@@ -14,8 +14,10 @@ from ..config import ServerConfig
 from ..datadir import WriteLock, load_signer, load_state
 from ..errors import PacspaceError
 from ..sequencer import Sequencer
+from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
-from . import read_api
+from .writer import GroupWriter
+from . import read_api, records_api
 from .context import CONFIG, FATAL, ON_FATAL, SERVICE, LogService
 from .errors import error_middleware
 
@@ -24,12 +26,14 @@ log = logging.getLogger("pacspace.server")
 
 def create_app(config: ServerConfig, on_fatal: Callable[[BaseException], None] | None = None) -> web.Application:
     """The application. ``on_fatal`` runs if the sequencer dies; by default the process terminates."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+    # The batch endpoint takes thousands of records; each route enforces its own, smaller limit.
+    app = web.Application(middlewares=[error_middleware, records_api.auth_middleware], client_max_size=64 << 20)
     app[CONFIG] = config
     app[FATAL] = []
     app[ON_FATAL] = on_fatal or _terminate
     app.cleanup_ctx.append(_log_service)
     read_api.add_routes(app)
+    records_api.add_routes(app)
     return app
 
 
@@ -37,27 +41,38 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
     """Open the data directory, check it can be trusted, and run the sequencer for the app's lifetime."""
     config = app[CONFIG]
     lock = WriteLock(config.data_dir)
-    store = None
+    store = records = None
     try:
         signer = load_signer(config.data_dir)
         store = SqliteLog.open(config.data_dir)
         state = load_state(store, signer)
+        records = RecordStore(config.data_dir)
+        # Record rows a crash left between storing and sequencing: settled or dropped, from the log.
+        settled, dropped = records.reconcile(
+            lambda h: store.find_leaf(h, state.size) if store else None, state.checkpoint.format()
+        )
+        if settled or dropped:
+            log.info("records reconciled with the log: %d settled, %d never acknowledged and dropped", settled, dropped)
         sequencer = Sequencer(store, signer, state, config.sequencer, clock=time.time)
+        writer = GroupWriter(records)
         app[SERVICE] = LogService(
-            store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey()
+            store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer
         )
         task = asyncio.create_task(sequencer.run(), name="pacspace-sequencer")
         task.add_done_callback(lambda t: _on_sequencer_exit(app, t))
+        writer_task = asyncio.create_task(writer.run(), name="pacspace-records-writer")
         log.info("log %s open at size %d", signer.name, state.size)
         yield
+        writer_task.cancel()
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except PacspaceError:
-            pass
+        for t in (task, writer_task):
+            try:
+                await t
+            except (asyncio.CancelledError, PacspaceError):
+                pass
     finally:
+        if records is not None:
+            records.close()
         if store is not None:
             store.close()
         lock.close()

@@ -9,17 +9,21 @@ from aiohttp import web
 
 from ..config import ServerConfig
 from ..sequencer import Sequencer
+from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
+from .writer import GroupWriter
 
 
 @dataclass
 class LogService:
-    """The store (reads) and the sequencer (writes and the published checkpoint)."""
+    """The log store (reads), the sequencer (writes, the published checkpoint), and the records tables."""
 
     store: SqliteLog
     sequencer: Sequencer
     vkey: str
     timestamp_vkey: str
+    records: RecordStore
+    writer: GroupWriter
 
 
 SERVICE = web.AppKey("service", LogService)

@@ -28,7 +28,11 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         return await handler(request)
     except PacspaceError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, PoolFull) else None
-        return json_error(exc.http_status, exc.code, str(exc), headers)
+        if exc.http_status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="pacspace"'}
+        return web.json_response(
+            {"error": exc.code, "message": str(exc), **exc.details()}, status=exc.http_status, headers=headers
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,0 +1,344 @@
+"""Party commands: keys, relationships, record, close, records, receipt verify.
+
+They read PACSPACE_URL, PACSPACE_TOKEN and PACSPACE_HOME (or --url, --token, --home).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import MalformedInput
+from ..note import Ed25519Verifier, parse_vkey
+from ..receipt import verify_receipt
+from ..records.body import Close, Delta, Genesis, Line, canonical_decimal
+from ..client.home import Home, default_home
+from ..client.http import PacspaceClient
+from ..client.records import (
+    RelationshipView,
+    append_body,
+    close_maker,
+    create_relationship,
+    delta_maker,
+    load_relationship,
+)
+
+_PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+
+
+def _common(p: argparse.ArgumentParser, server: bool = True) -> None:
+    p.add_argument("--home", type=Path, default=None, help="party state directory (default $PACSPACE_HOME or ~/.pacspace)")
+    if server:
+        p.add_argument("--url", default=None, help="server URL (default $PACSPACE_URL or http://127.0.0.1:8080)")
+        p.add_argument("--token", default=None, help="bearer token (default $PACSPACE_TOKEN)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    keys = sub.add_parser("keys", help="this party's keys", description="Create and show this party's keys.")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    p = keys_sub.add_parser(
+        "init",
+        help="create this party's keys and register the public halves",
+        description="Create an X25519 and an Ed25519 key under PACSPACE_HOME (mode 0600, never sent anywhere), "
+        "register the public keys with the server, and pin the log's verifier key.",
+    )
+    _common(p)
+    p.set_defaults(run=cmd_keys_init)
+    p = keys_sub.add_parser(
+        "show", help="print this party's key fingerprint", description="Print the fingerprint to compare out of band."
+    )
+    _common(p, server=False)
+    p.set_defaults(run=cmd_keys_show)
+
+    rel = sub.add_parser("relationship", help="relationships", description="Create and list relationships.")
+    rel_sub = rel.add_subparsers(dest="relationship_command", metavar="COMMAND", required=True)
+    p = rel_sub.add_parser(
+        "create",
+        help="(provider) create a relationship with a customer",
+        description="Draw a relationship secret, wrap it (HPKE) to the customer and to yourself, and commit the "
+        "signed genesis record naming both parties' keys.",
+    )
+    p.add_argument("--customer", required=True)
+    p.add_argument("--cadence", default="daily", help="daily (default), hourly or <N>m")
+    p.add_argument("--billing-cycle", default="monthly", choices=["monthly"])
+    p.add_argument("--customer-key", metavar="FINGERPRINT", help="refuse unless the customer's keys have this fingerprint")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(run=cmd_relationship_create)
+    p = rel_sub.add_parser("list", help="list your relationships", description="List the relationships you are part of.")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(run=cmd_relationship_list)
+
+    p = sub.add_parser(
+        "record",
+        help="(provider) commit a usage delta",
+        description="Seal and commit one delta: a quantity of a meter in a window, with dimensions. "
+        "Prints the receipt.",
+    )
+    p.add_argument("--relationship", required=True)
+    p.add_argument("--meter", help="e.g. llm.output.visible_tokens")
+    p.add_argument("--quantity", help="a decimal, e.g. 1234 or 0.5")
+    p.add_argument("--unit", default="unit")
+    p.add_argument("--dim", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--window", metavar="START/END", help="RFC 3339 UTC times (default: the last hour)")
+    p.add_argument("--period", help="YYYY-MM (default: the month of the window's start)")
+    p.add_argument("--lines", type=Path, help='a JSON file: [{"meter", "unit", "quantity", "dimensions"}, ...]')
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(run=cmd_record)
+
+    p = sub.add_parser(
+        "close",
+        help="(provider) close a billing period",
+        description="Commit the period's close record (first/last seq, count, chain head, totals). Its receipt "
+        "is what an invoice cites.",
+    )
+    p.add_argument("--relationship", required=True)
+    p.add_argument("--period", required=True, help="YYYY-MM")
+    p.add_argument("--out", type=Path, help="write the receipt (c2sp.org/tlog-proof) here")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(run=cmd_close)
+
+    p = sub.add_parser(
+        "records",
+        help="fetch, verify and decrypt a relationship's records",
+        description="Fetch every record, verify it (inclusion under a signed checkpoint, tag, ct_hash, key "
+        "commitment, signature, seq/prev chain), decrypt it, and print one row per line item.",
+    )
+    p.add_argument("--relationship", required=True)
+    p.add_argument("--period")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the pinned one")
+    _common(p)
+    p.set_defaults(run=cmd_records)
+
+    receipt = sub.add_parser("receipt", help="receipts", description="Work with receipts.")
+    receipt_sub = receipt.add_subparsers(dest="receipt_command", metavar="COMMAND", required=True)
+    p = receipt_sub.add_parser(
+        "verify",
+        help="check a receipt offline",
+        description="Check a c2sp.org/tlog-proof receipt offline: the checkpoint's signature and signed time, "
+        "and the entry's inclusion.",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--log-key", required=True, metavar="VKEY")
+    p.set_defaults(run=cmd_receipt_verify)
+
+
+def _home(args: argparse.Namespace) -> Home:
+    return Home(args.home or default_home())
+
+
+def _run(args: argparse.Namespace, body: Callable[[PacspaceClient, Home], Awaitable[int]]) -> int:
+    url = args.url or os.environ.get("PACSPACE_URL") or "http://127.0.0.1:8080"
+    token = args.token or os.environ.get("PACSPACE_TOKEN")
+    if not token:
+        raise MalformedInput("no token: set PACSPACE_TOKEN or pass --token")
+
+    async def main() -> int:
+        async with PacspaceClient(url, token) as client:
+            return await body(client, _home(args))
+
+    return asyncio.run(main())
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    async def body(client: PacspaceClient, home: Home) -> int:
+        me = await client.me()
+        keys = home.keys() if home.has_keys() else home.create_keys()
+        await client.register_keys(keys.public.x25519, keys.public.ed25519)
+        info = await client.log_info()
+        home.pin_log_key(info["vkey"])
+        print(keys.public.fingerprint())
+        print(f"pacspace: keys of {me['name']} in {home.path}; pinned log key {info['vkey']}", file=sys.stderr)
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    print(_home(args).keys().public.fingerprint())
+    return 0
+
+
+def cmd_relationship_create(args: argparse.Namespace) -> int:
+    async def body(client: PacspaceClient, home: Home) -> int:
+        me = await client.me()
+        result = await create_relationship(
+            client, home.keys(), me["name"], args.customer, args.cadence, args.billing_cycle, args.customer_key
+        )
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(result["relationship"])
+            print(f"pacspace: relationship with {args.customer} created; genesis at log index {result['receipt']['index']}", file=sys.stderr)
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_relationship_list(args: argparse.Namespace) -> int:
+    async def body(client: PacspaceClient, home: Home) -> int:
+        rels = await client.relationships()
+        if args.json:
+            print(json.dumps(rels))
+            return 0
+        print(f"{'RELATIONSHIP':<30} {'PROVIDER':<16} {'CUSTOMER':<16} CADENCE")
+        for r in rels:
+            print(f"{r['relationship']:<30} {r['provider']:<16} {r['customer']:<16} {r['cadence']}")
+        return 0
+
+    return _run(args, body)
+
+
+def _parse_lines(args: argparse.Namespace) -> list[Line]:
+    if args.lines:
+        try:
+            raw = json.loads(args.lines.read_text())
+        except (OSError, ValueError) as exc:
+            raise MalformedInput(f"cannot read {args.lines}: {exc}") from None
+        if not isinstance(raw, list) or not raw:
+            raise MalformedInput("--lines must hold a non-empty JSON list")
+        return [
+            Line(
+                str(item.get("meter")),
+                str(item.get("unit", "unit")),
+                canonical_decimal(str(item.get("quantity"))),
+                {str(k): str(v) for k, v in (item.get("dimensions") or {}).items()},
+            )
+            for item in raw
+        ]
+    if not args.meter or args.quantity is None:
+        raise MalformedInput("give --meter and --quantity, or --lines FILE")
+    dims = {}
+    for d in args.dim:
+        key, sep, value = d.partition("=")
+        if not sep:
+            raise MalformedInput(f"--dim {d!r} is not KEY=VALUE")
+        dims[key] = value
+    return [Line(args.meter, args.unit, canonical_decimal(args.quantity), dims)]
+
+
+def _window(args: argparse.Namespace) -> tuple[str, str]:
+    if args.window:
+        start, sep, end = args.window.partition("/")
+        if not sep:
+            raise MalformedInput("--window is START/END")
+        return start, end
+    end_t = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return (end_t - timedelta(hours=1)).strftime(fmt), end_t.strftime(fmt)
+
+
+def _print_receipt(receipt: dict[str, Any], rid: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"relationship": rid, **receipt}))
+    else:
+        print(receipt["proof"], end="")
+        print(f"pacspace: committed seq {receipt['seq']} at log index {receipt['index']}", file=sys.stderr)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    lines = _parse_lines(args)
+    window = _window(args)
+    period = args.period or window[0][:7]
+    if not _PERIOD.fullmatch(period):
+        raise MalformedInput("--period is YYYY-MM")
+
+    async def body(client: PacspaceClient, home: Home) -> int:
+        view = await load_relationship(client, home, args.relationship, home.log_key())
+        receipt = await append_body(client, home, view, delta_maker(period, window, lines))
+        _print_receipt(receipt, args.relationship, args.json)
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    if not _PERIOD.fullmatch(args.period):
+        raise MalformedInput("--period is YYYY-MM")
+
+    async def body(client: PacspaceClient, home: Home) -> int:
+        view = await load_relationship(client, home, args.relationship, home.log_key())
+        receipt = await append_body(client, home, view, close_maker(view, args.period))
+        if args.out:
+            args.out.write_text(receipt["proof"])
+        _print_receipt(receipt, args.relationship, args.json)
+        return 0
+
+    return _run(args, body)
+
+
+def _rows(view: RelationshipView, period: str | None) -> list[dict[str, Any]]:
+    rows = []
+    for r in view.records:
+        b = r.body
+        base = {"seq": r.seq, "index": r.index, "kind": b.kind}
+        if isinstance(b, Delta):
+            if period and b.period != period:
+                continue
+            for line in b.lines:
+                rows.append({**base, "period": b.period, "window_start": b.window_start, "window_end": b.window_end,
+                             "meter": line.meter, "unit": line.unit, "quantity": line.quantity,
+                             "dimensions": line.dimensions})
+        elif isinstance(b, Close):
+            if period and b.period != period:
+                continue
+            for line in b.totals:
+                rows.append({**base, "period": b.period, "meter": line.meter, "unit": line.unit,
+                             "quantity": line.quantity, "dimensions": line.dimensions})
+        elif isinstance(b, Genesis) and not period:
+            rows.append({**base, "provider": b.provider.name, "customer": b.customer.name, "cadence": b.cadence})
+    return rows
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    async def body(client: PacspaceClient, home: Home) -> int:
+        log_key = home.log_key(args.log_key)
+        view = await load_relationship(client, home, args.relationship, log_key)
+        rows = _rows(view, args.period)
+        if args.json:
+            print(json.dumps({"relationship": view.rid, "checkpoint_size": view.checkpoint.size, "rows": rows}))
+        elif args.csv:
+            writer = csv.writer(sys.stdout)
+            writer.writerow(["seq", "index", "kind", "period", "window_start", "window_end", "meter", "unit", "quantity", "dimensions"])
+            for r in rows:
+                writer.writerow([r["seq"], r["index"], r["kind"], r.get("period", ""), r.get("window_start", ""),
+                                 r.get("window_end", ""), r.get("meter", ""), r.get("unit", ""), r.get("quantity", ""),
+                                 ";".join(f"{k}={v}" for k, v in sorted(r.get("dimensions", {}).items()))])
+        else:
+            print(f"{'SEQ':>5} {'KIND':<10} {'PERIOD':<8} {'METER':<32} {'QUANTITY':>14} DIMENSIONS")
+            for r in rows:
+                dims = ",".join(f"{k}={v}" for k, v in sorted(r.get("dimensions", {}).items()))
+                print(f"{r['seq']:>5} {r['kind']:<10} {r.get('period', ''):<8} {r.get('meter', ''):<32} {r.get('quantity', ''):>14} {dims}")
+            print(f"pacspace: {len(view.records)} records verified against checkpoint {view.checkpoint.size}", file=sys.stderr)
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_receipt_verify(args: argparse.Namespace) -> int:
+    verifier = parse_vkey(args.log_key)
+    if not isinstance(verifier, Ed25519Verifier):
+        raise MalformedInput("--log-key must be an Ed25519 (type 0x01) vkey")
+    try:
+        text = args.file.read_text()
+    except OSError as exc:
+        raise MalformedInput(f"cannot read {args.file}: {exc.strerror}") from None
+    result = verify_receipt(text, verifier)
+    when = datetime.fromtimestamp(result.checkpoint.timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"ok: entry at index {result.index} is in {result.checkpoint.checkpoint.origin} at size {result.checkpoint.size}, signed {when}")
+    return 0

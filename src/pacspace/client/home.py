@@ -1,0 +1,86 @@
+"""A party's local state under PACSPACE_HOME: its private keys (0600), the pinned log key, chain heads.
+
+Layout:
+  party.x25519, party.ed25519   raw 32-byte private keys, mode 0600, never sent anywhere
+  log.vkey                      the log's verifier key, pinned at `keys init`
+  chains/<relationship>.json    the verified chain head: {"next_seq", "head"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..durable import write_new_file
+from ..errors import PacspaceError
+from ..keys import PartyKeys
+from ..note import Ed25519Verifier, parse_vkey
+
+
+class HomeError(PacspaceError):
+    code = "home"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("PACSPACE_HOME") or Path.home() / ".pacspace")
+
+
+@dataclass(frozen=True)
+class Home:
+    path: Path
+
+    def has_keys(self) -> bool:
+        return (self.path / "party.ed25519").exists()
+
+    def create_keys(self) -> PartyKeys:
+        if self.has_keys():
+            raise HomeError(f"keys already exist in {self.path}")
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys = PartyKeys.generate()
+        x, e = keys.private_bytes()
+        write_new_file(self.path / "party.x25519", x, mode=0o600)
+        write_new_file(self.path / "party.ed25519", e, mode=0o600)
+        return keys
+
+    def keys(self) -> PartyKeys:
+        paths = [self.path / "party.x25519", self.path / "party.ed25519"]
+        if not all(p.exists() for p in paths):
+            raise HomeError(f"no party keys in {self.path} (run `pacspace keys init`)")
+        for p in paths:
+            if p.stat().st_mode & 0o077:
+                raise HomeError(f"{p} is readable by others; run chmod 600 {p}")
+        return PartyKeys.from_private_bytes(paths[0].read_bytes(), paths[1].read_bytes())
+
+    def pin_log_key(self, vkey: str) -> None:
+        parse_vkey(vkey)
+        path = self.path / "log.vkey"
+        if path.exists():
+            if path.read_text().strip() != vkey:
+                raise HomeError(f"the server's log key differs from the one pinned in {path}")
+            return
+        write_new_file(path, (vkey + "\n").encode(), mode=0o644)
+
+    def log_key(self, override: str | None = None) -> Ed25519Verifier:
+        text = override or ((self.path / "log.vkey").read_text().strip() if (self.path / "log.vkey").exists() else "")
+        if not text:
+            raise HomeError("no pinned log key (run `pacspace keys init`, or pass --log-key)")
+        verifier = parse_vkey(text)
+        if not isinstance(verifier, Ed25519Verifier):
+            raise HomeError("the log key must be an Ed25519 (type 0x01) vkey")
+        return verifier
+
+    def chain_head(self, rid: str) -> tuple[int, str] | None:
+        path = self.path / "chains" / f"{rid}.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return int(data["next_seq"]), str(data["head"])
+
+    def save_chain_head(self, rid: str, next_seq: int, head: str) -> None:
+        folder = self.path / "chains"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = folder / f".{rid}.json.tmp"
+        tmp.write_text(json.dumps({"next_seq": next_seq, "head": head}))
+        os.replace(tmp, folder / f"{rid}.json")

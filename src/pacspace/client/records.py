@@ -1,0 +1,233 @@
+"""Client-side recordation: create relationships, seal and append records, fetch and fully verify them.
+
+Every record a party reads is checked before it is believed: the checkpoint's
+signature against the pinned log key; the entry's inclusion under it; the tag
+(HMAC under the relationship key); ct_hash (via the entry); the key
+commitment, decryption and the provider's signature (records.seal); and the
+seq/prev chain (records.chain).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..checkpoint import SignedCheckpoint, open_checkpoint
+from ..errors import PacspaceError
+from ..keys import PartyKeys, PublicKeys, unwrap_secret, wrap_secret
+from ..merkle import leaf_hash, verify_inclusion
+from ..note import Ed25519Verifier
+from ..records.body import (
+    GENESIS_PREV,
+    Body,
+    Close,
+    Common,
+    Delta,
+    Genesis,
+    Line,
+    body_hash,
+    totals,
+)
+from ..records.body import PartyKeys as NamedKeys
+from ..records.chain import ChainError, ChainHead, check_next
+from ..records.seal import Opened, RelationshipKeys, open_record, seal
+from .home import Home
+from .http import PacspaceClient
+
+
+class KeyMismatch(PacspaceError):
+    """A key the server relayed is not the one expected (out-of-band fingerprint or genesis record)."""
+
+    code = "key_mismatch"
+
+
+def _public(obj: dict[str, Any] | None, who: str) -> PublicKeys:
+    if not obj:
+        raise KeyMismatch(f"the {who} has not registered keys")
+    return PublicKeys.from_json({"x25519": obj["x25519"], "ed25519": obj["ed25519"]})
+
+
+def _named(name: str, keys: PublicKeys) -> NamedKeys:
+    j = keys.to_json()
+    return NamedKeys(name, j["x25519"], j["ed25519"])
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def create_relationship(
+    client: PacspaceClient,
+    keys: PartyKeys,
+    me: str,
+    customer: str,
+    cadence: str = "daily",
+    billing_cycle: str = "monthly",
+    customer_fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """Draw the secret, wrap it to the customer and to ourselves, and commit the signed genesis record."""
+    found = await client.party_keys(customer)
+    customer_keys = _public(found.get("keys"), "customer")
+    if customer_fingerprint is not None and customer_keys.fingerprint() != customer_fingerprint.strip().lower():
+        raise KeyMismatch(
+            f"the server relays keys with fingerprint {customer_keys.fingerprint()} for {customer}, "
+            f"not {customer_fingerprint}: refusing to create the relationship"
+        )
+    rid = "rel_" + secrets.token_hex(12)
+    rkeys = RelationshipKeys.generate()
+    genesis = Genesis(
+        Common(rid, 0, GENESIS_PREV, secrets.token_hex(8), now_utc()),
+        _named(me, keys.public),
+        _named(customer, customer_keys),
+        cadence,
+        billing_cycle,
+    )
+    sealed = seal(genesis, rkeys, keys.ed25519)
+    body = {
+        "relationship": rid,
+        "customer": customer,
+        "cadence": cadence,
+        "billing_cycle": billing_cycle,
+        "wraps": {
+            "provider": base64.b64encode(wrap_secret(rkeys.secret, keys.public, rid, 0)).decode(),
+            "customer": base64.b64encode(wrap_secret(rkeys.secret, customer_keys, rid, 0)).decode(),
+        },
+        "genesis": {
+            "seq": 0,
+            "tag": base64.b64encode(sealed.tag).decode(),
+            "ciphertext": base64.b64encode(sealed.blob).decode(),
+        },
+    }
+    return await client.create_relationship(body)
+
+
+@dataclass(frozen=True)
+class VerifiedRecord:
+    seq: int
+    index: int
+    opened: Opened
+    tag: bytes
+    blob: bytes
+
+    @property
+    def body(self) -> Body:
+        return self.opened.body
+
+
+@dataclass
+class RelationshipView:
+    """What a party needs to read or extend one relationship: its keys and the verified chain so far."""
+
+    rid: str
+    info: dict[str, Any]
+    keys: RelationshipKeys
+    provider: PublicKeys
+    records: list[VerifiedRecord]
+    checkpoint: SignedCheckpoint
+
+    @property
+    def head(self) -> ChainHead | None:
+        if not self.records:
+            return None
+        last = self.records[-1]
+        return ChainHead(self.rid, last.seq + 1, body_hash(last.opened.encoded))
+
+
+async def load_relationship(client: PacspaceClient, home: Home, rid: str, log_key: Ed25519Verifier) -> RelationshipView:
+    """Fetch every record of a relationship and verify each one fully (see the module docstring)."""
+    mine = home.keys()
+    info = await client.relationship(rid)
+    if not info.get("wrap"):
+        raise KeyMismatch("the server holds no wrap of this relationship's secret for you")
+    secret = unwrap_secret(base64.b64decode(info["wrap"]), mine, rid, 0)
+    rkeys = RelationshipKeys(secret)
+    provider = _public(info.get("provider_keys"), "provider")
+    rows: list[dict[str, Any]] = []
+    after = -1
+    while True:
+        page = await client.records(rid, after, 1000)
+        rows += page
+        if len(page) < 1000:
+            break
+        after = page[-1]["seq"]
+    # The checkpoint is fetched after the records, so it covers every one of them.
+    checkpoint = open_checkpoint(await client.checkpoint(), log_key)
+    verified: list[VerifiedRecord] = []
+    head: ChainHead | None = None
+    for row in rows:
+        record = await _verify_row(client, row, rkeys, provider, checkpoint)
+        head = check_next(head, record.opened)
+        verified.append(record)
+    if verified:
+        me = (await client.me())["name"]
+        _check_genesis(verified[0].body, provider, mine, me)
+    return RelationshipView(rid, info, rkeys, provider, verified, checkpoint)
+
+
+async def _verify_row(
+    client: PacspaceClient, row: dict[str, Any], rkeys: RelationshipKeys, provider: PublicKeys, checkpoint: SignedCheckpoint
+) -> VerifiedRecord:
+    seq, index = int(row["seq"]), int(row["index"])
+    tag, blob = base64.b64decode(row["tag"]), base64.b64decode(row["ciphertext"])
+    entry = b"\x01" + tag + hashlib.sha256(blob).digest()
+    if index >= checkpoint.size:
+        raise ChainError(f"seq {seq}: index {index} is beyond the verified checkpoint")
+    proof = await client.inclusion(index, checkpoint.size)
+    verify_inclusion(
+        index, checkpoint.size, leaf_hash(entry), [base64.b64decode(h) for h in proof["hashes"]], checkpoint.root_hash
+    )
+    opened = open_record(seq, tag, blob, rkeys, provider.signing_key())
+    return VerifiedRecord(seq, index, opened, tag, blob)
+
+
+def _check_genesis(body: Body, provider: PublicKeys, mine: PartyKeys, me: str) -> None:
+    """The signed genesis names the provider key that signs the chain, and names *our* keys for us."""
+    if not isinstance(body, Genesis):
+        raise ChainError("the first record is not a genesis record")
+    relayed = _named(body.provider.name, provider)
+    if (body.provider.x25519, body.provider.ed25519) != (relayed.x25519, relayed.ed25519):
+        raise KeyMismatch("the genesis record names other provider keys than the server relays")
+    named = {body.provider.name: body.provider, body.customer.name: body.customer}.get(me)
+    ours = _named(me, mine.public)
+    if named is None or (named.x25519, named.ed25519) != (ours.x25519, ours.ed25519):
+        raise KeyMismatch("the genesis record does not name your keys: someone else's key was slipped in")
+
+
+async def append_body(
+    client: PacspaceClient, home: Home, view: RelationshipView, make: Any
+) -> dict[str, Any]:
+    """Seal ``make(common)`` at the chain's next seq and append it; returns the server's receipt."""
+    head = view.head
+    if head is None:
+        raise ChainError("the relationship has no genesis record")
+    common = Common(view.rid, head.next_seq, head.head, secrets.token_hex(8), now_utc())
+    body = make(common)
+    sealed = seal(body, view.keys, home.keys().ed25519)
+    return await client.append(view.rid, sealed.seq, sealed.tag, sealed.blob)
+
+
+def delta_maker(period: str, window: tuple[str, str], lines: list[Line]) -> Any:
+    return lambda common: Delta(common, period, window[0], window[1], tuple(lines))
+
+
+def close_maker(view: RelationshipView, period: str) -> Any:
+    """The close of ``period``: exactly the period's deltas and corrections, their count, head and totals."""
+    if any(isinstance(r.body, Close) and r.body.period == period for r in view.records):
+        raise ChainError(f"period {period} is already closed")
+    usage = [r for r in view.records if isinstance(r.body, Delta) and r.body.period == period]
+    if usage:
+        first, last = usage[0].seq, usage[-1].seq
+    else:
+        last = view.records[-1].seq
+        first = last + 1
+    between = [r for r in view.records if first <= r.seq <= last]
+    if any(not (isinstance(r.body, Delta) and r.body.period == period) for r in between):
+        raise ChainError(f"records of another period lie between seq {first} and {last}: close that period first")
+    head = next(r for r in view.records if r.seq == last)
+    chain_head = body_hash(head.opened.encoded)
+    sums = totals([r.body for r in usage if isinstance(r.body, Delta)])
+    return lambda common: Close(common, period, first, last, len(usage), chain_head, sums)

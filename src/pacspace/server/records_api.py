@@ -1,0 +1,398 @@
+"""The private API of the recordation layer: parties' keys, relationships, sealed records.
+
+Every route here needs ``Authorization: Bearer <token>``. A party sees only its
+own relationships: another party's relationship answers 404 exactly as one
+that does not exist. The server stores ciphertexts and wraps it cannot open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import MalformedInput, NotFound, PacspaceError
+from ..keys import KeyUnusable, PublicKeys
+from ..merkle import inclusion_proof
+from ..receipt import Receipt
+from ..records.body import CADENCES
+from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET
+from ..storage.records import InFlight, Party, RecordStore, Relationship, StoredRecord
+from .context import SERVICE, LogService
+
+MAX_BLOB = MAX_BUCKET + BLOB_OVERHEAD
+MAX_BATCH = 10_000
+MAX_PAGE = 1000
+_RID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+class Unauthorized(PacspaceError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(PacspaceError):
+    code = "forbidden"
+    http_status = 403
+
+
+class TooLarge(PacspaceError):
+    code = "too_large"
+    http_status = 413
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/me", get_me)
+    app.router.add_put("/v1/me/keys", put_my_keys)
+    app.router.add_get("/v1/parties/{name}/keys", get_party_keys)
+    app.router.add_post("/v1/relationships", post_relationship)
+    app.router.add_get("/v1/relationships", get_relationships)
+    app.router.add_get("/v1/relationships/{rid}", get_relationship)
+    app.router.add_post("/v1/relationships/{rid}/records", post_record)
+    app.router.add_get("/v1/relationships/{rid}/records", get_records)
+    app.router.add_post("/v1/records", post_records)
+
+
+PRIVATE_PREFIXES = ("/v1/me", "/v1/parties", "/v1/relationships", "/v1/records")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    if request.path.startswith(PRIVATE_PREFIXES):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        party = None
+        if scheme.lower() == "bearer" and token:
+            party = _service(request).records.party_by_token(token.strip())
+        if party is None:
+            # One answer for missing, malformed, wrong and revoked tokens.
+            raise Unauthorized("a valid bearer token is required")
+        request["party"] = party
+    return await handler(request)
+
+
+def _service(request: web.Request) -> LogService:
+    return request.app[SERVICE]
+
+
+def _party(request: web.Request) -> Party:
+    return request["party"]  # type: ignore[no-any-return]
+
+
+async def _json(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise TooLarge(f"request body exceeds {max_bytes} bytes")
+    data = await request.read()
+    if len(data) > max_bytes:
+        raise TooLarge(f"request body exceeds {max_bytes} bytes")
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedInput("request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise MalformedInput("request body must be a JSON object")
+    return body
+
+
+def _b64(value: Any, what: str, size: int | None = None, max_size: int | None = None) -> bytes:
+    if not isinstance(value, str):
+        raise MalformedInput(f"{what} must be a base64 string")
+    if max_size is not None and len(value) > (max_size + 2) // 3 * 4:
+        raise TooLarge(f"{what} exceeds {max_size} bytes")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedInput(f"{what} is not valid base64") from None
+    if size is not None and len(raw) != size:
+        raise MalformedInput(f"{what} must be {size} bytes")
+    return raw
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 62:
+        raise MalformedInput(f"{what} must be a non-negative integer")
+    return value
+
+
+def _visible(request: web.Request, rid: str) -> Relationship:
+    """The relationship, if the caller is one of its parties; otherwise exactly 'not found'."""
+    rel = _service(request).records.relationship(rid) if _RID.fullmatch(rid) else None
+    if rel is None or not rel.has(_party(request).name):
+        raise NotFound("no such relationship")
+    return rel
+
+
+def _rel_json(rel: Relationship) -> dict[str, Any]:
+    return {
+        "relationship": rel.id,
+        "provider": rel.provider,
+        "customer": rel.customer,
+        "cadence": rel.cadence,
+        "billing_cycle": rel.billing_cycle,
+        "created_at": rel.created_at,
+    }
+
+
+def _keys_json(party: Party | None) -> dict[str, str] | None:
+    if party is None or party.x25519 is None or party.ed25519 is None:
+        return None
+    keys = PublicKeys(party.x25519, party.ed25519)
+    return {**keys.to_json(), "fingerprint": keys.fingerprint()}
+
+
+async def get_me(request: web.Request) -> web.Response:
+    party = _party(request)
+    return web.json_response({"name": party.name, "role": party.role, "keys": _keys_json(party)})
+
+
+async def put_my_keys(request: web.Request) -> web.Response:
+    party = _party(request)
+    body = await _json(request, 4096)
+    try:
+        keys = PublicKeys.from_json(body)
+    except KeyUnusable as exc:
+        raise MalformedInput(str(exc)) from None
+    if party.x25519 is not None and (party.x25519, party.ed25519) != (keys.x25519, keys.ed25519):
+        raise PacspaceConflict("keys are already registered for this party; they cannot be replaced")
+    await asyncio.to_thread(_service(request).records.set_keys, party.name, keys.x25519, keys.ed25519)
+    return web.json_response({"name": party.name, "fingerprint": keys.fingerprint()})
+
+
+class PacspaceConflict(PacspaceError):
+    code = "conflict"
+    http_status = 409
+
+
+async def get_party_keys(request: web.Request) -> web.Response:
+    """Providers look up a customer's registered keys to wrap a relationship secret to them."""
+    caller = _party(request)
+    name = request.match_info["name"]
+    other = _service(request).records.party(name) if _NAME.fullmatch(name) else None
+    allowed = other is not None and (other.name == caller.name or (caller.role == "provider" and other.role == "customer"))
+    if not allowed or other is None or other.revoked_at is not None:
+        raise NotFound("no such party")
+    keys = _keys_json(other)
+    if keys is None:
+        raise NotFound(f"{name} has not registered keys yet (it runs `pacspace keys init`)")
+    return web.json_response({"name": other.name, "role": other.role, "keys": keys})
+
+
+async def get_relationships(request: web.Request) -> web.Response:
+    rels = _service(request).records.relationships_of(_party(request).name)
+    return web.json_response({"relationships": [_rel_json(r) for r in rels]})
+
+
+async def get_relationship(request: web.Request) -> web.Response:
+    rel = _visible(request, request.match_info["rid"])
+    records = _service(request).records
+    wrap = records.wrap(rel.id, _party(request).name)
+    return web.json_response(
+        {
+            **_rel_json(rel),
+            "wrap": None if wrap is None else base64.b64encode(wrap).decode(),
+            "provider_keys": _keys_json(records.party(rel.provider)),
+            "customer_keys": _keys_json(records.party(rel.customer)),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class _Submission:
+    seq: int
+    tag: bytes
+    blob: bytes
+
+    @property
+    def ct_hash(self) -> bytes:
+        return hashlib.sha256(self.blob).digest()
+
+    @property
+    def entry(self) -> bytes:
+        return b"\x01" + self.tag + self.ct_hash
+
+
+def _submission(obj: Any) -> _Submission:
+    if not isinstance(obj, dict) or not {"seq", "tag", "ciphertext"} <= obj.keys():
+        raise MalformedInput("a record is {seq, tag, ciphertext}")
+    blob = _b64(obj["ciphertext"], "ciphertext", max_size=MAX_BLOB)
+    if len(blob) < BLOB_OVERHEAD:
+        raise MalformedInput("ciphertext is too short to be a sealed record")
+    return _Submission(_int(obj["seq"], "seq"), _b64(obj["tag"], "tag", 32), blob)
+
+
+async def post_relationship(request: web.Request) -> web.Response:
+    party = _party(request)
+    if party.role != "provider":
+        raise Forbidden("only providers create relationships")
+    body = await _json(request, 2 * MAX_BLOB)
+    rid = body.get("relationship")
+    customer_name = body.get("customer")
+    cadence = body.get("cadence", "daily")
+    billing_cycle = body.get("billing_cycle", "monthly")
+    if not isinstance(rid, str) or not _RID.fullmatch(rid):
+        raise MalformedInput("relationship must be an id of letters, digits and ._:-")
+    if not isinstance(cadence, str) or not CADENCES.fullmatch(cadence):
+        raise MalformedInput("cadence is daily, hourly or <N>m")
+    if billing_cycle != "monthly":
+        raise MalformedInput("billing_cycle is monthly")
+    records = _service(request).records
+    customer = records.party(customer_name) if isinstance(customer_name, str) else None
+    if customer is None or customer.role != "customer" or customer.revoked_at is not None:
+        raise NotFound("no such customer")
+    wraps = body.get("wraps")
+    if not isinstance(wraps, dict) or set(wraps) != {"provider", "customer"}:
+        raise MalformedInput("wraps is {provider, customer}: the secret wrapped to each")
+    wrap_bytes = {
+        party.name: _b64(wraps["provider"], "wraps.provider", max_size=1024),
+        customer.name: _b64(wraps["customer"], "wraps.customer", max_size=1024),
+    }
+    genesis = _submission(body.get("genesis"))
+    if genesis.seq != 0:
+        raise MalformedInput("the genesis record is seq 0")
+    rel = Relationship(rid, party.name, customer.name, cadence, billing_cycle, int(time.time()))
+    await asyncio.to_thread(records.add_relationship, rel, wrap_bytes)
+    _, receipts = await _append(request, rel, [genesis])
+    return web.json_response({**_rel_json(rel), "receipt": receipts[0]}, status=201)
+
+
+async def post_record(request: web.Request) -> web.Response:
+    rel = _visible(request, request.match_info["rid"])
+    if _party(request).name != rel.provider:
+        raise Forbidden("only the relationship's provider appends records")
+    sub = _submission(await _json(request, 2 * MAX_BLOB))
+    status, receipts = await _append(request, rel, [sub])
+    return web.json_response(receipts[0], status=status)
+
+
+async def _append(request: web.Request, rel: Relationship, subs: list[_Submission]) -> tuple[int, list[dict[str, Any]]]:
+    """Store, sequence and settle consecutive records of one relationship, all or nothing.
+
+    Runs shielded: once the rows are stored, a client that goes away cannot
+    stop the entries being sequenced and the rows settled.
+    """
+    return await asyncio.shield(_append_unshielded(_service(request), rel, subs))
+
+
+async def _append_unshielded(service: LogService, rel: Relationship, subs: list[_Submission]) -> tuple[int, list[dict[str, Any]]]:
+    first = subs[0].seq
+    ops = [RecordStore.reserve_op(rel.id, s.seq, s.tag, s.ct_hash, s.blob, first) for s in subs]
+    results = await service.writer.write(ops)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    existing = [r for r in results if isinstance(r, StoredRecord)]
+    if errors or (existing and len(existing) != len(subs)):
+        await service.writer.write([RecordStore.drop_op(rel.id, s.seq) for s in subs])
+        raise errors[0] if errors else PacspaceConflict("a batch mixes new and already stored records")
+    if existing:
+        if any(r.index is None for r in existing):
+            raise InFlight("this record is still being committed; retry for its receipt")
+        return 200, [_receipt(service, r.seq, r.entry, r.index, r.checkpoint) for r in existing]  # type: ignore[arg-type]
+    try:
+        sequenced = await service.sequencer.submit_many([s.entry for s in subs])
+    except PacspaceError:
+        # Nothing was appended (the sequencer refused or stopped): forget the rows.
+        await service.writer.write([RecordStore.drop_op(rel.id, s.seq) for s in subs])
+        raise
+    checkpoint = sequenced[0].checkpoint.format()
+    await service.writer.write(
+        [RecordStore.settle_op(rel.id, s.seq, q.index, checkpoint) for s, q in zip(subs, sequenced)]
+    )
+    return 201, [_receipt(service, s.seq, s.entry, q.index, checkpoint) for s, q in zip(subs, sequenced)]
+
+
+def _receipt(service: LogService, seq: int, entry: bytes, index: int, checkpoint: bytes) -> dict[str, Any]:
+    size = int(checkpoint.split(b"\n", 2)[1])
+    proof = inclusion_proof(index, size, service.store)
+    leaf = hashlib.sha256(b"\x00" + entry).digest()
+    return {
+        "index": index,
+        "seq": seq,
+        "leaf_hash": base64.b64encode(leaf).decode(),
+        "checkpoint": checkpoint.decode(),
+        "proof": Receipt(index, tuple(proof), checkpoint, entry).format(),
+    }
+
+
+async def post_records(request: web.Request) -> web.Response:
+    """Many records across the caller's relationships; each relationship's group is all or nothing."""
+    party = _party(request)
+    body = await _json(request, 64 << 20)
+    items = body.get("records")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise MalformedInput(f"records is a list of 1 to {MAX_BATCH} records")
+    groups: dict[str, list[tuple[int, _Submission]]] = {}
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    for i, item in enumerate(items):
+        try:
+            rid = item.get("relationship") if isinstance(item, dict) else None
+            if not isinstance(rid, str):
+                raise MalformedInput("each record names its relationship")
+            groups.setdefault(rid, []).append((i, _submission(item)))
+        except PacspaceError as exc:
+            results[i] = _error(exc, item.get("relationship") if isinstance(item, dict) else None, None)
+    service = _service(request)
+
+    async def one_group(rid: str, members: list[tuple[int, _Submission]]) -> None:
+        members.sort(key=lambda m: m[1].seq)
+        try:
+            rel = service.records.relationship(rid) if _RID.fullmatch(rid) else None
+            if rel is None or not rel.has(party.name):
+                raise NotFound("no such relationship")
+            if rel.provider != party.name:
+                raise Forbidden("only the relationship's provider appends records")
+            _, receipts = await _append(request, rel, [m[1] for m in members])
+            for (i, sub), receipt in zip(members, receipts):
+                results[i] = {"relationship": rid, "status": "ok", **receipt}
+        except PacspaceError as exc:
+            for i, sub in members:
+                results[i] = _error(exc, rid, sub.seq)
+
+    await asyncio.gather(*(one_group(rid, members) for rid, members in groups.items()))
+    ok = sum(1 for r in results if r is not None and r.get("status") == "ok")
+    return web.json_response({"accepted": ok, "rejected": len(items) - ok, "results": results})
+
+
+def _error(exc: PacspaceError, rid: Any, seq: int | None) -> dict[str, Any]:
+    return {"relationship": rid, "seq": seq, "status": "error", "error": exc.code, "message": str(exc), **exc.details()}
+
+
+async def get_records(request: web.Request) -> web.Response:
+    rel = _visible(request, request.match_info["rid"])
+    after = _query_int(request, "after_seq", -1, minimum=-1)
+    limit = _query_int(request, "limit", 100, minimum=1)
+    if limit > MAX_PAGE:
+        raise MalformedInput(f"limit is at most {MAX_PAGE}")
+    rows = _service(request).records.records(rel.id, after, limit)
+    return web.json_response(
+        {
+            "relationship": rel.id,
+            "records": [
+                {
+                    "seq": r.seq,
+                    "index": r.index,
+                    "tag": base64.b64encode(r.tag).decode(),
+                    "ciphertext": base64.b64encode(r.blob).decode(),
+                    "checkpoint": (r.checkpoint or b"").decode(),
+                }
+                for r in rows
+            ],
+        }
+    )
+
+
+def _query_int(request: web.Request, name: str, default: int, minimum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"-1|0|[1-9][0-9]{0,17}", raw) or int(raw) < minimum:
+        raise MalformedInput(f"{name} must be an integer of at least {minimum}")
+    return int(raw)
+

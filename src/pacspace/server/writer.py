@@ -1,0 +1,48 @@
+"""Group commit for records.db: concurrent requests' writes share one durable transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..storage.records import RecordStore
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+class GroupWriter:
+    """One task owns records.db writes. Ops queued while a transaction runs go in the next one."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self._store = store
+        self._queue: list[tuple[Sequence[Op], asyncio.Future[list[Any]]]] = []
+        self._wake = asyncio.Event()
+
+    async def write(self, ops: Sequence[Op]) -> list[Any]:
+        """Run ops (all in the same transaction); each result is a value or the exception it raised."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((ops, future))
+        self._wake.set()
+        return await asyncio.shield(future)
+
+    async def run(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            queue, self._queue = self._queue, []
+            flat = [op for ops, _ in queue for op in ops]
+            try:
+                results = await asyncio.to_thread(self._store.write, flat)
+            except Exception as exc:
+                for _, future in queue:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            at = 0
+            for ops, future in queue:
+                if not future.done():
+                    future.set_result(results[at : at + len(ops)])
+                at += len(ops)

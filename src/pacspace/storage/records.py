@@ -1,0 +1,395 @@
+"""The recordation tables: parties, relationships, wraps and sealed records, in ``<data>/records.db``.
+
+The log (log.db) is the source of truth for what was committed; this file holds
+what the log does not: who may write and read, the HPKE wraps, and the sealed
+blobs the 65-byte entries commit to. A record row is written (durably) before
+its entry is submitted to the sequencer, and gets its log index after: a crash
+in between leaves a row without an index, which :meth:`RecordStore.reconcile`
+settles at start from the log itself (found: index it; not found: it was never
+acknowledged, so drop it).
+
+All writes go through :meth:`RecordStore.write`, one transaction at a time;
+the server batches concurrent requests into one transaction (group commit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from ..errors import PacspaceError
+from .transaction import write_transaction
+
+RECORDS_NAME = "records.db"
+Role = Literal["provider", "customer"]
+T = TypeVar("T")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS parties (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('provider', 'customer')),
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        x25519 BLOB,
+        ed25519 BLOB
+    )""",
+    """CREATE TABLE IF NOT EXISTS relationships (
+        id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL REFERENCES parties(name),
+        customer TEXT NOT NULL REFERENCES parties(name),
+        cadence TEXT NOT NULL,
+        billing_cycle TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS relationships_provider ON relationships(provider)",
+    "CREATE INDEX IF NOT EXISTS relationships_customer ON relationships(customer)",
+    """CREATE TABLE IF NOT EXISTS wraps (
+        relationship TEXT NOT NULL REFERENCES relationships(id),
+        reader TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        wrap BLOB NOT NULL,
+        PRIMARY KEY (relationship, reader, epoch)
+    )""",
+    """CREATE TABLE IF NOT EXISTS records (
+        relationship TEXT NOT NULL REFERENCES relationships(id),
+        seq INTEGER NOT NULL,
+        tag BLOB NOT NULL UNIQUE,
+        ct_hash BLOB NOT NULL,
+        blob BLOB NOT NULL,
+        idx INTEGER,
+        checkpoint BLOB,
+        PRIMARY KEY (relationship, seq)
+    )""",
+    "CREATE INDEX IF NOT EXISTS records_pending ON records(idx) WHERE idx IS NULL",
+)
+
+
+class RecordError(PacspaceError):
+    http_status = 409
+
+
+class PartyExists(RecordError):
+    code = "party_exists"
+
+
+class UnknownParty(RecordError):
+    code = "unknown_party"
+    http_status = 404
+
+
+class RelationshipExists(RecordError):
+    code = "relationship_exists"
+
+
+class SeqConflict(RecordError):
+    """The seq is not the relationship's next one."""
+
+    code = "seq_conflict"
+
+    def __init__(self, message: str, expected: int) -> None:
+        super().__init__(message)
+        self.expected = expected
+
+    def details(self) -> dict[str, object]:
+        return {"expected_seq": self.expected}
+
+
+class TagConflict(RecordError):
+    code = "duplicate_tag"
+
+
+class InFlight(RecordError):
+    """An earlier record of the same relationship has not reached the log yet."""
+
+    code = "previous_in_flight"
+
+
+class RecordConflict(RecordError):
+    """A different ciphertext for a seq that already has one."""
+
+    code = "record_conflict"
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(b"pacspace/v1 token\n" + token.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class Party:
+    name: str
+    role: Role
+    created_at: int
+    revoked_at: int | None
+    x25519: bytes | None
+    ed25519: bytes | None
+
+
+@dataclass(frozen=True)
+class Relationship:
+    id: str
+    provider: str
+    customer: str
+    cadence: str
+    billing_cycle: str
+    created_at: int
+
+    def has(self, party: str) -> bool:
+        return party in (self.provider, self.customer)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    relationship: str
+    seq: int
+    tag: bytes
+    ct_hash: bytes
+    blob: bytes
+    index: int | None
+    checkpoint: bytes | None
+
+    @property
+    def entry(self) -> bytes:
+        return b"\x01" + self.tag + self.ct_hash
+
+
+_PARTY = "name, role, created_at, revoked_at, x25519, ed25519"
+_REL = "id, provider, customer, cadence, billing_cycle, created_at"
+_REC = "relationship, seq, tag, ct_hash, blob, idx, checkpoint"
+
+
+def _party(row: tuple) -> Party:  # type: ignore[type-arg]
+    return Party(row[0], row[1], row[2], row[3], _b(row[4]), _b(row[5]))
+
+
+def _rel(row: tuple) -> Relationship:  # type: ignore[type-arg]
+    return Relationship(*row)
+
+
+def _rec(row: tuple) -> StoredRecord:  # type: ignore[type-arg]
+    return StoredRecord(row[0], row[1], bytes(row[2]), bytes(row[3]), bytes(row[4]), row[5], _b(row[6]))
+
+
+def _b(value: object) -> bytes | None:
+    return None if value is None else bytes(value)  # type: ignore[arg-type]
+
+
+class RecordStore:
+    """records.db. Durable once a write returns (WAL, synchronous=FULL)."""
+
+    def __init__(self, data_dir: Path, *, readonly: bool = False) -> None:
+        path = data_dir / RECORDS_NAME
+        mode = "ro" if readonly else "rwc"
+        self._conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = 10000")
+        if not readonly:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def write(self, ops: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T | BaseException]:
+        """Run ops in one durable transaction; each op all-or-nothing (a savepoint), its error returned."""
+        results: list[T | BaseException] = []
+        with self._lock, write_transaction(self._conn) as conn:
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append(op(conn))
+                    conn.execute("RELEASE op")
+                except (PacspaceError, sqlite3.IntegrityError) as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append(exc)
+        return results
+
+    def write_one(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        (result,) = self.write([op])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    # --- parties -----------------------------------------------------------
+
+    def add_party(self, name: str, role: Role, token: str, now: int) -> Party:
+        def op(conn: sqlite3.Connection) -> Party:
+            if conn.execute("SELECT 1 FROM parties WHERE name = ?", (name,)).fetchone():
+                raise PartyExists(f"a party named {name!r} already exists")
+            conn.execute(
+                "INSERT INTO parties (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                (name, role, token_hash(token), now),
+            )
+            return Party(name, role, now, None, None, None)
+
+        return self.write_one(op)
+
+    def revoke_party(self, name: str, now: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE parties SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
+            if cur.rowcount == 0:
+                raise UnknownParty(f"no active party named {name!r}")
+
+        self.write_one(op)
+
+    def parties(self) -> list[Party]:
+        return [_party(r) for r in self._read(f"SELECT {_PARTY} FROM parties ORDER BY name")]
+
+    def party(self, name: str) -> Party | None:
+        rows = self._read(f"SELECT {_PARTY} FROM parties WHERE name = ?", (name,))
+        return _party(rows[0]) if rows else None
+
+    def party_by_token(self, token: str) -> Party | None:
+        """The active party holding ``token``; revoked parties are never returned."""
+        rows = self._read(
+            f"SELECT {_PARTY} FROM parties WHERE token_hash = ? AND revoked_at IS NULL", (token_hash(token),)
+        )
+        return _party(rows[0]) if rows else None
+
+    def set_keys(self, name: str, x25519: bytes, ed25519: bytes) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE parties SET x25519 = ?, ed25519 = ? WHERE name = ?", (x25519, ed25519, name))
+
+        self.write_one(op)
+
+    # --- relationships -----------------------------------------------------
+
+    def add_relationship(self, rel: Relationship, wraps: dict[str, bytes], epoch: int = 0) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM relationships WHERE id = ?", (rel.id,)).fetchone():
+                raise RelationshipExists("that relationship id is taken; draw another")
+            conn.execute(
+                f"INSERT INTO relationships ({_REL}) VALUES (?, ?, ?, ?, ?, ?)",
+                (rel.id, rel.provider, rel.customer, rel.cadence, rel.billing_cycle, rel.created_at),
+            )
+            conn.executemany(
+                "INSERT INTO wraps (relationship, reader, epoch, wrap) VALUES (?, ?, ?, ?)",
+                [(rel.id, reader, epoch, wrap) for reader, wrap in wraps.items()],
+            )
+
+        self.write_one(op)
+
+    def relationship(self, rid: str) -> Relationship | None:
+        rows = self._read(f"SELECT {_REL} FROM relationships WHERE id = ?", (rid,))
+        return _rel(rows[0]) if rows else None
+
+    def relationships_of(self, party: str) -> list[Relationship]:
+        rows = self._read(
+            f"SELECT {_REL} FROM relationships WHERE provider = ? OR customer = ? ORDER BY created_at, id",
+            (party, party),
+        )
+        return [_rel(r) for r in rows]
+
+    def wrap(self, rid: str, reader: str, epoch: int = 0) -> bytes | None:
+        rows = self._read(
+            "SELECT wrap FROM wraps WHERE relationship = ? AND reader = ? AND epoch = ?", (rid, reader, epoch)
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    # --- records -----------------------------------------------------------
+
+    @staticmethod
+    def reserve_op(
+        rid: str, seq: int, tag: bytes, ct_hash: bytes, blob: bytes, first_of_batch: int | None = None
+    ) -> Callable[[sqlite3.Connection], StoredRecord | None]:
+        """An op that stores a new record at the relationship's next seq.
+
+        Returns None if stored; returns the existing row if this exact record is
+        already there (a retry); raises SeqConflict, TagConflict or RecordConflict,
+        or InFlight while an earlier record of the relationship awaits the log
+        (records of one batch, from ``first_of_batch`` on, may wait together).
+        Unsettled rows are therefore always a relationship's last ones, so
+        dropping them never leaves a gap.
+        """
+
+        def op(conn: sqlite3.Connection) -> StoredRecord | None:
+            row = conn.execute(f"SELECT {_REC} FROM records WHERE relationship = ? AND seq = ?", (rid, seq)).fetchone()
+            if row is not None:
+                existing = _rec(row)
+                if existing.ct_hash == ct_hash and existing.tag == tag:
+                    return existing
+                raise RecordConflict(f"seq {seq} already holds a different record")
+            (last,) = conn.execute("SELECT max(seq) FROM records WHERE relationship = ?", (rid,)).fetchone()
+            expected = 0 if last is None else last + 1
+            if seq != expected:
+                raise SeqConflict(f"the next seq of this relationship is {expected}, not {seq}", expected)
+            floor = seq if first_of_batch is None else first_of_batch
+            if conn.execute(
+                "SELECT 1 FROM records WHERE relationship = ? AND idx IS NULL AND seq < ?", (rid, floor)
+            ).fetchone():
+                raise InFlight(f"seq {seq - 1} is still being committed; retry when it has its receipt")
+            if conn.execute("SELECT 1 FROM records WHERE tag = ?", (tag,)).fetchone():
+                raise TagConflict("this tag is already in the log")
+            conn.execute(
+                "INSERT INTO records (relationship, seq, tag, ct_hash, blob) VALUES (?, ?, ?, ?, ?)",
+                (rid, seq, tag, ct_hash, blob),
+            )
+            return None
+
+        return op
+
+    @staticmethod
+    def settle_op(rid: str, seq: int, index: int, checkpoint: bytes) -> Callable[[sqlite3.Connection], None]:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE records SET idx = ?, checkpoint = ? WHERE relationship = ? AND seq = ?",
+                (index, checkpoint, rid, seq),
+            )
+
+        return op
+
+    @staticmethod
+    def drop_op(rid: str, seq: int) -> Callable[[sqlite3.Connection], None]:
+        """Remove a record that was stored but never acknowledged by the log."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM records WHERE relationship = ? AND seq = ? AND idx IS NULL", (rid, seq))
+
+        return op
+
+    def record(self, rid: str, seq: int) -> StoredRecord | None:
+        rows = self._read(f"SELECT {_REC} FROM records WHERE relationship = ? AND seq = ?", (rid, seq))
+        return _rec(rows[0]) if rows else None
+
+    def records(self, rid: str, after_seq: int, limit: int) -> list[StoredRecord]:
+        """Settled records (with a log index) after ``after_seq``, in seq order."""
+        rows = self._read(
+            f"SELECT {_REC} FROM records WHERE relationship = ? AND seq > ? AND idx IS NOT NULL ORDER BY seq LIMIT ?",
+            (rid, after_seq, limit),
+        )
+        return [_rec(r) for r in rows]
+
+    def unsettled(self) -> list[StoredRecord]:
+        return [_rec(r) for r in self._read(f"SELECT {_REC} FROM records WHERE idx IS NULL ORDER BY relationship, seq")]
+
+    def reconcile(self, find_leaf: Callable[[bytes], int | None], checkpoint: bytes) -> tuple[int, int]:
+        """Settle rows a crash left without an index, from the log. Returns (settled, dropped)."""
+        from ..merkle import leaf_hash
+
+        settled = dropped = 0
+        ops = []
+        for rec in self.unsettled():
+            index = find_leaf(leaf_hash(rec.entry))
+            if index is None:
+                ops.append(self.drop_op(rec.relationship, rec.seq))
+                dropped += 1
+            else:
+                ops.append(self.settle_op(rec.relationship, rec.seq, index, checkpoint))
+                settled += 1
+        if ops:
+            for result in self.write(ops):
+                if isinstance(result, BaseException):
+                    raise result
+        return settled, dropped
