@@ -259,8 +259,8 @@ async def post_relationship(request: web.Request) -> web.Response:
     if genesis.seq != 0:
         raise MalformedInput("the genesis record is seq 0")
     rel = Relationship(rid, party.name, customer.name, cadence, billing_cycle, int(time.time()))
-    await asyncio.to_thread(records.add_relationship, rel, wrap_bytes)
-    _, receipts = await _append(request, rel, [genesis])
+    # The relationship, its wraps and its genesis record are stored together or not at all.
+    _, receipts = await _append(request, rel, [genesis], create=RecordStore.add_relationship_op(rel, wrap_bytes))
     return web.json_response({**_rel_json(rel), "receipt": receipts[0]}, status=201)
 
 
@@ -273,23 +273,36 @@ async def post_record(request: web.Request) -> web.Response:
     return web.json_response(receipts[0], status=status)
 
 
-async def _append(request: web.Request, rel: Relationship, subs: list[_Submission]) -> tuple[int, list[dict[str, Any]]]:
+async def _append(
+    request: web.Request, rel: Relationship, subs: list[_Submission], create: Any = None
+) -> tuple[int, list[dict[str, Any]]]:
     """Store, sequence and settle consecutive records of one relationship, all or nothing.
 
     Runs shielded: once the rows are stored, a client that goes away cannot
     stop the entries being sequenced and the rows settled.
     """
-    return await asyncio.shield(_append_unshielded(_service(request), rel, subs))
+    return await asyncio.shield(_append_unshielded(_service(request), rel, subs, create))
 
 
-async def _append_unshielded(service: LogService, rel: Relationship, subs: list[_Submission]) -> tuple[int, list[dict[str, Any]]]:
+async def _append_unshielded(
+    service: LogService, rel: Relationship, subs: list[_Submission], create: Any
+) -> tuple[int, list[dict[str, Any]]]:
     first = subs[0].seq
     ops = [RecordStore.reserve_op(rel.id, s.seq, s.tag, s.ct_hash, s.blob, first) for s in subs]
+    if create is not None:
+        reserve_first = ops[0]
+        ops[0] = lambda conn: (create(conn), reserve_first(conn))[1]
+    undo = [RecordStore.drop_op(rel.id, s.seq) for s in subs]
+    if create is not None:
+        undo.append(RecordStore.drop_relationship_op(rel.id))
     results = await service.writer.write(ops)
     errors = [r for r in results if isinstance(r, BaseException)]
     existing = [r for r in results if isinstance(r, StoredRecord)]
     if errors or (existing and len(existing) != len(subs)):
-        await service.writer.write([RecordStore.drop_op(rel.id, s.seq) for s in subs])
+        # Undo only the rows this call stored: a row another request stored is not ours to drop.
+        stored = [RecordStore.drop_op(rel.id, s.seq) for s, r in zip(subs, results) if r is None]
+        if stored:
+            await service.writer.write(stored)
         raise errors[0] if errors else PacspaceConflict("a batch mixes new and already stored records")
     if existing:
         if any(r.index is None for r in existing):
@@ -299,7 +312,7 @@ async def _append_unshielded(service: LogService, rel: Relationship, subs: list[
         sequenced = await service.sequencer.submit_many([s.entry for s in subs])
     except PacspaceError:
         # Nothing was appended (the sequencer refused or stopped): forget the rows.
-        await service.writer.write([RecordStore.drop_op(rel.id, s.seq) for s in subs])
+        await service.writer.write(undo)
         raise
     checkpoint = sequenced[0].checkpoint.format()
     await service.writer.write(

@@ -267,6 +267,10 @@ class RecordStore:
     # --- relationships -----------------------------------------------------
 
     def add_relationship(self, rel: Relationship, wraps: dict[str, bytes], epoch: int = 0) -> None:
+        self.write_one(self.add_relationship_op(rel, wraps, epoch))
+
+    @staticmethod
+    def add_relationship_op(rel: Relationship, wraps: dict[str, bytes], epoch: int = 0) -> Callable[[sqlite3.Connection], None]:
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM relationships WHERE id = ?", (rel.id,)).fetchone():
                 raise RelationshipExists("that relationship id is taken; draw another")
@@ -279,7 +283,20 @@ class RecordStore:
                 [(rel.id, reader, epoch, wrap) for reader, wrap in wraps.items()],
             )
 
-        self.write_one(op)
+        return op
+
+    @staticmethod
+    def drop_relationship_op(rid: str) -> Callable[[sqlite3.Connection], None]:
+        """Remove a relationship whose genesis never reached the log (it has no settled record)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM records WHERE relationship = ? AND idx IS NOT NULL", (rid,)).fetchone():
+                return
+            conn.execute("DELETE FROM records WHERE relationship = ?", (rid,))
+            conn.execute("DELETE FROM wraps WHERE relationship = ?", (rid,))
+            conn.execute("DELETE FROM relationships WHERE id = ?", (rid,))
+
+        return op
 
     def relationship(self, rid: str) -> Relationship | None:
         rows = self._read(f"SELECT {_REL} FROM relationships WHERE id = ?", (rid,))

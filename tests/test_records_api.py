@@ -1,0 +1,303 @@
+"""The private recordation API over HTTP: auth, isolation between parties, every bad input, idempotent retries."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+
+import pytest
+from helpers import new_log
+
+from pacspace.checkpoint import open_checkpoint
+from pacspace.config import ServerConfig
+from pacspace.keys import PartyKeys, wrap_secret
+from pacspace.note import parse_vkey
+from pacspace.receipt import verify_receipt
+from pacspace.records.body import GENESIS_PREV, Common, Delta, Genesis, Line, body_hash
+from pacspace.records.body import PartyKeys as NamedKeys
+from pacspace.records.seal import RelationshipKeys, seal
+from pacspace.sequencer import SequencerConfig
+from pacspace.server.app import create_app
+from pacspace.server.context import SERVICE
+from pacspace.storage.records import RecordStore
+
+B64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+
+
+class World:
+    """A server with a provider, a customer and an outsider provider, each with real keys."""
+
+    def __init__(self, client, vkey, tmp_path):
+        self.http = client
+        self.vkey = parse_vkey(vkey)
+        store = RecordStore(tmp_path)
+        self.tokens = {}
+        for name, role in [("acme", "provider"), ("bob", "customer"), ("evil", "provider"), ("carol", "customer")]:
+            self.tokens[name] = f"tok-{name}"
+            store.add_party(name, role, self.tokens[name], int(time.time()))
+        store.close()
+        self.keys = {name: PartyKeys.generate() for name in self.tokens}
+        self.rkeys = RelationshipKeys.generate()
+
+    def auth(self, who):
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    async def register(self, who):
+        pub = self.keys[who].public
+        resp = await self.http.put("/v1/me/keys", json={"x25519": B64(pub.x25519), "ed25519": B64(pub.ed25519)}, headers=self.auth(who))
+        assert resp.status == 200, await resp.text()
+
+    def named(self, who):
+        j = self.keys[who].public.to_json()
+        return NamedKeys(who, j["x25519"], j["ed25519"])
+
+    def genesis(self, rid="rel-1", provider="acme", customer="bob"):
+        body = Genesis(Common(rid, 0, GENESIS_PREV, "g", "2026-11-01T00:00:00Z"), self.named(provider), self.named(customer))
+        return seal(body, self.rkeys, self.keys[provider].ed25519)
+
+    def delta(self, seq, prev, rid="rel-1", quantity="10", provider="acme"):
+        body = Delta(
+            Common(rid, seq, prev, f"r{seq}", "2026-11-02T00:00:00Z"), "2026-11",
+            "2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z", (Line("llm.requests", "request", quantity, {}),),
+        )
+        return seal(body, self.rkeys, self.keys[provider].ed25519)
+
+    async def create(self, rid="rel-1", provider="acme", customer="bob"):
+        if rid != "rel-1":
+            self.rkeys = RelationshipKeys.generate()
+        g = self.genesis(rid, provider, customer)
+        body = {
+            "relationship": rid, "customer": customer, "cadence": "hourly",
+            "wraps": {
+                "provider": B64(wrap_secret(self.rkeys.secret, self.keys[provider].public, rid, 0)),
+                "customer": B64(wrap_secret(self.rkeys.secret, self.keys[customer].public, rid, 0)),
+            },
+            "genesis": {"seq": 0, "tag": B64(g.tag), "ciphertext": B64(g.blob)},
+        }
+        resp = await self.http.post("/v1/relationships", json=body, headers=self.auth(provider))
+        return resp, g
+
+    async def post(self, sealed, rid="rel-1", who="acme", seq=None):
+        body = {"seq": sealed.seq if seq is None else seq, "tag": B64(sealed.tag), "ciphertext": B64(sealed.blob)}
+        return await self.http.post(f"/v1/relationships/{rid}/records", json=body, headers=self.auth(who))
+
+
+@pytest.fixture
+async def world(aiohttp_client, tmp_path):
+    vkey = new_log(tmp_path)
+    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01)))
+    client = await aiohttp_client(app)
+    w = World(client, vkey, tmp_path)
+    w.app = app
+    for who in w.tokens:
+        await w.register(who)
+    return w
+
+
+async def error(resp, status, code):
+    assert resp.status == status, await resp.text()
+    body = await resp.json()
+    assert body["error"] == code, body
+    assert body["message"]
+    return body
+
+
+async def test_create_append_read_and_verify_receipts(world):
+    resp, g = await world.create()
+    assert resp.status == 201, await resp.text()
+    created = await resp.json()
+    assert created["relationship"] == "rel-1" and created["receipt"]["seq"] == 0
+    d1 = world.delta(1, body_hash(g.body))
+    resp = await world.post(d1)
+    assert resp.status == 201
+    receipt = await resp.json()
+    assert receipt["seq"] == 1 and receipt["index"] == 1
+    verified = verify_receipt(receipt["proof"], world.vkey)
+    assert verified.entry == d1.entry and len(verified.entry) == 65
+    assert open_checkpoint(receipt["checkpoint"].encode(), world.vkey).size == 2
+    # Retrying the same record answers the same receipt with 200 and appends nothing.
+    again = await world.post(d1)
+    assert again.status == 200
+    assert (await again.json())["index"] == 1
+    for who in ("acme", "bob"):
+        resp = await world.http.get("/v1/relationships/rel-1/records", headers=world.auth(who))
+        rows = (await resp.json())["records"]
+        assert [r["seq"] for r in rows] == [0, 1]
+        assert base64.b64decode(rows[1]["ciphertext"]) == d1.blob
+    resp = await world.http.get("/v1/relationships/rel-1/records?after_seq=0&limit=1", headers=world.auth("bob"))
+    assert [r["seq"] for r in (await resp.json())["records"]] == [1]
+    info = await (await world.http.get("/v1/relationships/rel-1", headers=world.auth("bob"))).json()
+    assert info["customer_keys"]["fingerprint"] == world.keys["bob"].public.fingerprint()
+    assert info["wrap"] and info["provider"] == "acme"
+
+
+async def test_the_server_never_sees_plaintext_or_keys(world):
+    resp, g = await world.create()
+    d1 = world.delta(1, body_hash(g.body), quantity="987654321")
+    await world.post(d1)
+    data_dir = world.app[SERVICE].store.path.parent
+    everything = b"".join(p.read_bytes() for p in data_dir.iterdir() if p.is_file() and p.name != "log.key")
+    assert b"987654321" not in everything
+    assert b"llm.requests" not in everything
+    assert world.rkeys.secret not in everything
+    assert world.keys["acme"].ed25519.private_bytes_raw() not in everything
+
+
+@pytest.mark.parametrize("header", [None, "Bearer nope", "Basic dG9rLWFjbWU=", "Bearer ", "tok-acme"])
+async def test_missing_or_wrong_token_is_401(world, header):
+    headers = {"Authorization": header} if header is not None else {}
+    for method, path in [("GET", "/v1/relationships"), ("GET", "/v1/me"), ("POST", "/v1/records"), ("GET", "/v1/relationships/rel-1/records")]:
+        resp = await world.http.request(method, path, headers=headers)
+        await error(resp, 401, "unauthorized")
+        assert "Bearer" in resp.headers["WWW-Authenticate"]
+
+
+async def test_revoked_token_stops_at_once(world):
+    resp, _ = await world.create()
+    assert (await world.http.get("/v1/relationships", headers=world.auth("bob"))).status == 200
+    store = world.app[SERVICE].records
+    store.revoke_party("bob", int(time.time()))
+    await error(await world.http.get("/v1/relationships", headers=world.auth("bob")), 401, "unauthorized")
+
+
+async def test_other_parties_relationships_are_invisible(world):
+    resp, g = await world.create()
+    assert resp.status == 201
+    nonexistent = await world.http.get("/v1/relationships/rel-nope", headers=world.auth("evil"))
+    foreign = await world.http.get("/v1/relationships/rel-1", headers=world.auth("evil"))
+    assert foreign.status == nonexistent.status == 404
+    assert (await foreign.json()) == (await nonexistent.json())
+    for who in ("evil", "carol"):
+        assert (await (await world.http.get("/v1/relationships", headers=world.auth(who))).json())["relationships"] == []
+        await error(await world.http.get("/v1/relationships/rel-1/records", headers=world.auth(who)), 404, "not_found")
+        await error(await world.post(world.delta(1, body_hash(g.body)), who=who), 404, "not_found")
+
+
+async def test_auth_matrix(world):
+    """Each role against each private endpoint."""
+    resp, g = await world.create()
+    d1 = world.delta(1, body_hash(g.body))
+    expect = {
+        # (who, method, path): status
+        ("acme", "GET", "/v1/relationships/rel-1"): 200,
+        ("bob", "GET", "/v1/relationships/rel-1"): 200,
+        ("evil", "GET", "/v1/relationships/rel-1"): 404,
+        ("carol", "GET", "/v1/relationships/rel-1"): 404,
+        ("acme", "GET", "/v1/parties/bob/keys"): 200,
+        ("bob", "GET", "/v1/parties/acme/keys"): 404,
+        ("carol", "GET", "/v1/parties/bob/keys"): 404,
+        ("evil", "GET", "/v1/parties/acme/keys"): 404,
+        ("bob", "GET", "/v1/me"): 200,
+    }
+    for (who, method, path), status in expect.items():
+        resp = await world.http.request(method, path, headers=world.auth(who))
+        assert resp.status == status, (who, path, await resp.text())
+    await error(await world.post(d1, who="bob"), 403, "forbidden")
+    resp = await world.http.post("/v1/relationships", json={}, headers=world.auth("bob"))
+    await error(resp, 403, "forbidden")
+    assert (await world.post(d1, who="acme")).status == 201
+
+
+async def _next_seq(world):
+    rows = (await (await world.http.get("/v1/relationships/rel-1/records", headers=world.auth("acme"))).json())["records"]
+    return len(rows)
+
+
+@pytest.mark.parametrize(
+    "body,status,code",
+    [
+        (b"not json", 400, "malformed"),
+        (b"[1, 2]", 400, "malformed"),
+        (b'{"seq": "1", "tag": "AA==", "ciphertext": "AA=="}', 400, "malformed"),
+        (b'{"seq": true, "tag": "AA==", "ciphertext": "AA=="}', 400, "malformed"),
+        (b'{"seq": 1, "tag": "!!!", "ciphertext": "AA=="}', 400, "malformed"),
+        (b'{"seq": 1, "tag": "AAAA", "ciphertext": "AA=="}', 400, "malformed"),
+        (b'{"seq": 1}', 400, "malformed"),
+        (b'{"seq": -1, "tag": "AA==", "ciphertext": "AA=="}', 400, "malformed"),
+    ],
+)
+async def test_bad_bodies_get_4xx_and_change_nothing(world, body, status, code):
+    await world.create()
+    resp = await world.http.post("/v1/relationships/rel-1/records", data=body, headers={**world.auth("acme"), "Content-Type": "application/json"})
+    await error(resp, status, code)
+    assert await _next_seq(world) == 1
+
+
+async def test_oversized_record_is_413(world):
+    await world.create()
+    big = {"seq": 1, "tag": B64(bytes(32)), "ciphertext": B64(bytes(70_000))}
+    await error(await world.http.post("/v1/relationships/rel-1/records", json=big, headers=world.auth("acme")), 413, "too_large")
+    huge = b"x" * (300 * 1024)
+    await error(await world.http.post("/v1/relationships/rel-1/records", data=huge, headers=world.auth("acme")), 413, "too_large")
+    assert await _next_seq(world) == 1
+
+
+async def test_seq_gaps_duplicates_and_conflicts_are_409(world):
+    _, g = await world.create()
+    d1 = world.delta(1, body_hash(g.body))
+    gap = world.delta(3, body_hash(d1.body))
+    body = await error(await world.post(gap), 409, "seq_conflict")
+    assert body["expected_seq"] == 1
+    assert (await world.post(d1)).status == 201
+    other = world.delta(1, body_hash(g.body), quantity="11")
+    await error(await world.post(other), 409, "record_conflict")
+    # A new seq reusing a committed tag.
+    d2 = world.delta(2, body_hash(d1.body))
+    forged = {"seq": 2, "tag": B64(d1.tag), "ciphertext": B64(d2.blob)}
+    await error(await world.http.post("/v1/relationships/rel-1/records", json=forged, headers=world.auth("acme")), 409, "duplicate_tag")
+    assert await _next_seq(world) == 2
+    assert (await world.post(d2)).status == 201
+
+
+async def test_relationship_creation_errors(world):
+    resp, _ = await world.create()
+    assert resp.status == 201
+    again, _ = await world.create()
+    await error(again, 409, "relationship_exists")
+    # A genesis that fails (its tag is already in the log) leaves no relationship behind.
+    resp, _ = await world.create("rel-3")
+    assert resp.status == 201
+    world.rkeys_3 = world.rkeys
+    g = world.genesis("rel-4")
+    body = {"relationship": "rel-4", "customer": "bob", "wraps": {"provider": "AA==", "customer": "AA=="},
+            "genesis": {"seq": 0, "tag": B64(g.tag), "ciphertext": B64(g.blob)}}
+    await error(await world.http.post("/v1/relationships", json=body, headers=world.auth("acme")), 409, "duplicate_tag")
+    await error(await world.http.get("/v1/relationships/rel-4", headers=world.auth("acme")), 404, "not_found")
+    listed = (await (await world.http.get("/v1/relationships", headers=world.auth("acme"))).json())["relationships"]
+    assert [r["relationship"] for r in listed] == ["rel-1", "rel-3"]
+    resp = await world.http.post("/v1/relationships", json={"relationship": "rel-2", "customer": "nobody"}, headers=world.auth("acme"))
+    await error(resp, 404, "not_found")
+    resp = await world.http.post("/v1/relationships", json={"relationship": "bad id!", "customer": "bob"}, headers=world.auth("acme"))
+    await error(resp, 400, "malformed")
+
+
+async def test_batch_endpoint_is_all_or_nothing_per_relationship(world):
+    _, g1 = await world.create("rel-1")
+    _, g2 = await world.create("rel-2", customer="carol")
+    d1 = world.delta(1, body_hash(g1.body), rid="rel-1")
+    d2 = world.delta(2, body_hash(d1.body), rid="rel-1")
+    bad = world.delta(5, body_hash(g2.body), rid="rel-2")
+    items = [
+        {"relationship": "rel-1", "seq": 1, "tag": B64(d1.tag), "ciphertext": B64(d1.blob)},
+        {"relationship": "rel-1", "seq": 2, "tag": B64(d2.tag), "ciphertext": B64(d2.blob)},
+        {"relationship": "rel-2", "seq": 5, "tag": B64(bad.tag), "ciphertext": B64(bad.blob)},
+        {"relationship": "rel-9", "seq": 1, "tag": B64(bad.tag), "ciphertext": B64(bad.blob)},
+        {"relationship": "rel-1", "seq": "x"},
+    ]
+    resp = await world.http.post("/v1/records", json={"records": items}, headers=world.auth("acme"))
+    assert resp.status == 200
+    body = await resp.json()
+    statuses = [(r["status"], r.get("error")) for r in body["results"]]
+    assert statuses == [("ok", None), ("ok", None), ("error", "seq_conflict"), ("error", "not_found"), ("error", "malformed")]
+    assert body["accepted"] == 2 and body["results"][2]["expected_seq"] == 1
+    for r in body["results"][:2]:
+        verify_receipt(r["proof"], world.vkey)
+    await error(await world.http.post("/v1/records", json={"records": []}, headers=world.auth("acme")), 400, "malformed")
+
+
+async def test_receipt_leaf_matches_the_public_entry(world):
+    _, g = await world.create()
+    d1 = world.delta(1, body_hash(g.body))
+    receipt = await (await world.post(d1)).json()
+    assert base64.b64decode(receipt["leaf_hash"]) == hashlib.sha256(b"\x00" + d1.entry).digest()
