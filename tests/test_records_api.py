@@ -291,8 +291,20 @@ async def test_batch_endpoint_is_all_or_nothing_per_relationship(world):
     statuses = [(r["status"], r.get("error")) for r in body["results"]]
     assert statuses == [("ok", None), ("ok", None), ("error", "seq_conflict"), ("error", "not_found"), ("error", "malformed")]
     assert body["accepted"] == 2 and body["results"][2]["expected_seq"] == 1
-    for r in body["results"][:2]:
-        verify_receipt(r["proof"], world.vkey)
+    checkpoint = open_checkpoint(body["checkpoint"].encode(), world.vkey)
+    for r, sealed in zip(body["results"][:2], (d1, d2)):
+        assert base64.b64decode(r["leaf_hash"]) == hashlib.sha256(b"\x00" + sealed.entry).digest()
+        assert r["index"] < checkpoint.size
+    # Each relationship's group is all or nothing: a bad record sinks its whole group only.
+    d3 = world.delta(3, body_hash(d2.body), rid="rel-1")
+    d5 = world.delta(5, body_hash(d3.body), rid="rel-1")
+    items = [
+        {"relationship": "rel-1", "seq": 3, "tag": B64(d3.tag), "ciphertext": B64(d3.blob)},
+        {"relationship": "rel-1", "seq": 5, "tag": B64(d5.tag), "ciphertext": B64(d5.blob)},
+    ]
+    body = await (await world.http.post("/v1/records", json={"records": items}, headers=world.auth("acme"))).json()
+    assert [r["status"] for r in body["results"]] == ["error", "error"]
+    assert await _next_seq(world) == 3
     await error(await world.http.post("/v1/records", json={"records": []}, headers=world.auth("acme")), 400, "malformed")
 
 

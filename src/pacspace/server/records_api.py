@@ -276,49 +276,96 @@ async def post_record(request: web.Request) -> web.Response:
 async def _append(
     request: web.Request, rel: Relationship, subs: list[_Submission], create: Any = None
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Store, sequence and settle consecutive records of one relationship, all or nothing.
+    """Store, sequence and settle consecutive records of one relationship, all or nothing; full receipts."""
+    (outcome,) = await _append_groups(_service(request), [_Group(rel, subs, create)])
+    if isinstance(outcome, PacspaceError):
+        raise outcome
+    status, indexed = outcome
+    service = _service(request)
+    return status, [_receipt(service, s.seq, s.entry, index, checkpoint) for s, (index, checkpoint) in zip(subs, indexed)]
 
-    Runs shielded: once the rows are stored, a client that goes away cannot
-    stop the entries being sequenced and the rows settled.
+
+@dataclass
+class _Group:
+    """One relationship's records in a request: stored, sequenced and settled together or not at all."""
+
+    rel: Relationship
+    subs: list[_Submission]
+    create: Any = None
+
+
+_Outcome = PacspaceError | tuple[int, list[tuple[int, bytes]]]
+
+
+async def _append_groups(service: LogService, groups: list[_Group]) -> list[_Outcome]:
+    """Store every group's rows in one transaction, sequence all new entries in one batch, settle in one.
+
+    Runs shielded: once rows are stored, a client that goes away cannot stop
+    their entries being sequenced and the rows settled.
     """
-    return await asyncio.shield(_append_unshielded(_service(request), rel, subs, create))
+    return await asyncio.shield(_append_groups_unshielded(service, groups))
 
 
-async def _append_unshielded(
-    service: LogService, rel: Relationship, subs: list[_Submission], create: Any
-) -> tuple[int, list[dict[str, Any]]]:
-    first = subs[0].seq
-    ops = [RecordStore.reserve_op(rel.id, s.seq, s.tag, s.ct_hash, s.blob, first) for s in subs]
-    if create is not None:
-        reserve_first = ops[0]
-        ops[0] = lambda conn: (create(conn), reserve_first(conn))[1]
-    undo = [RecordStore.drop_op(rel.id, s.seq) for s in subs]
-    if create is not None:
-        undo.append(RecordStore.drop_relationship_op(rel.id))
-    results = await service.writer.write(ops)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    existing = [r for r in results if isinstance(r, StoredRecord)]
-    if errors or (existing and len(existing) != len(subs)):
-        # Undo only the rows this call stored: a row another request stored is not ours to drop.
-        stored = [RecordStore.drop_op(rel.id, s.seq) for s, r in zip(subs, results) if r is None]
-        if stored:
-            await service.writer.write(stored)
-        raise errors[0] if errors else PacspaceConflict("a batch mixes new and already stored records")
-    if existing:
-        if any(r.index is None for r in existing):
-            raise InFlight("this record is still being committed; retry for its receipt")
-        return 200, [_receipt(service, r.seq, r.entry, r.index, r.checkpoint) for r in existing]  # type: ignore[arg-type]
+def _group_op(group: _Group) -> Any:
+    first = group.subs[0].seq
+    reserves = [RecordStore.reserve_op(group.rel.id, s.seq, s.tag, s.ct_hash, s.blob, first) for s in group.subs]
+
+    def op(conn: Any) -> list[StoredRecord | None]:
+        # One savepoint for the whole group: any failure rolls back all of it (and the creation).
+        if group.create is not None:
+            group.create(conn)
+        found = [reserve(conn) for reserve in reserves]
+        if any(f is not None for f in found) and not all(f is not None for f in found):
+            raise PacspaceConflict("the request mixes new records with records already stored")
+        return found
+
+    return op
+
+
+async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -> list[_Outcome]:
+    results = await service.writer.write([_group_op(g) for g in groups])
+    outcomes: list[_Outcome | None] = [None] * len(groups)
+    new: list[int] = []
+    for i, (group, result) in enumerate(zip(groups, results)):
+        if isinstance(result, PacspaceError):
+            outcomes[i] = result
+        elif isinstance(result, BaseException):
+            raise result
+        elif result and result[0] is not None:
+            if any(r.index is None for r in result):
+                outcomes[i] = InFlight("this record is still being committed; retry for its receipt")
+            else:
+                outcomes[i] = (200, [(r.index, r.checkpoint) for r in result])  # type: ignore[misc]
+        else:
+            new.append(i)
+    if not new:
+        return outcomes  # type: ignore[return-value]
+    entries = [s.entry for i in new for s in groups[i].subs]
     try:
-        sequenced = await service.sequencer.submit_many([s.entry for s in subs])
-    except PacspaceError:
-        # Nothing was appended (the sequencer refused or stopped): forget the rows.
+        sequenced = await service.sequencer.submit_many(entries)
+    except PacspaceError as exc:
+        # Nothing was appended (the sequencer refused or stopped): forget the rows we stored.
+        undo = []
+        for i in new:
+            undo += [RecordStore.drop_op(groups[i].rel.id, s.seq) for s in groups[i].subs]
+            if groups[i].create is not None:
+                undo.append(RecordStore.drop_relationship_op(groups[i].rel.id))
         await service.writer.write(undo)
-        raise
+        for i in new:
+            outcomes[i] = exc
+        return outcomes  # type: ignore[return-value]
     checkpoint = sequenced[0].checkpoint.format()
-    await service.writer.write(
-        [RecordStore.settle_op(rel.id, s.seq, q.index, checkpoint) for s, q in zip(subs, sequenced)]
-    )
-    return 201, [_receipt(service, s.seq, s.entry, q.index, checkpoint) for s, q in zip(subs, sequenced)]
+    settle = []
+    at = 0
+    for i in new:
+        indexed = []
+        for s in groups[i].subs:
+            settle.append(RecordStore.settle_op(groups[i].rel.id, s.seq, sequenced[at].index, checkpoint))
+            indexed.append((sequenced[at].index, checkpoint))
+            at += 1
+        outcomes[i] = (201, indexed)
+    await service.writer.write(settle)
+    return outcomes  # type: ignore[return-value]
 
 
 def _receipt(service: LogService, seq: int, entry: bytes, index: int, checkpoint: bytes) -> dict[str, Any]:
@@ -335,42 +382,66 @@ def _receipt(service: LogService, seq: int, entry: bytes, index: int, checkpoint
 
 
 async def post_records(request: web.Request) -> web.Response:
-    """Many records across the caller's relationships; each relationship's group is all or nothing."""
+    """Many records across the caller's relationships; each relationship's records are all or nothing.
+
+    Answers one result per record, in request order, with its log index and
+    leaf hash; the checkpoint covering the new records is given once. Inclusion
+    proofs are at /v1/proof/inclusion (computing thousands here would cost more
+    than committing them).
+    """
     party = _party(request)
     body = await _json(request, 64 << 20)
     items = body.get("records")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise MalformedInput(f"records is a list of 1 to {MAX_BATCH} records")
-    groups: dict[str, list[tuple[int, _Submission]]] = {}
+    members: dict[str, list[tuple[int, _Submission]]] = {}
     results: list[dict[str, Any] | None] = [None] * len(items)
     for i, item in enumerate(items):
+        rid = item.get("relationship") if isinstance(item, dict) else None
         try:
-            rid = item.get("relationship") if isinstance(item, dict) else None
             if not isinstance(rid, str):
                 raise MalformedInput("each record names its relationship")
-            groups.setdefault(rid, []).append((i, _submission(item)))
+            members.setdefault(rid, []).append((i, _submission(item)))
         except PacspaceError as exc:
-            results[i] = _error(exc, item.get("relationship") if isinstance(item, dict) else None, None)
+            results[i] = _error(exc, rid, None)
     service = _service(request)
-
-    async def one_group(rid: str, members: list[tuple[int, _Submission]]) -> None:
-        members.sort(key=lambda m: m[1].seq)
-        try:
-            rel = service.records.relationship(rid) if _RID.fullmatch(rid) else None
-            if rel is None or not rel.has(party.name):
-                raise NotFound("no such relationship")
-            if rel.provider != party.name:
-                raise Forbidden("only the relationship's provider appends records")
-            _, receipts = await _append(request, rel, [m[1] for m in members])
-            for (i, sub), receipt in zip(members, receipts):
-                results[i] = {"relationship": rid, "status": "ok", **receipt}
-        except PacspaceError as exc:
-            for i, sub in members:
-                results[i] = _error(exc, rid, sub.seq)
-
-    await asyncio.gather(*(one_group(rid, members) for rid, members in groups.items()))
-    ok = sum(1 for r in results if r is not None and r.get("status") == "ok")
-    return web.json_response({"accepted": ok, "rejected": len(items) - ok, "results": results})
+    groups: list[tuple[_Group, list[int]]] = []
+    for rid, group in members.items():
+        group.sort(key=lambda m: m[1].seq)
+        rel = service.records.relationship(rid) if _RID.fullmatch(rid) else None
+        failure: PacspaceError | None = None
+        if rel is None or not rel.has(party.name):
+            failure = NotFound("no such relationship")
+        elif rel.provider != party.name:
+            failure = Forbidden("only the relationship's provider appends records")
+        if failure is not None or rel is None:
+            for i, sub in group:
+                results[i] = _error(failure or NotFound("no such relationship"), rid, sub.seq)
+            continue
+        groups.append((_Group(rel, [sub for _, sub in group]), [i for i, _ in group]))
+    outcomes = await _append_groups(service, [g for g, _ in groups]) if groups else []
+    checkpoint = None
+    for (group, positions), outcome in zip(groups, outcomes):
+        for i, sub, k in zip(positions, group.subs, range(len(positions))):
+            if isinstance(outcome, PacspaceError):
+                results[i] = _error(outcome, group.rel.id, sub.seq)
+                continue
+            status, indexed = outcome
+            index, cp = indexed[k]
+            if status == 201:
+                checkpoint = cp
+            leaf = hashlib.sha256(b"\x00" + sub.entry).digest()
+            results[i] = {"relationship": group.rel.id, "seq": sub.seq, "status": "ok", "index": index,
+                          "leaf_hash": base64.b64encode(leaf).decode()}
+    ok = sum(1 for r in results if r is not None and r["status"] == "ok")
+    return web.json_response(
+        {
+            "accepted": ok,
+            "rejected": len(items) - ok,
+            "checkpoint": None if checkpoint is None else checkpoint.decode(),
+            "results": results,
+        }
+    )
 
 
 def _error(exc: PacspaceError, rid: Any, seq: int | None) -> dict[str, Any]:

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Benchmark of recordation over HTTP (issue 3). Run by hand; results go in docs/performance.md.
+
+    python3 tools/bench_records.py --work /var/tmp/pacspace-bench-records
+
+Starts a real `pacspace serve` on a fresh data directory, creates a provider, a
+customer and 1,000 relationships, then measures:
+
+- client sealing per second (in-process, one core);
+- single-record appends (POST /v1/relationships/{rid}/records) at concurrency
+  256 across the 1,000 relationships: records/s and append-to-receipt p50/p99;
+- batch appends (POST /v1/records, 2,000 records a request across the
+  relationships, 4 requests in flight): records/s.
+
+Records are sealed before each timed phase, so the load generator spends its
+time on HTTP, not on cryptography; it still shares the machine's two cores
+with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+
+from pacspace.keys import PartyKeys, wrap_secret
+from pacspace.records.body import GENESIS_PREV, Common, Delta, Genesis, Line, body_hash
+from pacspace.records.body import PartyKeys as NamedKeys
+from pacspace.records.seal import RelationshipKeys, Sealed, seal
+
+B64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def named(name: str, keys: PartyKeys) -> NamedKeys:
+    j = keys.public.to_json()
+    return NamedKeys(name, j["x25519"], j["ed25519"])
+
+
+class Rel:
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+        self.keys = RelationshipKeys.generate()
+        self.next_seq = 0
+        self.head = GENESIS_PREV
+
+    def next_delta(self, provider: PartyKeys, hour: int) -> Sealed:
+        body = Delta(
+            Common(self.rid, self.next_seq, self.head, secrets.token_hex(6), "2026-11-02T00:00:00Z"),
+            "2026-11",
+            f"2026-11-02T{hour % 24:02d}:00:00Z",
+            f"2026-11-02T{hour % 24:02d}:59:59Z",
+            (
+                Line("llm.input.uncached_tokens", "token", str(1000 + hour), {"model": "m-1"}),
+                Line("llm.output.visible_tokens", "token", str(300 + hour), {"model": "m-1"}),
+            ),
+        )
+        sealed = seal(body, self.keys, provider.ed25519)
+        self.next_seq += 1
+        self.head = body_hash(sealed.body)
+        return sealed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pacspace(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "pacspace", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+async def setup(url: str, data: Path, count: int) -> tuple[str, PartyKeys, list[Rel]]:
+    ptoken = pacspace("admin", "party", "add", "acme", "--role", "provider", "--data", str(data))
+    ctoken = pacspace("admin", "party", "add", "bob", "--role", "customer", "--data", str(data))
+    provider, customer = PartyKeys.generate(), PartyKeys.generate()
+    async with aiohttp.ClientSession() as s:
+        for token, keys in ((ptoken, provider), (ctoken, customer)):
+            pub = keys.public
+            async with s.put(f"{url}/v1/me/keys", json={"x25519": B64(pub.x25519), "ed25519": B64(pub.ed25519)},
+                             headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200, await r.text()
+        rels = [Rel(f"rel_{i:05d}") for i in range(count)]
+        sem = asyncio.Semaphore(128)
+
+        async def create(rel: Rel) -> None:
+            g = seal(Genesis(Common(rel.rid, 0, GENESIS_PREV, "g", "2026-11-01T00:00:00Z"),
+                             named("acme", provider), named("bob", customer), "hourly"), rel.keys, provider.ed25519)
+            body = {"relationship": rel.rid, "customer": "bob", "cadence": "hourly",
+                    "wraps": {"provider": B64(wrap_secret(rel.keys.secret, provider.public, rel.rid, 0)),
+                              "customer": B64(wrap_secret(rel.keys.secret, customer.public, rel.rid, 0))},
+                    "genesis": {"seq": 0, "tag": B64(g.tag), "ciphertext": B64(g.blob)}}
+            async with sem, s.post(f"{url}/v1/relationships", json=body, headers={"Authorization": f"Bearer {ptoken}"}) as r:
+                assert r.status == 201, await r.text()
+            rel.next_seq, rel.head = 1, body_hash(g.body)
+
+        await asyncio.gather(*(create(r) for r in rels))
+    return ptoken, provider, rels
+
+
+def sealing_rate(provider: PartyKeys, rels: list[Rel], seconds: float = 3.0) -> float:
+    scratch = [Rel(f"scratch_{i}") for i in range(10)]
+    for rel in scratch:
+        rel.next_seq = 1
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        scratch[n % 10].next_delta(provider, n)
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+async def single_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], per_rel: int, concurrency: int) -> dict[str, float]:
+    # Each worker owns a disjoint set of relationships and appends to them in turn (seqs stay in order).
+    work = {i: [] for i in range(concurrency)}  # type: dict[int, list[tuple[str, Sealed]]]
+    for i, rel in enumerate(rels):
+        for k in range(per_rel):
+            work[i % concurrency].append((rel.rid, rel.next_delta(provider, k)))
+    for i in work:
+        work[i].sort(key=lambda item: item[1].seq)
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, headers=headers) as s:
+
+        async def worker(items: list[tuple[str, Sealed]]) -> None:
+            for rid, sealed in items:
+                body = {"seq": sealed.seq, "tag": B64(sealed.tag), "ciphertext": B64(sealed.blob)}
+                t0 = time.perf_counter()
+                async with s.post(f"{url}/v1/relationships/{rid}/records", json=body) as r:
+                    await r.read()
+                    if r.status != 201:
+                        raise SystemExit(f"append failed: {r.status} {await r.text()}")
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(items) for items in work.values()))
+        elapsed = time.perf_counter() - t0
+    return {
+        "records": len(latencies),
+        "concurrency": concurrency,
+        "records_per_s": len(latencies) / elapsed,
+        "p50_ms": pct(latencies, 50) * 1000,
+        "p99_ms": pct(latencies, 99) * 1000,
+    }
+
+
+async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], rounds: int, per_request: int, in_flight: int) -> dict[str, float]:
+    requests = []
+    per_rel = max(1, per_request // len(rels))
+    for _ in range(rounds):
+        items = []
+        for rel in rels:
+            for k in range(per_rel):
+                sealed = rel.next_delta(provider, k)
+                items.append({"relationship": rel.rid, "seq": sealed.seq, "tag": B64(sealed.tag), "ciphertext": B64(sealed.blob)})
+        requests.append(items)
+    headers = {"Authorization": f"Bearer {token}"}
+    total = 0
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=600)) as s:
+        sem = asyncio.Semaphore(1)  # rounds extend the same chains: one request at a time per chain set
+
+        async def send(items: list[dict[str, object]]) -> None:
+            nonlocal total
+            async with sem:
+                t0 = time.perf_counter()
+                async with s.post(f"{url}/v1/records", json={"records": items}) as r:
+                    body = await r.json()
+                latencies.append(time.perf_counter() - t0)
+                if body.get("rejected"):
+                    raise SystemExit(f"batch rejected records: {body['results'][:2]}")
+                total += body["accepted"]
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(send(items) for items in requests))
+        elapsed = time.perf_counter() - t0
+    return {"records": total, "records_per_request": len(requests[0]), "records_per_s": total / elapsed,
+            "request_p50_ms": pct(latencies, 50) * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("bench-data/records"))
+    parser.add_argument("--relationships", type=int, default=1000)
+    parser.add_argument("--per-relationship", type=int, default=20, help="single-record appends per relationship")
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--batch-rounds", type=int, default=25)
+    parser.add_argument("--serve-args", default="", help="extra arguments for pacspace serve")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    data = args.work / "data"
+    if data.exists():
+        shutil.rmtree(data)
+    data.mkdir(parents=True)
+    pacspace("init", "--data", str(data), "--origin", "bench.example/records")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), *args.serve_args.split()],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        token, provider, rels = asyncio.run(setup(url, data, args.relationships))
+        results = {"sealing_per_s": sealing_rate(provider, rels)}
+        print(f"sealing: {results['sealing_per_s']:,.0f}/s", file=sys.stderr)
+        results["single"] = asyncio.run(single_phase(url, token, provider, rels, args.per_relationship, args.concurrency))
+        print(f"single: {results['single']}", file=sys.stderr)
+        results["batch"] = asyncio.run(batch_phase(url, token, provider, rels, args.batch_rounds, 2000, 4))
+        print(f"batch: {results['batch']}", file=sys.stderr)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
