@@ -200,14 +200,21 @@ def _check_genesis(body: Body, provider: PublicKeys, mine: PartyKeys, me: str) -
 async def append_body(
     client: PacspaceClient, home: Home, view: RelationshipView, make: Any
 ) -> dict[str, Any]:
-    """Seal ``make(common)`` at the chain's next seq and append it; returns the server's receipt."""
+    """Seal ``make(common)`` at the chain's next seq and append it; returns the server's receipt.
+
+    The view is extended with the new record, so the next append follows it without refetching.
+    """
     head = view.head
     if head is None:
         raise ChainError("the relationship has no genesis record")
     common = Common(view.rid, head.next_seq, head.head, secrets.token_hex(8), now_utc())
     body = make(common)
-    sealed = seal(body, view.keys, home.keys().ed25519)
-    return await client.append(view.rid, sealed.seq, sealed.tag, sealed.blob)
+    signer = home.keys().ed25519
+    sealed = seal(body, view.keys, signer)
+    receipt = await client.append(view.rid, sealed.seq, sealed.tag, sealed.blob)
+    opened = Opened(sealed.seq, body, sealed.body, signer.sign(sealed.body))
+    view.records.append(VerifiedRecord(sealed.seq, int(receipt["index"]), opened, sealed.tag, sealed.blob))
+    return receipt
 
 
 def delta_maker(period: str, window: tuple[str, str], lines: list[Line]) -> Any:

@@ -17,7 +17,7 @@ from ..sequencer import Sequencer
 from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
 from .writer import GroupWriter
-from . import read_api, records_api
+from . import openapi, read_api, records_api
 from .context import CONFIG, FATAL, ON_FATAL, SERVICE, LogService
 from .errors import error_middleware
 
@@ -34,6 +34,7 @@ def create_app(config: ServerConfig, on_fatal: Callable[[BaseException], None] |
     app.cleanup_ctx.append(_log_service)
     read_api.add_routes(app)
     records_api.add_routes(app)
+    openapi.add_routes(app)
     return app
 
 

@@ -66,7 +66,9 @@ _SCHEMA = (
         checkpoint BLOB,
         PRIMARY KEY (relationship, seq)
     )""",
-    "CREATE INDEX IF NOT EXISTS records_pending ON records(idx) WHERE idx IS NULL",
+    # Unsettled rows are few (a relationship's last ones while they await the log): a partial index
+    # keeps the in-flight check O(log n) however long the relationship's chain grows.
+    "CREATE INDEX IF NOT EXISTS records_unsettled ON records(relationship, seq) WHERE idx IS NULL",
 )
 
 

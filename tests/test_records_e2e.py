@@ -1,0 +1,133 @@
+"""End to end with the real server process: concurrent appends across relationships, SIGKILL mid-load, restart,
+then every acknowledged record is fetched, verified and decrypted, and every checkpoint seen is consistent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import aiohttp
+
+from pacspace.checkpoint import open_checkpoint
+from pacspace.client.home import Home
+from pacspace.client.http import PacspaceClient, Unreachable
+from pacspace.client.records import append_body, create_relationship, delta_maker, load_relationship
+from pacspace.errors import PacspaceError
+from pacspace.merkle import verify_consistency
+from pacspace.records.body import Delta, Line
+from pacspace.storage.records import RecordStore
+
+RELATIONSHIPS = 12
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(data, port) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), "--pool-interval", "0.02"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode())
+            time.sleep(0.05)
+    raise AssertionError("server did not start")
+
+
+async def test_sigkill_mid_load_then_everything_acknowledged_verifies(tmp_path):
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "pacspace", "init", "--data", str(data)], check=True, capture_output=True)
+    store = RecordStore(data)
+    store.add_party("acme", "provider", "tok-acme", 1)
+    store.add_party("bob", "customer", "tok-bob", 1)
+    store.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start(data, port)
+    acme, bob = Home(tmp_path / "acme"), Home(tmp_path / "bob")
+    try:
+        for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
+            async with PacspaceClient(url, token) as c:
+                keys = home.create_keys()
+                await c.register_keys(keys.public.x25519, keys.public.ed25519)
+                home.pin_log_key((await c.log_info())["vkey"])
+        async with PacspaceClient(url, "tok-acme") as c:
+            rids = [
+                (await create_relationship(c, acme.keys(), "acme", "bob", "hourly"))["relationship"]
+                for _ in range(RELATIONSHIPS)
+            ]
+        acked: dict[tuple[str, int], int] = {}
+        checkpoints: list[bytes] = []
+        stop = asyncio.Event()
+
+        async def appender(rid: str) -> None:
+            async with PacspaceClient(url, "tok-acme", timeout=10) as c:
+                try:
+                    view = await load_relationship(c, acme, rid, acme.log_key())
+                    hour = 0
+                    while not stop.is_set():
+                        line = Line("llm.requests", "request", str(random.randint(1, 99)), {"model": "m"})
+                        receipt = await append_body(
+                            c, acme, view,
+                            delta_maker("2026-11", (f"2026-11-02T{hour % 24:02d}:00:00Z", f"2026-11-02T{hour % 24:02d}:59:59Z"), [line]),
+                        )
+                        acked[(rid, receipt["seq"])] = receipt["index"]
+                        checkpoints.append(receipt["checkpoint"].encode())
+                        hour += 1
+                except (Unreachable, aiohttp.ClientError, PacspaceError, asyncio.TimeoutError):
+                    return
+
+        tasks = [asyncio.create_task(appender(rid)) for rid in rids]
+        await asyncio.sleep(random.uniform(1.5, 3.0))
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert len(acked) >= RELATIONSHIPS, "too few records were acknowledged before the kill"
+
+        server = start(data, port)
+        vkey = bob.log_key()
+        async with PacspaceClient(url, "tok-bob") as c:
+            final = open_checkpoint(await c.checkpoint(), vkey)
+            for rid in rids:
+                view = await load_relationship(c, bob, rid, vkey)
+                by_seq = {r.seq: r for r in view.records}
+                for (r, seq), index in acked.items():
+                    if r == rid:
+                        assert seq in by_seq, f"acknowledged {rid} seq {seq} is missing"
+                        assert by_seq[seq].index == index
+                        assert isinstance(by_seq[seq].body, Delta)
+            for note in checkpoints:
+                seen = open_checkpoint(note, vkey)
+                proof = await c.consistency(seen.size, final.size)
+                verify_consistency(seen.size, final.size, seen.root_hash, final.root_hash,
+                                   [base64.b64decode(h) for h in proof["hashes"]])
+        # The provider can continue every chain after the restart.
+        async with PacspaceClient(url, "tok-acme") as c:
+            view = await load_relationship(c, acme, rids[0], acme.log_key())
+            last = view.records[-1].seq
+            receipt = await append_body(c, acme, view, delta_maker("2026-11", ("2026-11-03T00:00:00Z", "2026-11-03T01:00:00Z"),
+                                                                     [Line("llm.requests", "request", "1", {})]))
+            assert receipt["seq"] == last + 1 == view.records[-1].seq
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
+
