@@ -16,7 +16,11 @@ import pytest
 from pacspace.checkpoint import open_checkpoint
 from pacspace.note import parse_vkey
 
-COMMANDS = ["init", "serve", "log-key", "fsck"]
+COMMANDS = [
+    "init", "serve", "log-key", "fsck", "admin", "admin party", "admin party add", "admin party revoke",
+    "admin party list", "keys", "keys init", "keys show", "relationship", "relationship create",
+    "relationship list", "record", "close", "records", "receipt", "receipt verify",
+]
 
 
 def pacspace(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -46,7 +50,7 @@ def wait_for(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> bytes:
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_every_command_has_help(command):
-    result = pacspace(*([command] if command else []), "--help")
+    result = pacspace(*(command.split() if command else []), "--help")
     assert result.returncode == 0
     assert "usage: pacspace" in result.stdout
     assert len(result.stdout.splitlines()) > 3

@@ -1,0 +1,86 @@
+"""The README's recordation flow, command by command, as a new user types it (real server process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from test_cli import free_port
+
+
+def run(*args, env, ok=True):
+    result = subprocess.run([sys.executable, "-m", "pacspace", *args], capture_output=True, text=True, env=env, timeout=120)
+    if ok:
+        assert result.returncode == 0, (args, result.stderr)
+    return result
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pacspace", "serve", "--port", str(port), "--pool-interval", "0.02"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    for _ in range(400):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_readme_flow(tmp_path, server):
+    base = {**os.environ, "PACSPACE_URL": server}
+    admin = {**base}
+    provider_token = run("admin", "party", "add", "acme", "--role", "provider", "--data", str(tmp_path / "pacspace-data"), env=admin).stdout.strip()
+    out = run("admin", "party", "add", "bob", "--role", "customer", "--json", "--data", str(tmp_path / "pacspace-data"), env=admin).stdout
+    customer_token = json.loads(out)["token"]
+    provider = {**base, "PACSPACE_TOKEN": provider_token, "PACSPACE_HOME": str(tmp_path / "acme")}
+    customer = {**base, "PACSPACE_TOKEN": customer_token, "PACSPACE_HOME": str(tmp_path / "bob")}
+    run("keys", "init", env=provider)
+    fingerprint = run("keys", "init", env=customer).stdout.strip()
+    assert run("keys", "show", env=customer).stdout.strip() == fingerprint
+    for key in ("party.x25519", "party.ed25519"):
+        assert (tmp_path / "bob" / key).stat().st_mode & 0o777 == 0o600
+    # A fingerprint that does not match what the server relays is refused.
+    wrong = run("relationship", "create", "--customer", "bob", "--customer-key", "0000:0000:0000:0000:0000:0000:0000:0000", env=provider, ok=False)
+    assert wrong.returncode == 1 and "fingerprint" in wrong.stderr
+    created = json.loads(run("relationship", "create", "--customer", "bob", "--customer-key", fingerprint, "--cadence", "hourly", "--json", env=provider).stdout)
+    rid = created["relationship"]
+    lines = tmp_path / "lines.json"
+    lines.write_text(json.dumps([
+        {"meter": "llm.input.uncached_tokens", "unit": "token", "quantity": "1000", "dimensions": {"model": "m-1"}},
+        {"meter": "llm.output.visible_tokens", "unit": "token", "quantity": "250.5", "dimensions": {"model": "m-1"}},
+    ]))
+    first = json.loads(run("record", "--relationship", rid, "--lines", str(lines), "--period", "2026-11",
+                           "--window", "2026-11-02T00:00:00Z/2026-11-02T01:00:00Z", "--json", env=provider).stdout)
+    assert first["relationship"] == rid and first["seq"] == 1
+    run("record", "--relationship", rid, "--meter", "llm.output.visible_tokens", "--quantity", "49.5", "--unit", "token",
+        "--dim", "model=m-1", "--period", "2026-11", "--window", "2026-11-02T01:00:00Z/2026-11-02T02:00:00Z", env=provider)
+    run("close", "--relationship", rid, "--period", "2026-11", "--out", str(tmp_path / "close.tlog-proof"), env=provider)
+    rows = json.loads(run("records", "--relationship", rid, "--period", "2026-11", "--json", env=customer).stdout)["rows"]
+    totals = {r["meter"]: r["quantity"] for r in rows if r["kind"] == "close"}
+    assert totals == {"llm.input.uncached_tokens": "1000", "llm.output.visible_tokens": "300"}
+    csv_out = run("records", "--relationship", rid, "--csv", env=customer).stdout
+    assert csv_out.splitlines()[0].startswith("seq,index,kind")
+    listed = json.loads(run("relationship", "list", "--json", env=customer).stdout)
+    assert [r["relationship"] for r in listed] == [rid]
+    vkey = run("log-key", "--data", str(tmp_path / "pacspace-data"), env=base).stdout.strip()
+    verified = run("receipt", "verify", str(tmp_path / "close.tlog-proof"), "--log-key", vkey, env=base).stdout
+    assert verified.startswith("ok: entry at index")
+    # The customer cannot append; a tampered receipt fails.
+    refused = run("record", "--relationship", rid, "--meter", "x", "--quantity", "1", env={**customer}, ok=False)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    text = (tmp_path / "close.tlog-proof").read_text().replace("index ", "index 1", 1)
+    (tmp_path / "bad.tlog-proof").write_text(text)
+    bad = run("receipt", "verify", str(tmp_path / "bad.tlog-proof"), "--log-key", vkey, env=base, ok=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("pacspace: error:")
