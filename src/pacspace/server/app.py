@@ -50,7 +50,7 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         records = RecordStore(config.data_dir)
         # Record rows a crash left between storing and sequencing: settled or dropped, from the log.
         settled, dropped = records.reconcile(
-            lambda h: store.find_leaf(h, state.size) if store else None, state.checkpoint.format()
+            lambda h: store.find_leaf(h, state.size) if store else None, state.size
         )
         if settled or dropped:
             log.info("records reconciled with the log: %d settled, %d never acknowledged and dropped", settled, dropped)

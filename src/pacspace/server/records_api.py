@@ -210,10 +210,10 @@ class _Submission:
     seq: int
     tag: bytes
     blob: bytes
+    ct_hash: bytes = b""
 
-    @property
-    def ct_hash(self) -> bytes:
-        return hashlib.sha256(self.blob).digest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ct_hash", hashlib.sha256(self.blob).digest())
 
     @property
     def entry(self) -> bytes:
@@ -282,7 +282,7 @@ async def _append(
         raise outcome
     status, indexed = outcome
     service = _service(request)
-    return status, [_receipt(service, s.seq, s.entry, index, checkpoint) for s, (index, checkpoint) in zip(subs, indexed)]
+    return status, [_receipt(service, s.seq, s.entry, index, size) for s, (index, size) in zip(subs, indexed)]
 
 
 @dataclass
@@ -294,7 +294,8 @@ class _Group:
     create: Any = None
 
 
-_Outcome = PacspaceError | tuple[int, list[tuple[int, bytes]]]
+# An error, or (HTTP status, [(log index, size of the checkpoint covering it)]).
+_Outcome = PacspaceError | tuple[int, list[tuple[int, int]]]
 
 
 async def _append_groups(service: LogService, groups: list[_Group]) -> list[_Outcome]:
@@ -307,17 +308,14 @@ async def _append_groups(service: LogService, groups: list[_Group]) -> list[_Out
 
 
 def _group_op(group: _Group) -> Any:
-    first = group.subs[0].seq
-    reserves = [RecordStore.reserve_op(group.rel.id, s.seq, s.tag, s.ct_hash, s.blob, first) for s in group.subs]
+    reserve = RecordStore.reserve_op(group.rel.id, [(s.seq, s.tag, s.ct_hash, s.blob) for s in group.subs])
+    if group.create is None:
+        return reserve
 
-    def op(conn: Any) -> list[StoredRecord | None]:
-        # One savepoint for the whole group: any failure rolls back all of it (and the creation).
-        if group.create is not None:
-            group.create(conn)
-        found = [reserve(conn) for reserve in reserves]
-        if any(f is not None for f in found) and not all(f is not None for f in found):
-            raise PacspaceConflict("the request mixes new records with records already stored")
-        return found
+    def op(conn: Any) -> Any:
+        # One savepoint for both: a genesis that fails takes its relationship with it.
+        group.create(conn)
+        return reserve(conn)
 
     return op
 
@@ -326,16 +324,16 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     results = await service.writer.write([_group_op(g) for g in groups])
     outcomes: list[_Outcome | None] = [None] * len(groups)
     new: list[int] = []
-    for i, (group, result) in enumerate(zip(groups, results)):
+    for i, result in enumerate(results):
         if isinstance(result, PacspaceError):
             outcomes[i] = result
         elif isinstance(result, BaseException):
             raise result
-        elif result and result[0] is not None:
+        elif result is not None:
             if any(r.index is None for r in result):
                 outcomes[i] = InFlight("this record is still being committed; retry for its receipt")
             else:
-                outcomes[i] = (200, [(r.index, r.checkpoint) for r in result])  # type: ignore[misc]
+                outcomes[i] = (200, [(r.index, r.checkpoint_size) for r in result])  # type: ignore[misc]
         else:
             new.append(i)
     if not new:
@@ -347,29 +345,28 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
         # Nothing was appended (the sequencer refused or stopped): forget the rows we stored.
         undo = []
         for i in new:
-            undo += [RecordStore.drop_op(groups[i].rel.id, s.seq) for s in groups[i].subs]
+            undo.append(RecordStore.drop_op(groups[i].rel.id, [s.seq for s in groups[i].subs]))
             if groups[i].create is not None:
                 undo.append(RecordStore.drop_relationship_op(groups[i].rel.id))
         await service.writer.write(undo)
         for i in new:
             outcomes[i] = exc
         return outcomes  # type: ignore[return-value]
-    checkpoint = sequenced[0].checkpoint.format()
+    size = sequenced[0].checkpoint.size
     settle = []
     at = 0
     for i in new:
-        indexed = []
-        for s in groups[i].subs:
-            settle.append(RecordStore.settle_op(groups[i].rel.id, s.seq, sequenced[at].index, checkpoint))
-            indexed.append((sequenced[at].index, checkpoint))
-            at += 1
-        outcomes[i] = (201, indexed)
+        subs = groups[i].subs
+        indexes = [q.index for q in sequenced[at : at + len(subs)]]
+        at += len(subs)
+        settle.append(RecordStore.settle_op(groups[i].rel.id, [(s.seq, x) for s, x in zip(subs, indexes)], size))
+        outcomes[i] = (201, [(x, size) for x in indexes])
     await service.writer.write(settle)
     return outcomes  # type: ignore[return-value]
 
 
-def _receipt(service: LogService, seq: int, entry: bytes, index: int, checkpoint: bytes) -> dict[str, Any]:
-    size = int(checkpoint.split(b"\n", 2)[1])
+def _receipt(service: LogService, seq: int, entry: bytes, index: int, size: int) -> dict[str, Any]:
+    checkpoint = service.store.checkpoint_at(size)
     proof = inclusion_proof(index, size, service.store)
     leaf = hashlib.sha256(b"\x00" + entry).digest()
     return {
@@ -427,9 +424,9 @@ async def post_records(request: web.Request) -> web.Response:
                 results[i] = _error(outcome, group.rel.id, sub.seq)
                 continue
             status, indexed = outcome
-            index, cp = indexed[k]
+            index, size = indexed[k]
             if status == 201:
-                checkpoint = cp
+                checkpoint = service.store.checkpoint_at(size)
             leaf = hashlib.sha256(b"\x00" + sub.entry).digest()
             results[i] = {"relationship": group.rel.id, "seq": sub.seq, "status": "ok", "index": index,
                           "leaf_hash": base64.b64encode(leaf).decode()}
@@ -464,7 +461,7 @@ async def get_records(request: web.Request) -> web.Response:
                     "index": r.index,
                     "tag": base64.b64encode(r.tag).decode(),
                     "ciphertext": base64.b64encode(r.blob).decode(),
-                    "checkpoint": (r.checkpoint or b"").decode(),
+                    "checkpoint": _service(request).store.checkpoint_at(r.checkpoint_size).decode(),
                 }
                 for r in rows
             ],

@@ -56,14 +56,20 @@ _SCHEMA = (
         wrap BLOB NOT NULL,
         PRIMARY KEY (relationship, reader, epoch)
     )""",
+    # Small rows (settling rewrites them); the sealed blobs live apart and are written once.
     """CREATE TABLE IF NOT EXISTS records (
         relationship TEXT NOT NULL REFERENCES relationships(id),
         seq INTEGER NOT NULL,
         tag BLOB NOT NULL UNIQUE,
         ct_hash BLOB NOT NULL,
-        blob BLOB NOT NULL,
         idx INTEGER,
-        checkpoint BLOB,
+        checkpoint_size INTEGER,
+        PRIMARY KEY (relationship, seq)
+    )""",
+    """CREATE TABLE IF NOT EXISTS blobs (
+        relationship TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        blob BLOB NOT NULL,
         PRIMARY KEY (relationship, seq)
     )""",
     # Unsettled rows are few (a relationship's last ones while they await the log): a partial index
@@ -151,9 +157,9 @@ class StoredRecord:
     seq: int
     tag: bytes
     ct_hash: bytes
-    blob: bytes
+    blob: bytes | None
     index: int | None
-    checkpoint: bytes | None
+    checkpoint_size: int | None
 
     @property
     def entry(self) -> bytes:
@@ -162,7 +168,22 @@ class StoredRecord:
 
 _PARTY = "name, role, created_at, revoked_at, x25519, ed25519"
 _REL = "id, provider, customer, cadence, billing_cycle, created_at"
-_REC = "relationship, seq, tag, ct_hash, blob, idx, checkpoint"
+_REC = "r.relationship, r.seq, r.tag, r.ct_hash, NULL, r.idx, r.checkpoint_size"
+_REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, b.blob, r.idx, r.checkpoint_size"
+_JOIN = "records r JOIN blobs b ON b.relationship = r.relationship AND b.seq = r.seq"
+
+
+def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[StoredRecord]:
+    """A retry: every record must already be stored exactly as sent."""
+    first, count = records[0][0], len(records)
+    rows = conn.execute(
+        f"SELECT {_REC} FROM records r WHERE relationship = ? AND seq >= ? AND seq < ? ORDER BY seq",
+        (rid, first, first + count),
+    ).fetchall()
+    stored = [_rec(r) for r in rows]
+    if len(stored) != count or any((s.tag, s.ct_hash) != (r[1], r[2]) for s, r in zip(stored, records)):
+        raise RecordConflict(f"seq {first} already holds a different record")
+    return stored
 
 
 def _party(row: tuple) -> Party:  # type: ignore[type-arg]
@@ -174,7 +195,7 @@ def _rel(row: tuple) -> Relationship:  # type: ignore[type-arg]
 
 
 def _rec(row: tuple) -> StoredRecord:  # type: ignore[type-arg]
-    return StoredRecord(row[0], row[1], bytes(row[2]), bytes(row[3]), bytes(row[4]), row[5], _b(row[6]))
+    return StoredRecord(row[0], row[1], bytes(row[2]), bytes(row[3]), _b(row[4]), row[5], row[6])
 
 
 def _b(value: object) -> bytes | None:
@@ -295,6 +316,7 @@ class RecordStore:
             if conn.execute("SELECT 1 FROM records WHERE relationship = ? AND idx IS NOT NULL", (rid,)).fetchone():
                 return
             conn.execute("DELETE FROM records WHERE relationship = ?", (rid,))
+            conn.execute("DELETE FROM blobs WHERE relationship = ?", (rid,))
             conn.execute("DELETE FROM wraps WHERE relationship = ?", (rid,))
             conn.execute("DELETE FROM relationships WHERE id = ?", (rid,))
 
@@ -321,79 +343,88 @@ class RecordStore:
 
     @staticmethod
     def reserve_op(
-        rid: str, seq: int, tag: bytes, ct_hash: bytes, blob: bytes, first_of_batch: int | None = None
-    ) -> Callable[[sqlite3.Connection], StoredRecord | None]:
-        """An op that stores a new record at the relationship's next seq.
+        rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]
+    ) -> Callable[[sqlite3.Connection], list[StoredRecord] | None]:
+        """An op that stores consecutive new records ``(seq, tag, ct_hash, blob)`` at the relationship's next seqs.
 
-        Returns None if stored; returns the existing row if this exact record is
-        already there (a retry); raises SeqConflict, TagConflict or RecordConflict,
-        or InFlight while an earlier record of the relationship awaits the log
-        (records of one batch, from ``first_of_batch`` on, may wait together).
-        Unsettled rows are therefore always a relationship's last ones, so
-        dropping them never leaves a gap.
+        Returns None if stored; returns the existing rows if these exact records
+        are already there (a retry); raises SeqConflict, TagConflict,
+        RecordConflict, or InFlight while an earlier record of the relationship
+        awaits the log. Unsettled rows are therefore always a relationship's
+        last ones, so dropping them never leaves a gap. Two queries and one
+        executemany per call, however many records.
         """
 
-        def op(conn: sqlite3.Connection) -> StoredRecord | None:
-            row = conn.execute(f"SELECT {_REC} FROM records WHERE relationship = ? AND seq = ?", (rid, seq)).fetchone()
-            if row is not None:
-                existing = _rec(row)
-                if existing.ct_hash == ct_hash and existing.tag == tag:
-                    return existing
-                raise RecordConflict(f"seq {seq} already holds a different record")
+        def op(conn: sqlite3.Connection) -> list[StoredRecord] | None:
+            first = records[0][0]
+            if [r[0] for r in records] != list(range(first, first + len(records))):
+                raise SeqConflict("the records of one relationship must have consecutive seqs", first)
             (last,) = conn.execute("SELECT max(seq) FROM records WHERE relationship = ?", (rid,)).fetchone()
             expected = 0 if last is None else last + 1
-            if seq != expected:
-                raise SeqConflict(f"the next seq of this relationship is {expected}, not {seq}", expected)
-            floor = seq if first_of_batch is None else first_of_batch
-            if conn.execute(
-                "SELECT 1 FROM records WHERE relationship = ? AND idx IS NULL AND seq < ?", (rid, floor)
-            ).fetchone():
-                raise InFlight(f"seq {seq - 1} is still being committed; retry when it has its receipt")
-            if conn.execute("SELECT 1 FROM records WHERE tag = ?", (tag,)).fetchone():
-                raise TagConflict("this tag is already in the log")
-            conn.execute(
-                "INSERT INTO records (relationship, seq, tag, ct_hash, blob) VALUES (?, ?, ?, ?, ?)",
-                (rid, seq, tag, ct_hash, blob),
-            )
+            if first < expected:
+                return _existing(conn, rid, records)
+            if first != expected:
+                raise SeqConflict(f"the next seq of this relationship is {expected}, not {first}", expected)
+            if conn.execute("SELECT 1 FROM records WHERE relationship = ? AND idx IS NULL LIMIT 1", (rid,)).fetchone():
+                raise InFlight(f"seq {first - 1} is still being committed; retry when it has its receipt")
+            try:
+                conn.executemany(
+                    "INSERT INTO records (relationship, seq, tag, ct_hash) VALUES (?, ?, ?, ?)",
+                    [(rid, seq, tag, ct_hash) for seq, tag, ct_hash, _ in records],
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO blobs (relationship, seq, blob) VALUES (?, ?, ?)",
+                    [(rid, seq, blob) for seq, _, _, blob in records],
+                )
+            except sqlite3.IntegrityError:
+                # (relationship, seq) cannot collide after the checks above: the tag is what repeats.
+                raise TagConflict("a tag is already in the log") from None
             return None
 
         return op
 
     @staticmethod
-    def settle_op(rid: str, seq: int, index: int, checkpoint: bytes) -> Callable[[sqlite3.Connection], None]:
+    def settle_op(rid: str, indexed: Sequence[tuple[int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
+        """An op recording the log index of each (seq, index) and the size of the checkpoint that covers them."""
+
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE records SET idx = ?, checkpoint = ? WHERE relationship = ? AND seq = ?",
-                (index, checkpoint, rid, seq),
+            conn.executemany(
+                "UPDATE records SET idx = ?, checkpoint_size = ? WHERE relationship = ? AND seq = ?",
+                [(index, checkpoint_size, rid, seq) for seq, index in indexed],
             )
 
         return op
 
     @staticmethod
-    def drop_op(rid: str, seq: int) -> Callable[[sqlite3.Connection], None]:
-        """Remove a record that was stored but never acknowledged by the log."""
+    def drop_op(rid: str, seqs: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
+        """Remove records that were stored but never acknowledged by the log."""
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM records WHERE relationship = ? AND seq = ? AND idx IS NULL", (rid, seq))
+            for seq in seqs:
+                if conn.execute(
+                    "DELETE FROM records WHERE relationship = ? AND seq = ? AND idx IS NULL", (rid, seq)
+                ).rowcount:
+                    conn.execute("DELETE FROM blobs WHERE relationship = ? AND seq = ?", (rid, seq))
 
         return op
 
     def record(self, rid: str, seq: int) -> StoredRecord | None:
-        rows = self._read(f"SELECT {_REC} FROM records WHERE relationship = ? AND seq = ?", (rid, seq))
+        rows = self._read(f"SELECT {_REC_BLOB} FROM {_JOIN} WHERE r.relationship = ? AND r.seq = ?", (rid, seq))
         return _rec(rows[0]) if rows else None
 
     def records(self, rid: str, after_seq: int, limit: int) -> list[StoredRecord]:
         """Settled records (with a log index) after ``after_seq``, in seq order."""
         rows = self._read(
-            f"SELECT {_REC} FROM records WHERE relationship = ? AND seq > ? AND idx IS NOT NULL ORDER BY seq LIMIT ?",
+            f"SELECT {_REC_BLOB} FROM {_JOIN} WHERE r.relationship = ? AND r.seq > ? AND r.idx IS NOT NULL "
+            "ORDER BY r.seq LIMIT ?",
             (rid, after_seq, limit),
         )
         return [_rec(r) for r in rows]
 
     def unsettled(self) -> list[StoredRecord]:
-        return [_rec(r) for r in self._read(f"SELECT {_REC} FROM records WHERE idx IS NULL ORDER BY relationship, seq")]
+        return [_rec(r) for r in self._read(f"SELECT {_REC} FROM records r WHERE idx IS NULL ORDER BY relationship, seq")]
 
-    def reconcile(self, find_leaf: Callable[[bytes], int | None], checkpoint: bytes) -> tuple[int, int]:
+    def reconcile(self, find_leaf: Callable[[bytes], int | None], checkpoint_size: int) -> tuple[int, int]:
         """Settle rows a crash left without an index, from the log. Returns (settled, dropped)."""
         from ..merkle import leaf_hash
 
@@ -402,10 +433,10 @@ class RecordStore:
         for rec in self.unsettled():
             index = find_leaf(leaf_hash(rec.entry))
             if index is None:
-                ops.append(self.drop_op(rec.relationship, rec.seq))
+                ops.append(self.drop_op(rec.relationship, [rec.seq]))
                 dropped += 1
             else:
-                ops.append(self.settle_op(rec.relationship, rec.seq, index, checkpoint))
+                ops.append(self.settle_op(rec.relationship, [(rec.seq, index)], checkpoint_size))
                 settled += 1
         if ops:
             for result in self.write(ops):

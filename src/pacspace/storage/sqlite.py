@@ -229,6 +229,14 @@ class SqliteLog:
             row = self._read.execute("SELECT data FROM bundles WHERE n = ?", (n,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def checkpoint_at(self, size: int | None) -> bytes:
+        """The checkpoint the log signed at exactly ``size``."""
+        with self._read_lock:
+            row = self._read.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        if row is None:
+            raise UntrustedState(f"no checkpoint of size {size} is stored")
+        return _as_bytes(row[0])
+
     def checkpoint_in(self, lo: int, hi: int) -> bool:
         with self._read_lock:
             row = self._read.execute(
