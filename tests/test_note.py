@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from pacspace.errors import MalformedNote, PacspaceError, SignatureError
 from pacspace.note import (
-    ALG_COSIGNATURE_V1,
     ALG_ED25519,
     MAX_NOTE_SIGNATURES,
     MAX_NOTE_SIZE,

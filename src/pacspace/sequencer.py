@@ -263,7 +263,9 @@ class Sequencer:
         try:
             verify_consistency(old.size, update.size, old.root_hash, update.root, proof)
         except ProofError as exc:
-            raise UntrustedState(f"refusing to sign size {update.size}: not consistent with size {old.size}: {exc}")
+            raise UntrustedState(
+                f"refusing to sign size {update.size}: not consistent with size {old.size}: {exc}"
+            ) from None
 
     def _record(self, pool: list[_Submission], entries: list[bytes], started: float) -> None:
         now = time.monotonic()

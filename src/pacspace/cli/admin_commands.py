@@ -12,7 +12,7 @@ import time
 from ..datadir import log_exists
 from ..errors import LogNotFound, MalformedInput
 from ..storage.records import RecordStore
-from .log_commands import _data_arg
+from .log_commands import data_arg
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("name", help="lower-case letters, digits, '.', '_' or '-' (at most 64)")
     p.add_argument("--role", required=True, choices=["provider", "customer"])
-    _data_arg(p)
+    data_arg(p)
     p.add_argument("--json", action="store_true", help='print {"name", "role", "token"}')
     p.set_defaults(run=cmd_add)
 
@@ -39,11 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "revoke", help="revoke a party's token at once", description="Revoke a party: its token stops working at once."
     )
     p.add_argument("name")
-    _data_arg(p)
+    data_arg(p)
     p.set_defaults(run=cmd_revoke)
 
     p = party_sub.add_parser("list", help="list parties", description="List parties (never their tokens).")
-    _data_arg(p)
+    data_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_list)
 

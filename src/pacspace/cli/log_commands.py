@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "with a signed checkpoint of the empty tree. Prints the log's verifier key (vkey). "
         "Refuses to touch a directory that already holds a log.",
     )
-    _data_arg(p)
+    data_arg(p)
     _origin_arg(p)
     p.set_defaults(run=cmd_init)
 
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Serve the log over HTTP: C2SP tlog-tiles (/checkpoint, /tile/...), JSON proofs "
         "under /v1/proof/, /health and /metrics. Creates the log on first run if DIR holds none.",
     )
-    _data_arg(p)
+    data_arg(p)
     _origin_arg(p, " (used only when the log is created on first run)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="print the log's verifier key (vkey)",
         description="Print the log's signed-note verifier key: what a client, monitor or witness pins.",
     )
-    _data_arg(p)
+    data_arg(p)
     p.set_defaults(run=cmd_log_key)
 
     p = sub.add_parser(
@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "signature, its root, and its consistency with the checkpoint before it. Exit 0 if all is "
         "sound, 1 on any fault. Safe to run beside a live server.",
     )
-    _data_arg(p)
+    data_arg(p)
     p.add_argument(
         "--log-key",
         metavar="VKEY",
@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(run=cmd_fsck)
 
 
-def _data_arg(p: argparse.ArgumentParser) -> None:
+def data_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         type=Path,

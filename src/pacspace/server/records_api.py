@@ -25,7 +25,7 @@ from ..merkle import inclusion_proof
 from ..receipt import Receipt
 from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET
-from ..storage.records import InFlight, Party, RecordStore, Relationship, StoredRecord
+from ..storage.records import InFlight, Party, RecordStore, Relationship
 from .context import SERVICE, LogService
 
 MAX_BLOB = MAX_BUCKET + BLOB_OVERHEAD
@@ -43,6 +43,11 @@ class Unauthorized(PacspaceError):
 class Forbidden(PacspaceError):
     code = "forbidden"
     http_status = 403
+
+
+class Conflict(PacspaceError):
+    code = "conflict"
+    http_status = 409
 
 
 class TooLarge(PacspaceError):
@@ -162,14 +167,9 @@ async def put_my_keys(request: web.Request) -> web.Response:
     except KeyUnusable as exc:
         raise MalformedInput(str(exc)) from None
     if party.x25519 is not None and (party.x25519, party.ed25519) != (keys.x25519, keys.ed25519):
-        raise PacspaceConflict("keys are already registered for this party; they cannot be replaced")
+        raise Conflict("keys are already registered for this party; they cannot be replaced")
     await asyncio.to_thread(_service(request).records.set_keys, party.name, keys.x25519, keys.ed25519)
     return web.json_response({"name": party.name, "fingerprint": keys.fingerprint()})
-
-
-class PacspaceConflict(PacspaceError):
-    code = "conflict"
-    http_status = 409
 
 
 async def get_party_keys(request: web.Request) -> web.Response:
