@@ -52,19 +52,19 @@ class World:
         j = self.keys[who].public.to_json()
         return NamedKeys(who, j["x25519"], j["ed25519"])
 
-    def genesis(self, rid="rel-1", provider="acme", customer="bob"):
+    def genesis(self, rid="acme:rel-1", provider="acme", customer="bob"):
         body = Genesis(Common(rid, 0, GENESIS_PREV, "g", "2026-11-01T00:00:00Z"), self.named(provider), self.named(customer))
         return seal(body, self.rkeys, self.keys[provider].ed25519)
 
-    def delta(self, seq, prev, rid="rel-1", quantity="10", provider="acme"):
+    def delta(self, seq, prev, rid="acme:rel-1", quantity="10", provider="acme"):
         body = Delta(
             Common(rid, seq, prev, f"r{seq}", "2026-11-02T00:00:00Z"), "2026-11",
             "2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z", (Line("llm.requests", "request", quantity, {}),),
         )
         return seal(body, self.rkeys, self.keys[provider].ed25519)
 
-    async def create(self, rid="rel-1", provider="acme", customer="bob"):
-        if rid != "rel-1":
+    async def create(self, rid="acme:rel-1", provider="acme", customer="bob"):
+        if rid != "acme:rel-1":
             self.rkeys = RelationshipKeys.generate()
         g = self.genesis(rid, provider, customer)
         body = {
@@ -76,9 +76,10 @@ class World:
             "genesis": {"seq": 0, "tag": B64(g.tag), "ciphertext": B64(g.blob)},
         }
         resp = await self.http.post("/v1/relationships", json=body, headers=self.auth(provider))
+        self.last_create = body
         return resp, g
 
-    async def post(self, sealed, rid="rel-1", who="acme", seq=None):
+    async def post(self, sealed, rid="acme:rel-1", who="acme", seq=None):
         body = {"seq": sealed.seq if seq is None else seq, "tag": B64(sealed.tag), "ciphertext": B64(sealed.blob)}
         return await self.http.post(f"/v1/relationships/{rid}/records", json=body, headers=self.auth(who))
 
@@ -107,7 +108,7 @@ async def test_create_append_read_and_verify_receipts(world):
     resp, g = await world.create()
     assert resp.status == 201, await resp.text()
     created = await resp.json()
-    assert created["relationship"] == "rel-1" and created["receipt"]["seq"] == 0
+    assert created["relationship"] == "acme:rel-1" and created["receipt"]["seq"] == 0
     d1 = world.delta(1, body_hash(g.body))
     resp = await world.post(d1)
     assert resp.status == 201
@@ -121,13 +122,13 @@ async def test_create_append_read_and_verify_receipts(world):
     assert again.status == 200
     assert (await again.json())["index"] == 1
     for who in ("acme", "bob"):
-        resp = await world.http.get("/v1/relationships/rel-1/records", headers=world.auth(who))
+        resp = await world.http.get("/v1/relationships/acme:rel-1/records", headers=world.auth(who))
         rows = (await resp.json())["records"]
         assert [r["seq"] for r in rows] == [0, 1]
         assert base64.b64decode(rows[1]["ciphertext"]) == d1.blob
-    resp = await world.http.get("/v1/relationships/rel-1/records?after_seq=0&limit=1", headers=world.auth("bob"))
+    resp = await world.http.get("/v1/relationships/acme:rel-1/records?after_seq=0&limit=1", headers=world.auth("bob"))
     assert [r["seq"] for r in (await resp.json())["records"]] == [1]
-    info = await (await world.http.get("/v1/relationships/rel-1", headers=world.auth("bob"))).json()
+    info = await (await world.http.get("/v1/relationships/acme:rel-1", headers=world.auth("bob"))).json()
     assert info["customer_keys"]["fingerprint"] == world.keys["bob"].public.fingerprint()
     assert info["wrap"] and info["provider"] == "acme"
 
@@ -147,7 +148,7 @@ async def test_the_server_never_sees_plaintext_or_keys(world):
 @pytest.mark.parametrize("header", [None, "Bearer nope", "Basic dG9rLWFjbWU=", "Bearer ", "tok-acme"])
 async def test_missing_or_wrong_token_is_401(world, header):
     headers = {"Authorization": header} if header is not None else {}
-    for method, path in [("GET", "/v1/relationships"), ("GET", "/v1/me"), ("POST", "/v1/records"), ("GET", "/v1/relationships/rel-1/records")]:
+    for method, path in [("GET", "/v1/relationships"), ("GET", "/v1/me"), ("POST", "/v1/records"), ("GET", "/v1/relationships/acme:rel-1/records")]:
         resp = await world.http.request(method, path, headers=headers)
         await error(resp, 401, "unauthorized")
         assert "Bearer" in resp.headers["WWW-Authenticate"]
@@ -164,13 +165,13 @@ async def test_revoked_token_stops_at_once(world):
 async def test_other_parties_relationships_are_invisible(world):
     resp, g = await world.create()
     assert resp.status == 201
-    nonexistent = await world.http.get("/v1/relationships/rel-nope", headers=world.auth("evil"))
-    foreign = await world.http.get("/v1/relationships/rel-1", headers=world.auth("evil"))
+    nonexistent = await world.http.get("/v1/relationships/acme:rel-nope", headers=world.auth("evil"))
+    foreign = await world.http.get("/v1/relationships/acme:rel-1", headers=world.auth("evil"))
     assert foreign.status == nonexistent.status == 404
     assert (await foreign.json()) == (await nonexistent.json())
     for who in ("evil", "carol"):
         assert (await (await world.http.get("/v1/relationships", headers=world.auth(who))).json())["relationships"] == []
-        await error(await world.http.get("/v1/relationships/rel-1/records", headers=world.auth(who)), 404, "not_found")
+        await error(await world.http.get("/v1/relationships/acme:rel-1/records", headers=world.auth(who)), 404, "not_found")
         await error(await world.post(world.delta(1, body_hash(g.body)), who=who), 404, "not_found")
 
 
@@ -180,10 +181,10 @@ async def test_auth_matrix(world):
     d1 = world.delta(1, body_hash(g.body))
     expect = {
         # (who, method, path): status
-        ("acme", "GET", "/v1/relationships/rel-1"): 200,
-        ("bob", "GET", "/v1/relationships/rel-1"): 200,
-        ("evil", "GET", "/v1/relationships/rel-1"): 404,
-        ("carol", "GET", "/v1/relationships/rel-1"): 404,
+        ("acme", "GET", "/v1/relationships/acme:rel-1"): 200,
+        ("bob", "GET", "/v1/relationships/acme:rel-1"): 200,
+        ("evil", "GET", "/v1/relationships/acme:rel-1"): 404,
+        ("carol", "GET", "/v1/relationships/acme:rel-1"): 404,
         ("acme", "GET", "/v1/parties/bob/keys"): 200,
         ("bob", "GET", "/v1/parties/acme/keys"): 404,
         ("carol", "GET", "/v1/parties/bob/keys"): 404,
@@ -200,7 +201,7 @@ async def test_auth_matrix(world):
 
 
 async def _next_seq(world):
-    rows = (await (await world.http.get("/v1/relationships/rel-1/records", headers=world.auth("acme"))).json())["records"]
+    rows = (await (await world.http.get("/v1/relationships/acme:rel-1/records", headers=world.auth("acme"))).json())["records"]
     return len(rows)
 
 
@@ -219,7 +220,7 @@ async def _next_seq(world):
 )
 async def test_bad_bodies_get_4xx_and_change_nothing(world, body, status, code):
     await world.create()
-    resp = await world.http.post("/v1/relationships/rel-1/records", data=body, headers={**world.auth("acme"), "Content-Type": "application/json"})
+    resp = await world.http.post("/v1/relationships/acme:rel-1/records", data=body, headers={**world.auth("acme"), "Content-Type": "application/json"})
     await error(resp, status, code)
     assert await _next_seq(world) == 1
 
@@ -227,9 +228,9 @@ async def test_bad_bodies_get_4xx_and_change_nothing(world, body, status, code):
 async def test_oversized_record_is_413(world):
     await world.create()
     big = {"seq": 1, "tag": B64(bytes(32)), "ciphertext": B64(bytes(70_000))}
-    await error(await world.http.post("/v1/relationships/rel-1/records", json=big, headers=world.auth("acme")), 413, "too_large")
+    await error(await world.http.post("/v1/relationships/acme:rel-1/records", json=big, headers=world.auth("acme")), 413, "too_large")
     huge = b"x" * (300 * 1024)
-    await error(await world.http.post("/v1/relationships/rel-1/records", data=huge, headers=world.auth("acme")), 413, "too_large")
+    await error(await world.http.post("/v1/relationships/acme:rel-1/records", data=huge, headers=world.auth("acme")), 413, "too_large")
     assert await _next_seq(world) == 1
 
 
@@ -245,7 +246,7 @@ async def test_seq_gaps_duplicates_and_conflicts_are_409(world):
     # A new seq reusing a committed tag.
     d2 = world.delta(2, body_hash(d1.body))
     forged = {"seq": 2, "tag": B64(d1.tag), "ciphertext": B64(d2.blob)}
-    await error(await world.http.post("/v1/relationships/rel-1/records", json=forged, headers=world.auth("acme")), 409, "duplicate_tag")
+    await error(await world.http.post("/v1/relationships/acme:rel-1/records", json=forged, headers=world.auth("acme")), 409, "duplicate_tag")
     assert await _next_seq(world) == 2
     assert (await world.post(d2)).status == 201
 
@@ -253,37 +254,45 @@ async def test_seq_gaps_duplicates_and_conflicts_are_409(world):
 async def test_relationship_creation_errors(world):
     resp, _ = await world.create()
     assert resp.status == 201
+    first = await resp.json()
+    # Retrying the very same creation answers the same receipt; another genesis for the id is a conflict.
+    retry = await world.http.post("/v1/relationships", json=world.last_create, headers=world.auth("acme"))
+    assert retry.status == 200
+    assert (await retry.json())["receipt"]["index"] == first["receipt"]["index"]
     again, _ = await world.create()
-    await error(again, 409, "relationship_exists")
+    await error(again, 409, "record_conflict")
+    # Ids are namespaced by provider: another provider cannot even name acme's.
+    resp = await world.http.post("/v1/relationships", json={**world.last_create, "relationship": "acme:rel-9"}, headers=world.auth("evil"))
+    await error(resp, 400, "malformed")
     # A genesis that fails (its tag is already in the log) leaves no relationship behind.
-    resp, _ = await world.create("rel-3")
+    resp, _ = await world.create("acme:rel-3")
     assert resp.status == 201
     world.rkeys_3 = world.rkeys
-    g = world.genesis("rel-4")
-    body = {"relationship": "rel-4", "customer": "bob", "wraps": {"provider": "AA==", "customer": "AA=="},
+    g = world.genesis("acme:rel-4")
+    body = {"relationship": "acme:rel-4", "customer": "bob", "wraps": {"provider": "AA==", "customer": "AA=="},
             "genesis": {"seq": 0, "tag": B64(g.tag), "ciphertext": B64(g.blob)}}
     await error(await world.http.post("/v1/relationships", json=body, headers=world.auth("acme")), 409, "duplicate_tag")
-    await error(await world.http.get("/v1/relationships/rel-4", headers=world.auth("acme")), 404, "not_found")
+    await error(await world.http.get("/v1/relationships/acme:rel-4", headers=world.auth("acme")), 404, "not_found")
     listed = (await (await world.http.get("/v1/relationships", headers=world.auth("acme"))).json())["relationships"]
-    assert [r["relationship"] for r in listed] == ["rel-1", "rel-3"]
-    resp = await world.http.post("/v1/relationships", json={"relationship": "rel-2", "customer": "nobody"}, headers=world.auth("acme"))
+    assert [r["relationship"] for r in listed] == ["acme:rel-1", "acme:rel-3"]
+    resp = await world.http.post("/v1/relationships", json={"relationship": "acme:rel-2", "customer": "nobody"}, headers=world.auth("acme"))
     await error(resp, 404, "not_found")
     resp = await world.http.post("/v1/relationships", json={"relationship": "bad id!", "customer": "bob"}, headers=world.auth("acme"))
     await error(resp, 400, "malformed")
 
 
 async def test_batch_endpoint_is_all_or_nothing_per_relationship(world):
-    _, g1 = await world.create("rel-1")
-    _, g2 = await world.create("rel-2", customer="carol")
-    d1 = world.delta(1, body_hash(g1.body), rid="rel-1")
-    d2 = world.delta(2, body_hash(d1.body), rid="rel-1")
-    bad = world.delta(5, body_hash(g2.body), rid="rel-2")
+    _, g1 = await world.create("acme:rel-1")
+    _, g2 = await world.create("acme:rel-2", customer="carol")
+    d1 = world.delta(1, body_hash(g1.body), rid="acme:rel-1")
+    d2 = world.delta(2, body_hash(d1.body), rid="acme:rel-1")
+    bad = world.delta(5, body_hash(g2.body), rid="acme:rel-2")
     items = [
-        {"relationship": "rel-1", "seq": 1, "tag": B64(d1.tag), "ciphertext": B64(d1.blob)},
-        {"relationship": "rel-1", "seq": 2, "tag": B64(d2.tag), "ciphertext": B64(d2.blob)},
-        {"relationship": "rel-2", "seq": 5, "tag": B64(bad.tag), "ciphertext": B64(bad.blob)},
-        {"relationship": "rel-9", "seq": 1, "tag": B64(bad.tag), "ciphertext": B64(bad.blob)},
-        {"relationship": "rel-1", "seq": "x"},
+        {"relationship": "acme:rel-1", "seq": 1, "tag": B64(d1.tag), "ciphertext": B64(d1.blob)},
+        {"relationship": "acme:rel-1", "seq": 2, "tag": B64(d2.tag), "ciphertext": B64(d2.blob)},
+        {"relationship": "acme:rel-2", "seq": 5, "tag": B64(bad.tag), "ciphertext": B64(bad.blob)},
+        {"relationship": "acme:rel-9", "seq": 1, "tag": B64(bad.tag), "ciphertext": B64(bad.blob)},
+        {"relationship": "acme:rel-1", "seq": "x"},
     ]
     resp = await world.http.post("/v1/records", json={"records": items}, headers=world.auth("acme"))
     assert resp.status == 200
@@ -296,11 +305,11 @@ async def test_batch_endpoint_is_all_or_nothing_per_relationship(world):
         assert base64.b64decode(r["leaf_hash"]) == hashlib.sha256(b"\x00" + sealed.entry).digest()
         assert r["index"] < checkpoint.size
     # Each relationship's group is all or nothing: a bad record sinks its whole group only.
-    d3 = world.delta(3, body_hash(d2.body), rid="rel-1")
-    d5 = world.delta(5, body_hash(d3.body), rid="rel-1")
+    d3 = world.delta(3, body_hash(d2.body), rid="acme:rel-1")
+    d5 = world.delta(5, body_hash(d3.body), rid="acme:rel-1")
     items = [
-        {"relationship": "rel-1", "seq": 3, "tag": B64(d3.tag), "ciphertext": B64(d3.blob)},
-        {"relationship": "rel-1", "seq": 5, "tag": B64(d5.tag), "ciphertext": B64(d5.blob)},
+        {"relationship": "acme:rel-1", "seq": 3, "tag": B64(d3.tag), "ciphertext": B64(d3.blob)},
+        {"relationship": "acme:rel-1", "seq": 5, "tag": B64(d5.tag), "ciphertext": B64(d5.blob)},
     ]
     body = await (await world.http.post("/v1/records", json={"records": items}, headers=world.auth("acme"))).json()
     assert [r["status"] for r in body["results"]] == ["error", "error"]

@@ -97,7 +97,7 @@ async def setup(url: str, data: Path, count: int) -> tuple[str, PartyKeys, list[
             async with s.put(f"{url}/v1/me/keys", json={"x25519": B64(pub.x25519), "ed25519": B64(pub.ed25519)},
                              headers={"Authorization": f"Bearer {token}"}) as r:
                 assert r.status == 200, await r.text()
-        rels = [Rel(f"rel_{i:05d}") for i in range(count)]
+        rels = [Rel(f"acme:rel_{i:05d}") for i in range(count)]
         sem = asyncio.Semaphore(128)
 
         async def create(rel: Rel) -> None:

@@ -122,6 +122,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
     p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the pinned one")
+    p.add_argument(
+        "--provider-key",
+        metavar="FINGERPRINT",
+        help="refuse unless the provider's keys have this fingerprint (otherwise the first one seen is pinned)",
+    )
     _common(p)
     p.set_defaults(run=cmd_records)
 
@@ -308,7 +313,7 @@ def _rows(view: RelationshipView, period: str | None) -> list[dict[str, Any]]:
 def cmd_records(args: argparse.Namespace) -> int:
     async def body(client: PacspaceClient, home: Home) -> int:
         log_key = home.log_key(args.log_key)
-        view = await load_relationship(client, home, args.relationship, log_key)
+        view = await load_relationship(client, home, args.relationship, log_key, args.provider_key)
         rows = _rows(view, args.period)
         if args.json:
             print(json.dumps({"relationship": view.rid, "checkpoint_size": view.checkpoint.size, "rows": rows}))

@@ -3,7 +3,8 @@
 Layout:
   party.x25519, party.ed25519   raw 32-byte private keys, mode 0600, never sent anywhere
   log.vkey                      the log's verifier key, pinned at `keys init`
-  chains/<relationship>.json    the verified chain head: {"next_seq", "head"}
+  checkpoint                    the last log checkpoint this party verified (later ones must be consistent)
+  chains/<relationship>.json    what it verified of a relationship: {"next_seq", "head", "provider_fingerprint"}
 """
 
 from __future__ import annotations
@@ -71,16 +72,28 @@ class Home:
             raise HomeError("the log key must be an Ed25519 (type 0x01) vkey")
         return verifier
 
-    def chain_head(self, rid: str) -> tuple[int, str] | None:
+    def relationship_state(self, rid: str) -> dict[str, object]:
+        """What this party verified of a relationship before: {"next_seq", "head", "provider_fingerprint"}."""
         path = self.path / "chains" / f"{rid}.json"
         if not path.exists():
-            return None
-        data = json.loads(path.read_text())
-        return int(data["next_seq"]), str(data["head"])
+            return {}
+        return dict(json.loads(path.read_text()))
 
-    def save_chain_head(self, rid: str, next_seq: int, head: str) -> None:
-        folder = self.path / "chains"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = folder / f".{rid}.json.tmp"
-        tmp.write_text(json.dumps({"next_seq": next_seq, "head": head}))
-        os.replace(tmp, folder / f"{rid}.json")
+    def save_relationship_state(self, rid: str, state: dict[str, object]) -> None:
+        self._write_json(self.path / "chains" / f"{rid}.json", state)
+
+    def last_checkpoint(self) -> bytes | None:
+        path = self.path / "checkpoint"
+        return path.read_bytes() if path.exists() else None
+
+    def save_checkpoint(self, note: bytes) -> None:
+        self._write_atomic(self.path / "checkpoint", note)
+
+    def _write_json(self, path: Path, value: dict[str, object]) -> None:
+        self._write_atomic(path, json.dumps(value, sort_keys=True).encode())
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)

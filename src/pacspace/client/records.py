@@ -19,7 +19,8 @@ from typing import Any
 from ..checkpoint import SignedCheckpoint, open_checkpoint
 from ..errors import PacspaceError
 from ..keys import PartyKeys, PublicKeys, unwrap_secret, wrap_secret
-from ..merkle import leaf_hash, verify_inclusion
+from ..merkle import leaf_hash, verify_consistency, verify_inclusion
+from ..receipt import verify_receipt
 from ..note import Ed25519Verifier
 from ..records.body import (
     GENESIS_PREV,
@@ -33,10 +34,16 @@ from ..records.body import (
     totals,
 )
 from ..records.body import PartyKeys as NamedKeys
-from ..records.chain import ChainError, ChainHead, check_next
+from ..records.chain import ChainError, ChainHead, check_close, check_next, check_usage_period
 from ..records.seal import Opened, RelationshipKeys, open_record, seal
 from .home import Home
 from .http import PacspaceClient
+
+
+class RollbackDetected(PacspaceError):
+    """The server shows less, or other, than this party verified before."""
+
+    code = "rollback"
 
 
 class KeyMismatch(PacspaceError):
@@ -77,7 +84,8 @@ async def create_relationship(
             f"the server relays keys with fingerprint {customer_keys.fingerprint()} for {customer}, "
             f"not {customer_fingerprint}: refusing to create the relationship"
         )
-    rid = "rel_" + secrets.token_hex(12)
+    # Ids are namespaced by provider: a provider can only ever collide with its own relationships.
+    rid = f"{me}:{secrets.token_hex(12)}"
     rkeys = RelationshipKeys.generate()
     genesis = Genesis(
         Common(rid, 0, GENESIS_PREV, secrets.token_hex(8), now_utc()),
@@ -137,15 +145,50 @@ class RelationshipView:
         return ChainHead(self.rid, last.seq + 1, body_hash(last.opened.encoded))
 
 
-async def load_relationship(client: PacspaceClient, home: Home, rid: str, log_key: Ed25519Verifier) -> RelationshipView:
-    """Fetch every record of a relationship and verify each one fully (see the module docstring)."""
+async def verified_checkpoint(client: PacspaceClient, home: Home, log_key: Ed25519Verifier) -> SignedCheckpoint:
+    """The server's checkpoint, signed by the pinned key and consistent with the last one this party verified."""
+    checkpoint = open_checkpoint(await client.checkpoint(), log_key)
+    previous_note = home.last_checkpoint()
+    if previous_note is not None:
+        previous = open_checkpoint(previous_note, log_key)
+        if checkpoint.size < previous.size:
+            raise RollbackDetected(
+                f"the log shows size {checkpoint.size}, smaller than the {previous.size} verified before"
+            )
+        proof = await client.consistency(previous.size, checkpoint.size)
+        verify_consistency(
+            previous.size, checkpoint.size, previous.root_hash, checkpoint.root_hash,
+            [base64.b64decode(h) for h in proof["hashes"]],
+        )
+    home.save_checkpoint(checkpoint.format())
+    return checkpoint
+
+
+async def load_relationship(
+    client: PacspaceClient, home: Home, rid: str, log_key: Ed25519Verifier, provider_fingerprint: str | None = None
+) -> RelationshipView:
+    """Fetch every record of a relationship and verify each one fully (see the module docstring).
+
+    Beyond each record, the whole: the chain starts with a genesis naming this
+    relationship, both parties by name and this party's own keys; closes add
+    up; the chain is no shorter than, and extends, what this party verified
+    before; and the provider's key is the one pinned at first sight (or
+    ``provider_fingerprint``, compared out of band).
+    """
     mine = home.keys()
+    me = (await client.me())["name"]
     info = await client.relationship(rid)
     if not info.get("wrap"):
         raise KeyMismatch("the server holds no wrap of this relationship's secret for you")
     secret = unwrap_secret(base64.b64decode(info["wrap"]), mine, rid, 0)
     rkeys = RelationshipKeys(secret)
     provider = _public(info.get("provider_keys"), "provider")
+    state = home.relationship_state(rid)
+    pinned = provider_fingerprint or state.get("provider_fingerprint")
+    if pinned is not None and provider.fingerprint() != str(pinned).strip().lower():
+        raise KeyMismatch(
+            f"the provider's key has fingerprint {provider.fingerprint()}, not the {pinned} pinned for {rid}"
+        )
     rows: list[dict[str, Any]] = []
     after = -1
     while True:
@@ -155,17 +198,45 @@ async def load_relationship(client: PacspaceClient, home: Home, rid: str, log_ke
             break
         after = page[-1]["seq"]
     # The checkpoint is fetched after the records, so it covers every one of them.
-    checkpoint = open_checkpoint(await client.checkpoint(), log_key)
+    checkpoint = await verified_checkpoint(client, home, log_key)
     verified: list[VerifiedRecord] = []
+    opened: list[Opened] = []
     head: ChainHead | None = None
     for row in rows:
         record = await _verify_row(client, row, rkeys, provider, checkpoint)
         head = check_next(head, record.opened)
+        if isinstance(record.body, Close):
+            check_close(opened, record.body)
+        elif isinstance(record.body, Delta):
+            check_usage_period(opened, record.body)
         verified.append(record)
-    if verified:
-        me = (await client.me())["name"]
-        _check_genesis(verified[0].body, provider, mine, me)
-    return RelationshipView(rid, info, rkeys, provider, verified, checkpoint)
+        opened.append(record.opened)
+    if not verified:
+        raise ChainError(f"the server shows no records for {rid}, not even its genesis")
+    _check_genesis(verified[0].body, rid, info, provider, mine, me)
+    _check_extends(state, verified)
+    view = RelationshipView(rid, info, rkeys, provider, verified, checkpoint)
+    _save_state(home, view)
+    return view
+
+
+def _check_extends(state: dict[str, Any], verified: list[VerifiedRecord]) -> None:
+    """The chain must contain everything verified before, unchanged: no truncation, no rewritten record."""
+    if not state:
+        return
+    known = int(state["next_seq"])
+    if len(verified) < known:
+        raise RollbackDetected(f"the server shows {len(verified)} records; {known} were verified before")
+    if body_hash(verified[known - 1].opened.encoded) != state["head"]:
+        raise RollbackDetected(f"record {known - 1} differs from the one verified before (a fork)")
+
+
+def _save_state(home: Home, view: RelationshipView) -> None:
+    last = view.records[-1]
+    home.save_relationship_state(
+        view.rid,
+        {"next_seq": last.seq + 1, "head": body_hash(last.opened.encoded), "provider_fingerprint": view.provider.fingerprint()},
+    )
 
 
 async def _verify_row(
@@ -184,10 +255,14 @@ async def _verify_row(
     return VerifiedRecord(seq, index, opened, tag, blob)
 
 
-def _check_genesis(body: Body, provider: PublicKeys, mine: PartyKeys, me: str) -> None:
-    """The signed genesis names the provider key that signs the chain, and names *our* keys for us."""
+def _check_genesis(body: Body, rid: str, info: dict[str, Any], provider: PublicKeys, mine: PartyKeys, me: str) -> None:
+    """The signed genesis is this relationship's, names its two parties, the key that signs the chain, and our keys."""
     if not isinstance(body, Genesis):
         raise ChainError("the first record is not a genesis record")
+    if body.common.relationship != rid:
+        raise ChainError(f"the genesis record is for relationship {body.common.relationship}, not {rid}")
+    if (body.provider.name, body.customer.name) != (info.get("provider"), info.get("customer")):
+        raise KeyMismatch("the genesis record names other parties than the server reports")
     relayed = _named(body.provider.name, provider)
     if (body.provider.x25519, body.provider.ed25519) != (relayed.x25519, relayed.ed25519):
         raise KeyMismatch("the genesis record names other provider keys than the server relays")
@@ -200,9 +275,11 @@ def _check_genesis(body: Body, provider: PublicKeys, mine: PartyKeys, me: str) -
 async def append_body(
     client: PacspaceClient, home: Home, view: RelationshipView, make: Any
 ) -> dict[str, Any]:
-    """Seal ``make(common)`` at the chain's next seq and append it; returns the server's receipt.
+    """Seal ``make(common)`` at the chain's next seq and append it; returns the server's verified receipt.
 
-    The view is extended with the new record, so the next append follows it without refetching.
+    The receipt must prove this very entry under a checkpoint signed by the
+    pinned log key. The view is extended with the new record, so the next
+    append follows it without refetching.
     """
     head = view.head
     if head is None:
@@ -212,8 +289,12 @@ async def append_body(
     signer = home.keys().ed25519
     sealed = seal(body, view.keys, signer)
     receipt = await client.append(view.rid, sealed.seq, sealed.tag, sealed.blob)
+    checked = verify_receipt(receipt["proof"], home.log_key(), entry=sealed.entry)
+    if checked.index != receipt["index"] or receipt["seq"] != sealed.seq:
+        raise ChainError("the receipt does not match the record that was sent")
     opened = Opened(sealed.seq, body, sealed.body, signer.sign(sealed.body))
-    view.records.append(VerifiedRecord(sealed.seq, int(receipt["index"]), opened, sealed.tag, sealed.blob))
+    view.records.append(VerifiedRecord(sealed.seq, checked.index, opened, sealed.tag, sealed.blob))
+    _save_state(home, view)
     return receipt
 
 

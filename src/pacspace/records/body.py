@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+import decimal
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Union
 
@@ -45,22 +46,35 @@ class InvalidBody(MalformedInput):
     code = "invalid_body"
 
 
+# Quantities are exact: arithmetic on them runs with this many significant digits and refuses to
+# round (decimal.Inexact is trapped), and a quantity string is at most MAX_DECIMAL_DIGITS long.
+DECIMAL_PRECISION = 200
+MAX_DECIMAL_DIGITS = 64
+
+
+def exact() -> decimal.Context:
+    return decimal.Context(prec=DECIMAL_PRECISION, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
+
+
 def canonical_decimal(value: Decimal | int | str) -> str:
     """The one string form of a decimal: no exponent, no '+', no leading or trailing zeros, no '-0'."""
     try:
-        d = Decimal(value) if not isinstance(value, Decimal) else value
-    except InvalidOperation:
-        raise InvalidBody(f"{value!r} is not a decimal") from None
+        d = exact().create_decimal(value)
+    except (InvalidOperation, decimal.Inexact, ValueError, TypeError):
+        raise InvalidBody(f"{value!r} is not a decimal of at most {DECIMAL_PRECISION} digits") from None
     if not d.is_finite():
         raise InvalidBody(f"{value!r} is not a finite decimal")
-    text = format(d.normalize(), "f")
+    text = format(d, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    text = "0" if text in ("-0", "") else text
+    if len(text) > MAX_DECIMAL_DIGITS:
+        raise InvalidBody(f"decimal {text[:20]}... is longer than {MAX_DECIMAL_DIGITS} characters")
+    return text
 
 
 def _decimal(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _DECIMAL.fullmatch(value) or value == "-0":
+    if not isinstance(value, str) or len(value) > MAX_DECIMAL_DIGITS or not _DECIMAL.fullmatch(value) or value == "-0":
         raise InvalidBody(f"{what} must be a canonical decimal string, got {value!r}")
     return value
 
@@ -374,9 +388,10 @@ def decode_body(data: bytes) -> Body:
 def totals(deltas: Iterable[Delta]) -> tuple[Line, ...]:
     """Sum of the lines of deltas and corrections, per (meter, unit, dimensions), in a stable order."""
     sums: dict[tuple[str, str, tuple[tuple[str, str], ...]], Decimal] = {}
+    ctx = exact()
     for delta in deltas:
         for line in delta.lines:
-            sums[line.key()] = sums.get(line.key(), Decimal(0)) + Decimal(line.quantity)
+            sums[line.key()] = ctx.add(sums.get(line.key(), Decimal(0)), ctx.create_decimal(line.quantity))
     return tuple(
         Line(meter, unit, canonical_decimal(total), dict(dims))
         for (meter, unit, dims), total in sorted(sums.items())

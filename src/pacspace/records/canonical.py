@@ -71,6 +71,12 @@ def decode(data: bytes) -> JsonValue:
         raise NotCanonical("not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise NotCanonical(f"not JSON: {exc.msg}") from None
-    if encode(value) != data:
+    except RecursionError:
+        raise NotCanonical("JSON nested too deeply") from None
+    try:
+        again = encode(value)
+    except UnicodeEncodeError:
+        raise NotCanonical("JSON string holds a lone surrogate") from None
+    if again != data:
         raise NotCanonical("JSON is not in canonical form")
     return value

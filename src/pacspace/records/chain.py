@@ -57,21 +57,54 @@ def check_chain(records: Sequence[Opened]) -> ChainHead:
 
 
 def check_close(records: Sequence[Opened], close: Close) -> None:
-    """A close covers exactly first_seq..last_seq of its period, names the right head, and its totals add up.
+    """A close covers exactly its period: every delta and correction of the period before it, and nothing else.
 
-    ``records`` is the verified chain from genesis up to (not including) the close.
+    ``records`` is the verified chain from genesis up to (not including) the
+    close. The covered range must run from the period's first usage record to
+    its last (or be empty, right after the previous record, if the period had
+    none), count them, name the last one as ``chain_head``, and total them.
     """
-    by_seq = {r.body.common.seq: r for r in records}
-    if close.last_seq not in by_seq or (close.first_seq not in by_seq and close.record_count):
-        raise ChainError(f"close for {close.period} covers seqs that are not in the chain")
-    if body_hash(by_seq[close.last_seq].encoded) != close.chain_head:
-        raise ChainError(f"close for {close.period}: chain_head does not name seq {close.last_seq}")
-    covered = [by_seq[s] for s in range(close.first_seq, close.last_seq + 1) if s in by_seq]
-    usage = [r.body for r in covered if isinstance(r.body, Delta)]
-    if any(d.period != close.period for d in usage):
+    if any(isinstance(r.body, Close) and r.body.period == close.period for r in records):
+        raise ChainError(f"period {close.period} is closed twice")
+    usage = [r for r in records if isinstance(r.body, Delta) and r.body.period == close.period]
+    if usage:
+        first, last = usage[0].body.common.seq, usage[-1].body.common.seq
+    else:
+        last = records[-1].body.common.seq
+        first = last + 1
+    if (close.first_seq, close.last_seq) != (first, last):
+        raise ChainError(
+            f"close for {close.period} covers seq {close.first_seq}..{close.last_seq}, "
+            f"but the period's records are seq {first}..{last}"
+        )
+    between = [r for r in records if first <= r.body.common.seq <= last]
+    if any(not (isinstance(r.body, Delta) and r.body.period == close.period) for r in between):
         raise ChainError(f"close for {close.period} covers a record of another period")
     if len(usage) != close.record_count:
         raise ChainError(f"close for {close.period} counts {close.record_count} records, the chain has {len(usage)}")
-    expected = totals(usage)
+    head = next(r for r in records if r.body.common.seq == last)
+    if body_hash(head.encoded) != close.chain_head:
+        raise ChainError(f"close for {close.period}: chain_head does not name seq {last}")
+    expected = totals([r.body for r in usage if isinstance(r.body, Delta)])
     if [t.to_json() for t in expected] != [t.to_json() for t in close.totals]:
         raise ChainError(f"close for {close.period}: totals differ from the sum of its records")
+
+
+def check_usage_period(records: Sequence[Opened], delta: Delta) -> None:
+    """No delta or correction may land in a period that is already closed."""
+    if any(isinstance(r.body, Close) and r.body.period == delta.period for r in records):
+        raise ChainError(f"seq {delta.common.seq}: usage for period {delta.period}, which is already closed")
+
+
+def check_records(records: Sequence[Opened]) -> ChainHead:
+    """The whole chain: links (check_next), closes that add up, and no usage after its period's close."""
+    head: ChainHead | None = None
+    for i, record in enumerate(records):
+        head = check_next(head, record)
+        if isinstance(record.body, Close):
+            check_close(records[:i], record.body)
+        elif isinstance(record.body, Delta):
+            check_usage_period(records[:i], record.body)
+    if head is None:
+        raise ChainError("no records")
+    return head

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import MalformedInput, NotFound, PacspaceError
+from ..errors import MalformedInput, NotFound, PacspaceError, SequencerStopped
 from ..keys import KeyUnusable, PublicKeys
 from ..merkle import inclusion_proof
 from ..receipt import Receipt
@@ -101,7 +101,7 @@ async def _json(request: web.Request, max_bytes: int) -> dict[str, Any]:
         raise TooLarge(f"request body exceeds {max_bytes} bytes")
     try:
         body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise MalformedInput("request body is not JSON") from None
     if not isinstance(body, dict):
         raise MalformedInput("request body must be a JSON object")
@@ -166,8 +166,6 @@ async def put_my_keys(request: web.Request) -> web.Response:
         keys = PublicKeys.from_json(body)
     except KeyUnusable as exc:
         raise MalformedInput(str(exc)) from None
-    if party.x25519 is not None and (party.x25519, party.ed25519) != (keys.x25519, keys.ed25519):
-        raise Conflict("keys are already registered for this party; they cannot be replaced")
     await asyncio.to_thread(_service(request).records.set_keys, party.name, keys.x25519, keys.ed25519)
     return web.json_response({"name": party.name, "fingerprint": keys.fingerprint()})
 
@@ -238,8 +236,10 @@ async def post_relationship(request: web.Request) -> web.Response:
     customer_name = body.get("customer")
     cadence = body.get("cadence", "daily")
     billing_cycle = body.get("billing_cycle", "monthly")
-    if not isinstance(rid, str) or not _RID.fullmatch(rid):
-        raise MalformedInput("relationship must be an id of letters, digits and ._:-")
+    if not isinstance(rid, str) or not _RID.fullmatch(rid) or not rid.startswith(party.name + ":"):
+        # Namespaced by provider: an id can only collide with the caller's own relationships,
+        # so a 409 never reveals that another party's relationship exists.
+        raise MalformedInput(f"relationship must be '{party.name}:' followed by letters, digits and ._:-")
     if not isinstance(cadence, str) or not CADENCES.fullmatch(cadence):
         raise MalformedInput("cadence is daily, hourly or <N>m")
     if billing_cycle != "monthly":
@@ -260,8 +260,8 @@ async def post_relationship(request: web.Request) -> web.Response:
         raise MalformedInput("the genesis record is seq 0")
     rel = Relationship(rid, party.name, customer.name, cadence, billing_cycle, int(time.time()))
     # The relationship, its wraps and its genesis record are stored together or not at all.
-    _, receipts = await _append(request, rel, [genesis], create=RecordStore.add_relationship_op(rel, wrap_bytes))
-    return web.json_response({**_rel_json(rel), "receipt": receipts[0]}, status=201)
+    status, receipts = await _append(request, rel, [genesis], create=RecordStore.add_relationship_op(rel, wrap_bytes))
+    return web.json_response({**_rel_json(rel), "receipt": receipts[0]}, status=status)
 
 
 async def post_record(request: web.Request) -> web.Response:
@@ -322,6 +322,20 @@ def _group_op(group: _Group) -> Any:
 
 async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -> list[_Outcome]:
     results = await service.writer.write([_group_op(g) for g in groups])
+    stuck = [i for i, r in enumerate(results) if isinstance(r, InFlight)]
+    if stuck:
+        # A row can outlive its request unsettled (a settle write failed): if its entry is in the
+        # log, settle it now rather than blocking the relationship until the next start.
+        size = service.sequencer.latest.size
+
+        def find(h: bytes) -> int | None:
+            return service.store.find_leaf(h, size)
+
+        repaired = await service.writer.write([RecordStore.settle_from_log_op(groups[i].rel.id, find, size) for i in stuck])
+        if any(isinstance(r, int) and r > 0 for r in repaired):
+            retried = await service.writer.write([_group_op(groups[i]) for i in stuck])
+            for i, r in zip(stuck, retried):
+                results[i] = r
     outcomes: list[_Outcome | None] = [None] * len(groups)
     new: list[int] = []
     for i, result in enumerate(results):
@@ -341,8 +355,11 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     entries = [s.entry for i in new for s in groups[i].subs]
     try:
         sequenced = await service.sequencer.submit_many(entries)
+    except SequencerStopped:
+        # The server is going down; the rows stay for reconcile at the next start to settle or drop.
+        raise
     except PacspaceError as exc:
-        # Nothing was appended (the sequencer refused or stopped): forget the rows we stored.
+        # Refused before entering the pool (full, malformed): nothing was appended; forget our rows.
         undo = []
         for i in new:
             undo.append(RecordStore.drop_op(groups[i].rel.id, [s.seq for s in groups[i].subs]))
