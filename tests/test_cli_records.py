@@ -84,3 +84,25 @@ def test_readme_flow(tmp_path, server):
     (tmp_path / "bad.tlog-proof").write_text(text)
     bad = run("receipt", "verify", str(tmp_path / "bad.tlog-proof"), "--log-key", vkey, env=base, ok=False)
     assert bad.returncode == 1 and bad.stderr.startswith("pacspace: error:")
+
+
+def test_fsck_checks_records_too(tmp_path, server):
+    base = {**os.environ, "PACSPACE_URL": server}
+    data = str(tmp_path / "pacspace-data")
+    token = run("admin", "party", "add", "acme", "--role", "provider", "--data", data, env=base).stdout.strip()
+    ctoken = run("admin", "party", "add", "bob", "--role", "customer", "--data", data, env=base).stdout.strip()
+    provider = {**base, "PACSPACE_TOKEN": token, "PACSPACE_HOME": str(tmp_path / "acme")}
+    run("keys", "init", env=provider)
+    run("keys", "init", env={**base, "PACSPACE_TOKEN": ctoken, "PACSPACE_HOME": str(tmp_path / "bob")})
+    rid = run("relationship", "create", "--customer", "bob", env=provider).stdout.strip()
+    run("record", "--relationship", rid, "--meter", "m", "--quantity", "1", env=provider)
+    ok = run("fsck", "--data", data, env=base)
+    assert "2 records verified" in ok.stdout
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "pacspace-data" / "records.db")
+    conn.execute("UPDATE blobs SET blob = CAST(substr(blob, 1, 40) || x'00' || substr(blob, 42) AS BLOB) WHERE seq = 1")
+    conn.commit()
+    conn.close()
+    bad = run("fsck", "--data", data, env=base, ok=False)
+    assert bad.returncode == 1 and "does not match its ct_hash" in bad.stderr

@@ -6,6 +6,7 @@ read-only connection and can run beside a live server.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from .checkpoint import SignedCheckpoint, open_checkpoint
 from .errors import PacspaceError
 from .merkle import HASH_SIZE, consistency_proof, leaf_hash, tree_hash, verify_consistency
 from .note import Ed25519Verifier
+from .storage.records import RecordStore
 from .storage.sqlite import SqliteLog
 from .tiles import TILE_WIDTH, extend, iter_bundle, pack_interior, tiles_for_size
 
@@ -28,6 +30,7 @@ class FsckReport:
     entries: int = 0
     tiles: int = 0
     checkpoints: int = 0
+    records: int = 0
     faults: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -145,3 +148,28 @@ def _check_checkpoints(store: SqliteLog, log_key: Ed25519Verifier, report: FsckR
         report.checkpoints += 1
         if progress and (i % 1000 == 0 or i + 1 == total):
             progress("checkpoints", i + 1, total)
+
+
+def fsck_records(store: SqliteLog, records: RecordStore, report: FsckReport) -> None:
+    """Every stored record: its blob hashes to its ct_hash, its entry is the leaf at its index, and each
+    relationship's seqs run gapless from 0. Unsettled rows are a warning: the server settles them at start."""
+    relationship = None
+    expected = 0
+    unsettled = 0
+    for rec in records.iter_records():
+        if rec.relationship != relationship:
+            relationship, expected = rec.relationship, 0
+        if rec.seq != expected:
+            report.faults.append(f"relationship {rec.relationship}: seq {rec.seq} follows {expected - 1}")
+        expected = rec.seq + 1
+        if rec.blob is None or hashlib.sha256(rec.blob).digest() != rec.ct_hash:
+            report.faults.append(f"relationship {rec.relationship} seq {rec.seq}: the blob does not match its ct_hash")
+        if rec.index is None:
+            unsettled += 1
+        elif rec.index >= report.size or store.read_hashes([(0, rec.index)])[0] != leaf_hash(rec.entry):
+            report.faults.append(
+                f"relationship {rec.relationship} seq {rec.seq}: its entry is not the leaf at index {rec.index}"
+            )
+        report.records += 1
+    if unsettled:
+        report.warnings.append(f"{unsettled} record(s) await settling; the server settles or drops them when it starts")

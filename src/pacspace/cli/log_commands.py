@@ -11,7 +11,8 @@ from pathlib import Path
 from ..config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists
 from ..errors import MalformedNote
-from ..fsck import fsck
+from ..fsck import fsck, fsck_records
+from ..storage.records import RECORDS_NAME, RecordStore
 from ..note import Ed25519Verifier, parse_vkey
 from ..sequencer import SequencerConfig
 from ..storage.sqlite import SqliteLog
@@ -163,6 +164,12 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     store = SqliteLog.open(args.data, readonly=True)
     try:
         report = fsck(store, verifier, ProgressBar())
+        if report.ok and (args.data / RECORDS_NAME).exists():
+            records = RecordStore(args.data, readonly=True)
+            try:
+                fsck_records(store, records, report)
+            finally:
+                records.close()
     finally:
         store.close()
     for warning in report.warnings:
@@ -174,6 +181,6 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         return 1
     print(
         f"fsck: ok: size {report.size:,}, {report.entries:,} entries and {report.tiles:,} tiles recomputed, "
-        f"{report.checkpoints:,} checkpoints verified"
+        f"{report.checkpoints:,} checkpoints and {report.records:,} records verified"
     )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (OSError, ValueError) as exc:
         print(f"pacspace: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except sqlite3.Error as exc:
+        print(f"pacspace: error: database: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -464,6 +464,21 @@ class RecordStore:
             (rid, after_seq, limit),
         )
         return [_rec(r) for r in rows]
+
+    def iter_records(self, page: int = 1000) -> Iterator[StoredRecord]:
+        """Every record with its blob, by relationship and seq, read in pages (fsck)."""
+        after = ("", -1)
+        while True:
+            rows = self._read(
+                f"SELECT {_REC_BLOB} FROM {_JOIN} WHERE (r.relationship, r.seq) > (?, ?) "
+                "ORDER BY r.relationship, r.seq LIMIT ?",
+                (*after, page),
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield _rec(row)
+            after = (rows[-1][0], rows[-1][1])
 
     def unsettled(self) -> list[StoredRecord]:
         return [_rec(r) for r in self._read(f"SELECT {_REC} FROM records r WHERE idx IS NULL ORDER BY relationship, seq")]
