@@ -72,6 +72,12 @@ def test_readme_flow(tmp_path, server):
     assert totals == {"llm.input.uncached_tokens": "1000", "llm.output.visible_tokens": "300"}
     csv_out = run("records", "--relationship", rid, "--csv", env=customer).stdout
     assert csv_out.splitlines()[0].startswith("seq,index,kind")
+    # The customer's monitor keeps a verified copy that needs no server.
+    polled = run("monitor", "--once", env=customer)
+    assert polled.stdout.startswith("ok: checkpoint") and "4 new records" in polled.stdout
+    offline = {**customer, "PACSPACE_URL": "http://127.0.0.1:9"}
+    copy = json.loads(run("records", "--relationship", rid, "--period", "2026-11", "--json", "--offline", env=offline).stdout)
+    assert copy["rows"] == rows
     listed = json.loads(run("relationship", "list", "--json", env=customer).stdout)
     assert [r["relationship"] for r in listed] == [rid]
     vkey = run("log-key", "--data", str(tmp_path / "pacspace-data"), env=base).stdout.strip()

@@ -127,8 +127,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="FINGERPRINT",
         help="refuse unless the provider's keys have this fingerprint (otherwise the first one seen is pinned)",
     )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="read the monitor's verified copy (PACSPACE_HOME/monitor.db) instead of the server",
+    )
     _common(p)
     p.set_defaults(run=cmd_records)
+
+    p = sub.add_parser(
+        "monitor",
+        help="(customer) keep a verified copy and report any misbehaviour",
+        description="Poll the log: verify the checkpoint's signature and its consistency with the last one "
+        "verified, then verify every new record of every relationship fully, and keep them in "
+        "PACSPACE_HOME/monitor.db. A detection prints one line, saves its evidence under "
+        "PACSPACE_HOME/evidence/ and exits with its code (docs/monitor.md).",
+    )
+    p.add_argument("--once", action="store_true", help="poll once; exit 0 if all is consistent")
+    p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="seconds between polls (default 60)")
+    p.add_argument("--json", action="store_true", help="one JSON object per poll")
+    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the pinned one")
+    _common(p)
+    p.set_defaults(run=cmd_monitor)
 
     receipt = sub.add_parser("receipt", help="receipts", description="Work with receipts.")
     receipt_sub = receipt.add_subparsers(dest="receipt_command", metavar="COMMAND", required=True)
@@ -310,29 +330,56 @@ def _rows(view: RelationshipView, period: str | None) -> list[dict[str, Any]]:
     return rows
 
 
+def _offline_view(home: Home, rid: str) -> Any:
+    from types import SimpleNamespace
+
+    from ..client.monitor_state import MonitorState
+    from ..records.body import decode_body
+
+    state = MonitorState(home.path)
+    try:
+        copies = state.copies(rid)
+        checkpoint = state.latest_checkpoint()
+    finally:
+        state.close()
+    if not copies:
+        raise MalformedInput(f"the monitor holds no records of {rid} (run `pacspace monitor --once`)")
+    records = [SimpleNamespace(seq=c.seq, index=c.index, body=decode_body(c.body)) for c in copies]
+    size = int((checkpoint or b"\n0\n").split(b"\n")[1])
+    return SimpleNamespace(rid=rid, records=records, checkpoint=SimpleNamespace(size=size))
+
+
 def cmd_records(args: argparse.Namespace) -> int:
+    if args.offline:
+        view = _offline_view(_home(args), args.relationship)
+        _print_rows(args, view, _rows(view, args.period))
+        return 0
+
     async def body(client: PacspaceClient, home: Home) -> int:
         log_key = home.log_key(args.log_key)
         view = await load_relationship(client, home, args.relationship, log_key, args.provider_key)
-        rows = _rows(view, args.period)
-        if args.json:
-            print(json.dumps({"relationship": view.rid, "checkpoint_size": view.checkpoint.size, "rows": rows}))
-        elif args.csv:
-            writer = csv.writer(sys.stdout)
-            writer.writerow(["seq", "index", "kind", "period", "window_start", "window_end", "meter", "unit", "quantity", "dimensions"])
-            for r in rows:
-                writer.writerow([r["seq"], r["index"], r["kind"], r.get("period", ""), r.get("window_start", ""),
-                                 r.get("window_end", ""), r.get("meter", ""), r.get("unit", ""), r.get("quantity", ""),
-                                 ";".join(f"{k}={v}" for k, v in sorted(r.get("dimensions", {}).items()))])
-        else:
-            print(f"{'SEQ':>5} {'KIND':<10} {'PERIOD':<8} {'METER':<32} {'QUANTITY':>14} DIMENSIONS")
-            for r in rows:
-                dims = ",".join(f"{k}={v}" for k, v in sorted(r.get("dimensions", {}).items()))
-                print(f"{r['seq']:>5} {r['kind']:<10} {r.get('period', ''):<8} {r.get('meter', ''):<32} {r.get('quantity', ''):>14} {dims}")
-            print(f"pacspace: {len(view.records)} records verified against checkpoint {view.checkpoint.size}", file=sys.stderr)
+        _print_rows(args, view, _rows(view, args.period))
         return 0
 
     return _run(args, body)
+
+
+def _print_rows(args: argparse.Namespace, view: Any, rows: list[dict[str, Any]]) -> None:
+    if args.json:
+        print(json.dumps({"relationship": view.rid, "checkpoint_size": view.checkpoint.size, "rows": rows}))
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["seq", "index", "kind", "period", "window_start", "window_end", "meter", "unit", "quantity", "dimensions"])
+        for r in rows:
+            writer.writerow([r["seq"], r["index"], r["kind"], r.get("period", ""), r.get("window_start", ""),
+                             r.get("window_end", ""), r.get("meter", ""), r.get("unit", ""), r.get("quantity", ""),
+                             ";".join(f"{k}={v}" for k, v in sorted(r.get("dimensions", {}).items()))])
+    else:
+        print(f"{'SEQ':>5} {'KIND':<10} {'PERIOD':<8} {'METER':<32} {'QUANTITY':>14} DIMENSIONS")
+        for r in rows:
+            dims = ",".join(f"{k}={v}" for k, v in sorted(r.get("dimensions", {}).items()))
+            print(f"{r['seq']:>5} {r['kind']:<10} {r.get('period', ''):<8} {r.get('meter', ''):<32} {r.get('quantity', ''):>14} {dims}")
+        print(f"pacspace: {len(view.records)} records verified against checkpoint {view.checkpoint.size}", file=sys.stderr)
 
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
@@ -347,3 +394,38 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     when = datetime.fromtimestamp(result.checkpoint.timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     print(f"ok: entry at index {result.index} is in {result.checkpoint.checkpoint.origin} at size {result.checkpoint.size}, signed {when}")
     return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from ..client.monitor import Detection, poll, save_evidence
+    from ..client.monitor_state import MonitorState
+    from .progress import ProgressBar
+
+    async def body(client: PacspaceClient, home: Home) -> int:
+        log_key = home.log_key(args.log_key)
+        state = MonitorState(home.path)
+        bar = ProgressBar()
+        try:
+            while True:
+                try:
+                    report = await poll(client, home, state, log_key, bar)
+                except Detection as found:
+                    where = save_evidence(home, found)
+                    if args.json:
+                        print(json.dumps({"status": "detected", "kind": found.kind, "message": str(found), "evidence": where}))
+                    print(f"pacspace: DETECTED {found.kind}: {found} (evidence: {where})", file=sys.stderr)
+                    return found.exit_code
+                if args.json:
+                    print(json.dumps({"status": "ok", "checkpoint_size": report.checkpoint_size,
+                                      "new_records": report.new_records, "relationships": report.relationships}))
+                else:
+                    print(f"ok: checkpoint {report.checkpoint_size}, {report.new_records} new records verified "
+                          f"in {report.relationships} relationships")
+                sys.stdout.flush()
+                if args.once:
+                    return 0
+                await asyncio.sleep(args.interval)
+        finally:
+            state.close()
+
+    return _run(args, body)

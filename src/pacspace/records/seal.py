@@ -56,6 +56,18 @@ class SealError(PacspaceError):
     http_status = 422
 
 
+class TagMismatch(SealError):
+    """The tag is not HMAC(K_tag, seq): the record is not this relationship's record at this seq."""
+
+
+class CiphertextError(SealError):
+    """The blob does not open under the record key: altered, malformed, or committed to another key."""
+
+
+class ProviderSignatureError(SealError):
+    """The body opened but the provider's signature over it does not verify."""
+
+
 def _hkdf(secret: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
@@ -156,35 +168,35 @@ def open_with_record_key(
 ) -> Opened:
     """Open one record with its own key (what selective disclosure hands a third party)."""
     if len(blob) < BLOB_OVERHEAD or blob[0] != SEAL_VERSION:
-        raise SealError(f"record {seq}: not a version-1 sealed blob")
+        raise CiphertextError(f"record {seq}: not a version-1 sealed blob")
     nonce = blob[1 : 1 + NONCE_SIZE]
     commitment = blob[1 + NONCE_SIZE : 1 + NONCE_SIZE + COMMITMENT_SIZE]
     if not hmac.compare_digest(commitment, commitment_for(record_key)):
-        raise SealError(f"record {seq}: the key commitment does not match this key")
+        raise CiphertextError(f"record {seq}: the key commitment does not match this key")
     try:
         plain = AESGCM(record_key).decrypt(nonce, blob[1 + NONCE_SIZE + COMMITMENT_SIZE :], tag)
     except InvalidTag:
-        raise SealError(f"record {seq}: does not decrypt (altered ciphertext or tag)") from None
+        raise CiphertextError(f"record {seq}: does not decrypt (altered ciphertext or tag)") from None
     if len(plain) < 4:
-        raise SealError(f"record {seq}: plaintext too short")
+        raise CiphertextError(f"record {seq}: plaintext too short")
     (length,) = struct.unpack_from(">I", plain)
     end = 4 + length + SIGNATURE_SIZE
     if end > len(plain) or any(plain[end:]) or len(plain) != _bucket(end):
-        raise SealError(f"record {seq}: malformed padding")
+        raise CiphertextError(f"record {seq}: malformed padding")
     encoded = plain[4 : 4 + length]
     signature = plain[4 + length : end]
     try:
         provider.verify(signature, encoded)
     except InvalidSignature:
-        raise SealError(f"record {seq}: the provider's signature does not verify") from None
+        raise ProviderSignatureError(f"record {seq}: the provider's signature does not verify") from None
     body = decode_body(encoded)
     if body.common.seq != seq:
-        raise SealError(f"record {seq}: the body says seq {body.common.seq}")
+        raise CiphertextError(f"record {seq}: the body says seq {body.common.seq}")
     return Opened(seq, body, encoded, signature)
 
 
 def open_record(seq: int, tag: bytes, blob: bytes, keys: RelationshipKeys, provider: Ed25519PublicKey) -> Opened:
     """Open a record as a party: the tag must be HMAC(K_tag, seq), then as open_with_record_key."""
     if not hmac.compare_digest(tag, keys.tag(seq)):
-        raise SealError(f"record {seq}: the tag is not this relationship's tag for seq {seq}")
+        raise TagMismatch(f"record {seq}: the tag is not this relationship's tag for seq {seq}")
     return open_with_record_key(seq, tag, blob, keys.record_key(seq), provider)

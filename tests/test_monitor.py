@@ -1,0 +1,228 @@
+"""The monitor against a server that misbehaves on purpose, in one way per test.
+
+A proxy stands between the monitor and the real server and alters exactly one
+answer; everything behind it (log, records, crypto) is real.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import new_log
+
+from pacspace.checkpoint import Checkpoint, sign_checkpoint
+from pacspace.client.home import Home
+from pacspace.client.http import PacspaceClient
+from pacspace.client.monitor import EXIT_CODES, Detection, poll, save_evidence
+from pacspace.client.monitor_state import MonitorState
+from pacspace.client.records import append_body, create_relationship, delta_maker, load_relationship
+from pacspace.config import ServerConfig
+from pacspace.datadir import load_signer
+from pacspace.merkle import Hash
+from pacspace.records.body import Common, Delta, Line
+from pacspace.records.seal import seal
+from pacspace.sequencer import SequencerConfig
+from pacspace.server.app import create_app
+from pacspace.storage.records import RecordStore
+
+WINDOW = ("2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z")
+
+
+class Proxy:
+    """Forwards to the real server; ``alter(path, body) -> body`` may rewrite one answer."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.alter = lambda path, body: body
+
+    async def handle(self, request: web.Request) -> web.Response:
+        async with aiohttp.ClientSession() as s:
+            async with s.request(request.method, self.upstream + request.path_qs, headers={
+                k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")
+            }, data=await request.read()) as r:
+                body = await r.read()
+                ctype = r.headers.get("Content-Type", "application/octet-stream")
+                status = r.status
+        body = self.alter(request.path, body)
+        return web.Response(body=body, status=status, headers={"Content-Type": ctype})
+
+
+@pytest.fixture
+async def world(aiohttp_client, aiohttp_server, tmp_path):
+    new_log(tmp_path / "log")
+    store = RecordStore(tmp_path / "log")
+    store.add_party("acme", "provider", "tok-acme", 1)
+    store.add_party("bob", "customer", "tok-bob", 1)
+    store.close()
+    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
+    real = await aiohttp_client(app)
+    upstream = str(real.make_url("")).rstrip("/")
+    proxy = Proxy(upstream)
+    proxy_app = web.Application()
+    proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    proxy_server = await aiohttp_server(proxy_app)
+    acme, bob = Home(tmp_path / "acme"), Home(tmp_path / "bob")
+    for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
+        async with PacspaceClient(upstream, token) as c:
+            keys = home.create_keys()
+            await c.register_keys(keys.public.x25519, keys.public.ed25519)
+            home.pin_log_key((await c.log_info())["vkey"])
+    async with PacspaceClient(upstream, "tok-acme") as c:
+        rid = (await create_relationship(c, acme.keys(), "acme", "bob"))["relationship"]
+        view = await load_relationship(c, acme, rid, acme.log_key())
+        for q in ("10", "20", "30"):
+            await append_body(c, acme, view, delta_maker("2026-11", WINDOW, [Line("llm.requests", "request", q, {})]))
+    w = type("World", (), {})()
+    w.upstream, w.proxy, w.acme, w.bob, w.rid, w.view, w.data = upstream, proxy, acme, bob, rid, view, tmp_path / "log"
+    w.url = str(proxy_server.make_url("")).rstrip("/")
+    w.state = MonitorState(bob.path)
+    return w
+
+
+async def monitor_once(w):
+    async with PacspaceClient(w.url, "tok-bob") as c:
+        return await poll(c, w.bob, w.state, w.bob.log_key())
+
+
+async def detected(w, kind):
+    with pytest.raises(Detection) as info:
+        await monitor_once(w)
+    assert info.value.kind == kind, (info.value.kind, str(info.value))
+    assert info.value.exit_code == EXIT_CODES[kind]
+    path = save_evidence(w.bob, info.value)
+    saved = json.loads(open(path).read())
+    assert saved["kind"] == kind and saved["message"]
+    return info.value
+
+
+def rewrite_records(w, change):
+    def alter(path, body):
+        if path.endswith("/records") and path.startswith("/v1/relationships/"):
+            data = json.loads(body)
+            data["records"] = change(data["records"])
+            return json.dumps(data).encode()
+        return body
+
+    w.proxy.alter = alter
+
+
+async def test_honest_server_then_incremental_polls(world):
+    report = await monitor_once(world)
+    assert report.new_records == 4 and report.relationships == 1
+    assert len(world.state.copies(world.rid)) == 4
+    async with PacspaceClient(world.upstream, "tok-acme") as c:
+        await append_body(c, world.acme, world.view, delta_maker("2026-11", WINDOW, [Line("llm.requests", "request", "5", {})]))
+    assert (await monitor_once(world)).new_records == 1
+    assert (await monitor_once(world)).new_records == 0
+
+
+async def test_bad_checkpoint_signature(world):
+    def alter(path, body):
+        if path == "/checkpoint":
+            text = body.decode()
+            i = text.index("\u2014 ") + 30
+            return (text[:i] + ("A" if text[i] != "A" else "B") + text[i + 1:]).encode()
+        return body
+
+    world.proxy.alter = alter
+    found = await detected(world, "bad_checkpoint_signature")
+    assert "checkpoint" in found.evidence
+
+
+async def test_rollback(world):
+    await monitor_once(world)
+    old = world.state.latest_checkpoint()
+    async with PacspaceClient(world.upstream, "tok-acme") as c:
+        await append_body(c, world.acme, world.view, delta_maker("2026-11", WINDOW, [Line("llm.requests", "request", "1", {})]))
+    await monitor_once(world)
+    world.proxy.alter = lambda path, body: old if path == "/checkpoint" else body
+    found = await detected(world, "rollback")
+    assert found.evidence["earlier_checkpoint"] and found.evidence["later_checkpoint"] == old.decode()
+
+
+async def test_inconsistent_checkpoints_keep_both_signed_notes(world):
+    await monitor_once(world)
+    # The log (its key) signs a checkpoint for a different tree of a larger size: a fork.
+    signer = load_signer(world.data)
+    forged = sign_checkpoint(Checkpoint(signer.name, 50, Hash(bytes(32))), signer, int(time.time())).format()
+
+    def alter(path, body):
+        if path == "/checkpoint":
+            return forged
+        return body
+
+    world.proxy.alter = alter
+
+    async def no_proof(*a):
+        return {"hashes": [base64.b64encode(bytes(32)).decode()]}
+
+    with pytest.raises(Detection) as info:
+        async with PacspaceClient(world.url, "tok-bob") as c:
+            c.consistency = no_proof  # the real server cannot prove a forged tree; a forger sends something
+            await poll(c, world.bob, world.state, world.bob.log_key())
+    found = info.value
+    assert found.kind == "inconsistent_checkpoints"
+    assert found.evidence["later_checkpoint"] == forged.decode()
+    assert found.evidence["earlier_checkpoint"]
+
+
+async def test_inclusion_fails_for_an_altered_ciphertext(world):
+    def change(records):
+        blob = bytearray(base64.b64decode(records[2]["ciphertext"]))
+        blob[-1] ^= 1
+        records[2]["ciphertext"] = base64.b64encode(bytes(blob)).decode()
+        return records
+
+    rewrite_records(world, change)
+    await detected(world, "inclusion_failed")
+
+
+async def test_a_gap_in_the_chain(world):
+    rewrite_records(world, lambda records: records[:2] + records[3:])
+    await detected(world, "chain_broken")
+
+
+async def test_reordered_records_fail_the_tag(world):
+    def change(records):
+        a, b = records[1], records[2]
+        a_seq, b_seq = a["seq"], b["seq"]
+        a["seq"], b["seq"] = b_seq, a_seq
+        return [records[0], b, a] + records[3:]
+
+    rewrite_records(world, change)
+    await detected(world, "bad_tag")
+
+
+async def test_a_logged_record_that_does_not_decrypt(world):
+    # A provider logs garbage under a valid tag: it is in the log, but it is not a record.
+    keys = world.view.keys
+    tag = keys.tag(4)
+    blob = b"\x01" + bytes(12) + bytes(32) + bytes(300)
+    async with PacspaceClient(world.upstream, "tok-acme") as c:
+        await c.append(world.rid, 4, tag, blob)
+    await detected(world, "bad_ciphertext")
+
+
+async def test_a_record_signed_by_another_key(world):
+    other = Ed25519PrivateKey.generate()
+    head = world.view.head
+    body = Delta(Common(world.rid, head.next_seq, head.head, "x", "2026-11-03T00:00:00Z"), "2026-11", WINDOW[0], WINDOW[1],
+                 (Line("llm.requests", "request", "1", {}),))
+    sealed = seal(body, world.view.keys, other)
+    async with PacspaceClient(world.upstream, "tok-acme") as c:
+        await c.append(world.rid, sealed.seq, sealed.tag, sealed.blob)
+    await detected(world, "bad_signature")
+
+
+async def test_nothing_is_stored_from_a_poll_that_detects(world):
+    rewrite_records(world, lambda records: records[:2] + records[3:])
+    with pytest.raises(Detection):
+        await monitor_once(world)
+    assert world.state.copies(world.rid) == []
+    assert world.state.latest_checkpoint() is None
