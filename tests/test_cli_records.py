@@ -78,6 +78,26 @@ def test_readme_flow(tmp_path, server):
     offline = {**customer, "PACSPACE_URL": "http://127.0.0.1:9"}
     copy = json.loads(run("records", "--relationship", rid, "--period", "2026-11", "--json", "--offline", env=offline).stdout)
     assert copy["rows"] == rows
+    # The customer's finance team checks the invoice against the committed record, with the server out of reach.
+    invoice = {"relationship": rid, "period": "2026-11", "lines": [
+        {"meter": "llm.input.uncached_tokens", "dimensions": {"model": "m-1"}, "quantity": "1000"},
+        {"meter": "llm.output.visible_tokens", "dimensions": {"model": "m-1"}, "quantity": "300.0"}]}
+    (tmp_path / "invoice.json").write_text(json.dumps(invoice))
+    report = tmp_path / "report.html"
+    ok = run("bill", "verify", "--relationship", rid, "--period", "2026-11", "--invoice", str(tmp_path / "invoice.json"),
+             "--report", str(report), env=offline)
+    assert "matches" in ok.stderr
+    page = report.read_text()
+    assert "The invoice matches the committed record." in page and "<svg" in page and "c2sp.org/tlog-proof@v1" in page
+    invoice["lines"][1]["quantity"] = "301"
+    (tmp_path / "invoice.json").write_text(json.dumps(invoice))
+    differs = run("bill", "verify", "--relationship", rid, "--period", "2026-11", "--invoice", str(tmp_path / "invoice.json"),
+                  "--format", "json", env=offline, ok=False)
+    assert differs.returncode == 1
+    verdict = json.loads(differs.stdout)
+    assert [x["matches"] for x in verdict["lines"]] == [True, False]
+    unclosed = run("bill", "verify", "--relationship", rid, "--period", "2026-10", env=offline, ok=False)
+    assert unclosed.returncode == 2 and "no close record" in unclosed.stderr
     listed = json.loads(run("relationship", "list", "--json", env=customer).stdout)
     assert [r["relationship"] for r in listed] == [rid]
     vkey = run("log-key", "--data", str(tmp_path / "pacspace-data"), env=base).stdout.strip()

@@ -226,3 +226,28 @@ async def test_nothing_is_stored_from_a_poll_that_detects(world):
         await monitor_once(world)
     assert world.state.copies(world.rid) == []
     assert world.state.latest_checkpoint() is None
+
+
+async def test_bill_verify_rechecks_the_stored_copy(world):
+    from pacspace.client.bill import BillError, compare, verify_bill
+    from pacspace.client.records import close_maker
+
+    async with PacspaceClient(world.upstream, "tok-acme") as c:
+        await append_body(c, world.acme, world.view, close_maker(world.view, "2026-11"))
+    await monitor_once(world)
+    bill = verify_bill(world.state, world.bob.log_key(), world.rid, "2026-11")
+    assert [(x.meter, x.committed) for x in bill.lines] == [("llm.requests", "60")]
+    assert bill.checkpoint.timestamp > 0 and bill.receipt.startswith("c2sp.org/tlog-proof@v1")
+    compare(bill, {("llm.requests", ()): "60"})
+    assert bill.matches and bill.exit_code == 0
+    compare(bill, {("llm.requests", ()): "61", ("llm.extra", ()): "1"})
+    assert not bill.matches and bill.exit_code == 1
+    # Any byte changed in the stored copy is caught when the bill is checked.
+    import sqlite3
+
+    conn = sqlite3.connect(world.bob.path / "monitor.db")
+    conn.execute("UPDATE records SET body = CAST(replace(CAST(body AS TEXT), '\"20\"', '\"21\"') AS BLOB) WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    with pytest.raises(BillError):
+        verify_bill(world.state, world.bob.log_key(), world.rid, "2026-11")

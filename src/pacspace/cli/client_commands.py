@@ -150,6 +150,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(p)
     p.set_defaults(run=cmd_monitor)
 
+    bill = sub.add_parser("bill", help="bills", description="Check bills against the committed record.")
+    bill_sub = bill.add_subparsers(dest="bill_command", metavar="COMMAND", required=True)
+    p = bill_sub.add_parser(
+        "verify",
+        help="(customer) check a period's bill from the monitor's verified copy",
+        description="Re-verify the monitor's copy offline and check the period's close: signed by the provider, "
+        "covering exactly the period's records, with totals equal to their sum. With --invoice, compare every "
+        "invoice line to the committed totals. Exit 0: everything matches; 1: the invoice differs; 2: the "
+        "record itself failed verification or is incomplete.",
+    )
+    p.add_argument("--relationship", required=True)
+    p.add_argument("--period", required=True, help="YYYY-MM")
+    p.add_argument("--invoice", type=Path, help='{"relationship", "period", "lines": [{"meter", "dimensions", "quantity"}]}')
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--report", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
+    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the pinned one")
+    _common(p, server=False)
+    p.set_defaults(run=cmd_bill_verify)
+
     receipt = sub.add_parser("receipt", help="receipts", description="Work with receipts.")
     receipt_sub = receipt.add_subparsers(dest="receipt_command", metavar="COMMAND", required=True)
     p = receipt_sub.add_parser(
@@ -429,3 +448,43 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             state.close()
 
     return _run(args, body)
+
+
+def cmd_bill_verify(args: argparse.Namespace) -> int:
+    from ..client.bill import EXIT_RECORD_FAILED, BillError, compare, load_invoice, render_html, render_table, verify_bill
+    from ..client.monitor_state import MonitorState
+
+    if not _PERIOD.fullmatch(args.period):
+        raise MalformedInput("--period is YYYY-MM")
+    home = _home(args)
+    log_key = home.log_key(args.log_key)
+    state = MonitorState(home.path)
+    try:
+        bill = verify_bill(state, log_key, args.relationship, args.period)
+    except BillError as exc:
+        print(f"pacspace: record failed verification: {exc}", file=sys.stderr)
+        return EXIT_RECORD_FAILED
+    finally:
+        state.close()
+    if args.invoice:
+        try:
+            text = args.invoice.read_text()
+        except OSError as exc:
+            raise MalformedInput(f"cannot read {args.invoice}: {exc.strerror}") from None
+        compare(bill, load_invoice(text, args.relationship, args.period))
+    if args.format == "json":
+        print(json.dumps(bill.to_json()))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["meter", "dimensions", "committed", "invoiced", "matches"])
+        for x in bill.lines:
+            writer.writerow([x.meter, ";".join(f"{k}={v}" for k, v in sorted(x.dimensions.items())), x.committed,
+                             x.invoiced if x.invoiced is not None else "", "yes" if x.matches else "no"])
+    else:
+        print(render_table(bill))
+    if args.report:
+        args.report.write_text(render_html(bill))
+    verdict = "matches" if bill.matches else "DIFFERS from the committed record"
+    what = "the invoice " + verdict if bill.invoice_checked else "the committed record verifies"
+    print(f"pacspace: {args.relationship} {args.period}: {what}", file=sys.stderr)
+    return bill.exit_code

@@ -192,9 +192,9 @@ async def _verify(
     if index >= checkpoint.size:
         raise Detection("inclusion_failed", f"{rid} seq {seq}: index {index} is beyond the checkpoint", evidence)
     proof = await client.inclusion(index, checkpoint.size)
+    path = [base64.b64decode(h) for h in proof["hashes"]]
     try:
-        verify_inclusion(index, checkpoint.size, leaf_hash(entry), [base64.b64decode(h) for h in proof["hashes"]],
-                         checkpoint.root_hash)
+        verify_inclusion(index, checkpoint.size, leaf_hash(entry), path, checkpoint.root_hash)
     except ProofError as exc:
         evidence["inclusion_proof"] = proof["hashes"]
         raise Detection(
@@ -218,7 +218,7 @@ async def _verify(
             check_usage_period(opened, record.body)
     except ChainError as exc:
         raise Detection("chain_broken", f"{rid}: {exc}", evidence) from None
-    copy = StoredCopy(rid, seq, index, tag, blob, record.encoded, record.signature, checkpoint.size)
+    copy = StoredCopy(rid, seq, index, tag, blob, record.encoded, record.signature, checkpoint.size, b"".join(path))
     return copy, record, new_head
 
 

@@ -27,6 +27,7 @@ _SCHEMA = (
         body BLOB NOT NULL,
         signature BLOB NOT NULL,
         checkpoint_size INTEGER NOT NULL,
+        proof BLOB NOT NULL,
         PRIMARY KEY (relationship, seq)
     )""",
     """CREATE TABLE IF NOT EXISTS relationships (
@@ -49,6 +50,7 @@ class StoredCopy:
     body: bytes
     signature: bytes
     checkpoint_size: int
+    proof: bytes  # the inclusion path at checkpoint_size, hashes concatenated
 
 
 class MonitorState:
@@ -83,11 +85,18 @@ class MonitorState:
 
     def copies(self, rid: str) -> list[StoredCopy]:
         rows = self._conn.execute(
-            "SELECT relationship, seq, idx, tag, blob, body, signature, checkpoint_size FROM records "
+            "SELECT relationship, seq, idx, tag, blob, body, signature, checkpoint_size, proof FROM records "
             "WHERE relationship = ? ORDER BY seq",
             (rid,),
         ).fetchall()
-        return [StoredCopy(r[0], r[1], r[2], bytes(r[3]), bytes(r[4]), bytes(r[5]), bytes(r[6]), r[7]) for r in rows]
+        return [
+            StoredCopy(r[0], r[1], r[2], bytes(r[3]), bytes(r[4]), bytes(r[5]), bytes(r[6]), r[7], bytes(r[8]))
+            for r in rows
+        ]
+
+    def checkpoint(self, size: int) -> bytes | None:
+        row = self._conn.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def save_poll(
         self,
@@ -101,6 +110,9 @@ class MonitorState:
             conn.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?)", (checkpoint[0], checkpoint[1], now))
             conn.executemany("INSERT OR IGNORE INTO relationships VALUES (?, ?, ?, ?, ?)", relationships)
             conn.executemany(
-                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(c.relationship, c.seq, c.index, c.tag, c.blob, c.body, c.signature, c.checkpoint_size) for c in copies],
+                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (c.relationship, c.seq, c.index, c.tag, c.blob, c.body, c.signature, c.checkpoint_size, c.proof)
+                    for c in copies
+                ],
             )
