@@ -98,6 +98,13 @@ def test_readme_flow(tmp_path, server):
     assert [x["matches"] for x in verdict["lines"]] == [True, False]
     unclosed = run("bill", "verify", "--relationship", rid, "--period", "2026-10", env=offline, ok=False)
     assert unclosed.returncode == 2 and "no close record" in unclosed.stderr
+    # A third party checks the period from the bundle alone.
+    bundle = tmp_path / "2026-11.evidence.json"
+    run("evidence", "export", "--relationship", rid, "--period", "2026-11", "--out", str(bundle), env=offline)
+    vkey_now = run("log-key", "--data", str(tmp_path / "pacspace-data"), env=base).stdout.strip()
+    checked = run("evidence", "verify", str(bundle), "--log-key", vkey_now, "--provider-key",
+                  run("keys", "show", env=provider).stdout.strip(), env={**os.environ})
+    assert checked.stdout.startswith("ok:") and "llm.output.visible_tokens" in checked.stdout and "300" in checked.stdout
     listed = json.loads(run("relationship", "list", "--json", env=customer).stdout)
     assert [r["relationship"] for r in listed] == [rid]
     vkey = run("log-key", "--data", str(tmp_path / "pacspace-data"), env=base).stdout.strip()

@@ -251,3 +251,59 @@ async def test_bill_verify_rechecks_the_stored_copy(world):
     conn.close()
     with pytest.raises(BillError):
         verify_bill(world.state, world.bob.log_key(), world.rid, "2026-11")
+
+
+async def test_evidence_bundle_discloses_one_period_and_verifies_offline(world, tmp_path):
+    from pacspace.client.evidence import EvidenceError, export_bundle, verify_bundle
+    from pacspace.client.records import close_maker
+
+    async with PacspaceClient(world.upstream, "tok-acme") as c:
+        await append_body(c, world.acme, world.view, close_maker(world.view, "2026-11"))
+        await append_body(c, world.acme, world.view, delta_maker("2026-12", WINDOW, [Line("llm.requests", "request", "7", {})]))
+    await monitor_once(world)
+    bundle = export_bundle(world.state, world.bob.log_key(), world.rid, "2026-11")
+    text = json.dumps(bundle)
+    # Only this period's record keys; never the secret, the tag key, or other periods' records.
+    assert [r["seq"] for r in bundle["records"]] == [1, 2, 3, 4]
+    assert base64.b64encode(world.view.keys.secret).decode() not in text
+    assert base64.b64encode(world.view.keys.tag_key).decode() not in text
+    result = verify_bundle(json.loads(text), world.bob.log_key())
+    assert [(t.meter, t.quantity) for t in result.totals] == [("llm.requests", "60")]
+    assert result.provider_fingerprint == world.acme.keys().public.fingerprint()
+    # Random single-byte changes anywhere in a record, a proof, a key or a checkpoint are caught.
+    import random
+
+    from pacspace.errors import PacspaceError
+
+    rng = random.Random(20261127)
+    fields = ["ciphertext", "tag", "record_key", "proof", "checkpoint"]
+    for _ in range(300):
+        tampered = json.loads(text)
+        record = rng.choice(tampered["records"])
+        field = rng.choice(fields)
+        if field == "checkpoint":
+            size = rng.choice(list(tampered["checkpoints"]))
+            note = tampered["checkpoints"][size]
+            at = rng.randrange(len(note))
+            tampered["checkpoints"][size] = note[:at] + chr(ord(note[at]) ^ rng.choice([1, 2, 4, 8, 16])) + note[at + 1:]
+        else:
+            if field == "proof":
+                if not record["proof"]:
+                    continue
+                k = rng.randrange(len(record["proof"]))
+                raw = bytearray(base64.b64decode(record["proof"][k]))
+            else:
+                raw = bytearray(base64.b64decode(record[field]))
+            raw[rng.randrange(len(raw))] ^= rng.randrange(1, 256)
+            encoded = base64.b64encode(bytes(raw)).decode()
+            if field == "proof":
+                record["proof"][k] = encoded
+            else:
+                record[field] = encoded
+        with pytest.raises(PacspaceError):
+            verify_bundle(tampered, world.bob.log_key())
+    # A record left out breaks the chain.
+    tampered = json.loads(text)
+    tampered["records"].pop(1)
+    with pytest.raises(EvidenceError):
+        verify_bundle(tampered, world.bob.log_key())

@@ -169,6 +169,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(p, server=False)
     p.set_defaults(run=cmd_bill_verify)
 
+    evidence = sub.add_parser("evidence", help="evidence bundles", description="Evidence for third parties.")
+    evidence_sub = evidence.add_subparsers(dest="evidence_command", metavar="COMMAND", required=True)
+    p = evidence_sub.add_parser(
+        "export",
+        help="write what a third party needs to check one period",
+        description="Write a bundle with the period's records, their ciphertexts, inclusion proofs, signed "
+        "checkpoints and the per-record keys of those records only: enough to check the period offline, "
+        "without the server and without the relationship secret.",
+    )
+    p.add_argument("--relationship", required=True)
+    p.add_argument("--period", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--log-key", metavar="VKEY")
+    _common(p, server=False)
+    p.set_defaults(run=cmd_evidence_export)
+    p = evidence_sub.add_parser(
+        "verify",
+        help="check an evidence bundle offline and print the totals",
+        description="Check a bundle against the log's verifier key: every checkpoint, every inclusion proof, every "
+        "record with its own key and the provider's signature, their continuity, and the close's totals.",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--log-key", required=True, metavar="VKEY")
+    p.add_argument("--provider-key", metavar="FINGERPRINT", help="refuse unless the provider's keys have this fingerprint")
+    p.set_defaults(run=cmd_evidence_verify)
+
     receipt = sub.add_parser("receipt", help="receipts", description="Work with receipts.")
     receipt_sub = receipt.add_subparsers(dest="receipt_command", metavar="COMMAND", required=True)
     p = receipt_sub.add_parser(
@@ -488,3 +514,44 @@ def cmd_bill_verify(args: argparse.Namespace) -> int:
     what = "the invoice " + verdict if bill.invoice_checked else "the committed record verifies"
     print(f"pacspace: {args.relationship} {args.period}: {what}", file=sys.stderr)
     return bill.exit_code
+
+
+def cmd_evidence_export(args: argparse.Namespace) -> int:
+    from ..client.bill import BillError
+    from ..client.evidence import dumps, export_bundle
+    from ..client.monitor_state import MonitorState
+
+    home = _home(args)
+    state = MonitorState(home.path)
+    try:
+        bundle = export_bundle(state, home.log_key(args.log_key), args.relationship, args.period)
+    except BillError as exc:
+        print(f"pacspace: record failed verification: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        state.close()
+    args.out.write_text(dumps(bundle))
+    print(f"pacspace: wrote {len(bundle['records'])} records of {args.period} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_evidence_verify(args: argparse.Namespace) -> int:
+    from ..client.evidence import verify_bundle
+
+    verifier = parse_vkey(args.log_key)
+    if not isinstance(verifier, Ed25519Verifier):
+        raise MalformedInput("--log-key must be an Ed25519 (type 0x01) vkey")
+    try:
+        bundle = json.loads(args.file.read_text())
+    except (OSError, ValueError) as exc:
+        raise MalformedInput(f"cannot read {args.file}: {exc}") from None
+    result = verify_bundle(bundle, verifier)
+    if args.provider_key and result.provider_fingerprint != args.provider_key.strip().lower():
+        raise MalformedInput(f"the bundle's provider key has fingerprint {result.provider_fingerprint}, not {args.provider_key}")
+    when = datetime.fromtimestamp(result.close_signed_time, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"ok: {result.relationship} {result.period}: {result.record_count} records, closed in a checkpoint signed {when}, "
+          f"provider key {result.provider_fingerprint}")
+    for line in result.totals:
+        dims = ",".join(f"{k}={v}" for k, v in sorted(line.dimensions.items()))
+        print(f"{line.meter:<34} {dims:<28} {line.quantity:>16} {line.unit}")
+    return 0

@@ -1,0 +1,131 @@
+"""Evidence bundles: what a third party needs to check one billing period, without the server and without the
+relationship secret.
+
+The bundle discloses only the period's records (from its first usage record to
+its close) with the per-record keys K_rec(seq) of those records alone, their
+ciphertexts, tags, log indexes, inclusion proofs and the signed checkpoints
+they were verified under, plus the provider's public key. Other periods, the
+tag key and the relationship secret stay private.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..checkpoint import open_checkpoint
+from ..errors import MalformedInput, PacspaceError
+from ..keys import PublicKeys
+from ..merkle import HASH_SIZE, leaf_hash, verify_inclusion
+from ..note import Ed25519Verifier
+from ..records.body import Close, Line, body_hash, decode_body
+from ..records.chain import ChainError, check_close
+from ..records.seal import Opened, RelationshipKeys, open_with_record_key
+from .bill import BillError, verify_bill
+from .monitor_state import MonitorState
+
+FORMAT = "pacspace.evidence/v1"
+
+
+class EvidenceError(PacspaceError):
+    code = "evidence_failed"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def export_bundle(state: MonitorState, log_key: Ed25519Verifier, rid: str, period: str) -> dict[str, Any]:
+    """Build the bundle from the monitor's copy (re-verified first, as bill verify does)."""
+    bill = verify_bill(state, log_key, rid, period)
+    known = state.relationship(rid)
+    if known is None:
+        raise BillError(f"the monitor does not know relationship {rid}")
+    keys = RelationshipKeys(known[3])
+    copies = {c.seq: c for c in state.copies(rid)}
+    genesis = decode_body(copies[0].body)
+    provider = genesis.provider  # type: ignore[union-attr]
+    seqs = range(bill.first_seq, bill.close_seq + 1)
+    checkpoints = sorted({copies[s].checkpoint_size for s in seqs})
+    return {
+        "format": FORMAT,
+        "relationship": rid,
+        "period": period,
+        "provider_ed25519": provider.ed25519,
+        "provider_x25519": provider.x25519,
+        "prev_of_first": body_hash(copies[bill.first_seq - 1].body) if bill.first_seq > 0 else None,
+        "checkpoints": {str(size): (state.checkpoint(size) or b"").decode() for size in checkpoints},
+        "records": [
+            {
+                "seq": s,
+                "index": copies[s].index,
+                "tag": _b64(copies[s].tag),
+                "ciphertext": _b64(copies[s].blob),
+                "record_key": _b64(keys.record_key(s)),
+                "checkpoint_size": copies[s].checkpoint_size,
+                "proof": [_b64(copies[s].proof[i : i + HASH_SIZE]) for i in range(0, len(copies[s].proof), HASH_SIZE)],
+            }
+            for s in seqs
+        ],
+    }
+
+
+@dataclass
+class VerifiedBundle:
+    relationship: str
+    period: str
+    provider_fingerprint: str
+    record_count: int
+    totals: tuple[Line, ...]
+    close_signed_time: int
+
+
+def verify_bundle(bundle: dict[str, Any], log_key: Ed25519Verifier) -> VerifiedBundle:
+    """Check a bundle offline: checkpoints, inclusion, each record with its own key, continuity, the close."""
+    try:
+        if bundle.get("format") != FORMAT:
+            raise EvidenceError(f"not a {FORMAT} bundle")
+        provider = Ed25519PublicKey.from_public_bytes(base64.b64decode(bundle["provider_ed25519"]))
+        checkpoints = {int(size): open_checkpoint(note.encode(), log_key) for size, note in bundle["checkpoints"].items()}
+        opened: list[Opened] = []
+        for item in bundle["records"]:
+            seq, index = int(item["seq"]), int(item["index"])
+            tag, blob = base64.b64decode(item["tag"]), base64.b64decode(item["ciphertext"])
+            checkpoint = checkpoints[int(item["checkpoint_size"])]
+            entry = b"\x01" + tag + hashlib.sha256(blob).digest()
+            verify_inclusion(index, checkpoint.size, leaf_hash(entry), [base64.b64decode(h) for h in item["proof"]],
+                             checkpoint.root_hash)
+            record = open_with_record_key(seq, tag, blob, base64.b64decode(item["record_key"]), provider)
+            if record.body.common.relationship != bundle["relationship"]:
+                raise EvidenceError(f"seq {seq} belongs to another relationship")
+            expected_prev = bundle["prev_of_first"] if not opened else body_hash(opened[-1].encoded)
+            if expected_prev is not None and record.body.common.prev != expected_prev:
+                raise EvidenceError(f"seq {seq} does not follow the record before it")
+            if opened and seq != opened[-1].seq + 1:
+                raise EvidenceError(f"seq {seq} follows seq {opened[-1].seq}: a gap")
+            opened.append(record)
+        close = opened[-1].body if opened else None
+        if not isinstance(close, Close) or close.period != bundle["period"]:
+            raise EvidenceError("the bundle does not end with the period's close record")
+        check_close(opened[:-1], close)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedInput(f"malformed evidence bundle: {exc}") from None
+    except ChainError as exc:
+        raise EvidenceError(str(exc)) from None
+    last = bundle["records"][-1]
+    fingerprint = PublicKeys(
+        base64.b64decode(bundle["provider_x25519"]), base64.b64decode(bundle["provider_ed25519"])
+    ).fingerprint()
+    return VerifiedBundle(
+        bundle["relationship"], bundle["period"], fingerprint, close.record_count, close.totals,
+        checkpoints[int(last["checkpoint_size"])].timestamp,
+    )
+
+
+def dumps(bundle: dict[str, Any]) -> str:
+    return json.dumps(bundle, indent=1, sort_keys=True)
