@@ -307,3 +307,59 @@ async def test_evidence_bundle_discloses_one_period_and_verifies_offline(world, 
     tampered["records"].pop(1)
     with pytest.raises(EvidenceError):
         verify_bundle(tampered, world.bob.log_key())
+
+
+async def test_a_fork_in_the_chain(world):
+    # The provider logs a record whose prev does not name the record before it.
+    head = world.view.head
+    body = Delta(Common(world.rid, head.next_seq, "ab" * 32, "fork", "2026-11-03T00:00:00Z"), "2026-11",
+                 WINDOW[0], WINDOW[1], (Line("llm.requests", "request", "1", {}),))
+    sealed = seal(body, world.view.keys, world.acme.keys().ed25519)
+    async with PacspaceClient(world.upstream, "tok-acme") as c:
+        await c.append(world.rid, sealed.seq, sealed.tag, sealed.blob)
+    found = await detected(world, "chain_broken")
+    assert "fork" in str(found)
+
+
+async def test_a_record_served_twice(world):
+    rewrite_records(world, lambda records: records[:3] + [dict(records[2])] + records[3:])
+    await detected(world, "chain_broken")
+
+
+async def test_random_byte_changes_in_the_stored_copy_are_caught(world):
+    """Any single byte changed in monitor.db's records, proofs or checkpoints fails bill verify."""
+    import random
+    import sqlite3
+
+    from pacspace.client.bill import BillError, verify_bill
+    from pacspace.client.records import close_maker
+
+    async with PacspaceClient(world.upstream, "tok-acme") as c:
+        await append_body(c, world.acme, world.view, close_maker(world.view, "2026-11"))
+    await monitor_once(world)
+    verify_bill(world.state, world.bob.log_key(), world.rid, "2026-11")
+    path = world.bob.path / "monitor.db"
+    world.state.close()  # the last connection's close folds the WAL into the file
+    pristine = path.read_bytes()
+    rng = random.Random(7)
+    columns = [("records", "blob"), ("records", "tag"), ("records", "body"), ("records", "signature"),
+               ("records", "proof"), ("checkpoints", "note")]
+    for _ in range(60):
+        table, column = rng.choice(columns)
+        conn = sqlite3.connect(path)
+        key = "seq" if table == "records" else "size"
+        rowid, value = rng.choice(conn.execute(f"SELECT {key}, {column} FROM {table}").fetchall())
+        raw = bytearray(value)
+        raw[rng.randrange(len(raw))] ^= rng.randrange(1, 256)
+        conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (bytes(raw), rowid))
+        conn.commit()
+        conn.close()
+        state = MonitorState(world.bob.path)
+        try:
+            with pytest.raises(BillError):
+                verify_bill(state, world.bob.log_key(), world.rid, "2026-11")
+        finally:
+            state.close()
+        for suffix in ("-wal", "-shm"):
+            (world.bob.path / ("monitor.db" + suffix)).unlink(missing_ok=True)
+        path.write_bytes(pristine)
