@@ -260,7 +260,7 @@ def _svg_chart(windows: list[tuple[str, str, str, str]]) -> str:
     width, height, pad = 760, 240, 40
     peak = max((v for s in series.values() for v in s.values()), default=Decimal(1)) or Decimal(1)
     palette = ["#0969da", "#bf3989", "#1a7f37", "#9a6700", "#8250df", "#cf222e"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 60}" role="img">',
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40 + 14 * len(series)}" role="img">',
              f'<line x1="{pad}" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/>']
     step = (width - pad) / max(1, len(starts) - 1)
     for i, (name, values) in enumerate(sorted(series.items())):
@@ -270,7 +270,7 @@ def _svg_chart(windows: list[tuple[str, str, str, str]]) -> str:
             points.append(f"{pad + j * step:.1f},{y:.1f}")
         color = palette[i % len(palette)]
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(points)}"/>')
-        parts.append(f'<text x="{pad}" y="{height + 20 + 14 * i}" fill="{color}" font-size="12">{html.escape(name)}</text>')
+        parts.append(f'<text x="{pad}" y="{height + 34 + 14 * i}" fill="{color}" font-size="12">{html.escape(name)}</text>')
     parts.append(f'<text x="0" y="14" font-size="11">{html.escape(str(peak))}</text>')
     parts.append(f'<text x="{pad}" y="{height + 14}" font-size="10">{html.escape(starts[0])}</text>')
     parts.append(f'<text x="{width - 130}" y="{height + 14}" font-size="10">{html.escape(starts[-1])}</text>')

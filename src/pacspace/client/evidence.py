@@ -23,6 +23,7 @@ from ..errors import MalformedInput, PacspaceError
 from ..keys import PublicKeys
 from ..merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from ..note import Ed25519Verifier
+from ..receipt import verify_receipt
 from ..records.body import Close, Line, body_hash, decode_body
 from ..records.chain import ChainError, check_close
 from ..records.seal import Opened, RelationshipKeys, open_with_record_key
@@ -60,6 +61,8 @@ def export_bundle(state: MonitorState, log_key: Ed25519Verifier, rid: str, perio
         "provider_x25519": provider.x25519,
         "prev_of_first": body_hash(copies[bill.first_seq - 1].body) if bill.first_seq > 0 else None,
         "checkpoints": {str(size): (state.checkpoint(size) or b"").decode() for size in checkpoints},
+        # What the invoice cites: the close's receipt, as the c2sp.org/tlog-proof text.
+        "close_receipt": bill.receipt,
         "records": [
             {
                 "seq": s,
@@ -113,6 +116,11 @@ def verify_bundle(bundle: dict[str, Any], log_key: Ed25519Verifier) -> VerifiedB
         if not isinstance(close, Close) or close.period != bundle["period"]:
             raise EvidenceError("the bundle does not end with the period's close record")
         check_close(opened[:-1], close)
+        last_item = bundle["records"][-1]
+        receipt = verify_receipt(bundle["close_receipt"], log_key)
+        close_entry = b"\x01" + base64.b64decode(last_item["tag"]) + hashlib.sha256(base64.b64decode(last_item["ciphertext"])).digest()
+        if receipt.entry != close_entry or receipt.index != int(last_item["index"]):
+            raise EvidenceError("the close receipt is not for the close record")
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedInput(f"malformed evidence bundle: {exc}") from None
     except ChainError as exc:
