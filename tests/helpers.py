@@ -32,3 +32,12 @@ def reference_tile(leaf_hashes: list[bytes], level: int, n: int, width: int) -> 
         start = (n * 256 + i) * span
         out.append(tree_hash(span, ListHashReader(leaf_hashes[start : start + span])))
     return b"".join(out)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (the test server binds it next)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from helpers import free_port
 
 from pacspace.checkpoint import open_checkpoint
 from pacspace.note import parse_vkey
@@ -27,12 +27,6 @@ def pacspace(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pacspace", *args], capture_output=True, text=True, cwd=cwd, timeout=120
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> bytes:

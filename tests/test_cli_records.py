@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from test_cli import free_port
+from helpers import free_port
 
 
 def run(*args, env, ok=True):

@@ -7,13 +7,13 @@ import asyncio
 import base64
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import aiohttp
+from helpers import free_port
 
 from pacspace.checkpoint import open_checkpoint
 from pacspace.client.home import Home
@@ -25,12 +25,6 @@ from pacspace.records.body import Delta, Line
 from pacspace.storage.records import RecordStore
 
 RELATIONSHIPS = 12
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(data, port) -> subprocess.Popen:

@@ -8,7 +8,6 @@ inclusion proof against the stored checkpoint signed by the pinned log key).
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import json
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from ..note import Ed25519Verifier
 from ..receipt import Receipt
 from ..records.body import Close, Delta, Genesis, canonical_decimal, decode_body, exact
 from ..records.chain import ChainError, check_records
-from ..records.seal import Opened
+from ..records.seal import Opened, public_entry
 from .monitor_state import MonitorState, StoredCopy
 
 EXIT_MATCH = 0
@@ -140,7 +139,7 @@ def verify_bill(state: MonitorState, log_key: Ed25519Verifier, rid: str, period:
 
 
 def _entry(copy: StoredCopy) -> bytes:
-    return b"\x01" + copy.tag + hashlib.sha256(copy.blob).digest()
+    return public_entry(copy.tag, copy.blob)
 
 
 def _check_inclusion(state: MonitorState, log_key: Ed25519Verifier, copy: StoredCopy, cache: dict[int, SignedCheckpoint]) -> None:

@@ -11,7 +11,6 @@ tag key and the relationship secret stay private.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from ..note import Ed25519Verifier
 from ..receipt import verify_receipt
 from ..records.body import Close, Line, body_hash, decode_body
 from ..records.chain import ChainError, check_close
-from ..records.seal import Opened, RelationshipKeys, open_with_record_key
+from ..records.seal import Opened, RelationshipKeys, open_with_record_key, public_entry
 from .bill import BillError, verify_bill
 from .monitor_state import MonitorState
 
@@ -100,7 +99,7 @@ def verify_bundle(bundle: dict[str, Any], log_key: Ed25519Verifier) -> VerifiedB
             seq, index = int(item["seq"]), int(item["index"])
             tag, blob = base64.b64decode(item["tag"]), base64.b64decode(item["ciphertext"])
             checkpoint = checkpoints[int(item["checkpoint_size"])]
-            entry = b"\x01" + tag + hashlib.sha256(blob).digest()
+            entry = public_entry(tag, blob)
             verify_inclusion(index, checkpoint.size, leaf_hash(entry), [base64.b64decode(h) for h in item["proof"]],
                              checkpoint.root_hash)
             record = open_with_record_key(seq, tag, blob, base64.b64decode(item["record_key"]), provider)
@@ -118,7 +117,7 @@ def verify_bundle(bundle: dict[str, Any], log_key: Ed25519Verifier) -> VerifiedB
         check_close(opened[:-1], close)
         last_item = bundle["records"][-1]
         receipt = verify_receipt(bundle["close_receipt"], log_key)
-        close_entry = b"\x01" + base64.b64decode(last_item["tag"]) + hashlib.sha256(base64.b64decode(last_item["ciphertext"])).digest()
+        close_entry = public_entry(base64.b64decode(last_item["tag"]), base64.b64decode(last_item["ciphertext"]))
         if receipt.entry != close_entry or receipt.index != int(last_item["index"]):
             raise EvidenceError("the close receipt is not for the close record")
     except (KeyError, TypeError, ValueError) as exc:

@@ -19,7 +19,6 @@ line for humans, and the evidence that proves it, saved under
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -33,7 +32,15 @@ from ..merkle import leaf_hash, verify_consistency, verify_inclusion
 from ..note import Ed25519Verifier
 from ..records.body import Close, Delta, Genesis, body_hash, decode_body
 from ..records.chain import ChainError, ChainHead, check_close, check_next, check_usage_period
-from ..records.seal import Opened, ProviderSignatureError, RelationshipKeys, SealError, TagMismatch, open_record
+from ..records.seal import (
+    Opened,
+    ProviderSignatureError,
+    RelationshipKeys,
+    SealError,
+    TagMismatch,
+    open_record,
+    public_entry,
+)
 from .home import Home
 from .http import PacspaceClient
 from .monitor_state import MonitorState, StoredCopy
@@ -186,7 +193,7 @@ async def _verify(
 ) -> tuple[StoredCopy, Opened, ChainHead]:
     seq, index = int(row["seq"]), int(row["index"])
     tag, blob = base64.b64decode(row["tag"]), base64.b64decode(row["ciphertext"])
-    entry = b"\x01" + tag + hashlib.sha256(blob).digest()
+    entry = public_entry(tag, blob)
     evidence = {"relationship": rid, "seq": seq, "index": index, "tag": row["tag"], "ciphertext": row["ciphertext"],
                 "checkpoint": checkpoint.format().decode()}
     if index >= checkpoint.size:

@@ -10,7 +10,6 @@ seq/prev chain (records.chain).
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from ..records.body import (
 )
 from ..records.body import PartyKeys as NamedKeys
 from ..records.chain import ChainError, ChainHead, check_close, check_next, check_usage_period
-from ..records.seal import Opened, RelationshipKeys, open_record, seal
+from ..records.seal import Opened, RelationshipKeys, open_record, public_entry, seal
 from .home import Home
 from .http import PacspaceClient
 
@@ -244,7 +243,7 @@ async def _verify_row(
 ) -> VerifiedRecord:
     seq, index = int(row["seq"]), int(row["index"])
     tag, blob = base64.b64decode(row["tag"]), base64.b64decode(row["ciphertext"])
-    entry = b"\x01" + tag + hashlib.sha256(blob).digest()
+    entry = public_entry(tag, blob)
     if index >= checkpoint.size:
         raise ChainError(f"seq {seq}: index {index} is beyond the verified checkpoint")
     proof = await client.inclusion(index, checkpoint.size)

@@ -110,7 +110,12 @@ def commitment_for(record_key: bytes) -> bytes:
 
 def public_entry(tag: bytes, blob: bytes) -> bytes:
     """The 65-byte leaf: 0x01 || tag || SHA-256(blob)."""
-    return bytes([ENTRY_VERSION]) + tag + hashlib.sha256(blob).digest()
+    return entry_from_ct_hash(tag, hashlib.sha256(blob).digest())
+
+
+def entry_from_ct_hash(tag: bytes, ct_hash: bytes) -> bytes:
+    """The 65-byte leaf when SHA-256(blob) is already known."""
+    return bytes([ENTRY_VERSION]) + tag + ct_hash
 
 
 def _bucket(size: int) -> int:

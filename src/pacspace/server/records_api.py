@@ -24,7 +24,7 @@ from ..keys import KeyUnusable, PublicKeys
 from ..merkle import inclusion_proof
 from ..receipt import Receipt
 from ..records.body import CADENCES
-from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET
+from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
 from ..storage.records import InFlight, Party, RecordStore, Relationship
 from .context import SERVICE, LogService
 
@@ -215,7 +215,7 @@ class _Submission:
 
     @property
     def entry(self) -> bytes:
-        return b"\x01" + self.tag + self.ct_hash
+        return entry_from_ct_hash(self.tag, self.ct_hash)
 
 
 def _submission(obj: Any) -> _Submission:

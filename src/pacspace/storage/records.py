@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from ..errors import PacspaceError
+from ..records.seal import entry_from_ct_hash
 from .transaction import write_transaction
 
 RECORDS_NAME = "records.db"
@@ -167,7 +168,7 @@ class StoredRecord:
 
     @property
     def entry(self) -> bytes:
-        return b"\x01" + self.tag + self.ct_hash
+        return entry_from_ct_hash(self.tag, self.ct_hash)
 
 
 _PARTY = "name, role, created_at, revoked_at, x25519, ed25519"
@@ -341,7 +342,7 @@ class RecordStore:
             ).fetchall()
             settled = 0
             for seq, tag, ct_hash in rows:
-                index = find_leaf(leaf_hash(b"\x01" + bytes(tag) + bytes(ct_hash)))
+                index = find_leaf(leaf_hash(entry_from_ct_hash(bytes(tag), bytes(ct_hash))))
                 if index is not None:
                     conn.execute(
                         "UPDATE records SET idx = ?, checkpoint_size = ? WHERE relationship = ? AND seq = ?",
