@@ -1,0 +1,158 @@
+"""The witness (C2SP tlog-witness): every answer the spec defines, against real signed checkpoints."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import free_port
+
+from pacspace.checkpoint import Checkpoint, sign_checkpoint
+from pacspace.merkle import ListHashReader, consistency_proof, leaf_hash, tree_hash
+from pacspace.note import NoteSigner, parse_note
+from pacspace.server.witness_app import create_witness_app
+from pacspace.witness import Latest, WitnessRefusal, decide, parse_add_checkpoint, parse_log_policy
+
+ORIGIN = "example.com/witnessed-log"
+LOG = NoteSigner(ORIGIN, Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+WITNESS = NoteSigner("witness.example/w1", Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))))
+LEAVES = [leaf_hash(b"entry %d" % i) for i in range(300)]
+TREE = ListHashReader(LEAVES)
+FORK = ListHashReader([leaf_hash(b"other %d" % i) for i in range(300)])
+
+
+def note(size: int, tree=TREE, signer=LOG) -> bytes:
+    return sign_checkpoint(Checkpoint(ORIGIN, size, tree_hash(size, tree)), signer, 1_800_000_000).format()
+
+
+def body(old: int, size: int, tree=TREE, proof=None, signer=LOG) -> bytes:
+    hashes = consistency_proof(old, size, tree) if proof is None else proof
+    lines = [f"old {old}"] + [base64.b64encode(h).decode() for h in hashes]
+    return ("\n".join(lines) + "\n\n").encode() + note(size, tree, signer)
+
+
+def latest(size: int, tree=TREE) -> Latest:
+    return Latest(size, tree_hash(size, tree), note(size, tree))
+
+
+LOGS = {ORIGIN: LOG.verifier}
+
+
+def refusal(raw: bytes, held: Latest | None) -> WitnessRefusal:
+    with pytest.raises(WitnessRefusal) as info:
+        decide(parse_add_checkpoint(raw), LOGS, held)
+    return info.value
+
+
+def test_decisions_follow_the_spec():
+    decide(parse_add_checkpoint(body(0, 10)), LOGS, None)
+    decide(parse_add_checkpoint(body(10, 257)), LOGS, latest(10))
+    decide(parse_add_checkpoint(body(10, 10)), LOGS, latest(10))  # same checkpoint again: cosign afresh
+    other = NoteSigner("example.com/another", Ed25519PrivateKey.generate())
+    raw = b"old 0\n\n" + sign_checkpoint(Checkpoint("example.com/another", 1, tree_hash(1, TREE)), other, 1).format()
+    assert refusal(raw, None).http_status == 404
+    impostor = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+    assert refusal(body(0, 10, signer=impostor), None).http_status == 403
+    assert refusal(b"old 20\n\n" + note(10), latest(20)).http_status == 400
+    stale = refusal(body(5, 20), latest(10))
+    assert stale.http_status == 409 and stale.size == 10
+    rollback = refusal(body(0, 5), latest(10))
+    assert rollback.http_status == 409 and rollback.size == 10
+    fork_same_size = refusal(b"old 10\n\n" + note(10, FORK), latest(10))
+    assert fork_same_size.http_status == 409
+    fork_bigger = refusal(body(10, 20, tree=FORK), latest(10))
+    assert fork_bigger.http_status == 422
+    bad_proof = consistency_proof(10, 20, TREE)
+    bad_proof[0] = bytes(32)
+    assert refusal(body(10, 20, proof=bad_proof), latest(10)).http_status == 422
+    assert refusal(body(0, 20, proof=[bytes(32)]), None).http_status == 422
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"old 01\n\n" + b"x", b"new 1\n\n", b"old 1\n!!!\n\n", b"old 1\nAAAA\n\n", b"old 1\n" + b"AAAA\n" * 64 + b"\n"],
+)
+def test_malformed_requests(raw):
+    from pacspace.errors import PacspaceError
+
+    with pytest.raises(PacspaceError):
+        parse_add_checkpoint(raw + note(1))
+
+
+def test_policy_lines():
+    text = f"# witnesses\nlog {LOG.verifier.vkey()} https://log.example\nwitness w1 {WITNESS.cosignature_verifier.vkey()}\nquorum none\n"
+    assert parse_log_policy(text) == {ORIGIN: LOG.verifier}
+    from pacspace.errors import MalformedInput
+
+    with pytest.raises(MalformedInput):
+        parse_log_policy("frobnicate x\n")
+    with pytest.raises(MalformedInput):
+        parse_log_policy("")
+
+
+async def test_http_add_checkpoint(aiohttp_client, tmp_path):
+    client = await aiohttp_client(create_witness_app(tmp_path, WITNESS, LOGS))
+    resp = await client.post("/add-checkpoint", data=body(0, 10))
+    assert resp.status == 200
+    line = (await resp.read()).decode()
+    assert line.startswith("\u2014 witness.example/w1 ") and line.endswith("\n")
+    cosigned = parse_note(note(10) + line.encode())
+    sig = cosigned.signatures[-1]
+    assert WITNESS.cosignature_verifier.timestamp(cosigned.text, sig.signature) is not None
+    resp = await client.post("/add-checkpoint", data=body(0, 20))
+    assert resp.status == 409
+    assert resp.headers["Content-Type"] == "text/x.tlog.size"
+    assert await resp.read() == b"10\n"
+    assert (await client.post("/add-checkpoint", data=body(10, 20))).status == 200
+    assert (await client.post("/add-checkpoint", data=body(20, 30, tree=FORK))).status == 422
+    assert (await client.post("/add-checkpoint", data=b"garbage")).status == 400
+    latest_note = await (await client.get("/checkpoint", params={"origin": ORIGIN})).read()
+    assert latest_note.startswith(note(20)[: note(20).index(b"\n\n")])
+    assert (await client.get("/checkpoint", params={"origin": "nope"})).status == 404
+
+
+def test_state_survives_sigkill_after_a_reply(tmp_path):
+    data = tmp_path / "w"
+    subprocess.run([sys.executable, "-m", "pacspace", "witness", "init", "--data", str(data), "--name", "witness.example/w1"],
+                   check=True, capture_output=True)
+    policy = tmp_path / "policy"
+    policy.write_text(f"log {LOG.verifier.vkey()}\n")
+    port = free_port()
+
+    def start():
+        proc = subprocess.Popen([sys.executable, "-m", "pacspace", "witness", "serve", "--data", str(data), "--policy",
+                                 str(policy), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/checkpoint?origin=x", timeout=1)
+            except urllib.error.HTTPError:
+                return proc
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("witness did not start")
+
+    def post(raw):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/add-checkpoint", data=raw), timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    proc = start()
+    assert post(body(0, 42))[0] == 200
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc = start()
+    try:
+        assert post(body(0, 50)) == (409, b"42\n")
+        assert post(body(42, 50))[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
