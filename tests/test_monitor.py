@@ -115,6 +115,9 @@ def rewrite_records(w, change):
 async def test_honest_server_then_incremental_polls(world):
     report = await monitor_once(world)
     assert report.new_records == 4 and report.relationships == 1
+    # The copy holds relationship secrets: private to this party, WAL files included.
+    for name in ("monitor.db", "monitor.db-wal"):
+        assert (world.bob.path / name).stat().st_mode & 0o777 == 0o600
     assert len(world.state.copies(world.rid)) == 4
     async with PacspaceClient(world.upstream, "tok-acme") as c:
         await append_body(c, world.acme, world.view, delta_maker("2026-11", WINDOW, [Line("llm.requests", "request", "5", {})]))
