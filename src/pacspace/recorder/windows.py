@@ -1,0 +1,47 @@
+"""Cadence windows, aligned to UTC. Pure.
+
+``daily`` windows start at 00:00 UTC, ``hourly`` on the hour, ``<N>m`` every N
+minutes from midnight (N must divide a day, so no window crosses a day or a
+month: every window belongs to exactly one billing period).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from ..errors import MalformedInput
+
+_MINUTES = re.compile(r"([1-9][0-9]{0,3})m")
+DAY = 24 * 60
+_FMT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True)
+class Cadence:
+    minutes: int
+
+    @classmethod
+    def parse(cls, text: str) -> Cadence:
+        if text == "daily":
+            return cls(DAY)
+        if text == "hourly":
+            return cls(60)
+        match = _MINUTES.fullmatch(text)
+        if match is None or DAY % int(match.group(1)):
+            raise MalformedInput(f"cadence {text!r}: use daily, hourly, or <N>m with N dividing 1440")
+        return cls(int(match.group(1)))
+
+    def window(self, time: str) -> tuple[str, str]:
+        """The [start, end) window holding ``time`` (RFC 3339 UTC)."""
+        when = datetime.strptime(time, _FMT).replace(tzinfo=timezone.utc)
+        midnight = when.replace(hour=0, minute=0, second=0)
+        offset = (when - midnight) // timedelta(minutes=self.minutes)
+        start = midnight + offset * timedelta(minutes=self.minutes)
+        return start.strftime(_FMT), (start + timedelta(minutes=self.minutes)).strftime(_FMT)
+
+
+def period_of(window_start: str) -> str:
+    """The billing period (month) a window belongs to."""
+    return window_start[:7]

@@ -1,0 +1,129 @@
+"""The recorder's pure core: importers to disjoint meters, cadence windows, exact aggregation, events_root."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pacspace.merkle import leaf_hash, verify_inclusion
+from pacspace.recorder.aggregate import Aggregator, events_root, prove_event
+from pacspace.recorder.events import (
+    InvalidEvent,
+    MeterMapping,
+    anthropic_usage,
+    cloudevent,
+    openai_usage,
+    read_jsonl,
+    read_stripe_csv,
+    stripe_event,
+    utc_time,
+)
+from pacspace.recorder.windows import Cadence, period_of
+
+
+def axes(events):
+    out = {}
+    for e in events:
+        key = e.meter + ("/" + e.dimensions["ttl"] if "ttl" in e.dimensions else "")
+        out[key] = int(e.quantity)
+    return out
+
+
+def test_openai_chat_usage_maps_to_disjoint_axes_that_sum_to_its_totals():
+    response = {
+        "id": "chatcmpl-1", "model": "gpt-x-2026-01-01", "created": 1793577600,
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 300,
+                  "prompt_tokens_details": {"cached_tokens": 800},
+                  "completion_tokens_details": {"reasoning_tokens": 100, "rejected_prediction_tokens": 20}},
+    }
+    got = axes(openai_usage(response, "cust-1"))
+    assert got == {"llm.input.uncached_tokens": 200, "llm.input.cache_read_tokens": 800, "llm.output.visible_tokens": 180,
+                   "llm.output.reasoning_tokens": 100, "llm.output.rejected_prediction_tokens": 20, "llm.requests": 1}
+    # No token counted twice: the input axes sum to prompt_tokens, the output axes to completion_tokens.
+    assert got["llm.input.uncached_tokens"] + got["llm.input.cache_read_tokens"] == 1000
+    assert got["llm.output.visible_tokens"] + got["llm.output.reasoning_tokens"] + got["llm.output.rejected_prediction_tokens"] == 300
+
+
+def test_openai_responses_api_and_inconsistent_details():
+    got = axes(openai_usage({"id": "resp_1", "model": "m", "created_at": "2026-11-02T10:00:00Z", "usage": {
+        "input_tokens": 50, "output_tokens": 40, "input_tokens_details": {"cached_tokens": 10},
+        "output_tokens_details": {"reasoning_tokens": 15}}}, "c"))
+    assert got == {"llm.input.uncached_tokens": 40, "llm.input.cache_read_tokens": 10, "llm.output.visible_tokens": 25,
+                   "llm.output.reasoning_tokens": 15, "llm.requests": 1}
+    with pytest.raises(InvalidEvent, match="exceed"):
+        openai_usage({"id": "x", "model": "m", "created": 1, "usage": {"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}}, "c")
+
+
+def test_anthropic_usage_is_already_disjoint():
+    response = {"id": "msg_1", "model": "claude-x", "created_at": "2026-11-02T10:00:00Z", "usage": {
+        "input_tokens": 200, "cache_read_input_tokens": 800, "cache_creation_input_tokens": 100,
+        "cache_creation": {"ephemeral_5m_input_tokens": 60, "ephemeral_1h_input_tokens": 40},
+        "output_tokens": 300, "server_tool_use": {"web_search_requests": 2}}}
+    got = axes(anthropic_usage(response, "cust-1"))
+    assert got == {"llm.input.uncached_tokens": 200, "llm.input.cache_read_tokens": 800,
+                   "llm.input.cache_write_tokens/5m": 60, "llm.input.cache_write_tokens/1h": 40,
+                   "llm.output.visible_tokens": 300, "llm.server_tool.web_search": 2, "llm.requests": 1}
+    bad = dict(response, usage={**response["usage"], "cache_creation": {"ephemeral_5m_input_tokens": 1}})
+    with pytest.raises(InvalidEvent, match="add up"):
+        anthropic_usage(bad, "c")
+
+
+def test_cloudevents_and_stripe_events():
+    meters = {"prompt": MeterMapping("llm.input.uncached_tokens", "token", "tokens", ("model",))}
+    e = cloudevent({"specversion": "1.0", "type": "prompt", "id": "00001", "time": "2026-11-02T10:15:00.123Z",
+                    "source": "service-0", "subject": "customer-1", "data": {"tokens": 123456, "model": "gpt4"}}, meters)
+    assert (e.customer, e.meter, e.quantity, e.dimensions, e.time) == ("customer-1", "llm.input.uncached_tokens", "123456",
+                                                                       {"model": "gpt4"}, "2026-11-02T10:15:00Z")
+    assert e.dedup_key == ("service-0", "00001", "llm.input.uncached_tokens")
+    for broken in ({"specversion": "0.3"}, {"specversion": "1.0", "id": "1", "source": "s", "type": "nope", "subject": "c"}):
+        with pytest.raises(InvalidEvent):
+            cloudevent(broken, meters)
+    rows = list(read_stripe_csv("identifier,timestamp,event_name,payload[stripe_customer_id],payload[value]\n"
+                                "evt-1,1793577600,api_requests,cus_9,12.5\n"))
+    s = stripe_event(rows[0][1], {})
+    assert (s.source, s.event_id, s.customer, s.meter, s.quantity) == ("stripe", "evt-1", "cus_9", "api_requests", "12.5")
+    with pytest.raises(InvalidEvent):
+        stripe_event({"identifier": "x", "event_name": "a", "payload": {"stripe_customer_id": "c", "value": "abc"}, "timestamp": 1}, {})
+    lines = list(read_jsonl('{"a": 1}\nnot json\n[1]\n'))
+    assert isinstance(lines[0][1], dict) and all(isinstance(x[1], InvalidEvent) for x in lines[1:])
+
+
+@pytest.mark.parametrize("value", ["2026-11-02 10:00", "yesterday", None, "2026-11-02T10:00:00"])
+def test_times_need_a_zone(value):
+    with pytest.raises(InvalidEvent):
+        utc_time(value)
+
+
+def test_cadence_windows_align_to_utc():
+    assert Cadence.parse("hourly").window("2026-11-02T03:59:59Z") == ("2026-11-02T03:00:00Z", "2026-11-02T04:00:00Z")
+    assert Cadence.parse("daily").window("2026-11-30T23:59:59Z") == ("2026-11-30T00:00:00Z", "2026-12-01T00:00:00Z")
+    assert Cadence.parse("15m").window("2026-11-02T10:44:00Z") == ("2026-11-02T10:30:00Z", "2026-11-02T10:45:00Z")
+    assert period_of(Cadence.parse("daily").window("2026-11-30T23:59:59Z")[0]) == "2026-11"
+    for bad in ("7m", "0m", "weekly", "1441m"):
+        with pytest.raises(Exception):
+            Cadence.parse(bad)
+
+
+def test_aggregation_is_exact_deduplicated_and_order_free():
+    meters = {"use": MeterMapping("compute.gpu_seconds", "second", "v", ("gpu",))}
+
+    def ev(i, v, subject="alice"):
+        return cloudevent({"specversion": "1.0", "type": "use", "id": f"e{i}", "source": "s", "subject": subject,
+                           "time": f"2026-11-02T10:{i % 60:02d}:00Z", "data": {"v": v, "gpu": "h100"}}, meters)
+
+    events = [ev(i, "0.1") for i in range(30)] + [ev(100, "0.2", "bob")]
+    agg = Aggregator({"alice": "acme:a", "bob": "acme:b"}, {"acme:a": Cadence.parse("hourly"), "acme:b": Cadence.parse("daily")})
+    assert [agg.add(e) for e in events].count("counted") == 31
+    assert agg.add(ev(3, "0.1")) == "duplicate"
+    with pytest.raises(KeyError):
+        agg.add(ev(200, "1", "mallory"))
+    alice = agg.windows[("acme:a", "2026-11-02T10:00:00Z")]
+    (line,) = alice.lines()
+    assert (line.quantity, line.event_count, line.dimensions) == ("3", 30, {"gpu": "h100"})  # exactly 3, not 2.9999999
+    shuffled = list(alice.digests)
+    random.Random(1).shuffle(shuffled)
+    assert events_root(shuffled) == alice.events_root()
+    index, size, path = prove_event(alice.digests, events[7].digest())
+    verify_inclusion(index, size, leaf_hash(events[7].digest()), path, alice.events_root())
+    assert agg.windows[("acme:b", "2026-11-02T00:00:00Z")].lines()[0].quantity == "0.2"
