@@ -127,3 +127,74 @@ def test_aggregation_is_exact_deduplicated_and_order_free():
     index, size, path = prove_event(alice.digests, events[7].digest())
     verify_inclusion(index, size, leaf_hash(events[7].digest()), path, alice.events_root())
     assert agg.windows[("acme:b", "2026-11-02T00:00:00Z")].lines()[0].quantity == "0.2"
+
+
+async def test_flush_resumes_without_committing_twice(aiohttp_client, tmp_path):
+    """A flush that dies before sending, or after sending but before recording, is finished once on the next run."""
+    from helpers import new_log
+
+    from pacspace.client.home import Home
+    from pacspace.client.http import PacspaceClient
+    from pacspace.client.records import create_relationship, load_relationship
+    from pacspace.config import ServerConfig
+    from pacspace.recorder.config import parse_config
+    from pacspace.recorder.flush import flush
+    from pacspace.recorder.spool import Spool
+    from pacspace.sequencer import SequencerConfig
+    from pacspace.server.app import create_app
+    from pacspace.storage.records import RecordStore
+
+    new_log(tmp_path / "log")
+    store = RecordStore(tmp_path / "log")
+    store.add_party("acme", "provider", "tok-acme", 1)
+    store.add_party("bob", "customer", "tok-bob", 1)
+    store.close()
+    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
+    url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
+    acme, bob = Home(tmp_path / "acme"), Home(tmp_path / "bob")
+    for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
+        async with PacspaceClient(url, token) as c:
+            keys = home.create_keys()
+            await c.register_keys(keys.public.x25519, keys.public.ed25519)
+            home.pin_log_key((await c.log_info())["vkey"])
+    async with PacspaceClient(url, "tok-acme") as c:
+        rid = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly"))["relationship"]
+    config = parse_config({"recorder": {"data": "spool"}, "customers": [{"ref": "c1", "relationship": rid, "cadence": "hourly"}],
+                           "meters": {"use": {"meter": "m", "unit": "u", "value": "v"}}}, tmp_path)
+    meters = config.meters
+    spool = Spool(config.data)
+
+    def events(hour):
+        return [(cloudevent({"specversion": "1.0", "type": "use", "id": f"{hour}-{i}", "source": "s", "subject": "c1",
+                             "time": f"2026-11-02T{hour:02d}:0{i}:00Z", "data": {"v": i + 1}}, meters),
+                 rid, config.cadence_of[rid].window(f"2026-11-02T{hour:02d}:0{i}:00Z")) for i in range(3)]
+
+    spool.accept(events(10))
+
+    class DiesBeforeSending(PacspaceClient):
+        async def append_batch(self, records):
+            raise ConnectionError("killed before sending")
+
+    async with DiesBeforeSending(url, "tok-acme") as c:
+        with pytest.raises(ConnectionError):
+            await flush(c, acme, spool, config, "2026-11-02T12:00:00Z")
+    assert spool.sealed(rid, "2026-11-02T10:00:00Z").index is None
+
+    class DiesAfterSending(PacspaceClient):
+        async def append_batch(self, records):
+            await super().append_batch(records)
+            raise ConnectionError("killed before recording the answer")
+
+    async with DiesAfterSending(url, "tok-acme") as c:
+        with pytest.raises(ConnectionError):
+            await flush(c, acme, spool, config, "2026-11-02T12:00:00Z")
+    async with PacspaceClient(url, "tok-acme") as c:
+        report = await flush(c, acme, spool, config, "2026-11-02T12:00:00Z")
+        assert (report.committed, report.already_committed, report.errors) == (0, 1, [])
+        spool.accept(events(11))
+        assert (await flush(c, acme, spool, config, "2026-11-02T13:00:00Z")).committed == 1
+        view = await load_relationship(c, acme, rid, acme.log_key())
+    windows = [r.body.window_start for r in view.records[1:]]
+    assert windows == ["2026-11-02T10:00:00Z", "2026-11-02T11:00:00Z"]  # each window committed exactly once
+    assert [r.body.lines[0].quantity for r in view.records[1:]] == ["6", "6"]
+    spool.close()

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import PacspaceError
-from . import admin_commands, client_commands, log_commands, witness_commands
+from . import admin_commands, client_commands, log_commands, recorder_commands, witness_commands
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_commands.register(sub)
     client_commands.register(sub)
     witness_commands.register(sub)
+    recorder_commands.register(sub)
     return parser
 
 

@@ -1,0 +1,135 @@
+"""``pacspace recorder import|flush|status``: the provider's usage events in, committed deltas out."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..client.home import Home, default_home
+from ..client.http import PacspaceClient
+from ..errors import MalformedInput
+from ..recorder.config import RecorderConfig, load_config
+from ..recorder.events import (
+    InvalidEvent,
+    UsageEvent,
+    anthropic_usage,
+    cloudevent,
+    openai_usage,
+    read_jsonl,
+    read_stripe_csv,
+    stripe_event,
+)
+from ..recorder.flush import flush
+from ..recorder.spool import Spool
+
+FORMATS = ("cloudevents", "stripe", "openai", "anthropic")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    rec = sub.add_parser("recorder", help="(provider) usage events in, committed deltas out",
+                         description="Turn usage events into one committed delta per customer per cadence window.")
+    rsub = rec.add_subparsers(dest="recorder_command", metavar="COMMAND", required=True)
+    p = rsub.add_parser("import", help="spool events from a file",
+                        description="Read events (CloudEvents JSONL, Stripe meter-event CSV or JSONL, OpenAI or Anthropic "
+                        "usage objects as JSONL) and spool them durably, deduplicated on their source ids. LLM usage "
+                        "is mapped to disjoint meters so no token is counted twice.")
+    p.add_argument("file", type=Path)
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--customer", help="the customer ref for usage objects that do not carry a 'customer' field")
+    p.set_defaults(run=cmd_import)
+    p = rsub.add_parser("flush", help="commit every window due by a time",
+                        description="Commit one delta per relationship per window that ended (plus the grace) by --until "
+                        "(default now), in one batch. Resumable: a flush that died is finished, never repeated.")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--until", help="RFC 3339 UTC time (default: now)")
+    p.add_argument("--url")
+    p.add_argument("--token")
+    p.add_argument("--home", type=Path)
+    p.set_defaults(run=cmd_flush)
+    p = rsub.add_parser("status", help="spooled events and deltas", description="Counts from the spool.")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(run=cmd_status)
+
+
+def _parse(obj: dict[str, Any], fmt: str, config: RecorderConfig, customer: str | None) -> list[UsageEvent]:
+    if fmt == "cloudevents":
+        return [cloudevent(obj, config.meters)]
+    if fmt == "stripe":
+        return [stripe_event(obj, config.meters)]
+    ref = obj.get("customer", customer)
+    if not isinstance(ref, str):
+        raise InvalidEvent("no customer: add a 'customer' field or pass --customer")
+    return openai_usage(obj, ref) if fmt == "openai" else anthropic_usage(obj, ref)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    try:
+        text = args.file.read_text()
+    except OSError as exc:
+        raise MalformedInput(f"cannot read {args.file}: {exc.strerror}") from None
+    rows = read_stripe_csv(text) if args.format == "stripe" and not text.lstrip().startswith("{") else read_jsonl(text)
+    batch: list[tuple[UsageEvent, str, tuple[str, str]]] = []
+    rejected: list[str] = []
+    for number, obj in rows:
+        try:
+            if isinstance(obj, InvalidEvent):
+                raise obj
+            for event in _parse(obj, args.format, config, args.customer):
+                rid = config.relationship_of.get(event.customer)
+                if rid is None:
+                    raise InvalidEvent(f"customer {event.customer!r} is not in the config")
+                batch.append((event, rid, config.cadence_of[rid].window(event.time)))
+        except InvalidEvent as exc:
+            rejected.append(f"line {number}: {exc}")
+    spool = Spool(config.data)
+    try:
+        accepted, duplicates, refused = spool.accept(batch)
+    finally:
+        spool.close()
+    for reason in (rejected + refused)[:20]:
+        print(f"pacspace: rejected {reason}", file=sys.stderr)
+    print(json.dumps({"accepted": accepted, "duplicates": duplicates, "rejected": len(rejected) + len(refused)}))
+    return 0 if not rejected and not refused else 1
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    until = args.until or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    url = args.url or os.environ.get("PACSPACE_URL") or "http://127.0.0.1:8080"
+    token = args.token or os.environ.get("PACSPACE_TOKEN")
+    if not token:
+        raise MalformedInput("no token: set PACSPACE_TOKEN or pass --token")
+    home = Home(args.home or default_home())
+
+    async def main() -> int:
+        spool = Spool(config.data)
+        try:
+            async with PacspaceClient(url, token) as client:
+                report = await flush(client, home, spool, config, until)
+        finally:
+            spool.close()
+        for error in report.errors:
+            print(f"pacspace: {error}", file=sys.stderr)
+        print(json.dumps({"committed": report.committed, "already_committed": report.already_committed,
+                          "errors": len(report.errors)}))
+        return 1 if report.errors else 0
+
+    return asyncio.run(main())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    spool = Spool(config.data)
+    try:
+        print(json.dumps(spool.status()))
+    finally:
+        spool.close()
+    return 0

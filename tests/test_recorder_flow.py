@@ -1,0 +1,74 @@
+"""The recorder end to end: CloudEvents in, hourly deltas committed, the customer's bill agrees with the events."""
+
+from __future__ import annotations
+
+import json
+import os
+from decimal import Decimal
+
+from test_cli_records import run, server  # noqa: F401  (the real-server fixture)
+
+
+def test_events_to_committed_deltas_to_a_verified_bill(tmp_path, server):  # noqa: F811
+    base = {**os.environ, "PACSPACE_URL": server}
+    data = str(tmp_path / "pacspace-data")
+    ptoken = run("admin", "party", "add", "acme", "--role", "provider", "--data", data, env=base).stdout.strip()
+    ctoken = run("admin", "party", "add", "bob", "--role", "customer", "--data", data, env=base).stdout.strip()
+    provider = {**base, "PACSPACE_TOKEN": ptoken, "PACSPACE_HOME": str(tmp_path / "acme")}
+    customer = {**base, "PACSPACE_TOKEN": ctoken, "PACSPACE_HOME": str(tmp_path / "bob")}
+    run("keys", "init", env=provider)
+    run("keys", "init", env=customer)
+    rid = run("relationship", "create", "--customer", "bob", "--cadence", "hourly", env=provider).stdout.strip()
+    config = tmp_path / "recorder.toml"
+    config.write_text(f'''
+[recorder]
+data = "spool"
+grace_minutes = 5
+
+[[customers]]
+ref = "customer-1"
+relationship = "{rid}"
+cadence = "hourly"
+
+[meters.prompt]
+meter = "llm.input.uncached_tokens"
+unit = "token"
+value = "tokens"
+dimensions = ["model"]
+''')
+    events, total = [], Decimal(0)
+    for i in range(36):
+        tokens = 100 + i
+        total += tokens
+        events.append({"specversion": "1.0", "type": "prompt", "id": f"e{i}", "source": "gw",
+                       "time": f"2026-11-02T{10 + i // 12:02d}:{(i % 12) * 5:02d}:00Z", "subject": "customer-1",
+                       "data": {"tokens": tokens, "model": "m-1"}})
+    lines = [json.dumps(e) for e in events] + [json.dumps(events[3]), "not json"]
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    imported = run("recorder", "import", str(tmp_path / "events.jsonl"), "--format", "cloudevents", "--config", str(config),
+                   env=provider, ok=False)
+    assert imported.returncode == 1  # one line was not JSON
+    assert json.loads(imported.stdout) == {"accepted": 36, "duplicates": 1, "rejected": 1}
+    again = run("recorder", "import", str(tmp_path / "events.jsonl"), "--format", "cloudevents", "--config", str(config),
+                env=provider, ok=False)
+    assert json.loads(again.stdout)["accepted"] == 0
+    # Windows 10:00, 11:00, 12:00 end at 13:00 at the latest; with the 5-minute grace, 13:04 is too early for 12:00.
+    first = json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-02T13:04:00Z", env=provider).stdout)
+    assert first == {"committed": 2, "already_committed": 0, "errors": 0}
+    second = json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-02T23:00:00Z", env=provider).stdout)
+    assert second["committed"] == 1
+    assert json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-02T23:00:00Z", env=provider).stdout)["committed"] == 0
+    assert json.loads(run("recorder", "status", "--config", str(config), env=provider).stdout)["deltas_committed"] == 3
+    # The customer sees three hourly deltas whose quantities sum to the events', to the last unit.
+    run("close", "--relationship", rid, "--period", "2026-11", env=provider)
+    run("monitor", "--once", env=customer)
+    rows = json.loads(run("records", "--relationship", rid, "--period", "2026-11", "--json", "--offline", env=customer).stdout)["rows"]
+    deltas = [r for r in rows if r["kind"] == "delta"]
+    assert [r["window_start"] for r in deltas] == ["2026-11-02T10:00:00Z", "2026-11-02T11:00:00Z", "2026-11-02T12:00:00Z"]
+    assert sum(Decimal(r["quantity"]) for r in deltas) == total
+    invoice = {"relationship": rid, "period": "2026-11",
+               "lines": [{"meter": "llm.input.uncached_tokens", "dimensions": {"model": "m-1"}, "quantity": str(total)}]}
+    (tmp_path / "invoice.json").write_text(json.dumps(invoice))
+    verdict = run("bill", "verify", "--relationship", rid, "--period", "2026-11", "--invoice", str(tmp_path / "invoice.json"),
+                  env=customer)
+    assert "matches" in verdict.stderr
