@@ -198,3 +198,35 @@ async def test_flush_resumes_without_committing_twice(aiohttp_client, tmp_path):
     assert windows == ["2026-11-02T10:00:00Z", "2026-11-02T11:00:00Z"]  # each window committed exactly once
     assert [r.body.lines[0].quantity for r in view.records[1:]] == ["6", "6"]
     spool.close()
+
+
+async def test_http_ingest_is_durable_and_deduplicated(aiohttp_client, tmp_path):
+    from pacspace.recorder.config import parse_config
+    from pacspace.recorder.server import create_recorder_app
+    from pacspace.recorder.spool import Spool
+
+    config = parse_config({"recorder": {"data": "spool"}, "customers": [{"ref": "c1", "relationship": "acme:r1"}],
+                           "meters": {"use": {"meter": "m", "unit": "u", "value": "v"}}}, tmp_path)
+    client = await aiohttp_client(create_recorder_app(config))
+
+    def ev(i, subject="c1"):
+        return {"specversion": "1.0", "type": "use", "id": f"e{i}", "source": "s", "subject": subject,
+                "time": "2026-11-02T10:00:00Z", "data": {"v": i}}
+
+    import json as _json
+
+    resp = await client.post("/events", data=_json.dumps(ev(1)), headers={"Content-Type": "application/cloudevents+json"})
+    assert resp.status == 202 and (await resp.json())["accepted"] == 1
+    batch = [ev(1), ev(2), ev(3, "stranger"), {"specversion": "0.3"}]
+    resp = await client.post("/events", data=_json.dumps(batch), headers={"Content-Type": "application/cloudevents-batch+json"})
+    body = await resp.json()
+    assert resp.status == 202 and body["accepted"] == 1 and body["duplicates"] == 1 and len(body["rejected"]) == 2
+    assert (await client.post("/events", data="x", headers={"Content-Type": "text/plain"})).status == 415
+    assert (await client.post("/events", data="{", headers={"Content-Type": "application/cloudevents+json"})).status == 400
+    metrics = await (await client.get("/metrics")).text()
+    assert "pacspace_recorder_events_accepted_total 2" in metrics and "pacspace_recorder_spool_events 2" in metrics
+    # What the 202 acknowledged is in the spool file.
+    await client.close()
+    spool = Spool(config.data)
+    assert spool.status()["events"] == 2
+    spool.close()

@@ -53,6 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--token")
     p.add_argument("--home", type=Path)
     p.set_defaults(run=cmd_flush)
+    p = rsub.add_parser("serve", help="accept CloudEvents over HTTP and flush on a timer",
+                        description="Accept CloudEvents 1.0 at POST /events (application/cloudevents+json or "
+                        "application/cloudevents-batch+json; 202 only once spooled durably), serve /metrics, and, "
+                        "when PACSPACE_TOKEN is set, flush every window that is due every --flush-interval seconds.")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--flush-interval", type=float, default=60.0, metavar="SECONDS")
+    p.set_defaults(run=cmd_serve)
     p = rsub.add_parser("status", help="spooled events and deltas", description="Counts from the spool.")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(run=cmd_status)
@@ -132,4 +141,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(spool.status()))
     finally:
         spool.close()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from aiohttp import web
+
+    from ..recorder.server import create_recorder_app
+
+    config = load_config(args.config)
+    url = os.environ.get("PACSPACE_URL") or "http://127.0.0.1:8080"
+    token = os.environ.get("PACSPACE_TOKEN")
+    home = Home(default_home())
+    flusher = None
+    if token:
+        async def flusher(spool: Spool) -> tuple[int, list[str]]:
+            async with PacspaceClient(url, token) as client:
+                until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                report = await flush(client, home, spool, config, until)
+            return report.committed, report.errors
+    else:
+        print("pacspace: PACSPACE_TOKEN is not set: events are spooled but not flushed", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"pacspace: recorder on http://{args.host}:{args.port}/events", file=sys.stderr)
+    web.run_app(create_recorder_app(config, flusher, args.flush_interval), host=args.host, port=args.port,
+                print=None, access_log=None)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +43,22 @@ class SealedDelta:
     index: int | None
 
 
+def _locked(method):  # type: ignore[no-untyped-def]
+    def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    wrapper.__doc__ = method.__doc__
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
 class Spool:
     def __init__(self, data: Path) -> None:
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._conn = sqlite3.connect(data / "recorder.db", isolation_level=None)
+        # Used from the event loop and from worker threads; one lock serializes every call.
+        self._conn = sqlite3.connect(data / "recorder.db", isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
         for statement in _SCHEMA:
@@ -54,6 +67,7 @@ class Spool:
     def close(self) -> None:
         self._conn.close()
 
+    @_locked
     def accept(self, events: list[tuple[UsageEvent, str, tuple[str, str]]]) -> tuple[int, int, list[str]]:
         """Store new events in one durable transaction: (accepted, duplicates, reasons for refused ones).
 
@@ -62,12 +76,14 @@ class Spool:
         """
         accepted = duplicates = 0
         refused: list[str] = []
+        committed: dict[tuple[str, str], bool] = {}
         with write_transaction(self._conn) as conn:
             for event, rid, (start, end) in events:
-                done = conn.execute(
-                    "SELECT 1 FROM deltas WHERE relationship = ? AND window_start = ?", (rid, start)
-                ).fetchone()
-                if done:
+                if (rid, start) not in committed:
+                    committed[(rid, start)] = conn.execute(
+                        "SELECT 1 FROM deltas WHERE relationship = ? AND window_start = ?", (rid, start)
+                    ).fetchone() is not None
+                if committed[(rid, start)]:
                     refused.append(f"{event.source}/{event.event_id}: window {start} of {rid} is already committed")
                     continue
                 cur = conn.execute(
@@ -80,6 +96,7 @@ class Spool:
                     duplicates += 1
         return accepted, duplicates, refused
 
+    @_locked
     def due(self, until: str) -> list[tuple[str, str, str]]:
         """(relationship, window start, window end) with events whose window ended by ``until``, oldest first."""
         rows = self._conn.execute(
@@ -91,6 +108,7 @@ class Spool:
         ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
+    @_locked
     def events_of(self, rid: str, start: str) -> list[UsageEvent]:
         rows = self._conn.execute(
             "SELECT body FROM events WHERE relationship = ? AND window_start = ?", (rid, start)
@@ -101,12 +119,14 @@ class Spool:
             out.append(UsageEvent(d["source"], d["id"], d["customer"], d["meter"], d["unit"], d["quantity"], d["time"], d["dimensions"]))
         return out
 
+    @_locked
     def sealed(self, rid: str, start: str) -> SealedDelta | None:
         row = self._conn.execute(
             "SELECT seq, tag, blob, body, idx FROM deltas WHERE relationship = ? AND window_start = ?", (rid, start)
         ).fetchone()
         return None if row is None else SealedDelta(rid, start, row[0], bytes(row[1]), bytes(row[2]), bytes(row[3]), row[4])
 
+    @_locked
     def save_sealed(self, delta: SealedDelta) -> None:
         with write_transaction(self._conn) as conn:
             conn.execute(
@@ -114,10 +134,12 @@ class Spool:
                 (delta.relationship, delta.window_start, delta.seq, delta.tag, delta.blob, delta.body),
             )
 
+    @_locked
     def mark_committed(self, rid: str, start: str, index: int) -> None:
         with write_transaction(self._conn) as conn:
             conn.execute("UPDATE deltas SET idx = ? WHERE relationship = ? AND window_start = ?", (index, rid, start))
 
+    @_locked
     def status(self) -> dict[str, int]:
         q = self._conn.execute
         return {

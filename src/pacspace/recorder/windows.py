@@ -34,12 +34,15 @@ class Cadence:
         return cls(int(match.group(1)))
 
     def window(self, time: str) -> tuple[str, str]:
-        """The [start, end) window holding ``time`` (RFC 3339 UTC)."""
-        when = datetime.strptime(time, _FMT).replace(tzinfo=timezone.utc)
-        midnight = when.replace(hour=0, minute=0, second=0)
-        offset = (when - midnight) // timedelta(minutes=self.minutes)
-        start = midnight + offset * timedelta(minutes=self.minutes)
-        return start.strftime(_FMT), (start + timedelta(minutes=self.minutes)).strftime(_FMT)
+        """The [start, end) window holding ``time`` (``YYYY-MM-DDTHH:MM:SSZ``, as utc_time writes it)."""
+        minute_of_day = int(time[11:13]) * 60 + int(time[14:16])
+        first = minute_of_day - minute_of_day % self.minutes
+        start = f"{time[:11]}{first // 60:02d}:{first % 60:02d}:00Z"
+        if first + self.minutes < DAY:
+            end_minute = first + self.minutes
+            return start, f"{time[:11]}{end_minute // 60:02d}:{end_minute % 60:02d}:00Z"
+        next_day = datetime.strptime(time[:10], "%Y-%m-%d").replace(tzinfo=timezone.utc) + timedelta(days=1)
+        return start, next_day.strftime(_FMT)
 
 
 def period_of(window_start: str) -> str:
