@@ -20,7 +20,8 @@ COMMANDS = [
     "init", "serve", "log-key", "fsck", "admin", "admin party", "admin party add", "admin party revoke",
     "admin party list", "keys", "keys init", "keys show", "relationship", "relationship create",
     "relationship list", "record", "close", "records", "receipt", "receipt verify", "monitor", "bill", "bill verify", "evidence", "evidence export", "evidence verify", "witness", "witness init", "witness serve",
-    "recorder", "recorder import", "recorder flush", "recorder status", "recorder serve",
+    "recorder", "recorder import", "recorder flush", "recorder status", "recorder serve", "recorder prove-event",
+    "evidence verify-event",
 ]
 
 

@@ -72,3 +72,13 @@ dimensions = ["model"]
     verdict = run("bill", "verify", "--relationship", rid, "--period", "2026-11", "--invoice", str(tmp_path / "invoice.json"),
                   env=customer)
     assert "matches" in verdict.stderr
+    # One event, proven counted in exactly the delta the customer holds.
+    proof = run("recorder", "prove-event", "--config", str(config), "--event-id", "e13", "--source", "gw", env=provider).stdout
+    (tmp_path / "e13.proof.json").write_text(proof)
+    checked = run("evidence", "verify-event", str(tmp_path / "e13.proof.json"), env=customer)
+    assert checked.stdout.startswith("ok: llm.input.uncached_tokens 113 of event e13")
+    forged = json.loads(proof)
+    forged["proofs"][0]["event"]["quantity"] = "1"
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    refused = run("evidence", "verify-event", str(tmp_path / "forged.json"), env=customer, ok=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("pacspace: error:")

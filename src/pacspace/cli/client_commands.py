@@ -195,6 +195,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--provider-key", metavar="FINGERPRINT", help="refuse unless the provider's keys have this fingerprint")
     p.set_defaults(run=cmd_evidence_verify)
 
+    p = evidence_sub.add_parser(
+        "verify-event",
+        help="check that one usage event was counted, exactly once, in a committed delta",
+        description="Check an event proof from the provider (`pacspace recorder prove-event`) against the "
+        "monitor's verified copy: the event's digest is under the events_root of the committed delta it names.",
+    )
+    p.add_argument("file", type=Path)
+    _common(p, server=False)
+    p.set_defaults(run=cmd_evidence_verify_event)
+
     receipt = sub.add_parser("receipt", help="receipts", description="Work with receipts.")
     receipt_sub = receipt.add_subparsers(dest="receipt_command", metavar="COMMAND", required=True)
     p = receipt_sub.add_parser(
@@ -554,4 +564,40 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     for line in result.totals:
         dims = ",".join(f"{k}={v}" for k, v in sorted(line.dimensions.items()))
         print(f"{line.meter:<34} {dims:<28} {line.quantity:>16} {line.unit}")
+    return 0
+
+
+def cmd_evidence_verify_event(args: argparse.Namespace) -> int:
+    import base64
+    import hashlib
+
+    from ..client.monitor_state import MonitorState
+    from ..merkle import leaf_hash, verify_inclusion
+    from ..records import canonical
+    from ..records.body import Delta, decode_body
+
+    try:
+        proof = json.loads(args.file.read_text())
+        items = proof["proofs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MalformedInput(f"cannot read the event proof {args.file}: {exc}") from None
+    state = MonitorState(_home(args).path)
+    try:
+        for item in items:
+            copies = {c.seq: c for c in state.copies(item["relationship"])}
+            copy = copies.get(int(item["seq"]))
+            if copy is None:
+                raise MalformedInput(f"the monitor holds no seq {item['seq']} of {item['relationship']} (run `pacspace monitor --once`)")
+            body = decode_body(copy.body)
+            if not isinstance(body, Delta) or not body.evidence or body.evidence.get("events_root") != item["events_root"]:
+                raise MalformedInput(f"seq {item['seq']} does not commit to events_root {item['events_root'][:16]}...")
+            digest = hashlib.sha256(canonical.encode(item["event"])).digest()
+            verify_inclusion(int(item["index"]), int(item["size"]), leaf_hash(digest),
+                             [base64.b64decode(h) for h in item["path"]], bytes.fromhex(item["events_root"]))
+            if int(item["size"]) != int(body.evidence.get("events_count", -1)):
+                raise MalformedInput("the proof's tree size is not the delta's events_count")
+            print(f"ok: {item['event']['meter']} {item['event']['quantity']} of event {item['event']['id']} is counted in "
+                  f"{item['relationship']} seq {item['seq']} (window {item['window_start']})")
+    finally:
+        state.close()
     return 0

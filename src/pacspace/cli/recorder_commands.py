@@ -62,6 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--flush-interval", type=float, default=60.0, metavar="SECONDS")
     p.set_defaults(run=cmd_serve)
+    p = rsub.add_parser("prove-event", help="which delta counted an event, with a proof",
+                        description="Print, for each meter of one source event, the committed delta that counted it "
+                        "(relationship, seq, log index, window) and an RFC 9162 proof that the event is under that "
+                        "delta's events_root. Give the file to the customer: `pacspace evidence verify-event FILE`.")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--event-id", required=True)
+    p.add_argument("--source")
+    p.set_defaults(run=cmd_prove_event)
     p = rsub.add_parser("status", help="spooled events and deltas", description="Counts from the spool.")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(run=cmd_status)
@@ -168,4 +176,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"pacspace: recorder on http://{args.host}:{args.port}/events", file=sys.stderr)
     web.run_app(create_recorder_app(config, flusher, args.flush_interval), host=args.host, port=args.port,
                 print=None, access_log=None)
+    return 0
+
+
+def cmd_prove_event(args: argparse.Namespace) -> int:
+    import base64
+
+    from ..recorder.aggregate import events_root, prove_event
+
+    config = load_config(args.config)
+    spool = Spool(config.data)
+    try:
+        found = spool.find_event(args.event_id, args.source)
+        if not found:
+            raise MalformedInput(f"no spooled event with id {args.event_id!r}")
+        proofs = []
+        for rid, start, event in found:
+            delta = spool.sealed(rid, start)
+            if delta is None or delta.index is None:
+                raise MalformedInput(f"the window {start} of {rid} is not committed yet")
+            digests = [e.digest() for e in spool.events_of(rid, start)]
+            index, size, path = prove_event(digests, event.digest())
+            proofs.append({
+                "relationship": rid, "seq": delta.seq, "log_index": delta.index, "window_start": start,
+                "events_root": events_root(digests).hex(), "event": json.loads(event.canonical()),
+                "index": index, "size": size, "path": [base64.b64encode(h).decode() for h in path],
+            })
+    finally:
+        spool.close()
+    print(json.dumps({"format": "pacspace.event-proof/v1", "proofs": proofs}, indent=1))
     return 0

@@ -113,11 +113,7 @@ class Spool:
         rows = self._conn.execute(
             "SELECT body FROM events WHERE relationship = ? AND window_start = ?", (rid, start)
         ).fetchall()
-        out = []
-        for (body,) in rows:
-            d = json.loads(body)
-            out.append(UsageEvent(d["source"], d["id"], d["customer"], d["meter"], d["unit"], d["quantity"], d["time"], d["dimensions"]))
-        return out
+        return [_event(body) for (body,) in rows]
 
     @_locked
     def sealed(self, rid: str, start: str) -> SealedDelta | None:
@@ -140,6 +136,15 @@ class Spool:
             conn.execute("UPDATE deltas SET idx = ? WHERE relationship = ? AND window_start = ?", (index, rid, start))
 
     @_locked
+    def find_event(self, event_id: str, source: str | None) -> list[tuple[str, str, UsageEvent]]:
+        """(relationship, window start, event) for each meter of the source event with this id."""
+        rows = self._conn.execute(
+            "SELECT relationship, window_start, body FROM events WHERE event_id = ? AND (? IS NULL OR source = ?)",
+            (event_id, source, source),
+        ).fetchall()
+        return [(r[0], r[1], _event(r[2])) for r in rows]
+
+    @_locked
     def status(self) -> dict[str, int]:
         q = self._conn.execute
         return {
@@ -147,3 +152,8 @@ class Spool:
             "deltas_committed": q("SELECT count(*) FROM deltas WHERE idx IS NOT NULL").fetchone()[0],
             "deltas_pending": q("SELECT count(*) FROM deltas WHERE idx IS NULL").fetchone()[0],
         }
+
+
+def _event(body: bytes) -> UsageEvent:
+    d = json.loads(body)
+    return UsageEvent(d["source"], d["id"], d["customer"], d["meter"], d["unit"], d["quantity"], d["time"], d["dimensions"])
