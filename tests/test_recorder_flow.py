@@ -54,13 +54,16 @@ dimensions = ["model"]
     assert json.loads(again.stdout)["accepted"] == 0
     # Windows 10:00, 11:00, 12:00 end at 13:00 at the latest; with the 5-minute grace, 13:04 is too early for 12:00.
     first = json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-02T13:04:00Z", env=provider).stdout)
-    assert first == {"committed": 2, "already_committed": 0, "errors": 0}
+    assert first == {"committed": 2, "already_committed": 0, "closed": 0, "errors": 0}
     second = json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-02T23:00:00Z", env=provider).stdout)
     assert second["committed"] == 1
     assert json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-02T23:00:00Z", env=provider).stdout)["committed"] == 0
     assert json.loads(run("recorder", "status", "--config", str(config), env=provider).stdout)["deltas_committed"] == 3
+    # After the month (and the grace) the period is closed by the recorder itself, once.
+    closing = json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-12-01T00:10:00Z", env=provider).stdout)
+    assert closing["closed"] == 1
+    assert json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-12-01T01:00:00Z", env=provider).stdout)["closed"] == 0
     # The customer sees three hourly deltas whose quantities sum to the events', to the last unit.
-    run("close", "--relationship", rid, "--period", "2026-11", env=provider)
     run("monitor", "--once", env=customer)
     rows = json.loads(run("records", "--relationship", rid, "--period", "2026-11", "--json", "--offline", env=customer).stdout)["rows"]
     deltas = [r for r in rows if r["kind"] == "delta"]

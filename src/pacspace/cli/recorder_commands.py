@@ -136,7 +136,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
         for error in report.errors:
             print(f"pacspace: {error}", file=sys.stderr)
         print(json.dumps({"committed": report.committed, "already_committed": report.already_committed,
-                          "errors": len(report.errors)}))
+                          "closed": report.closed, "errors": len(report.errors)}))
         return 1 if report.errors else 0
 
     return asyncio.run(main())

@@ -15,8 +15,9 @@ from datetime import datetime, timedelta, timezone
 
 from ..client.home import Home
 from ..client.http import PacspaceClient
-from ..client.records import load_relationship
-from ..records.body import Common, Delta, body_hash
+from ..client.records import append_body, close_maker, load_relationship
+from ..errors import PacspaceError
+from ..records.body import Close, Common, Delta, body_hash
 from ..records.seal import seal
 from .aggregate import WindowUsage
 from .config import RecorderConfig
@@ -30,7 +31,15 @@ _FMT = "%Y-%m-%dT%H:%M:%SZ"
 class FlushReport:
     committed: int = 0
     already_committed: int = 0
+    closed: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+def period_end(period: str) -> str:
+    """The first instant after a billing period (a month)."""
+    year, month = int(period[:4]), int(period[5:7])
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return f"{year:04d}-{month:02d}-01T00:00:00Z"
 
 
 def cutoff(until: str, grace_minutes: int) -> str:
@@ -95,4 +104,24 @@ async def flush(client: PacspaceClient, home: Home, spool: Spool, config: Record
                 report.committed += 1
             else:
                 report.errors.append(f"{delta.relationship} {delta.window_start}: {result['error']}: {result['message']}")
+    await _close_ended_periods(client, home, spool, config, until, report)
     return report
+
+
+async def _close_ended_periods(
+    client: PacspaceClient, home: Home, spool: Spool, config: RecorderConfig, until: str, report: FlushReport
+) -> None:
+    """Close every period that ended (plus the grace) by ``until``. Idempotent without any stored state:
+    a period whose close is already in the chain (even one sent just before a crash) is skipped."""
+    limit = cutoff(until, config.grace_minutes)
+    for rid, period in spool.committed_periods():
+        if period_end(period) > limit:
+            continue
+        view = await load_relationship(client, home, rid, home.log_key())
+        if any(isinstance(r.body, Close) and r.body.period == period for r in view.records):
+            continue
+        try:
+            await append_body(client, home, view, close_maker(view, period))
+            report.closed += 1
+        except PacspaceError as exc:
+            report.errors.append(f"{rid} close {period}: {exc}")

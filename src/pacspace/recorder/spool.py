@@ -145,6 +145,14 @@ class Spool:
         return [(r[0], r[1], _event(r[2])) for r in rows]
 
     @_locked
+    def committed_periods(self) -> list[tuple[str, str]]:
+        """(relationship, period) with at least one committed delta."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT relationship, substr(window_start, 1, 7) FROM deltas WHERE idx IS NOT NULL ORDER BY 1, 2"
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    @_locked
     def status(self) -> dict[str, int]:
         q = self._conn.execute
         return {
