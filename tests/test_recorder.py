@@ -230,3 +230,66 @@ async def test_http_ingest_is_durable_and_deduplicated(aiohttp_client, tmp_path)
     spool = Spool(config.data)
     assert spool.status()["events"] == 2
     spool.close()
+
+
+def test_every_acknowledged_event_survives_sigkill(tmp_path):
+    """A real `recorder serve`, killed with SIGKILL mid-ingest: every event it answered 202 for is in the spool."""
+    import json as _json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from helpers import free_port
+
+    from pacspace.recorder.spool import Spool
+
+    (tmp_path / "recorder.toml").write_text('[recorder]\ndata = "spool"\n[[customers]]\nref = "c1"\nrelationship = "acme:r1"\n'
+                                            '[meters.use]\nmeter = "m"\nunit = "u"\nvalue = "v"\n')
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PACSPACE_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "pacspace", "recorder", "serve", "--config", str(tmp_path / "recorder.toml"),
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}/events"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def sender():
+        n = 0
+        while not stop.is_set():
+            batch = [{"specversion": "1.0", "type": "use", "id": f"e{n + i}", "source": "s", "subject": "c1",
+                      "time": "2026-11-02T10:00:00Z", "data": {"v": 1}} for i in range(50)]
+            request = urllib.request.Request(url, data=_json.dumps(batch).encode(),
+                                             headers={"Content-Type": "application/cloudevents-batch+json"})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    if r.status == 202:
+                        acknowledged.extend(e["id"] for e in batch)
+            except (urllib.error.URLError, ConnectionError, OSError):
+                return
+            n += 50
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    stop.set()
+    thread.join(timeout=10)
+    assert len(acknowledged) >= 50
+    spool = Spool(tmp_path / "spool")
+    try:
+        stored = {e.event_id for e in spool.events_of("acme:r1", "2026-11-02T00:00:00Z")}
+    finally:
+        spool.close()
+    assert set(acknowledged) <= stored
