@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import new_log
 
 from pacspace.checkpoint import Checkpoint, sign_checkpoint
+from pacspace.note import NoteSigner
 from pacspace.client.home import Home
 from pacspace.client.http import PacspaceClient
 from pacspace.client.monitor import EXIT_CODES, Detection, poll, save_evidence
@@ -366,3 +367,14 @@ async def test_random_byte_changes_in_the_stored_copy_are_caught(world):
         for suffix in ("-wal", "-shm"):
             (world.bob.path / ("monitor.db" + suffix)).unlink(missing_ok=True)
         path.write_bytes(pristine)
+
+
+async def test_a_checkpoint_without_the_policy_quorum(world):
+    from pacspace.policy import parse_policy
+
+    witness = NoteSigner("witness.example/w1", Ed25519PrivateKey.generate())
+    policy = parse_policy(f"witness w1 {witness.cosignature_verifier.vkey()}\nquorum w1\n")
+    async with PacspaceClient(world.url, "tok-bob") as c:
+        with pytest.raises(Detection) as info:
+            await poll(c, world.bob, world.state, world.bob.log_key(), policy=policy)
+    assert info.value.kind == "unwitnessed_checkpoint" and info.value.exit_code == 19

@@ -18,6 +18,9 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     sequencer: SequencerConfig = field(default_factory=SequencerConfig)
+    # A C2SP tlog-policy file: publish only checkpoints its witnesses' quorum cosigned.
+    witness_policy: Path | None = None
+    witness_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -46,6 +46,7 @@ class LogMetrics:
     checkpoints_total: int = 0
     pool_rejections_total: int = 0
     pool_depth: int = 0
+    witness_failures_total: int = 0
     batch_size: Histogram = field(
         default_factory=lambda: Histogram(
             "pacspace_batch_entries",
@@ -74,6 +75,12 @@ class LogMetrics:
             ("pacspace_appends_total", "counter", "Entries appended since start.", self.appends_total),
             ("pacspace_checkpoints_total", "counter", "Checkpoints signed since start.", self.checkpoints_total),
             ("pacspace_pool_depth", "gauge", "Entries waiting to be sequenced.", self.pool_depth),
+            (
+                "pacspace_witness_quorum_failures_total",
+                "counter",
+                "Checkpoints committed but not published because the witnesses' quorum was not met.",
+                self.witness_failures_total,
+            ),
             (
                 "pacspace_pool_rejections_total",
                 "counter",

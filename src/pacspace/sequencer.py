@@ -28,13 +28,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .checkpoint import Checkpoint, SignedCheckpoint, sign_checkpoint
 from .datadir import LogState
-from .errors import EntryTooLarge, MalformedInput, PoolFull, ProofError, SequencerStopped, UntrustedState
+from .errors import EntryTooLarge, MalformedInput, PacspaceError, PoolFull, ProofError, SequencerStopped, UntrustedState
 from .merkle import Hash, HashReader, Node, consistency_proof, inclusion_proof, leaf_hash, verify_consistency
 from .metrics import LogMetrics
 from .note import NoteSigner
@@ -121,6 +121,8 @@ class Sequencer:
     config: SequencerConfig = field(default_factory=SequencerConfig)
     clock: Callable[[], float] = time.time
     metrics: LogMetrics = field(default_factory=LogMetrics)
+    # With witnesses: adds their cosignatures to a committed checkpoint, or raises (server/witnessing.py).
+    witness: Callable[[SignedCheckpoint], Awaitable[SignedCheckpoint]] | None = None
 
     def __post_init__(self) -> None:
         # Owned by the event loop thread: the pool and the published state.
@@ -134,11 +136,14 @@ class Sequencer:
         self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-maintenance")
         self._maintenance_run: Future[None] | None = None
         self.metrics.tree_size = self.state.size
+        # Owned by the event loop. Without witnesses, every committed checkpoint is published at once;
+        # with them, only one that got the policy's quorum of cosignatures.
+        self.published: SignedCheckpoint = self.state.checkpoint
 
     @property
     def latest(self) -> SignedCheckpoint:
-        """The latest published (durably committed) checkpoint."""
-        return self.state.checkpoint
+        """The latest published checkpoint: durably committed (and, with witnesses, cosigned by a quorum)."""
+        return self.published
 
     async def submit(self, entry: bytes) -> Sequenced:
         """Append one entry; returns once the checkpoint that covers it is durable."""
@@ -205,13 +210,36 @@ class Sequencer:
                     await asyncio.shield(work)
                 except asyncio.CancelledError:
                     continue
-            self._publish(pool, entries, started, work.result())
+            if self.witness is not None:
+                self.state = work.result().state
+                self._fail(pool, SequencerStopped("committed, but shut down before the witnesses cosigned it"))
+            else:
+                self._publish(pool, entries, started, work.result())
             raise
+        if self.witness is not None:
+            # Committed: the next batch extends this tree whatever the witnesses say.
+            self.state = outcome.state
+            try:
+                cosigned = await self.witness(outcome.state.checkpoint)
+            except PacspaceError as exc:
+                self.metrics.witness_failures_total += 1
+                self._fail(pool, exc)
+                return
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.store.replace_checkpoint, cosigned.size, cosigned.format()
+            )
+            outcome = _Outcome(replace(outcome.state, checkpoint=cosigned), outcome.first_index, outcome.leaf_hashes)
         self._publish(pool, entries, started, outcome)
+
+    def _fail(self, pool: list[_Submission], exc: BaseException) -> None:
+        for sub in pool:
+            if not sub.future.done():
+                sub.future.set_exception(exc)
 
     def _publish(self, pool: list[_Submission], entries: list[bytes], started: float, outcome: _Outcome) -> None:
         # Only ever called after the commit returned: durable from here on.
         self.state = outcome.state
+        self.published = outcome.state.checkpoint
         self._record(pool, entries, started)
         self._resolve(pool, outcome)
         if self._maintenance_run is None or self._maintenance_run.done():

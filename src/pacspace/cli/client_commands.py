@@ -147,6 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="seconds between polls (default 60)")
     p.add_argument("--json", action="store_true", help="one JSON object per poll")
     p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the pinned one")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="a C2SP tlog-policy: accept only checkpoints with its witnesses' quorum")
     _common(p)
     p.set_defaults(run=cmd_monitor)
 
@@ -193,6 +194,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("file", type=Path)
     p.add_argument("--log-key", required=True, metavar="VKEY")
     p.add_argument("--provider-key", metavar="FINGERPRINT", help="refuse unless the provider's keys have this fingerprint")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="a C2SP tlog-policy: require its witnesses' quorum on the close")
     p.set_defaults(run=cmd_evidence_verify)
 
     p = evidence_sub.add_parser(
@@ -215,6 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("file", type=Path)
     p.add_argument("--log-key", required=True, metavar="VKEY")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="a C2SP tlog-policy: require its witnesses' quorum")
     p.set_defaults(run=cmd_receipt_verify)
 
 
@@ -448,7 +451,33 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     result = verify_receipt(text, verifier)
     when = datetime.fromtimestamp(result.checkpoint.timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     print(f"ok: entry at index {result.index} is in {result.checkpoint.checkpoint.origin} at size {result.checkpoint.size}, signed {when}")
+    _print_witnessed(args, result.checkpoint.note)
     return 0
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    from ..policy import parse_policy
+
+    if not getattr(args, "policy", None):
+        return None
+    try:
+        return parse_policy(args.policy.read_text())
+    except OSError as exc:
+        raise MalformedInput(f"cannot read {args.policy}: {exc.strerror}") from None
+
+
+def _print_witnessed(args: argparse.Namespace, note: Any) -> None:
+    """With --policy: require the quorum, and report the earliest witness time (independent proof of when)."""
+    from ..policy import require_quorum
+
+    policy = _policy(args)
+    if policy is None:
+        return
+    cosigners = require_quorum(policy, note)
+    if cosigners:
+        name, first = min(cosigners.items(), key=lambda item: item[1])
+        when = datetime.fromtimestamp(first, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"witnessed: by {', '.join(sorted(cosigners))}; earliest cosignature {when} ({name})")
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -463,7 +492,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         try:
             while True:
                 try:
-                    report = await poll(client, home, state, log_key, bar)
+                    report = await poll(client, home, state, log_key, bar, _policy(args))
                 except Detection as found:
                     where = save_evidence(home, found)
                     if args.json:
@@ -564,6 +593,11 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     for line in result.totals:
         dims = ",".join(f"{k}={v}" for k, v in sorted(line.dimensions.items()))
         print(f"{line.meter:<34} {dims:<28} {line.quantity:>16} {line.unit}")
+    if args.policy:
+        from ..receipt import parse_receipt
+        from ..note import parse_note as _parse_note
+
+        _print_witnessed(args, _parse_note(parse_receipt(bundle["close_receipt"]).checkpoint))
     return 0
 
 

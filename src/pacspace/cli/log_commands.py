@@ -61,6 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=defaults.pool_capacity,
         help=f"entries allowed to wait before submissions get 503 (default {defaults.pool_capacity})",
     )
+    p.add_argument(
+        "--witness-policy",
+        type=Path,
+        metavar="FILE",
+        help="a C2SP tlog-policy file: ask its witnesses to cosign each checkpoint and publish only those with its quorum",
+    )
+    p.add_argument("--witness-timeout", type=float, default=5.0, metavar="SECONDS", help="how long to wait for witnesses (default 5)")
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(
@@ -131,6 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sequencer=SequencerConfig(
             pool_interval=args.pool_interval, batch_size=args.batch_size, pool_capacity=args.pool_capacity
         ),
+        witness_policy=args.witness_policy,
+        witness_timeout=args.witness_timeout,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not log_exists(args.data):

@@ -30,6 +30,7 @@ from ..errors import MalformedInput, PacspaceError, ProofError, SignatureError
 from ..keys import PublicKeys, unwrap_secret
 from ..merkle import leaf_hash, verify_consistency, verify_inclusion
 from ..note import Ed25519Verifier
+from ..policy import Policy, require_quorum
 from ..records.body import Close, Delta, Genesis, body_hash, decode_body
 from ..records.chain import ChainError, ChainHead, check_close, check_next, check_usage_period
 from ..records.seal import (
@@ -56,6 +57,7 @@ EXIT_CODES = {
     "bad_ciphertext": 16,
     "bad_signature": 17,
     "key_mismatch": 18,
+    "unwitnessed_checkpoint": 19,
 }
 
 
@@ -86,12 +88,19 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-async def _checkpoint(client: PacspaceClient, state: MonitorState, log_key: Ed25519Verifier) -> SignedCheckpoint:
+async def _checkpoint(
+    client: PacspaceClient, state: MonitorState, log_key: Ed25519Verifier, policy: Policy | None = None
+) -> SignedCheckpoint:
     raw = await client.checkpoint()
     try:
         checkpoint = open_checkpoint(raw, log_key)
     except (SignatureError, MalformedInput) as exc:
         raise Detection("bad_checkpoint_signature", f"the log's checkpoint does not verify: {exc}", {"checkpoint": raw.decode(errors="replace")}) from None
+    if policy is not None:
+        try:
+            require_quorum(policy, checkpoint.note)
+        except SignatureError as exc:
+            raise Detection("unwitnessed_checkpoint", str(exc), {"checkpoint": raw.decode()}) from None
     previous_note = state.latest_checkpoint()
     if previous_note is None:
         return checkpoint
@@ -128,9 +137,10 @@ async def poll(
     state: MonitorState,
     log_key: Ed25519Verifier,
     progress: Callable[[str, int, int], None] | None = None,
+    policy: Policy | None = None,
 ) -> PollReport:
     """One poll; raises Detection on any misbehaviour (nothing is stored then)."""
-    checkpoint = await _checkpoint(client, state, log_key)
+    checkpoint = await _checkpoint(client, state, log_key, policy)
     mine = home.keys()
     me = (await client.me())["name"]
     report = PollReport(checkpoint.size)

@@ -14,8 +14,12 @@ from ..config import ServerConfig
 from ..datadir import WriteLock, load_signer, load_state
 from ..errors import PacspaceError
 from ..sequencer import Sequencer
+from ..checkpoint import open_checkpoint
+from ..note import NoteSigner
+from ..policy import parse_policy
 from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
+from .witnessing import WitnessPool, WitnessQuorumFailed
 from .writer import GroupWriter
 from . import openapi, read_api, records_api
 from .context import CONFIG, FATAL, ON_FATAL, SERVICE, LogService
@@ -55,6 +59,8 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         if settled or dropped:
             log.info("records reconciled with the log: %d settled, %d never acknowledged and dropped", settled, dropped)
         sequencer = Sequencer(store, signer, state, config.sequencer, clock=time.time)
+        if config.witness_policy is not None:
+            await _use_witnesses(config, store, signer, sequencer)
         writer = GroupWriter(records)
         app[SERVICE] = LogService(
             store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer
@@ -94,3 +100,26 @@ def _on_sequencer_exit(app: web.Application, task: asyncio.Task[None]) -> None:
 def _terminate(exc: BaseException) -> None:
     # web.run_app turns SIGTERM into a graceful shutdown; serve then exits 1 because FATAL is set.
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _use_witnesses(config: ServerConfig, store: SqliteLog, signer: NoteSigner, sequencer: Sequencer) -> None:
+    """Publish only cosigned checkpoints: the latest stored one that has the quorum, after asking for the newest."""
+    policy = parse_policy(config.witness_policy.read_text())  # type: ignore[union-attr]
+    pool = WitnessPool(policy, store, config.witness_timeout)
+    sequencer.witness = pool.cosign
+    latest = sequencer.state.checkpoint
+    if policy.satisfied(set(policy.cosigners(latest.note))):
+        return
+    try:
+        cosigned = await pool.cosign(latest)
+        store.replace_checkpoint(cosigned.size, cosigned.format())
+        sequencer.published = cosigned
+        return
+    except WitnessQuorumFailed as exc:
+        log.warning("%s", exc)
+    for note in store.checkpoints_newest_first():
+        checkpoint = open_checkpoint(note, signer.verifier)
+        if policy.satisfied(set(policy.cosigners(checkpoint.note))) or checkpoint.size == 0:
+            sequencer.published = checkpoint
+            log.warning("publishing size %d, the latest checkpoint the witnesses' quorum cosigned", checkpoint.size)
+            return

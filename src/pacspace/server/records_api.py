@@ -27,6 +27,7 @@ from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
 from ..storage.records import InFlight, Party, RecordStore, Relationship
 from .context import SERVICE, LogService
+from .witnessing import WitnessQuorumFailed
 
 MAX_BLOB = MAX_BUCKET + BLOB_OVERHEAD
 MAX_BATCH = 10_000
@@ -355,8 +356,9 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     entries = [s.entry for i in new for s in groups[i].subs]
     try:
         sequenced = await service.sequencer.submit_many(entries)
-    except SequencerStopped:
-        # The server is going down; the rows stay for reconcile at the next start to settle or drop.
+    except (SequencerStopped, WitnessQuorumFailed):
+        # Committed but unpublished (or the server is going down): the rows stay, to be settled from the
+        # log once a later checkpoint is published, or by reconcile at the next start.
         raise
     except PacspaceError as exc:
         # Refused before entering the pool (full, malformed): nothing was appended; forget our rows.

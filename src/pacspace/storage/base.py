@@ -74,6 +74,10 @@ class LogWriter(Protocol):
         """Maintenance kept off the commit path; safe to run in another thread during a commit."""
         ...
 
+    def replace_checkpoint(self, size: int, note: bytes) -> None:
+        """Store the same checkpoint with more signatures (cosignatures); durable once it returns."""
+        ...
+
     def edge_tiles(self, size: int) -> dict[int, list[bytes]]:
         """The partial tile at every level for a tree of ``size`` (the right edge)."""
         ...

@@ -229,6 +229,14 @@ class SqliteLog:
             row = self._read.execute("SELECT data FROM bundles WHERE n = ?", (n,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def replace_checkpoint(self, size: int, note: bytes) -> None:
+        """Store the same checkpoint with more signatures (the witnesses' cosignatures). Durable once it returns."""
+        conn = self._write
+        if conn is None:
+            raise UntrustedState("this log was opened read-only")
+        with write_transaction(conn):
+            conn.execute("UPDATE checkpoints SET note = ? WHERE size = ?", (note, size))
+
     def checkpoint_at(self, size: int | None) -> bytes:
         """The checkpoint the log signed at exactly ``size``."""
         with self._read_lock:
@@ -280,6 +288,20 @@ class SqliteLog:
             for size, note in rows:
                 yield _as_bytes(note)
             after = rows[-1][0]
+
+    def checkpoints_newest_first(self) -> Iterator[bytes]:
+        """Committed checkpoints, largest first, read in pages."""
+        before = (1 << 63) - 1
+        while True:
+            with self._read_lock:
+                rows = self._read.execute(
+                    "SELECT size, note FROM checkpoints WHERE size < ? ORDER BY size DESC LIMIT 100", (before,)
+                ).fetchall()
+            if not rows:
+                return
+            for size, note in rows:
+                yield _as_bytes(note)
+            before = rows[-1][0]
 
     def checkpoint_count(self) -> int:
         with self._read_lock:

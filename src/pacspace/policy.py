@@ -1,0 +1,112 @@
+"""C2SP tlog-policy: which witnesses' cosignatures a checkpoint needs before anyone trusts it. Pure.
+
+Lines: ``log <vkey> [url]``, ``witness <name> <vkey> [url]``, ``group <name> <k|any|all> <member>...``
+and ``quorum <group|witness|none>``. A group is satisfied when at least k of its
+members (witnesses or groups defined before it) are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import MalformedInput
+from .note import CosignatureVerifier, Ed25519Verifier, Note, parse_vkey
+
+
+@dataclass(frozen=True)
+class Witness:
+    name: str
+    verifier: CosignatureVerifier
+    url: str | None
+
+
+@dataclass
+class Policy:
+    logs: dict[str, Ed25519Verifier] = field(default_factory=dict)
+    witnesses: dict[str, Witness] = field(default_factory=dict)
+    groups: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+    quorum: str | None = None  # None: no cosignature needed
+
+    def satisfied(self, cosigned: set[str]) -> bool:
+        """Whether the witnesses in ``cosigned`` (policy names) meet the quorum."""
+        if self.quorum is None:
+            return True
+        return self._holds(self.quorum, cosigned)
+
+    def _holds(self, name: str, cosigned: set[str]) -> bool:
+        if name in self.witnesses:
+            return name in cosigned
+        threshold, members = self.groups[name]
+        return sum(self._holds(m, cosigned) for m in members) >= threshold
+
+    def cosigners(self, note: Note) -> dict[str, int]:
+        """Policy witness name -> signed time, for every cosignature line that verifies."""
+        by_key = {(w.verifier.name, w.verifier.key_id): name for name, w in self.witnesses.items()}
+        found: dict[str, int] = {}
+        for sig in note.signatures:
+            name = by_key.get((sig.name, sig.key_id))
+            if name is None:
+                continue
+            timestamp = self.witnesses[name].verifier.timestamp(note.text, sig.signature)
+            if timestamp is not None:
+                found[name] = timestamp
+        return found
+
+
+def parse_policy(text: str) -> Policy:
+    policy = Policy()
+    for number, raw in enumerate(text.splitlines(), 1):
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        where = f"policy line {number}"
+        keyword = words[0]
+        try:
+            if keyword == "log":
+                verifier = parse_vkey(words[1])
+                if not isinstance(verifier, Ed25519Verifier) or len(words) > 3:
+                    raise MalformedInput("'log <Ed25519 vkey> [url]'")
+                policy.logs[verifier.name] = verifier
+            elif keyword == "witness":
+                name, key = words[1], parse_vkey(words[2])
+                if not isinstance(key, CosignatureVerifier) or len(words) > 4:
+                    raise MalformedInput("'witness <name> <cosignature vkey> [url]'")
+                if name in policy.witnesses or name in policy.groups:
+                    raise MalformedInput(f"{name!r} is defined twice")
+                policy.witnesses[name] = Witness(name, key, words[3] if len(words) == 4 else None)
+            elif keyword == "group":
+                name, k, members = words[1], words[2], tuple(words[3:])
+                if not members or name in policy.witnesses or name in policy.groups:
+                    raise MalformedInput("'group <new name> <k|any|all> <members...>'")
+                for m in members:
+                    if m not in policy.witnesses and m not in policy.groups:
+                        raise MalformedInput(f"unknown member {m!r} (define it first)")
+                threshold = 1 if k == "any" else len(members) if k == "all" else int(k)
+                if not 1 <= threshold <= len(members):
+                    raise MalformedInput(f"threshold {k!r} is not between 1 and {len(members)}")
+                policy.groups[name] = (threshold, members)
+            elif keyword == "quorum":
+                if policy.quorum is not None or len(words) != 2:
+                    raise MalformedInput("one 'quorum <group|witness|none>' line")
+                if words[1] != "none":
+                    if words[1] not in policy.witnesses and words[1] not in policy.groups:
+                        raise MalformedInput(f"unknown quorum {words[1]!r}")
+                    policy.quorum = words[1]
+            else:
+                raise MalformedInput(f"unknown keyword {keyword!r}")
+        except (IndexError, ValueError):
+            raise MalformedInput(f"{where}: malformed {keyword!r} line") from None
+        except MalformedInput as exc:
+            raise MalformedInput(f"{where}: {exc}") from None
+    return policy
+
+
+def require_quorum(policy: Policy, note: Note) -> dict[str, int]:
+    """The verified cosigners (name -> signed time); raises SignatureError unless they meet the quorum."""
+    from .errors import SignatureError
+
+    cosigners = policy.cosigners(note)
+    if not policy.satisfied(set(cosigners)):
+        have = ", ".join(sorted(cosigners)) or "none"
+        raise SignatureError(f"the checkpoint lacks the policy's quorum of witness cosignatures (valid: {have})")
+    return cosigners
