@@ -101,3 +101,28 @@ async def test_witnesses_refuse_a_forked_history(tmp_path, aiohttp_server, aioht
     # The honest log goes on being cosigned.
     await seq.submit(entry(99))
     assert open_checkpoint(await (await client.get("/checkpoint")).read(), log_key).size == 6
+
+
+async def test_receipt_verify_with_policy_reports_when_witnesses_saw_it(tmp_path, aiohttp_server, aiohttp_client):
+    import subprocess
+    import sys
+
+    for i in range(3):
+        (tmp_path / f"w{i}").mkdir()
+    client, seq, policy, log_key = await setup(tmp_path, aiohttp_server, aiohttp_client, "two-of-three")
+    result = await seq.submit(entry(1))
+    from pacspace.receipt import Receipt
+
+    stored = client.app[SERVICE].store.checkpoint_at(result.checkpoint.size)
+    receipt = Receipt(result.index, tuple(result.inclusion_proof()), stored, entry(1)).format()
+    (tmp_path / "r.tlog-proof").write_text(receipt)
+
+    def verify(*extra):
+        return subprocess.run([sys.executable, "-m", "pacspace", "receipt", "verify", str(tmp_path / "r.tlog-proof"),
+                               "--log-key", log_key.vkey(), "--policy", str(tmp_path / "policy"), *extra],
+                              capture_output=True, text=True)
+
+    ok = verify("--before", "2999-01-01T00:00:00Z")
+    assert ok.returncode == 0 and "witnessed: by w0, w1, w2" in ok.stdout and "before 2999-01-01T00:00:00Z: yes" in ok.stdout
+    late = verify("--before", "2001-01-01T00:00:00Z")
+    assert late.returncode == 1 and "NOT before" in late.stderr

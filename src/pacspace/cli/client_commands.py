@@ -218,6 +218,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("file", type=Path)
     p.add_argument("--log-key", required=True, metavar="VKEY")
     p.add_argument("--policy", type=Path, metavar="FILE", help="a C2SP tlog-policy: require its witnesses' quorum")
+    p.add_argument("--before", metavar="TIME", help="with --policy: exit 1 unless a witness cosigned it before this "
+                   "RFC 3339 time (an invoice date, say)")
     p.set_defaults(run=cmd_receipt_verify)
 
 
@@ -451,7 +453,20 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     result = verify_receipt(text, verifier)
     when = datetime.fromtimestamp(result.checkpoint.timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     print(f"ok: entry at index {result.index} is in {result.checkpoint.checkpoint.origin} at size {result.checkpoint.size}, signed {when}")
-    _print_witnessed(args, result.checkpoint.note)
+    first = _print_witnessed(args, result.checkpoint.note)
+    if getattr(args, "before", None):
+        if first is None:
+            raise MalformedInput("--before needs --policy: the time must come from the witnesses")
+        try:
+            limit = datetime.fromisoformat(args.before.replace("Z", "+00:00"))
+        except ValueError:
+            raise MalformedInput("--before is an RFC 3339 time, e.g. 2026-12-01T00:00:00Z") from None
+        if limit.tzinfo is None:
+            raise MalformedInput("--before needs a time zone (end it with Z)")
+        if first >= limit.timestamp():
+            print(f"NOT before {args.before}: the earliest witness cosignature is later", file=sys.stderr)
+            return 1
+        print(f"before {args.before}: yes")
     return 0
 
 
@@ -466,18 +481,20 @@ def _policy(args: argparse.Namespace) -> Any:
         raise MalformedInput(f"cannot read {args.policy}: {exc.strerror}") from None
 
 
-def _print_witnessed(args: argparse.Namespace, note: Any) -> None:
-    """With --policy: require the quorum, and report the earliest witness time (independent proof of when)."""
+def _print_witnessed(args: argparse.Namespace, note: Any) -> int | None:
+    """With --policy: require the quorum, report the earliest witness time (independent proof of when), return it."""
     from ..policy import require_quorum
 
     policy = _policy(args)
     if policy is None:
-        return
+        return None
     cosigners = require_quorum(policy, note)
-    if cosigners:
-        name, first = min(cosigners.items(), key=lambda item: item[1])
-        when = datetime.fromtimestamp(first, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        print(f"witnessed: by {', '.join(sorted(cosigners))}; earliest cosignature {when} ({name})")
+    if not cosigners:
+        return None
+    name, first = min(cosigners.items(), key=lambda item: item[1])
+    when = datetime.fromtimestamp(first, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"witnessed: by {', '.join(sorted(cosigners))}; earliest cosignature {when} ({name})")
+    return first
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
