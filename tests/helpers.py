@@ -41,3 +41,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def add_two_parties(data_dir: Path) -> None:
+    """A provider ``acme`` (token ``tok-acme``) and a customer ``bob`` (``tok-bob``), as the operator adds them."""
+    from pacspace.storage.records import RecordStore
+
+    store = RecordStore(data_dir)
+    store.add_party("acme", "provider", "tok-acme", 1)
+    store.add_party("bob", "customer", "tok-bob", 1)
+    store.close()
+
+
+async def register_two_homes(url: str, base: Path):  # type: ignore[no-untyped-def]
+    """Both parties' homes under ``base``: keys created, public halves registered, log key pinned."""
+    from pacspace.client.home import Home
+    from pacspace.client.http import PacspaceClient
+
+    acme, bob = Home(base / "acme"), Home(base / "bob")
+    for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
+        async with PacspaceClient(url, token) as c:
+            keys = home.create_keys()
+            await c.register_keys(keys.public.x25519, keys.public.ed25519)
+            home.pin_log_key((await c.log_info())["vkey"])
+    return acme, bob

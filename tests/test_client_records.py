@@ -6,10 +6,9 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from helpers import new_log
+from helpers import add_two_parties, register_two_homes, new_log
 
 from pacspace.checkpoint import open_checkpoint
-from pacspace.client.home import Home
 from pacspace.client.http import PacspaceClient
 from pacspace.client.records import (
     KeyMismatch,
@@ -27,7 +26,6 @@ from pacspace.records.chain import ChainError, check_records
 from pacspace.records.seal import seal
 from pacspace.sequencer import SequencerConfig
 from pacspace.server.app import create_app
-from pacspace.storage.records import RecordStore
 
 WINDOW = ("2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z")
 
@@ -35,19 +33,11 @@ WINDOW = ("2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z")
 @pytest.fixture
 async def setup(aiohttp_client, tmp_path):
     new_log(tmp_path / "log")
-    store = RecordStore(tmp_path / "log")
-    store.add_party("acme", "provider", "tok-acme", 1)
-    store.add_party("bob", "customer", "tok-bob", 1)
-    store.close()
+    add_two_parties(tmp_path / "log")
     app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
     server = await aiohttp_client(app)
     url = str(server.make_url("")).rstrip("/")
-    acme, bob = Home(tmp_path / "acme"), Home(tmp_path / "bob")
-    for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
-        async with PacspaceClient(url, token) as c:
-            keys = home.create_keys()
-            await c.register_keys(keys.public.x25519, keys.public.ed25519)
-            home.pin_log_key((await c.log_info())["vkey"])
+    acme, bob = await register_two_homes(url, tmp_path)
     async with PacspaceClient(url, "tok-acme") as c:
         rid = (await create_relationship(c, acme.keys(), "acme", "bob"))["relationship"]
         view = await load_relationship(c, acme, rid, acme.log_key())

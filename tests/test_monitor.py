@@ -14,11 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import new_log
+from helpers import add_two_parties, register_two_homes, new_log
 
 from pacspace.checkpoint import Checkpoint, sign_checkpoint
 from pacspace.note import NoteSigner
-from pacspace.client.home import Home
 from pacspace.client.http import PacspaceClient
 from pacspace.client.monitor import EXIT_CODES, Detection, poll, save_evidence
 from pacspace.client.monitor_state import MonitorState
@@ -30,7 +29,6 @@ from pacspace.records.body import Common, Delta, Line
 from pacspace.records.seal import seal
 from pacspace.sequencer import SequencerConfig
 from pacspace.server.app import create_app
-from pacspace.storage.records import RecordStore
 
 WINDOW = ("2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z")
 
@@ -57,10 +55,7 @@ class Proxy:
 @pytest.fixture
 async def world(aiohttp_client, aiohttp_server, tmp_path):
     new_log(tmp_path / "log")
-    store = RecordStore(tmp_path / "log")
-    store.add_party("acme", "provider", "tok-acme", 1)
-    store.add_party("bob", "customer", "tok-bob", 1)
-    store.close()
+    add_two_parties(tmp_path / "log")
     app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
     real = await aiohttp_client(app)
     upstream = str(real.make_url("")).rstrip("/")
@@ -68,12 +63,7 @@ async def world(aiohttp_client, aiohttp_server, tmp_path):
     proxy_app = web.Application()
     proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
     proxy_server = await aiohttp_server(proxy_app)
-    acme, bob = Home(tmp_path / "acme"), Home(tmp_path / "bob")
-    for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
-        async with PacspaceClient(upstream, token) as c:
-            keys = home.create_keys()
-            await c.register_keys(keys.public.x25519, keys.public.ed25519)
-            home.pin_log_key((await c.log_info())["vkey"])
+    acme, bob = await register_two_homes(upstream, tmp_path)
     async with PacspaceClient(upstream, "tok-acme") as c:
         rid = (await create_relationship(c, acme.keys(), "acme", "bob"))["relationship"]
         view = await load_relationship(c, acme, rid, acme.log_key())

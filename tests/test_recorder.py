@@ -131,9 +131,8 @@ def test_aggregation_is_exact_deduplicated_and_order_free():
 
 async def test_flush_resumes_without_committing_twice(aiohttp_client, tmp_path):
     """A flush that dies before sending, or after sending but before recording, is finished once on the next run."""
-    from helpers import new_log
+    from helpers import add_two_parties, new_log, register_two_homes
 
-    from pacspace.client.home import Home
     from pacspace.client.http import PacspaceClient
     from pacspace.client.records import create_relationship, load_relationship
     from pacspace.config import ServerConfig
@@ -142,21 +141,12 @@ async def test_flush_resumes_without_committing_twice(aiohttp_client, tmp_path):
     from pacspace.recorder.spool import Spool
     from pacspace.sequencer import SequencerConfig
     from pacspace.server.app import create_app
-    from pacspace.storage.records import RecordStore
 
     new_log(tmp_path / "log")
-    store = RecordStore(tmp_path / "log")
-    store.add_party("acme", "provider", "tok-acme", 1)
-    store.add_party("bob", "customer", "tok-bob", 1)
-    store.close()
+    add_two_parties(tmp_path / "log")
     app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
     url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
-    acme, bob = Home(tmp_path / "acme"), Home(tmp_path / "bob")
-    for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
-        async with PacspaceClient(url, token) as c:
-            keys = home.create_keys()
-            await c.register_keys(keys.public.x25519, keys.public.ed25519)
-            home.pin_log_key((await c.log_info())["vkey"])
+    acme, bob = await register_two_homes(url, tmp_path)
     async with PacspaceClient(url, "tok-acme") as c:
         rid = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly"))["relationship"]
     config = parse_config({"recorder": {"data": "spool"}, "customers": [{"ref": "c1", "relationship": rid, "cadence": "hourly"}],

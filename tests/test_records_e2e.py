@@ -13,16 +13,14 @@ import time
 import urllib.request
 
 import aiohttp
-from helpers import free_port
+from helpers import add_two_parties, register_two_homes, free_port
 
 from pacspace.checkpoint import open_checkpoint
-from pacspace.client.home import Home
 from pacspace.client.http import PacspaceClient, Unreachable
 from pacspace.client.records import append_body, create_relationship, delta_maker, load_relationship
 from pacspace.errors import PacspaceError
 from pacspace.merkle import verify_consistency
 from pacspace.records.body import Delta, Line
-from pacspace.storage.records import RecordStore
 
 RELATIONSHIPS = 12
 
@@ -48,20 +46,12 @@ def start(data, port) -> subprocess.Popen:
 async def test_sigkill_mid_load_then_everything_acknowledged_verifies(tmp_path):
     data = tmp_path / "data"
     subprocess.run([sys.executable, "-m", "pacspace", "init", "--data", str(data)], check=True, capture_output=True)
-    store = RecordStore(data)
-    store.add_party("acme", "provider", "tok-acme", 1)
-    store.add_party("bob", "customer", "tok-bob", 1)
-    store.close()
+    add_two_parties(data)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start(data, port)
-    acme, bob = Home(tmp_path / "acme"), Home(tmp_path / "bob")
     try:
-        for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
-            async with PacspaceClient(url, token) as c:
-                keys = home.create_keys()
-                await c.register_keys(keys.public.x25519, keys.public.ed25519)
-                home.pin_log_key((await c.log_info())["vkey"])
+        acme, bob = await register_two_homes(url, tmp_path)
         async with PacspaceClient(url, "tok-acme") as c:
             rids = [
                 (await create_relationship(c, acme.keys(), "acme", "bob", "hourly"))["relationship"]
