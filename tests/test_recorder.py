@@ -152,6 +152,8 @@ async def test_flush_resumes_without_committing_twice(aiohttp_client, tmp_path):
     config = parse_config({"recorder": {"data": "spool"}, "customers": [{"ref": "c1", "relationship": rid, "cadence": "hourly"}],
                            "meters": {"use": {"meter": "m", "unit": "u", "value": "v"}}}, tmp_path)
     meters = config.meters
+    acme_home_created = acme.relationship_secret(rid)
+    assert acme_home_created is None  # created without the home: the recorder must fetch and verify the chain
     spool = Spool(config.data)
 
     def events(hour):
@@ -159,7 +161,7 @@ async def test_flush_resumes_without_committing_twice(aiohttp_client, tmp_path):
                              "time": f"2026-11-02T{hour:02d}:0{i}:00Z", "data": {"v": i + 1}}, meters),
                  rid, config.cadence_of[rid].window(f"2026-11-02T{hour:02d}:0{i}:00Z")) for i in range(3)]
 
-    spool.accept(events(10))
+    spool.accept(events(10), "2026-11-02T10:30:00Z")
 
     class DiesBeforeSending(PacspaceClient):
         async def append_batch(self, records):
@@ -168,7 +170,9 @@ async def test_flush_resumes_without_committing_twice(aiohttp_client, tmp_path):
     async with DiesBeforeSending(url, "tok-acme") as c:
         with pytest.raises(ConnectionError):
             await flush(c, acme, spool, config, "2026-11-02T12:00:00Z")
-    assert spool.sealed(rid, "2026-11-02T10:00:00Z").index is None
+    (unsent,) = spool.unsent()
+    assert (unsent.seq, unsent.window_start, unsent.index) == (1, "2026-11-02T10:00:00Z", None)
+    assert spool.pending() == {}  # its events are counted by that sealed record, not pending twice
 
     class DiesAfterSending(PacspaceClient):
         async def append_batch(self, records):
@@ -180,9 +184,10 @@ async def test_flush_resumes_without_committing_twice(aiohttp_client, tmp_path):
             await flush(c, acme, spool, config, "2026-11-02T12:00:00Z")
     async with PacspaceClient(url, "tok-acme") as c:
         report = await flush(c, acme, spool, config, "2026-11-02T12:00:00Z")
-        assert (report.committed, report.already_committed, report.errors) == (0, 1, [])
-        spool.accept(events(11))
-        assert (await flush(c, acme, spool, config, "2026-11-02T13:00:00Z")).committed == 1
+        assert (report.committed, report.resent, report.errors) == (1, 1, [])  # the same record, acknowledged again
+        spool.accept(events(11), "2026-11-02T11:30:00Z")
+        report = await flush(c, acme, spool, config, "2026-11-02T13:00:00Z")
+        assert (report.committed, report.resent, report.learned) == (1, 0, 0)
         view = await load_relationship(c, acme, rid, acme.log_key())
     windows = [r.body.window_start for r in view.records[1:]]
     assert windows == ["2026-11-02T10:00:00Z", "2026-11-02T11:00:00Z"]  # each window committed exactly once
@@ -195,7 +200,7 @@ async def test_http_ingest_is_durable_and_deduplicated(aiohttp_client, tmp_path)
     from pacspace.recorder.server import create_recorder_app
     from pacspace.recorder.spool import Spool
 
-    config = parse_config({"recorder": {"data": "spool"}, "customers": [{"ref": "c1", "relationship": "acme:r1"}],
+    config = parse_config({"recorder": {"data": "spool", "dedup_days": 3660}, "customers": [{"ref": "c1", "relationship": "acme:r1"}],
                            "meters": {"use": {"meter": "m", "unit": "u", "value": "v"}}}, tmp_path)
     client = await aiohttp_client(create_recorder_app(config))
 
@@ -238,7 +243,7 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path):
 
     from pacspace.recorder.spool import Spool
 
-    (tmp_path / "recorder.toml").write_text('[recorder]\ndata = "spool"\n[[customers]]\nref = "c1"\nrelationship = "acme:r1"\n'
+    (tmp_path / "recorder.toml").write_text('[recorder]\ndata = "spool"\ndedup_days = 3660\n[[customers]]\nref = "c1"\nrelationship = "acme:r1"\n'
                                             '[meters.use]\nmeter = "m"\nunit = "u"\nvalue = "v"\n')
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PACSPACE_TOKEN"}
@@ -279,7 +284,7 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path):
     assert len(acknowledged) >= 50
     spool = Spool(tmp_path / "spool")
     try:
-        stored = {e.event_id for e in spool.events_of("acme:r1", "2026-11-02T00:00:00Z")}
+        stored = {e.event.event_id for e in spool.pending()["acme:r1"]}
     finally:
         spool.close()
     assert set(acknowledged) <= stored

@@ -263,7 +263,7 @@ def cmd_relationship_create(args: argparse.Namespace) -> int:
     async def body(client: PacspaceClient, home: Home) -> int:
         me = await client.me()
         result = await create_relationship(
-            client, home.keys(), me["name"], args.customer, args.cadence, args.billing_cycle, args.customer_key
+            client, home.keys(), me["name"], args.customer, args.cadence, args.billing_cycle, args.customer_key, home
         )
         if args.json:
             print(json.dumps(result))

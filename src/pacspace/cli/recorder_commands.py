@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..recorder.events import (
     stripe_event,
 )
 from ..recorder.flush import flush
+from ..recorder.plan import format_time
 from ..recorder.spool import Spool
 
 FORMATS = ("cloudevents", "stripe", "openai", "anthropic")
@@ -95,26 +97,26 @@ def cmd_import(args: argparse.Namespace) -> int:
     rows = read_stripe_csv(text) if args.format == "stripe" and not text.lstrip().startswith("{") else read_jsonl(text)
     batch: list[tuple[UsageEvent, str, tuple[str, str]]] = []
     rejected: list[str] = []
+    now = datetime.now(timezone.utc)
     for number, obj in rows:
         try:
             if isinstance(obj, InvalidEvent):
                 raise obj
-            for event in _parse(obj, args.format, config, args.customer):
-                rid = config.relationship_of.get(event.customer)
-                if rid is None:
-                    raise InvalidEvent(f"customer {event.customer!r} is not in the config")
-                batch.append((event, rid, config.cadence_of[rid].window(event.time)))
+            # All of a line's events (an LLM response's meters) or none of them.
+            batch += [config.route(event, now) for event in _parse(obj, args.format, config, args.customer)]
         except InvalidEvent as exc:
             rejected.append(f"line {number}: {exc}")
     spool = Spool(config.data)
     try:
-        accepted, duplicates, refused = spool.accept(batch)
+        accepted, duplicates = spool.accept(batch, format_time(now))
     finally:
         spool.close()
-    for reason in (rejected + refused)[:20]:
+    for reason in rejected[:20]:
         print(f"pacspace: rejected {reason}", file=sys.stderr)
-    print(json.dumps({"accepted": accepted, "duplicates": duplicates, "rejected": len(rejected) + len(refused)}))
-    return 0 if not rejected and not refused else 1
+    if len(rejected) > 20:
+        print(f"pacspace: ... and {len(rejected) - 20} more rejected lines", file=sys.stderr)
+    print(json.dumps({"accepted": accepted, "duplicates": duplicates, "rejected": len(rejected)}))
+    return 0 if not rejected else 1
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
@@ -130,13 +132,13 @@ def cmd_flush(args: argparse.Namespace) -> int:
         spool = Spool(config.data)
         try:
             async with PacspaceClient(url, token) as client:
-                report = await flush(client, home, spool, config, until)
+                report = await flush(client, home, spool, config, until,
+                                     progress=lambda line: print(f"pacspace: {line}", file=sys.stderr))
         finally:
             spool.close()
         for error in report.errors:
             print(f"pacspace: {error}", file=sys.stderr)
-        print(json.dumps({"committed": report.committed, "already_committed": report.already_committed,
-                          "closed": report.closed, "errors": len(report.errors)}))
+        print(json.dumps(report.to_json()))
         return 1 if report.errors else 0
 
     return asyncio.run(main())
@@ -183,6 +185,7 @@ def cmd_prove_event(args: argparse.Namespace) -> int:
     import base64
 
     from ..recorder.aggregate import events_root, prove_event
+    from ..records.body import Delta, decode_body
 
     config = load_config(args.config)
     spool = Spool(config.data)
@@ -191,14 +194,16 @@ def cmd_prove_event(args: argparse.Namespace) -> int:
         if not found:
             raise MalformedInput(f"no spooled event with id {args.event_id!r}")
         proofs = []
-        for rid, start, event in found:
-            delta = spool.sealed(rid, start)
-            if delta is None or delta.index is None:
-                raise MalformedInput(f"the window {start} of {rid} is not committed yet")
-            digests = [e.digest() for e in spool.events_of(rid, start)]
+        for rid, seq, event in found:
+            record = None if seq is None else spool.record(rid, seq)
+            if record is None or record.index is None:
+                raise MalformedInput(f"event {args.event_id!r} of {rid} is not in a committed record yet (run a flush)")
+            digests = [e.digest() for e in spool.counted_by(rid, seq)]
             index, size, path = prove_event(digests, event.digest())
+            body = decode_body(record.body)
             proofs.append({
-                "relationship": rid, "seq": delta.seq, "log_index": delta.index, "window_start": start,
+                "relationship": rid, "seq": seq, "log_index": record.index, "kind": record.kind,
+                "window_start": body.window_start if isinstance(body, Delta) else None,
                 "events_root": events_root(digests).hex(), "event": json.loads(event.canonical()),
                 "index": index, "size": size, "path": [base64.b64encode(h).decode() for h in path],
             })

@@ -5,6 +5,8 @@ Layout:
   log.vkey                      the log's verifier key, pinned at `keys init`
   checkpoint                    the last log checkpoint this party verified (later ones must be consistent)
   chains/<relationship>.json    what it verified of a relationship: {"next_seq", "head", "provider_fingerprint"}
+  chains/<relationship>.secret  (provider) the relationship secret it drew, mode 0600: the recorder extends
+                                the chain from it without fetching and unwrapping it again
 """
 
 from __future__ import annotations
@@ -81,6 +83,14 @@ class Home:
 
     def save_relationship_state(self, rid: str, state: dict[str, object]) -> None:
         self._write_json(self.path / "chains" / f"{rid}.json", state)
+
+    def save_relationship_secret(self, rid: str, secret: bytes) -> None:
+        (self.path / "chains").mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_new_file(self.path / "chains" / f"{rid}.secret", secret, mode=0o600)
+
+    def relationship_secret(self, rid: str) -> bytes | None:
+        path = self.path / "chains" / f"{rid}.secret"
+        return path.read_bytes() if path.exists() else None
 
     def last_checkpoint(self) -> bytes | None:
         path = self.path / "checkpoint"

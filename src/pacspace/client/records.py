@@ -74,8 +74,13 @@ async def create_relationship(
     cadence: str = "daily",
     billing_cycle: str = "monthly",
     customer_fingerprint: str | None = None,
+    home: Home | None = None,
 ) -> dict[str, Any]:
-    """Draw the secret, wrap it to the customer and to ourselves, and commit the signed genesis record."""
+    """Draw the secret, wrap it to the customer and to ourselves, and commit the signed genesis record.
+
+    With ``home``, the provider keeps the secret (0600) and the chain's head, so
+    its recorder can extend the chain without fetching it first.
+    """
     found = await client.party_keys(customer)
     customer_keys = _public(found.get("keys"), "customer")
     if customer_fingerprint is not None and customer_keys.fingerprint() != customer_fingerprint.strip().lower():
@@ -109,7 +114,16 @@ async def create_relationship(
             "ciphertext": base64.b64encode(sealed.blob).decode(),
         },
     }
-    return await client.create_relationship(body)
+    result = await client.create_relationship(body)
+    if home is not None:
+        checked = verify_receipt(result["receipt"]["proof"], home.log_key(), entry=sealed.entry)
+        if checked.index != result["receipt"]["index"]:
+            raise ChainError("the genesis receipt does not match the record that was sent")
+        home.save_relationship_secret(rid, rkeys.secret)
+        home.save_relationship_state(
+            rid, {"next_seq": 1, "head": body_hash(sealed.body), "provider_fingerprint": keys.public.fingerprint()}
+        )
+    return result
 
 
 @dataclass(frozen=True)

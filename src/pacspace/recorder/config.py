@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..errors import MalformedInput
-from .events import MeterMapping
+from ..records.body import Line
+from .events import InvalidEvent, MeterMapping, UsageEvent
 from .windows import Cadence
 
+FUTURE_SKEW = timedelta(minutes=5)  # as Stripe allows
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 
 
@@ -21,6 +24,30 @@ class RecorderConfig:
     relationship_of: dict[str, str]  # customer ref (CloudEvents subject, Stripe customer id, ...) -> relationship
     cadence_of: dict[str, Cadence]  # relationship -> cadence
     meters: dict[str, MeterMapping]  # event type / Stripe event_name -> meter
+    zero_deltas: bool = False  # a delta for every window, even an idle one
+    dedup_days: int = 35  # events older than this are refused: a replay of them could no longer be recognised
+
+    def route(self, event: UsageEvent, now: datetime) -> tuple[UsageEvent, str, tuple[str, str]]:
+        """(event, relationship, window) for an event this recorder may count at ``now``; InvalidEvent if not."""
+        rid = self.relationship_of.get(event.customer)
+        if rid is None:
+            raise InvalidEvent(f"customer {event.customer!r} is not in the config")
+        when = datetime.strptime(event.time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        if when < now - timedelta(days=self.dedup_days):
+            raise InvalidEvent(
+                f"time {event.time} is more than {self.dedup_days} days ago, outside the dedup window: "
+                "a replay of it could not be told apart"
+            )
+        if when > now + FUTURE_SKEW:
+            raise InvalidEvent(f"time {event.time} is in the future")
+        return event, rid, self.cadence_of[rid].window(event.time)
+
+    def zero_lines(self) -> tuple[Line, ...] | None:
+        """The lines of an idle window's delta: each configured meter at zero (None: zero deltas are off)."""
+        if not self.zero_deltas:
+            return None
+        pairs = sorted({(m.meter, m.unit) for m in self.meters.values()}) or [("events", "event")]
+        return tuple(Line(meter, unit, "0", {}, 0) for meter, unit in pairs)
 
 
 def load_config(path: Path) -> RecorderConfig:
@@ -38,6 +65,15 @@ def parse_config(raw: dict, base: Path) -> RecorderConfig:  # type: ignore[type-
     grace = section.get("grace_minutes", 10)
     if not isinstance(grace, int) or not 0 <= grace <= 7 * 24 * 60:
         raise MalformedInput("[recorder] grace_minutes must be an integer number of minutes, at most a week")
+    zero = section.get("zero_deltas", False)
+    if not isinstance(zero, bool):
+        raise MalformedInput("[recorder] zero_deltas is true or false")
+    dedup_days = section.get("dedup_days", 35)
+    if not isinstance(dedup_days, int) or isinstance(dedup_days, bool) or not 1 <= dedup_days <= 3660:
+        raise MalformedInput("[recorder] dedup_days must be a whole number of days from 1 to 3660")
+    unknown = set(section) - {"data", "grace_minutes", "zero_deltas", "dedup_days"}
+    if unknown:
+        raise MalformedInput(f"[recorder] has unknown keys: {', '.join(sorted(unknown))}")
     data = base / str(section.get("data", "recorder-data"))
     relationship_of: dict[str, str] = {}
     cadence_of: dict[str, Cadence] = {}
@@ -60,4 +96,4 @@ def parse_config(raw: dict, base: Path) -> RecorderConfig:  # type: ignore[type-
         if not isinstance(dims, list) or not all(isinstance(d, str) for d in dims):
             raise MalformedInput(f"[meters.{name}]: dimensions is a list of field names")
         meters[name] = MeterMapping(m["meter"], str(m.get("unit", "unit")), str(m.get("value", "value")), tuple(dims))
-    return RecorderConfig(data, grace, relationship_of, cadence_of, meters)
+    return RecorderConfig(data, grace, relationship_of, cadence_of, meters, zero, dedup_days)

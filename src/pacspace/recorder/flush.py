@@ -1,127 +1,212 @@
-"""Committing due windows: one delta per relationship per window, sealed, stored, then sent in one batch.
+"""A flush: what is due is planned (recorder.plan), sealed, stored, then sent in batches.
 
-Resumable and idempotent: a window's delta is sealed and stored in the spool
-before it is sent; a later flush sends the same stored record again (the
-server answers a retry with the same receipt) or, if the relationship's chain
-already holds it, just records its index.
+Resumable and idempotent. Records are sealed and stored, with the events they
+count, in one durable transaction before anything is sent (Spool.store_flush).
+A flush first re-sends whatever an earlier one stored and never saw
+acknowledged: the server answers a retry of the same (seq, ciphertext) with the
+same receipt, so a crash at any point neither loses nor repeats a record.
+
+The recorder extends each chain from its own copy (Spool chains), learned once:
+from the provider's home when the chain is still just the genesis it created
+there, otherwise by fetching and fully verifying it (client.records). If the
+server holds another record at a seq the recorder meant to use (someone else
+extended the chain), the unsent records are dropped, their events counted
+again, and the chain is learned afresh.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from ..client.home import Home
 from ..client.http import PacspaceClient
-from ..client.records import append_body, close_maker, load_relationship
+from ..client.records import RelationshipView, load_relationship
 from ..errors import PacspaceError
-from ..records.body import Close, Common, Delta, body_hash
-from ..records.seal import seal
-from .aggregate import WindowUsage
+from ..records.body import Close, Delta, body_hash
+from ..records.seal import RelationshipKeys, seal
 from .config import RecorderConfig
-from .spool import SealedDelta, Spool
-from .windows import period_of
+from .plan import ChainFacts, Planner, candidate_windows, closing_periods, format_time, parse_time
+from .spool import Chain, Spool, StoredRecord
 
-_FMT = "%Y-%m-%dT%H:%M:%SZ"
+BATCH = 5000  # records per request; a relationship's records never span two requests
+LEARN_CONCURRENCY = 16
+STALE = {"record_conflict", "duplicate_tag"}  # another record holds the seq: the recorder's chain is behind
 
 
 @dataclass
 class FlushReport:
-    committed: int = 0
-    already_committed: int = 0
+    committed: int = 0  # deltas and corrections acknowledged by this flush
+    resent: int = 0  # of those, records an earlier flush stored but did not see acknowledged
     closed: int = 0
+    learned: int = 0
     errors: list[str] = field(default_factory=list)
 
-
-def period_end(period: str) -> str:
-    """The first instant after a billing period (a month)."""
-    year, month = int(period[:4]), int(period[5:7])
-    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return f"{year:04d}-{month:02d}-01T00:00:00Z"
+    def to_json(self) -> dict[str, int]:
+        return {"committed": self.committed, "resent": self.resent, "closed": self.closed,
+                "learned": self.learned, "errors": len(self.errors)}
 
 
 def cutoff(until: str, grace_minutes: int) -> str:
     """Windows that ended at least the grace before ``until`` are due."""
-    when = datetime.strptime(until, _FMT).replace(tzinfo=timezone.utc) - timedelta(minutes=grace_minutes)
-    return when.strftime(_FMT)
+    return format_time(parse_time(until) - timedelta(minutes=grace_minutes))
 
 
-async def flush(client: PacspaceClient, home: Home, spool: Spool, config: RecorderConfig, until: str) -> FlushReport:
+async def flush(
+    client: PacspaceClient, home: Home, spool: Spool, config: RecorderConfig, until: str,
+    progress: Callable[[str], None] | None = None,
+) -> FlushReport:
     report = FlushReport()
-    due = spool.due(cutoff(until, config.grace_minutes))
-    by_rel: dict[str, list[tuple[str, str]]] = {}
-    for rid, start, end in due:
-        by_rel.setdefault(rid, []).append((start, end))
-    items: list[dict[str, object]] = []
-    sent: list[SealedDelta] = []
+    say = progress or (lambda _: None)
+    refused = await _send(client, spool, spool.unsent(), report, resend=True)
+    limit = cutoff(until, config.grace_minutes)
+    pending = spool.pending()
+    chains = spool.chains(set(pending) | set(config.cadence_of))
+    wanted = set(pending) | {rid for rid, c in chains.items() if closing_periods(c, [], limit)}
+    if config.zero_deltas:
+        wanted |= set(config.cadence_of)
+    wanted -= refused
+    unknown = sorted(rid for rid in wanted if rid not in chains or chains[rid].must_refetch)
+    if unknown:
+        say(f"learning {len(unknown)} chains")
+        chains.update(await _learn(client, home, spool, unknown, chains, report))
     signer = home.keys().ed25519
-    for rid, windows in by_rel.items():
-        view = await load_relationship(client, home, rid, home.log_key())
-        by_seq = {r.seq: r for r in view.records}
-        head = view.head
-        if head is None:
-            report.errors.append(f"{rid}: no genesis record")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    planned: list[StoredRecord] = []
+    counted: list[tuple[int, str, tuple[str, str, str]]] = []
+    advanced: list[Chain] = []
+    for rid in sorted(wanted):
+        chain = chains.get(rid)
+        cadence = config.cadence_of.get(rid)
+        if chain is None or chain.must_refetch or cadence is None:
+            if chain is None or chain.must_refetch:
+                continue  # learning failed; reported
+            report.errors.append(f"{rid}: has events or an open period but is not in the config")
             continue
-        next_seq, prev = head.next_seq, head.head
-        for start, end in windows:
-            stored = spool.sealed(rid, start)
-            if stored is not None and stored.seq in by_seq:
-                # Sent before a crash and committed: only its index was not recorded.
-                if by_seq[stored.seq].tag != stored.tag:
-                    report.errors.append(f"{rid} {start}: seq {stored.seq} holds another record")
-                    continue
-                spool.mark_committed(rid, start, by_seq[stored.seq].index)
-                report.already_committed += 1
-                continue
-            if stored is None:
-                usage = WindowUsage(rid, start, end)
-                for event in spool.events_of(rid, start):
-                    usage.add(event)
-                body = Delta(
-                    Common(rid, next_seq, prev, f"window-{start}", time.strftime(_FMT, time.gmtime())),
-                    period_of(start), start, end, usage.lines(),
-                    evidence={"events_root": usage.events_root().hex(), "events_count": str(len(usage.digests)),
-                              "source": "pacspace-recorder"},
-                )
-                sealed = seal(body, view.keys, signer)
-                stored = SealedDelta(rid, start, sealed.seq, sealed.tag, sealed.blob, sealed.body, None)
-                # Durable before it is sent: a crash from here on resends this very record.
-                spool.save_sealed(stored)
-            if stored.seq != next_seq:
-                report.errors.append(f"{rid} {start}: stored seq {stored.seq}, the chain expects {next_seq}")
-                continue
-            items.append({"relationship": rid, "seq": stored.seq, "tag": base64.b64encode(stored.tag).decode(),
-                          "ciphertext": base64.b64encode(stored.blob).decode()})
-            sent.append(stored)
-            next_seq, prev = stored.seq + 1, body_hash(stored.body)
-    if items:
-        answer = await client.append_batch(items)
-        for delta, result in zip(sent, answer["results"]):
-            if result["status"] == "ok":
-                spool.mark_committed(delta.relationship, delta.window_start, int(result["index"]))
-                report.committed += 1
-            else:
-                report.errors.append(f"{delta.relationship} {delta.window_start}: {result['error']}: {result['message']}")
-    await _close_ended_periods(client, home, spool, config, until, report)
+        events = pending.get(rid, [])
+        facts = ChainFacts(
+            delta_seq=spool.has_delta_for(rid, candidate_windows(chain, events, cadence, limit, config.zero_deltas)),
+            close_seq={p: s for p in chain.closed_periods if (s := spool.close_seq(rid, p)) is not None},
+            usage={p: spool.usage_records(rid, p) for p in closing_periods(chain, events, limit)},
+        )
+        try:
+            records, new_chain = Planner(chain, facts, cadence, limit, now, config.zero_lines()).plan(events)
+        except PacspaceError as exc:
+            report.errors.append(f"{rid}: {exc}")
+            continue
+        if not records:
+            if new_chain.covered_until != chain.covered_until:
+                advanced.append(new_chain)
+            continue
+        keys = RelationshipKeys(chain.secret)
+        for record in records:
+            sealed = seal(record.body, keys, signer)
+            window = record.window_start
+            planned.append(StoredRecord(rid, sealed.seq, record.body.kind, record.body.period, window,
+                                        sealed.tag, sealed.blob, sealed.body, None))
+            counted += [(sealed.seq, rid, e.event.dedup_key) for e in record.counted]
+        advanced.append(new_chain)
+    if planned or advanced:
+        # Durable before anything is sent: from here on a crash re-sends exactly these records.
+        await asyncio.to_thread(spool.store_flush, planned, counted, advanced)
+    if planned:
+        say(f"sending {len(planned)} records")
+        await _send(client, spool, planned, report, resend=False)
     return report
 
 
-async def _close_ended_periods(
-    client: PacspaceClient, home: Home, spool: Spool, config: RecorderConfig, until: str, report: FlushReport
-) -> None:
-    """Close every period that ended (plus the grace) by ``until``. Idempotent without any stored state:
-    a period whose close is already in the chain (even one sent just before a crash) is skipped."""
-    limit = cutoff(until, config.grace_minutes)
-    for rid, period in spool.committed_periods():
-        if period_end(period) > limit:
-            continue
-        view = await load_relationship(client, home, rid, home.log_key())
-        if any(isinstance(r.body, Close) and r.body.period == period for r in view.records):
-            continue
-        try:
-            await append_body(client, home, view, close_maker(view, period))
-            report.closed += 1
-        except PacspaceError as exc:
-            report.errors.append(f"{rid} close {period}: {exc}")
+async def _send(
+    client: PacspaceClient, spool: Spool, records: list[StoredRecord], report: FlushReport, resend: bool
+) -> set[str]:
+    """Append stored records in batches; mark the acknowledged ones; returns the relationships to leave alone
+    in this flush (the server refused one of their records)."""
+    refused: set[str] = set()
+    for chunk in _chunks(records):
+        answer = await client.append_batch([
+            {"relationship": r.relationship, "seq": r.seq, "tag": base64.b64encode(r.tag).decode(),
+             "ciphertext": base64.b64encode(r.blob).decode()} for r in chunk
+        ])
+        done: list[tuple[str, int, int]] = []
+        for record, result in zip(chunk, answer["results"]):
+            if result["status"] == "ok":
+                done.append((record.relationship, record.seq, int(result["index"])))
+                if record.kind == "close":
+                    report.closed += 1
+                else:
+                    report.committed += 1
+                    report.resent += resend
+            elif record.relationship not in refused:
+                refused.add(record.relationship)
+                report.errors.append(f"{record.relationship} seq {record.seq}: {result['error']}: {result['message']}")
+                if result["error"] in STALE or (result["error"] == "seq_conflict"
+                                                and int(result.get("expected_seq", -1)) > record.seq):
+                    # Someone else extended the chain: nothing of ours at or after this seq is committed.
+                    await asyncio.to_thread(spool.forget, record.relationship)
+        await asyncio.to_thread(spool.mark_committed, done)
+    return refused
+
+
+def _chunks(records: list[StoredRecord]) -> list[list[StoredRecord]]:
+    chunks: list[list[StoredRecord]] = [[]]
+    for i, record in enumerate(records):
+        starts_relationship = i == 0 or records[i - 1].relationship != record.relationship
+        if starts_relationship and len(chunks[-1]) >= BATCH:
+            chunks.append([])
+        chunks[-1].append(record)
+    return [c for c in chunks if c]
+
+
+async def _learn(
+    client: PacspaceClient, home: Home, spool: Spool, rids: list[str], known: dict[str, Chain], report: FlushReport
+) -> dict[str, Chain]:
+    """The chains the recorder has not extended before: from the home's creation record, or fetched and verified."""
+    learned: dict[str, Chain] = {}
+    gate = asyncio.Semaphore(LEARN_CONCURRENCY)
+    log_key = home.log_key()
+
+    async def one(rid: str) -> None:
+        state, secret = home.relationship_state(rid), home.relationship_secret(rid)
+        if rid not in known and state.get("next_seq") == 1 and secret is not None:
+            # The home created this chain and nothing has extended it from this home since.
+            chain = Chain(rid, secret, 1, str(state["head"]))
+            await asyncio.to_thread(spool.learn, chain, [])
+        else:
+            async with gate:
+                try:
+                    view = await load_relationship(client, home, rid, log_key)
+                except PacspaceError as exc:
+                    report.errors.append(f"{rid}: cannot learn its chain: {exc}")
+                    return
+            chain, records = _chain_of(view)
+            await asyncio.to_thread(spool.learn, chain, records)
+        learned[rid] = chain
+        report.learned += 1
+
+    await asyncio.gather(*(one(rid) for rid in rids))
+    return learned
+
+
+def _chain_of(view: RelationshipView) -> tuple[Chain, list[StoredRecord]]:
+    records: list[StoredRecord] = []
+    used: set[str] = set()
+    closed: set[str] = set()
+    for r in view.records:
+        body = r.body
+        period = getattr(body, "period", "")
+        window = body.window_start if isinstance(body, Delta) and body.kind == "delta" else None
+        records.append(StoredRecord(view.rid, r.seq, body.kind, period, window, r.tag, r.blob, r.opened.encoded, r.index))
+        if isinstance(body, Delta):
+            used.add(period)
+        elif isinstance(body, Close):
+            closed.add(period)
+    last = view.records[-1]
+    covered = max((b.window_end for b in (r.body for r in view.records) if isinstance(b, Delta) and b.kind == "delta"),
+                  default=None)
+    chain = Chain(view.rid, view.keys.secret, last.seq + 1, body_hash(last.opened.encoded),
+                  sorted(used - closed), sorted(closed), covered)
+    return chain, records
+

@@ -8,12 +8,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 
 from .config import RecorderConfig
 from .events import InvalidEvent, UsageEvent, cloudevent
+from .plan import format_time
 from .spool import Spool
 
 log = logging.getLogger("pacspace.recorder")
@@ -51,6 +53,7 @@ class Recorder:
     config: RecorderConfig
     spool: Spool
     metrics: RecorderMetrics = field(default_factory=RecorderMetrics)
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
 
 
 RECORDER = web.AppKey("recorder", Recorder)
@@ -102,20 +105,16 @@ async def post_events(request: web.Request) -> web.Response:
         return _json({"error": "malformed", "message": "a CloudEvents batch is a JSON array"}, 400)
     batch: list[tuple[UsageEvent, str, tuple[str, str]]] = []
     rejected: list[dict[str, Any]] = []
+    now = recorder.clock()
     for item in items:
         try:
             if not isinstance(item, dict):
                 raise InvalidEvent("an event is a JSON object")
-            event = cloudevent(item, recorder.config.meters)
-            rid = recorder.config.relationship_of.get(event.customer)
-            if rid is None:
-                raise InvalidEvent(f"customer {event.customer!r} is not in the config")
-            batch.append((event, rid, recorder.config.cadence_of[rid].window(event.time)))
+            batch.append(recorder.config.route(cloudevent(item, recorder.config.meters), now))
         except InvalidEvent as exc:
             rejected.append({"id": item.get("id") if isinstance(item, dict) else None, "reason": str(exc)})
     # Spooled and fsynced before the 202: an accepted event is never lost.
-    accepted, duplicates, refused = await asyncio.to_thread(recorder.spool.accept, batch)
-    rejected += [{"id": None, "reason": reason} for reason in refused]
+    accepted, duplicates = await asyncio.to_thread(recorder.spool.accept, batch, format_time(now))
     recorder.metrics.accepted += accepted
     recorder.metrics.duplicates += duplicates
     recorder.metrics.rejected += len(rejected)

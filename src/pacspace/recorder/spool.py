@@ -1,42 +1,100 @@
-"""The recorder's spool, ``<data>/recorder.db``: accepted events, and each window's sealed delta.
+"""The recorder's spool, ``<data>/recorder.db``: accepted events, the chains it extends, the records it wrote.
 
-Durable once a call returns (WAL, synchronous=FULL): an accepted event is never
-lost, and a delta is sealed and stored *before* it is sent, so a flush that
-dies anywhere resumes by sending the very same record again (same seq, same
-ciphertext), which the server answers with the same receipt: never twice.
+Durable once a call returns (WAL, synchronous=FULL). An accepted event is never
+lost. A flush seals its records, stores them and assigns their events in one
+transaction *before* sending anything, so a flush that dies anywhere resumes by
+sending the very same records again (same seq, same ciphertext), which the
+server answers with the same receipts: nothing is committed twice, and no event
+is counted in two records.
+
+Tables:
+  events    one row per (source, id, meter): the window it belongs to, when it
+            arrived, and the seq of the record that counted it (NULL: not yet)
+  chains    per relationship the recorder extends: the relationship secret (this
+            file is 0600, like the party keys), the next seq and head, the periods
+            with usage not yet closed, the periods closed, and how far zero
+            deltas have covered
+  records   every record of those chains the recorder knows (written or learned),
+            with its log index once committed (NULL: sealed, not yet acknowledged)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import PacspaceError
 from ..storage.transaction import write_transaction
 from .events import UsageEvent
+
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
         source TEXT NOT NULL, event_id TEXT NOT NULL, meter TEXT NOT NULL,
         relationship TEXT NOT NULL, window_start TEXT NOT NULL, window_end TEXT NOT NULL,
-        body BLOB NOT NULL,
-        PRIMARY KEY (source, event_id, meter))""",
-    "CREATE INDEX IF NOT EXISTS events_window ON events(relationship, window_start)",
-    """CREATE TABLE IF NOT EXISTS deltas (
-        relationship TEXT NOT NULL, window_start TEXT NOT NULL,
-        seq INTEGER NOT NULL, tag BLOB NOT NULL, blob BLOB NOT NULL, body BLOB NOT NULL,
-        idx INTEGER,
-        PRIMARY KEY (relationship, window_start))""",
+        received_at TEXT NOT NULL, seq INTEGER, body BLOB NOT NULL,
+        PRIMARY KEY (source, event_id, meter)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS events_pending ON events(relationship) WHERE seq IS NULL",
+    "CREATE INDEX IF NOT EXISTS events_counted ON events(relationship, seq)",
+    "CREATE INDEX IF NOT EXISTS events_by_id ON events(event_id)",
+    """CREATE TABLE IF NOT EXISTS chains (
+        relationship TEXT PRIMARY KEY, secret BLOB NOT NULL, next_seq INTEGER NOT NULL, head TEXT NOT NULL,
+        open_periods TEXT NOT NULL, closed_periods TEXT NOT NULL, covered_until TEXT)""",
+    """CREATE TABLE IF NOT EXISTS records (
+        relationship TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, period TEXT NOT NULL,
+        window_start TEXT, tag BLOB NOT NULL, blob BLOB NOT NULL, body BLOB NOT NULL, idx INTEGER,
+        PRIMARY KEY (relationship, seq))""",
+    "CREATE INDEX IF NOT EXISTS records_window ON records(relationship, window_start) WHERE kind = 'delta'",
+    "CREATE INDEX IF NOT EXISTS records_unsent ON records(relationship, seq) WHERE idx IS NULL",
 )
 
 
+class SpoolError(PacspaceError):
+    """The spool file cannot be used as it is (made by another version, or damaged)."""
+
+    code = "spool"
+
+
 @dataclass(frozen=True)
-class SealedDelta:
-    relationship: str
+class SpooledEvent:
+    """An accepted event not yet counted in any record."""
+
     window_start: str
+    window_end: str
+    event: UsageEvent
+
+
+@dataclass
+class Chain:
+    """What the recorder knows of one relationship's chain: enough to extend it without asking the server."""
+
+    relationship: str
+    secret: bytes
+    next_seq: int
+    head: str
+    open_periods: list[str] = field(default_factory=list)  # periods with usage and no close yet, oldest first
+    closed_periods: list[str] = field(default_factory=list)
+    covered_until: str | None = None  # zero deltas: the end of the last window written
+
+    @property
+    def must_refetch(self) -> bool:
+        """The server refused a record as stale: learn the chain from the server, not from the home."""
+        return self.next_seq < 0
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    relationship: str
     seq: int
+    kind: str
+    period: str
+    window_start: str | None
     tag: bytes
     blob: bytes
     body: bytes
@@ -56,110 +114,217 @@ def _locked(method):  # type: ignore[no-untyped-def]
 class Spool:
     def __init__(self, data: Path) -> None:
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = data / "recorder.db"
+        if not path.exists():
+            # It holds relationship secrets: 0600 from the first byte.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         # Used from the event loop and from worker threads; one lock serializes every call.
-        self._conn = sqlite3.connect(data / "recorder.db", isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            self._conn.close()
+            raise SpoolError(
+                f"{path} has schema version {version}, this pacspace writes {SCHEMA_VERSION}: "
+                "flush it with the pacspace that made it, then start from a new data directory"
+            )
         for statement in _SCHEMA:
             self._conn.execute(statement)
+        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._conn.close()
 
-    @_locked
-    def accept(self, events: list[tuple[UsageEvent, str, tuple[str, str]]]) -> tuple[int, int, list[str]]:
-        """Store new events in one durable transaction: (accepted, duplicates, reasons for refused ones).
+    # -- events ---------------------------------------------------------------------------------------
 
-        An event whose window already has a committed delta is refused: late
-        events belong in a correction record, which the recorder does not write yet.
+    @_locked
+    def accept(self, events: Iterable[tuple[UsageEvent, str, tuple[str, str]]], received_at: str) -> tuple[int, int]:
+        """Store new events in one durable transaction; returns (accepted, duplicates).
+
+        A duplicate is an event whose (source, id, meter) is already spooled: it
+        is dropped whole, whatever it says.
         """
-        accepted = duplicates = 0
-        refused: list[str] = []
-        committed: dict[tuple[str, str], bool] = {}
+        rows = [
+            (e.source, e.event_id, e.meter, rid, start, end, received_at, e.canonical())
+            for e, rid, (start, end) in events
+        ]
         with write_transaction(self._conn) as conn:
-            for event, rid, (start, end) in events:
-                if (rid, start) not in committed:
-                    committed[(rid, start)] = conn.execute(
-                        "SELECT 1 FROM deltas WHERE relationship = ? AND window_start = ?", (rid, start)
-                    ).fetchone() is not None
-                if committed[(rid, start)]:
-                    refused.append(f"{event.source}/{event.event_id}: window {start} of {rid} is already committed")
-                    continue
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (event.source, event.event_id, event.meter, rid, start, end, event.canonical()),
-                )
-                if cur.rowcount:
-                    accepted += 1
-                else:
-                    duplicates += 1
-        return accepted, duplicates, refused
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)", rows)
+            accepted = conn.total_changes - before
+        return accepted, len(rows) - accepted
 
     @_locked
-    def due(self, until: str) -> list[tuple[str, str, str]]:
-        """(relationship, window start, window end) with events whose window ended by ``until``, oldest first."""
-        rows = self._conn.execute(
-            "SELECT e.relationship, e.window_start, max(e.window_end) FROM events e "
-            "LEFT JOIN deltas d ON d.relationship = e.relationship AND d.window_start = e.window_start "
-            "WHERE (d.idx IS NULL) GROUP BY e.relationship, e.window_start "
-            "HAVING max(e.window_end) <= ? ORDER BY e.relationship, e.window_start",
-            (until,),
-        ).fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
+    def pending(self, relationships: Iterable[str] | None = None) -> dict[str, list[SpooledEvent]]:
+        """Events not yet counted, by relationship (all relationships, or just these)."""
+        out: dict[str, list[SpooledEvent]] = {}
+        if relationships is None:
+            rows = self._conn.execute(
+                "SELECT relationship, window_start, window_end, body FROM events WHERE seq IS NULL"
+            ).fetchall()
+        else:
+            rows = []
+            for rid in relationships:
+                rows += self._conn.execute(
+                    "SELECT relationship, window_start, window_end, body FROM events "
+                    "WHERE relationship = ? AND seq IS NULL", (rid,)
+                ).fetchall()
+        for rid, start, end, body in rows:
+            out.setdefault(rid, []).append(SpooledEvent(start, end, _event(body)))
+        return out
 
     @_locked
-    def events_of(self, rid: str, start: str) -> list[UsageEvent]:
-        rows = self._conn.execute(
-            "SELECT body FROM events WHERE relationship = ? AND window_start = ?", (rid, start)
-        ).fetchall()
+    def counted_by(self, rid: str, seq: int) -> list[UsageEvent]:
+        rows = self._conn.execute("SELECT body FROM events WHERE relationship = ? AND seq = ?", (rid, seq)).fetchall()
         return [_event(body) for (body,) in rows]
 
     @_locked
-    def sealed(self, rid: str, start: str) -> SealedDelta | None:
-        row = self._conn.execute(
-            "SELECT seq, tag, blob, body, idx FROM deltas WHERE relationship = ? AND window_start = ?", (rid, start)
-        ).fetchone()
-        return None if row is None else SealedDelta(rid, start, row[0], bytes(row[1]), bytes(row[2]), bytes(row[3]), row[4])
-
-    @_locked
-    def save_sealed(self, delta: SealedDelta) -> None:
-        with write_transaction(self._conn) as conn:
-            conn.execute(
-                "INSERT INTO deltas VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (delta.relationship, delta.window_start, delta.seq, delta.tag, delta.blob, delta.body),
-            )
-
-    @_locked
-    def mark_committed(self, rid: str, start: str, index: int) -> None:
-        with write_transaction(self._conn) as conn:
-            conn.execute("UPDATE deltas SET idx = ? WHERE relationship = ? AND window_start = ?", (index, rid, start))
-
-    @_locked
-    def find_event(self, event_id: str, source: str | None) -> list[tuple[str, str, UsageEvent]]:
-        """(relationship, window start, event) for each meter of the source event with this id."""
+    def find_event(self, event_id: str, source: str | None) -> list[tuple[str, int | None, UsageEvent]]:
+        """(relationship, seq of the record that counted it or None, event) for each meter of the source event."""
         rows = self._conn.execute(
-            "SELECT relationship, window_start, body FROM events WHERE event_id = ? AND (? IS NULL OR source = ?)",
+            "SELECT relationship, seq, body FROM events WHERE event_id = ? AND (? IS NULL OR source = ?)",
             (event_id, source, source),
         ).fetchall()
         return [(r[0], r[1], _event(r[2])) for r in rows]
 
+    # -- chains and records -----------------------------------------------------------------------------
+
     @_locked
-    def committed_periods(self) -> list[tuple[str, str]]:
-        """(relationship, period) with at least one committed delta."""
+    def chains(self, relationships: Iterable[str]) -> dict[str, Chain]:
+        out: dict[str, Chain] = {}
+        for rid in relationships:
+            row = self._conn.execute(
+                "SELECT secret, next_seq, head, open_periods, closed_periods, covered_until FROM chains "
+                "WHERE relationship = ?", (rid,)
+            ).fetchone()
+            if row is not None:
+                out[rid] = Chain(rid, bytes(row[0]), row[1], row[2], json.loads(row[3]), json.loads(row[4]), row[5])
+        return out
+
+    @_locked
+    def learn(self, chain: Chain, records: list[StoredRecord]) -> None:
+        """Take a chain verified from the server (or known from its creation) as the one to extend."""
+        with write_transaction(self._conn) as conn:
+            conn.execute("DELETE FROM records WHERE relationship = ?", (chain.relationship,))
+            conn.execute("DELETE FROM chains WHERE relationship = ?", (chain.relationship,))
+            _insert_records(conn, records)
+            _save_chain(conn, chain)
+
+    @_locked
+    def forget(self, rid: str) -> None:
+        """Drop what the recorder sealed for ``rid`` but the server refused, and the chain it believed.
+
+        The events those records counted are pending again; the next flush
+        learns the chain afresh from the server (Chain.must_refetch). Only for records the server answered with a
+        conflict (another record holds that seq), so none of them is committed.
+        """
+        with write_transaction(self._conn) as conn:
+            unsent = [s for (s,) in conn.execute(
+                "SELECT seq FROM records WHERE relationship = ? AND idx IS NULL", (rid,))]
+            conn.executemany("UPDATE events SET seq = NULL WHERE relationship = ? AND seq = ?",
+                             [(rid, s) for s in unsent])
+            conn.execute("DELETE FROM records WHERE relationship = ? AND idx IS NULL", (rid,))
+            conn.execute("UPDATE chains SET next_seq = -1 WHERE relationship = ?", (rid,))
+
+    @_locked
+    def has_delta_for(self, rid: str, window_starts: Iterable[str]) -> dict[str, int]:
+        """Of these windows, the ones that already have a delta (not a correction): window start -> seq."""
+        out: dict[str, int] = {}
+        for start in set(window_starts):
+            row = self._conn.execute(
+                "SELECT seq FROM records WHERE relationship = ? AND window_start = ? AND kind = 'delta'", (rid, start)
+            ).fetchone()
+            if row is not None:
+                out[start] = row[0]
+        return out
+
+    @_locked
+    def close_seq(self, rid: str, period: str) -> int | None:
+        row = self._conn.execute(
+            "SELECT seq FROM records WHERE relationship = ? AND kind = 'close' AND period = ?", (rid, period)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    @_locked
+    def usage_records(self, rid: str, period: str) -> list[tuple[int, bytes]]:
+        """(seq, body) of the deltas and corrections of one period, in chain order."""
+        return [(s, bytes(b)) for s, b in self._conn.execute(
+            "SELECT seq, body FROM records WHERE relationship = ? AND period = ? AND kind IN ('delta', 'correction') "
+            "ORDER BY seq", (rid, period))]
+
+    @_locked
+    def store_flush(
+        self, records: list[StoredRecord], counted: list[tuple[int, str, tuple[str, str, str]]], chains: list[Chain]
+    ) -> None:
+        """Durably, at once: the sealed records, which record counts each event, and the advanced chains."""
+        with write_transaction(self._conn) as conn:
+            _insert_records(conn, records)
+            conn.executemany(
+                "UPDATE events SET seq = ? WHERE relationship = ? AND source = ? AND event_id = ? AND meter = ?",
+                [(seq, rid, *key) for seq, rid, key in counted],
+            )
+            for chain in chains:
+                _save_chain(conn, chain)
+
+    @_locked
+    def unsent(self) -> list[StoredRecord]:
+        """Records sealed and stored but not yet acknowledged, in chain order per relationship."""
         rows = self._conn.execute(
-            "SELECT DISTINCT relationship, substr(window_start, 1, 7) FROM deltas WHERE idx IS NOT NULL ORDER BY 1, 2"
+            "SELECT relationship, seq, kind, period, window_start, tag, blob, body, idx FROM records "
+            "WHERE idx IS NULL ORDER BY relationship, seq"
         ).fetchall()
-        return [(r[0], r[1]) for r in rows]
+        return [_record(r) for r in rows]
+
+    @_locked
+    def mark_committed(self, indexes: list[tuple[str, int, int]]) -> None:
+        """(relationship, seq, log index) of records the server acknowledged."""
+        with write_transaction(self._conn) as conn:
+            conn.executemany("UPDATE records SET idx = ? WHERE relationship = ? AND seq = ?",
+                             [(index, rid, seq) for rid, seq, index in indexes])
+
+    @_locked
+    def record(self, rid: str, seq: int) -> StoredRecord | None:
+        row = self._conn.execute(
+            "SELECT relationship, seq, kind, period, window_start, tag, blob, body, idx FROM records "
+            "WHERE relationship = ? AND seq = ?", (rid, seq)
+        ).fetchone()
+        return None if row is None else _record(row)
 
     @_locked
     def status(self) -> dict[str, int]:
         q = self._conn.execute
         return {
             "events": q("SELECT count(*) FROM events").fetchone()[0],
-            "deltas_committed": q("SELECT count(*) FROM deltas WHERE idx IS NOT NULL").fetchone()[0],
-            "deltas_pending": q("SELECT count(*) FROM deltas WHERE idx IS NULL").fetchone()[0],
+            "events_pending": q("SELECT count(*) FROM events WHERE seq IS NULL").fetchone()[0],
+            "relationships": q("SELECT count(*) FROM chains").fetchone()[0],
+            "deltas_committed": q("SELECT count(*) FROM records WHERE kind = 'delta' AND idx IS NOT NULL").fetchone()[0],
+            "corrections_committed": q(
+                "SELECT count(*) FROM records WHERE kind = 'correction' AND idx IS NOT NULL").fetchone()[0],
+            "closes_committed": q("SELECT count(*) FROM records WHERE kind = 'close' AND idx IS NOT NULL").fetchone()[0],
+            "records_unsent": q("SELECT count(*) FROM records WHERE idx IS NULL").fetchone()[0],
         }
+
+
+def _insert_records(conn: sqlite3.Connection, records: list[StoredRecord]) -> None:
+    conn.executemany(
+        "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r.relationship, r.seq, r.kind, r.period, r.window_start, r.tag, r.blob, r.body, r.index) for r in records],
+    )
+
+
+def _save_chain(conn: sqlite3.Connection, chain: Chain) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (chain.relationship, chain.secret, chain.next_seq, chain.head, json.dumps(chain.open_periods),
+         json.dumps(chain.closed_periods), chain.covered_until),
+    )
+
+
+def _record(row: tuple) -> StoredRecord:  # type: ignore[type-arg]
+    return StoredRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), bytes(row[6]), bytes(row[7]), row[8])
 
 
 def _event(body: bytes) -> UsageEvent:

@@ -122,6 +122,8 @@ class Line:
     quantity: str
     dimensions: dict[str, str] = field(default_factory=dict)
     event_count: int | None = None
+    # Usage of earlier windows whose delta was already written: counted here, flagged, never amended there.
+    late: bool = False
 
     def __post_init__(self) -> None:
         _match(_NAME, self.meter, "meter")
@@ -141,11 +143,15 @@ class Line:
         }
         if self.event_count is not None:
             out["event_count"] = str(self.event_count)
+        if self.late:
+            out["late"] = "true"
         return out
 
     @classmethod
     def from_json(cls, obj: Any) -> Line:
-        _keys(obj, {"meter", "unit", "quantity", "dimensions"}, {"event_count"}, "line")
+        _keys(obj, {"meter", "unit", "quantity", "dimensions"}, {"event_count", "late"}, "line")
+        if "late" in obj and obj["late"] != "true":
+            raise InvalidBody('a line\'s "late" flag is "true" or absent')
         count = obj.get("event_count")
         return cls(
             meter=obj["meter"],
@@ -153,6 +159,7 @@ class Line:
             quantity=_decimal(obj["quantity"], "quantity"),
             dimensions=_dimensions(obj["dimensions"]),
             event_count=None if count is None else _count(count, "event_count"),
+            late="late" in obj,
         )
 
 
@@ -232,8 +239,8 @@ class Delta:
             raise InvalidBody("window ends before it starts")
         if not self.lines or len(self.lines) > 1000:
             raise InvalidBody("a delta has 1 to 1000 lines")
-        if len({line.key() for line in self.lines}) != len(self.lines):
-            raise InvalidBody("two lines share a meter, unit and dimensions")
+        if len({(line.key(), line.late) for line in self.lines}) != len(self.lines):
+            raise InvalidBody("two lines share a meter, unit, dimensions and lateness")
         if self.evidence is not None:
             _keys(self.evidence, set(), {"events_root", "events_count", "source"}, "evidence")
             if "events_root" in self.evidence:
