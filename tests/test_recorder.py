@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime, timezone
 
 import pytest
 
@@ -288,3 +289,112 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path):
     finally:
         spool.close()
     assert set(acknowledged) <= stored
+
+
+async def test_late_events_corrections_zero_deltas_and_a_moved_chain_verify_for_the_customer(aiohttp_client, tmp_path):
+    """Through the real server: every record the recorder writes passes the customer's full verification, and
+    the committed totals equal the accepted events, late and corrected ones included, to the last unit."""
+    from decimal import Decimal
+
+    from helpers import add_two_parties, new_log, register_two_homes
+
+    from pacspace.client.http import PacspaceClient
+    from pacspace.client.records import append_body, create_relationship, delta_maker, load_relationship
+    from pacspace.config import ServerConfig
+    from pacspace.recorder.config import parse_config
+    from pacspace.recorder.flush import flush
+    from pacspace.recorder.spool import Spool
+    from pacspace.records.body import Delta, Line
+    from pacspace.sequencer import SequencerConfig
+    from pacspace.server.app import create_app
+
+    new_log(tmp_path / "log")
+    add_two_parties(tmp_path / "log")
+    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
+    url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
+    acme, bob = await register_two_homes(url, tmp_path)
+    async with PacspaceClient(url, "tok-acme") as c:
+        busy = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly", home=acme))["relationship"]
+        idle = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly", home=acme))["relationship"]
+    config = parse_config({"recorder": {"data": "spool", "zero_deltas": True, "grace_minutes": 0, "dedup_days": 3660},
+                           "customers": [{"ref": "busy", "relationship": busy, "cadence": "hourly"},
+                                         {"ref": "idle", "relationship": idle, "cadence": "hourly"}],
+                           "meters": {"use": {"meter": "m", "unit": "u", "value": "v"}}}, tmp_path)
+    spool = Spool(config.data)
+    accepted = Decimal(0)
+
+    def accept(n, time, value):
+        nonlocal accepted
+        event = cloudevent({"specversion": "1.0", "type": "use", "id": f"e{n}", "source": "s", "subject": "busy",
+                            "time": time, "data": {"v": value}}, config.meters)
+        if spool.accept([config.route(event, datetime(2026, 12, 2, tzinfo=timezone.utc))], time)[0]:
+            accepted += Decimal(str(value))
+
+    async with PacspaceClient(url, "tok-acme") as c:
+        accept(1, "2026-11-30T21:10:00Z", 5)
+        report = await flush(c, acme, spool, config, "2026-11-30T22:00:00Z")
+        assert (report.committed, report.learned, report.errors) == (2, 2, [])  # busy 21:00, idle 21:00 (zero)
+        accept(2, "2026-11-30T21:50:00Z", "1.25")  # late: 21:00 is written
+        accept(3, "2026-11-30T22:15:00Z", 2)
+        assert (await flush(c, acme, spool, config, "2026-11-30T23:00:00Z")).committed == 2
+        accept(4, "2026-11-30T22:20:00Z", 3)  # late again: into November's last delta, for 23:00
+        report = await flush(c, acme, spool, config, "2026-12-01T00:00:00Z")
+        assert (report.committed, report.closed, report.errors) == (2, 2, [])
+        accept(5, "2026-11-29T08:00:00Z", 4)  # after November's close: a correction billed in December
+        accept(5, "2026-11-29T08:00:00Z", 4)  # a duplicate, never counted
+        report = await flush(c, acme, spool, config, "2026-12-01T01:00:00Z")
+        assert (report.committed, report.errors) == (3, [])  # the correction and two zero deltas for 00:00
+
+        # Someone extends the busy chain behind the recorder's back (the provider's billing code, say).
+        view = await load_relationship(c, acme, busy, acme.log_key())
+        await append_body(c, acme, view, delta_maker("2026-12", ("2026-12-01T00:00:00Z", "2026-12-01T00:30:00Z"),
+                                                     [Line("m", "u", "10", {})]))
+        accepted += 10
+        accept(6, "2026-12-01T01:05:00Z", 1)
+        report = await flush(c, acme, spool, config, "2026-12-01T02:00:00Z")
+        assert len(report.errors) == 1 and "conflict" in report.errors[0]
+        report = await flush(c, acme, spool, config, "2026-12-01T02:00:00Z")
+        assert (report.committed, report.learned, report.errors) == (1, 1, [])  # relearned from the server, then sent
+
+    async with PacspaceClient(url, "tok-bob") as c:
+        chain = (await load_relationship(c, bob, busy, bob.log_key())).records
+        quiet = (await load_relationship(c, bob, idle, bob.log_key())).records
+    kinds = [(r.body.kind, r.body.period) for r in chain[1:]]
+    assert kinds == [("delta", "2026-11"), ("delta", "2026-11"), ("delta", "2026-11"), ("close", "2026-11"),
+                     ("delta", "2026-12"), ("correction", "2026-12"), ("delta", "2026-12"), ("delta", "2026-12")]
+    assert [line.late for line in chain[2].body.lines] == [False, True]
+    assert [(line.late, line.quantity) for line in chain[3].body.lines] == [(True, "3")]
+    assert chain[6].body.corrects == chain[4].seq  # names November's close
+    usage = sum(Decimal(line.quantity) for r in chain if isinstance(r.body, Delta) for line in r.body.lines)
+    assert usage == accepted  # to the last unit, late, corrected and duplicate events as they should be
+    assert [r.body.kind for r in quiet[1:]] == ["delta"] * 3 + ["close"] + ["delta"] * 2
+    assert all(line.quantity == "0" for r in quiet[1:] if isinstance(r.body, Delta) for line in r.body.lines)
+    spool.close()
+
+
+def test_the_dedup_window_refuses_events_too_old_to_tell_from_replays(tmp_path):
+    from pacspace.errors import MalformedInput
+    from pacspace.recorder.config import parse_config
+
+    config = parse_config({"recorder": {"dedup_days": 35}, "customers": [{"ref": "c1", "relationship": "acme:r1"}],
+                           "meters": {"use": {"meter": "m", "unit": "u", "value": "v"}}}, tmp_path)
+    now = datetime(2026, 12, 10, 12, 0, tzinfo=timezone.utc)
+
+    def at(time, subject="c1"):
+        return cloudevent({"specversion": "1.0", "type": "use", "id": "x", "source": "s", "subject": subject,
+                           "time": time, "data": {"v": 1}}, config.meters)
+
+    assert config.route(at("2026-11-05T12:00:00Z"), now)[1:] == ("acme:r1", ("2026-11-05T00:00:00Z", "2026-11-06T00:00:00Z"))
+    with pytest.raises(InvalidEvent, match="35 days ago"):
+        config.route(at("2026-11-05T11:59:59Z"), now)
+    with pytest.raises(InvalidEvent, match="future"):
+        config.route(at("2026-12-10T12:05:01Z"), now)
+    with pytest.raises(InvalidEvent, match="not in the config"):
+        config.route(at("2026-12-10T12:00:00Z", "stranger"), now)
+    assert config.zero_lines() is None
+    for bad in ({"dedup_days": 0}, {"dedup_days": True}, {"zero_deltas": "yes"}, {"grace": 5}):
+        with pytest.raises(MalformedInput):
+            parse_config({"recorder": bad, "customers": [{"ref": "c1", "relationship": "acme:r1"}]}, tmp_path)
+    zero = parse_config({"recorder": {"zero_deltas": True}, "customers": [{"ref": "c1", "relationship": "acme:r1"}],
+                         "meters": {"a": {"meter": "m", "unit": "u"}, "b": {"meter": "m", "unit": "u", "value": "w"}}}, tmp_path)
+    assert [(line.meter, line.quantity, line.event_count) for line in zero.zero_lines()] == [("m", "0", 0)]
