@@ -221,6 +221,7 @@ async def test_http_ingest_is_durable_and_deduplicated(aiohttp_client, tmp_path)
     assert (await client.post("/events", data="{", headers={"Content-Type": "application/cloudevents+json"})).status == 400
     metrics = await (await client.get("/metrics")).text()
     assert "pacspace_recorder_events_accepted_total 2" in metrics and "pacspace_recorder_spool_events 2" in metrics
+    assert "pacspace_recorder_spool_pending_events 2" in metrics
     # What the 202 acknowledged is in the spool file.
     await client.close()
     spool = Spool(config.data)
@@ -398,3 +399,18 @@ def test_the_dedup_window_refuses_events_too_old_to_tell_from_replays(tmp_path):
     zero = parse_config({"recorder": {"zero_deltas": True}, "customers": [{"ref": "c1", "relationship": "acme:r1"}],
                          "meters": {"a": {"meter": "m", "unit": "u"}, "b": {"meter": "m", "unit": "u", "value": "w"}}}, tmp_path)
     assert [(line.meter, line.quantity, line.event_count) for line in zero.zero_lines()] == [("m", "0", 0)]
+
+
+def test_metrics_say_when_each_cadence_was_last_flushed():
+    from pacspace.recorder.flush import FlushReport
+    from pacspace.recorder.server import RecorderMetrics
+
+    metrics = RecorderMetrics()
+    metrics.observe(FlushReport(committed=3, closed=1, windows_written={"hourly": "2026-11-02T11:00:00Z"}), 1000.0)
+    metrics.observe(FlushReport(committed=2, errors=["x"], windows_written={"daily": "2026-11-02T00:00:00Z",
+                                                                           "hourly": "2026-11-02T12:00:00Z"}), 2000.0)
+    text = metrics.render(10, 4)
+    assert "pacspace_recorder_records_committed_total 5" in text and "pacspace_recorder_flush_errors_total 1" in text
+    assert 'pacspace_recorder_cadence_last_flush_timestamp_seconds{cadence="daily"} 2000.0' in text
+    assert 'pacspace_recorder_cadence_last_window_end_timestamp_seconds{cadence="hourly"} 1793620800' in text
+    assert "pacspace_recorder_spool_pending_events 4" in text

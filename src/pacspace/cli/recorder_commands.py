@@ -26,7 +26,7 @@ from ..recorder.events import (
     read_stripe_csv,
     stripe_event,
 )
-from ..recorder.flush import flush
+from ..recorder.flush import FlushReport, flush
 from ..recorder.plan import format_time
 from ..recorder.spool import Spool
 
@@ -167,11 +167,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     home = Home(default_home())
     flusher = None
     if token:
-        async def flusher(spool: Spool) -> tuple[int, list[str]]:
+        async def flusher(spool: Spool) -> FlushReport:
             async with PacspaceClient(url, token) as client:
                 until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 report = await flush(client, home, spool, config, until)
-            return report.committed, report.errors
+            return report
     else:
         print("pacspace: PACSPACE_TOKEN is not set: events are spooled but not flushed", file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

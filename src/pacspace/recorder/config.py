@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..errors import MalformedInput
@@ -14,6 +15,7 @@ from .events import InvalidEvent, MeterMapping, UsageEvent
 from .windows import Cadence
 
 FUTURE_SKEW = timedelta(minutes=5)  # as Stripe allows
+_FMT = "%Y-%m-%dT%H:%M:%SZ"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 
 
@@ -29,18 +31,28 @@ class RecorderConfig:
 
     def route(self, event: UsageEvent, now: datetime) -> tuple[UsageEvent, str, tuple[str, str]]:
         """(event, relationship, window) for an event this recorder may count at ``now``; InvalidEvent if not."""
-        rid = self.relationship_of.get(event.customer)
-        if rid is None:
-            raise InvalidEvent(f"customer {event.customer!r} is not in the config")
-        when = datetime.strptime(event.time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-        if when < now - timedelta(days=self.dedup_days):
-            raise InvalidEvent(
-                f"time {event.time} is more than {self.dedup_days} days ago, outside the dedup window: "
-                "a replay of it could not be told apart"
-            )
-        if when > now + FUTURE_SKEW:
-            raise InvalidEvent(f"time {event.time} is in the future")
-        return event, rid, self.cadence_of[rid].window(event.time)
+        return self.router(now)(event)
+
+    def router(self, now: datetime) -> Callable[[UsageEvent], tuple[UsageEvent, str, tuple[str, str]]]:
+        """:meth:`route` for many events at one ``now``."""
+        # Event times are canonical (YYYY-MM-DDTHH:MM:SSZ), so they compare as strings.
+        oldest = (now - timedelta(days=self.dedup_days)).strftime(_FMT)
+        newest = (now + FUTURE_SKEW).strftime(_FMT)
+
+        def route(event: UsageEvent) -> tuple[UsageEvent, str, tuple[str, str]]:
+            rid = self.relationship_of.get(event.customer)
+            if rid is None:
+                raise InvalidEvent(f"customer {event.customer!r} is not in the config")
+            if event.time < oldest:
+                raise InvalidEvent(
+                    f"time {event.time} is more than {self.dedup_days} days ago, outside the dedup window: "
+                    "a replay of it could not be told apart"
+                )
+            if event.time > newest:
+                raise InvalidEvent(f"time {event.time} is in the future")
+            return event, rid, self.cadence_of[rid].window(event.time)
+
+        return route
 
     def zero_lines(self) -> tuple[Line, ...] | None:
         """The lines of an idle window's delta: each configured meter at zero (None: zero deltas are off)."""

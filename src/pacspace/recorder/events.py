@@ -23,7 +23,6 @@ from decimal import Decimal
 from typing import Any
 
 from ..errors import MalformedInput
-from ..records import canonical
 from ..records.body import canonical_decimal
 
 
@@ -50,7 +49,8 @@ class UsageEvent:
         return self.source, self.event_id, self.meter
 
     def canonical(self) -> bytes:
-        return canonical.encode(
+        # Every field is a string (checked as the event is built), so this is canonical JSON without a re-check.
+        return _canonical_strings(
             {
                 "source": self.source,
                 "id": self.event_id,
@@ -68,8 +68,21 @@ class UsageEvent:
         return hashlib.sha256(self.canonical()).digest()
 
 
+def _canonical_strings(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
 def utc_time(value: Any) -> str:
     """RFC 3339 or Unix seconds (or milliseconds) to ``YYYY-MM-DDTHH:MM:SSZ``."""
+    if isinstance(value, str) and _CANONICAL_TIME.fullmatch(value):
+        try:
+            datetime.fromisoformat(value[:-1])  # a real date and time (no February 30th)
+            return value
+        except ValueError:
+            raise InvalidEvent(f"time {value!r} is not RFC 3339 with a zone, or Unix seconds") from None
     try:
         if isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"[0-9]{9,13}", value)):
             seconds = float(value)

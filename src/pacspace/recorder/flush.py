@@ -45,6 +45,7 @@ class FlushReport:
     closed: int = 0
     learned: int = 0
     errors: list[str] = field(default_factory=list)
+    windows_written: dict[str, str] = field(default_factory=dict)  # cadence -> end of the latest window sealed
 
     def to_json(self) -> dict[str, int]:
         return {"committed": self.committed, "resent": self.resent, "closed": self.closed,
@@ -109,6 +110,9 @@ async def flush(
             planned.append(StoredRecord(rid, sealed.seq, record.body.kind, record.body.period, window,
                                         sealed.tag, sealed.blob, sealed.body, None))
             counted += [(sealed.seq, rid, e.event.dedup_key) for e in record.counted]
+            if window is not None:
+                end = record.body.window_end  # type: ignore[union-attr]
+                report.windows_written[cadence.name] = max(report.windows_written.get(cadence.name, ""), end)
         advanced.append(new_chain)
     if planned or advanced:
         # Durable before anything is sent: from here on a crash re-sends exactly these records.
@@ -164,30 +168,32 @@ async def _learn(
     client: PacspaceClient, home: Home, spool: Spool, rids: list[str], known: dict[str, Chain], report: FlushReport
 ) -> dict[str, Chain]:
     """The chains the recorder has not extended before: from the home's creation record, or fetched and verified."""
-    learned: dict[str, Chain] = {}
-    gate = asyncio.Semaphore(LEARN_CONCURRENCY)
-    log_key = home.log_key()
-
-    async def one(rid: str) -> None:
+    learned: list[tuple[Chain, list[StoredRecord]]] = []
+    fetch: list[str] = []
+    for rid in rids:
         state, secret = home.relationship_state(rid), home.relationship_secret(rid)
         if rid not in known and state.get("next_seq") == 1 and secret is not None:
             # The home created this chain and nothing has extended it from this home since.
-            chain = Chain(rid, secret, 1, str(state["head"]))
-            await asyncio.to_thread(spool.learn, chain, [])
+            learned.append((Chain(rid, secret, 1, str(state["head"])), []))
         else:
-            async with gate:
-                try:
-                    view = await load_relationship(client, home, rid, log_key)
-                except PacspaceError as exc:
-                    report.errors.append(f"{rid}: cannot learn its chain: {exc}")
-                    return
-            chain, records = _chain_of(view)
-            await asyncio.to_thread(spool.learn, chain, records)
-        learned[rid] = chain
-        report.learned += 1
+            fetch.append(rid)
+    gate = asyncio.Semaphore(LEARN_CONCURRENCY)
+    log_key = home.log_key()
 
-    await asyncio.gather(*(one(rid) for rid in rids))
-    return learned
+    async def verified(rid: str) -> None:
+        async with gate:
+            try:
+                view = await load_relationship(client, home, rid, log_key)
+            except PacspaceError as exc:
+                report.errors.append(f"{rid}: cannot learn its chain: {exc}")
+                return
+        learned.append(_chain_of(view))
+
+    await asyncio.gather(*(verified(rid) for rid in fetch))
+    # One durable transaction for all of them, however many.
+    await asyncio.to_thread(spool.learn, learned)
+    report.learned += len(learned)
+    return {chain.relationship: chain for chain, _ in learned}
 
 
 def _chain_of(view: RelationshipView) -> tuple[Chain, list[StoredRecord]]:

@@ -13,10 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ..server.writer import GroupWriter
 from .config import RecorderConfig
 from .events import InvalidEvent, UsageEvent, cloudevent
-from .plan import format_time
-from .spool import Spool
+from .flush import FlushReport
+from .plan import format_time, parse_time
+from .spool import Spool, accept_op
 
 log = logging.getLogger("pacspace.recorder")
 MAX_BODY = 32 << 20
@@ -32,26 +34,50 @@ class RecorderMetrics:
     flushes: int = 0
     last_flush: float = 0.0
     committed: int = 0
+    closed: int = 0
     flush_errors: int = 0
+    # Per cadence: when a flush last sealed one of its windows, and the end of the latest such window.
+    cadence_flushed: dict[str, float] = field(default_factory=dict)
+    cadence_window_end: dict[str, str] = field(default_factory=dict)
 
-    def render(self, spool_events: int) -> str:
+    def observe(self, report: FlushReport, now: float) -> None:
+        self.flushes += 1
+        self.committed += report.committed
+        self.closed += report.closed
+        self.flush_errors += len(report.errors)
+        self.last_flush = now
+        for cadence, end in report.windows_written.items():
+            self.cadence_flushed[cadence] = now
+            self.cadence_window_end[cadence] = max(self.cadence_window_end.get(cadence, ""), end)
+
+    def render(self, spool_events: int, pending: int) -> str:
         rows = [
             ("pacspace_recorder_events_accepted_total", "counter", self.accepted),
             ("pacspace_recorder_events_duplicate_total", "counter", self.duplicates),
             ("pacspace_recorder_events_rejected_total", "counter", self.rejected),
             ("pacspace_recorder_spool_events", "gauge", spool_events),
+            ("pacspace_recorder_spool_pending_events", "gauge", pending),
             ("pacspace_recorder_flushes_total", "counter", self.flushes),
-            ("pacspace_recorder_deltas_committed_total", "counter", self.committed),
+            ("pacspace_recorder_records_committed_total", "counter", self.committed),
+            ("pacspace_recorder_closes_committed_total", "counter", self.closed),
             ("pacspace_recorder_flush_errors_total", "counter", self.flush_errors),
             ("pacspace_recorder_last_flush_timestamp_seconds", "gauge", round(self.last_flush, 3)),
         ]
-        return "".join(f"# TYPE {n} {t}\n{n} {v}\n" for n, t, v in rows)
+        out = "".join(f"# TYPE {n} {t}\n{n} {v}\n" for n, t, v in rows)
+        out += "# TYPE pacspace_recorder_cadence_last_flush_timestamp_seconds gauge\n"
+        out += "".join(f'pacspace_recorder_cadence_last_flush_timestamp_seconds{{cadence="{c}"}} {round(t, 3)}\n'
+                       for c, t in sorted(self.cadence_flushed.items()))
+        out += "# TYPE pacspace_recorder_cadence_last_window_end_timestamp_seconds gauge\n"
+        out += "".join(f'pacspace_recorder_cadence_last_window_end_timestamp_seconds{{cadence="{c}"}} '
+                       f"{int(parse_time(end).timestamp())}\n" for c, end in sorted(self.cadence_window_end.items()))
+        return out
 
 
 @dataclass
 class Recorder:
     config: RecorderConfig
     spool: Spool
+    writer: GroupWriter  # concurrent ingest requests share one fsync
     metrics: RecorderMetrics = field(default_factory=RecorderMetrics)
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
 
@@ -61,24 +87,27 @@ RECORDER = web.AppKey("recorder", Recorder)
 
 def create_recorder_app(
     config: RecorderConfig,
-    flusher: Callable[[Spool], Awaitable[tuple[int, list[str]]]] | None = None,
+    flusher: Callable[[Spool], Awaitable[FlushReport]] | None = None,
     flush_interval: float = 60.0,
 ) -> web.Application:
-    """The app; ``flusher`` (if given) runs every ``flush_interval`` seconds and returns (committed, errors)."""
+    """The app; ``flusher`` (if given) runs a flush every ``flush_interval`` seconds."""
     app = web.Application(client_max_size=MAX_BODY)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        recorder = Recorder(config, Spool(config.data))
+        spool = Spool(config.data)
+        recorder = Recorder(config, spool, GroupWriter(spool))
         app[RECORDER] = recorder
-        task = asyncio.create_task(_flush_loop(recorder, flusher, flush_interval)) if flusher else None
+        tasks = [asyncio.create_task(recorder.writer.run())]
+        if flusher:
+            tasks.append(asyncio.create_task(_flush_loop(recorder, flusher, flush_interval)))
         yield
-        if task:
+        for task in tasks:
             task.cancel()
             try:
                 await task
             except asyncio.CancelledError:
                 pass
-        recorder.spool.close()
+        spool.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/events", post_events)
@@ -114,7 +143,7 @@ async def post_events(request: web.Request) -> web.Response:
         except InvalidEvent as exc:
             rejected.append({"id": item.get("id") if isinstance(item, dict) else None, "reason": str(exc)})
     # Spooled and fsynced before the 202: an accepted event is never lost.
-    accepted, duplicates = await asyncio.to_thread(recorder.spool.accept, batch, format_time(now))
+    (accepted, duplicates), = await recorder.writer.write([accept_op(batch, format_time(now))])
     recorder.metrics.accepted += accepted
     recorder.metrics.duplicates += duplicates
     recorder.metrics.rejected += len(rejected)
@@ -127,24 +156,22 @@ async def get_health(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     recorder = request.app[RECORDER]
-    events = recorder.spool.status()["events"]
-    return web.Response(text=recorder.metrics.render(events), content_type="text/plain", charset="utf-8")
+    status = await asyncio.to_thread(recorder.spool.status)
+    text = recorder.metrics.render(status["events"], status["events_pending"])
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
 async def _flush_loop(
-    recorder: Recorder, flusher: Callable[[Spool], Awaitable[tuple[int, list[str]]]], interval: float
+    recorder: Recorder, flusher: Callable[[Spool], Awaitable[FlushReport]], interval: float
 ) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            committed, errors = await flusher(recorder.spool)
+            report = await flusher(recorder.spool)
         except Exception as exc:  # a flush that fails is retried at the next interval; it is resumable
             log.error("flush failed: %s", exc)
             recorder.metrics.flush_errors += 1
             continue
-        recorder.metrics.flushes += 1
-        recorder.metrics.committed += committed
-        recorder.metrics.flush_errors += len(errors)
-        recorder.metrics.last_flush = time.time()
-        for error in errors:
+        recorder.metrics.observe(report, time.time())
+        for error in report.errors:
             log.error("flush: %s", error)

@@ -24,9 +24,10 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import PacspaceError
 from ..storage.transaction import write_transaction
@@ -39,10 +40,9 @@ _SCHEMA = (
         source TEXT NOT NULL, event_id TEXT NOT NULL, meter TEXT NOT NULL,
         relationship TEXT NOT NULL, window_start TEXT NOT NULL, window_end TEXT NOT NULL,
         received_at TEXT NOT NULL, seq INTEGER, body BLOB NOT NULL,
-        PRIMARY KEY (source, event_id, meter)) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS events_pending ON events(relationship) WHERE seq IS NULL",
-    "CREATE INDEX IF NOT EXISTS events_counted ON events(relationship, seq)",
-    "CREATE INDEX IF NOT EXISTS events_by_id ON events(event_id)",
+        PRIMARY KEY (event_id, source, meter)) WITHOUT ROWID""",
+    # Pending events (seq IS NULL) and the events one record counted, with one index: each costs ingest.
+    "CREATE INDEX IF NOT EXISTS events_by_seq ON events(seq, relationship)",
     """CREATE TABLE IF NOT EXISTS chains (
         relationship TEXT PRIMARY KEY, secret BLOB NOT NULL, next_seq INTEGER NOT NULL, head TEXT NOT NULL,
         open_periods TEXT NOT NULL, closed_periods TEXT NOT NULL, covered_until TEXT)""",
@@ -140,22 +140,20 @@ class Spool:
 
     # -- events ---------------------------------------------------------------------------------------
 
-    @_locked
     def accept(self, events: Iterable[tuple[UsageEvent, str, tuple[str, str]]], received_at: str) -> tuple[int, int]:
         """Store new events in one durable transaction; returns (accepted, duplicates).
 
         A duplicate is an event whose (source, id, meter) is already spooled: it
         is dropped whole, whatever it says.
         """
-        rows = [
-            (e.source, e.event_id, e.meter, rid, start, end, received_at, e.canonical())
-            for e, rid, (start, end) in events
-        ]
+        (result,) = self.write([accept_op(events, received_at)])
+        return result  # type: ignore[no-any-return]
+
+    @_locked
+    def write(self, ops: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """Run ops in one durable transaction, for group commit (server.writer.GroupWriter)."""
         with write_transaction(self._conn) as conn:
-            before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)", rows)
-            accepted = conn.total_changes - before
-        return accepted, len(rows) - accepted
+            return [op(conn) for op in ops]
 
     @_locked
     def pending(self, relationships: Iterable[str] | None = None) -> dict[str, list[SpooledEvent]]:
@@ -205,13 +203,13 @@ class Spool:
         return out
 
     @_locked
-    def learn(self, chain: Chain, records: list[StoredRecord]) -> None:
-        """Take a chain verified from the server (or known from its creation) as the one to extend."""
+    def learn(self, learned: list[tuple[Chain, list[StoredRecord]]]) -> None:
+        """Take chains verified from the server (or known from their creation) as the ones to extend."""
         with write_transaction(self._conn) as conn:
-            conn.execute("DELETE FROM records WHERE relationship = ?", (chain.relationship,))
-            conn.execute("DELETE FROM chains WHERE relationship = ?", (chain.relationship,))
-            _insert_records(conn, records)
-            _save_chain(conn, chain)
+            for chain, records in learned:
+                conn.execute("DELETE FROM records WHERE relationship = ?", (chain.relationship,))
+                _insert_records(conn, records)
+                _save_chain(conn, chain)
 
     @_locked
     def forget(self, rid: str) -> None:
@@ -306,6 +304,24 @@ class Spool:
             "closes_committed": q("SELECT count(*) FROM records WHERE kind = 'close' AND idx IS NOT NULL").fetchone()[0],
             "records_unsent": q("SELECT count(*) FROM records WHERE idx IS NULL").fetchone()[0],
         }
+
+
+def accept_op(
+    events: Iterable[tuple[UsageEvent, str, tuple[str, str]]], received_at: str
+) -> Callable[[sqlite3.Connection], tuple[int, int]]:
+    """Spool.accept as one op of a larger transaction: (accepted, duplicates)."""
+    rows = [
+        (e.source, e.event_id, e.meter, rid, start, end, received_at, e.canonical())
+        for e, rid, (start, end) in events
+    ]
+
+    def op(conn: sqlite3.Connection) -> tuple[int, int]:
+        before = conn.total_changes
+        conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)", rows)
+        accepted = conn.total_changes - before
+        return accepted, len(rows) - accepted
+
+    return op
 
 
 def _insert_records(conn: sqlite3.Connection, records: list[StoredRecord]) -> None:

@@ -33,6 +33,10 @@ class Cadence:
             raise MalformedInput(f"cadence {text!r}: use daily, hourly, or <N>m with N dividing 1440")
         return cls(int(match.group(1)))
 
+    @property
+    def name(self) -> str:
+        return "daily" if self.minutes == DAY else "hourly" if self.minutes == 60 else f"{self.minutes}m"
+
     def window(self, time: str) -> tuple[str, str]:
         """The [start, end) window holding ``time`` (``YYYY-MM-DDTHH:MM:SSZ``, as utc_time writes it)."""
         minute_of_day = int(time[11:13]) * 60 + int(time[14:16])

@@ -1,21 +1,25 @@
-"""Group commit for records.db: concurrent requests' writes share one durable transaction."""
+"""Group commit: concurrent requests' writes share one durable transaction (records.db, the recorder's spool)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from ..storage.records import RecordStore
+from typing import Any, Protocol
 
 Op = Callable[[sqlite3.Connection], Any]
 
 
-class GroupWriter:
-    """One task owns records.db writes. Ops queued while a transaction runs go in the next one."""
+class TransactionalStore(Protocol):
+    def write(self, ops: Sequence[Op]) -> list[Any]:
+        """Run ops in one durable transaction (durable once it returns); each result is a value or its exception."""
+        ...
 
-    def __init__(self, store: RecordStore) -> None:
+
+class GroupWriter:
+    """One task owns the store's writes. Ops queued while a transaction runs go in the next one."""
+
+    def __init__(self, store: TransactionalStore) -> None:
         self._store = store
         self._queue: list[tuple[Sequence[Op], asyncio.Future[list[Any]]]] = []
         self._wake = asyncio.Event()
