@@ -6,6 +6,8 @@ import random
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pacspace.merkle import leaf_hash, verify_inclusion
 from pacspace.recorder.aggregate import Aggregator, events_root, prove_event
@@ -414,3 +416,21 @@ def test_metrics_say_when_each_cadence_was_last_flushed():
     assert 'pacspace_recorder_cadence_last_flush_timestamp_seconds{cadence="daily"} 2000.0' in text
     assert 'pacspace_recorder_cadence_last_window_end_timestamp_seconds{cadence="hourly"} 1793620800' in text
     assert "pacspace_recorder_spool_pending_events 4" in text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.text(min_size=1), st.dictionaries(st.text(), st.text(), max_size=4))
+def test_event_canonical_form_is_byte_for_byte_records_canonical(text, event_id, dims):
+    from pacspace.records import canonical
+    from pacspace.recorder.events import UsageEvent
+
+    event = UsageEvent(text, event_id, text[::-1], "m", "u", "1.5", "2026-11-02T10:00:00Z", dims)
+    fields = {"source": text, "id": event_id, "customer": text[::-1], "meter": "m", "unit": "u", "quantity": "1.5",
+              "time": "2026-11-02T10:00:00Z", "dimensions": dims}
+    try:
+        expected = canonical.encode(fields)
+    except UnicodeEncodeError:
+        with pytest.raises(InvalidEvent):
+            event.canonical()
+        return
+    assert event.canonical() == expected

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--profile", type=Path, help="run the recorder under cProfile, writing its stats here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pacspace-recorder-bench-"))
     customers = "".join(f'[[customers]]\nref = "c{i}"\nrelationship = "acme:r{i}"\ncadence = "hourly"\n\n' for i in range(1000))
@@ -48,7 +49,8 @@ def main() -> None:
         ]).encode())
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PACSPACE_TOKEN"}
-    proc = subprocess.Popen([sys.executable, "-m", "pacspace", "recorder", "serve", "--config", str(work / "recorder.toml"),
+    prefix = [sys.executable, "-m", "cProfile", "-o", str(args.profile)] if args.profile else [sys.executable]
+    proc = subprocess.Popen([*prefix, "-m", "pacspace", "recorder", "serve", "--config", str(work / "recorder.toml"),
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):

@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench-data/recorder-flush"))
     parser.add_argument("--concurrency", type=int, default=64, help="relationship creations in flight (setup only)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the steady flush here")
     args = parser.parse_args()
     if args.work.exists():
         shutil.rmtree(args.work)
@@ -136,7 +137,14 @@ def main() -> None:
 
         for name, hour in (("first_flush", 10), ("steady_flush", 11)):
             spool_hour(hour)
-            results[name] = asyncio.run(run_flush(f"2026-11-02T{hour + 1:02d}:00:00Z"))
+            if args.profile and name == "steady_flush":
+                import cProfile
+
+                profiler = cProfile.Profile()
+                results[name] = profiler.runcall(asyncio.run, run_flush(f"2026-11-02T{hour + 1:02d}:00:00Z"))
+                profiler.dump_stats(args.profile)
+            else:
+                results[name] = asyncio.run(run_flush(f"2026-11-02T{hour + 1:02d}:00:00Z"))
             print(f"{name}: {results[name]}", file=sys.stderr)
         spool.close()
         results["spool_bytes"] = os.path.getsize(config.data / "recorder.db")

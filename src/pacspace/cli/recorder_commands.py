@@ -98,12 +98,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     batch: list[tuple[UsageEvent, str, tuple[str, str]]] = []
     rejected: list[str] = []
     now = datetime.now(timezone.utc)
+    route = config.router(now)
     for number, obj in rows:
         try:
             if isinstance(obj, InvalidEvent):
                 raise obj
             # All of a line's events (an LLM response's meters) or none of them.
-            batch += [config.route(event, now) for event in _parse(obj, args.format, config, args.customer)]
+            batch += [route(event) for event in _parse(obj, args.format, config, args.customer)]
         except InvalidEvent as exc:
             rejected.append(f"line {number}: {exc}")
     spool = Spool(config.data)

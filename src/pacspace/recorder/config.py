@@ -50,6 +50,7 @@ class RecorderConfig:
                 )
             if event.time > newest:
                 raise InvalidEvent(f"time {event.time} is in the future")
+            event.canonical()  # refuses text that cannot be encoded before anything is stored
             return event, rid, self.cadence_of[rid].window(event.time)
 
         return route

@@ -49,27 +49,33 @@ class UsageEvent:
         return self.source, self.event_id, self.meter
 
     def canonical(self) -> bytes:
-        # Every field is a string (checked as the event is built), so this is canonical JSON without a re-check.
-        return _canonical_strings(
-            {
-                "source": self.source,
-                "id": self.event_id,
-                "customer": self.customer,
-                "meter": self.meter,
-                "unit": self.unit,
-                "quantity": self.quantity,
-                "time": self.time,
-                "dimensions": dict(self.dimensions),
-            }
-        )
+        """The canonical JSON of the event's fields (records.canonical rules); InvalidEvent if not valid Unicode."""
+        cached: bytes | None = self.__dict__.get("_canonical")
+        if cached is None:
+            try:
+                cached = _canonical_event(self)
+            except UnicodeEncodeError:
+                raise InvalidEvent(f"event {self.event_id[:40]!r} holds text that is not valid Unicode") from None
+            object.__setattr__(self, "_canonical", cached)  # computed once: checked at routing, stored at accept
+        return cached
 
     def digest(self) -> bytes:
         """What ``events_root`` commits to: SHA-256 of the event's canonical JSON."""
         return hashlib.sha256(self.canonical()).digest()
 
 
-def _canonical_strings(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+_INT_FAST = 10**18
+_str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # JSON string, non-ASCII kept (ensure_ascii=False)
+
+
+def _canonical_event(e: UsageEvent) -> bytes:
+    """records.canonical.encode of the event's fields, written out: the keys in sorted order, every value a
+    string (tests/test_recorder.py checks it byte for byte against canonical.encode)."""
+    dims = ",".join(f"{_str(k)}:{_str(v)}" for k, v in sorted(e.dimensions.items()))
+    return (
+        f'{{"customer":{_str(e.customer)},"dimensions":{{{dims}}},"id":{_str(e.event_id)},"meter":{_str(e.meter)},'
+        f'"quantity":{_str(e.quantity)},"source":{_str(e.source)},"time":{_str(e.time)},"unit":{_str(e.unit)}}}'
+    ).encode("utf-8")
 
 
 _CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
@@ -104,6 +110,8 @@ def utc_time(value: Any) -> str:
 def _quantity(value: Any, what: str) -> str:
     if isinstance(value, bool) or value is None:
         raise InvalidEvent(f"{what} is not a number")
+    if type(value) is int and -_INT_FAST < value < _INT_FAST:
+        return str(value)  # already canonical: the common case, token counts
     if isinstance(value, float):
         # Floats arrive from JSON sources; their shortest repr is what the sender meant.
         value = repr(value)
@@ -220,6 +228,8 @@ class MeterMapping:
 
 
 def _path(data: Any, dotted: str) -> Any:
+    if "." not in dotted:
+        return data.get(dotted) if isinstance(data, dict) else None
     for part in dotted.split("."):
         if not isinstance(data, dict) or part not in data:
             return None
@@ -239,7 +249,7 @@ def cloudevent(obj: dict[str, Any], meters: dict[str, MeterMapping]) -> UsageEve
         raise InvalidEvent(f"no meter is configured for event type {obj['type']!r}")
     data = obj.get("data") or {}
     quantity = _quantity(_path(data, mapping.value), f"data.{mapping.value}")
-    dims = {d: str(_path(data, d)) for d in mapping.dimensions if _path(data, d) is not None}
+    dims = {d: str(v) for d in mapping.dimensions if (v := _path(data, d)) is not None}
     when = utc_time(obj["time"]) if "time" in obj else None
     if when is None:
         raise InvalidEvent("a CloudEvent needs a time")

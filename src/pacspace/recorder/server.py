@@ -135,11 +135,12 @@ async def post_events(request: web.Request) -> web.Response:
     batch: list[tuple[UsageEvent, str, tuple[str, str]]] = []
     rejected: list[dict[str, Any]] = []
     now = recorder.clock()
+    route = recorder.config.router(now)
     for item in items:
         try:
             if not isinstance(item, dict):
                 raise InvalidEvent("an event is a JSON object")
-            batch.append(recorder.config.route(cloudevent(item, recorder.config.meters), now))
+            batch.append(route(cloudevent(item, recorder.config.meters)))
         except InvalidEvent as exc:
             rejected.append({"id": item.get("id") if isinstance(item, dict) else None, "reason": str(exc)})
     # Spooled and fsynced before the 202: an accepted event is never lost.

@@ -40,7 +40,7 @@ _SCHEMA = (
         source TEXT NOT NULL, event_id TEXT NOT NULL, meter TEXT NOT NULL,
         relationship TEXT NOT NULL, window_start TEXT NOT NULL, window_end TEXT NOT NULL,
         received_at TEXT NOT NULL, seq INTEGER, body BLOB NOT NULL,
-        PRIMARY KEY (event_id, source, meter)) WITHOUT ROWID""",
+        UNIQUE (event_id, source, meter))""",  # a rowid table: faster to fill than WITHOUT ROWID for rows this wide
     # Pending events (seq IS NULL) and the events one record counted, with one index: each costs ingest.
     "CREATE INDEX IF NOT EXISTS events_by_seq ON events(seq, relationship)",
     """CREATE TABLE IF NOT EXISTS chains (

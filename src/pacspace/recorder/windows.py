@@ -8,6 +8,7 @@ month: every window belongs to exactly one billing period).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -39,14 +40,20 @@ class Cadence:
 
     def window(self, time: str) -> tuple[str, str]:
         """The [start, end) window holding ``time`` (``YYYY-MM-DDTHH:MM:SSZ``, as utc_time writes it)."""
-        minute_of_day = int(time[11:13]) * 60 + int(time[14:16])
-        first = minute_of_day - minute_of_day % self.minutes
-        start = f"{time[:11]}{first // 60:02d}:{first % 60:02d}:00Z"
-        if first + self.minutes < DAY:
-            end_minute = first + self.minutes
-            return start, f"{time[:11]}{end_minute // 60:02d}:{end_minute % 60:02d}:00Z"
-        next_day = datetime.strptime(time[:10], "%Y-%m-%d").replace(tzinfo=timezone.utc) + timedelta(days=1)
-        return start, next_day.strftime(_FMT)
+        return _window(self.minutes, time[:16])
+
+
+@lru_cache(maxsize=65536)
+def _window(minutes: int, minute: str) -> tuple[str, str]:
+    # Keyed by the minute (YYYY-MM-DDTHH:MM): events arrive in bursts of the same few minutes.
+    minute_of_day = int(minute[11:13]) * 60 + int(minute[14:16])
+    first = minute_of_day - minute_of_day % minutes
+    start = f"{minute[:11]}{first // 60:02d}:{first % 60:02d}:00Z"
+    if first + minutes < DAY:
+        end_minute = first + minutes
+        return start, f"{minute[:11]}{end_minute // 60:02d}:{end_minute % 60:02d}:00Z"
+    next_day = datetime.strptime(minute[:10], "%Y-%m-%d").replace(tzinfo=timezone.utc) + timedelta(days=1)
+    return start, next_day.strftime(_FMT)
 
 
 def period_of(window_start: str) -> str:
