@@ -31,7 +31,7 @@ from ..records.body import Close, Delta, body_hash
 from ..records.seal import RelationshipKeys, seal
 from .config import RecorderConfig
 from .plan import ChainFacts, Planner, candidate_windows, closing_periods, format_time, parse_time
-from .spool import Chain, Spool, StoredRecord
+from .spool import Chain, Spool, StoredRecord, pack_rowids
 
 BATCH = 5000  # records per request; a relationship's records never span two requests
 LEARN_CONCURRENCY = 16
@@ -65,7 +65,7 @@ async def flush(
     say = progress or (lambda _: None)
     refused = await _send(client, spool, spool.unsent(), report, resend=True)
     limit = cutoff(until, config.grace_minutes)
-    pending = spool.pending()
+    pending = spool.pending(limit)
     chains = spool.chains(set(pending) | set(config.cadence_of))
     wanted = set(pending) | {rid for rid, c in chains.items() if closing_periods(c, [], limit)}
     if config.zero_deltas:
@@ -78,7 +78,6 @@ async def flush(
     signer = home.keys().ed25519
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     planned: list[StoredRecord] = []
-    counted: list[tuple[int, str, tuple[str, str, str]]] = []
     advanced: list[Chain] = []
     for rid in sorted(wanted):
         chain = chains.get(rid)
@@ -108,15 +107,15 @@ async def flush(
             sealed = seal(record.body, keys, signer)
             window = record.window_start
             planned.append(StoredRecord(rid, sealed.seq, record.body.kind, record.body.period, window,
-                                        sealed.tag, sealed.blob, sealed.body, None))
-            counted += [(sealed.seq, rid, e.event.dedup_key) for e in record.counted]
+                                        sealed.tag, sealed.blob, sealed.body, None,
+                                        pack_rowids(e.rowid for e in record.counted)))
             if window is not None:
                 end = record.body.window_end  # type: ignore[union-attr]
                 report.windows_written[cadence.name] = max(report.windows_written.get(cadence.name, ""), end)
         advanced.append(new_chain)
     if planned or advanced:
         # Durable before anything is sent: from here on a crash re-sends exactly these records.
-        await asyncio.to_thread(spool.store_flush, planned, counted, advanced)
+        await asyncio.to_thread(spool.store_flush, planned, advanced)
     if planned:
         say(f"sending {len(planned)} records")
         await _send(client, spool, planned, report, resend=False)

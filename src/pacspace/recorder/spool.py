@@ -41,14 +41,16 @@ _SCHEMA = (
         relationship TEXT NOT NULL, window_start TEXT NOT NULL, window_end TEXT NOT NULL,
         received_at TEXT NOT NULL, seq INTEGER, body BLOB NOT NULL,
         UNIQUE (event_id, source, meter))""",  # a rowid table: faster to fill than WITHOUT ROWID for rows this wide
-    # Pending events (seq IS NULL) and the events one record counted, with one index: each costs ingest.
-    "CREATE INDEX IF NOT EXISTS events_by_seq ON events(seq, relationship)",
+    # The events a flush may count: pending ones by window end. Keyed by window end, new entries land in one
+    # place (the current window), so the index costs ingest almost nothing; counted events leave it.
+    "CREATE INDEX IF NOT EXISTS events_due ON events(window_end) WHERE seq IS NULL",
     """CREATE TABLE IF NOT EXISTS chains (
         relationship TEXT PRIMARY KEY, secret BLOB NOT NULL, next_seq INTEGER NOT NULL, head TEXT NOT NULL,
         open_periods TEXT NOT NULL, closed_periods TEXT NOT NULL, covered_until TEXT)""",
     """CREATE TABLE IF NOT EXISTS records (
         relationship TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, period TEXT NOT NULL,
         window_start TEXT, tag BLOB NOT NULL, blob BLOB NOT NULL, body BLOB NOT NULL, idx INTEGER,
+        events BLOB NOT NULL,
         PRIMARY KEY (relationship, seq))""",
     "CREATE INDEX IF NOT EXISTS records_window ON records(relationship, window_start) WHERE kind = 'delta'",
     "CREATE INDEX IF NOT EXISTS records_unsent ON records(relationship, seq) WHERE idx IS NULL",
@@ -68,6 +70,7 @@ class SpooledEvent:
     window_start: str
     window_end: str
     event: UsageEvent
+    rowid: int = 0
 
 
 @dataclass
@@ -99,6 +102,15 @@ class StoredRecord:
     blob: bytes
     body: bytes
     index: int | None
+    events: bytes = b""  # the spool rows of the events it counts (pack_rowids)
+
+
+def pack_rowids(rowids: Iterable[int]) -> bytes:
+    return b"".join(r.to_bytes(8, "big") for r in rowids)
+
+
+def unpack_rowids(data: bytes) -> list[int]:
+    return [int.from_bytes(data[i : i + 8], "big") for i in range(0, len(data), 8)]
 
 
 def _locked(method):  # type: ignore[no-untyped-def]
@@ -123,6 +135,8 @@ class Spool:
         self._lock = threading.RLock()
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
+        # The dedup index grows with every event: keep its upper levels (and more) in memory.
+        self._conn.execute("PRAGMA cache_size = -131072")
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         tables = self._conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
         if tables and version != SCHEMA_VERSION:
@@ -156,28 +170,30 @@ class Spool:
             return [op(conn) for op in ops]
 
     @_locked
-    def pending(self, relationships: Iterable[str] | None = None) -> dict[str, list[SpooledEvent]]:
-        """Events not yet counted, by relationship (all relationships, or just these)."""
+    def pending(self, ended_by: str | None = None) -> dict[str, list[SpooledEvent]]:
+        """Events not yet counted whose window ended by ``ended_by`` (None: all of them), by relationship."""
+        rows = self._conn.execute(
+            "SELECT rowid, relationship, window_start, window_end, body FROM events "
+            "WHERE seq IS NULL AND window_end <= ?", (ended_by or "9999",)
+        ).fetchall()
         out: dict[str, list[SpooledEvent]] = {}
-        if relationships is None:
-            rows = self._conn.execute(
-                "SELECT relationship, window_start, window_end, body FROM events WHERE seq IS NULL"
-            ).fetchall()
-        else:
-            rows = []
-            for rid in relationships:
-                rows += self._conn.execute(
-                    "SELECT relationship, window_start, window_end, body FROM events "
-                    "WHERE relationship = ? AND seq IS NULL", (rid,)
-                ).fetchall()
-        for rid, start, end, body in rows:
-            out.setdefault(rid, []).append(SpooledEvent(start, end, _event(body)))
+        for rowid, rid, start, end, body in rows:
+            out.setdefault(rid, []).append(SpooledEvent(start, end, _event(body), rowid))
         return out
 
     @_locked
     def counted_by(self, rid: str, seq: int) -> list[UsageEvent]:
-        rows = self._conn.execute("SELECT body FROM events WHERE relationship = ? AND seq = ?", (rid, seq)).fetchall()
-        return [_event(body) for (body,) in rows]
+        """The events one record counts."""
+        record = self._conn.execute(
+            "SELECT events FROM records WHERE relationship = ? AND seq = ?", (rid, seq)
+        ).fetchone()
+        rowids = unpack_rowids(bytes(record[0])) if record else []
+        bodies: list[bytes] = []
+        for i in range(0, len(rowids), 500):
+            chunk = rowids[i : i + 500]
+            bodies += [b for (b,) in self._conn.execute(
+                f"SELECT body FROM events WHERE rowid IN ({','.join('?' * len(chunk))})", chunk)]
+        return [_event(body) for body in bodies]
 
     @_locked
     def find_event(self, event_id: str, source: str | None) -> list[tuple[str, int | None, UsageEvent]]:
@@ -220,10 +236,11 @@ class Spool:
         conflict (another record holds that seq), so none of them is committed.
         """
         with write_transaction(self._conn) as conn:
-            unsent = [s for (s,) in conn.execute(
-                "SELECT seq FROM records WHERE relationship = ? AND idx IS NULL", (rid,))]
-            conn.executemany("UPDATE events SET seq = NULL WHERE relationship = ? AND seq = ?",
-                             [(rid, s) for s in unsent])
+            for (events,) in conn.execute(
+                "SELECT events FROM records WHERE relationship = ? AND idx IS NULL", (rid,)
+            ).fetchall():
+                conn.executemany("UPDATE events SET seq = NULL WHERE rowid = ?",
+                                 [(r,) for r in unpack_rowids(bytes(events))])
             conn.execute("DELETE FROM records WHERE relationship = ? AND idx IS NULL", (rid,))
             conn.execute("UPDATE chains SET next_seq = -1 WHERE relationship = ?", (rid,))
 
@@ -254,15 +271,13 @@ class Spool:
             "ORDER BY seq", (rid, period))]
 
     @_locked
-    def store_flush(
-        self, records: list[StoredRecord], counted: list[tuple[int, str, tuple[str, str, str]]], chains: list[Chain]
-    ) -> None:
+    def store_flush(self, records: list[StoredRecord], chains: list[Chain]) -> None:
         """Durably, at once: the sealed records, which record counts each event, and the advanced chains."""
         with write_transaction(self._conn) as conn:
             _insert_records(conn, records)
             conn.executemany(
-                "UPDATE events SET seq = ? WHERE relationship = ? AND source = ? AND event_id = ? AND meter = ?",
-                [(seq, rid, *key) for seq, rid, key in counted],
+                "UPDATE events SET seq = ? WHERE rowid = ?",
+                [(r.seq, rowid) for r in records for rowid in unpack_rowids(r.events)],
             )
             for chain in chains:
                 _save_chain(conn, chain)
@@ -271,7 +286,7 @@ class Spool:
     def unsent(self) -> list[StoredRecord]:
         """Records sealed and stored but not yet acknowledged, in chain order per relationship."""
         rows = self._conn.execute(
-            "SELECT relationship, seq, kind, period, window_start, tag, blob, body, idx FROM records "
+            "SELECT relationship, seq, kind, period, window_start, tag, blob, body, idx, events FROM records "
             "WHERE idx IS NULL ORDER BY relationship, seq"
         ).fetchall()
         return [_record(r) for r in rows]
@@ -286,7 +301,7 @@ class Spool:
     @_locked
     def record(self, rid: str, seq: int) -> StoredRecord | None:
         row = self._conn.execute(
-            "SELECT relationship, seq, kind, period, window_start, tag, blob, body, idx FROM records "
+            "SELECT relationship, seq, kind, period, window_start, tag, blob, body, idx, events FROM records "
             "WHERE relationship = ? AND seq = ?", (rid, seq)
         ).fetchone()
         return None if row is None else _record(row)
@@ -326,8 +341,9 @@ def accept_op(
 
 def _insert_records(conn: sqlite3.Connection, records: list[StoredRecord]) -> None:
     conn.executemany(
-        "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(r.relationship, r.seq, r.kind, r.period, r.window_start, r.tag, r.blob, r.body, r.index) for r in records],
+        "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r.relationship, r.seq, r.kind, r.period, r.window_start, r.tag, r.blob, r.body, r.index, r.events)
+         for r in records],
     )
 
 
@@ -340,7 +356,8 @@ def _save_chain(conn: sqlite3.Connection, chain: Chain) -> None:
 
 
 def _record(row: tuple) -> StoredRecord:  # type: ignore[type-arg]
-    return StoredRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), bytes(row[6]), bytes(row[7]), row[8])
+    return StoredRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), bytes(row[6]), bytes(row[7]), row[8],
+                        bytes(row[9]))
 
 
 def _event(body: bytes) -> UsageEvent:
