@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from test_cli_records import run, server  # noqa: F401  (the real-server fixture)
@@ -14,11 +15,15 @@ def test_events_to_committed_deltas_to_a_verified_bill(tmp_path, server):  # noq
     data = str(tmp_path / "pacspace-data")
     ptoken = run("admin", "party", "add", "acme", "--role", "provider", "--data", data, env=base).stdout.strip()
     ctoken = run("admin", "party", "add", "bob", "--role", "customer", "--data", data, env=base).stdout.strip()
+    carol_token = run("admin", "party", "add", "carol", "--role", "customer", "--data", data, env=base).stdout.strip()
     provider = {**base, "PACSPACE_TOKEN": ptoken, "PACSPACE_HOME": str(tmp_path / "acme")}
     customer = {**base, "PACSPACE_TOKEN": ctoken, "PACSPACE_HOME": str(tmp_path / "bob")}
     run("keys", "init", env=provider)
     run("keys", "init", env=customer)
+    carol = {**base, "PACSPACE_TOKEN": carol_token, "PACSPACE_HOME": str(tmp_path / "carol")}
+    run("keys", "init", env=carol)
     rid = run("relationship", "create", "--customer", "bob", "--cadence", "hourly", env=provider).stdout.strip()
+    daily = run("relationship", "create", "--customer", "carol", env=provider).stdout.strip()  # daily by default
     config = tmp_path / "recorder.toml"
     config.write_text(f'''
 [recorder]
@@ -30,6 +35,15 @@ dedup_days = 3660  # the events below have fixed dates
 ref = "customer-1"
 relationship = "{rid}"
 cadence = "hourly"
+
+[[customers]]
+ref = "cus_carol"
+relationship = "{daily}"
+
+[meters.api_call]
+meter = "api.calls"
+unit = "call"
+value = "value"
 
 [meters.prompt]
 meter = "llm.input.uncached_tokens"
@@ -61,9 +75,26 @@ dimensions = ["model"]
     assert second["committed"] == 1
     assert json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-02T23:00:00Z", env=provider).stdout)["committed"] == 0
     assert json.loads(run("recorder", "status", "--config", str(config), env=provider).stdout)["deltas_committed"] == 3
+    # carol is billed from a Stripe meter-event export, daily.
+    stripe_rows = ["identifier,timestamp,event_name,payload[value],payload[stripe_customer_id]"]
+    carol_total = 0
+    for i in range(10):
+        when = int(datetime(2026, 11, 2 + i // 5, 9 + i, tzinfo=timezone.utc).timestamp())
+        stripe_rows.append(f"req_{i},{when},api_call,{i + 1},cus_carol")
+        carol_total += i + 1
+    (tmp_path / "stripe.csv").write_text("\n".join(stripe_rows + [stripe_rows[1]]) + "\n")
+    imported = json.loads(run("recorder", "import", str(tmp_path / "stripe.csv"), "--format", "stripe", "--config",
+                              str(config), env=provider).stdout)
+    assert imported == {"accepted": 10, "duplicates": 1, "rejected": 0}
+    assert json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-03T00:04:00Z",
+                          env=provider).stdout)["committed"] == 0  # Nov 2 plus the grace has not passed
+    assert json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-03T00:05:00Z",
+                          env=provider).stdout)["committed"] == 1
+    assert json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-11-04T06:00:00Z",
+                          env=provider).stdout)["committed"] == 1
     # After the month (and the grace) the period is closed by the recorder itself, once.
     closing = json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-12-01T00:10:00Z", env=provider).stdout)
-    assert closing["closed"] == 1
+    assert closing["closed"] == 2  # both relationships, each after its last delta
     assert json.loads(run("recorder", "flush", "--config", str(config), "--until", "2026-12-01T01:00:00Z", env=provider).stdout)["closed"] == 0
     # The customer sees three hourly deltas whose quantities sum to the events', to the last unit.
     run("monitor", "--once", env=customer)
@@ -87,3 +118,14 @@ dimensions = ["model"]
     (tmp_path / "forged.json").write_text(json.dumps(forged))
     refused = run("evidence", "verify-event", str(tmp_path / "forged.json"), env=customer, ok=False)
     assert refused.returncode == 1 and refused.stderr.startswith("pacspace: error:")
+
+    # carol: two daily deltas, and her bill verifies against an invoice computed from the Stripe export.
+    run("monitor", "--once", env=carol)
+    rows = json.loads(run("records", "--relationship", daily, "--period", "2026-11", "--json", "--offline", env=carol).stdout)["rows"]
+    assert [r["window_start"] for r in rows if r["kind"] == "delta"] == ["2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"]
+    invoice = {"relationship": daily, "period": "2026-11",
+               "lines": [{"meter": "api.calls", "dimensions": {}, "quantity": str(carol_total)}]}
+    (tmp_path / "carol-invoice.json").write_text(json.dumps(invoice))
+    verdict = run("bill", "verify", "--relationship", daily, "--period", "2026-11", "--invoice",
+                  str(tmp_path / "carol-invoice.json"), env=carol)
+    assert "matches" in verdict.stderr
