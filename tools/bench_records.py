@@ -209,6 +209,8 @@ def main() -> None:
     parser.add_argument("--batch-rounds", type=int, default=25)
     parser.add_argument("--serve-args", default="", help="extra arguments for pacspace serve")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--phases", default="single,batch", help="which timed phases to run")
+    parser.add_argument("--profile", type=Path, help="run the server under cProfile, writing its stats here")
     args = parser.parse_args()
     data = args.work / "data"
     if data.exists():
@@ -217,7 +219,7 @@ def main() -> None:
     pacspace("init", "--data", str(data), "--origin", "bench.example/records")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), *args.serve_args.split()],
+        [sys.executable, *(["-m", "cProfile", "-o", str(args.profile)] if args.profile else []), "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), *args.serve_args.split()],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
@@ -231,10 +233,12 @@ def main() -> None:
         token, provider, rels = asyncio.run(setup(url, data, args.relationships))
         results = {"sealing_per_s": sealing_rate(provider, rels)}
         print(f"sealing: {results['sealing_per_s']:,.0f}/s", file=sys.stderr)
-        results["single"] = asyncio.run(single_phase(url, token, provider, rels, args.per_relationship, args.concurrency))
-        print(f"single: {results['single']}", file=sys.stderr)
-        results["batch"] = asyncio.run(batch_phase(url, token, provider, rels, args.batch_rounds, 2000, 4))
-        print(f"batch: {results['batch']}", file=sys.stderr)
+        if "single" in args.phases:
+            results["single"] = asyncio.run(single_phase(url, token, provider, rels, args.per_relationship, args.concurrency))
+            print(f"single: {results['single']}", file=sys.stderr)
+        if "batch" in args.phases:
+            results["batch"] = asyncio.run(batch_phase(url, token, provider, rels, args.batch_rounds, 2000, 4))
+            print(f"batch: {results['batch']}", file=sys.stderr)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
