@@ -70,6 +70,7 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         writer_task = asyncio.create_task(writer.run(), name="pacspace-records-writer")
         log.info("log %s open at size %d", signer.name, state.size)
         yield
+        await app[SERVICE].settled()
         writer_task.cancel()
         task.cancel()
         for t in (task, writer_task):

@@ -380,12 +380,21 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
         at += len(subs)
         settle.append(RecordStore.settle_op(groups[i].rel.id, [(s.seq, x) for s, x in zip(subs, indexes)], size))
         outcomes[i] = (201, [(x, size) for x in indexes])
-    await service.writer.write(settle)
+    # The entries are committed: acknowledge now, record their indexes in records.db behind us.
+    service.settle_later(settle)
     return outcomes  # type: ignore[return-value]
 
 
+def _checkpoint_note(service: LogService, size: int) -> bytes:
+    """The signed checkpoint of ``size``: the one just published (in memory) for new records, else stored."""
+    published = service.sequencer.published
+    if published is not None and published.size == size:
+        return published.format()
+    return service.store.checkpoint_at(size)
+
+
 def _receipt(service: LogService, seq: int, entry: bytes, index: int, size: int) -> dict[str, Any]:
-    checkpoint = service.store.checkpoint_at(size)
+    checkpoint = _checkpoint_note(service, size)
     proof = inclusion_proof(index, size, service.store)
     leaf = hashlib.sha256(b"\x00" + entry).digest()
     return {
@@ -444,8 +453,8 @@ async def post_records(request: web.Request) -> web.Response:
                 continue
             status, indexed = outcome
             index, size = indexed[k]
-            if status == 201:
-                checkpoint = service.store.checkpoint_at(size)
+            if status == 201 and checkpoint is None:
+                checkpoint = _checkpoint_note(service, size)  # the same for every new record of the request
             leaf = hashlib.sha256(b"\x00" + sub.entry).digest()
             results[i] = {"relationship": group.rel.id, "seq": sub.seq, "status": "ok", "index": index,
                           "leaf_hash": base64.b64encode(leaf).decode()}
@@ -470,6 +479,7 @@ async def get_records(request: web.Request) -> web.Response:
     limit = _query_int(request, "limit", 100, minimum=1)
     if limit > MAX_PAGE:
         raise MalformedInput(f"limit is at most {MAX_PAGE}")
+    await _service(request).settled()
     rows = _service(request).records.records(rel.id, after, limit)
     return web.json_response(
         {

@@ -218,6 +218,8 @@ class RecordStore:
         if not readonly:
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
+            # The tag index takes random keys: keep as much of it as we can in memory (128 MiB).
+            self._conn.execute("PRAGMA cache_size = -131072")
             for statement in _SCHEMA:
                 self._conn.execute(statement)
         self._lock = threading.Lock()
