@@ -322,3 +322,22 @@ async def test_receipt_leaf_matches_the_public_entry(world):
     d1 = world.delta(1, body_hash(g.body))
     receipt = await (await world.post(d1)).json()
     assert base64.b64decode(receipt["leaf_hash"]) == hashlib.sha256(b"\x00" + d1.entry).digest()
+
+
+async def test_an_acknowledged_record_whose_settle_was_lost_is_settled_at_start(world, aiohttp_client, tmp_path):
+    """Receipts do not wait for the index to reach records.db: if the process dies first, start-up settles it."""
+    resp, g = await world.create()
+    assert resp.status == 201
+    service = world.app[SERVICE]
+    service.settle_later = lambda ops: None  # the process "dies" before this write: it never happens
+    d1 = world.delta(1, body_hash(g.body))
+    resp = await world.post(d1)
+    assert resp.status == 201
+    receipt = await resp.json()
+    assert [r.seq for r in service.records.unsettled()] == [1]
+    await world.http.close()
+    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01)))
+    client = await aiohttp_client(app)
+    rows = (await (await client.get("/v1/relationships/acme:rel-1/records", headers=world.auth("bob"))).json())["records"]
+    assert [(r["seq"], r["index"]) for r in rows] == [(0, 0), (1, receipt["index"])]
+    assert base64.b64decode(rows[1]["ciphertext"]) == d1.blob
