@@ -1,9 +1,9 @@
 """Aggregation of usage events into deltas, with an ``events_root`` per delta. Pure.
 
-Events are deduplicated on their source's id; quantities add exactly (decimal,
-no rounding); each (relationship, window) gets one line per meter, unit and
-dimensions, with its event count, and the RFC 9162 root over the sorted digests
-of the events it counted, so one event can be proven to be in exactly one delta.
+Quantities add exactly (decimal, no rounding). Each record gets one line per
+meter, unit and dimensions, with its event count, and the RFC 9162 root over
+the sorted digests of the events it counted, so one event can be proven to be
+in exactly one record.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from decimal import Decimal
 from ..merkle import Hash, ListHashReader, inclusion_proof, leaf_hash, tree_hash
 from ..records.body import Line, canonical_decimal, exact
 from .events import UsageEvent
-from .windows import Cadence, period_of
+from .windows import period_of
 
 LineKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
@@ -67,26 +67,3 @@ def prove_event(digests: Iterable[bytes], digest: bytes) -> tuple[int, int, list
     ordered = sorted(digests)
     index = ordered.index(digest)
     return index, len(ordered), inclusion_proof(index, len(ordered), ListHashReader([leaf_hash(d) for d in ordered]))
-
-
-@dataclass
-class Aggregator:
-    """Routes events to (relationship, window); refuses duplicates and unknown customers."""
-
-    relationship_of: dict[str, str]
-    cadence_of: dict[str, Cadence]
-    seen: set[tuple[str, str, str]] = field(default_factory=set)
-    windows: dict[tuple[str, str], WindowUsage] = field(default_factory=dict)
-
-    def add(self, event: UsageEvent) -> str:
-        """Count the event; returns "counted" or "duplicate". Raises KeyError for an unmapped customer."""
-        if event.dedup_key in self.seen:
-            return "duplicate"
-        rid = self.relationship_of[event.customer]
-        start, end = self.cadence_of[rid].window(event.time)
-        usage = self.windows.get((rid, start))
-        if usage is None:
-            usage = self.windows[(rid, start)] = WindowUsage(rid, start, end)
-        usage.add(event)
-        self.seen.add(event.dedup_key)
-        return "counted"
