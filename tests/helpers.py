@@ -65,3 +65,20 @@ async def register_two_homes(url: str, base: Path):  # type: ignore[no-untyped-d
             await c.register_keys(keys.public.x25519, keys.public.ed25519)
             home.pin_log_key((await c.log_info())["vkey"])
     return acme, bob
+
+
+async def served_log_with_two_homes(aiohttp_client, base: Path):  # type: ignore[no-untyped-def]
+    """A log server (in-process, real storage) under ``base/log`` with acme and bob, their homes registered.
+
+    Returns (url, acme's home, bob's home).
+    """
+    from pacspace.config import ServerConfig
+    from pacspace.sequencer import SequencerConfig
+    from pacspace.server.app import create_app
+
+    new_log(base / "log")
+    add_two_parties(base / "log")
+    app = create_app(ServerConfig(data_dir=base / "log", sequencer=SequencerConfig(pool_interval=0.01)))
+    url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
+    acme, bob = await register_two_homes(url, base)
+    return url, acme, bob

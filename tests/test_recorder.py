@@ -131,22 +131,15 @@ def test_aggregation_is_exact_and_order_free():
 
 async def test_flush_resumes_without_committing_twice(aiohttp_client, tmp_path):
     """A flush that dies before sending, or after sending but before recording, is finished once on the next run."""
-    from helpers import add_two_parties, new_log, register_two_homes
+    from helpers import served_log_with_two_homes
 
     from pacspace.client.http import PacspaceClient
     from pacspace.client.records import create_relationship, load_relationship
-    from pacspace.config import ServerConfig
     from pacspace.recorder.config import parse_config
     from pacspace.recorder.flush import flush
     from pacspace.recorder.spool import Spool
-    from pacspace.sequencer import SequencerConfig
-    from pacspace.server.app import create_app
 
-    new_log(tmp_path / "log")
-    add_two_parties(tmp_path / "log")
-    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
-    url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
-    acme, bob = await register_two_homes(url, tmp_path)
+    url, acme, bob = await served_log_with_two_homes(aiohttp_client, tmp_path)
     async with PacspaceClient(url, "tok-acme") as c:
         rid = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly"))["relationship"]
     config = parse_config({"recorder": {"data": "spool"}, "customers": [{"ref": "c1", "relationship": rid, "cadence": "hourly"}],
@@ -296,23 +289,16 @@ async def test_late_events_corrections_zero_deltas_and_a_moved_chain_verify_for_
     the committed totals equal the accepted events, late and corrected ones included, to the last unit."""
     from decimal import Decimal
 
-    from helpers import add_two_parties, new_log, register_two_homes
+    from helpers import served_log_with_two_homes
 
     from pacspace.client.http import PacspaceClient
     from pacspace.client.records import append_body, create_relationship, delta_maker, load_relationship
-    from pacspace.config import ServerConfig
     from pacspace.recorder.config import parse_config
     from pacspace.recorder.flush import flush
     from pacspace.recorder.spool import Spool
     from pacspace.records.body import Delta, Line
-    from pacspace.sequencer import SequencerConfig
-    from pacspace.server.app import create_app
 
-    new_log(tmp_path / "log")
-    add_two_parties(tmp_path / "log")
-    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
-    url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
-    acme, bob = await register_two_homes(url, tmp_path)
+    url, acme, bob = await served_log_with_two_homes(aiohttp_client, tmp_path)
     async with PacspaceClient(url, "tok-acme") as c:
         busy = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly", home=acme))["relationship"]
         idle = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly", home=acme))["relationship"]
@@ -431,3 +417,45 @@ def test_event_canonical_form_is_byte_for_byte_records_canonical(text, event_id,
             event.canonical()
         return
     assert event.canonical() == expected
+
+
+async def test_serve_flushes_on_its_timer_and_reports_it(aiohttp_client, tmp_path):
+    """`recorder serve`'s own flush loop, against a real log: events posted over HTTP end up committed."""
+    import asyncio
+    import json as _json
+
+    from helpers import served_log_with_two_homes
+
+    from pacspace.client.http import PacspaceClient
+    from pacspace.client.records import create_relationship, load_relationship
+    from pacspace.recorder.config import parse_config
+    from pacspace.recorder.flush import flush
+    from pacspace.recorder.server import create_recorder_app
+
+    url, acme, bob = await served_log_with_two_homes(aiohttp_client, tmp_path)
+    async with PacspaceClient(url, "tok-acme") as c:
+        rid = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly", home=acme))["relationship"]
+    config = parse_config({"recorder": {"data": "spool", "dedup_days": 3660, "grace_minutes": 0},
+                           "customers": [{"ref": "c1", "relationship": rid, "cadence": "hourly"}],
+                           "meters": {"use": {"meter": "m", "unit": "u", "value": "v"}}}, tmp_path)
+
+    async def flusher(spool):
+        async with PacspaceClient(url, "tok-acme") as c:
+            return await flush(c, acme, spool, config, "2026-11-02T11:00:00Z")
+
+    recorder = await aiohttp_client(create_recorder_app(config, flusher, flush_interval=0.05))
+    events = [{"specversion": "1.0", "type": "use", "id": f"e{i}", "source": "s", "subject": "c1",
+               "time": f"2026-11-02T10:0{i}:00Z", "data": {"v": i + 1}} for i in range(3)]
+    resp = await recorder.post("/events", data=_json.dumps(events), headers={"Content-Type": "application/cloudevents-batch+json"})
+    assert resp.status == 202
+    for _ in range(100):
+        metrics = await (await recorder.get("/metrics")).text()
+        if "pacspace_recorder_records_committed_total 1" in metrics:
+            break
+        await asyncio.sleep(0.05)
+    assert "pacspace_recorder_records_committed_total 1" in metrics
+    assert 'pacspace_recorder_cadence_last_window_end_timestamp_seconds{cadence="hourly"} 1793617200' in metrics
+    assert "pacspace_recorder_spool_pending_events 0" in metrics
+    async with PacspaceClient(url, "tok-bob") as c:
+        view = await load_relationship(c, bob, rid, bob.log_key())
+    assert [(r.body.kind, r.body.lines[0].quantity) for r in view.records[1:]] == [("delta", "6")]

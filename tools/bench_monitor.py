@@ -25,6 +25,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import add_two_parties, register_two_homes  # noqa: E402
+
 from pacspace.client.bill import verify_bill
 from pacspace.client.home import Home
 from pacspace.client.http import PacspaceClient
@@ -35,7 +38,6 @@ from pacspace.datadir import init_log, load_signer, load_state
 from pacspace.records.body import Common, Delta, Line, body_hash
 from pacspace.records.seal import seal
 from pacspace.sequencer import Sequencer
-from pacspace.storage.records import RecordStore
 from pacspace.storage.sqlite import SqliteLog
 
 
@@ -98,10 +100,7 @@ def main() -> None:
     data = args.work / "data"
     init_log(data, "bench.example/monitor", int(time.time()))
     asyncio.run(fill(data, args.other_entries))
-    store = RecordStore(data)
-    store.add_party("acme", "provider", "tok-acme", 1)
-    store.add_party("bob", "customer", "tok-bob", 1)
-    store.close()
+    add_two_parties(data)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port)],
@@ -113,16 +112,7 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        acme, bob = Home(args.work / "acme"), Home(args.work / "bob")
-
-        async def keys() -> None:
-            for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
-                async with PacspaceClient(url, token) as c:
-                    k = home.create_keys()
-                    await c.register_keys(k.public.x25519, k.public.ed25519)
-                    home.pin_log_key((await c.log_info())["vkey"])
-
-        asyncio.run(keys())
+        acme, bob = asyncio.run(register_two_homes(url, args.work))
         rid = asyncio.run(record_month(url, acme))
 
         async def catch_up() -> tuple[float, float, int]:

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import free_port  # noqa: E402
+from helpers import add_two_parties, free_port, register_two_homes  # noqa: E402
 
 from pacspace.client.home import Home  # noqa: E402
 from pacspace.client.http import PacspaceClient  # noqa: E402
@@ -42,7 +42,6 @@ from pacspace.recorder.config import parse_config  # noqa: E402
 from pacspace.recorder.events import cloudevent  # noqa: E402
 from pacspace.recorder.flush import flush  # noqa: E402
 from pacspace.recorder.spool import Spool  # noqa: E402
-from pacspace.storage.records import RecordStore  # noqa: E402
 
 
 async def create_all(url: str, acme: Home, count: int, concurrency: int) -> list[str]:
@@ -76,10 +75,7 @@ def main() -> None:
         shutil.rmtree(args.work)
     data = args.work / "data"
     init_log(data, "bench.example/recorder", int(time.time()))
-    store = RecordStore(data)
-    store.add_party("acme", "provider", "tok-acme", 1)
-    store.add_party("bob", "customer", "tok-bob", 1)
-    store.close()
+    add_two_parties(data)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port)],
@@ -92,18 +88,9 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        acme, bob = Home(args.work / "acme"), Home(args.work / "bob")
-
-        async def setup() -> list[str]:
-            for home, token in ((acme, "tok-acme"), (bob, "tok-bob")):
-                async with PacspaceClient(url, token) as c:
-                    keys = home.create_keys()
-                    await c.register_keys(keys.public.x25519, keys.public.ed25519)
-                    home.pin_log_key((await c.log_info())["vkey"])
-            return await create_all(url, acme, args.relationships, args.concurrency)
-
+        acme, _ = asyncio.run(register_two_homes(url, args.work))
         t0 = time.perf_counter()
-        rids = asyncio.run(setup())
+        rids = asyncio.run(create_all(url, acme, args.relationships, args.concurrency))
         results["setup_create_s"] = round(time.perf_counter() - t0, 1)
         print(f"created {len(rids)} relationships in {results['setup_create_s']} s", file=sys.stderr)
         config = parse_config({
