@@ -146,3 +146,19 @@ def test_windows_between_counts_whole_windows(cadence, expected):
 
 def test_period_end_rolls_over_the_year():
     assert period_end("2026-12") == "2027-01-01T00:00:00Z" and period_end("2026-02") == "2026-03-01T00:00:00Z"
+
+
+def test_a_month_without_usage_is_closed_too_in_order():
+    c = Chained()
+    c.flush([event(1, "2026-10-10T10:00:00Z", "2")], "2026-11-01T00:00:00Z")  # October: a delta and its close
+    assert c.chain.closed_periods == ["2026-10"]
+    assert c.flush([], "2026-11-30T23:00:00Z") == []  # November has not ended
+    out = c.flush([event(2, "2027-01-03T10:00:00Z", "5")], "2027-01-04T00:00:00Z")
+    assert [(p.body.kind, p.body.period) for p in out] == [("close", "2026-11"), ("close", "2026-12"), ("delta", "2027-01")]
+    quiet = out[0].body
+    assert (quiet.record_count, quiet.totals, quiet.first_seq) == (0, (), quiet.last_seq + 1)
+
+
+def test_a_chain_without_usage_has_no_billing_cycle_to_close():
+    c = Chained()
+    assert c.flush([], "2027-03-01T00:00:00Z") == []

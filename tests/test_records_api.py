@@ -341,3 +341,19 @@ async def test_an_acknowledged_record_whose_settle_was_lost_is_settled_at_start(
     rows = (await (await client.get("/v1/relationships/acme:rel-1/records", headers=world.auth("bob"))).json())["records"]
     assert [(r["seq"], r["index"]) for r in rows] == [(0, 0), (1, receipt["index"])]
     assert base64.b64decode(rows[1]["ciphertext"]) == d1.blob
+
+
+def test_records_db_from_a_newer_pacspace_is_refused(tmp_path):
+    import sqlite3
+
+    from pacspace.errors import UntrustedState
+
+    RecordStore(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "records.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.execute("PRAGMA user_version = 7")
+    conn.close()
+    with pytest.raises(UntrustedState, match="schema version 7"):
+        RecordStore(tmp_path)
+    with pytest.raises(UntrustedState, match="schema version 7"):
+        RecordStore(tmp_path, readonly=True)

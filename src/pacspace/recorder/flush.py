@@ -30,7 +30,7 @@ from ..errors import PacspaceError
 from ..records.body import Close, Delta, body_hash
 from ..records.seal import RelationshipKeys, seal
 from .config import RecorderConfig
-from .plan import ChainFacts, Planner, candidate_windows, closing_periods, format_time, parse_time
+from .plan import ChainFacts, Planner, candidate_windows, closing_periods, format_time, parse_time, quiet_periods
 from .spool import Chain, Spool, StoredRecord, pack_rowids
 
 BATCH = 5000  # records per request; a relationship's records never span two requests
@@ -67,7 +67,7 @@ async def flush(
     limit = cutoff(until, config.grace_minutes)
     pending = spool.pending(limit)
     chains = spool.chains(set(pending) | set(config.cadence_of))
-    wanted = set(pending) | {rid for rid, c in chains.items() if closing_periods(c, [], limit)}
+    wanted = set(pending) | {rid for rid, c in chains.items() if closing_periods(c, [], limit) or quiet_periods(c, limit)}
     if config.zero_deltas:
         wanted |= set(config.cadence_of)
     wanted -= refused

@@ -16,9 +16,11 @@ The rules, for a flush at ``cutoff`` (its time minus the grace):
   Nothing is ever amended.
 - **Zero deltas** (optional): every window of the cadence gets a delta, with
   zero lines if nothing was used, so the log's shape does not tell who was busy.
-- **Closes.** A period with usage is closed once it has ended by the cutoff,
-  after its last delta and before anything of the next period, so each
-  period's records are one contiguous run (records.chain.check_close).
+- **Closes.** A period is closed once it has ended by the cutoff, after its
+  last delta and before anything of the next period, so each period's records
+  are one contiguous run (records.chain.check_close). A month without usage,
+  after the chain's first, gets a close of nothing: the invoice of a quiet
+  month can cite one too.
 """
 
 from __future__ import annotations
@@ -104,6 +106,23 @@ def candidate_windows(
     return starts
 
 
+def next_period(period: str) -> str:
+    return period_end(period)[:7]
+
+
+def quiet_periods(chain: Chain, cutoff: str) -> list[str]:
+    """Months after the chain's latest period that ended by ``cutoff`` with no usage: each still gets its close."""
+    latest = max(chain.open_periods + chain.closed_periods, default="")
+    out: list[str] = []
+    if not latest:
+        return out  # the chain never had usage: no billing cycle has started
+    period = next_period(latest)
+    while period_end(period) <= cutoff and len(out) < 1200:
+        out.append(period)
+        period = next_period(period)
+    return out
+
+
 def closing_periods(chain: Chain, pending: list[SpooledEvent], cutoff: str) -> list[str]:
     """Periods that may be closed by a flush at ``cutoff`` (whose usage records the planner needs)."""
     periods = set(chain.open_periods) | {period_of(e.window_start) for e in pending}
@@ -146,7 +165,8 @@ class Planner:
                         and period_of(window[0]) not in chain.closed_periods:
                     on_time.setdefault(window, [])
                 chain.covered_until = max(chain.covered_until or "", window[1])
-        periods = sorted({period_of(s) for s, _ in on_time} | set(late) | set(chain.open_periods))
+        periods = sorted({period_of(s) for s, _ in on_time} | set(late) | set(chain.open_periods)
+                         | set(quiet_periods(chain, self.cutoff)))
         for period in periods:
             windows = sorted(w for w in on_time if period_of(w[0]) == period)
             for n, window in enumerate(windows):

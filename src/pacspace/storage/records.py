@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from ..errors import PacspaceError
+from ..errors import PacspaceError, UntrustedState
 from ..records.seal import entry_from_ct_hash
 from .transaction import write_transaction
 
 RECORDS_NAME = "records.db"
 Role = Literal["provider", "customer"]
 T = TypeVar("T")
+
+SCHEMA_VERSION = 1  # PRAGMA user_version of records.db
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS parties (
@@ -77,6 +79,25 @@ _SCHEMA = (
     # keeps the in-flight check O(log n) however long the relationship's chain grows.
     "CREATE INDEX IF NOT EXISTS records_unsettled ON records(relationship, seq) WHERE idx IS NULL",
 )
+
+
+def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of an existing records.db; refuses one this pacspace cannot read.
+
+    Files from before versioning (user_version 0, tables present) have schema 1.
+    A future schema change adds its migration here, keyed by the version read.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] > 0
+    if version == 0:
+        return SCHEMA_VERSION if has_tables else 0
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise UntrustedState(
+            f"{path} has schema version {version}; this pacspace reads version {SCHEMA_VERSION}: "
+            "run the pacspace that wrote it"
+        )
+    return version
 
 
 class RecordError(PacspaceError):
@@ -215,6 +236,7 @@ class RecordStore:
         mode = "ro" if readonly else "rwc"
         self._conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout = 10000")
+        version = _schema_version(self._conn, path)
         if not readonly:
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
@@ -222,6 +244,8 @@ class RecordStore:
             self._conn.execute("PRAGMA cache_size = -131072")
             for statement in _SCHEMA:
                 self._conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._lock = threading.Lock()
         # Reads use their own connection: WAL lets them proceed while a write transaction (and its
         # fsync) holds the writer, so request handlers never wait behind a commit.
