@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from ..client.home import Home
 from ..client.http import PacspaceClient
 from ..client.records import RelationshipView, load_relationship
@@ -31,7 +33,7 @@ from ..records.body import Close, Delta, body_hash
 from ..records.seal import RelationshipKeys, seal
 from .config import RecorderConfig
 from .plan import ChainFacts, Planner, candidate_windows, closing_periods, format_time, parse_time, quiet_periods
-from .spool import Chain, Spool, StoredRecord, pack_rowids
+from .spool import Chain, Spool, SpooledEvent, StoredRecord, pack_rowids
 
 BATCH = 5000  # records per request; a relationship's records never span two requests
 LEARN_CONCURRENCY = 16
@@ -61,30 +63,56 @@ async def flush(
     client: PacspaceClient, home: Home, spool: Spool, config: RecorderConfig, until: str,
     progress: Callable[[str], None] | None = None,
 ) -> FlushReport:
+    """Commit everything due at ``until`` (minus the grace). Spool work and sealing run in a worker
+    thread, so a `recorder serve` keeps answering ingest while it flushes."""
     report = FlushReport()
     say = progress or (lambda _: None)
-    refused = await _send(client, spool, spool.unsent(), report, resend=True)
+    refused = await _send(client, spool, await asyncio.to_thread(spool.unsent), report, resend=True)
     limit = cutoff(until, config.grace_minutes)
-    pending = spool.pending(limit)
-    chains = spool.chains(set(pending) | set(config.cadence_of))
-    wanted = set(pending) | {rid for rid, c in chains.items() if closing_periods(c, [], limit) or quiet_periods(c, limit)}
-    if config.zero_deltas:
-        wanted |= set(config.cadence_of)
-    wanted -= refused
+    pending, chains, wanted = await asyncio.to_thread(_due, spool, config, limit, refused)
     unknown = sorted(rid for rid in wanted if rid not in chains or chains[rid].must_refetch)
     if unknown:
         say(f"learning {len(unknown)} chains")
         chains.update(await _learn(client, home, spool, unknown, chains, report))
     signer = home.keys().ed25519
+    planned, advanced = await asyncio.to_thread(
+        _plan_and_seal, spool, config, signer, chains, pending, sorted(wanted), limit, report
+    )
+    if planned or advanced:
+        # Durable before anything is sent: from here on a crash re-sends exactly these records.
+        await asyncio.to_thread(spool.store_flush, planned, advanced)
+    if planned:
+        say(f"sending {len(planned)} records")
+        await _send(client, spool, planned, report, resend=False)
+    return report
+
+
+def _due(
+    spool: Spool, config: RecorderConfig, limit: str, refused: set[str]
+) -> tuple[dict[str, list[SpooledEvent]], dict[str, Chain], set[str]]:
+    """Pending events, the known chains, and the relationships with something to write."""
+    pending = spool.pending(limit)
+    chains = spool.chains(set(pending) | set(config.cadence_of))
+    wanted = set(pending) | {rid for rid, c in chains.items() if closing_periods(c, [], limit) or quiet_periods(c, limit)}
+    if config.zero_deltas:
+        wanted |= set(config.cadence_of)
+    return pending, chains, wanted - refused
+
+
+def _plan_and_seal(
+    spool: Spool, config: RecorderConfig, signer: Ed25519PrivateKey, chains: dict[str, Chain],
+    pending: dict[str, list[SpooledEvent]], wanted: list[str], limit: str, report: FlushReport,
+) -> tuple[list[StoredRecord], list[Chain]]:
+    """Each wanted relationship's records, planned and sealed; and the chains they advance."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     planned: list[StoredRecord] = []
     advanced: list[Chain] = []
-    for rid in sorted(wanted):
+    for rid in wanted:
         chain = chains.get(rid)
         cadence = config.cadence_of.get(rid)
-        if chain is None or chain.must_refetch or cadence is None:
-            if chain is None or chain.must_refetch:
-                continue  # learning failed; reported
+        if chain is None or chain.must_refetch:
+            continue  # learning failed; reported
+        if cadence is None:
             report.errors.append(f"{rid}: has events or an open period but is not in the config")
             continue
         events = pending.get(rid, [])
@@ -98,10 +126,8 @@ async def flush(
         except PacspaceError as exc:
             report.errors.append(f"{rid}: {exc}")
             continue
-        if not records:
-            if new_chain.covered_until != chain.covered_until:
-                advanced.append(new_chain)
-            continue
+        if records or new_chain.covered_until != chain.covered_until:
+            advanced.append(new_chain)
         keys = RelationshipKeys(chain.secret)
         for record in records:
             sealed = seal(record.body, keys, signer)
@@ -112,14 +138,7 @@ async def flush(
             if window is not None:
                 end = record.body.window_end  # type: ignore[union-attr]
                 report.windows_written[cadence.name] = max(report.windows_written.get(cadence.name, ""), end)
-        advanced.append(new_chain)
-    if planned or advanced:
-        # Durable before anything is sent: from here on a crash re-sends exactly these records.
-        await asyncio.to_thread(spool.store_flush, planned, advanced)
-    if planned:
-        say(f"sending {len(planned)} records")
-        await _send(client, spool, planned, report, resend=False)
-    return report
+    return planned, advanced
 
 
 async def _send(
@@ -167,15 +186,19 @@ async def _learn(
     client: PacspaceClient, home: Home, spool: Spool, rids: list[str], known: dict[str, Chain], report: FlushReport
 ) -> dict[str, Chain]:
     """The chains the recorder has not extended before: from the home's creation record, or fetched and verified."""
-    learned: list[tuple[Chain, list[StoredRecord]]] = []
-    fetch: list[str] = []
-    for rid in rids:
-        state, secret = home.relationship_state(rid), home.relationship_secret(rid)
-        if rid not in known and state.get("next_seq") == 1 and secret is not None:
-            # The home created this chain and nothing has extended it from this home since.
-            learned.append((Chain(rid, secret, 1, str(state["head"])), []))
-        else:
-            fetch.append(rid)
+    def from_home() -> tuple[list[tuple[Chain, list[StoredRecord]]], list[str]]:
+        found: list[tuple[Chain, list[StoredRecord]]] = []
+        fetch: list[str] = []
+        for rid in rids:
+            state, secret = home.relationship_state(rid), home.relationship_secret(rid)
+            if rid not in known and state.get("next_seq") == 1 and secret is not None:
+                # The home created this chain and nothing has extended it from this home since.
+                found.append((Chain(rid, secret, 1, str(state["head"])), []))
+            else:
+                fetch.append(rid)
+        return found, fetch
+
+    learned, fetch = await asyncio.to_thread(from_home)
     gate = asyncio.Semaphore(LEARN_CONCURRENCY)
     log_key = home.log_key()
 
