@@ -43,23 +43,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "is mapped to disjoint meters so no token is counted twice.")
     p.add_argument("file", type=Path)
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
     p.add_argument("--customer", help="the customer ref for usage objects that do not carry a 'customer' field")
     p.set_defaults(run=cmd_import)
     p = rsub.add_parser("flush", help="commit every window due by a time",
-                        description="Commit one delta per relationship per window that ended (plus the grace) by --until "
-                        "(default now), in one batch. Resumable: a flush that died is finished, never repeated.")
-    p.add_argument("--config", type=Path, required=True)
+                        description="Commit what is due by --until (default now) minus the grace: one delta per "
+                        "relationship per window that ended, late events flagged in the next delta or corrected, zero "
+                        "deltas if configured, and the close of each month that ended. Sent through the batch endpoint. "
+                        "Resumable: a flush that died is finished, never repeated. Prints a JSON summary.")
+    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
     p.add_argument("--until", help="RFC 3339 UTC time (default: now)")
-    p.add_argument("--url")
-    p.add_argument("--token")
-    p.add_argument("--home", type=Path)
+    p.add_argument("--url", help="the log server (default $PACSPACE_URL, else http://127.0.0.1:8080)")
+    p.add_argument("--token", help="the provider's bearer token (default $PACSPACE_TOKEN)")
+    p.add_argument("--home", type=Path, help="the provider's home (default $PACSPACE_HOME, else ~/.pacspace)")
     p.set_defaults(run=cmd_flush)
     p = rsub.add_parser("serve", help="accept CloudEvents over HTTP and flush on a timer",
                         description="Accept CloudEvents 1.0 at POST /events (application/cloudevents+json or "
                         "application/cloudevents-batch+json; 202 only once spooled durably), serve /metrics, and, "
                         "when PACSPACE_TOKEN is set, flush every window that is due every --flush-interval seconds.")
-    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--flush-interval", type=float, default=60.0, metavar="SECONDS")
@@ -68,12 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         description="Print, for each meter of one source event, the committed delta that counted it "
                         "(relationship, seq, log index, window) and an RFC 9162 proof that the event is under that "
                         "delta's events_root. Give the file to the customer: `pacspace evidence verify-event FILE`.")
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--event-id", required=True)
-    p.add_argument("--source")
+    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
+    p.add_argument("--event-id", required=True, help="the source's event id (CloudEvents id, Stripe identifier, response id)")
+    p.add_argument("--source", help="the event's source, if ids repeat across sources")
     p.set_defaults(run=cmd_prove_event)
     p = rsub.add_parser("status", help="spooled events and deltas", description="Counts from the spool.")
-    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
     p.set_defaults(run=cmd_status)
 
 
