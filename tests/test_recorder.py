@@ -341,6 +341,8 @@ async def test_late_events_corrections_zero_deltas_and_a_moved_chain_verify_for_
         assert len(report.errors) == 1 and "conflict" in report.errors[0]
         report = await flush(c, acme, spool, config, "2026-12-01T02:00:00Z")
         assert (report.committed, report.learned, report.errors) == (1, 1, [])  # relearned from the server, then sent
+        # Relearning kept what the recorder knows of its own records: the events each one counts.
+        assert [e.event_id for e in spool.counted_by(busy, 1)] == ["e1"]
 
     async with PacspaceClient(url, "tok-bob") as c:
         chain = (await load_relationship(c, bob, busy, bob.log_key())).records
@@ -459,3 +461,60 @@ async def test_serve_flushes_on_its_timer_and_reports_it(aiohttp_client, tmp_pat
     async with PacspaceClient(url, "tok-bob") as c:
         view = await load_relationship(c, bob, rid, bob.log_key())
     assert [(r.body.kind, r.body.lines[0].quantity) for r in view.records[1:]] == [("delta", "6")]
+
+
+async def test_one_flush_at_a_time_and_a_relationship_larger_than_a_batch(aiohttp_client, tmp_path, monkeypatch):
+    from helpers import served_log_with_two_homes
+
+    from pacspace.client.http import PacspaceClient
+    from pacspace.client.records import create_relationship, load_relationship
+    from pacspace.recorder import flush as flush_module
+    from pacspace.recorder.config import parse_config
+    from pacspace.recorder.flush import flush
+    from pacspace.recorder.spool import FlushBusy, Spool, SpoolError
+
+    url, acme, bob = await served_log_with_two_homes(aiohttp_client, tmp_path)
+    async with PacspaceClient(url, "tok-acme") as c:
+        rid = (await create_relationship(c, acme.keys(), "acme", "bob", "1m", home=acme))["relationship"]
+    config = parse_config({"recorder": {"data": "spool", "zero_deltas": True, "grace_minutes": 0},
+                           "customers": [{"ref": "c1", "relationship": rid, "cadence": "1m"}],
+                           "meters": {"use": {"meter": "m", "unit": "u", "value": "v"}}}, tmp_path)
+    spool = Spool(config.data)
+    async with PacspaceClient(url, "tok-acme") as c:
+        with spool.flushing():
+            with pytest.raises(FlushBusy):
+                await flush(c, acme, spool, config, "2026-11-02T10:00:00Z")
+        assert (await flush(c, acme, spool, config, "2026-11-02T10:00:00Z")).committed == 1
+        monkeypatch.setattr(flush_module, "BATCH", 50)  # a backlog of 120 one-minute windows: 3 requests
+        report = await flush(c, acme, spool, config, "2026-11-02T12:00:00Z")
+        assert (report.committed, report.errors) == (120, [])
+    async with PacspaceClient(url, "tok-bob") as c:
+        view = await load_relationship(c, bob, rid, bob.log_key())
+    assert len(view.records) == 122
+    # A record claiming events another flush already counted is refused whole.
+    stored = spool.record(rid, 2)
+    with pytest.raises(SpoolError):
+        spool.store_flush([stored.__class__(**{**stored.__dict__, "seq": 999, "tag": b"x" * 32,
+                                               "events": (1).to_bytes(8, "big")})], [])
+    assert spool.record(rid, 999) is None
+    spool.close()
+
+
+def test_events_no_record_could_carry_are_refused_at_ingest(tmp_path):
+    from pacspace.recorder.config import parse_config
+
+    config = parse_config({"recorder": {"dedup_days": 3660}, "customers": [{"ref": "c1", "relationship": "acme:r1"}],
+                           "meters": {"use": {"meter": "m", "unit": "u", "value": "v", "dimensions": ["user"]}}}, tmp_path)
+    route = config.router(datetime(2026, 11, 3, tzinfo=timezone.utc))
+
+    def ev(v, user="u1"):
+        return cloudevent({"specversion": "1.0", "type": "use", "id": "x", "source": "s", "subject": "c1",
+                           "time": "2026-11-02T10:00:00Z", "data": {"v": v, "user": user}}, config.meters)
+
+    assert route(ev("1.5"))[1] == "acme:r1"
+    with pytest.raises(InvalidEvent, match="256"):
+        route(ev(1, "u" * 300))
+    with pytest.raises(InvalidEvent, match="digits"):
+        route(ev("1" * 31))
+    with pytest.raises(InvalidEvent, match="digits"):
+        route(ev("0." + "1" * 19))

@@ -162,3 +162,15 @@ def test_a_month_without_usage_is_closed_too_in_order():
 def test_a_chain_without_usage_has_no_billing_cycle_to_close():
     c = Chained()
     assert c.flush([], "2027-03-01T00:00:00Z") == []
+
+
+def test_a_window_with_more_lines_than_a_delta_holds_is_split_never_stuck():
+    c = Chained()
+    start, end = HOURLY.window("2026-11-02T10:00:00Z")
+    pending = [SpooledEvent(start, end, UsageEvent("s", f"e{i}", "c1", "tokens", "token", "1", "2026-11-02T10:05:00Z",
+                                                   {"user": f"u{i:04d}"})) for i in range(2500)]
+    out = c.flush(pending, "2026-11-02T11:00:00Z")
+    assert [len(p.body.lines) for p in out] == [1000, 1000, 500]
+    assert len({p.body.common.record_id for p in out}) == 3 and all(p.body.window_start == start for p in out)
+    assert sum(len(p.counted) for p in out) == 2500 and total(c.records) == 2500
+    assert sum(int(p.body.evidence["events_count"]) for p in out) == 2500

@@ -25,6 +25,7 @@ from ..recorder.events import (
     read_jsonl,
     read_stripe_csv,
     stripe_event,
+    utc_time,
 )
 from ..recorder.flush import FlushReport, flush
 from ..recorder.plan import format_time
@@ -124,7 +125,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_flush(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    until = args.until or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # --until may be in the future: windows are then committed as if that time had come (for tests, drills).
+    until = utc_time(args.until) if args.until else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     url = args.url or os.environ.get("PACSPACE_URL") or "http://127.0.0.1:8080"
     token = args.token or os.environ.get("PACSPACE_TOKEN")
     if not token:
@@ -202,6 +204,8 @@ def cmd_prove_event(args: argparse.Namespace) -> int:
             if record is None or record.index is None:
                 raise MalformedInput(f"event {args.event_id!r} of {rid} is not in a committed record yet (run a flush)")
             digests = [e.digest() for e in spool.counted_by(rid, seq)]
+            if event.digest() not in digests:
+                raise MalformedInput(f"the spool no longer lists the events of {rid} seq {seq}: no proof can be made")
             index, size, path = prove_event(digests, event.digest())
             body = decode_body(record.body)
             proofs.append({

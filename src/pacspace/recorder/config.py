@@ -10,11 +10,29 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..errors import MalformedInput
-from ..records.body import Line
+from ..records.body import InvalidBody, Line
 from .events import InvalidEvent, MeterMapping, UsageEvent
 from .windows import Cadence
 
 FUTURE_SKEW = timedelta(minutes=5)  # as Stripe allows
+# An event's quantity: at most 30 digits before the point and 18 after, so that the exact sum of up to
+# 10^15 of them still fits a record's 64-character decimal.
+MAX_INTEGER_DIGITS = 30
+MAX_FRACTION_DIGITS = 18
+
+
+def sealable(event: UsageEvent) -> None:
+    """Refuse, at ingest, an event no record could carry (a flush would otherwise fail on it forever)."""
+    try:
+        Line(event.meter, event.unit, event.quantity, event.dimensions)
+    except InvalidBody as exc:
+        raise InvalidEvent(str(exc)) from None
+    whole, _, fraction = event.quantity.lstrip("-").partition(".")
+    if len(whole) > MAX_INTEGER_DIGITS or len(fraction) > MAX_FRACTION_DIGITS:
+        raise InvalidEvent(
+            f"quantity {event.quantity[:40]} has more than {MAX_INTEGER_DIGITS} digits before the point "
+            f"or {MAX_FRACTION_DIGITS} after"
+        )
 _FMT = "%Y-%m-%dT%H:%M:%SZ"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 
@@ -50,6 +68,7 @@ class RecorderConfig:
                 )
             if event.time > newest:
                 raise InvalidEvent(f"time {event.time} is in the future")
+            sealable(event)
             event.canonical()  # refuses text that cannot be encoded before anything is stored
             return event, rid, self.cadence_of[rid].window(event.time)
 
@@ -76,7 +95,7 @@ def load_config(path: Path) -> RecorderConfig:
 def parse_config(raw: dict, base: Path) -> RecorderConfig:  # type: ignore[type-arg]
     section = raw.get("recorder", {})
     grace = section.get("grace_minutes", 10)
-    if not isinstance(grace, int) or not 0 <= grace <= 7 * 24 * 60:
+    if not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= 7 * 24 * 60:
         raise MalformedInput("[recorder] grace_minutes must be an integer number of minutes, at most a week")
     zero = section.get("zero_deltas", False)
     if not isinstance(zero, bool):
@@ -100,7 +119,9 @@ def parse_config(raw: dict, base: Path) -> RecorderConfig:  # type: ignore[type-
         if ref in relationship_of:
             raise MalformedInput(f"[[customers]] #{n}: customer {ref!r} appears twice")
         relationship_of[ref] = rid
-        cadence_of[rid] = Cadence.parse(str(entry.get("cadence", "daily")))
+        cadence = Cadence.parse(str(entry.get("cadence", "daily")))
+        if cadence_of.setdefault(rid, cadence) != cadence:
+            raise MalformedInput(f"[[customers]] #{n}: relationship {rid} is listed before with another cadence")
     meters: dict[str, MeterMapping] = {}
     for name, m in raw.get("meters", {}).items():
         if not isinstance(m, dict) or not isinstance(m.get("meter"), str) or not _NAME.fullmatch(m["meter"]):
@@ -108,5 +129,10 @@ def parse_config(raw: dict, base: Path) -> RecorderConfig:  # type: ignore[type-
         dims = m.get("dimensions", [])
         if not isinstance(dims, list) or not all(isinstance(d, str) for d in dims):
             raise MalformedInput(f"[meters.{name}]: dimensions is a list of field names")
-        meters[name] = MeterMapping(m["meter"], str(m.get("unit", "unit")), str(m.get("value", "value")), tuple(dims))
+        unit = m.get("unit", "unit")
+        if not isinstance(unit, str) or not _NAME.fullmatch(unit):
+            raise MalformedInput(f"[meters.{name}]: unit must be a name (letters, digits, ._:/@-)")
+        if not all(_NAME.fullmatch(d) for d in dims) or len(dims) > 32:
+            raise MalformedInput(f"[meters.{name}]: at most 32 dimensions, each a name (letters, digits, ._:/@-)")
+        meters[name] = MeterMapping(m["meter"], unit, str(m.get("value", "value")), tuple(dims))
     return RecorderConfig(data, grace, relationship_of, cadence_of, meters, zero, dedup_days)

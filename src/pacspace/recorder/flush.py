@@ -34,8 +34,9 @@ from ..records.seal import RelationshipKeys, seal
 from .config import RecorderConfig
 from .plan import ChainFacts, Planner, candidate_windows, closing_periods, format_time, parse_time, quiet_periods
 from .spool import Chain, Spool, SpooledEvent, StoredRecord, pack_rowids
+from .windows import period_of
 
-BATCH = 5000  # records per request; a relationship's records never span two requests
+BATCH = 5000  # records per request (the server takes up to 10,000)
 LEARN_CONCURRENCY = 16
 STALE = {"record_conflict", "duplicate_tag"}  # another record holds the seq: the recorder's chain is behind
 
@@ -64,7 +65,16 @@ async def flush(
     progress: Callable[[str], None] | None = None,
 ) -> FlushReport:
     """Commit everything due at ``until`` (minus the grace). Spool work and sealing run in a worker
-    thread, so a `recorder serve` keeps answering ingest while it flushes."""
+    thread, so a `recorder serve` keeps answering ingest while it flushes. One flush at a time per
+    spool, across processes (FlushBusy otherwise)."""
+    with spool.flushing():
+        return await _flush(client, home, spool, config, until, progress)
+
+
+async def _flush(
+    client: PacspaceClient, home: Home, spool: Spool, config: RecorderConfig, until: str,
+    progress: Callable[[str], None] | None,
+) -> FlushReport:
     report = FlushReport()
     say = progress or (lambda _: None)
     refused = await _send(client, spool, await asyncio.to_thread(spool.unsent), report, resend=True)
@@ -118,7 +128,7 @@ def _plan_and_seal(
         events = pending.get(rid, [])
         facts = ChainFacts(
             delta_seq=spool.has_delta_for(rid, candidate_windows(chain, events, cadence, limit, config.zero_deltas)),
-            close_seq={p: s for p in chain.closed_periods if (s := spool.close_seq(rid, p)) is not None},
+            close_seq={p: s for p in _retired_periods(chain, events) if (s := spool.close_seq(rid, p)) is not None},
             usage={p: spool.usage_records(rid, p) for p in closing_periods(chain, events, limit)},
         )
         try:
@@ -147,7 +157,12 @@ async def _send(
     """Append stored records in batches; mark the acknowledged ones; returns the relationships to leave alone
     in this flush (the server refused one of their records)."""
     refused: set[str] = set()
-    for chunk in _chunks(records):
+    for start in range(0, len(records), BATCH):
+        # Once one of a relationship's records is refused, none after it may be sent: a later seq
+        # could be accepted after someone else's record and fork the chain.
+        chunk = [r for r in records[start : start + BATCH] if r.relationship not in refused]
+        if not chunk:
+            continue
         answer = await client.append_batch([
             {"relationship": r.relationship, "seq": r.seq, "tag": base64.b64encode(r.tag).decode(),
              "ciphertext": base64.b64encode(r.blob).decode()} for r in chunk
@@ -172,14 +187,9 @@ async def _send(
     return refused
 
 
-def _chunks(records: list[StoredRecord]) -> list[list[StoredRecord]]:
-    chunks: list[list[StoredRecord]] = [[]]
-    for i, record in enumerate(records):
-        starts_relationship = i == 0 or records[i - 1].relationship != record.relationship
-        if starts_relationship and len(chunks[-1]) >= BATCH:
-            chunks.append([])
-        chunks[-1].append(record)
-    return [c for c in chunks if c]
+def _retired_periods(chain: Chain, events: list[SpooledEvent]) -> set[str]:
+    """Closed periods that pending events belong to: only their closes are needed (for ``corrects``)."""
+    return {period_of(e.window_start) for e in events} & set(chain.closed_periods)
 
 
 async def _learn(

@@ -35,6 +35,7 @@ from .windows import Cadence, period_of
 
 _FMT = "%Y-%m-%dT%H:%M:%SZ"
 SOURCE = "pacspace-recorder"
+MAX_LINES = 1000  # lines a delta may hold (records.body)
 
 
 def parse_time(text: str) -> datetime:
@@ -202,33 +203,31 @@ class Planner:
         chain.head = body_hash(encoded)
 
     def _delta(self, period: str, window: tuple[str, str], events: list[SpooledEvent], late: list[SpooledEvent]) -> None:
-        usage = WindowUsage(self.chain.relationship, window[0], window[1])
-        late_usage = WindowUsage(self.chain.relationship, window[0], window[1])
-        for e in events:
-            usage.add(e.event)
-        for e in late:
-            late_usage.add(e.event)
-        lines = usage.lines() + tuple(replace(line, late=True) for line in late_usage.lines())
-        if not lines:
-            lines = self.zero_lines or ()
-        digests = usage.digests + late_usage.digests
-        body = Delta(
-            self._common(f"window-{window[0]}"), period, window[0], window[1], lines,
-            evidence=_evidence(digests),
-        )
-        self._append(body, tuple(events) + tuple(late))
+        # More than MAX_LINES lines (meters x dimensions) in one window: one delta per MAX_LINES.
+        for n, part in enumerate(_in_parts([(e, False) for e in events] + [(e, True) for e in late])):
+            usage = WindowUsage(self.chain.relationship, window[0], window[1])
+            late_usage = WindowUsage(self.chain.relationship, window[0], window[1])
+            for e, is_late in part:
+                (late_usage if is_late else usage).add(e.event)
+            lines = usage.lines() + tuple(replace(line, late=True) for line in late_usage.lines())
+            body = Delta(
+                self._common(f"window-{window[0]}" + (f"-{n + 1}" if n else "")), period, window[0], window[1],
+                lines or self.zero_lines or (), evidence=_evidence(usage.digests + late_usage.digests),
+            )
+            self._append(body, tuple(e for e, _ in part))
 
     def _correction(self, period: str, events: list[SpooledEvent], corrects: int) -> None:
         start = min(e.window_start for e in events)
         end = max(e.window_end for e in events)
-        usage = WindowUsage(self.chain.relationship, start, end)
-        for e in events:
-            usage.add(e.event)
-        body = Delta(
-            self._common(f"correction-{self.chain.next_seq}"), period, start, end, usage.lines(),
-            evidence=_evidence(usage.digests), corrects=corrects,
-        )
-        self._append(body, tuple(events))
+        for part in _in_parts([(e, False) for e in events]):
+            usage = WindowUsage(self.chain.relationship, start, end)
+            for e, _ in part:
+                usage.add(e.event)
+            body = Delta(
+                self._common(f"correction-{self.chain.next_seq}"), period, start, end, usage.lines(),
+                evidence=_evidence(usage.digests), corrects=corrects,
+            )
+            self._append(body, tuple(e for e, _ in part))
 
     def _close(self, period: str) -> None:
         usage = self.facts.usage.get(period, []) + self.written.get(period, [])
@@ -244,6 +243,16 @@ class Planner:
         chain = self.chain
         chain.open_periods = [p for p in chain.open_periods if p != period]
         chain.closed_periods = sorted(set(chain.closed_periods) | {period})
+
+
+def _in_parts(tagged: list[tuple[SpooledEvent, bool]]) -> list[list[tuple[SpooledEvent, bool]]]:
+    """Events (with their late flag) split so that no part makes more than MAX_LINES lines."""
+    by_line: dict[tuple[object, ...], list[tuple[SpooledEvent, bool]]] = {}
+    for e, late in tagged:
+        ev = e.event
+        by_line.setdefault((ev.meter, ev.unit, tuple(sorted(ev.dimensions.items())), late), []).append((e, late))
+    keys = sorted(by_line)  # type: ignore[type-var]
+    return [[x for k in keys[i : i + MAX_LINES] for x in by_line[k]] for i in range(0, len(keys), MAX_LINES)] or [[]]
 
 
 def _evidence(digests: list[bytes]) -> dict[str, str]:

@@ -157,8 +157,8 @@ async def get_health(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     recorder = request.app[RECORDER]
-    status = await asyncio.to_thread(recorder.spool.status)
-    text = recorder.metrics.render(status["events"], status["events_pending"])
+    total, pending = await asyncio.to_thread(recorder.spool.depth)
+    text = recorder.metrics.render(total, pending)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

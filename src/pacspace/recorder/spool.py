@@ -20,12 +20,14 @@ Tables:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from ..storage.transaction import write_transaction
 from .events import UsageEvent
 
 SCHEMA_VERSION = 2
+_NO_END = "9999"  # sorts after every window end: with it, the events_due index covers all pending events
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -61,6 +64,12 @@ class SpoolError(PacspaceError):
     """The spool file cannot be used as it is (made by another version, or damaged)."""
 
     code = "spool"
+
+
+class FlushBusy(PacspaceError):
+    """Another flush holds this spool; two at once could count an event twice."""
+
+    code = "flush_busy"
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,7 @@ class Spool:
             # It holds relationship secrets: 0600 from the first byte.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         # Used from the event loop and from worker threads; one lock serializes every call.
+        self.data = data
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._conn.execute("PRAGMA journal_mode = WAL")
@@ -149,8 +159,22 @@ class Spool:
             self._conn.execute(statement)
         self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    @_locked
     def close(self) -> None:
         self._conn.close()
+
+    @contextmanager
+    def flushing(self) -> Iterator[None]:
+        """Exclusive, across processes (flock on <data>/flush.lock), for the length of one flush."""
+        fd = os.open(self.data / "flush.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FlushBusy(f"another flush is running on {self.data}; try again when it ends") from None
+            yield
+        finally:
+            os.close(fd)
 
     # -- events ---------------------------------------------------------------------------------------
 
@@ -174,7 +198,7 @@ class Spool:
         """Events not yet counted whose window ended by ``ended_by`` (None: all of them), by relationship."""
         rows = self._conn.execute(
             "SELECT rowid, relationship, window_start, window_end, body FROM events "
-            "WHERE seq IS NULL AND window_end <= ?", (ended_by or "9999",)
+            "WHERE seq IS NULL AND window_end <= ?", (ended_by or _NO_END,)
         ).fetchall()
         out: dict[str, list[SpooledEvent]] = {}
         for rowid, rid, start, end, body in rows:
@@ -220,11 +244,19 @@ class Spool:
 
     @_locked
     def learn(self, learned: list[tuple[Chain, list[StoredRecord]]]) -> None:
-        """Take chains verified from the server (or known from their creation) as the ones to extend."""
+        """Take chains verified from the server (or known from their creation) as the ones to extend.
+
+        A record the recorder wrote itself keeps the list of events it counts
+        (same seq, same tag), so prove-event still finds them.
+        """
         with write_transaction(self._conn) as conn:
             for chain, records in learned:
+                mine = {seq: (bytes(tag), bytes(events)) for seq, tag, events in conn.execute(
+                    "SELECT seq, tag, events FROM records WHERE relationship = ?", (chain.relationship,))}
                 conn.execute("DELETE FROM records WHERE relationship = ?", (chain.relationship,))
-                _insert_records(conn, records)
+                kept = [replace(r, events=mine[r.seq][1]) if r.seq in mine and mine[r.seq][0] == r.tag else r
+                        for r in records]
+                _insert_records(conn, kept)
                 _save_chain(conn, chain)
 
     @_locked
@@ -275,10 +307,12 @@ class Spool:
         """Durably, at once: the sealed records, which record counts each event, and the advanced chains."""
         with write_transaction(self._conn) as conn:
             _insert_records(conn, records)
-            conn.executemany(
-                "UPDATE events SET seq = ? WHERE rowid = ?",
-                [(r.seq, rowid) for r in records for rowid in unpack_rowids(r.events)],
-            )
+            counted = [(r.seq, rowid) for r in records for rowid in unpack_rowids(r.events)]
+            before = conn.total_changes
+            conn.executemany("UPDATE events SET seq = ? WHERE rowid = ? AND seq IS NULL", counted)
+            if conn.total_changes - before != len(counted):
+                # Another writer counted some of these events meanwhile: store nothing, count nothing twice.
+                raise SpoolError("events planned by this flush were counted by another one; nothing was stored")
             for chain in chains:
                 _save_chain(conn, chain)
 
@@ -305,6 +339,14 @@ class Spool:
             "WHERE relationship = ? AND seq = ?", (rid, seq)
         ).fetchone()
         return None if row is None else _record(row)
+
+    @_locked
+    def depth(self) -> tuple[int, int]:
+        """(events ever spooled, events pending): cheap enough for every metrics scrape."""
+        (total,) = self._conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()
+        (pending,) = self._conn.execute(
+            "SELECT count(*) FROM events WHERE seq IS NULL AND window_end <= ?", (_NO_END,)).fetchone()
+        return total, pending
 
     @_locked
     def status(self) -> dict[str, int]:
