@@ -68,6 +68,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/records", post_records)
 
 
+# The authenticated caller, stored on the request (a typed key where aiohttp has them, from 3.13).
+PARTY: Any = web.RequestKey("party", Party) if hasattr(web, "RequestKey") else "party"
+
 PRIVATE_PREFIXES = ("/v1/me", "/v1/parties", "/v1/relationships", "/v1/records")
 
 
@@ -82,7 +85,7 @@ async def auth_middleware(request: web.Request, handler):  # type: ignore[no-unt
         if party is None:
             # One answer for missing, malformed, wrong and revoked tokens.
             raise Unauthorized("a valid bearer token is required")
-        request["party"] = party
+        request[PARTY] = party
     return await handler(request)
 
 
@@ -91,7 +94,7 @@ def _service(request: web.Request) -> LogService:
 
 
 def _party(request: web.Request) -> Party:
-    return request["party"]  # type: ignore[no-any-return]
+    return request[PARTY]  # type: ignore[no-any-return]
 
 
 async def _json(request: web.Request, max_bytes: int) -> dict[str, Any]:
