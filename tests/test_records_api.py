@@ -357,3 +357,42 @@ def test_records_db_from_a_newer_pacspace_is_refused(tmp_path):
         RecordStore(tmp_path)
     with pytest.raises(UntrustedState, match="schema version 7"):
         RecordStore(tmp_path, readonly=True)
+
+
+async def test_a_settle_that_fails_is_retried_until_the_record_reads_back(world, caplog):
+    """records.db refuses the settle write (another writer holds it past the busy timeout): the receipt is
+    already out, so the server keeps retrying; the record then reads back, and a retry gets its receipt."""
+    import sqlite3
+    import threading
+
+    resp, g = await world.create()
+    assert resp.status == 201
+    service = world.app[SERVICE]
+    real_submit = service.sequencer.submit_many
+    released = threading.Event()
+
+    async def submit_then_lock(entries):
+        done = await real_submit(entries)
+        # Another writer takes records.db right after the commit and holds it past the 10 s busy timeout.
+        blocker = sqlite3.connect(service.records.path, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")
+
+        def release():
+            released.wait(10.5)
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        threading.Thread(target=release, daemon=True).start()
+        return done
+
+    service.sequencer.submit_many = submit_then_lock
+    d1 = world.delta(1, body_hash(g.body))
+    resp = await world.post(d1)
+    assert resp.status == 201  # answered at once; the settle waits behind the lock
+    receipt = await resp.json()
+    service.sequencer.submit_many = real_submit
+    rows = (await (await world.http.get("/v1/relationships/acme:rel-1/records", headers=world.auth("bob"))).json())["records"]
+    assert [(r["seq"], r["index"]) for r in rows] == [(0, 0), (1, receipt["index"])]
+    again = await world.post(d1)
+    assert again.status == 200 and (await again.json())["index"] == receipt["index"]
+    assert "settling records failed, retrying" in caplog.text  # the first write really failed

@@ -33,28 +33,37 @@ class LogService:
     settling: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def settle_later(self, ops: list[Any]) -> None:
-        """Queue settle ops without waiting for their fsync.
+        """Queue settle ops now, without waiting for their fsync.
 
         The records they settle are already durable twice over: the row and blob
         in records.db (before sequencing) and the entry in the log (the
         sequencer's commit). If the process dies before this write, start-up
         settles the rows from the log (RecordStore.reconcile), so an
-        acknowledgement never waits on it. The writer runs ops in queue order,
-        so any later write to the same relationship comes after it.
+        acknowledgement never waits on it. The ops are queued before this
+        returns and the writer runs its queue in order, so any later write to
+        the same relationship comes after them. A failed write (a locked or full
+        disk) is retried until it succeeds: until then readers wait (settled).
         """
-        task = asyncio.ensure_future(self.writer.write(ops))
+        task = asyncio.ensure_future(self._settle(ops, self.writer.enqueue(ops)))
         self.settling.add(task)
-        task.add_done_callback(self._settled)
+        task.add_done_callback(self.settling.discard)
 
-    def _settled(self, task: asyncio.Task[Any]) -> None:
-        self.settling.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("settling records failed (start-up will settle them from the log): %s", task.exception())
+    async def _settle(self, ops: list[Any], first: asyncio.Future[list[Any]]) -> None:
+        attempt, delay = first, 0.1
+        while True:
+            try:
+                await attempt
+                return
+            except Exception as exc:  # the whole transaction failed; the rows stay unsettled meanwhile
+                log.error("settling records failed, retrying in %.1f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            attempt = self.writer.enqueue(ops)
 
-    async def settled(self) -> None:
-        """Wait for every settle queued so far: readers of indexes see each acknowledged record."""
+    async def settled(self, timeout: float = 30.0) -> None:
+        """Wait (up to ``timeout``) for every settle queued so far: readers of indexes see each acknowledged record."""
         if self.settling:
-            await asyncio.gather(*list(self.settling), return_exceptions=True)
+            await asyncio.wait(list(self.settling), timeout=timeout)
 
 
 SERVICE = web.AppKey("service", LogService)

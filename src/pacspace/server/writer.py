@@ -26,10 +26,14 @@ class GroupWriter:
 
     async def write(self, ops: Sequence[Op]) -> list[Any]:
         """Run ops (all in the same transaction); each result is a value or the exception it raised."""
+        return await asyncio.shield(self.enqueue(ops))
+
+    def enqueue(self, ops: Sequence[Op]) -> asyncio.Future[list[Any]]:
+        """Queue ops now (ahead of anything queued later); the future gives :meth:`write`'s answer."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._queue.append((ops, future))
         self._wake.set()
-        return await asyncio.shield(future)
+        return future
 
     async def run(self) -> None:
         while True:

@@ -233,6 +233,7 @@ class RecordStore:
 
     def __init__(self, data_dir: Path, *, readonly: bool = False) -> None:
         path = data_dir / RECORDS_NAME
+        self.path = path
         mode = "ro" if readonly else "rwc"
         self._conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout = 10000")
