@@ -82,3 +82,38 @@ async def served_log_with_two_homes(aiohttp_client, base: Path):  # type: ignore
     url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
     acme, bob = await register_two_homes(url, base)
     return url, acme, bob
+
+
+def wait_for_health(url: str, attempts: int = 400) -> None:
+    """Poll ``url``/health until a server process started a moment ago answers (about 20 s at most)."""
+    import urllib.request
+
+    for _ in range(attempts):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"no answer from {url}/health")
+
+
+async def fill_log(data: Path, count: int, chunk: int = 50_000) -> None:
+    """Grow the log in ``data`` by ``count`` entries through the sequencer's bulk path (for benchmarks)."""
+    import asyncio
+
+    from pacspace.datadir import load_signer, load_state
+    from pacspace.sequencer import Sequencer, SequencerConfig
+    from pacspace.storage.sqlite import SqliteLog
+
+    signer = load_signer(data)
+    store = SqliteLog.open(data)
+    seq = Sequencer(store, signer, load_state(store, signer), SequencerConfig(pool_capacity=max(chunk, 262_144)))
+    task = asyncio.create_task(seq.run())
+    for start in range(0, count, chunk):
+        await seq.submit_many([entry(i) for i in range(start, min(count, start + chunk))])
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    store.close()

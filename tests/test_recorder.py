@@ -233,7 +233,7 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path):
     import urllib.error
     import urllib.request
 
-    from helpers import free_port
+    from helpers import free_port, wait_for_health
 
     from pacspace.recorder.spool import Spool
 
@@ -244,12 +244,7 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pacspace", "recorder", "serve", "--config", str(tmp_path / "recorder.toml"),
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}/events"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_for_health(f"http://127.0.0.1:{port}")
     acknowledged: list[str] = []
     stop = threading.Event()
 

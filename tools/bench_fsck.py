@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import resource
 import shutil
@@ -21,29 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from pacspace.datadir import init_log, load_signer, load_state
-from pacspace.sequencer import Sequencer, SequencerConfig
-from pacspace.storage.sqlite import SqliteLog
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import fill_log  # noqa: E402
 
-
-async def fill(data: Path, count: int) -> None:
-    signer = load_signer(data)
-    store = SqliteLog.open(data)
-    seq = Sequencer(store, signer, load_state(store, signer), SequencerConfig(pool_capacity=1 << 20))
-    task = asyncio.create_task(seq.run())
-    started = time.perf_counter()
-    for start in range(0, count, 100_000):
-        await seq.submit_many([b"\x01" + hashlib.sha256(i.to_bytes(8, "big")).digest() * 2
-                               for i in range(start, min(count, start + 100_000))])
-        if (start // 100_000) % 10 == 9:
-            print(f"  {start + 100_000:,} entries, {(start + 100_000) / (time.perf_counter() - started):,.0f}/s",
-                  file=sys.stderr)
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    store.close()
+from pacspace.datadir import init_log  # noqa: E402
 
 
 def main() -> None:
@@ -56,8 +36,9 @@ def main() -> None:
         shutil.rmtree(args.work)
     data = args.work / "data"
     init_log(data, "bench.example/fsck", int(time.time()))
+    print(f"growing the log to {args.size:,} entries...", file=sys.stderr)
     t = time.perf_counter()
-    asyncio.run(fill(data, args.size))
+    asyncio.run(fill_log(data, args.size, chunk=100_000))
     fill_s = time.perf_counter() - t
     t = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "pacspace", "fsck", "--data", str(data)], capture_output=True, text=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import json
 import shutil
 import signal
@@ -22,11 +21,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import add_two_parties, register_two_homes  # noqa: E402
+from helpers import add_two_parties, fill_log, register_two_homes, wait_for_health  # noqa: E402
 
 from pacspace.client.bill import verify_bill
 from pacspace.client.home import Home
@@ -34,32 +32,15 @@ from pacspace.client.http import PacspaceClient
 from pacspace.client.monitor import poll
 from pacspace.client.monitor_state import MonitorState
 from pacspace.client.records import append_body, close_maker, create_relationship, load_relationship
-from pacspace.datadir import init_log, load_signer, load_state
+from pacspace.datadir import init_log
 from pacspace.records.body import Common, Delta, Line, body_hash
 from pacspace.records.seal import seal
-from pacspace.sequencer import Sequencer
-from pacspace.storage.sqlite import SqliteLog
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def fill(data: Path, count: int) -> None:
-    signer = load_signer(data)
-    store = SqliteLog.open(data)
-    seq = Sequencer(store, signer, load_state(store, signer))
-    task = asyncio.create_task(seq.run())
-    for start in range(0, count, 50_000):
-        await seq.submit_many([b"\x01" + hashlib.sha256(i.to_bytes(8, "big")).digest() * 2 for i in range(start, min(count, start + 50_000))])
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    store.close()
 
 
 async def record_month(url: str, acme: Home) -> str:
@@ -99,19 +80,14 @@ def main() -> None:
         shutil.rmtree(args.work)
     data = args.work / "data"
     init_log(data, "bench.example/monitor", int(time.time()))
-    asyncio.run(fill(data, args.other_entries))
+    asyncio.run(fill_log(data, args.other_entries))
     add_two_parties(data)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(400):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_health(url)
         acme, bob = asyncio.run(register_two_homes(url, args.work))
         rid = asyncio.run(record_month(url, acme))
 

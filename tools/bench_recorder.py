@@ -18,13 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import free_port  # noqa: E402
+from helpers import free_port, wait_for_health  # noqa: E402
 
 
 def main() -> None:
@@ -53,12 +52,7 @@ def main() -> None:
     proc = subprocess.Popen([*prefix, "-m", "pacspace", "recorder", "serve", "--config", str(work / "recorder.toml"),
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_for_health(url)
 
     async def run() -> tuple[int, float]:
         accepted = 0

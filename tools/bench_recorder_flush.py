@@ -27,12 +27,11 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import add_two_parties, free_port, register_two_homes  # noqa: E402
+from helpers import add_two_parties, free_port, register_two_homes, wait_for_health  # noqa: E402
 
 from pacspace.client.home import Home  # noqa: E402
 from pacspace.client.http import PacspaceClient  # noqa: E402
@@ -82,12 +81,7 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results: dict[str, object] = {"relationships": args.relationships}
     try:
-        for _ in range(400):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_health(url)
         acme, _ = asyncio.run(register_two_homes(url, args.work))
         t0 = time.perf_counter()
         rids = asyncio.run(create_all(url, acme, args.relationships, args.concurrency))
