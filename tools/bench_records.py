@@ -77,6 +77,30 @@ class Rel:
         return sealed
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user + system) of a process and of each of its children, from /proc (Linux)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for p in [str(pid), *children]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out["server" if p == str(pid) else f"worker {p}"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Cores used by each server process over ``seconds``."""
+    return {k: round((after[k] - before.get(k, 0.0)) / seconds, 2) for k in after}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -162,6 +186,52 @@ async def single_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel
     }
 
 
+def wrk_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], per_rel: int, concurrency: int,
+              seconds: int, work: Path, server_pid: int) -> dict[str, float]:
+    """The single-record phase driven by wrk (C, two threads): the load generator costs the server's cores far less.
+
+    Records are sealed first; each wrk thread owns half the relationships and
+    appends to each in seq order (tools/bench_records_wrk.lua). Runs for
+    ``seconds``; ``per_rel`` must cover what the server can take in that time.
+    """
+    import hashlib
+
+    from pacspace.records.seal import entry_from_ct_hash
+
+    threads = 2
+    prefix = work / "wrk-bodies-"
+    files = [open(f"{prefix}{t}", "w") for t in range(threads)]
+    try:
+        for i, rel in enumerate(rels):
+            out = files[i % threads]
+            for k in range(per_rel):
+                sealed = rel.next_delta(provider, k)
+                ct_hash = hashlib.sha256(sealed.blob).digest()
+                leaf = hashlib.sha256(b"\x00" + entry_from_ct_hash(sealed.tag, ct_hash)).digest()
+                body = json.dumps({"seq": sealed.seq, "tag": B64(sealed.tag), "ciphertext": B64(sealed.blob)})
+                out.write(f"{rel.rid}\t{B64(leaf)}\t{body}\n")
+    finally:
+        for f in files:
+            f.close()
+    script = Path(__file__).with_name("bench_records_wrk.lua")
+    cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
+    run = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url,
+         "--", token, str(prefix)],
+        check=True, capture_output=True, text=True,
+    )
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    appended = report["requests"] - report["exhausted"] - report["failures"]
+    if report["failures"] or report["socket_errors"]:
+        raise SystemExit(f"wrk saw failures: {report}")
+    if report["exhausted"]:
+        raise SystemExit(f"ran out of sealed records ({report}): raise --per-relationship")
+    return {"records": appended, "concurrency": concurrency, "client": "wrk",
+            "records_per_s": appended / report["seconds"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
+            "max_ms": report["max_ms"],
+            "server_cores": cpu_used(cpu0, cpu_seconds(server_pid), time.perf_counter() - t0)}
+
+
 async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], rounds: int, per_request: int, in_flight: int) -> dict[str, float]:
     """``in_flight`` senders, each over its own share of the relationships, each sending ``rounds`` requests in turn."""
     shares = [rels[i::in_flight] for i in range(in_flight)]
@@ -206,6 +276,9 @@ def main() -> None:
     parser.add_argument("--relationships", type=int, default=1000)
     parser.add_argument("--per-relationship", type=int, default=20, help="single-record appends per relationship")
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python",
+                        help="load generator of the single phase (default: wrk when installed)")
+    parser.add_argument("--seconds", type=int, default=10, help="length of the wrk single phase")
     parser.add_argument("--batch-rounds", type=int, default=25)
     parser.add_argument("--serve-args", default="", help="extra arguments for pacspace serve")
     parser.add_argument("--out", type=Path)
@@ -234,10 +307,18 @@ def main() -> None:
         results = {"sealing_per_s": sealing_rate(provider, rels)}
         print(f"sealing: {results['sealing_per_s']:,.0f}/s", file=sys.stderr)
         if "single" in args.phases:
-            results["single"] = asyncio.run(single_phase(url, token, provider, rels, args.per_relationship, args.concurrency))
+            cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+            if args.client == "wrk":
+                results["single"] = wrk_phase(url, token, provider, rels, args.per_relationship, args.concurrency,
+                                              args.seconds, args.work, server.pid)
+            else:
+                results["single"] = asyncio.run(single_phase(url, token, provider, rels, args.per_relationship, args.concurrency))
+                results["single"]["server_cores"] = cpu_used(cpu0, cpu_seconds(server.pid), time.perf_counter() - t0)
             print(f"single: {results['single']}", file=sys.stderr)
         if "batch" in args.phases:
+            cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
             results["batch"] = asyncio.run(batch_phase(url, token, provider, rels, args.batch_rounds, 2000, 4))
+            results["batch"]["server_cores"] = cpu_used(cpu0, cpu_seconds(server.pid), time.perf_counter() - t0)
             print(f"batch: {results['batch']}", file=sys.stderr)
     finally:
         server.send_signal(signal.SIGINT)

@@ -68,6 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="a C2SP tlog-policy file: ask its witnesses to cosign each checkpoint and publish only those with its quorum",
     )
     p.add_argument("--witness-timeout", type=float, default=5.0, metavar="SECONDS", help="how long to wait for witnesses (default 5)")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=0,
+        metavar="N",
+        help="serve HTTP from N worker processes beside the one that sequences (more appends a second on "
+        "a multi-core machine; see docs/operations.md); 0, the default, serves from one process",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(
@@ -125,6 +133,12 @@ def cmd_log_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError("--workers is a whole number from 0 to 64")
+    return int(text)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -147,15 +161,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"pacspace: created log {args.origin} in {args.data}", file=sys.stderr)
     else:
         signer = load_signer(args.data)
-    app = create_app(config)
 
-    async def announce(app: web.Application) -> None:
+    def announce(app: web.Application) -> None:
         # Runs after the data directory passed its start-up checks.
         size = app[SERVICE].sequencer.latest.size
         print(f"pacspace: log {signer.name} at size {size:,}, vkey {signer.verifier.vkey()}", file=sys.stderr)
-        print(f"pacspace: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+        workers = f" with {args.workers} HTTP workers" if args.workers else ""
+        print(f"pacspace: serving on http://{args.host}:{args.port}/{workers} (Ctrl-C to stop)", file=sys.stderr)
 
-    app.on_startup.append(announce)
+    if args.workers:
+        from ..server.supervisor import serve_with_workers
+
+        status = serve_with_workers(config, args.workers, announce)
+        if status:
+            print("pacspace: error: the server stopped on a failure (see the log above)", file=sys.stderr)
+        return status
+    app = create_app(config)
+
+    async def on_startup(app: web.Application) -> None:
+        announce(app)
+
+    app.on_startup.append(on_startup)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     if app[FATAL]:
         print(f"pacspace: error: the sequencer stopped: {app[FATAL][0]}", file=sys.stderr)

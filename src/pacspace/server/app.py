@@ -21,24 +21,36 @@ from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
 from .witnessing import WitnessPool, WitnessQuorumFailed
 from .writer import GroupWriter
-from . import openapi, read_api, records_api
+from . import ipc, openapi, read_api, records_api
 from .context import CONFIG, FATAL, ON_FATAL, SERVICE, LogService
 from .errors import error_middleware
 
 log = logging.getLogger("pacspace.server")
 
 
-def create_app(config: ServerConfig, on_fatal: Callable[[BaseException], None] | None = None) -> web.Application:
-    """The application. ``on_fatal`` runs if the sequencer dies; by default the process terminates."""
+def create_app(
+    config: ServerConfig,
+    on_fatal: Callable[[BaseException], None] | None = None,
+    *,
+    internal: bool = False,
+    service: Callable[[web.Application], AsyncIterator[None]] | None = None,
+) -> web.Application:
+    """The application. ``on_fatal`` runs if the sequencer dies; by default the process terminates.
+
+    ``internal`` adds the routes HTTP workers use to reach the sequencer (ipc.py): only for
+    an application served on the supervisor's private Unix socket, never on TCP.
+    """
     # The batch endpoint takes thousands of records; each route enforces its own, smaller limit.
     app = web.Application(middlewares=[error_middleware, records_api.auth_middleware], client_max_size=64 << 20)
     app[CONFIG] = config
     app[FATAL] = []
     app[ON_FATAL] = on_fatal or _terminate
-    app.cleanup_ctx.append(_log_service)
+    app.cleanup_ctx.append(service or _log_service)
     read_api.add_routes(app)
     records_api.add_routes(app)
     openapi.add_routes(app)
+    if internal:
+        ipc.add_internal_routes(app)
     return app
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -16,23 +16,51 @@ from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
 from .writer import GroupWriter
 
+if TYPE_CHECKING:
+    from .remote import RemoteSequencer
+
 log = logging.getLogger("pacspace.server")
 
 
 @dataclass
 class LogService:
-    """The log store (reads), the sequencer (writes, the published checkpoint), and the records tables."""
+    """The log store (reads), the sequencer (writes, the published checkpoint), and the records tables.
+
+    In an HTTP worker (``serve --workers N``) ``sequencer`` is the parent's, reached
+    through ``RemoteSequencer``, and ``store`` is log.db opened read-only.
+    """
 
     store: SqliteLog
-    sequencer: Sequencer
+    sequencer: Sequencer | RemoteSequencer
     vkey: str
     timestamp_vkey: str
     records: RecordStore
     writer: GroupWriter
     # Settle writes (a row's log index) queued after their records were acknowledged; see settle_later.
     settling: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Workers wait for the settle before acknowledging: the client's next record may reach another
+    # worker, whose records.db reads must already see this one settled.
+    settle_before_ack: bool = False
 
-    def settle_later(self, ops: list[Any]) -> None:
+    async def find_leaves(self, hashes: list[bytes], size: int) -> list[int | None]:
+        """The first index below ``size`` of each leaf hash, or None."""
+        if isinstance(self.sequencer, Sequencer):
+            return [self.store.find_leaf(h, size) for h in hashes]
+        found = await self.sequencer.find_leaves(hashes)
+        return [i if i is not None and i < size else None for i in found]
+
+    async def metrics_text(self) -> str:
+        if isinstance(self.sequencer, Sequencer):
+            return self.sequencer.metrics.render()
+        return await self.sequencer.metrics_text()
+
+    async def settle(self, ops: list[Any]) -> None:
+        """Queue settle ops (settle_later); in a worker, also wait for them (bounded, as readers do)."""
+        task = self.settle_later(ops)
+        if self.settle_before_ack:
+            await asyncio.wait([task], timeout=30.0)
+
+    def settle_later(self, ops: list[Any]) -> asyncio.Task[Any]:
         """Queue settle ops now, without waiting for their fsync.
 
         The records they settle are already durable twice over: the row and blob
@@ -47,6 +75,7 @@ class LogService:
         task = asyncio.ensure_future(self._settle(ops, self.writer.enqueue(ops)))
         self.settling.add(task)
         task.add_done_callback(self.settling.discard)
+        return task
 
     async def _settle(self, ops: list[Any], first: asyncio.Future[list[Any]]) -> None:
         attempt, delay = first, 0.1

@@ -162,8 +162,9 @@ def _hash_param(request: web.Request) -> bytes:
 async def get_by_hash(request: web.Request) -> web.Response:
     leaf = _hash_param(request)
     size = _size_param(request)
-    store = _service(request).store
-    index = store.find_leaf(leaf, size)
+    service = _service(request)
+    store = service.store
+    (index,) = await service.find_leaves([leaf], size)
     if index is None:
         raise NotFound(f"no leaf with this hash in the tree of size {size}")
     return web.json_response(_inclusion_body(store, index, size))
@@ -186,5 +187,5 @@ async def get_health(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    body = _service(request).sequencer.metrics.render()
+    body = await _service(request).metrics_text()
     return web.Response(text=body, content_type="text/plain", charset="utf-8", headers={"X-Content-Version": "0.0.4"})

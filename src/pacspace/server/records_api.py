@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ..errors import MalformedInput, NotFound, PacspaceError, SequencerStopped
 from ..keys import KeyUnusable, PublicKeys
-from ..merkle import inclusion_proof
+from ..merkle import inclusion_proof, leaf_hash
 from ..receipt import Receipt
 from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
@@ -330,13 +330,7 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     if stuck:
         # A row can outlive its request unsettled (a settle write failed): if its entry is in the
         # log, settle it now rather than blocking the relationship until the next start.
-        size = service.sequencer.latest.size
-
-        def find(h: bytes) -> int | None:
-            return service.store.find_leaf(h, size)
-
-        repaired = await service.writer.write([RecordStore.settle_from_log_op(groups[i].rel.id, find, size) for i in stuck])
-        if any(isinstance(r, int) and r > 0 for r in repaired):
+        if await _settle_from_log(service, [groups[i].rel.id for i in stuck]):
             retried = await service.writer.write([_group_op(groups[i]) for i in stuck])
             for i, r in zip(stuck, retried):
                 results[i] = r
@@ -384,8 +378,24 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
         settle.append(RecordStore.settle_op(groups[i].rel.id, [(s.seq, x) for s, x in zip(subs, indexes)], size))
         outcomes[i] = (201, [(x, size) for x in indexes])
     # The entries are committed: acknowledge now, record their indexes in records.db behind us.
-    service.settle_later(settle)
+    await service.settle(settle)
     return outcomes  # type: ignore[return-value]
+
+
+async def _settle_from_log(service: LogService, rids: list[str]) -> int:
+    """Settle these relationships' unsettled rows whose entries are in the published log; returns how many."""
+    rows = [r for rid in rids for r in service.records.unsettled_of(rid)]
+    if not rows:
+        return 0
+    size = service.sequencer.latest.size
+    found = await service.find_leaves([leaf_hash(r.entry) for r in rows], size)
+    settled = [(r, index) for r, index in zip(rows, found) if index is not None]
+    if settled:
+        ops = [RecordStore.settle_op(r.relationship, [(r.seq, index)], size) for r, index in settled]
+        for result in await service.writer.write(ops):
+            if isinstance(result, BaseException):
+                raise result
+    return len(settled)
 
 
 def _checkpoint_note(service: LogService, size: int) -> bytes:

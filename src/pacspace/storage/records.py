@@ -14,10 +14,13 @@ the server batches concurrent requests into one transaction (group commit).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -248,6 +251,9 @@ class RecordStore:
             if version != SCHEMA_VERSION:
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._lock = threading.Lock()
+        # Writers in several processes (serve --workers) queue on this lock in the kernel, which wakes
+        # the next one the moment the last commits; SQLite's own busy handler would sleep 1-100 ms.
+        self._process_lock = None if readonly else os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         # Reads use their own connection: WAL lets them proceed while a write transaction (and its
         # fsync) holds the writer, so request handlers never wait behind a commit.
         self._reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
@@ -257,6 +263,21 @@ class RecordStore:
     def close(self) -> None:
         self._reader.close()
         self._conn.close()
+        if self._process_lock is not None:
+            os.close(self._process_lock)
+            self._process_lock = None
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """This process's write lock, then the lock shared by every process that writes records.db."""
+        with self._lock:
+            if self._process_lock is None:
+                raise UntrustedState(f"{self.path} was opened read-only")
+            fcntl.flock(self._process_lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._process_lock, fcntl.LOCK_UN)
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
         with self._read_lock:
@@ -265,7 +286,7 @@ class RecordStore:
     def write(self, ops: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T | BaseException]:
         """Run ops in one durable transaction; each op all-or-nothing (a savepoint), its error returned."""
         results: list[T | BaseException] = []
-        with self._lock, write_transaction(self._conn) as conn:
+        with self._writer_turn(), write_transaction(self._conn) as conn:
             for op in ops:
                 conn.execute("SAVEPOINT op")
                 try:
@@ -353,30 +374,6 @@ class RecordStore:
                 "INSERT INTO wraps (relationship, reader, epoch, wrap) VALUES (?, ?, ?, ?)",
                 [(rel.id, reader, epoch, wrap) for reader, wrap in wraps.items()],
             )
-
-        return op
-
-    @staticmethod
-    def settle_from_log_op(
-        rid: str, find_leaf: Callable[[bytes], int | None], size: int
-    ) -> Callable[[sqlite3.Connection], int]:
-        """Settle the relationship's unsettled rows whose entries are in the log; never drops. Returns how many."""
-        from ..merkle import leaf_hash
-
-        def op(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(
-                "SELECT seq, tag, ct_hash FROM records WHERE relationship = ? AND idx IS NULL ORDER BY seq", (rid,)
-            ).fetchall()
-            settled = 0
-            for seq, tag, ct_hash in rows:
-                index = find_leaf(leaf_hash(entry_from_ct_hash(bytes(tag), bytes(ct_hash))))
-                if index is not None:
-                    conn.execute(
-                        "UPDATE records SET idx = ?, checkpoint_size = ? WHERE relationship = ? AND seq = ?",
-                        (index, size, rid, seq),
-                    )
-                    settled += 1
-            return settled
 
         return op
 
@@ -507,6 +504,11 @@ class RecordStore:
             for row in rows:
                 yield _rec(row)
             after = (rows[-1][0], rows[-1][1])
+
+    def unsettled_of(self, rid: str) -> list[StoredRecord]:
+        """One relationship's rows still without a log index (its last ones), in seq order."""
+        rows = self._read(f"SELECT {_REC} FROM records r WHERE relationship = ? AND idx IS NULL ORDER BY seq", (rid,))
+        return [_rec(r) for r in rows]
 
     def unsettled(self) -> list[StoredRecord]:
         return [_rec(r) for r in self._read(f"SELECT {_REC} FROM records r WHERE idx IS NULL ORDER BY relationship, seq")]

@@ -1,0 +1,167 @@
+"""An HTTP worker's view of the sequencer, which runs in the parent process (``pacspace serve --workers N``).
+
+``RemoteSequencer`` offers what request handlers use of ``Sequencer``:
+``submit_many`` (durable once it returns, exactly as in-process), ``latest``
+and ``published``. Submissions made while a call is on the wire are coalesced
+into the next call, so the channel costs one round trip per batch, not per
+record. The published checkpoint is read from log.db, which the parent commits
+before it answers anyone: a worker never serves a checkpoint older than one a
+client already got from another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from ..checkpoint import SignedCheckpoint, open_checkpoint
+from ..errors import PacspaceError, SequencerStopped
+from ..note import Ed25519Verifier
+from ..policy import Policy
+from ..storage.sqlite import SqliteLog
+from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, SequencedRange, encode_entries, error_from_json
+
+# Entries per call on the channel; more wait for the next call.
+MAX_CALL_ENTRIES = 65536
+# Calls on the wire at once: enough to keep the parent's pool fed while earlier calls wait for their commit.
+MAX_CALLS_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True)
+class RemoteSequenced:
+    """One submitted entry's place: its index in the durable checkpoint ``checkpoint``."""
+
+    index: int
+    checkpoint: SignedCheckpoint
+
+
+@dataclass
+class _Waiting:
+    entries: list[bytes]
+    future: asyncio.Future[list[RemoteSequenced]]
+
+
+@dataclass
+class RemoteSequencer:
+    session: aiohttp.ClientSession  # bound to the parent's Unix socket
+    store: SqliteLog  # log.db, read-only
+    verifier: Ed25519Verifier
+    policy: Policy | None = None
+    _waiting: list[_Waiting] = field(default_factory=list)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _note: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.published: SignedCheckpoint = self._newest_published()
+        self._note = self.published.format()
+
+    def _newest_published(self) -> SignedCheckpoint:
+        """With a witness policy, the newest stored checkpoint its quorum cosigned; else the newest stored."""
+        for note in self.store.checkpoints_newest_first():
+            checkpoint = open_checkpoint(note, self.verifier)
+            if self._is_published(checkpoint):
+                return checkpoint
+        raise SequencerStopped("the log has no published checkpoint")
+
+    def _is_published(self, checkpoint: SignedCheckpoint) -> bool:
+        if self.policy is None or checkpoint.size == 0:
+            return True
+        return self.policy.satisfied(set(self.policy.cosigners(checkpoint.note)))
+
+    @property
+    def latest(self) -> SignedCheckpoint:
+        """The latest published checkpoint, as committed by the parent (one small read of log.db)."""
+        note = self.store.latest_checkpoint()
+        if note != self._note:
+            self._note = note
+            self._advance(open_checkpoint(note, self.verifier))
+        return self.published
+
+    def _advance(self, checkpoint: SignedCheckpoint) -> None:
+        if checkpoint.size >= self.published.size and self._is_published(checkpoint):
+            self.published = checkpoint
+
+    async def submit_many(self, entries: list[bytes]) -> list[RemoteSequenced]:
+        if not entries:
+            return []
+        future: asyncio.Future[list[RemoteSequenced]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(list(entries), future))
+        self._wake.set()
+        return await future
+
+    async def run(self) -> None:
+        """Send waiting submissions until cancelled, up to MAX_CALLS_IN_FLIGHT calls at once."""
+        slots = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        calls: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                while not self._waiting:
+                    self._wake.clear()
+                    await self._wake.wait()
+                await slots.acquire()
+                batch, count = [], 0
+                while self._waiting and (not batch or count + len(self._waiting[0].entries) <= MAX_CALL_ENTRIES):
+                    waiting = self._waiting.pop(0)
+                    batch.append(waiting)
+                    count += len(waiting.entries)
+                task = asyncio.create_task(self._call(batch))
+                calls.add(task)
+                task.add_done_callback(lambda t: (calls.discard(t), slots.release()))
+        finally:
+            for waiting in self._waiting:
+                if not waiting.future.done():
+                    waiting.future.set_exception(SequencerStopped("the server is shutting down; nothing was appended"))
+            if calls:
+                await asyncio.gather(*calls, return_exceptions=True)
+
+    async def _call(self, batch: list[_Waiting]) -> None:
+        entries = [e for w in batch for e in w.entries]
+        try:
+            async with self.session.post(f"http://sequencer{SEQUENCE_PATH}", data=encode_entries(entries)) as resp:
+                body = await resp.json()
+                if resp.status != 200:
+                    raise error_from_json(body)
+            answer = SequencedRange.from_json(body)
+        except PacspaceError as exc:
+            self._fail(batch, exc)
+            return
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+            # The parent went away or answered nonsense: whether these entries were committed is unknown
+            # here; the rows stay unsettled and the next start settles them from the log.
+            self._fail(batch, SequencerStopped(f"lost the sequencing process: {type(exc).__name__}"))
+            return
+        checkpoint = self._checkpoint(answer.note)
+        index = answer.first_index
+        for waiting in batch:
+            count = len(waiting.entries)
+            if not waiting.future.done():
+                waiting.future.set_result([RemoteSequenced(index + i, checkpoint) for i in range(count)])
+            index += count
+
+    def _checkpoint(self, note: bytes) -> SignedCheckpoint:
+        if note == self.published.format():
+            return self.published
+        checkpoint = open_checkpoint(note, self.verifier)
+        self._advance(checkpoint)
+        return checkpoint
+
+    @staticmethod
+    def _fail(batch: list[_Waiting], exc: BaseException) -> None:
+        for waiting in batch:
+            if not waiting.future.done():
+                waiting.future.set_exception(exc)
+
+    async def find_leaves(self, hashes: list[bytes]) -> list[int | None]:
+        """Each leaf hash's index in the parent's published tree, or None (the parent's leaf index is the complete one)."""
+        body = {"hashes": [base64.b64encode(h).decode() for h in hashes]}
+        async with self.session.post(f"http://sequencer{FIND_LEAVES_PATH}", json=body) as resp:
+            answer: dict[str, Any] = await resp.json()
+        return list(answer["indexes"])
+
+    async def metrics_text(self) -> str:
+        async with self.session.get("http://sequencer/metrics") as resp:
+            return await resp.text()

@@ -1,0 +1,132 @@
+"""One HTTP worker of ``pacspace serve --workers N``: serves the whole API on the shared listening socket.
+
+Started by the supervisor (supervisor.py), never by hand. It parses, checks
+and stores requests in records.db itself (SQLite serialises the workers'
+transactions), reads log.db read-only for proofs and tiles, and reaches the
+single sequencer in the parent through its private Unix socket. It holds no
+signing key: the parent passes it the log's public keys only. It dies with the
+parent (PR_SET_PDEATHSIG), so a SIGKILLed server never leaves workers behind
+holding the port; the next start reconciles whatever they left unsettled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from ..config import ServerConfig
+from ..errors import PacspaceError
+from ..note import Ed25519Verifier, parse_vkey
+from ..policy import parse_policy
+from ..storage.records import RecordStore
+from ..storage.sqlite import SqliteLog
+from .app import create_app
+from .context import CONFIG, SERVICE, LogService
+from .remote import RemoteSequencer
+from .writer import GroupWriter
+
+log = logging.getLogger("pacspace.server.worker")
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class WorkerLink:
+    """What a worker is told by its parent: where the sequencer listens and the log's public keys."""
+
+    ipc_path: Path
+    vkey: str
+    timestamp_vkey: str
+
+
+LINK = web.AppKey("worker_link", WorkerLink)
+
+
+def create_worker_app(config: ServerConfig, link: WorkerLink) -> web.Application:
+    app = create_app(config, service=_worker_service)
+    app[LINK] = link
+    return app
+
+
+async def _worker_service(app: web.Application) -> AsyncIterator[None]:
+    config, link = app[CONFIG], app[LINK]
+    verifier = parse_vkey(link.vkey)
+    if not isinstance(verifier, Ed25519Verifier):
+        raise PacspaceError("the parent passed a log key that is not Ed25519")
+    policy = parse_policy(config.witness_policy.read_text()) if config.witness_policy is not None else None
+    store = SqliteLog.open(config.data_dir, readonly=True)
+    records = RecordStore(config.data_dir)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=str(link.ipc_path), limit=0),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+    try:
+        remote = RemoteSequencer(session, store, verifier, policy)
+        writer = GroupWriter(records)
+        service = LogService(store, remote, link.vkey, link.timestamp_vkey, records, writer, settle_before_ack=True)
+        app[SERVICE] = service
+        tasks = [
+            asyncio.create_task(remote.run(), name="pacspace-remote-sequencer"),
+            asyncio.create_task(writer.run(), name="pacspace-records-writer"),
+        ]
+        yield
+        await service.settled()
+        for stuck in list(service.settling):
+            stuck.cancel()  # the parent's next start settles these rows from the log
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, PacspaceError):
+                pass
+    finally:
+        await session.close()
+        records.close()
+        store.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel SIGKILLs this process when the parent dies; elsewhere, the check below at start only."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        sys.exit(1)  # the parent died before we could ask to follow it
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pacspace-worker", description="an HTTP worker of pacspace serve (internal)")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--fd", type=int, required=True, help="the inherited listening socket")
+    parser.add_argument("--ipc", type=Path, required=True, help="the parent's Unix socket")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--vkey", required=True)
+    parser.add_argument("--timestamp-vkey", required=True)
+    parser.add_argument("--witness-policy", type=Path)
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
+    config = ServerConfig(data_dir=args.data, witness_policy=args.witness_policy)
+    app = create_worker_app(config, WorkerLink(args.ipc, args.vkey, args.timestamp_vkey))
+    sock = socket.socket(fileno=args.fd)
+    web.run_app(app, sock=sock, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
