@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import random
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 import urllib.request
 
 import aiohttp
+import pytest
 from helpers import add_two_parties, register_two_homes, free_port
 
 from pacspace.checkpoint import open_checkpoint
@@ -25,9 +27,10 @@ from pacspace.records.body import Delta, Line
 RELATIONSHIPS = 12
 
 
-def start(data, port) -> subprocess.Popen:
+def start(data, port, workers: int = 0) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), "--pool-interval", "0.02"],
+        [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), "--pool-interval", "0.02",
+         "--workers", str(workers)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -43,13 +46,28 @@ def start(data, port) -> subprocess.Popen:
     raise AssertionError("server did not start")
 
 
-async def test_sigkill_mid_load_then_everything_acknowledged_verifies(tmp_path):
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and "State:\tZ" not in open(f"/proc/{pid}/status").read():
+            assert time.monotonic() < deadline, f"process {pid} outlived its parent"
+            time.sleep(0.02)
+
+
+# With workers, the SIGKILL hits the sequencing parent; the kernel takes its HTTP workers with it.
+@pytest.mark.parametrize("workers", [0, 2])
+async def test_sigkill_mid_load_then_everything_acknowledged_verifies(tmp_path, workers):
     data = tmp_path / "data"
     subprocess.run([sys.executable, "-m", "pacspace", "init", "--data", str(data)], check=True, capture_output=True)
     add_two_parties(data)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start(data, port)
+    server = start(data, port, workers)
     try:
         acme, bob = await register_two_homes(url, tmp_path)
         async with PacspaceClient(url, "tok-acme") as c:
@@ -80,13 +98,16 @@ async def test_sigkill_mid_load_then_everything_acknowledged_verifies(tmp_path):
 
         tasks = [asyncio.create_task(appender(rid)) for rid in rids]
         await asyncio.sleep(random.uniform(1.5, 3.0))
+        helpers = children(server.pid)
+        assert len(helpers) == workers
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
+        wait_gone(helpers)
         stop.set()
         await asyncio.gather(*tasks)
         assert len(acked) >= RELATIONSHIPS, "too few records were acknowledged before the kill"
 
-        server = start(data, port)
+        server = start(data, port, workers)
         vkey = bob.log_key()
         async with PacspaceClient(url, "tok-bob") as c:
             final = open_checkpoint(await c.checkpoint(), vkey)
