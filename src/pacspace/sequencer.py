@@ -43,6 +43,9 @@ from .tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileUpdate, encode_bundle, extend
 
 log = logging.getLogger("pacspace.sequencer")
 
+# Least time between two storage maintenance runs (leaf-index flush, WAL checkpoint) under load.
+MAINTENANCE_INTERVAL = 0.1
+
 
 @dataclass(frozen=True)
 class SequencerConfig:
@@ -135,6 +138,7 @@ class Sequencer:
         # Leaf-index flushes and WAL checkpoints run here, on the other core, never on the commit path.
         self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-maintenance")
         self._maintenance_run: Future[None] | None = None
+        self._maintained_at = -math.inf
         self.metrics.tree_size = self.state.size
         # Owned by the event loop. Without witnesses, every committed checkpoint is published at once;
         # with them, only one that got the policy's quorum of cosignatures.
@@ -242,7 +246,12 @@ class Sequencer:
         self.published = outcome.state.checkpoint
         self._record(pool, entries, started)
         self._resolve(pool, outcome)
-        if self._maintenance_run is None or self._maintenance_run.done():
+        # At most one maintenance run at a time, and not after every one of many small batches a second:
+        # each run costs a WAL checkpoint.
+        now = time.monotonic()
+        idle = self._maintenance_run is None or self._maintenance_run.done()
+        if idle and now - self._maintained_at >= MAINTENANCE_INTERVAL:
+            self._maintained_at = now
             self._maintenance_run = self._maintenance.submit(self.store.maintain)
             self._maintenance_run.add_done_callback(_log_maintenance_failure)
 

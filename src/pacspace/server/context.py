@@ -38,9 +38,12 @@ class LogService:
     writer: GroupWriter
     # Settle writes (a row's log index) queued after their records were acknowledged; see settle_later.
     settling: set[asyncio.Task[Any]] = field(default_factory=set)
-    # Workers wait for the settle before acknowledging: the client's next record may reach another
-    # worker, whose records.db reads must already see this one settled.
-    settle_before_ack: bool = False
+
+    async def sequence_records(self, entries: list[bytes], rows: list[tuple[str, int]]) -> tuple[list[Any], bool]:
+        """Sequence records' entries; returns their Sequenced answers and whether their rows are settled already."""
+        if isinstance(self.sequencer, Sequencer):
+            return await self.sequencer.submit_many(entries), False
+        return await self.sequencer.submit_records(entries, rows), True
 
     async def find_leaves(self, hashes: list[bytes], size: int) -> list[int | None]:
         """The first index below ``size`` of each leaf hash, or None."""
@@ -53,12 +56,6 @@ class LogService:
         if isinstance(self.sequencer, Sequencer):
             return self.sequencer.metrics.render()
         return await self.sequencer.metrics_text()
-
-    async def settle(self, ops: list[Any]) -> None:
-        """Queue settle ops (settle_later); in a worker, also wait for them (bounded, as readers do)."""
-        task = self.settle_later(ops)
-        if self.settle_before_ack:
-            await asyncio.wait([task], timeout=30.0)
 
     def settle_later(self, ops: list[Any]) -> asyncio.Task[Any]:
         """Queue settle ops now, without waiting for their fsync.

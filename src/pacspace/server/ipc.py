@@ -1,15 +1,21 @@
 """The private channel between ``pacspace serve --workers N``'s HTTP workers and the process that sequences.
 
 The parent process owns the sequencer and serves these routes only on a Unix
-socket in a directory only its user can enter (workers.py); they are never
-added to an application listening on TCP. Entries travel as raw bytes, each
-prefixed by its length (2 bytes, big-endian: no entry exceeds 0xFFFF); answers
-are JSON. An error keeps its ``error`` code across the channel, so a worker
-raises the same typed exception the sequencer raised.
+socket in a directory only its user can enter (supervisor.py); they are never
+added to an application listening on TCP.
+
+A sequence call carries records' entries, each with the records.db row it
+belongs to: ``len(2, big-endian) entry | len(1) relationship id | seq(8)``,
+repeated. The parent sequences the entries as one batch, settles the rows
+(their log index into records.db) and only then answers, in JSON: a row a
+worker reads after its answer is settled, whichever worker wrote it. An error
+keeps its ``error`` code across the channel, so a worker raises the same typed
+exception the sequencer raised.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 from dataclasses import dataclass
@@ -19,35 +25,55 @@ from aiohttp import web
 
 from ..errors import EntryTooLarge, MalformedInput, PacspaceError, PoolFull, SequencerStopped
 from ..tiles import MAX_ENTRY_SIZE
+from ..storage.records import RecordStore
 from .context import SERVICE
 from .witnessing import WitnessQuorumFailed
 
 SEQUENCE_PATH = "/internal/v1/sequence"
+# How long a sequence call waits for its rows' settle (as readers wait in LogService.settled).
+SETTLE_WAIT = 30.0
 FIND_LEAVES_PATH = "/internal/v1/find-leaves"
 
 
-def encode_entries(entries: list[bytes]) -> bytes:
+# One record's row in records.db: (relationship id, seq).
+Row = tuple[str, int]
+
+
+def encode_records(entries: list[bytes], rows: list[Row]) -> bytes:
+    if len(entries) != len(rows):
+        raise MalformedInput("one row per entry")
     out = bytearray()
-    for entry in entries:
+    for entry, (rid, seq) in zip(entries, rows):
         if len(entry) > MAX_ENTRY_SIZE:
             raise EntryTooLarge(f"entry of {len(entry)} bytes exceeds {MAX_ENTRY_SIZE}")
-        out += struct.pack(">H", len(entry))
-        out += entry
+        name = rid.encode()
+        if len(name) > 255:
+            raise MalformedInput("relationship id too long")
+        out += struct.pack(">H", len(entry)) + entry + struct.pack(">B", len(name)) + name + struct.pack(">Q", seq)
     return bytes(out)
 
 
-def decode_entries(data: bytes) -> list[bytes]:
-    entries, at = [], 0
-    while at < len(data):
-        if at + 2 > len(data):
-            raise MalformedInput("truncated entry length")
-        (length,) = struct.unpack_from(">H", data, at)
-        at += 2
-        if at + length > len(data):
-            raise MalformedInput("truncated entry")
-        entries.append(data[at : at + length])
-        at += length
-    return entries
+def decode_records(data: bytes) -> tuple[list[bytes], list[Row]]:
+    entries: list[bytes] = []
+    rows: list[Row] = []
+    at = 0
+    try:
+        while at < len(data):
+            (length,) = struct.unpack_from(">H", data, at)
+            entry = data[at + 2 : at + 2 + length]
+            at += 2 + length
+            (name_length,) = struct.unpack_from(">B", data, at)
+            name = data[at + 1 : at + 1 + name_length].decode()
+            at += 1 + name_length
+            (seq,) = struct.unpack_from(">Q", data, at)
+            at += 8
+            if len(entry) != length or len(name) != name_length:
+                raise MalformedInput("truncated record")
+            entries.append(entry)
+            rows.append((name, seq))
+    except (struct.error, UnicodeDecodeError):
+        raise MalformedInput("truncated or malformed record") from None
+    return entries, rows
 
 
 @dataclass(frozen=True)
@@ -93,11 +119,11 @@ def add_internal_routes(app: web.Application) -> None:
 
 
 async def post_sequence(request: web.Request) -> web.Response:
-    """Sequence the body's entries as one batch; answers once their checkpoint is durable (and published)."""
-    entries = decode_entries(await request.read())
-    sequencer = request.app[SERVICE].sequencer
+    """Sequence the body's entries as one batch and settle their rows; answers once both are durable."""
+    entries, rows = decode_records(await request.read())
+    service = request.app[SERVICE]
     try:
-        sequenced = await sequencer.submit_many(entries)
+        sequenced = await service.sequencer.submit_many(entries)
     except PoolFull as exc:
         return web.json_response({"error": exc.code, "message": str(exc), "retry_after": exc.retry_after}, status=503)
     except PacspaceError as exc:
@@ -105,6 +131,14 @@ async def post_sequence(request: web.Request) -> web.Response:
     if not sequenced:
         raise MalformedInput("no entries to sequence")
     first = sequenced[0]
+    size = first.checkpoint.size
+    # Committed: record each row's index. Waits (bounded) like a single-process server's readers do;
+    # a write records.db will not take is retried behind us, and start-up settles from the log.
+    by_relationship: dict[str, list[tuple[int, int]]] = {}
+    for (rid, seq), q in zip(rows, sequenced):
+        by_relationship.setdefault(rid, []).append((seq, q.index))
+    settling = service.settle_later([RecordStore.settle_op(rid, pairs, size) for rid, pairs in by_relationship.items()])
+    await asyncio.wait([settling], timeout=SETTLE_WAIT)
     return web.json_response(SequencedRange(first.index, len(sequenced), first.checkpoint.format()).to_json())
 
 

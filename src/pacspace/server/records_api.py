@@ -351,8 +351,9 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     if not new:
         return outcomes  # type: ignore[return-value]
     entries = [s.entry for i in new for s in groups[i].subs]
+    rows = [(groups[i].rel.id, s.seq) for i in new for s in groups[i].subs]
     try:
-        sequenced = await service.sequencer.submit_many(entries)
+        sequenced, settled = await service.sequence_records(entries, rows)
     except (SequencerStopped, WitnessQuorumFailed):
         # Committed but unpublished (or the server is going down): the rows stay, to be settled from the
         # log once a later checkpoint is published, or by reconcile at the next start.
@@ -377,8 +378,9 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
         at += len(subs)
         settle.append(RecordStore.settle_op(groups[i].rel.id, [(s.seq, x) for s, x in zip(subs, indexes)], size))
         outcomes[i] = (201, [(x, size) for x in indexes])
-    # The entries are committed: acknowledge now, record their indexes in records.db behind us.
-    await service.settle(settle)
+    if not settled:
+        # The entries are committed: acknowledge now, record their indexes in records.db behind us.
+        service.settle_later(settle)
     return outcomes  # type: ignore[return-value]
 
 

@@ -1,8 +1,8 @@
 """An HTTP worker's view of the sequencer, which runs in the parent process (``pacspace serve --workers N``).
 
 ``RemoteSequencer`` offers what request handlers use of ``Sequencer``:
-``submit_many`` (durable once it returns, exactly as in-process), ``latest``
-and ``published``. Submissions made while a call is on the wire are coalesced
+``submit_records`` (durable once it returns, exactly as in-process, and the
+records' rows settled by the parent), ``latest`` and ``published``. Submissions made while a call is on the wire are coalesced
 into the next call, so the channel costs one round trip per batch, not per
 record. The published checkpoint is read from log.db, which the parent commits
 before it answers anyone: a worker never serves a checkpoint older than one a
@@ -23,7 +23,7 @@ from ..errors import PacspaceError, SequencerStopped
 from ..note import Ed25519Verifier
 from ..policy import Policy
 from ..storage.sqlite import SqliteLog
-from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, SequencedRange, encode_entries, error_from_json
+from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, Row, SequencedRange, encode_records, error_from_json
 
 # Entries per call on the channel; more wait for the next call.
 MAX_CALL_ENTRIES = 65536
@@ -42,6 +42,7 @@ class RemoteSequenced:
 @dataclass
 class _Waiting:
     entries: list[bytes]
+    rows: list[Row]
     future: asyncio.Future[list[RemoteSequenced]]
 
 
@@ -85,11 +86,12 @@ class RemoteSequencer:
         if checkpoint.size >= self.published.size and self._is_published(checkpoint):
             self.published = checkpoint
 
-    async def submit_many(self, entries: list[bytes]) -> list[RemoteSequenced]:
+    async def submit_records(self, entries: list[bytes], rows: list[Row]) -> list[RemoteSequenced]:
+        """Sequence records' entries; returns once they are durable in the log and their rows settled."""
         if not entries:
             return []
         future: asyncio.Future[list[RemoteSequenced]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(list(entries), future))
+        self._waiting.append(_Waiting(list(entries), list(rows), future))
         self._wake.set()
         return await future
 
@@ -120,8 +122,9 @@ class RemoteSequencer:
 
     async def _call(self, batch: list[_Waiting]) -> None:
         entries = [e for w in batch for e in w.entries]
+        rows = [r for w in batch for r in w.rows]
         try:
-            async with self.session.post(f"http://sequencer{SEQUENCE_PATH}", data=encode_entries(entries)) as resp:
+            async with self.session.post(f"http://sequencer{SEQUENCE_PATH}", data=encode_records(entries, rows)) as resp:
                 body = await resp.json()
                 if resp.status != 200:
                     raise error_from_json(body)

@@ -9,8 +9,9 @@ and store requests in parallel; sequencing stays single, as the design says
 The parent opens the data directory exactly as a single-process server does
 (write lock, trust checks, reconciling records.db with the log), then serves
 only a private Unix socket in a fresh 0700 directory, where the workers submit
-entries (ipc.py). It creates the public listening socket and hands it to the
-workers; the kernel spreads connections over them.
+entries (ipc.py). It binds the public port, one SO_REUSEPORT socket per
+worker, and hands each worker its own: the kernel spreads connections evenly
+(a shared socket lets the first worker to wake take most of a burst).
 
 Failure: if a worker exits on its own, the parent stops the others and exits
 1 (a supervisor such as systemd restarts it, and the start settles whatever the
@@ -47,18 +48,19 @@ WORKER_STOP_TIMEOUT = 60.0
 class WorkerPool:
     """The worker processes: started with the listening socket and the parent's Unix socket, watched, stopped."""
 
-    def __init__(self, config: ServerConfig, count: int, listener: socket.socket, ipc_path: Path, vkeys: tuple[str, str]) -> None:
+    def __init__(
+        self, config: ServerConfig, listeners: list[socket.socket], ipc_path: Path, vkeys: tuple[str, str]
+    ) -> None:
         self._config = config
-        self._count = count
-        self._listener = listener
+        self._listeners = listeners
         self._ipc_path = ipc_path
         self._vkeys = vkeys
         self._procs: list[asyncio.subprocess.Process] = []
         self.stopping = False
 
     async def start(self) -> None:
-        fd = self._listener.fileno()
-        for _ in range(self._count):
+        for listener in self._listeners:
+            fd = listener.fileno()
             argv = [
                 sys.executable, "-m", "pacspace.server.worker",
                 "--data", str(self._config.data_dir), "--fd", str(fd), "--ipc", str(self._ipc_path),
@@ -90,19 +92,36 @@ class WorkerPool:
                 await proc.wait()
 
 
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per worker on the same port (SO_REUSEPORT: the kernel spreads connections
+    evenly over them); where the platform lacks it, one socket they all accept from."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return [socket.create_server((host, port), backlog=4096)] * count
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.create_server((host, port), backlog=4096, reuse_port=True))
+    except OSError:
+        for s in sockets:
+            s.close()
+        raise
+    return sockets
+
+
 def serve_with_workers(config: ServerConfig, workers: int, announce: Callable[[web.Application], None]) -> int:
     """Run the parent until SIGTERM/SIGINT, a worker's death or the sequencer's; the exit status."""
-    listener = socket.create_server((config.host, config.port), backlog=4096)
+    listeners = listening_sockets(config.host, config.port, workers)
     ipc_dir = Path(tempfile.mkdtemp(prefix="pacspace-"))  # 0700: only this user reaches the sequencer
     try:
-        return asyncio.run(_run(config, workers, listener, ipc_dir / "sequencer.sock", announce))
+        return asyncio.run(_run(config, listeners, ipc_dir / "sequencer.sock", announce))
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
 async def _run(
-    config: ServerConfig, workers: int, listener: socket.socket, ipc_path: Path, announce: Callable[[web.Application], None]
+    config: ServerConfig, listeners: list[socket.socket], ipc_path: Path, announce: Callable[[web.Application], None]
 ) -> int:
     stop = asyncio.Event()
     app = create_app(config, on_fatal=lambda exc: stop.set(), internal=True)
@@ -113,7 +132,7 @@ async def _run(
         site = web.UnixSite(runner, str(ipc_path))
         await site.start()
         service = app[SERVICE]
-        pool = WorkerPool(config, workers, listener, ipc_path, (service.vkey, service.timestamp_vkey))
+        pool = WorkerPool(config, listeners, ipc_path, (service.vkey, service.timestamp_vkey))
         await pool.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

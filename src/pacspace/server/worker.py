@@ -75,7 +75,7 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
     try:
         remote = RemoteSequencer(session, store, verifier, policy)
         writer = GroupWriter(records)
-        service = LogService(store, remote, link.vkey, link.timestamp_vkey, records, writer, settle_before_ack=True)
+        service = LogService(store, remote, link.vkey, link.timestamp_vkey, records, writer)
         app[SERVICE] = service
         tasks = [
             asyncio.create_task(remote.run(), name="pacspace-remote-sequencer"),

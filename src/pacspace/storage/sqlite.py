@@ -95,6 +95,9 @@ class SqliteLog:
         # so the latest committed row answers for every node of every published size.
         self._edge_rows: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         self._full_tiles: OrderedDict[tuple[int, int], tuple[bytes, bytes]] = OrderedDict()
+        # Read-only (another process commits): the partial tile last read at each level. Every hash
+        # complete in it stays valid as the tile grows; a hash beyond it means a fresh read.
+        self._partial_rows: dict[int, tuple[int, tuple[bytes, bytes]]] = {}
         version = self._meta("schema_version")
         if version != str(SCHEMA_VERSION):
             raise UntrustedState(f"{path}: unknown schema version {version!r}")
@@ -209,12 +212,30 @@ class SqliteLog:
             key = (loc.tile_level, loc.tile_n)
             row = rows.get(key)
             if row is None:
-                row = self._tile_row(*key)
+                row = self._cached_partial(key) if self._write is None else None
+                row = row or self._tile_row(*key)
                 if row is None:
                     raise InvalidRange(f"node {node} is not stored")
                 rows[key] = row
-            out.append(read_tile_hash(row[0], row[1], loc.sublevel, loc.position))
+            try:
+                out.append(read_tile_hash(row[0], row[1], loc.sublevel, loc.position))
+            except InvalidRange:
+                if self._write is not None:
+                    raise  # this process commits: its edge rows are current
+                row = self._tile_row(*key)  # the tile grew since we cached it
+                if row is None:
+                    raise
+                rows[key] = row
+                out.append(read_tile_hash(row[0], row[1], loc.sublevel, loc.position))
+            if self._write is None and len(row[0]) < TILE_WIDTH * HASH_SIZE:
+                with self._read_lock:
+                    self._partial_rows[key[0]] = (key[1], row)
         return out
+
+    def _cached_partial(self, key: tuple[int, int]) -> tuple[bytes, bytes] | None:
+        with self._read_lock:
+            cached = self._partial_rows.get(key[0])
+        return cached[1] if cached is not None and cached[0] == key[1] else None
 
     def read_tile_row(self, level: int, n: int) -> tuple[bytes, bytes] | None:
         """The stored (hashes, interior) of tile (level, n)."""
