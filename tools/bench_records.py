@@ -293,7 +293,7 @@ def main() -> None:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, *(["-m", "cProfile", "-o", str(args.profile)] if args.profile else []), "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), *args.serve_args.split()],
-        stdout=subprocess.DEVNULL, stderr=open("/tmp/scratch/server.err", "w"),
+        stdout=subprocess.DEVNULL, stderr=(args.work / "server.log").open("w"),
     )
     url = f"http://127.0.0.1:{port}"
     try:
