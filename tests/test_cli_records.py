@@ -134,7 +134,7 @@ def test_fsck_checks_records_too(tmp_path, server):
     import sqlite3
 
     conn = sqlite3.connect(tmp_path / "pacspace-data" / "records.db")
-    conn.execute("UPDATE blobs SET blob = CAST(substr(blob, 1, 40) || x'00' || substr(blob, 42) AS BLOB) WHERE seq = 1")
+    conn.execute("UPDATE blobs SET blob = CAST(substr(blob, 1, 40) || x'00' || substr(blob, 42) AS BLOB) WHERE id = (SELECT blob_id FROM records WHERE seq = 1)")
     conn.commit()
     conn.close()
     bad = run("fsck", "--data", data, env=base, ok=False)

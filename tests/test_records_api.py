@@ -350,7 +350,7 @@ def test_records_db_from_a_newer_pacspace_is_refused(tmp_path):
 
     RecordStore(tmp_path).close()
     conn = sqlite3.connect(tmp_path / "records.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.execute("PRAGMA user_version = 7")
     conn.close()
     with pytest.raises(UntrustedState, match="schema version 7"):

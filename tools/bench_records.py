@@ -232,7 +232,8 @@ def wrk_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], per_re
             "server_cores": cpu_used(cpu0, cpu_seconds(server_pid), time.perf_counter() - t0)}
 
 
-async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], rounds: int, per_request: int, in_flight: int) -> dict[str, float]:
+async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], rounds: int, per_request: int,
+                      in_flight: int, server_pid: int) -> dict[str, float]:
     """``in_flight`` senders, each over its own share of the relationships, each sending ``rounds`` requests in turn."""
     shares = [rels[i::in_flight] for i in range(in_flight)]
     plans: list[list[list[dict[str, object]]]] = []
@@ -263,11 +264,12 @@ async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel]
                     raise SystemExit(f"batch rejected records: {body['results'][:2]}")
                 total += body["accepted"]
 
-        t0 = time.perf_counter()
+        cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
         await asyncio.gather(*(sender(plan) for plan in plans))
         elapsed = time.perf_counter() - t0
+        cores = cpu_used(cpu0, cpu_seconds(server_pid), elapsed)
     return {"records": total, "records_per_request": len(plans[0][0]), "in_flight": in_flight,
-            "records_per_s": total / elapsed, "request_p50_ms": pct(latencies, 50) * 1000}
+            "records_per_s": total / elapsed, "request_p50_ms": pct(latencies, 50) * 1000, "server_cores": cores}
 
 
 def main() -> None:
@@ -279,6 +281,8 @@ def main() -> None:
     parser.add_argument("--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python",
                         help="load generator of the single phase (default: wrk when installed)")
     parser.add_argument("--seconds", type=int, default=10, help="length of the wrk single phase")
+    parser.add_argument("--batch-size", type=int, default=2000, help="records per batch request")
+    parser.add_argument("--batch-in-flight", type=int, default=4, help="batch requests in flight")
     parser.add_argument("--batch-rounds", type=int, default=25)
     parser.add_argument("--serve-args", default="", help="extra arguments for pacspace serve")
     parser.add_argument("--out", type=Path)
@@ -316,9 +320,8 @@ def main() -> None:
                 results["single"]["server_cores"] = cpu_used(cpu0, cpu_seconds(server.pid), time.perf_counter() - t0)
             print(f"single: {results['single']}", file=sys.stderr)
         if "batch" in args.phases:
-            cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
-            results["batch"] = asyncio.run(batch_phase(url, token, provider, rels, args.batch_rounds, 2000, 4))
-            results["batch"]["server_cores"] = cpu_used(cpu0, cpu_seconds(server.pid), time.perf_counter() - t0)
+            results["batch"] = asyncio.run(batch_phase(url, token, provider, rels, args.batch_rounds, args.batch_size,
+                                                       args.batch_in_flight, server.pid))
             print(f"batch: {results['batch']}", file=sys.stderr)
     finally:
         server.send_signal(signal.SIGINT)

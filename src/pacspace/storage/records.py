@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,80 +30,21 @@ from typing import Literal, TypeVar
 
 from ..errors import PacspaceError, UntrustedState
 from ..records.seal import entry_from_ct_hash
+from .records_schema import SCHEMA_VERSION, check_readable, prepare
 from .transaction import write_transaction
+
+__all__ = ["SCHEMA_VERSION", "RecordStore"]
+
+log = logging.getLogger("pacspace.storage")
 
 RECORDS_NAME = "records.db"
 Role = Literal["provider", "customer"]
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of records.db
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS parties (
-        name TEXT PRIMARY KEY,
-        role TEXT NOT NULL CHECK (role IN ('provider', 'customer')),
-        token_hash BLOB NOT NULL UNIQUE,
-        created_at INTEGER NOT NULL,
-        revoked_at INTEGER,
-        x25519 BLOB,
-        ed25519 BLOB
-    )""",
-    """CREATE TABLE IF NOT EXISTS relationships (
-        id TEXT PRIMARY KEY,
-        provider TEXT NOT NULL REFERENCES parties(name),
-        customer TEXT NOT NULL REFERENCES parties(name),
-        cadence TEXT NOT NULL,
-        billing_cycle TEXT NOT NULL,
-        created_at INTEGER NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS relationships_provider ON relationships(provider)",
-    "CREATE INDEX IF NOT EXISTS relationships_customer ON relationships(customer)",
-    """CREATE TABLE IF NOT EXISTS wraps (
-        relationship TEXT NOT NULL REFERENCES relationships(id),
-        reader TEXT NOT NULL,
-        epoch INTEGER NOT NULL,
-        wrap BLOB NOT NULL,
-        PRIMARY KEY (relationship, reader, epoch)
-    )""",
-    # Small rows (settling rewrites them); the sealed blobs live apart and are written once.
-    """CREATE TABLE IF NOT EXISTS records (
-        relationship TEXT NOT NULL REFERENCES relationships(id),
-        seq INTEGER NOT NULL,
-        tag BLOB NOT NULL UNIQUE,
-        ct_hash BLOB NOT NULL,
-        idx INTEGER,
-        checkpoint_size INTEGER,
-        PRIMARY KEY (relationship, seq)
-    )""",
-    """CREATE TABLE IF NOT EXISTS blobs (
-        relationship TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        blob BLOB NOT NULL,
-        PRIMARY KEY (relationship, seq)
-    )""",
-    # Unsettled rows are few (a relationship's last ones while they await the log): a partial index
-    # keeps the in-flight check O(log n) however long the relationship's chain grows.
-    "CREATE INDEX IF NOT EXISTS records_unsettled ON records(relationship, seq) WHERE idx IS NULL",
-)
-
-
-def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
-    """The schema version of an existing records.db; refuses one this pacspace cannot read.
-
-    Files from before versioning (user_version 0, tables present) have schema 1.
-    A future schema change adds its migration here, keyed by the version read.
-    """
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] > 0
-    if version == 0:
-        return SCHEMA_VERSION if has_tables else 0
-    if version != SCHEMA_VERSION:
-        conn.close()
-        raise UntrustedState(
-            f"{path} has schema version {version}; this pacspace reads version {SCHEMA_VERSION}: "
-            "run the pacspace that wrote it"
-        )
-    return version
+WAL_AUTOCHECKPOINT_PAGES = 20000
+WAL_SIZE_LIMIT = 64 << 20
+# Least time between two WAL checkpoints started by one process's writes.
+CHECKPOINT_INTERVAL = 0.5
 
 
 class RecordError(PacspaceError):
@@ -199,7 +143,7 @@ _PARTY = "name, role, created_at, revoked_at, x25519, ed25519"
 _REL = "id, provider, customer, cadence, billing_cycle, created_at"
 _REC = "r.relationship, r.seq, r.tag, r.ct_hash, NULL, r.idx, r.checkpoint_size"
 _REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, b.blob, r.idx, r.checkpoint_size"
-_JOIN = "records r JOIN blobs b ON b.relationship = r.relationship AND b.seq = r.seq"
+_JOIN = "records r JOIN blobs b ON b.id = r.blob_id"
 
 
 def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[StoredRecord]:
@@ -213,6 +157,39 @@ def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, b
     if len(stored) != count or any((s.tag, s.ct_hash) != (r[1], r[2]) for s, r in zip(stored, records)):
         raise RecordConflict(f"seq {first} already holds a different record")
     return stored
+
+
+def _check_next(
+    conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]
+) -> list[StoredRecord] | None:
+    """None if ``records`` may be stored next in the relationship; the stored rows if they are a retry; else raises."""
+    first = records[0][0]
+    if [r[0] for r in records] != list(range(first, first + len(records))):
+        raise SeqConflict("the records of one relationship must have consecutive seqs", first)
+    # Unsettled rows are always the relationship's last ones: the last row says both things we need.
+    last = conn.execute(
+        "SELECT seq, idx IS NULL FROM records WHERE relationship = ? ORDER BY seq DESC LIMIT 1", (rid,)
+    ).fetchone()
+    expected = 0 if last is None else last[0] + 1
+    if first < expected:
+        return _existing(conn, rid, records)
+    if first != expected:
+        raise SeqConflict(f"the next seq of this relationship is {expected}, not {first}", expected)
+    if last is not None and last[1]:
+        raise InFlight(f"seq {first - 1} is still being committed; retry when it has its receipt")
+    return None
+
+
+def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, tuple[int, bytes, bytes, bytes]]]) -> None:
+    """Blobs at the next sequential ids (the caller holds the write lock), then the rows pointing at them."""
+    (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
+    conn.executemany(
+        "INSERT INTO records (relationship, seq, tag, ct_hash, blob_id) VALUES (?, ?, ?, ?, ?)",
+        [(rid, seq, tag, ct_hash, top + 1 + k) for k, (rid, (seq, tag, ct_hash, _)) in enumerate(rows)],
+    )
+    conn.executemany(
+        "INSERT INTO blobs (id, blob) VALUES (?, ?)", [(top + 1 + k, blob) for k, (_, (_, _, _, blob)) in enumerate(rows)]
+    )
 
 
 def _party(row: tuple) -> Party:  # type: ignore[type-arg]
@@ -240,20 +217,30 @@ class RecordStore:
         mode = "ro" if readonly else "rwc"
         self._conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout = 10000")
-        version = _schema_version(self._conn, path)
-        if not readonly:
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = FULL")
-            # The tag index takes random keys: keep as much of it as we can in memory (128 MiB).
-            self._conn.execute("PRAGMA cache_size = -131072")
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-            if version != SCHEMA_VERSION:
-                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            if readonly:
+                check_readable(self._conn, path)
+            else:
+                prepare(self._conn, path)
+                self._conn.execute("PRAGMA synchronous = FULL")
+                # The tag index takes random keys: keep as much of it as we can in memory (128 MiB).
+                self._conn.execute("PRAGMA cache_size = -131072")
+                # WAL checkpoints run beside the writers (_maintain_soon), never inside a COMMIT, where
+                # copying a large transaction's pages into the database file doubled its commit time.
+                # This higher automatic threshold is only a backstop.
+                self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+                self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        except BaseException:
+            self._conn.close()
+            raise
         self._lock = threading.Lock()
         # Writers in several processes (serve --workers) queue on this lock in the kernel, which wakes
         # the next one the moment the last commits; SQLite's own busy handler would sleep 1-100 ms.
         self._process_lock = None if readonly else os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._checkpointer: sqlite3.Connection | None = None
+        self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-records-maintenance")
+        self._maintenance_run: Future[None] | None = None
+        self._checkpointed_at = 0.0
         # Reads use their own connection: WAL lets them proceed while a write transaction (and its
         # fsync) holds the writer, so request handlers never wait behind a commit.
         self._reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
@@ -261,6 +248,9 @@ class RecordStore:
         self._read_lock = threading.Lock()
 
     def close(self) -> None:
+        self._maintenance.shutdown(wait=True)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._reader.close()
         self._conn.close()
         if self._process_lock is not None:
@@ -296,7 +286,30 @@ class RecordStore:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append(exc)
+        self._maintain_soon()
         return results
+
+    def _maintain_soon(self) -> None:
+        """Start a PASSIVE WAL checkpoint in the maintenance thread, at most every CHECKPOINT_INTERVAL.
+
+        PASSIVE never blocks a writer or a reader; with several writing processes
+        one of them gets to run it and the others' attempts return at once.
+        """
+        now = time.monotonic()
+        idle = self._maintenance_run is None or self._maintenance_run.done()
+        if idle and now - self._checkpointed_at >= CHECKPOINT_INTERVAL:
+            self._checkpointed_at = now
+            self._maintenance_run = self._maintenance.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._checkpointer.execute("PRAGMA busy_timeout = 0")
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            # Recoverable: the WAL only grows until the next checkpoint (or SQLite's backstop) runs.
+            log.warning("records.db checkpoint failed: %s", exc)
 
     def write_one(self, op: Callable[[sqlite3.Connection], T]) -> T:
         (result,) = self.write([op])
@@ -384,8 +397,8 @@ class RecordStore:
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM records WHERE relationship = ? AND idx IS NOT NULL", (rid,)).fetchone():
                 return
+            conn.execute("DELETE FROM blobs WHERE id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
             conn.execute("DELETE FROM records WHERE relationship = ?", (rid,))
-            conn.execute("DELETE FROM blobs WHERE relationship = ?", (rid,))
             conn.execute("DELETE FROM wraps WHERE relationship = ?", (rid,))
             conn.execute("DELETE FROM relationships WHERE id = ?", (rid,))
 
@@ -420,35 +433,60 @@ class RecordStore:
         are already there (a retry); raises SeqConflict, TagConflict,
         RecordConflict, or InFlight while an earlier record of the relationship
         awaits the log. Unsettled rows are therefore always a relationship's
-        last ones, so dropping them never leaves a gap. Two queries and one
-        executemany per call, however many records.
+        last ones, so dropping them never leaves a gap.
         """
+        many = RecordStore.reserve_many_op([(rid, records)])
 
         def op(conn: sqlite3.Connection) -> list[StoredRecord] | None:
-            first = records[0][0]
-            if [r[0] for r in records] != list(range(first, first + len(records))):
-                raise SeqConflict("the records of one relationship must have consecutive seqs", first)
-            (last,) = conn.execute("SELECT max(seq) FROM records WHERE relationship = ?", (rid,)).fetchone()
-            expected = 0 if last is None else last + 1
-            if first < expected:
-                return _existing(conn, rid, records)
-            if first != expected:
-                raise SeqConflict(f"the next seq of this relationship is {expected}, not {first}", expected)
-            if conn.execute("SELECT 1 FROM records WHERE relationship = ? AND idx IS NULL LIMIT 1", (rid,)).fetchone():
-                raise InFlight(f"seq {first - 1} is still being committed; retry when it has its receipt")
+            (result,) = many(conn)
+            if isinstance(result, BaseException):
+                raise result
+            return result
+
+        return op
+
+    @staticmethod
+    def reserve_many_op(
+        groups: Sequence[tuple[str, Sequence[tuple[int, bytes, bytes, bytes]]]],
+    ) -> Callable[[sqlite3.Connection], list[list[StoredRecord] | None | PacspaceError]]:
+        """reserve_op for many relationships (each at most once) in one op: each group's result, or its error.
+
+        Each group is all or nothing and independent of the others. The new rows
+        of every group go in with one statement per table; only if that fails
+        (a repeated tag) are the groups inserted one by one to find the culprit.
+        """
+
+        def op(conn: sqlite3.Connection) -> list[list[StoredRecord] | None | PacspaceError]:
+            results: list[list[StoredRecord] | None | PacspaceError] = [None] * len(groups)
+            fresh: list[int] = []
+            for k, (rid, records) in enumerate(groups):
+                try:
+                    results[k] = _check_next(conn, rid, records)
+                    if results[k] is None:
+                        fresh.append(k)
+                except PacspaceError as exc:
+                    results[k] = exc
+            if not fresh:
+                return results
+            conn.execute("SAVEPOINT reserve_all")
             try:
-                conn.executemany(
-                    "INSERT INTO records (relationship, seq, tag, ct_hash) VALUES (?, ?, ?, ?)",
-                    [(rid, seq, tag, ct_hash) for seq, tag, ct_hash, _ in records],
-                )
-                conn.executemany(
-                    "INSERT OR REPLACE INTO blobs (relationship, seq, blob) VALUES (?, ?, ?)",
-                    [(rid, seq, blob) for seq, _, _, blob in records],
-                )
+                _insert(conn, [(groups[k][0], r) for k in fresh for r in groups[k][1]])
+                conn.execute("RELEASE reserve_all")
+                return results
             except sqlite3.IntegrityError:
-                # (relationship, seq) cannot collide after the checks above: the tag is what repeats.
-                raise TagConflict("a tag is already in the log") from None
-            return None
+                conn.execute("ROLLBACK TO reserve_all")
+                conn.execute("RELEASE reserve_all")
+            for k in fresh:
+                conn.execute("SAVEPOINT reserve_one")
+                try:
+                    _insert(conn, [(groups[k][0], r) for r in groups[k][1]])
+                    conn.execute("RELEASE reserve_one")
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO reserve_one")
+                    conn.execute("RELEASE reserve_one")
+                    # (relationship, seq) cannot collide after the checks: the tag is what repeats.
+                    results[k] = TagConflict("a tag is already in the log")
+            return results
 
         return op
 
@@ -470,10 +508,11 @@ class RecordStore:
 
         def op(conn: sqlite3.Connection) -> None:
             for seq in seqs:
-                if conn.execute(
-                    "DELETE FROM records WHERE relationship = ? AND seq = ? AND idx IS NULL", (rid, seq)
-                ).rowcount:
-                    conn.execute("DELETE FROM blobs WHERE relationship = ? AND seq = ?", (rid, seq))
+                row = conn.execute(
+                    "DELETE FROM records WHERE relationship = ? AND seq = ? AND idx IS NULL RETURNING blob_id", (rid, seq)
+                ).fetchone()
+                if row is not None:
+                    conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
 
         return op
 

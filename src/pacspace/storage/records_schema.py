@@ -1,0 +1,132 @@
+"""records.db's schema, its version (``PRAGMA user_version``) and the migration between versions.
+
+Version 2 files each sealed blob under a sequential id, in the order records
+arrive, and the record row points at it. Version 1 keyed blobs by
+(relationship, seq): with a thousand relationships writing at once, every
+insert landed on a different B-tree page, and a batch of 2,000 records
+rewrote thousands of pages. New files also use 8 KiB pages (a 1.4 KB blob
+per 4 KiB page wasted most of each page). Measured in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from ..errors import UntrustedState
+from .transaction import write_transaction
+
+SCHEMA_VERSION = 2
+PAGE_SIZE = 8192
+
+_RECORDS = """CREATE TABLE IF NOT EXISTS {name} (
+        relationship TEXT NOT NULL REFERENCES relationships(id),
+        seq INTEGER NOT NULL,
+        tag BLOB NOT NULL UNIQUE,
+        ct_hash BLOB NOT NULL,
+        idx INTEGER,
+        checkpoint_size INTEGER,
+        blob_id INTEGER NOT NULL,
+        PRIMARY KEY (relationship, seq)
+    )"""
+_BLOBS = "CREATE TABLE IF NOT EXISTS {name} (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)"
+# Unsettled rows are few (a relationship's last ones while they await the log): a partial index
+# keeps the in-flight check O(log n) however long the relationship's chain grows.
+_UNSETTLED = "CREATE INDEX IF NOT EXISTS records_unsettled ON records(relationship, seq) WHERE idx IS NULL"
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS parties (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('provider', 'customer')),
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        x25519 BLOB,
+        ed25519 BLOB
+    )""",
+    """CREATE TABLE IF NOT EXISTS relationships (
+        id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL REFERENCES parties(name),
+        customer TEXT NOT NULL REFERENCES parties(name),
+        cadence TEXT NOT NULL,
+        billing_cycle TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS relationships_provider ON relationships(provider)",
+    "CREATE INDEX IF NOT EXISTS relationships_customer ON relationships(customer)",
+    """CREATE TABLE IF NOT EXISTS wraps (
+        relationship TEXT NOT NULL REFERENCES relationships(id),
+        reader TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        wrap BLOB NOT NULL,
+        PRIMARY KEY (relationship, reader, epoch)
+    )""",
+    # Small rows (settling rewrites them); the sealed blobs live apart, written once, in arrival order.
+    _RECORDS.format(name="records"),
+    _BLOBS.format(name="blobs"),
+    _UNSETTLED,
+)
+
+
+def stored_version(conn: sqlite3.Connection) -> int:
+    """The file's schema version: 0 for a new file; files from before versioning (tables, user_version 0) are 1."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]:
+        return 1
+    return version
+
+
+def check_readable(conn: sqlite3.Connection, path: Path) -> int:
+    """The version of a file opened read-only; refuses one this pacspace cannot read as it is."""
+    version = stored_version(conn)
+    if version not in (0, SCHEMA_VERSION):
+        raise UntrustedState(_mismatch(path, version))
+    return version
+
+
+def prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring a file opened for writing to SCHEMA_VERSION: create it, or migrate it, in one transaction."""
+    version = stored_version(conn)
+    if version > SCHEMA_VERSION:
+        raise UntrustedState(_mismatch(path, version))
+    if version == 0:
+        # Only possible before the first table exists; an existing file keeps its page size.
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    with write_transaction(conn):
+        if stored_version(conn) == 1:  # re-read under the write lock: another process may have migrated it
+            _migrate_1_to_2(conn)
+        for statement in SCHEMA:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Blobs move from (relationship, seq) keys to sequential ids that the record rows point at."""
+    conn.execute(_RECORDS.format(name="records_v2"))
+    conn.execute(_BLOBS.format(name="blobs_v2"))
+    conn.execute(
+        "INSERT INTO blobs_v2 (id, blob) SELECT r.rowid, b.blob FROM records r "
+        "JOIN blobs b ON b.relationship = r.relationship AND b.seq = r.seq ORDER BY r.rowid"
+    )
+    conn.execute(
+        "INSERT INTO records_v2 (relationship, seq, tag, ct_hash, idx, checkpoint_size, blob_id) "
+        "SELECT relationship, seq, tag, ct_hash, idx, checkpoint_size, rowid FROM records ORDER BY rowid"
+    )
+    (orphans,) = conn.execute("SELECT count(*) FROM records_v2 WHERE blob_id NOT IN (SELECT id FROM blobs_v2)").fetchone()
+    if orphans:
+        # Never written by pacspace (a record and its blob were stored and dropped together): refuse, change nothing.
+        raise UntrustedState(f"{orphans} records in records.db have no blob; nothing was migrated (see `pacspace fsck`)")
+    conn.execute("DROP TABLE records")
+    conn.execute("DROP TABLE blobs")
+    conn.execute("ALTER TABLE records_v2 RENAME TO records")
+    conn.execute("ALTER TABLE blobs_v2 RENAME TO blobs")
+
+
+def _mismatch(path: Path, version: int) -> str:
+    if version < SCHEMA_VERSION:
+        return (
+            f"{path} has schema version {version}; this pacspace reads version {SCHEMA_VERSION}: "
+            "start `pacspace serve` on it once to upgrade it"
+        )
+    return f"{path} has schema version {version}; this pacspace reads version {SCHEMA_VERSION}: run the pacspace that wrote it"

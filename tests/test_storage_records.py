@@ -1,0 +1,130 @@
+"""records.db on its own: the bulk reserve, dropping, and the schema's versions and migration."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+
+import pytest
+
+from pacspace.errors import UntrustedState
+from pacspace.storage.records import InFlight, RecordStore, Relationship, SeqConflict, TagConflict
+from pacspace.storage.records_schema import PAGE_SIZE, SCHEMA_VERSION
+
+
+def record(seq: int, tag: bytes | None = None) -> tuple[int, bytes, bytes, bytes]:
+    blob = os.urandom(200)
+    return (seq, tag or os.urandom(32), hashlib.sha256(blob).digest(), blob)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = RecordStore(tmp_path)
+    s.add_party("acme", "provider", "t1", 1)
+    s.add_party("bob", "customer", "t2", 1)
+    for i in range(4):
+        s.add_relationship(Relationship(f"acme:r{i}", "acme", "bob", "daily", "monthly", 1), {"acme": b"w", "bob": b"w"})
+    yield s
+    s.close()
+
+
+def test_a_bulk_reserve_stores_each_group_or_gives_its_error(store):
+    first = [record(0)]
+    (result,) = store.write([RecordStore.reserve_many_op([("acme:r0", first), ("acme:r1", [record(0), record(1)])])])
+    assert result == [None, None]
+    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1), RecordStore.settle_op("acme:r1", [(0, 1), (1, 2)], 3)])
+    repeated = first[0][1]
+    (result,) = store.write([RecordStore.reserve_many_op([
+        ("acme:r0", first),                      # a retry: the stored row comes back
+        ("acme:r1", [record(5)]),                # a gap
+        ("acme:r2", [record(0, tag=repeated)]),  # a tag already used
+        ("acme:r3", [record(0)]),                # fine, and stored although its neighbours fail
+    ])])  # fmt: skip
+    assert [r.seq for r in result[0]] == [0]
+    assert isinstance(result[1], SeqConflict) and result[1].expected == 2
+    assert isinstance(result[2], TagConflict)
+    assert result[3] is None
+    assert store.records("acme:r2", -1, 10) == [] and store.unsettled_of("acme:r2") == []
+    assert [r.seq for r in store.unsettled_of("acme:r3")] == [0]
+    (result,) = store.write([RecordStore.reserve_many_op([("acme:r3", [record(1)])])])
+    assert isinstance(result[0], InFlight)
+
+
+def test_dropping_unacknowledged_records_frees_their_blobs(store):
+    store.write([RecordStore.reserve_op("acme:r0", [record(0), record(1)])])
+    store.write([RecordStore.drop_op("acme:r0", [1, 0])])
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
+
+
+def test_a_new_file_has_the_current_schema_and_page_size(tmp_path):
+    RecordStore(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "records.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+    assert (tmp_path / "records.db.lock").stat().st_mode & 0o777 == 0o600
+
+
+V1 = (
+    "CREATE TABLE parties (name TEXT PRIMARY KEY, role TEXT NOT NULL, token_hash BLOB NOT NULL UNIQUE, "
+    "created_at INTEGER NOT NULL, revoked_at INTEGER, x25519 BLOB, ed25519 BLOB)",
+    "CREATE TABLE relationships (id TEXT PRIMARY KEY, provider TEXT NOT NULL, customer TEXT NOT NULL, "
+    "cadence TEXT NOT NULL, billing_cycle TEXT NOT NULL, created_at INTEGER NOT NULL)",
+    "CREATE TABLE wraps (relationship TEXT NOT NULL, reader TEXT NOT NULL, epoch INTEGER NOT NULL, wrap BLOB NOT NULL, "
+    "PRIMARY KEY (relationship, reader, epoch))",
+    "CREATE TABLE records (relationship TEXT NOT NULL, seq INTEGER NOT NULL, tag BLOB NOT NULL UNIQUE, "
+    "ct_hash BLOB NOT NULL, idx INTEGER, checkpoint_size INTEGER, PRIMARY KEY (relationship, seq))",
+    "CREATE TABLE blobs (relationship TEXT NOT NULL, seq INTEGER NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (relationship, seq))",
+    "CREATE INDEX records_unsettled ON records(relationship, seq) WHERE idx IS NULL",
+)
+
+
+def write_v1(path, rows, blobs) -> None:  # type: ignore[no-untyped-def]
+    conn = sqlite3.connect(path)
+    for statement in V1:
+        conn.execute(statement)
+    conn.execute("INSERT INTO parties VALUES ('acme', 'provider', x'01', 1, NULL, NULL, NULL)")
+    conn.execute("INSERT INTO relationships VALUES ('acme:r', 'acme', 'bob', 'daily', 'monthly', 1)")
+    conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+    conn.executemany("INSERT INTO blobs VALUES (?, ?, ?)", blobs)
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def test_a_version_1_file_is_migrated_on_open_with_every_record_and_blob(tmp_path):
+    records = [record(seq) for seq in range(3)]
+    write_v1(
+        tmp_path / "records.db",
+        [("acme:r", seq, tag, h, 10 + seq if seq < 2 else None, 12 if seq < 2 else None) for seq, tag, h, _ in records],
+        [("acme:r", seq, blob) for seq, _, _, blob in records],
+    )
+    with pytest.raises(UntrustedState, match="start `pacspace serve` on it once"):
+        RecordStore(tmp_path, readonly=True)
+    store = RecordStore(tmp_path)
+    try:
+        assert [(r.seq, r.index, r.blob) for r in store.records("acme:r", -1, 10)] == [
+            (0, 10, records[0][3]), (1, 11, records[1][3])
+        ]
+        assert [(r.seq, r.tag) for r in store.unsettled()] == [(2, records[2][1])]
+        assert store.record("acme:r", 2).blob == records[2][3]
+        # The migrated file takes new records after the old ones.
+        store.write([RecordStore.settle_op("acme:r", [(2, 12)], 13)])
+        (result,) = store.write([RecordStore.reserve_op("acme:r", [record(3)])])
+        assert result is None and [r.seq for r in store.unsettled()] == [3]
+    finally:
+        store.close()
+    assert sqlite3.connect(tmp_path / "records.db").execute("PRAGMA user_version").fetchone()[0] == 2
+    RecordStore(tmp_path, readonly=True).close()
+
+
+def test_a_version_1_file_with_a_record_missing_its_blob_is_refused_unchanged(tmp_path):
+    seq, tag, h, _ = record(0)
+    write_v1(tmp_path / "records.db", [("acme:r", seq, tag, h, 0, 1)], [])
+    with pytest.raises(UntrustedState, match="have no blob"):
+        RecordStore(tmp_path)
+    conn = sqlite3.connect(tmp_path / "records.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 1
