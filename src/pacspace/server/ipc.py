@@ -134,10 +134,8 @@ async def post_sequence(request: web.Request) -> web.Response:
     size = first.checkpoint.size
     # Committed: record each row's index. Waits (bounded) like a single-process server's readers do;
     # a write records.db will not take is retried behind us, and start-up settles from the log.
-    by_relationship: dict[str, list[tuple[int, int]]] = {}
-    for (rid, seq), q in zip(rows, sequenced):
-        by_relationship.setdefault(rid, []).append((seq, q.index))
-    settling = service.settle_later([RecordStore.settle_op(rid, pairs, size) for rid, pairs in by_relationship.items()])
+    settle = RecordStore.settle_rows_op([(rid, seq, q.index) for (rid, seq), q in zip(rows, sequenced)], size)
+    settling = service.settle_later([settle])
     await asyncio.wait([settling], timeout=SETTLE_WAIT)
     return web.json_response(SequencedRange(first.index, len(sequenced), first.checkpoint.format()).to_json())
 

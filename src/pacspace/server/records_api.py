@@ -399,11 +399,11 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
         subs = groups[i].subs
         indexes = [q.index for q in sequenced[at : at + len(subs)]]
         at += len(subs)
-        settle.append(RecordStore.settle_op(groups[i].rel.id, [(s.seq, x) for s, x in zip(subs, indexes)], size))
+        settle.extend((groups[i].rel.id, s.seq, x) for s, x in zip(subs, indexes))
         outcomes[i] = (201, [(x, size) for x in indexes])
     if not settled:
         # The entries are committed: acknowledge now, record their indexes in records.db behind us.
-        service.settle_later(settle)
+        service.settle_later([RecordStore.settle_rows_op(settle, size)])
     return outcomes  # type: ignore[return-value]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -159,17 +160,27 @@ def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, b
     return stored
 
 
+def _last_rows(conn: sqlite3.Connection, rids: Sequence[str]) -> list[tuple[int, bool] | None]:
+    """Each relationship's last (seq, unsettled), or None if it has no record: one statement for all."""
+    rows = conn.execute(
+        "SELECT (SELECT seq * 2 + (idx IS NULL) FROM records WHERE relationship = w.value ORDER BY seq DESC LIMIT 1) "
+        "FROM json_each(?) w ORDER BY w.key",
+        (json.dumps(list(rids)),),
+    ).fetchall()
+    return [None if v is None else (v >> 1, bool(v & 1)) for (v,) in rows]
+
+
 def _check_next(
-    conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]
+    conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]], last: tuple[int, bool] | None
 ) -> list[StoredRecord] | None:
-    """None if ``records`` may be stored next in the relationship; the stored rows if they are a retry; else raises."""
+    """None if ``records`` may be stored next in the relationship; the stored rows if they are a retry; else raises.
+
+    ``last`` is the relationship's last row (seq, unsettled): unsettled rows are always a
+    relationship's last ones, so it says both what seq comes next and whether one is in flight.
+    """
     first = records[0][0]
     if [r[0] for r in records] != list(range(first, first + len(records))):
         raise SeqConflict("the records of one relationship must have consecutive seqs", first)
-    # Unsettled rows are always the relationship's last ones: the last row says both things we need.
-    last = conn.execute(
-        "SELECT seq, idx IS NULL FROM records WHERE relationship = ? ORDER BY seq DESC LIMIT 1", (rid,)
-    ).fetchone()
     expected = 0 if last is None else last[0] + 1
     if first < expected:
         return _existing(conn, rid, records)
@@ -459,9 +470,10 @@ class RecordStore:
         def op(conn: sqlite3.Connection) -> list[list[StoredRecord] | None | PacspaceError]:
             results: list[list[StoredRecord] | None | PacspaceError] = [None] * len(groups)
             fresh: list[int] = []
-            for k, (rid, records) in enumerate(groups):
+            lasts = _last_rows(conn, [rid for rid, _ in groups])
+            for k, ((rid, records), last) in enumerate(zip(groups, lasts)):
                 try:
-                    results[k] = _check_next(conn, rid, records)
+                    results[k] = _check_next(conn, rid, records, last)
                     if results[k] is None:
                         fresh.append(k)
                 except PacspaceError as exc:
@@ -487,6 +499,18 @@ class RecordStore:
                     # (relationship, seq) cannot collide after the checks: the tag is what repeats.
                     results[k] = TagConflict("a tag is already in the log")
             return results
+
+        return op
+
+    @staticmethod
+    def settle_rows_op(rows: Sequence[tuple[str, int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
+        """settle_op for many relationships' rows ``(relationship, seq, index)`` in one statement."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE records SET idx = ?, checkpoint_size = ? WHERE relationship = ? AND seq = ?",
+                [(index, checkpoint_size, rid, seq) for rid, seq, index in rows],
+            )
 
         return op
 
