@@ -142,16 +142,22 @@ class StoredRecord:
 
 _PARTY = "name, role, created_at, revoked_at, x25519, ed25519"
 _REL = "id, provider, customer, cadence, billing_cycle, created_at"
-_REC = "r.relationship, r.seq, r.tag, r.ct_hash, NULL, r.idx, r.checkpoint_size"
-_REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, b.blob, r.idx, r.checkpoint_size"
-_JOIN = "records r JOIN blobs b ON b.id = r.blob_id"
+_REC = "r.relationship, r.seq, r.tag, r.ct_hash, NULL, s.idx, s.checkpoint_size"
+_REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, b.blob, s.idx, s.checkpoint_size"
+# A record row, its log index once settled, and (with _BLOB) its blob.
+_ROWS = "records r LEFT JOIN settled s ON s.blob_id = r.blob_id"
+_JOIN = _ROWS + " JOIN blobs b ON b.id = r.blob_id"
+_UNSETTLED = (
+    "unsettled u JOIN records r ON r.relationship = u.relationship AND r.seq = u.seq "
+    "LEFT JOIN settled s ON s.blob_id = u.blob_id"
+)
 
 
 def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[StoredRecord]:
     """A retry: every record must already be stored exactly as sent."""
     first, count = records[0][0], len(records)
     rows = conn.execute(
-        f"SELECT {_REC} FROM records r WHERE relationship = ? AND seq >= ? AND seq < ? ORDER BY seq",
+        f"SELECT {_REC} FROM {_ROWS} WHERE r.relationship = ? AND r.seq >= ? AND r.seq < ? ORDER BY r.seq",
         (rid, first, first + count),
     ).fetchall()
     stored = [_rec(r) for r in rows]
@@ -163,7 +169,8 @@ def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, b
 def _last_rows(conn: sqlite3.Connection, rids: Sequence[str]) -> list[tuple[int, bool] | None]:
     """Each relationship's last (seq, unsettled), or None if it has no record: one statement for all."""
     rows = conn.execute(
-        "SELECT (SELECT seq * 2 + (idx IS NULL) FROM records WHERE relationship = w.value ORDER BY seq DESC LIMIT 1) "
+        "SELECT (SELECT r.seq * 2 + EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id) "
+        "FROM records r WHERE r.relationship = w.value ORDER BY r.seq DESC LIMIT 1) "
         "FROM json_each(?) w ORDER BY w.key",
         (json.dumps(list(rids)),),
     ).fetchall()
@@ -192,14 +199,20 @@ def _check_next(
 
 
 def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, tuple[int, bytes, bytes, bytes]]]) -> None:
-    """Blobs at the next sequential ids (the caller holds the write lock), then the rows pointing at them."""
+    """New records under the next sequential ids (the caller holds the write lock), unsettled.
+
+    The ids only ever grow (deleted blobs are never the highest with records after them:
+    records are deleted only while unsettled, which means last), so the ids follow arrival.
+    """
     (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
+    ids = range(top + 1, top + 1 + len(rows))
     conn.executemany(
         "INSERT INTO records (relationship, seq, tag, ct_hash, blob_id) VALUES (?, ?, ?, ?, ?)",
-        [(rid, seq, tag, ct_hash, top + 1 + k) for k, (rid, (seq, tag, ct_hash, _)) in enumerate(rows)],
+        [(rid, seq, tag, ct_hash, i) for i, (rid, (seq, tag, ct_hash, _)) in zip(ids, rows)],
     )
+    conn.executemany("INSERT INTO blobs (id, blob) VALUES (?, ?)", [(i, blob) for i, (_, (_, _, _, blob)) in zip(ids, rows)])
     conn.executemany(
-        "INSERT INTO blobs (id, blob) VALUES (?, ?)", [(top + 1 + k, blob) for k, (_, (_, _, _, blob)) in enumerate(rows)]
+        "INSERT INTO unsettled (blob_id, relationship, seq) VALUES (?, ?, ?)", [(i, rid, seq) for i, (rid, (seq, *_)) in zip(ids, rows)]
     )
 
 
@@ -406,9 +419,12 @@ class RecordStore:
         """Remove a relationship whose genesis never reached the log (it has no settled record)."""
 
         def op(conn: sqlite3.Connection) -> None:
-            if conn.execute("SELECT 1 FROM records WHERE relationship = ? AND idx IS NOT NULL", (rid,)).fetchone():
+            if conn.execute(
+                "SELECT 1 FROM records r JOIN settled s ON s.blob_id = r.blob_id WHERE r.relationship = ? LIMIT 1", (rid,)
+            ).fetchone():
                 return
             conn.execute("DELETE FROM blobs WHERE id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
+            conn.execute("DELETE FROM unsettled WHERE relationship = ?", (rid,))
             conn.execute("DELETE FROM records WHERE relationship = ?", (rid,))
             conn.execute("DELETE FROM wraps WHERE relationship = ?", (rid,))
             conn.execute("DELETE FROM relationships WHERE id = ?", (rid,))
@@ -504,12 +520,20 @@ class RecordStore:
 
     @staticmethod
     def settle_rows_op(rows: Sequence[tuple[str, int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
-        """settle_op for many relationships' rows ``(relationship, seq, index)`` in one statement."""
+        """settle_op for many relationships' rows ``(relationship, seq, index)``: two statements for all.
+
+        A row already settled (or dropped) is left as it is, so settling twice is harmless.
+        """
 
         def op(conn: sqlite3.Connection) -> None:
+            # Appended in the order the log sequenced them, which is close to the order of their ids.
             conn.executemany(
-                "UPDATE records SET idx = ?, checkpoint_size = ? WHERE relationship = ? AND seq = ?",
+                "INSERT INTO settled (blob_id, idx, checkpoint_size) "
+                "SELECT blob_id, ?, ? FROM unsettled WHERE relationship = ? AND seq = ?",
                 [(index, checkpoint_size, rid, seq) for rid, seq, index in rows],
+            )
+            conn.executemany(
+                "DELETE FROM unsettled WHERE relationship = ? AND seq = ?", [(rid, seq) for rid, seq, _ in rows]
             )
 
         return op
@@ -517,14 +541,7 @@ class RecordStore:
     @staticmethod
     def settle_op(rid: str, indexed: Sequence[tuple[int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
         """An op recording the log index of each (seq, index) and the size of the checkpoint that covers them."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE records SET idx = ?, checkpoint_size = ? WHERE relationship = ? AND seq = ?",
-                [(index, checkpoint_size, rid, seq) for seq, index in indexed],
-            )
-
-        return op
+        return RecordStore.settle_rows_op([(rid, seq, index) for seq, index in indexed], checkpoint_size)
 
     @staticmethod
     def drop_op(rid: str, seqs: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
@@ -533,9 +550,10 @@ class RecordStore:
         def op(conn: sqlite3.Connection) -> None:
             for seq in seqs:
                 row = conn.execute(
-                    "DELETE FROM records WHERE relationship = ? AND seq = ? AND idx IS NULL RETURNING blob_id", (rid, seq)
+                    "DELETE FROM unsettled WHERE relationship = ? AND seq = ? RETURNING blob_id", (rid, seq)
                 ).fetchone()
                 if row is not None:
+                    conn.execute("DELETE FROM records WHERE relationship = ? AND seq = ?", (rid, seq))
                     conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
 
         return op
@@ -547,7 +565,7 @@ class RecordStore:
     def records(self, rid: str, after_seq: int, limit: int) -> list[StoredRecord]:
         """Settled records (with a log index) after ``after_seq``, in seq order."""
         rows = self._read(
-            f"SELECT {_REC_BLOB} FROM {_JOIN} WHERE r.relationship = ? AND r.seq > ? AND r.idx IS NOT NULL "
+            f"SELECT {_REC_BLOB} FROM {_JOIN} WHERE r.relationship = ? AND r.seq > ? AND s.idx IS NOT NULL "
             "ORDER BY r.seq LIMIT ?",
             (rid, after_seq, limit),
         )
@@ -570,11 +588,11 @@ class RecordStore:
 
     def unsettled_of(self, rid: str) -> list[StoredRecord]:
         """One relationship's rows still without a log index (its last ones), in seq order."""
-        rows = self._read(f"SELECT {_REC} FROM records r WHERE relationship = ? AND idx IS NULL ORDER BY seq", (rid,))
+        rows = self._read(f"SELECT {_REC} FROM {_UNSETTLED} WHERE u.relationship = ? ORDER BY r.seq", (rid,))
         return [_rec(r) for r in rows]
 
     def unsettled(self) -> list[StoredRecord]:
-        return [_rec(r) for r in self._read(f"SELECT {_REC} FROM records r WHERE idx IS NULL ORDER BY relationship, seq")]
+        return [_rec(r) for r in self._read(f"SELECT {_REC} FROM {_UNSETTLED} ORDER BY r.relationship, r.seq")]
 
     def reconcile(self, find_leaf: Callable[[bytes], int | None], checkpoint_size: int) -> tuple[int, int]:
         """Settle rows a crash left without an index, from the log. Returns (settled, dropped)."""

@@ -1,10 +1,12 @@
 """records.db's schema, its version (``PRAGMA user_version``) and the migration between versions.
 
-Version 2 files each sealed blob under a sequential id, in the order records
-arrive, and the record row points at it. Version 1 keyed blobs by
-(relationship, seq): with a thousand relationships writing at once, every
-insert landed on a different B-tree page, and a batch of 2,000 records
-rewrote thousands of pages. New files also use 8 KiB pages (a 1.4 KB blob
+Version 2 gives each record a sequential id as it arrives, files its sealed
+blob under that id, and never updates a record row: settling (recording the
+record's log index) appends to ``settled`` by id and deletes from the small
+``unsettled`` table. Version 1 keyed blobs by (relationship, seq) and rewrote
+each record row to settle it: with a thousand relationships writing at once,
+every insert and every settle landed on a different B-tree page, and a batch
+of 2,000 records rewrote thousands of pages. New files also use 8 KiB pages (a 1.4 KB blob
 per 4 KiB page wasted most of each page). Measured in docs/performance.md.
 """
 
@@ -19,20 +21,31 @@ from .transaction import write_transaction
 SCHEMA_VERSION = 2
 PAGE_SIZE = 8192
 
+# Written once, never updated: the record's id (``blob_id``) is its arrival number and its blob's key.
 _RECORDS = """CREATE TABLE IF NOT EXISTS {name} (
         relationship TEXT NOT NULL REFERENCES relationships(id),
         seq INTEGER NOT NULL,
         tag BLOB NOT NULL UNIQUE,
         ct_hash BLOB NOT NULL,
-        idx INTEGER,
-        checkpoint_size INTEGER,
         blob_id INTEGER NOT NULL,
         PRIMARY KEY (relationship, seq)
     )"""
 _BLOBS = "CREATE TABLE IF NOT EXISTS {name} (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)"
-# Unsettled rows are few (a relationship's last ones while they await the log): a partial index
-# keeps the in-flight check O(log n) however long the relationship's chain grows.
-_UNSETTLED = "CREATE INDEX IF NOT EXISTS records_unsettled ON records(relationship, seq) WHERE idx IS NULL"
+# Records stored but not yet given their log index: a relationship's last ones while they await the
+# log, so the table stays small. Settling moves a record from here to ``settled``.
+_UNSETTLED = """CREATE TABLE IF NOT EXISTS unsettled (
+        blob_id INTEGER PRIMARY KEY,
+        relationship TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        UNIQUE (relationship, seq)
+    )"""
+# Each settled record's log index and the size of the first checkpoint covering it, appended in
+# the order the log sequenced them.
+_SETTLED = """CREATE TABLE IF NOT EXISTS settled (
+        blob_id INTEGER PRIMARY KEY,
+        idx INTEGER NOT NULL,
+        checkpoint_size INTEGER NOT NULL
+    )"""
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS parties (
@@ -65,6 +78,7 @@ SCHEMA = (
     _RECORDS.format(name="records"),
     _BLOBS.format(name="blobs"),
     _UNSETTLED,
+    _SETTLED,
 )
 
 
@@ -105,13 +119,22 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     """Blobs move from (relationship, seq) keys to sequential ids that the record rows point at."""
     conn.execute(_RECORDS.format(name="records_v2"))
     conn.execute(_BLOBS.format(name="blobs_v2"))
+    conn.execute(_UNSETTLED)
+    conn.execute(_SETTLED)
     conn.execute(
         "INSERT INTO blobs_v2 (id, blob) SELECT r.rowid, b.blob FROM records r "
         "JOIN blobs b ON b.relationship = r.relationship AND b.seq = r.seq ORDER BY r.rowid"
     )
     conn.execute(
-        "INSERT INTO records_v2 (relationship, seq, tag, ct_hash, idx, checkpoint_size, blob_id) "
-        "SELECT relationship, seq, tag, ct_hash, idx, checkpoint_size, rowid FROM records ORDER BY rowid"
+        "INSERT INTO records_v2 (relationship, seq, tag, ct_hash, blob_id) "
+        "SELECT relationship, seq, tag, ct_hash, rowid FROM records ORDER BY rowid"
+    )
+    conn.execute(
+        "INSERT INTO settled (blob_id, idx, checkpoint_size) "
+        "SELECT rowid, idx, checkpoint_size FROM records WHERE idx IS NOT NULL ORDER BY rowid"
+    )
+    conn.execute(
+        "INSERT INTO unsettled (blob_id, relationship, seq) SELECT rowid, relationship, seq FROM records WHERE idx IS NULL"
     )
     (orphans,) = conn.execute("SELECT count(*) FROM records_v2 WHERE blob_id NOT IN (SELECT id FROM blobs_v2)").fetchone()
     if orphans:
