@@ -214,12 +214,17 @@ def wrk_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], per_re
         for f in files:
             f.close()
     script = Path(__file__).with_name("bench_records_wrk.lua")
+    import resource
+
     cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url,
          "--", token, str(prefix)],
         check=True, capture_output=True, text=True,
     )
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
     report = json.loads(run.stdout.strip().splitlines()[-1])
     appended = report["requests"] - report["exhausted"] - report["failures"]
     if report["failures"] or report["socket_errors"]:
@@ -229,7 +234,8 @@ def wrk_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], per_re
     return {"records": appended, "concurrency": concurrency, "client": "wrk",
             "records_per_s": appended / report["seconds"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
             "max_ms": report["max_ms"],
-            "server_cores": cpu_used(cpu0, cpu_seconds(server_pid), time.perf_counter() - t0)}
+            "server_cores": cpu_used(cpu0, cpu_seconds(server_pid), time.perf_counter() - t0),
+            "wrk_cores": round(wrk_cpu / report["seconds"], 2)}
 
 
 async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], rounds: int, per_request: int,
