@@ -128,3 +128,15 @@ def test_a_version_1_file_with_a_record_missing_its_blob_is_refused_unchanged(tm
     conn = sqlite3.connect(tmp_path / "records.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 1
+
+
+def test_the_development_layout_of_version_2_is_refused_not_misread(tmp_path):
+    conn = sqlite3.connect(tmp_path / "records.db")
+    conn.execute("CREATE TABLE records (relationship TEXT, seq INTEGER, tag BLOB, ct_hash BLOB, idx INTEGER, "
+                 "checkpoint_size INTEGER, blob_id INTEGER)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    for readonly in (False, True):
+        with pytest.raises(UntrustedState, match="development layout"):
+            RecordStore(tmp_path, readonly=readonly)

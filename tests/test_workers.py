@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import http.client
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,10 +39,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start(data: Path, port: int, workers: int = 2) -> subprocess.Popen[bytes]:
+def start(data: Path, port: int, workers: int = 2, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port),
-         "--pool-interval", "0.01", "--workers", str(workers)],
+         "--pool-interval", "0.01", "--workers", str(workers), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -138,3 +142,173 @@ def test_sigterm_stops_workers_then_the_sequencer_and_removes_the_private_socket
     again = start(data, port, workers=1)
     again.terminate()
     assert again.wait(timeout=60) == 0
+
+
+def test_a_busy_port_is_refused_not_shared(data, tmp_path):
+    """SO_REUSEPORT would let a second server join the first one's port and split its clients."""
+    port = free_port()
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pacspace", "serve", "--data", str(tmp_path / "other"), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}")
+        second = subprocess.run(
+            [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), "--workers", "2"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode == 1
+        assert "Address already in use" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+
+
+def test_connections_during_shutdown_are_answered_or_refused_never_left_hanging(data):
+    port = free_port()
+    server = start(data, port)
+    # A request still sending its body keeps one worker busy through the shutdown.
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-acme\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"rec")
+    time.sleep(0.3)
+    server.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    outcomes = []
+    for _ in range(4):
+        probe = socket.socket()
+        probe.settimeout(3)
+        try:
+            probe.connect(("127.0.0.1", port))
+            probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            outcomes.append("answered" if probe.recv(100) else "closed")
+        except ConnectionRefusedError:
+            outcomes.append("refused")
+        except TimeoutError:
+            outcomes.append("hung")
+        finally:
+            probe.close()
+    slow.close()
+    assert "hung" not in outcomes, outcomes
+    assert server.wait(timeout=150) == 0
+
+
+class Pinned:
+    """One keep-alive connection, so one worker; blocking (call it through asyncio.to_thread)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.conn.connect()
+
+    def worker(self, port: int, workers: list[int]) -> int | None:
+        """The worker holding the server side of this connection (Linux /proc)."""
+        mine = self.conn.sock.getsockname()[1]
+        inode = None
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].split(":")[1], 16) == port and int(fields[2].split(":")[1], 16) == mine:
+                    inode = fields[9]
+        for pid in workers:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                        return pid
+                except OSError:
+                    continue
+        return None
+
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+        headers = {"Authorization": "Bearer tok-acme", "Content-Type": "application/json"}
+        self.conn.request(method, path, body=None if body is None else json.dumps(body).encode(), headers=headers)
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
+
+def one_connection_per_worker(port: int, workers: list[int]) -> list[Pinned]:
+    found: dict[int, Pinned] = {}
+    for _ in range(200):
+        pinned = Pinned(port)
+        time.sleep(0.02)
+        pid = pinned.worker(port, workers)
+        if pid is not None and pid not in found:
+            found[pid] = pinned
+        else:
+            pinned.conn.close()
+        if len(found) == len(workers):
+            return [found[p] for p in workers]
+    raise AssertionError("could not reach every worker")
+
+
+def sealed_like(seq: int) -> dict[str, object]:
+    """A record the server accepts (it cannot open records: any tag and blob of the right sizes)."""
+    from pacspace.records.seal import BLOB_OVERHEAD
+
+    return {"seq": seq, "tag": base64.b64encode(os.urandom(32)).decode(),
+            "ciphertext": base64.b64encode(os.urandom(BLOB_OVERHEAD + 100)).decode()}
+
+
+async def test_with_witnesses_no_worker_serves_an_older_checkpoint_and_a_retry_gets_its_receipt(
+    data, tmp_path, aiohttp_server
+):
+    """A witness outage: the entry is committed but unpublished, and the newest stored checkpoint lacks the
+    quorum. Every worker keeps serving the newest cosigned one, and once the witness is back and a later
+    checkpoint covers the entry, retrying the same record through either worker returns its receipt."""
+    from aiohttp import web
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from pacspace.datadir import load_signer
+    from pacspace.note import NoteSigner, parse_vkey
+    from pacspace.server.witness_app import create_witness_app
+
+    vkey = load_signer(data).verifier.vkey()
+    log_key = parse_vkey(vkey)
+    down = {"now": False}
+
+    @web.middleware
+    async def outage(request, handler):  # type: ignore[no-untyped-def]
+        return web.Response(status=503, text="down\n") if down["now"] else await handler(request)
+
+    witness = NoteSigner("witness.example/w0", Ed25519PrivateKey.generate())
+    (tmp_path / "w0").mkdir()
+    app = create_witness_app(tmp_path / "w0", witness, {log_key.name: log_key})
+    app.middlewares.append(outage)
+    wserver = await aiohttp_server(app)
+    policy = tmp_path / "policy"
+    policy.write_text(f"log {vkey}\nwitness w0 {witness.cosignature_verifier.vkey()} "
+                      f"http://127.0.0.1:{wserver.port}\nquorum w0\n")
+    port = free_port()
+    server = await asyncio.to_thread(
+        lambda: start(data, port, extra=("--witness-policy", str(policy), "--witness-timeout", "1"))
+    )
+    try:
+        a, b = await asyncio.to_thread(one_connection_per_worker, port, children(server.pid))
+
+        def size(note: bytes | str) -> int:
+            return open_checkpoint(note.encode() if isinstance(note, str) else note, log_key).size
+
+        genesis = {"relationship": "acme:r1", "customer": "bob", "genesis": sealed_like(0),
+                   "wraps": {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}}
+        status, _ = await asyncio.to_thread(a.call, "POST", "/v1/relationships", genesis)
+        assert status == 201
+        status, body = await asyncio.to_thread(a.call, "POST", "/v1/relationships/acme:r1/records", sealed_like(1))
+        assert status == 201
+        held = size(json.loads(body)["checkpoint"])
+        down["now"] = True
+        third = sealed_like(2)
+        status, body = await asyncio.to_thread(a.call, "POST", "/v1/relationships/acme:r1/records", third)
+        assert status == 503 and json.loads(body)["error"] == "witness_quorum_failed"
+        for pinned in (a, b):
+            status, note = await asyncio.to_thread(pinned.call, "GET", "/checkpoint")
+            assert status == 200 and size(note) >= held
+        down["now"] = False
+        other = {**genesis, "relationship": "acme:r2", "genesis": sealed_like(0)}
+        status, _ = await asyncio.to_thread(a.call, "POST", "/v1/relationships", other)
+        assert status == 201  # a later checkpoint, cosigned, covers seq 2's entry too
+        for pinned in (b, a):
+            status, body = await asyncio.to_thread(pinned.call, "POST", "/v1/relationships/acme:r1/records", third)
+            assert status == 200, body
+            assert json.loads(body)["seq"] == 2
+    finally:
+        server.terminate()
+        await asyncio.to_thread(server.wait, 60)

@@ -145,5 +145,7 @@ async def post_find_leaves(request: web.Request) -> web.Response:
     body = await request.json()
     service = request.app[SERVICE]
     size = service.sequencer.latest.size
-    found = [service.store.find_leaf(base64.b64decode(h), size) for h in body["hashes"]]
+    hashes = [base64.b64decode(h) for h in body["hashes"]]
+    # Off the event loop: the sequencer's own task runs on it.
+    found = await asyncio.to_thread(lambda: [service.store.find_leaf(h, size) for h in hashes])
     return web.json_response({"size": size, "indexes": found})

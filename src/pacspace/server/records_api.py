@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import MalformedInput, NotFound, PacspaceError, SequencerStopped
+from ..errors import EntryTooLarge, MalformedInput, NotFound, PacspaceError, PoolFull, SequencerStopped
 from ..keys import KeyUnusable, PublicKeys
 from ..merkle import inclusion_proof, leaf_hash
 from ..receipt import Receipt
@@ -347,9 +347,16 @@ async def _reserve(service: LogService, groups: list[_Group]) -> list[Any]:
     return results
 
 
+def _unsettled(result: Any) -> bool:
+    """A reserve result whose records (or an earlier one of their relationship) still lack a log index."""
+    return isinstance(result, InFlight) or (isinstance(result, list) and any(r.index is None for r in result))
+
+
 async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -> list[_Outcome]:
     results = await _reserve(service, groups)
-    stuck = [i for i, r in enumerate(results) if isinstance(r, InFlight)]
+    # Rows without their log index: a record still in flight, or one whose settle was lost (a failed
+    # write, or a checkpoint the witnesses cosigned late). The retry of such a record lands here too.
+    stuck = [i for i, r in enumerate(results) if _unsettled(r)]
     if stuck:
         # A row can outlive its request unsettled (a settle write failed): if its entry is in the
         # log, settle it now rather than blocking the relationship until the next start.
@@ -381,8 +388,9 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
         # Committed but unpublished (or the server is going down): the rows stay, to be settled from the
         # log once a later checkpoint is published, or by reconcile at the next start.
         raise
-    except PacspaceError as exc:
+    except (PoolFull, MalformedInput, EntryTooLarge) as exc:
         # Refused before entering the pool (full, malformed): nothing was appended; forget our rows.
+        # Any other error leaves them: their entries may be in the log, and start-up settles them.
         undo = []
         for i in new:
             undo.append(RecordStore.drop_op(groups[i].rel.id, [s.seq for s in groups[i].subs]))

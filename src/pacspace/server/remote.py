@@ -27,6 +27,8 @@ from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, Row, SequencedRange, encode_re
 
 # Entries per call on the channel; more wait for the next call.
 MAX_CALL_ENTRIES = 65536
+# A sequence call waits for a commit (and, with witnesses, their cosignatures): never this long.
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=120)
 # Calls on the wire at once: enough to keep the parent's pool fed while earlier calls wait for their commit.
 MAX_CALLS_IN_FLIGHT = 4
 
@@ -55,18 +57,28 @@ class RemoteSequencer:
     _waiting: list[_Waiting] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _note: bytes = b""
+    # Stored checkpoints newer than the published one that lacked the witnesses' quorum when last read.
+    _unpublished: dict[bytes, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.published: SignedCheckpoint = self._newest_published()
-        self._note = self.published.format()
+        self.published: SignedCheckpoint = self._newest_published(floor=-1)
+        self._note = self.store.latest_checkpoint()
 
-    def _newest_published(self) -> SignedCheckpoint:
-        """With a witness policy, the newest stored checkpoint its quorum cosigned; else the newest stored."""
+    def _newest_published(self, floor: int) -> SignedCheckpoint:
+        """The newest stored checkpoint above size ``floor`` that is published (with a witness policy:
+        that its quorum cosigned); the current one if there is none."""
         for note in self.store.checkpoints_newest_first():
+            if note in self._unpublished:
+                continue
             checkpoint = open_checkpoint(note, self.verifier)
+            if checkpoint.size <= floor:
+                break
             if self._is_published(checkpoint):
                 return checkpoint
-        raise SequencerStopped("the log has no published checkpoint")
+            self._unpublished[note] = checkpoint.size
+        if floor < 0:
+            raise SequencerStopped("the log has no published checkpoint")
+        return self.published
 
     def _is_published(self, checkpoint: SignedCheckpoint) -> bool:
         if self.policy is None or checkpoint.size == 0:
@@ -79,12 +91,17 @@ class RemoteSequencer:
         note = self.store.latest_checkpoint()
         if note != self._note:
             self._note = note
-            self._advance(open_checkpoint(note, self.verifier))
+            # The newest stored one may still await its cosignatures (or never get them): then the
+            # newest stored one that has them, which is never older than what any worker served.
+            self._advance(self._newest_published(floor=self.published.size))
         return self.published
 
     def _advance(self, checkpoint: SignedCheckpoint) -> None:
         if checkpoint.size >= self.published.size and self._is_published(checkpoint):
             self.published = checkpoint
+            for note, size in list(self._unpublished.items()):
+                if size <= checkpoint.size:
+                    del self._unpublished[note]
 
     async def submit_records(self, entries: list[bytes], rows: list[Row]) -> list[RemoteSequenced]:
         """Sequence records' entries; returns once they are durable in the log and their rows settled."""
@@ -124,20 +141,22 @@ class RemoteSequencer:
         entries = [e for w in batch for e in w.entries]
         rows = [r for w in batch for r in w.rows]
         try:
-            async with self.session.post(f"http://sequencer{SEQUENCE_PATH}", data=encode_records(entries, rows)) as resp:
+            async with self.session.post(
+                f"http://sequencer{SEQUENCE_PATH}", data=encode_records(entries, rows), timeout=CALL_TIMEOUT
+            ) as resp:
                 body = await resp.json()
                 if resp.status != 200:
                     raise error_from_json(body)
             answer = SequencedRange.from_json(body)
+            checkpoint = self._checkpoint(answer.note)
         except PacspaceError as exc:
             self._fail(batch, exc)
             return
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
-            # The parent went away or answered nonsense: whether these entries were committed is unknown
-            # here; the rows stay unsettled and the next start settles them from the log.
+        except Exception as exc:
+            # The parent went away, timed out or answered nonsense: whether these entries were committed
+            # is unknown here; the rows stay unsettled and are settled from the log later.
             self._fail(batch, SequencerStopped(f"lost the sequencing process: {type(exc).__name__}"))
             return
-        checkpoint = self._checkpoint(answer.note)
         index = answer.first_index
         for waiting in batch:
             count = len(waiting.entries)

@@ -41,8 +41,9 @@ from .context import FATAL, SERVICE
 
 log = logging.getLogger("pacspace.server")
 
-# A worker gets this long to finish its requests after SIGTERM before it is killed.
-WORKER_STOP_TIMEOUT = 60.0
+# A worker gets this long to finish its requests after SIGTERM before it is killed: longer than
+# aiohttp's own 60 s shutdown timeout plus the 30 s it may wait for records.db.
+WORKER_STOP_TIMEOUT = 120.0
 
 
 class WorkerPool:
@@ -83,20 +84,30 @@ class WorkerPool:
         for proc in self._procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self._procs:
-            try:
-                await asyncio.wait_for(proc.wait(), WORKER_STOP_TIMEOUT)
-            except TimeoutError:
-                log.error("worker %d did not stop within %.0f s; killing it", proc.pid, WORKER_STOP_TIMEOUT)
-                proc.kill()
-                await proc.wait()
+        await asyncio.gather(*(self._reap(proc) for proc in self._procs))
+
+    @staticmethod
+    async def _reap(proc: asyncio.subprocess.Process) -> None:
+        try:
+            await asyncio.wait_for(proc.wait(), WORKER_STOP_TIMEOUT)
+        except TimeoutError:
+            log.error("worker %d did not stop within %.0f s; killing it", proc.pid, WORKER_STOP_TIMEOUT)
+            proc.kill()
+            await proc.wait()
 
 
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """One listening socket per worker on the same port (SO_REUSEPORT: the kernel spreads connections
-    evenly over them); where the platform lacks it, one socket they all accept from."""
-    if not hasattr(socket, "SO_REUSEPORT"):
-        return [socket.create_server((host, port), backlog=4096)] * count
+    evenly over them); where the platform lacks it, one socket they all accept from.
+
+    A port someone else holds is refused as busy, never shared: the first socket is bound
+    without SO_REUSEPORT to find out, then replaced by the group on the same port.
+    """
+    probe = socket.create_server((host, port), backlog=4096)
+    if not hasattr(socket, "SO_REUSEPORT") or count == 1:
+        return [probe] * count
+    port = probe.getsockname()[1]  # the one the system chose, for --port 0
+    probe.close()
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -134,6 +145,10 @@ async def _run(
         service = app[SERVICE]
         pool = WorkerPool(config, listeners, ipc_path, (service.vkey, service.timestamp_vkey))
         await pool.start()
+        # The workers hold the listening sockets now. Ours would keep accepting connections that
+        # nobody answers once the workers close theirs at shutdown (or one dies): close them.
+        for listener in listeners:
+            listener.close()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

@@ -201,8 +201,8 @@ def _check_next(
 def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, tuple[int, bytes, bytes, bytes]]]) -> None:
     """New records under the next sequential ids (the caller holds the write lock), unsettled.
 
-    The ids only ever grow (deleted blobs are never the highest with records after them:
-    records are deleted only while unsettled, which means last), so the ids follow arrival.
+    Ids follow arrival. One is used again only if the record that had it was the newest and was
+    dropped (never acknowledged), so no two stored records ever share one.
     """
     (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
     ids = range(top + 1, top + 1 + len(rows))

@@ -87,6 +87,10 @@ def stored_version(conn: sqlite3.Connection) -> int:
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]:
         return 1
+    if version == 2 and any(row[1] == "idx" for row in conn.execute("PRAGMA table_info(records)")):
+        # A layout that existed only between two development commits (blob ids, but record rows
+        # rewritten to settle); no release wrote it. Refused rather than misread.
+        raise UntrustedState("records.db has a development layout of schema version 2 that this pacspace cannot read")
     return version
 
 
