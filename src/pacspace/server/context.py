@@ -90,6 +90,9 @@ class LogService:
         """Wait (up to ``timeout``) for every settle queued so far: readers of indexes see each acknowledged record."""
         if self.settling:
             await asyncio.wait(list(self.settling), timeout=timeout)
+        if not isinstance(self.sequencer, Sequencer):
+            # In a worker: the parent settles what it sequences; wait for its queue too.
+            await self.sequencer.settled(timeout)
 
 
 SERVICE = web.AppKey("service", LogService)

@@ -33,6 +33,7 @@ SEQUENCE_PATH = "/internal/v1/sequence"
 # How long a sequence call waits for its rows' settle (as readers wait in LogService.settled).
 SETTLE_WAIT = 30.0
 FIND_LEAVES_PATH = "/internal/v1/find-leaves"
+SETTLED_PATH = "/internal/v1/settled"
 
 
 # One record's row in records.db: (relationship id, seq).
@@ -116,6 +117,7 @@ def error_from_json(body: dict[str, Any]) -> PacspaceError:
 def add_internal_routes(app: web.Application) -> None:
     app.router.add_post(SEQUENCE_PATH, post_sequence)
     app.router.add_post(FIND_LEAVES_PATH, post_find_leaves)
+    app.router.add_post(SETTLED_PATH, post_settled)
 
 
 async def post_sequence(request: web.Request) -> web.Response:
@@ -149,3 +151,11 @@ async def post_find_leaves(request: web.Request) -> web.Response:
     # Off the event loop: the sequencer's own task runs on it.
     found = await asyncio.to_thread(lambda: [service.store.find_leaf(h, size) for h in hashes])
     return web.json_response({"size": size, "indexes": found})
+
+
+async def post_settled(request: web.Request) -> web.Response:
+    """Answers once every settle queued so far is written (or ``timeout`` passed): a worker's readers
+    wait here, as a single process's readers wait for its own settles."""
+    body = await request.json()
+    await request.app[SERVICE].settled(min(float(body.get("timeout", SETTLE_WAIT)), SETTLE_WAIT))
+    return web.json_response({})

@@ -23,7 +23,7 @@ from ..errors import PacspaceError, SequencerStopped
 from ..note import Ed25519Verifier
 from ..policy import Policy
 from ..storage.sqlite import SqliteLog
-from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, Row, SequencedRange, encode_records, error_from_json
+from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, SETTLED_PATH, Row, SequencedRange, encode_records, error_from_json
 
 # Entries per call on the channel; more wait for the next call.
 MAX_CALL_ENTRIES = 65536
@@ -183,6 +183,14 @@ class RemoteSequencer:
         async with self.session.post(f"http://sequencer{FIND_LEAVES_PATH}", json=body) as resp:
             answer: dict[str, Any] = await resp.json()
         return list(answer["indexes"])
+
+    async def settled(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) until the parent has written every settle it has queued."""
+        try:
+            async with self.session.post(f"http://sequencer{SETTLED_PATH}", json={"timeout": timeout}) as resp:
+                await resp.read()
+        except aiohttp.ClientError:
+            pass  # the parent is gone: nothing more will be settled before the next start
 
     async def metrics_text(self) -> str:
         async with self.session.get("http://sequencer/metrics") as resp:
