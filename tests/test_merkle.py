@@ -11,6 +11,7 @@ from pacspace.errors import InvalidRange, ProofError
 from pacspace.merkle import (
     EMPTY_ROOT,
     ListHashReader,
+    RangeHashes,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -259,3 +260,19 @@ def test_cross_check_with_pymerkle():
             theirs = tree.prove_inclusion(i + 1, n)
             assert theirs.path[0] == leaf_hash(entries[i])
             assert list(theirs.path[1:]) == inclusion_proof(i, n, ours)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=600), st.integers(min_value=1, max_value=40), st.integers(min_value=0, max_value=2**32))
+def test_range_hashes_memo_gives_the_same_inclusion_proofs(size, limit, seed):
+    """Memoised ranges (across many trees, with the memo cleared when full) never change a proof."""
+    import random
+
+    rng = random.Random(seed)
+    reader = ListHashReader([hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(size)])
+    memo = RangeHashes(limit=limit)
+    for _ in range(30):
+        n = rng.randint(1, size)
+        index = rng.randrange(n)
+        assert memo.inclusion_proof(index, n, reader) == inclusion_proof(index, n, reader)
+    assert len(memo.hashes) <= max(limit, 40)

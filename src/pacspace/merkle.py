@@ -174,6 +174,34 @@ def inclusion_proof(index: int, size: int, reader: HashReader) -> list[Hash]:
     return _fold_ranges(ranges, reader.read_hashes(nodes) if nodes else [])
 
 
+class RangeHashes:
+    """A bounded memo of MTH(D[start:end]) by (start, end), for many inclusion proofs in the same few trees.
+
+    The hash of a range of leaves never changes once the leaves exist, so proofs of
+    neighbouring leaves (the receipts of one batch) share all but their lowest
+    ranges. Cleared when full: a memo, never a store.
+    """
+
+    def __init__(self, limit: int = 65536) -> None:
+        self.limit = limit
+        self.hashes: dict[tuple[int, int], Hash] = {}
+
+    def inclusion_proof(self, index: int, size: int, reader: HashReader) -> list[Hash]:
+        """As :func:`inclusion_proof`, reading only the ranges this memo does not hold."""
+        if not 0 <= index < size:
+            raise InvalidRange(f"leaf index {index} is not in a tree of size {size}")
+        ranges = _path_ranges(index, 0, size)
+        missing = [r for r in ranges if r not in self.hashes]
+        if missing:
+            if len(self.hashes) + len(missing) > self.limit:
+                self.hashes.clear()
+                missing = ranges
+            nodes = _plan(missing)
+            for r, h in zip(missing, _fold_ranges(missing, reader.read_hashes(nodes) if nodes else [])):
+                self.hashes[r] = h
+        return [self.hashes[r] for r in ranges]
+
+
 def consistency_proof_plan(old: int, size: int) -> list[Node]:
     """The nodes :func:`consistency_proof` reads: O(log size) of them."""
     _check_consistency_sizes(old, size)

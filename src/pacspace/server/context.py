@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config import ServerConfig
+from ..merkle import RangeHashes
 from ..sequencer import Sequencer
 from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
@@ -38,6 +39,8 @@ class LogService:
     writer: GroupWriter
     # Settle writes (a row's log index) queued after their records were acknowledged; see settle_later.
     settling: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Receipts of one batch share most of their inclusion paths.
+    proof_ranges: RangeHashes = field(default_factory=RangeHashes)
 
     async def sequence_records(self, entries: list[bytes], rows: list[tuple[str, int]]) -> tuple[list[Any], bool]:
         """Sequence records' entries; returns their Sequenced answers and whether their rows are settled already."""

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ..errors import EntryTooLarge, MalformedInput, NotFound, PacspaceError, PoolFull, SequencerStopped
 from ..keys import KeyUnusable, PublicKeys
-from ..merkle import inclusion_proof, leaf_hash
+from ..merkle import leaf_hash
 from ..receipt import Receipt
 from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
@@ -441,7 +441,7 @@ def _checkpoint_note(service: LogService, size: int) -> bytes:
 
 def _receipt(service: LogService, seq: int, entry: bytes, index: int, size: int) -> dict[str, Any]:
     checkpoint = _checkpoint_note(service, size)
-    proof = inclusion_proof(index, size, service.store)
+    proof = service.proof_ranges.inclusion_proof(index, size, service.store)
     leaf = hashlib.sha256(b"\x00" + entry).digest()
     return {
         "index": index,
