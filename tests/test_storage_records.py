@@ -140,3 +140,19 @@ def test_the_development_layout_of_version_2_is_refused_not_misread(tmp_path):
     for readonly in (False, True):
         with pytest.raises(UntrustedState, match="development layout"):
             RecordStore(tmp_path, readonly=readonly)
+
+
+def test_reconcile_settles_against_the_published_checkpoint_and_never_drops_a_committed_row(store):
+    from pacspace.merkle import leaf_hash
+
+    rows = [record(0), record(1), record(2)]
+    store.write([RecordStore.reserve_op("acme:r0", rows)])
+    entries = {leaf_hash(r.entry): i for i, r in enumerate(store.unsettled())}
+    in_log = {h: i for h, i in entries.items() if i < 2}  # seq 2 never reached the log
+    # The log holds seqs 0 and 1 at indexes 0 and 1, but only a checkpoint of size 1 is published
+    # (the witnesses have not cosigned the newer one).
+    assert store.reconcile(in_log.get, checkpoint_size=2, published_size=1) == (1, 1)
+    assert [(r.seq, r.index, r.checkpoint_size) for r in store.records("acme:r0", -1, 10)] == [(0, 0, 1)]
+    assert [r.seq for r in store.unsettled_of("acme:r0")] == [1]  # committed: kept for a later checkpoint
+    assert store.reconcile(in_log.get, checkpoint_size=2, published_size=2) == (1, 0)
+    assert [(r.seq, r.index, r.checkpoint_size) for r in store.records("acme:r0", -1, 10)] == [(0, 0, 1), (1, 1, 2)]

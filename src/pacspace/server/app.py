@@ -64,15 +64,16 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         store = SqliteLog.open(config.data_dir)
         state = load_state(store, signer)
         records = RecordStore(config.data_dir)
-        # Record rows a crash left between storing and sequencing: settled or dropped, from the log.
-        settled, dropped = records.reconcile(
-            lambda h: store.find_leaf(h, state.size) if store else None, state.size
-        )
-        if settled or dropped:
-            log.info("records reconciled with the log: %d settled, %d never acknowledged and dropped", settled, dropped)
         sequencer = Sequencer(store, signer, state, config.sequencer, clock=time.time)
         if config.witness_policy is not None:
             await _use_witnesses(config, store, signer, sequencer)
+        # Record rows a crash left between storing and sequencing: settled (against the published
+        # checkpoint) or dropped (never in the log), before any request can see them.
+        settled, dropped = records.reconcile(
+            lambda h: store.find_leaf(h, state.size) if store else None, state.size, sequencer.published.size
+        )
+        if settled or dropped:
+            log.info("records reconciled with the log: %d settled, %d never acknowledged and dropped", settled, dropped)
         writer = GroupWriter(records)
         app[SERVICE] = LogService(
             store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer

@@ -594,10 +594,19 @@ class RecordStore:
     def unsettled(self) -> list[StoredRecord]:
         return [_rec(r) for r in self._read(f"SELECT {_REC} FROM {_UNSETTLED} ORDER BY r.relationship, r.seq")]
 
-    def reconcile(self, find_leaf: Callable[[bytes], int | None], checkpoint_size: int) -> tuple[int, int]:
-        """Settle rows a crash left without an index, from the log. Returns (settled, dropped)."""
+    def reconcile(
+        self, find_leaf: Callable[[bytes], int | None], checkpoint_size: int, published_size: int | None = None
+    ) -> tuple[int, int]:
+        """Settle rows a crash left without an index, from the log of ``checkpoint_size``. Returns (settled, dropped).
+
+        ``find_leaf`` searches the whole log. With witnesses, the published checkpoint
+        (``published_size``) may be older than the log: a row whose entry lies beyond it
+        stays unsettled (it is committed, so never dropped) until a later checkpoint
+        that covers it is published; receipts only ever name published checkpoints.
+        """
         from ..merkle import leaf_hash
 
+        published = checkpoint_size if published_size is None else published_size
         settled = dropped = 0
         ops = []
         for rec in self.unsettled():
@@ -608,8 +617,8 @@ class RecordStore:
                     # The genesis never reached the log: the relationship was never created.
                     ops.append(self.drop_relationship_op(rec.relationship))
                 dropped += 1
-            else:
-                ops.append(self.settle_op(rec.relationship, [(rec.seq, index)], checkpoint_size))
+            elif index < published:
+                ops.append(self.settle_op(rec.relationship, [(rec.seq, index)], published))
                 settled += 1
         if ops:
             for result in self.write(ops):

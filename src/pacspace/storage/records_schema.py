@@ -12,11 +12,15 @@ per 4 KiB page wasted most of each page). Measured in docs/performance.md.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from pathlib import Path
 
 from ..errors import UntrustedState
 from .transaction import write_transaction
+
+log = logging.getLogger("pacspace.storage")
 
 SCHEMA_VERSION = 2
 PAGE_SIZE = 8192
@@ -113,7 +117,11 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("PRAGMA journal_mode = WAL")
     with write_transaction(conn):
         if stored_version(conn) == 1:  # re-read under the write lock: another process may have migrated it
+            (count,) = conn.execute("SELECT count(*) FROM records").fetchone()
+            log.info("upgrading %s from schema 1 to 2 (%d records); it is copied once, in one transaction", path, count)
+            started = time.monotonic()
             _migrate_1_to_2(conn)
+            log.info("upgraded %s to schema 2 in %.1f s", path, time.monotonic() - started)
         for statement in SCHEMA:
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
