@@ -161,7 +161,9 @@ async def _run(
             log.error("a worker exited (status %s); stopping the server", watch.result())
         else:
             watch.cancel()
+            log.info("stopping: the HTTP workers finish their requests, then the sequencer stops")
         await pool.stop()
     finally:
         await runner.cleanup()  # settles, stops the sequencer, closes the data directory
+    log.info("stopped")
     return 1 if failed or app[FATAL] else 0
