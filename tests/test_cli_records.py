@@ -139,3 +139,12 @@ def test_fsck_checks_records_too(tmp_path, server):
     conn.close()
     bad = run("fsck", "--data", data, env=base, ok=False)
     assert bad.returncode == 1 and "does not match its ct_hash" in bad.stderr
+    # A missing blob, and a settled index that the named checkpoint does not cover, are faults too.
+    conn = sqlite3.connect(tmp_path / "pacspace-data" / "records.db")
+    conn.execute("DELETE FROM blobs WHERE id = (SELECT blob_id FROM records WHERE seq = 0)")
+    conn.execute("UPDATE settled SET checkpoint_size = idx WHERE blob_id = (SELECT blob_id FROM records WHERE seq = 1)")
+    conn.commit()
+    conn.close()
+    bad = run("fsck", "--data", data, env=base, ok=False)
+    assert bad.returncode == 1 and "seq 0: its blob is missing" in bad.stderr
+    assert "seq 1: its checkpoint (size 1) does not cover its index 1" in bad.stderr

@@ -396,3 +396,37 @@ async def test_a_settle_that_fails_is_retried_until_the_record_reads_back(world,
     again = await world.post(d1)
     assert again.status == 200 and (await again.json())["index"] == receipt["index"]
     assert "settling records failed, retrying" in caplog.text  # the first write really failed
+
+
+async def test_a_failing_repair_of_one_relationship_does_not_strand_the_others_of_a_batch(world):
+    """One relationship has a row whose settle was lost, and looking it up in the log fails (a simulated
+    fault): the batch still commits the other relationship's record, and only the stuck one is refused."""
+    r1, g1 = await world.create("acme:rel-1")
+    assert r1.status == 201
+    service = world.app[SERVICE]
+    keep = service.settle_later
+    service.settle_later = lambda ops: None  # rel-1's seq 1 settle is lost
+    d1 = world.delta(1, body_hash(g1.body), rid="acme:rel-1")
+    assert (await world.post(d1, rid="acme:rel-1")).status == 201
+    service.settle_later = keep
+    d2 = world.delta(2, body_hash(d1.body), rid="acme:rel-1")
+    r2, g2 = await world.create("acme:rel-2")  # its own keys from here on
+    assert r2.status == 201
+
+    async def broken(hashes, size):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the leaf index is unreachable")
+
+    service.find_leaves = broken
+    e1 = world.delta(1, body_hash(g2.body), rid="acme:rel-2")
+    items = [{"relationship": rid, "seq": s.seq, "tag": B64(s.tag), "ciphertext": B64(s.blob)}
+             for rid, s in (("acme:rel-1", d2), ("acme:rel-2", e1))]
+    resp = await world.http.post("/v1/records", json={"records": items}, headers=world.auth("acme"))
+    assert resp.status == 200, await resp.text()
+    results = (await resp.json())["results"]
+    assert results[0]["status"] == "error" and results[0]["error"] == "previous_in_flight"
+    assert results[1]["status"] == "ok", results
+    await service.settled()
+    assert [r.relationship for r in service.records.unsettled()] == ["acme:rel-1"]
+    del service.find_leaves  # the fault clears: a retry repairs rel-1 and commits its seq 2
+    resp = await world.post(d2, rid="acme:rel-1")
+    assert resp.status == 201, await resp.text()

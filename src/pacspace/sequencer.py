@@ -43,6 +43,8 @@ from .tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileUpdate, encode_bundle, extend
 
 log = logging.getLogger("pacspace.sequencer")
 
+# How often a committed checkpoint that lacks the witnesses' quorum is offered to them again.
+REPUBLISH_INTERVAL = 2.0
 # Least time between two storage maintenance runs (leaf-index flush, WAL checkpoint) under load.
 MAINTENANCE_INTERVAL = 0.1
 
@@ -138,6 +140,8 @@ class Sequencer:
         # Leaf-index flushes and WAL checkpoints run here, on the other core, never on the commit path.
         self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-maintenance")
         self._maintenance_run: Future[None] | None = None
+        # One witness round at a time: a batch's, or a retry of the newest unpublished checkpoint's.
+        self._witnessing = asyncio.Lock()
         self._maintained_at = -math.inf
         self.metrics.tree_size = self.state.size
         # Owned by the event loop. Without witnesses, every committed checkpoint is published at once;
@@ -186,6 +190,7 @@ class Sequencer:
     async def run(self) -> None:
         """Sequence until cancelled. Any failure stops the sequencer and is re-raised."""
         batch: list[_Submission] = []
+        republish = asyncio.create_task(self._republish()) if self.witness is not None else None
         try:
             while True:
                 await self._wait_for_batch()
@@ -197,6 +202,9 @@ class Sequencer:
             self._stop(batch, exc)
             raise
         finally:
+            if republish is not None:
+                republish.cancel()
+                await asyncio.gather(republish, return_exceptions=True)
             self._executor.shutdown(wait=True)
             self._maintenance.shutdown(wait=True)
 
@@ -224,16 +232,45 @@ class Sequencer:
             # Committed: the next batch extends this tree whatever the witnesses say.
             self.state = outcome.state
             try:
-                cosigned = await self.witness(outcome.state.checkpoint)
+                cosigned = await self._cosign(outcome.state.checkpoint)
             except PacspaceError as exc:
                 self.metrics.witness_failures_total += 1
                 self._fail(pool, exc)
                 return
+            outcome = _Outcome(replace(outcome.state, checkpoint=cosigned), outcome.first_index, outcome.leaf_hashes)
+        self._publish(pool, entries, started, outcome)
+
+    async def _cosign(self, checkpoint: SignedCheckpoint) -> SignedCheckpoint:
+        """The witnesses' cosignatures on a committed checkpoint, stored with it; one round at a time."""
+        assert self.witness is not None
+        async with self._witnessing:
+            cosigned = await self.witness(checkpoint)
             await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.store.replace_checkpoint, cosigned.size, cosigned.format()
             )
-            outcome = _Outcome(replace(outcome.state, checkpoint=cosigned), outcome.first_index, outcome.leaf_hashes)
-        self._publish(pool, entries, started, outcome)
+        return cosigned
+
+    async def _republish(self) -> None:
+        """While the newest committed checkpoint lacks the witnesses' quorum, ask again every few seconds.
+
+        Without this, entries committed during a witness outage would stay unpublished (and their
+        submitters' retries unanswered) until some other submission started a new batch.
+        """
+        while True:
+            await asyncio.sleep(REPUBLISH_INTERVAL)
+            latest = self.state.checkpoint
+            if self.published.size >= latest.size or self._witnessing.locked():
+                continue
+            try:
+                cosigned = await self._cosign(latest)
+            except PacspaceError as exc:
+                self.metrics.witness_failures_total += 1
+                log.warning("checkpoint %d still lacks the witnesses' quorum: %s", latest.size, exc)
+                continue
+            if cosigned.size > self.published.size:
+                self.published = cosigned
+                self.metrics.tree_size = cosigned.size
+                log.info("published checkpoint %d once the witnesses cosigned it", cosigned.size)
 
     def _fail(self, pool: list[_Submission], exc: BaseException) -> None:
         for sub in pool:

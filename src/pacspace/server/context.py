@@ -81,7 +81,10 @@ class LogService:
         attempt, delay = first, 0.1
         while True:
             try:
-                await attempt
+                for result in await attempt:
+                    if isinstance(result, BaseException):
+                        # One op refused (a constraint): retrying cannot help; start-up settles from the log.
+                        log.error("a settle write was refused: %s", result)
                 return
             except Exception as exc:  # the whole transaction failed; the rows stay unsettled meanwhile
                 log.error("settling records failed, retrying in %.1f s: %s", delay, exc)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
 from ..storage.records import InFlight, Party, RecordStore, Relationship
 from .context import SERVICE, LogService
 from .witnessing import WitnessQuorumFailed
+
+log = logging.getLogger("pacspace.server")
 
 MAX_BLOB = MAX_BUCKET + BLOB_OVERHEAD
 MAX_BATCH = 10_000
@@ -360,7 +363,14 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     if stuck:
         # A row can outlive its request unsettled (a settle write failed): if its entry is in the
         # log, settle it now rather than blocking the relationship until the next start.
-        if await _settle_from_log(service, [groups[i].rel.id for i in stuck]):
+        try:
+            repaired = await _settle_from_log(service, [groups[i].rel.id for i in stuck])
+        except Exception as exc:
+            # Other groups' rows are stored already and must still be sequenced: the stuck ones
+            # keep their in-flight answer, to be repaired on a later retry.
+            log.warning("could not settle earlier records from the log: %s", exc)
+            repaired = 0
+        if repaired:
             retried = await _reserve(service, [groups[i] for i in stuck])
             for i, r in zip(stuck, retried):
                 results[i] = r

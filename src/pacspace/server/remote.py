@@ -29,6 +29,8 @@ from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, SETTLED_PATH, Row, SequencedRa
 MAX_CALL_ENTRIES = 65536
 # A sequence call waits for a commit (and, with witnesses, their cosignatures): never this long.
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=120)
+# Newest stored checkpoints a worker reads looking for a cosigned one when the newest is not.
+MAX_WALK = 1000
 # Calls on the wire at once: enough to keep the parent's pool fed while earlier calls wait for their commit.
 MAX_CALLS_IN_FLIGHT = 4
 
@@ -67,7 +69,9 @@ class RemoteSequencer:
     def _newest_published(self, floor: int) -> SignedCheckpoint:
         """The newest stored checkpoint above size ``floor`` that is published (with a witness policy:
         that its quorum cosigned); the current one if there is none."""
-        for note in self.store.checkpoints_newest_first():
+        for walked, note in enumerate(self.store.checkpoints_newest_first()):
+            if walked >= MAX_WALK and floor >= 0:
+                break  # a long witness outage: keep serving the published one rather than read them all
             if note in self._unpublished:
                 continue
             checkpoint = open_checkpoint(note, self.verifier)
@@ -147,15 +151,20 @@ class RemoteSequencer:
                 body = await resp.json()
                 if resp.status != 200:
                     raise error_from_json(body)
-            answer = SequencedRange.from_json(body)
-            checkpoint = self._checkpoint(answer.note)
         except PacspaceError as exc:
-            self._fail(batch, exc)
+            self._fail(batch, exc)  # the parent's own answer: typed, and it says whether anything was appended
             return
         except Exception as exc:
-            # The parent went away, timed out or answered nonsense: whether these entries were committed
-            # is unknown here; the rows stay unsettled and are settled from the log later.
+            # The parent went away or timed out: whether these entries were committed is unknown here;
+            # the rows stay unsettled and are settled from the log later.
             self._fail(batch, SequencerStopped(f"lost the sequencing process: {type(exc).__name__}"))
+            return
+        try:
+            answer = SequencedRange.from_json(body)
+            checkpoint = self._checkpoint(answer.note)
+        except Exception as exc:
+            # Committed, but the answer is unreadable: the rows stay, to be settled from the log.
+            self._fail(batch, SequencerStopped(f"unreadable answer from the sequencing process: {type(exc).__name__}"))
             return
         index = answer.first_index
         for waiting in batch:
@@ -180,18 +189,22 @@ class RemoteSequencer:
     async def find_leaves(self, hashes: list[bytes]) -> list[int | None]:
         """Each leaf hash's index in the parent's published tree, or None (the parent's leaf index is the complete one)."""
         body = {"hashes": [base64.b64encode(h).decode() for h in hashes]}
-        async with self.session.post(f"http://sequencer{FIND_LEAVES_PATH}", json=body) as resp:
+        async with self.session.post(f"http://sequencer{FIND_LEAVES_PATH}", json=body, timeout=CALL_TIMEOUT) as resp:
             answer: dict[str, Any] = await resp.json()
+            if resp.status != 200:
+                raise error_from_json(answer)
         return list(answer["indexes"])
 
     async def settled(self, timeout: float) -> None:
         """Wait (up to ``timeout``) until the parent has written every settle it has queued."""
         try:
-            async with self.session.post(f"http://sequencer{SETTLED_PATH}", json={"timeout": timeout}) as resp:
+            async with self.session.post(
+                f"http://sequencer{SETTLED_PATH}", json={"timeout": timeout}, timeout=aiohttp.ClientTimeout(total=timeout + 5)
+            ) as resp:
                 await resp.read()
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, TimeoutError):
             pass  # the parent is gone: nothing more will be settled before the next start
 
     async def metrics_text(self) -> str:
-        async with self.session.get("http://sequencer/metrics") as resp:
+        async with self.session.get("http://sequencer/metrics", timeout=CALL_TIMEOUT) as resp:
             return await resp.text()

@@ -572,11 +572,12 @@ class RecordStore:
         return [_rec(r) for r in rows]
 
     def iter_records(self, page: int = 1000) -> Iterator[StoredRecord]:
-        """Every record with its blob, by relationship and seq, read in pages (fsck)."""
+        """Every record with its blob (None if missing), by relationship and seq, read in pages (fsck)."""
         after = ("", -1)
         while True:
             rows = self._read(
-                f"SELECT {_REC_BLOB} FROM {_JOIN} WHERE (r.relationship, r.seq) > (?, ?) "
+                f"SELECT {_REC_BLOB} FROM {_ROWS} LEFT JOIN blobs b ON b.id = r.blob_id "
+                "WHERE (r.relationship, r.seq) > (?, ?) "
                 "ORDER BY r.relationship, r.seq LIMIT ?",
                 (*after, page),
             )
