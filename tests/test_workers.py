@@ -147,15 +147,15 @@ def test_sigterm_stops_workers_then_the_sequencer_and_removes_the_private_socket
 def test_a_busy_port_is_refused_not_shared(data, tmp_path):
     """SO_REUSEPORT would let a second server join the first one's port and split its clients."""
     port = free_port()
-    first = subprocess.Popen(
-        [sys.executable, "-m", "pacspace", "serve", "--data", str(tmp_path / "other"), "--port", str(port)],
+    first = subprocess.Popen(  # itself with workers: its sockets allow SO_REUSEPORT
+        [sys.executable, "-m", "pacspace", "serve", "--data", str(tmp_path / "other"), "--port", str(port), "--workers", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_health(f"http://127.0.0.1:{port}")
         second = subprocess.run(
             [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), "--workers", "2"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=30,
         )
         assert second.returncode == 1
         assert "Address already in use" in second.stderr
