@@ -57,7 +57,6 @@ class WorkerPool:
         self._ipc_path = ipc_path
         self._vkeys = vkeys
         self._procs: list[asyncio.subprocess.Process] = []
-        self.stopping = False
 
     async def start(self) -> None:
         for listener in self._listeners:
@@ -80,7 +79,6 @@ class WorkerPool:
         return next(iter(done)).result()
 
     async def stop(self) -> None:
-        self.stopping = True
         for proc in self._procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
