@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import EntryTooLarge, MalformedInput, NotFound, PacspaceError, PoolFull, SequencerStopped
+from ..errors import EntryTooLarge, MalformedInput, NotFound, PacspaceError, PoolFull
 from ..keys import KeyUnusable, PublicKeys
 from ..merkle import leaf_hash
 from ..receipt import Receipt
@@ -28,7 +28,6 @@ from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
 from ..storage.records import InFlight, Party, RecordStore, Relationship
 from .context import SERVICE, LogService
-from .witnessing import WitnessQuorumFailed
 
 log = logging.getLogger("pacspace.server")
 
@@ -394,13 +393,10 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     rows = [(groups[i].rel.id, s.seq) for i in new for s in groups[i].subs]
     try:
         sequenced, settled = await service.sequence_records(entries, rows)
-    except (SequencerStopped, WitnessQuorumFailed):
-        # Committed but unpublished (or the server is going down): the rows stay, to be settled from the
-        # log once a later checkpoint is published, or by reconcile at the next start.
-        raise
     except (PoolFull, MalformedInput, EntryTooLarge) as exc:
         # Refused before entering the pool (full, malformed): nothing was appended; forget our rows.
-        # Any other error leaves them: their entries may be in the log, and start-up settles them.
+        # Any other error (witness_quorum_failed, sequencer_stopped, a lost channel) propagates and
+        # leaves them: their entries may be in the log, to be settled from it later or at the next start.
         undo = []
         for i in new:
             undo.append(RecordStore.drop_op(groups[i].rel.id, [s.seq for s in groups[i].subs]))
