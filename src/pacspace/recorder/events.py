@@ -133,14 +133,20 @@ def _int(value: Any, what: str) -> int:
 # --- LLM usage objects -------------------------------------------------------
 
 
-def openai_usage(obj: dict[str, Any], customer: str, source: str = "openai") -> list[UsageEvent]:
-    """An OpenAI response (Chat Completions or Responses API) with ``id``, ``model``, ``created`` and ``usage``."""
+def _response(obj: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+    """An LLM API response's usage object, id and model, which every usage record needs."""
     usage = obj.get("usage")
     if not isinstance(usage, dict):
         raise InvalidEvent("no usage object")
     event_id, model = obj.get("id"), obj.get("model")
     if not isinstance(event_id, str) or not event_id or not isinstance(model, str):
         raise InvalidEvent("a usage record needs the response id and model")
+    return usage, event_id, model
+
+
+def openai_usage(obj: dict[str, Any], customer: str, source: str = "openai") -> list[UsageEvent]:
+    """An OpenAI response (Chat Completions or Responses API) with ``id``, ``model``, ``created`` and ``usage``."""
+    usage, event_id, model = _response(obj)
     if "prompt_tokens" in usage:  # Chat Completions
         prompt = _int(usage.get("prompt_tokens"), "prompt_tokens")
         completion = _int(usage.get("completion_tokens"), "completion_tokens")
@@ -177,12 +183,7 @@ def openai_usage(obj: dict[str, Any], customer: str, source: str = "openai") -> 
 
 def anthropic_usage(obj: dict[str, Any], customer: str, source: str = "anthropic") -> list[UsageEvent]:
     """An Anthropic Messages response (``id``, ``model``, ``usage``) plus a ``created_at`` time."""
-    usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        raise InvalidEvent("no usage object")
-    event_id, model = obj.get("id"), obj.get("model")
-    if not isinstance(event_id, str) or not event_id or not isinstance(model, str):
-        raise InvalidEvent("a usage record needs the response id and model")
+    usage, event_id, model = _response(obj)
     when = utc_time(obj.get("created_at"))
     dims = {"model": model}
     if isinstance(usage.get("service_tier"), str):
