@@ -272,10 +272,12 @@ async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel]
                     raise SystemExit(f"batch rejected records: {body['results'][:2]}")
                 total += body["accepted"]
 
-        cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
+        print(f"batch: sending {sum(map(len, bodies))} requests", file=sys.stderr, flush=True)
+        cpu0, t0, own0 = cpu_seconds(server_pid), time.perf_counter(), time.process_time()
         await asyncio.gather(*(sender(plan) for plan in bodies))
         elapsed = time.perf_counter() - t0
         cores = cpu_used(cpu0, cpu_seconds(server_pid), elapsed)
+        cores["load generator"] = round((time.process_time() - own0) / elapsed, 2)
     return {"records": total, "records_per_request": len(plans[0][0]), "in_flight": in_flight,
             "records_per_s": total / elapsed, "request_p50_ms": pct(latencies, 50) * 1000, "server_cores": cores}
 

@@ -74,7 +74,7 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         remote = RemoteSequencer(session, store, verifier, policy)
-        writer = GroupWriter(records)
+        writer = GroupWriter(records, inline=True)
         service = LogService(store, remote, link.vkey, link.timestamp_vkey, records, writer)
         app[SERVICE] = service
         tasks = [

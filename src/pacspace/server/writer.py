@@ -17,10 +17,18 @@ class TransactionalStore(Protocol):
 
 
 class GroupWriter:
-    """One task owns the store's writes. Ops queued while a transaction runs go in the next one."""
+    """One task owns the store's writes. Ops queued while a transaction runs go in the next one.
 
-    def __init__(self, store: TransactionalStore) -> None:
+    A transaction runs in a thread, so the event loop keeps serving meanwhile, or with
+    ``inline`` on the loop itself. Inline suits an HTTP worker of ``serve --workers``: its
+    records.db transactions hold a lock every process waits on, and in a thread they ran
+    at the pace of the GIL, which the loop held for whole request bodies' JSON parsing
+    (measured in docs/performance.md); the other workers serve while this one writes.
+    """
+
+    def __init__(self, store: TransactionalStore, *, inline: bool = False) -> None:
         self._store = store
+        self._inline = inline
         self._queue: list[tuple[Sequence[Op], asyncio.Future[list[Any]]]] = []
         self._wake = asyncio.Event()
 
@@ -43,7 +51,10 @@ class GroupWriter:
             queue, self._queue = self._queue, []
             flat = [op for ops, _ in queue for op in ops]
             try:
-                results = await asyncio.to_thread(self._store.write, flat)
+                if self._inline:
+                    results = self._store.write(flat)
+                else:
+                    results = await asyncio.to_thread(self._store.write, flat)
             except Exception as exc:
                 for _, future in queue:
                     if not future.done():

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from ..errors import PacspaceError, UntrustedState
+from ..errors import MalformedInput, PacspaceError, UntrustedState
+from ..merkle import HASH_SIZE
 from ..records.seal import entry_from_ct_hash
 from .records_schema import SCHEMA_VERSION, check_readable, prepare
 from .transaction import write_transaction
@@ -203,16 +204,37 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, tuple[int, bytes
 
     Ids follow arrival. One is used again only if the record that had it was the newest and was
     dropped (never acknowledged), so no two stored records ever share one.
+
+    One statement per table, whatever the number of rows: Python's sqlite3 releases the GIL
+    around every step of ``executemany``, and a step must win the GIL back before the next;
+    while another thread of the process is in a long C call (parsing a request's JSON), each
+    of thousands of steps waited for it, and every other process waited for our write lock.
     """
+    for _, (_, tag, ct_hash, _) in rows:
+        if len(tag) != HASH_SIZE or len(ct_hash) != HASH_SIZE:
+            raise MalformedInput(f"a record's tag and ct_hash are {HASH_SIZE} bytes")
     (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
-    ids = range(top + 1, top + 1 + len(rows))
-    conn.executemany(
-        "INSERT INTO records (relationship, seq, tag, ct_hash, blob_id) VALUES (?, ?, ?, ?, ?)",
-        [(rid, seq, tag, ct_hash, i) for i, (rid, (seq, tag, ct_hash, _)) in zip(ids, rows)],
+    keys = json.dumps([[rid, seq] for rid, (seq, *_) in rows])
+    conn.execute(
+        "INSERT INTO records (relationship, seq, tag, ct_hash, blob_id) "
+        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+        f"substr(:tags, key * {HASH_SIZE} + 1, {HASH_SIZE}), substr(:cts, key * {HASH_SIZE} + 1, {HASH_SIZE}), "
+        ":top + 1 + key FROM json_each(:keys)",
+        {"keys": keys, "top": top, "tags": b"".join(r[1] for _, r in rows), "cts": b"".join(r[2] for _, r in rows)},
     )
-    conn.executemany("INSERT INTO blobs (id, blob) VALUES (?, ?)", [(i, blob) for i, (_, (_, _, _, blob)) in zip(ids, rows)])
-    conn.executemany(
-        "INSERT INTO unsettled (blob_id, relationship, seq) VALUES (?, ?, ?)", [(i, rid, seq) for i, (rid, (seq, *_)) in zip(ids, rows)]
+    spans, at = [], 1
+    for _, (_, _, _, blob) in rows:
+        spans.append((at, len(blob)))
+        at += len(blob)
+    conn.execute(
+        "INSERT INTO blobs (id, blob) SELECT :top + 1 + key, substr(:data, json_extract(value, '$[0]'), "
+        "json_extract(value, '$[1]')) FROM json_each(:spans)",
+        {"top": top, "data": b"".join(r[3] for _, r in rows), "spans": json.dumps(spans)},
+    )
+    conn.execute(
+        "INSERT INTO unsettled (blob_id, relationship, seq) "
+        "SELECT :top + 1 + key, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys)",
+        {"top": top, "keys": keys},
     )
 
 
@@ -527,13 +549,18 @@ class RecordStore:
 
         def op(conn: sqlite3.Connection) -> None:
             # Appended in the order the log sequenced them, which is close to the order of their ids.
-            conn.executemany(
+            # One statement each, not one per row (see _insert).
+            keyed = json.dumps([[rid, seq, index] for rid, seq, index in rows])
+            conn.execute(
                 "INSERT INTO settled (blob_id, idx, checkpoint_size) "
-                "SELECT blob_id, ?, ? FROM unsettled WHERE relationship = ? AND seq = ?",
-                [(index, checkpoint_size, rid, seq) for rid, seq, index in rows],
+                "SELECT u.blob_id, json_extract(j.value, '$[2]'), :size FROM json_each(:rows) j "
+                "JOIN unsettled u ON u.relationship = json_extract(j.value, '$[0]') AND u.seq = json_extract(j.value, '$[1]')",
+                {"rows": keyed, "size": checkpoint_size},
             )
-            conn.executemany(
-                "DELETE FROM unsettled WHERE relationship = ? AND seq = ?", [(rid, seq) for rid, seq, _ in rows]
+            conn.execute(
+                "DELETE FROM unsettled WHERE (relationship, seq) IN "
+                "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:rows))",
+                {"rows": keyed},
             )
 
         return op
