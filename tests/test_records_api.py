@@ -317,6 +317,72 @@ async def test_batch_endpoint_is_all_or_nothing_per_relationship(world):
     await error(await world.http.post("/v1/records", json={"records": []}, headers=world.auth("acme")), 400, "malformed")
 
 
+async def test_a_repeated_tag_in_a_batch_refuses_only_its_relationships_records(world):
+    """Tags are unique in the log: a batch record repeating a committed tag, or an earlier record's of the
+    same batch, sinks its relationship's group; the other groups are sequenced, and nothing refused is kept."""
+    import os
+
+    _, g1 = await world.create("acme:rel-1")
+    for rid in ("acme:rel-2", "acme:rel-3", "acme:rel-4"):
+        await world.create(rid, customer="carol")
+    d1 = world.delta(1, body_hash(g1.body))
+    assert (await world.post(d1)).status == 201
+    await world.app[SERVICE].settled()
+    d2 = world.delta(2, body_hash(d1.body))
+    # The server never opens a record: any blob serves, under tags of our choosing.
+    blob = B64(d2.blob)
+    tags = {name: os.urandom(32) for name in ("2a", "2b", "3")}
+
+    def item(rid, seq, tag):
+        return {"relationship": rid, "seq": seq, "tag": B64(tag), "ciphertext": blob}
+
+    items = [
+        item("acme:rel-2", 1, tags["2a"]),
+        item("acme:rel-2", 2, d1.tag),  # the tag of a committed record
+        {"relationship": "acme:rel-1", "seq": 2, "tag": B64(d2.tag), "ciphertext": blob},
+        item("acme:rel-3", 1, tags["3"]),
+        item("acme:rel-4", 1, tags["3"]),  # repeats the one before
+    ]
+    body = await (await world.http.post("/v1/records", json={"records": items}, headers=world.auth("acme"))).json()
+    statuses = [(r["relationship"], r["status"], r.get("error")) for r in body["results"]]
+    assert statuses == [
+        ("acme:rel-2", "error", "duplicate_tag"), ("acme:rel-2", "error", "duplicate_tag"),
+        ("acme:rel-1", "ok", None), ("acme:rel-3", "ok", None), ("acme:rel-4", "error", "duplicate_tag"),
+    ]  # fmt: skip
+    assert body["accepted"] == 2
+    service = world.app[SERVICE]
+    await service.settled()
+    assert service.tags.claimed == 0 and service.records.unsettled() == []
+    for rid in ("acme:rel-2", "acme:rel-4"):
+        rows = (await (await world.http.get(f"/v1/relationships/{rid}/records", headers=world.auth("acme"))).json())["records"]
+        assert [r["seq"] for r in rows] == [0]
+    # The refused relationships' records go in once they are sent with tags of their own.
+    retry = [item("acme:rel-2", 1, tags["2a"]), item("acme:rel-2", 2, tags["2b"]), item("acme:rel-4", 1, os.urandom(32))]
+    body = await (await world.http.post("/v1/records", json={"records": retry}, headers=world.auth("acme"))).json()
+    assert [r["status"] for r in body["results"]] == ["ok", "ok", "ok"]
+
+
+async def test_a_lost_tag_index_is_rebuilt_from_the_log_at_start(aiohttp_client, tmp_path):
+    vkey = new_log(tmp_path)
+    config = ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01))
+    client = await aiohttp_client(create_app(config))
+    world = World(client, vkey, tmp_path)
+    for who in world.tokens:
+        await world.register(who)
+    _, g = await world.create()
+    d1 = world.delta(1, body_hash(g.body))
+    assert (await world.post(d1)).status == 201
+    await client.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"tags.db{suffix}").unlink(missing_ok=True)
+    world.http = await aiohttp_client(create_app(config))
+    d2 = world.delta(2, body_hash(d1.body))
+    forged = {"seq": 2, "tag": B64(d1.tag), "ciphertext": B64(d2.blob)}
+    resp = await world.http.post("/v1/relationships/acme:rel-1/records", json=forged, headers=world.auth("acme"))
+    await error(resp, 409, "duplicate_tag")
+    assert (await world.post(d2)).status == 201
+
+
 async def test_receipt_leaf_matches_the_public_entry(world):
     _, g = await world.create()
     d1 = world.delta(1, body_hash(g.body))
@@ -348,9 +414,11 @@ def test_records_db_from_a_newer_pacspace_is_refused(tmp_path):
 
     from pacspace.errors import UntrustedState
 
+    from pacspace.storage.records_schema import SCHEMA_VERSION
+
     RecordStore(tmp_path).close()
     conn = sqlite3.connect(tmp_path / "records.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.execute("PRAGMA user_version = 7")
     conn.close()
     with pytest.raises(UntrustedState, match="schema version 7"):

@@ -34,21 +34,47 @@ def test_a_bulk_reserve_stores_each_group_or_gives_its_error(store):
     (result,) = store.write([RecordStore.reserve_many_op([("acme:r0", first), ("acme:r1", [record(0), record(1)])])])
     assert result == [None, None]
     store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1), RecordStore.settle_op("acme:r1", [(0, 1), (1, 2)], 3)])
-    repeated = first[0][1]
+    store.write([RecordStore.reserve_op("acme:r1", [record(2)])])
+    waiting = store.unsettled_of("acme:r1")[0].tag
     (result,) = store.write([RecordStore.reserve_many_op([
-        ("acme:r0", first),                      # a retry: the stored row comes back
-        ("acme:r1", [record(5)]),                # a gap
-        ("acme:r2", [record(0, tag=repeated)]),  # a tag already used
-        ("acme:r3", [record(0)]),                # fine, and stored although its neighbours fail
+        ("acme:r0", first),                     # a retry: the stored row comes back
+        ("acme:r1", [record(5)]),               # a gap
+        ("acme:r2", [record(0, tag=waiting)]),  # the tag of a record waiting for the log
+        ("acme:r3", [record(0)]),               # fine, and stored although its neighbours fail
     ])])  # fmt: skip
     assert [r.seq for r in result[0]] == [0]
-    assert isinstance(result[1], SeqConflict) and result[1].expected == 2
+    assert isinstance(result[1], SeqConflict) and result[1].expected == 3
     assert isinstance(result[2], TagConflict)
     assert result[3] is None
     assert store.records("acme:r2", -1, 10) == [] and store.unsettled_of("acme:r2") == []
     assert [r.seq for r in store.unsettled_of("acme:r3")] == [0]
     (result,) = store.write([RecordStore.reserve_many_op([("acme:r3", [record(1)])])])
     assert isinstance(result[0], InFlight)
+
+
+def test_a_settled_records_tag_is_left_to_the_log_to_refuse(store):
+    """records.db keeps tags unique only among records waiting for the log (server/tags.py does the rest)."""
+    first = record(0)
+    store.write([RecordStore.reserve_op("acme:r0", [first])])
+    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
+    (result,) = store.write([RecordStore.reserve_op("acme:r1", [record(0, tag=first[1])])])
+    assert result is None
+    assert [r.tag for r in store.unsettled_of("acme:r1")] == [first[1]]
+
+
+def test_reconcile_drops_a_copy_of_an_entry_another_record_holds(store):
+    """A provider's copy of its own record (same entry, another relationship) that a crash left stored."""
+    from pacspace.merkle import leaf_hash
+
+    original = record(0)
+    store.write([RecordStore.reserve_op("acme:r0", [original])])
+    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
+    store.write([RecordStore.reserve_op("acme:r1", [original])])
+    copy = store.unsettled_of("acme:r1")[0]
+    in_log = {leaf_hash(copy.entry): 0}
+    assert store.reconcile(in_log.get, checkpoint_size=1) == (0, 1)
+    assert store.unsettled() == [] and store.records("acme:r1", -1, 10) == []
+    assert [(r.seq, r.index) for r in store.records("acme:r0", -1, 10)] == [(0, 0)]
 
 
 def test_dropping_unacknowledged_records_frees_their_blobs(store):
@@ -62,7 +88,7 @@ def test_dropping_unacknowledged_records_frees_their_blobs(store):
 def test_a_new_file_has_the_current_schema_and_page_size(tmp_path):
     RecordStore(tmp_path).close()
     conn = sqlite3.connect(tmp_path / "records.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
     assert (tmp_path / "records.db.lock").stat().st_mode & 0o777 == 0o600
 
@@ -116,8 +142,60 @@ def test_a_version_1_file_is_migrated_on_open_with_every_record_and_blob(tmp_pat
         assert result is None and [r.seq for r in store.unsettled()] == [3]
     finally:
         store.close()
-    assert sqlite3.connect(tmp_path / "records.db").execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(tmp_path / "records.db").execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     RecordStore(tmp_path, readonly=True).close()
+
+
+V2 = (
+    V1[0], V1[1], V1[2],
+    "CREATE TABLE records (relationship TEXT NOT NULL REFERENCES relationships(id), seq INTEGER NOT NULL, "
+    "tag BLOB NOT NULL UNIQUE, ct_hash BLOB NOT NULL, blob_id INTEGER NOT NULL, PRIMARY KEY (relationship, seq))",
+    "CREATE TABLE blobs (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)",
+    "CREATE TABLE unsettled (blob_id INTEGER PRIMARY KEY, relationship TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "UNIQUE (relationship, seq))",
+    "CREATE TABLE settled (blob_id INTEGER PRIMARY KEY, idx INTEGER NOT NULL, checkpoint_size INTEGER NOT NULL)",
+)  # fmt: skip
+
+
+def test_a_version_2_file_is_migrated_on_open_and_keeps_every_record(tmp_path):
+    records = [record(seq) for seq in range(3)]
+    conn = sqlite3.connect(tmp_path / "records.db")
+    for statement in V2:
+        conn.execute(statement)
+    conn.execute("INSERT INTO relationships VALUES ('acme:r', 'acme', 'bob', 'daily', 'monthly', 1)")
+    conn.executemany("INSERT INTO records VALUES ('acme:r', ?, ?, ?, ?)", [(q, t, h, 7 + q) for q, t, h, _ in records])
+    conn.executemany("INSERT INTO blobs VALUES (?, ?)", [(7 + q, b) for q, _, _, b in records])
+    conn.executemany("INSERT INTO settled VALUES (?, ?, 2)", [(7, 0), (8, 1)])
+    conn.execute("INSERT INTO unsettled VALUES (9, 'acme:r', 2)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with pytest.raises(UntrustedState, match="start `pacspace serve` on it once"):
+        RecordStore(tmp_path, readonly=True)
+    store = RecordStore(tmp_path)
+    try:
+        assert [(r.seq, r.index, r.blob) for r in store.records("acme:r", -1, 10)] == [
+            (0, 0, records[0][3]), (1, 1, records[1][3])
+        ]
+        assert [(r.seq, r.tag) for r in store.unsettled()] == [(2, records[2][1])]
+        store.write([RecordStore.settle_op("acme:r", [(2, 2)], 3)])
+        assert [r.index for r in store.records("acme:r", -1, 10)] == [0, 1, 2]
+        # Two records can no longer claim one log index.
+        (result,) = store.write([lambda c: c.execute("INSERT INTO settled VALUES (99, 1, 3)")])
+        assert isinstance(result, sqlite3.IntegrityError)
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "records.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    def indexed_columns(table: str) -> list[list[str]]:
+        return [
+            [c[2] for c in conn.execute(f"PRAGMA index_info('{index[1]}')")]
+            for index in conn.execute(f"PRAGMA index_list('{table}')")
+        ]
+
+    assert indexed_columns("records") == [["relationship", "seq"]]
+    assert ["idx"] in indexed_columns("settled")
+    assert indexed_columns("unsettled") == [["tag"]]
 
 
 def test_a_version_1_file_with_a_record_missing_its_blob_is_refused_unchanged(tmp_path):

@@ -359,3 +359,29 @@ def test_fsck_beside_a_live_server_finds_no_fault(data):
         assert "fault" not in run.stderr
     final = subprocess.run([sys.executable, "-m", "pacspace", "fsck", "--data", str(data)], capture_output=True, text=True)
     assert final.returncode == 0 and "committed after the log was read" not in final.stderr
+
+
+def test_a_tag_is_taken_once_whichever_worker_each_record_reaches(data):
+    """Each worker stores its record in records.db; the one process that sequences admits the tag once."""
+    port = free_port()
+    server = start(data, port)
+    try:
+        a, b = one_connection_per_worker(port, children(server.pid))
+        for pinned, rid in ((a, "acme:r1"), (b, "acme:r2")):
+            genesis = {"relationship": rid, "customer": "bob", "genesis": sealed_like(0),
+                       "wraps": {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}}
+            assert pinned.call("POST", "/v1/relationships", genesis)[0] == 201
+        first = sealed_like(1)
+        assert a.call("POST", "/v1/relationships/acme:r1/records", first)[0] == 201
+        copy = {**sealed_like(1), "tag": first["tag"]}
+        status, body = b.call("POST", "/v1/relationships/acme:r2/records", copy)
+        assert status == 409 and json.loads(body)["error"] == "duplicate_tag"
+        # In a batch through the other worker too; acme:r2 keeps its next seq for its own record.
+        status, body = b.call("POST", "/v1/records", {"records": [{**copy, "relationship": "acme:r2"}]})
+        assert status == 200 and json.loads(body)["results"][0]["error"] == "duplicate_tag"
+        assert b.call("POST", "/v1/relationships/acme:r2/records", sealed_like(1))[0] == 201
+        status, body = a.call("GET", "/v1/relationships/acme:r2/records")
+        assert [r["seq"] for r in json.loads(body)["records"]] == [0, 1]
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0

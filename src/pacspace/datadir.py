@@ -10,6 +10,7 @@ Layout of ``<data>/``:
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from .merkle import EMPTY_ROOT, leaf_hash
 from .note import NoteSigner
 from .storage.sqlite import DB_NAME, SqliteLog
 from .tiles import TILE_WIDTH, iter_bundle, root_from_edge
+
+log = logging.getLogger("pacspace.storage")
 
 KEY_NAME = "log.key"
 LOCK_NAME = "lock"
@@ -163,4 +166,8 @@ def load_state(store: SqliteLog, signer: NoteSigner) -> LogState:
             raise UntrustedState("the partial entry bundle does not hash to the stored level-0 tile")
     # Derived data a crash may have left behind the log: re-derived from the verified tiles.
     store.index.catch_up(size, store.read_leaf_hashes)
+    behind = size - store.tags.size
+    if behind > 100_000:
+        log.info("indexing the tags of %d log entries (the tag index is new or behind the log)", behind)
+    store.tags.catch_up(size, store.read_tags)
     return LogState(checkpoint, edge, edge_entries)

@@ -327,6 +327,7 @@ class Sequencer:
             bundles=bundles,
             leaf_hashes=hashes,
             checkpoint=checkpoint.format(),
+            entries=entries,
         )
         self.store.commit(batch)
         return _Outcome(LogState(checkpoint, update.edge, edge_entries), old.size, hashes)

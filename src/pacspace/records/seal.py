@@ -118,6 +118,13 @@ def entry_from_ct_hash(tag: bytes, ct_hash: bytes) -> bytes:
     return bytes([ENTRY_VERSION]) + tag + ct_hash
 
 
+def record_tag(entry: bytes) -> bytes | None:
+    """The tag of a record's public entry; None for an entry of another shape."""
+    if len(entry) != ENTRY_SIZE or entry[0] != ENTRY_VERSION:
+        return None
+    return entry[1:33]
+
+
 def _bucket(size: int) -> int:
     bucket = MIN_BUCKET
     while bucket < size:

@@ -20,6 +20,7 @@ from ..policy import parse_policy
 from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
 from .witnessing import WitnessPool, WitnessQuorumFailed
+from .tags import TagGuard
 from .writer import GroupWriter
 from . import ipc, openapi, read_api, records_api
 from .context import CONFIG, FATAL, ON_FATAL, SERVICE, LogService
@@ -76,7 +77,8 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
             log.info("records reconciled with the log: %d settled, %d never acknowledged and dropped", settled, dropped)
         writer = GroupWriter(records)
         app[SERVICE] = LogService(
-            store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer
+            store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer,
+            tags=TagGuard(store.tags_in_log),
         )
         task = asyncio.create_task(sequencer.run(), name="pacspace-sequencer")
         task.add_done_callback(lambda t: _on_sequencer_exit(app, t))

@@ -12,9 +12,10 @@ from aiohttp import web
 
 from ..config import ServerConfig
 from ..merkle import RangeHashes
-from ..sequencer import Sequencer
+from ..sequencer import Sequenced, Sequencer
 from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
+from .tags import TagGuard
 from .writer import GroupWriter
 
 if TYPE_CHECKING:
@@ -41,12 +42,46 @@ class LogService:
     settling: set[asyncio.Task[Any]] = field(default_factory=set)
     # Receipts of one batch share most of their inclusion paths.
     proof_ranges: RangeHashes = field(default_factory=RangeHashes)
+    # In the process that sequences: keeps each tag to one entry of the log.
+    tags: TagGuard | None = None
 
     async def sequence_records(self, entries: list[bytes], rows: list[tuple[str, int]]) -> tuple[list[Any], bool]:
-        """Sequence records' entries; returns their Sequenced answers and whether their rows are settled already."""
+        """Sequence records' entries; returns their answers and whether their rows are settled already.
+
+        An answer is None for each record of a relationship whose records were
+        refused because a tag repeats (TagGuard); nothing of it was appended.
+        """
         if isinstance(self.sequencer, Sequencer):
-            return await self.sequencer.submit_many(entries), False
+            return await self.sequence_unique(entries, rows), False
         return await self.sequencer.submit_records(entries, rows), True
+
+    async def sequence_unique(self, entries: list[bytes], rows: list[tuple[str, int]]) -> list[Sequenced | None]:
+        """In the process that sequences: sequence the entries TagGuard admits; None for the others."""
+        if not isinstance(self.sequencer, Sequencer) or self.tags is None:
+            raise TypeError("only the process that sequences admits entries")
+        guard = self.tags
+        admitted = guard.admit(entries, rows)
+        answers: list[Sequenced | None] = [None] * len(entries)
+        if not admitted:
+            return answers
+        claimed = [entries[i] for i in admitted]
+        try:
+            task = asyncio.ensure_future(self.sequencer.submit_many(claimed))
+        except BaseException:
+            guard.release(claimed)
+            raise
+
+        def release(done: asyncio.Future[Any]) -> None:
+            # Held until the sequencer is done with the entries, even if our caller stopped
+            # waiting: a committed entry's tag is in the tag index by then.
+            guard.release(claimed)
+            if not done.cancelled():
+                done.exception()  # retrieved here too, in case nobody awaits it any more
+
+        task.add_done_callback(release)
+        for i, sequenced in zip(admitted, await asyncio.shield(task)):
+            answers[i] = sequenced
+        return answers
 
     async def find_leaves(self, hashes: list[bytes], size: int) -> list[int | None]:
         """The first index below ``size`` of each leaf hash, or None."""

@@ -6,7 +6,8 @@ added to an application listening on TCP.
 
 A sequence call carries records' entries, each with the records.db row it
 belongs to: ``len(2, big-endian) entry | len(1) relationship id | seq(8)``,
-repeated. The parent sequences the entries as one batch, settles the rows
+repeated. The parent admits them (server/tags.py: a relationship whose tag
+repeats is refused whole), sequences the rest as one batch, settles their rows
 (their log index into records.db) and only then answers, in JSON: a row a
 worker reads after its answer is settled, whichever worker wrote it. An error
 keeps its ``error`` code across the channel, so a worker raises the same typed
@@ -27,6 +28,7 @@ from ..errors import EntryTooLarge, MalformedInput, PacspaceError, PoolFull, Seq
 from ..tiles import MAX_ENTRY_SIZE
 from ..storage.records import RecordStore
 from .context import SERVICE
+from .tags import Row
 from .witnessing import WitnessQuorumFailed
 
 SEQUENCE_PATH = "/internal/v1/sequence"
@@ -36,8 +38,6 @@ FIND_LEAVES_PATH = "/internal/v1/find-leaves"
 SETTLED_PATH = "/internal/v1/settled"
 
 
-# One record's row in records.db: (relationship id, seq).
-Row = tuple[str, int]
 
 
 def encode_records(entries: list[bytes], rows: list[Row]) -> bytes:
@@ -79,18 +79,28 @@ def decode_records(data: bytes) -> tuple[list[bytes], list[Row]]:
 
 @dataclass(frozen=True)
 class SequencedRange:
-    """What the sequencer answers one call: consecutive indexes from ``first_index``, in checkpoint ``note``."""
+    """What the sequencer answers one call: the relationships refused (a tag repeats), and the
+    other entries' consecutive indexes from ``first_index``, in checkpoint ``note`` (empty if none)."""
 
     first_index: int
     count: int
     note: bytes
+    refused: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
-        return {"first_index": self.first_index, "count": self.count, "checkpoint": self.note.decode()}
+        return {
+            "first_index": self.first_index,
+            "count": self.count,
+            "checkpoint": self.note.decode(),
+            "refused": sorted(self.refused),
+        }
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> SequencedRange:
-        return cls(int(body["first_index"]), int(body["count"]), str(body["checkpoint"]).encode())
+        refused = body.get("refused", [])
+        if not isinstance(refused, list) or not all(isinstance(r, str) for r in refused):
+            raise ValueError("refused is a list of relationship ids")
+        return cls(int(body["first_index"]), int(body["count"]), str(body["checkpoint"]).encode(), frozenset(refused))
 
 
 class RemoteFailure(PacspaceError):
@@ -123,23 +133,27 @@ def add_internal_routes(app: web.Application) -> None:
 async def post_sequence(request: web.Request) -> web.Response:
     """Sequence the body's entries as one batch and settle their rows; answers once both are durable."""
     entries, rows = decode_records(await request.read())
+    if not entries:
+        raise MalformedInput("no entries to sequence")
     service = request.app[SERVICE]
     try:
-        sequenced = await service.sequencer.submit_many(entries)
+        answers = await service.sequence_unique(entries, rows)
     except PoolFull as exc:
         return web.json_response({"error": exc.code, "message": str(exc), "retry_after": exc.retry_after}, status=503)
     except PacspaceError as exc:
         return web.json_response({"error": exc.code, "message": str(exc)}, status=exc.http_status)
+    refused = frozenset(rid for (rid, _), q in zip(rows, answers) if q is None)
+    sequenced = [(row, q) for row, q in zip(rows, answers) if q is not None]
     if not sequenced:
-        raise MalformedInput("no entries to sequence")
-    first = sequenced[0]
+        return web.json_response(SequencedRange(0, 0, b"", refused).to_json())
+    first = sequenced[0][1]
     size = first.checkpoint.size
     # Committed: record each row's index. Waits (bounded) like a single-process server's readers do;
     # a write records.db will not take is retried behind us, and start-up settles from the log.
-    settle = RecordStore.settle_rows_op([(rid, seq, q.index) for (rid, seq), q in zip(rows, sequenced)], size)
+    settle = RecordStore.settle_rows_op([(rid, seq, q.index) for (rid, seq), q in sequenced], size)
     settling = service.settle_later([settle])
     await asyncio.wait([settling], timeout=SETTLE_WAIT)
-    return web.json_response(SequencedRange(first.index, len(sequenced), first.checkpoint.format()).to_json())
+    return web.json_response(SequencedRange(first.index, len(sequenced), first.checkpoint.format(), refused).to_json())
 
 
 async def post_find_leaves(request: web.Request) -> web.Response:

@@ -26,7 +26,7 @@ from ..merkle import leaf_hash
 from ..receipt import Receipt
 from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
-from ..storage.records import InFlight, Party, RecordStore, Relationship
+from ..storage.records import InFlight, Party, RecordStore, Relationship, TagConflict
 from .context import SERVICE, LogService
 
 log = logging.getLogger("pacspace.server")
@@ -397,44 +397,72 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
         # Refused before entering the pool (full, malformed): nothing was appended; forget our rows.
         # Any other error (witness_quorum_failed, sequencer_stopped, a lost channel) propagates and
         # leaves them: their entries may be in the log, to be settled from it later or at the next start.
-        undo = []
-        for i in new:
-            undo.append(RecordStore.drop_op(groups[i].rel.id, [s.seq for s in groups[i].subs]))
-            if groups[i].create is not None:
-                undo.append(RecordStore.drop_relationship_op(groups[i].rel.id))
-        await service.writer.write(undo)
+        await _forget(service, [groups[i] for i in new])
         for i in new:
             outcomes[i] = exc
         return outcomes  # type: ignore[return-value]
-    size = sequenced[0].checkpoint.size
     settle = []
+    refused = []
+    size = 0  # every admitted record of the call is in the same checkpoint
     at = 0
     for i in new:
         subs = groups[i].subs
-        indexes = [q.index for q in sequenced[at : at + len(subs)]]
+        answers = sequenced[at : at + len(subs)]
         at += len(subs)
-        settle.extend((groups[i].rel.id, s.seq, x) for s, x in zip(subs, indexes))
-        outcomes[i] = (201, [(x, size) for x in indexes])
-    if not settled:
+        if any(q is None for q in answers):
+            # Admission refused the relationship's records whole: one of their tags repeats.
+            refused.append(i)
+            outcomes[i] = TagConflict("a tag is already in the log, or in a record being committed")
+            continue
+        size = answers[0].checkpoint.size
+        settle.extend((groups[i].rel.id, s.seq, q.index) for s, q in zip(subs, answers))
+        outcomes[i] = (201, [(q.index, size) for q in answers])
+    if refused:
+        await _forget(service, [groups[i] for i in refused])
+    if settle and not settled:
         # The entries are committed: acknowledge now, record their indexes in records.db behind us.
         service.settle_later([RecordStore.settle_rows_op(settle, size)])
     return outcomes  # type: ignore[return-value]
 
 
+async def _forget(service: LogService, groups: list[_Group]) -> None:
+    """Drop the stored rows of groups whose entries were never appended (and a relationship their genesis would have made)."""
+    undo = []
+    for group in groups:
+        undo.append(RecordStore.drop_op(group.rel.id, [s.seq for s in group.subs]))
+        if group.create is not None:
+            undo.append(RecordStore.drop_relationship_op(group.rel.id))
+    await service.writer.write(undo)
+
+
 async def _settle_from_log(service: LogService, rids: list[str]) -> int:
-    """Settle these relationships' unsettled rows whose entries are in the published log; returns how many."""
+    """Settle these relationships' unsettled rows whose entries are in the published log; returns how many.
+
+    A row whose entry another record already holds was refused by admission (a provider's
+    copy of its own record) and is dropped instead.
+    """
     rows = [r for rid in rids for r in service.records.unsettled_of(rid)]
     if not rows:
         return 0
     size = service.sequencer.latest.size
     found = await service.find_leaves([leaf_hash(r.entry) for r in rows], size)
-    settled = [(r, index) for r, index in zip(rows, found) if index is not None]
-    if settled:
-        ops = [RecordStore.settle_op(r.relationship, [(r.seq, index)], size) for r, index in settled]
+    taken = service.records.settled_indexes([i for i in found if i is not None])
+    ops = []
+    for r, index in zip(rows, found):
+        if index is None:
+            continue
+        if index in taken:
+            ops.append(RecordStore.drop_op(r.relationship, [r.seq]))
+            if r.seq == 0:
+                ops.append(RecordStore.drop_relationship_op(r.relationship))
+        else:
+            ops.append(RecordStore.settle_op(r.relationship, [(r.seq, index)], size))
+            taken.add(index)
+    if ops:
         for result in await service.writer.write(ops):
             if isinstance(result, BaseException):
                 raise result
-    return len(settled)
+    return len(ops)
 
 
 def _checkpoint_note(service: LogService, size: int) -> bytes:
@@ -483,9 +511,10 @@ async def post_records(request: web.Request) -> web.Response:
             results[i] = _error(exc, rid, None)
     service = _service(request)
     groups: list[tuple[_Group, list[int]]] = []
+    known = service.records.relationships([rid for rid in members if _RID.fullmatch(rid)])
     for rid, group in members.items():
         group.sort(key=lambda m: m[1].seq)
-        rel = service.records.relationship(rid) if _RID.fullmatch(rid) else None
+        rel = known.get(rid)
         failure: PacspaceError | None = None
         if rel is None or not rel.has(party.name):
             failure = NotFound("no such relationship")

@@ -47,7 +47,7 @@ class RemoteSequenced:
 class _Waiting:
     entries: list[bytes]
     rows: list[Row]
-    future: asyncio.Future[list[RemoteSequenced]]
+    future: asyncio.Future[list[RemoteSequenced | None]]
 
 
 @dataclass
@@ -107,11 +107,14 @@ class RemoteSequencer:
                 if size <= checkpoint.size:
                     del self._unpublished[note]
 
-    async def submit_records(self, entries: list[bytes], rows: list[Row]) -> list[RemoteSequenced]:
-        """Sequence records' entries; returns once they are durable in the log and their rows settled."""
+    async def submit_records(self, entries: list[bytes], rows: list[Row]) -> list[RemoteSequenced | None]:
+        """Sequence records' entries; returns once they are durable in the log and their rows settled.
+
+        None for each record of a relationship the parent refused (a tag repeats; nothing of it was appended).
+        """
         if not entries:
             return []
-        future: asyncio.Future[list[RemoteSequenced]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[RemoteSequenced | None]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(list(entries), list(rows), future))
         self._wake.set()
         return await future
@@ -161,17 +164,22 @@ class RemoteSequencer:
             return
         try:
             answer = SequencedRange.from_json(body)
-            checkpoint = self._checkpoint(answer.note)
+            checkpoint = self._checkpoint(answer.note) if answer.count else None
         except Exception as exc:
             # Committed, but the answer is unreadable: the rows stay, to be settled from the log.
             self._fail(batch, SequencerStopped(f"unreadable answer from the sequencing process: {type(exc).__name__}"))
             return
         index = answer.first_index
         for waiting in batch:
-            count = len(waiting.entries)
+            results: list[RemoteSequenced | None] = []
+            for rid, _ in waiting.rows:
+                if rid in answer.refused or checkpoint is None:
+                    results.append(None)
+                else:
+                    results.append(RemoteSequenced(index, checkpoint))
+                    index += 1
             if not waiting.future.done():
-                waiting.future.set_result([RemoteSequenced(index + i, checkpoint) for i in range(count)])
-            index += count
+                waiting.future.set_result(results)
 
     def _checkpoint(self, note: bytes) -> SignedCheckpoint:
         if note == self.published.format():

@@ -18,9 +18,9 @@ class Batch:
     """Everything one sequencing step writes, committed as one transaction.
 
     ``tiles`` holds each touched tile's full hash bytes and packed interior;
-    ``bundles`` each touched entry bundle's full bytes; ``leaf_hashes`` the new
-    leaves' hashes (indexes old_size, old_size + 1, ...); ``checkpoint`` the
-    signed note for ``new_size``.
+    ``bundles`` each touched entry bundle's full bytes; ``entries`` the new
+    entries and ``leaf_hashes`` their hashes (indexes old_size, old_size + 1, ...);
+    ``checkpoint`` the signed note for ``new_size``.
     """
 
     old_size: int
@@ -29,6 +29,7 @@ class Batch:
     bundles: dict[int, bytes]
     leaf_hashes: Sequence[bytes]
     checkpoint: bytes
+    entries: Sequence[bytes] = ()
 
 
 class LogReader(Protocol):

@@ -215,12 +215,13 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, tuple[int, bytes
             raise MalformedInput(f"a record's tag and ct_hash are {HASH_SIZE} bytes")
     (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
     keys = json.dumps([[rid, seq] for rid, (seq, *_) in rows])
+    tags = b"".join(r[1] for _, r in rows)
     conn.execute(
         "INSERT INTO records (relationship, seq, tag, ct_hash, blob_id) "
         "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
         f"substr(:tags, key * {HASH_SIZE} + 1, {HASH_SIZE}), substr(:cts, key * {HASH_SIZE} + 1, {HASH_SIZE}), "
         ":top + 1 + key FROM json_each(:keys)",
-        {"keys": keys, "top": top, "tags": b"".join(r[1] for _, r in rows), "cts": b"".join(r[2] for _, r in rows)},
+        {"keys": keys, "top": top, "tags": tags, "cts": b"".join(r[2] for _, r in rows)},
     )
     spans, at = [], 1
     for _, (_, _, _, blob) in rows:
@@ -232,9 +233,10 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, tuple[int, bytes
         {"top": top, "data": b"".join(r[3] for _, r in rows), "spans": json.dumps(spans)},
     )
     conn.execute(
-        "INSERT INTO unsettled (blob_id, relationship, seq) "
-        "SELECT :top + 1 + key, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys)",
-        {"top": top, "keys": keys},
+        "INSERT INTO unsettled (blob_id, relationship, seq, tag) "
+        "SELECT :top + 1 + key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+        f"substr(:tags, key * {HASH_SIZE} + 1, {HASH_SIZE}) FROM json_each(:keys)",
+        {"top": top, "keys": keys, "tags": tags},
     )
 
 
@@ -457,6 +459,13 @@ class RecordStore:
         rows = self._read(f"SELECT {_REL} FROM relationships WHERE id = ?", (rid,))
         return _rel(rows[0]) if rows else None
 
+    def relationships(self, rids: Sequence[str]) -> dict[str, Relationship]:
+        """The relationships among ``rids`` that exist, by id, with one query."""
+        rows = self._read(
+            f"SELECT {_REL} FROM relationships WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(list(rids)),)
+        )
+        return {r[0]: _rel(r) for r in rows}
+
     def relationships_of(self, party: str) -> list[Relationship]:
         rows = self._read(
             f"SELECT {_REL} FROM relationships WHERE provider = ? OR customer = ? ORDER BY created_at, id",
@@ -479,9 +488,10 @@ class RecordStore:
         """An op that stores consecutive new records ``(seq, tag, ct_hash, blob)`` at the relationship's next seqs.
 
         Returns None if stored; returns the existing rows if these exact records
-        are already there (a retry); raises SeqConflict, TagConflict,
-        RecordConflict, or InFlight while an earlier record of the relationship
-        awaits the log. Unsettled rows are therefore always a relationship's
+        are already there (a retry); raises SeqConflict, RecordConflict,
+        TagConflict if a tag repeats one of a record waiting for the log (tags
+        already in the log are refused when sequenced: server/tags.py), or
+        InFlight while an earlier record of the relationship awaits the log. Unsettled rows are therefore always a relationship's
         last ones, so dropping them never leaves a gap.
         """
         many = RecordStore.reserve_many_op([(rid, records)])
@@ -535,7 +545,7 @@ class RecordStore:
                     conn.execute("ROLLBACK TO reserve_one")
                     conn.execute("RELEASE reserve_one")
                     # (relationship, seq) cannot collide after the checks: the tag is what repeats.
-                    results[k] = TagConflict("a tag is already in the log")
+                    results[k] = TagConflict("a tag repeats a record that is being committed")
             return results
 
         return op
@@ -551,17 +561,16 @@ class RecordStore:
             # Appended in the order the log sequenced them, which is close to the order of their ids.
             # One statement each, not one per row (see _insert).
             keyed = json.dumps([[rid, seq, index] for rid, seq, index in rows])
+            settling = (
+                "SELECT r.blob_id, json_extract(j.value, '$[2]') AS idx FROM json_each(:rows) j JOIN records r "
+                "ON r.relationship = json_extract(j.value, '$[0]') AND r.seq = json_extract(j.value, '$[1]') "
+                "WHERE EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id)"
+            )
             conn.execute(
-                "INSERT INTO settled (blob_id, idx, checkpoint_size) "
-                "SELECT u.blob_id, json_extract(j.value, '$[2]'), :size FROM json_each(:rows) j "
-                "JOIN unsettled u ON u.relationship = json_extract(j.value, '$[0]') AND u.seq = json_extract(j.value, '$[1]')",
+                f"INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, :size FROM ({settling})",
                 {"rows": keyed, "size": checkpoint_size},
             )
-            conn.execute(
-                "DELETE FROM unsettled WHERE (relationship, seq) IN "
-                "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:rows))",
-                {"rows": keyed},
-            )
+            conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", {"rows": keyed})
 
         return op
 
@@ -577,7 +586,9 @@ class RecordStore:
         def op(conn: sqlite3.Connection) -> None:
             for seq in seqs:
                 row = conn.execute(
-                    "DELETE FROM unsettled WHERE relationship = ? AND seq = ? RETURNING blob_id", (rid, seq)
+                    "DELETE FROM unsettled WHERE blob_id = (SELECT blob_id FROM records WHERE relationship = ? AND seq = ?) "
+                    "RETURNING blob_id",
+                    (rid, seq),
                 ).fetchone()
                 if row is not None:
                     conn.execute("DELETE FROM records WHERE relationship = ? AND seq = ?", (rid, seq))
@@ -622,6 +633,13 @@ class RecordStore:
     def unsettled(self) -> list[StoredRecord]:
         return [_rec(r) for r in self._read(f"SELECT {_REC} FROM {_UNSETTLED} ORDER BY r.relationship, r.seq")]
 
+    def settled_indexes(self, indexes: Sequence[int]) -> set[int]:
+        """Which of these log indexes a settled record already holds."""
+        rows = self._read(
+            "SELECT idx FROM settled WHERE idx IN (SELECT value FROM json_each(?))", (json.dumps(list(indexes)),)
+        )
+        return {int(r[0]) for r in rows}
+
     def reconcile(
         self, find_leaf: Callable[[bytes], int | None], checkpoint_size: int, published_size: int | None = None
     ) -> tuple[int, int]:
@@ -631,15 +649,19 @@ class RecordStore:
         (``published_size``) may be older than the log: a row whose entry lies beyond it
         stays unsettled (it is committed, so never dropped) until a later checkpoint
         that covers it is published; receipts only ever name published checkpoints.
+        A row whose entry another record already holds (a provider's copy of its own
+        record, refused by admission) was never appended: it is dropped.
         """
         from ..merkle import leaf_hash
 
         published = checkpoint_size if published_size is None else published_size
+        rows = self.unsettled()
+        found = [find_leaf(leaf_hash(rec.entry)) for rec in rows]
+        taken = self.settled_indexes([i for i in found if i is not None])
         settled = dropped = 0
         ops = []
-        for rec in self.unsettled():
-            index = find_leaf(leaf_hash(rec.entry))
-            if index is None:
+        for rec, index in zip(rows, found):
+            if index is None or index in taken:
                 ops.append(self.drop_op(rec.relationship, [rec.seq]))
                 if rec.seq == 0:
                     # The genesis never reached the log: the relationship was never created.
@@ -647,6 +669,7 @@ class RecordStore:
                 dropped += 1
             elif index < published:
                 ops.append(self.settle_op(rec.relationship, [(rec.seq, index)], published))
+                taken.add(index)
                 settled += 1
         if ops:
             for result in self.write(ops):

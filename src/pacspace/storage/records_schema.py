@@ -1,4 +1,4 @@
-"""records.db's schema, its version (``PRAGMA user_version``) and the migration between versions.
+"""records.db's schema, its version (``PRAGMA user_version``) and the migrations between versions.
 
 Version 2 gives each record a sequential id as it arrives, files its sealed
 blob under that id, and never updates a record row: settling (recording the
@@ -7,7 +7,14 @@ record's log index) appends to ``settled`` by id and deletes from the small
 each record row to settle it: with a thousand relationships writing at once,
 every insert and every settle landed on a different B-tree page, and a batch
 of 2,000 records rewrote thousands of pages. New files also use 8 KiB pages (a 1.4 KB blob
-per 4 KiB page wasted most of each page). Measured in docs/performance.md.
+per 4 KiB page wasted most of each page).
+
+Version 3 drops the unique index on all records' tags, whose random keys put a
+page write per record into every transaction: the log's tag index keeps tags
+unique now, off the write path (server/tags.py). Only the few records waiting
+for the log keep a tag index (in ``unsettled``), and a unique index on the
+settled log index, whose keys arrive in order, means no two records can claim
+one entry. Measured in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -22,26 +29,29 @@ from .transaction import write_transaction
 
 log = logging.getLogger("pacspace.storage")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_SIZE = 8192
 
 # Written once, never updated: the record's id (``blob_id``) is its arrival number and its blob's key.
 _RECORDS = """CREATE TABLE IF NOT EXISTS {name} (
         relationship TEXT NOT NULL REFERENCES relationships(id),
         seq INTEGER NOT NULL,
-        tag BLOB NOT NULL UNIQUE,
+        tag BLOB NOT NULL,
         ct_hash BLOB NOT NULL,
         blob_id INTEGER NOT NULL,
         PRIMARY KEY (relationship, seq)
     )"""
 _BLOBS = "CREATE TABLE IF NOT EXISTS {name} (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)"
 # Records stored but not yet given their log index: a relationship's last ones while they await the
-# log, so the table stays small. Settling moves a record from here to ``settled``.
-_UNSETTLED = """CREATE TABLE IF NOT EXISTS unsettled (
+# log, so the table stays small. Settling moves a record from here to ``settled``. Found by id
+# (through ``records``), or by scanning the few rows of one relationship. Two records waiting for
+# the log never share a tag (the small table keeps its tag index in a few hot pages), so a
+# crash can never leave two rows matching one entry.
+_UNSETTLED = """CREATE TABLE IF NOT EXISTS {name} (
         blob_id INTEGER PRIMARY KEY,
         relationship TEXT NOT NULL,
         seq INTEGER NOT NULL,
-        UNIQUE (relationship, seq)
+        tag BLOB NOT NULL UNIQUE
     )"""
 # Each settled record's log index and the size of the first checkpoint covering it, appended in
 # the order the log sequenced them.
@@ -50,6 +60,7 @@ _SETTLED = """CREATE TABLE IF NOT EXISTS settled (
         idx INTEGER NOT NULL,
         checkpoint_size INTEGER NOT NULL
     )"""
+_SETTLED_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS settled_idx ON settled(idx)"
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS parties (
@@ -81,8 +92,9 @@ SCHEMA = (
     # Small rows (settling rewrites them); the sealed blobs live apart, written once, in arrival order.
     _RECORDS.format(name="records"),
     _BLOBS.format(name="blobs"),
-    _UNSETTLED,
+    _UNSETTLED.format(name="unsettled"),
     _SETTLED,
+    _SETTLED_INDEX,
 )
 
 
@@ -116,29 +128,34 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode = WAL")
     with write_transaction(conn):
-        if stored_version(conn) == 1:  # re-read under the write lock: another process may have migrated it
+        # Re-read under the write lock: another process may have migrated it.
+        version = stored_version(conn)
+        if version in (1, 2):
             (count,) = conn.execute("SELECT count(*) FROM records").fetchone()
-            log.info("upgrading %s from schema 1 to 2 (%d records); it is copied once, in one transaction", path, count)
+            log.info(
+                "upgrading %s from schema %d to %d (%d records); it is copied once, in one transaction",
+                path, version, SCHEMA_VERSION, count,
+            )
             started = time.monotonic()
-            _migrate_1_to_2(conn)
-            log.info("upgraded %s to schema 2 in %.1f s", path, time.monotonic() - started)
+            (_migrate_from_1 if version == 1 else _migrate_from_2)(conn)
+            log.info("upgraded %s to schema %d in %.1f s", path, SCHEMA_VERSION, time.monotonic() - started)
         for statement in SCHEMA:
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
     """Blobs move from (relationship, seq) keys to sequential ids that the record rows point at."""
-    conn.execute(_RECORDS.format(name="records_v2"))
-    conn.execute(_BLOBS.format(name="blobs_v2"))
-    conn.execute(_UNSETTLED)
+    conn.execute(_RECORDS.format(name="records_new"))
+    conn.execute(_BLOBS.format(name="blobs_new"))
+    conn.execute(_UNSETTLED.format(name="unsettled"))
     conn.execute(_SETTLED)
     conn.execute(
-        "INSERT INTO blobs_v2 (id, blob) SELECT r.rowid, b.blob FROM records r "
+        "INSERT INTO blobs_new (id, blob) SELECT r.rowid, b.blob FROM records r "
         "JOIN blobs b ON b.relationship = r.relationship AND b.seq = r.seq ORDER BY r.rowid"
     )
     conn.execute(
-        "INSERT INTO records_v2 (relationship, seq, tag, ct_hash, blob_id) "
+        "INSERT INTO records_new (relationship, seq, tag, ct_hash, blob_id) "
         "SELECT relationship, seq, tag, ct_hash, rowid FROM records ORDER BY rowid"
     )
     conn.execute(
@@ -146,16 +163,47 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
         "SELECT rowid, idx, checkpoint_size FROM records WHERE idx IS NOT NULL ORDER BY rowid"
     )
     conn.execute(
-        "INSERT INTO unsettled (blob_id, relationship, seq) SELECT rowid, relationship, seq FROM records WHERE idx IS NULL"
+        "INSERT INTO unsettled (blob_id, relationship, seq, tag) "
+        "SELECT rowid, relationship, seq, tag FROM records WHERE idx IS NULL"
     )
-    (orphans,) = conn.execute("SELECT count(*) FROM records_v2 WHERE blob_id NOT IN (SELECT id FROM blobs_v2)").fetchone()
+    (orphans,) = conn.execute("SELECT count(*) FROM records_new WHERE blob_id NOT IN (SELECT id FROM blobs_new)").fetchone()
     if orphans:
         # Never written by pacspace (a record and its blob were stored and dropped together): refuse, change nothing.
         raise UntrustedState(f"{orphans} records in records.db have no blob; nothing was migrated (see `pacspace fsck`)")
     conn.execute("DROP TABLE records")
     conn.execute("DROP TABLE blobs")
-    conn.execute("ALTER TABLE records_v2 RENAME TO records")
-    conn.execute("ALTER TABLE blobs_v2 RENAME TO blobs")
+    conn.execute("ALTER TABLE records_new RENAME TO records")
+    conn.execute("ALTER TABLE blobs_new RENAME TO blobs")
+    _index_settled(conn)
+
+
+def _migrate_from_2(conn: sqlite3.Connection) -> None:
+    """The record and unsettled rows are copied into tables without the random-keyed unique indexes."""
+    conn.execute(_RECORDS.format(name="records_new"))
+    conn.execute(
+        "INSERT INTO records_new (relationship, seq, tag, ct_hash, blob_id) "
+        "SELECT relationship, seq, tag, ct_hash, blob_id FROM records ORDER BY rowid"
+    )
+    conn.execute(_UNSETTLED.format(name="unsettled_new"))
+    conn.execute(
+        "INSERT INTO unsettled_new (blob_id, relationship, seq, tag) SELECT u.blob_id, u.relationship, u.seq, r.tag "
+        "FROM unsettled u JOIN records r ON r.relationship = u.relationship AND r.seq = u.seq ORDER BY u.blob_id"
+    )
+    conn.execute("DROP TABLE records")
+    conn.execute("DROP TABLE unsettled")
+    conn.execute("ALTER TABLE records_new RENAME TO records")
+    conn.execute("ALTER TABLE unsettled_new RENAME TO unsettled")
+    _index_settled(conn)
+
+
+def _index_settled(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute(_SETTLED_INDEX)
+    except sqlite3.IntegrityError:
+        # Never written by pacspace (tags were unique, so no two records matched one entry): refuse, change nothing.
+        raise UntrustedState(
+            "two records in records.db are settled at the same log index; nothing was migrated (see `pacspace fsck`)"
+        ) from None
 
 
 def _mismatch(path: Path, version: int) -> str:

@@ -10,7 +10,8 @@ Schema (``log.db``):
 - ``checkpoints(size, note)``: every checkpoint the log signed.
 - ``meta(key, value)``: schema version and origin.
 
-The leaf index for proofs by hash is derived data in its own file (leafindex.py).
+The leaf index (proofs by hash) and the tag index (one entry per record tag) are
+derived data, each in its own file (prefixindex.py).
 
 Durability: ``synchronous=FULL`` in WAL mode makes SQLite fsync the WAL before
 COMMIT returns, so a committed batch survives power loss and ``kill -9``; a
@@ -31,10 +32,11 @@ from pathlib import Path
 from ..durable import fsync_dir, fsync_file
 from ..errors import CheckpointConflict, InvalidRange, LogExists, LogNotFound, UntrustedState
 from ..merkle import HASH_SIZE, Node
-from ..tiles import TILE_WIDTH, full_tile_count, locate, partial_width, read_tile_hash, tile_levels
+from ..records.seal import record_tag
+from ..tiles import TILE_WIDTH, full_tile_count, iter_bundle, locate, partial_width, read_tile_hash, tile_levels
 from .base import Batch
 from .transaction import write_transaction
-from .leafindex import FLUSH_ENTRIES, MAX_PENDING, LeafIndex
+from .prefixindex import FLUSH_ENTRIES, MAX_PENDING, TAG_INDEX_NAME, PrefixIndex
 
 log = logging.getLogger("pacspace.storage")
 
@@ -102,7 +104,8 @@ class SqliteLog:
         if version != str(SCHEMA_VERSION):
             raise UntrustedState(f"{path}: unknown schema version {version!r}")
         self.origin = self._meta("origin") or ""
-        self.index = LeafIndex(path.parent, readonly=readonly)
+        self.index = PrefixIndex(path.parent, readonly=readonly)
+        self.tags = PrefixIndex(path.parent, readonly=readonly, name=TAG_INDEX_NAME)
 
     @classmethod
     def create(cls, data_dir: Path, origin: str, first_checkpoint: bytes) -> SqliteLog:
@@ -143,9 +146,10 @@ class SqliteLog:
         return cls(path, readonly=readonly)
 
     def close(self) -> None:
-        if self._write is not None:
-            self.index.flush()
-        self.index.close()
+        for index in (self.index, self.tags):
+            if self._write is not None:
+                index.flush()
+            index.close()
         self._read.close()
         if self._write is not None:
             self._write.close()
@@ -158,8 +162,9 @@ class SqliteLog:
         """
         if self._write is None:
             return
-        if self.index.flush_due():
-            self.index.flush()
+        for index in (self.index, self.tags):
+            if index.flush_due():
+                index.flush()
         if self._checkpointer is None:
             self._checkpointer = _connect(self.path)
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -296,6 +301,34 @@ class SqliteLog:
     def read_leaf_hashes(self, start: int, stop: int) -> list[bytes]:
         return self.read_hashes([(0, i) for i in range(start, stop)])
 
+    def read_entries(self, start: int, stop: int) -> list[bytes]:
+        """The committed entries in [start, stop), from their bundles."""
+        out: list[bytes] = []
+        for n in range(start // TILE_WIDTH, (stop + TILE_WIDTH - 1) // TILE_WIDTH):
+            data = self.read_bundle(n)
+            if data is None:
+                raise InvalidRange(f"entry bundle {n} is not stored")
+            lo = max(start, n * TILE_WIDTH) - n * TILE_WIDTH
+            hi = min(stop, (n + 1) * TILE_WIDTH) - n * TILE_WIDTH
+            entries = list(iter_bundle(data))[lo:hi]
+            if len(entries) != hi - lo:
+                raise InvalidRange(f"entry bundle {n} holds {len(entries)} entries, fewer than its leaves")
+            out += entries
+        return out
+
+    def read_tags(self, start: int, stop: int) -> list[bytes | None]:
+        """The record tag of each committed entry in [start, stop) (None for an entry that is not a record)."""
+        return [record_tag(e) for e in self.read_entries(start, stop)]
+
+    def tags_in_log(self, tags: Sequence[bytes]) -> list[bool]:
+        """Whether each tag is a committed record entry's: one indexed query, then the log confirms each candidate."""
+        if self.tags.broken:
+            raise UntrustedState("the tag index missed a committed batch; restart the server to rebuild it")
+        found = [False] * len(tags)
+        for at, candidates in self.tags.candidates_many(tags).items():
+            found[at] = any(record_tag(self.read_entries(i, i + 1)[0]) == tags[at] for i in candidates)
+        return found
+
     def checkpoints(self) -> Iterator[bytes]:
         """Every committed checkpoint, by increasing size, read in pages (never all in memory)."""
         after = -1
@@ -395,15 +428,18 @@ class SqliteLog:
                     self._edge_rows.pop(key, None)
                 else:
                     self._edge_rows[key] = row
-        try:
-            self.index.add(batch.old_size, batch.leaf_hashes)
-            if self.index.pending() > MAX_PENDING:
-                # Back-pressure: the maintenance thread fell behind. Pay for one run here (a short
-                # stall, not a flush of everything), so memory stays bounded.
-                self.index.flush(limit=FLUSH_ENTRIES)
-        except Exception:
-            # The index is derived: the next start re-derives what is missing (LeafIndex.catch_up).
-            log.exception("leaf index update failed after a durable commit; lookups by hash may miss entries until restart")
+        for index, keys in ((self.index, batch.leaf_hashes), (self.tags, [record_tag(e) for e in batch.entries])):
+            try:
+                index.add(batch.old_size, keys)
+                if index.pending() > MAX_PENDING:
+                    # Back-pressure: the maintenance thread fell behind. Pay for one run here (a short
+                    # stall, not a flush of everything), so memory stays bounded.
+                    index.flush(limit=FLUSH_ENTRIES)
+            except Exception:
+                # The index is derived: the next start re-derives what is missing (PrefixIndex.catch_up).
+                # Until then a lookup may miss entries, so the server stops admitting records (TagGuard).
+                index.broken = True
+                log.exception("%s update failed after a durable commit; lookups may miss entries until restart", index.name)
 
 
 def _as_bytes(value: object) -> bytes:

@@ -1,11 +1,15 @@
-"""The leaf index: leaf hash prefix -> index, for proofs by hash. Derived data, kept off the commit path.
+"""A prefix index: 32-byte key -> the log indexes that hold it. Derived data, kept off the commit path.
 
-It lives in its own SQLite file (``leaves.db``) because every insert lands on a
-random B-tree page: written inside the log's commit, it would dominate the
-commit at 10^7 leaves. Instead the sequencer hands each committed batch's
-hashes to :meth:`LeafIndex.add`, which holds them in memory (lookups see them at
-once) until :meth:`flush` writes many batches as one sorted run, from the
-maintenance thread, on the other core.
+Two are kept, each in its own SQLite file: the leaf index (``leaves.db``, leaf
+hash -> index, for proofs by hash) and the tag index (``tags.db``, a record
+entry's tag -> index, so no tag enters the log twice).
+
+Each lives apart from log.db because every insert lands on a random B-tree page:
+written inside the log's commit, it would dominate the commit at 10^7 leaves.
+Instead the log hands each committed batch's keys to :meth:`PrefixIndex.add`,
+which holds them in memory (lookups see them at once) until :meth:`flush`
+writes many batches as one sorted run, from the maintenance thread, on the
+other core.
 
 Durability: none needed. ``indexed_size`` is committed with the rows; after a
 crash, :meth:`catch_up` re-reads the entry bundles from there to the log's size.
@@ -14,20 +18,24 @@ Pending entries are bounded (``MAX_PENDING``), which bounds that catch-up.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from .transaction import write_transaction
 
-INDEX_NAME = "leaves.db"
+LEAF_INDEX_NAME = "leaves.db"
+TAG_INDEX_NAME = "tags.db"
 # Flush once this many hashes wait, or once the oldest waited FLUSH_AFTER seconds.
 FLUSH_ENTRIES = 65536
 FLUSH_AFTER = 1.0
 # The sequencer flushes inline beyond this, so memory and crash catch-up stay bounded.
 MAX_PENDING = 262_144
+_PREFIX = struct.Struct(">q")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS leaves (prefix INTEGER NOT NULL, idx INTEGER NOT NULL, "
@@ -36,18 +44,21 @@ _SCHEMA = (
 )
 
 
-def leaf_prefix(leaf_hash: bytes) -> int:
-    """The index key: the hash's first 8 bytes as a signed 64-bit integer (SQLite's INTEGER).
+def key_prefix(key: bytes) -> int:
+    """The stored key: a key's first 8 bytes as a signed 64-bit integer (SQLite's INTEGER).
 
-    Candidates are confirmed against the stored leaf hash, so a colliding prefix
+    Candidates are confirmed against the log itself, so a colliding prefix
     costs a read, never a wrong answer; the small key keeps the B-tree small.
     """
-    return int.from_bytes(leaf_hash[:8], "big", signed=True)
+    return _PREFIX.unpack_from(key)[0]  # type: ignore[no-any-return]
 
 
-class LeafIndex:
-    def __init__(self, data_dir: Path, *, readonly: bool = False) -> None:
-        path = data_dir / INDEX_NAME
+class PrefixIndex:
+    def __init__(self, data_dir: Path, *, readonly: bool = False, name: str = LEAF_INDEX_NAME) -> None:
+        path = data_dir / name
+        self.name = name
+        # Set when a committed batch could not be added: lookups may miss it until catch_up at the next start.
+        self.broken = False
         self._readonly = readonly
         if readonly and not path.exists():
             self._conn: sqlite3.Connection | None = None
@@ -68,11 +79,12 @@ class LeafIndex:
         self._reader_lock = threading.Lock()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        # Owned under _lock: hashes not yet flushed, by prefix; the size they extend to.
+        # Owned under _lock: keys not yet flushed, by prefix.
         self._pending: dict[int, list[int]] = {}
         self._pending_rows: list[tuple[int, int]] = []
         self._pending_since = 0.0
-        self._size = self._stored_size()
+        # Leaves [0, _size) are indexed (in memory or on disk); [0, _stored) on disk.
+        self._size = self._stored = self._stored_size()
 
     def close(self) -> None:
         if self._reader is not None:
@@ -98,7 +110,7 @@ class LeafIndex:
         return self._stored_size()
 
     def stored_size_and_rows(self) -> tuple[int, int]:
-        """(indexed_size, row count) from one snapshot of leaves.db."""
+        """(indexed_size, row count) from one snapshot of the index file."""
         if self._reader is None:
             return 0, 0
         with self._reader_lock:
@@ -110,19 +122,22 @@ class LeafIndex:
                 self._reader.execute("COMMIT")
         return (0 if row is None else int(row[0])), int(count)
 
-    def add(self, start: int, hashes: Iterable[bytes]) -> None:
-        """Index leaves ``start, start+1, ...``; ``start`` must be the current size. Memory only."""
+    def add(self, start: int, keys: Iterable[bytes | None]) -> None:
+        """Index leaves ``start, start+1, ...`` by their keys (None: a leaf without one); ``start`` must
+        be the current size. Memory only."""
         with self._lock:
             if start != self._size:
                 raise AssertionError(f"leaf index at {self._size} was handed leaves from {start}")
             if not self._pending_rows:
                 self._pending_since = time.monotonic()
             count = 0
-            for i, h in enumerate(hashes, start):
-                prefix = leaf_prefix(h)
+            for i, key in enumerate(keys, start):
+                count += 1
+                if key is None:
+                    continue
+                prefix = key_prefix(key)
                 self._pending.setdefault(prefix, []).append(i)
                 self._pending_rows.append((prefix, i))
-                count += 1
             self._size = start + count
 
     def pending(self) -> int:
@@ -132,7 +147,10 @@ class LeafIndex:
     def flush_due(self) -> bool:
         with self._lock:
             n = len(self._pending_rows)
-            return n >= FLUSH_ENTRIES or (n > 0 and time.monotonic() - self._pending_since >= FLUSH_AFTER)
+            if n == 0:
+                # Only keyless leaves since the last flush: record how far the index reaches, now and then.
+                return self._size - self._stored >= FLUSH_ENTRIES
+            return n >= FLUSH_ENTRIES or time.monotonic() - self._pending_since >= FLUSH_AFTER
 
     def flush(self, limit: int | None = None) -> None:
         """Write the oldest pending rows (at most ``limit``) as one sorted run, with the size they reach."""
@@ -141,15 +159,23 @@ class LeafIndex:
         with self._flush_lock:
             with self._lock:
                 # A copy: the commit thread may add rows while these are written.
-                rows = self._pending_rows[:limit] if limit is not None else list(self._pending_rows)
-                if not rows:
+                everything = limit is None or limit >= len(self._pending_rows)
+                rows = list(self._pending_rows) if everything else self._pending_rows[:limit]
+                if (not rows and not everything) or (everything and not rows and self._size <= self._stored):
                     return
-                # Rows are pending in index order, so the run ends where the indexed prefix ends.
-                size = rows[-1][1] + 1
+                # Rows are pending in index order, so a run of all of them reaches the indexed size
+                # (leaves without a key included), and a shorter one ends where its last row is.
+                size = self._size if everything else rows[-1][1] + 1
             with write_transaction(self._conn) as conn:
-                conn.executemany("INSERT OR IGNORE INTO leaves (prefix, idx) VALUES (?, ?)", sorted(rows))
+                # One statement for the run: executemany would hand the GIL back and forth once per row.
+                conn.execute(
+                    "INSERT OR IGNORE INTO leaves (prefix, idx) "
+                    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)",
+                    (json.dumps(sorted(rows)),),
+                )
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('indexed_size', ?)", (size,))
             with self._lock:
+                self._stored = size
                 self._pending_rows = self._pending_rows[len(rows) :]
                 self._pending = {}
                 for prefix, i in self._pending_rows:
@@ -157,9 +183,9 @@ class LeafIndex:
                 if self._pending_rows:
                     self._pending_since = time.monotonic()
 
-    def candidates(self, leaf_hash: bytes) -> list[int]:
-        """Indexes whose leaf hash may be ``leaf_hash``, ascending (confirm each against the tree)."""
-        prefix = leaf_prefix(leaf_hash)
+    def candidates(self, key: bytes) -> list[int]:
+        """Indexes whose key may be ``key``, ascending (confirm each against the log)."""
+        prefix = key_prefix(key)
         with self._lock:
             pending = list(self._pending.get(prefix, ()))
         stored: list[int] = []
@@ -171,10 +197,30 @@ class LeafIndex:
                 ]
         return sorted(set(stored + pending))
 
-    def catch_up(self, log_size: int, read_leaf_hashes: Callable[[int, int], list[bytes]]) -> int:
+    def candidates_many(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
+        """:meth:`candidates` of each key that has any, by the key's position, with one query for all of them."""
+        prefixes = [key_prefix(k) for k in keys]
+        found: dict[int, set[int]] = {}
+        with self._lock:
+            for prefix in prefixes:
+                if prefix in self._pending:
+                    found[prefix] = set(self._pending[prefix])
+        if self._reader is not None and prefixes:
+            with self._reader_lock:
+                rows = self._reader.execute(
+                    "SELECT prefix, idx FROM leaves WHERE prefix IN (SELECT value FROM json_each(?))",
+                    (json.dumps(prefixes),),
+                ).fetchall()
+            for prefix, idx in rows:
+                found.setdefault(int(prefix), set()).add(int(idx))
+        if not found:
+            return {}
+        return {i: sorted(found[prefix]) for i, prefix in enumerate(prefixes) if prefix in found}
+
+    def catch_up(self, log_size: int, read_keys: Callable[[int, int], Sequence[bytes | None]]) -> int:
         """Bring the index to ``log_size`` after a crash or restore; returns how many leaves were re-read.
 
-        ``read_leaf_hashes(start, stop)`` returns the committed leaf hashes in [start, stop).
+        ``read_keys(start, stop)`` returns the keys of the committed leaves in [start, stop).
         An index ahead of the log (a restored older log.db) is rebuilt from scratch.
         """
         if self._size > log_size:
@@ -182,7 +228,7 @@ class LeafIndex:
         start = self._size
         step = FLUSH_ENTRIES
         for lo in range(start, log_size, step):
-            self.add(lo, read_leaf_hashes(lo, min(log_size, lo + step)))
+            self.add(lo, read_keys(lo, min(log_size, lo + step)))
             # A crash leaves at most MAX_PENDING behind: those wait in memory for the maintenance
             # thread, so start-up stays fast. Only a lost or much older index is written here.
             if self.pending() > MAX_PENDING:
@@ -196,4 +242,5 @@ class LeafIndex:
             conn.execute("DELETE FROM leaves")
             conn.execute("DELETE FROM meta")
         with self._lock:
-            self._pending, self._pending_rows, self._size = {}, [], 0
+            self._pending, self._pending_rows = {}, []
+            self._size = self._stored = 0

@@ -1,0 +1,81 @@
+"""A prefix index: nothing handed to it is lost, whatever interleaves with a flush."""
+
+from __future__ import annotations
+
+import threading
+
+from pacspace.merkle import leaf_hash
+from pacspace.storage.prefixindex import PrefixIndex
+
+
+def hashes(start, stop):
+    return [leaf_hash(i.to_bytes(8, "big")) for i in range(start, stop)]
+
+
+def test_rows_added_during_a_flush_are_kept(tmp_path, monkeypatch):
+    index = PrefixIndex(tmp_path)
+    index.add(0, hashes(0, 10))
+    real_execute = index._conn.execute
+    added = threading.Event()
+
+    def execute_then_add(sql, *args):
+        # The commit thread adds a batch while the maintenance thread is writing.
+        if sql.startswith("INSERT OR IGNORE INTO leaves") and not added.is_set():
+            added.set()
+            index.add(10, hashes(10, 20))
+        return real_execute(sql, *args)
+
+    monkeypatch.setattr(index, "_conn", _Proxy(index._conn, execute_then_add))
+    index.flush()
+    monkeypatch.undo()
+    assert added.is_set()
+    for i, h in enumerate(hashes(0, 20)):
+        assert i in index.candidates(h), i
+    index.flush()
+    assert index.stored_size_and_rows() == (20, 20)
+    index.close()
+    reopened = PrefixIndex(tmp_path)
+    assert reopened.size == 20
+    assert all(i in reopened.candidates(h) for i, h in enumerate(hashes(0, 20)))
+    reopened.close()
+
+
+def test_catch_up_rebuilds_an_index_ahead_of_the_log(tmp_path):
+    index = PrefixIndex(tmp_path)
+    index.add(0, hashes(0, 50))
+    index.flush()
+    # A log restored from an older backup: 30 leaves, whose hashes differ from the index's.
+    other = [leaf_hash(b"other %d" % i) for i in range(30)]
+    assert index.catch_up(30, lambda lo, hi: other[lo:hi]) == 30
+    assert index.size == 30
+    assert index.candidates(other[7]) == [7]
+    assert 7 not in index.candidates(hashes(0, 50)[7])
+    index.close()
+
+
+class _Proxy:
+    def __init__(self, conn, execute):
+        self._conn = conn
+        self.execute = execute
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_leaves_without_a_key_advance_the_index_and_a_flush_records_how_far(tmp_path):
+    index = PrefixIndex(tmp_path, name="tags.db")
+    keys = hashes(0, 6)
+    index.add(0, [keys[0], None, keys[2], None, None, keys[5]])
+    assert index.size == 6
+    assert index.candidates_many([keys[0], keys[1], keys[2], keys[5]]) == {0: [0], 2: [2], 3: [5]}
+    index.flush()
+    assert index.stored_size_and_rows() == (6, 3)
+    index.add(6, [None, None])
+    index.flush()  # nothing keyed to write, but the index now reaches size 8
+    assert index.stored_size_and_rows() == (8, 3)
+    index.close()
+    reopened = PrefixIndex(tmp_path, name="tags.db")
+    assert reopened.size == 8
+    assert reopened.candidates_many([keys[2], keys[3]]) == {0: [2]}
+    reopened.close()
+    assert not (tmp_path / "leaves.db").exists()
