@@ -557,10 +557,12 @@ class RecordStore:
         A row already settled (or dropped) is left as it is, so settling twice is harmless.
         """
 
+        # Built here, before the op takes the write lock every process waits on.
+        keyed = json.dumps([[rid, seq, index] for rid, seq, index in rows])
+
         def op(conn: sqlite3.Connection) -> None:
             # Appended in the order the log sequenced them, which is close to the order of their ids.
             # One statement each, not one per row (see _insert).
-            keyed = json.dumps([[rid, seq, index] for rid, seq, index in rows])
             settling = (
                 "SELECT r.blob_id, json_extract(j.value, '$[2]') AS idx FROM json_each(:rows) j JOIN records r "
                 "ON r.relationship = json_extract(j.value, '$[0]') AND r.seq = json_extract(j.value, '$[1]') "
