@@ -242,6 +242,43 @@ async def test_fsck_passes_a_sound_log_and_finds_each_fault(tmp_path):
         assert any(expect in fault for fault in report.faults), (sql, report.faults)
 
 
+async def test_fsck_finds_a_repeated_record_tag_and_a_tag_index_that_misses_one(tmp_path):
+    """The sequencer takes any entries (admission is the records layer's): a log that repeats a tag is a fault."""
+    from pacspace.records.seal import entry_from_ct_hash
+
+    new_log(tmp_path)
+    tags = [os.urandom(32) for _ in range(300)]
+    records = [entry_from_ct_hash(t, os.urandom(32)) for t in tags]
+    async with Running(tmp_path) as seq:
+        await seq.submit_many(records)
+        seq.store.maintain()  # flush the indexes to leaves.db and tags.db
+    signer = load_signer(tmp_path)
+
+    def check(directory):
+        store = SqliteLog.open(directory, readonly=True)
+        try:
+            return fsck(store, signer.verifier)
+        finally:
+            store.close()
+
+    assert check(tmp_path).ok
+    copy = tmp_path / "lost-row"
+    copy.mkdir()
+    for name in ("log.db", "log.key", "leaves.db", "tags.db"):
+        (copy / name).write_bytes((tmp_path / name).read_bytes())
+    conn = sqlite3.connect(copy / "tags.db")
+    conn.execute("DELETE FROM leaves WHERE idx = 41")
+    conn.commit()
+    conn.close()
+    report = check(copy)
+    assert report.faults == ["tag index: entry 41 is not found by its tag"]
+    async with Running(tmp_path) as seq:
+        await seq.submit_many([entry_from_ct_hash(tags[7], os.urandom(32))])
+        seq.store.maintain()
+    report = check(tmp_path)
+    assert report.faults == ["entry 300 repeats the tag of entry 7: a tag must be in the log once"]
+
+
 def test_init_refuses_an_existing_log_and_key_is_private(tmp_path):
     new_log(tmp_path)
     assert (tmp_path / "log.key").stat().st_mode & 0o777 == 0o600

@@ -14,6 +14,7 @@ from .checkpoint import SignedCheckpoint, open_checkpoint
 from .errors import PacspaceError
 from .merkle import HASH_SIZE, consistency_proof, leaf_hash, tree_hash, verify_consistency
 from .note import Ed25519Verifier
+from .records.seal import record_tag
 from .storage.records import RecordStore
 from .storage.sqlite import SqliteLog
 from .tiles import TILE_WIDTH, extend, iter_bundle, pack_interior, tiles_for_size
@@ -59,6 +60,7 @@ def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progr
     """Rebuild every tile from the entry bundles and compare with what is stored."""
     bundles = (size + TILE_WIDTH - 1) // TILE_WIDTH
     indexed, rows = store.index.stored_size_and_rows()
+    tags_indexed = store.tags.stored_size()
     edge: dict[int, list[bytes]] = {}
     built = 0
     for start in range(0, bundles, BUNDLES_PER_STEP):
@@ -75,6 +77,9 @@ def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progr
                 hashes.append(h)
                 if n * TILE_WIDTH + i < indexed:
                     _check_leaf_index(store, h, n * TILE_WIDTH + i, report)
+                tag = record_tag(entry)
+                if tag is not None and n * TILE_WIDTH + i < tags_indexed:
+                    _check_tag(store, tag, n * TILE_WIDTH + i, report)
         update = extend(built, edge, hashes)
         built, edge = update.size, update.edge
         report.entries = built
@@ -100,6 +105,12 @@ def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progr
         report.warnings.append(
             f"the leaf index covers {indexed:,} of {size:,} leaves; the server re-indexes the rest when it starts"
         )
+    if tags_indexed > size:
+        report.warnings.append("the tag index is ahead of the log (a restored log.db?); the server rebuilds it when it starts")
+    elif tags_indexed < size:
+        report.warnings.append(
+            f"the tag index covers {tags_indexed:,} of {size:,} leaves; the server re-indexes the rest when it starts"
+        )
 
 
 def _check_leaf_index(store: SqliteLog, h: bytes, index: int, report: FsckReport) -> None:
@@ -107,6 +118,16 @@ def _check_leaf_index(store: SqliteLog, h: bytes, index: int, report: FsckReport
     # find_leaf answers with the first index of a repeated entry.
     if found is None or found > index or (found != index and store.read_hashes([(0, found)])[0] != h):
         report.faults.append(f"leaf index: entry {index} is not found by its hash")
+
+
+def _check_tag(store: SqliteLog, tag: bytes, index: int, report: FsckReport) -> None:
+    """The tag index finds the record entry at ``index`` by its tag, and no earlier entry holds that tag."""
+    candidates = store.tags.candidates(tag)
+    holders = [i for i in candidates if i == index or record_tag(store.read_entries(i, i + 1)[0]) == tag]
+    if index not in holders:
+        report.faults.append(f"tag index: entry {index} is not found by its tag")
+    elif holders[0] != index:
+        report.faults.append(f"entry {index} repeats the tag of entry {holders[0]}: a tag must be in the log once")
 
 
 def _compare_tile(store: SqliteLog, level: int, n: int, hashes: bytes, interior: bytes, report: FsckReport) -> None:
