@@ -79,3 +79,25 @@ def test_leaves_without_a_key_advance_the_index_and_a_flush_records_how_far(tmp_
     assert reopened.candidates_many([keys[2], keys[3]]) == {0: [2]}
     reopened.close()
     assert not (tmp_path / "leaves.db").exists()
+
+
+def test_a_salted_index_keeps_its_salt_and_chosen_keys_do_not_share_a_prefix(tmp_path):
+    """Keys a client chooses (tags) with equal first 8 bytes land on different stored prefixes."""
+    chosen = [b"\x00" * 8 + i.to_bytes(24, "big") for i in range(50)]
+    index = PrefixIndex(tmp_path, name="tags.db", salted=True)
+    index.add(0, chosen)
+    index.flush()
+    stored = {row[0] for row in index._conn.execute("SELECT prefix FROM leaves")}
+    assert len(stored) == 50
+    assert all(index.candidates(k) == [i] for i, k in enumerate(chosen))
+    index.close()
+    reopened = PrefixIndex(tmp_path, name="tags.db", salted=True, readonly=True)
+    assert reopened.candidates_many(chosen[:3]) == {0: [0], 1: [1], 2: [2]}
+    reopened.close()
+    other = tmp_path / "other"
+    other.mkdir()
+    elsewhere = PrefixIndex(other, name="tags.db", salted=True)
+    again = PrefixIndex(tmp_path, name="tags.db", salted=True)
+    assert elsewhere._prefix(chosen[0]) != again._prefix(chosen[0])
+    elsewhere.close()
+    again.close()

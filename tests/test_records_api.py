@@ -362,6 +362,19 @@ async def test_a_repeated_tag_in_a_batch_refuses_only_its_relationships_records(
     assert [r["status"] for r in body["results"]] == ["ok", "ok", "ok"]
 
 
+async def test_records_whose_tags_cannot_be_checked_are_refused_and_forgotten(world):
+    """The tag index missed a committed batch (its flag says so): admission refuses with 503, nothing is kept,
+    and the same record goes in once the index can answer again."""
+    _, g = await world.create()
+    d1 = world.delta(1, body_hash(g.body))
+    service = world.app[SERVICE]
+    service.store.tags.broken = True
+    await error(await world.post(d1), 503, "admission_failed")
+    assert service.records.unsettled() == [] and service.tags.claimed == 0
+    service.store.tags.broken = False
+    assert (await world.post(d1)).status == 201
+
+
 async def test_a_lost_tag_index_is_rebuilt_from_the_log_at_start(aiohttp_client, tmp_path):
     vkey = new_log(tmp_path)
     config = ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01))

@@ -63,3 +63,25 @@ def test_entries_that_are_not_records_pass_without_a_lookup():
     guard = TagGuard(log)
     assert guard.admit([b"not a record entry"], [("a", 0)]) == [0]
     assert log.asked == [] and guard.claimed == 0
+
+
+def test_a_tag_of_a_refused_relationship_is_free_for_another_in_the_same_call():
+    taken, shared = os.urandom(32), os.urandom(32)
+    guard = TagGuard(Log(taken))
+    entries = [entry(taken), entry(shared), entry(shared)]
+    rows = [("a", 1), ("a", 2), ("b", 0)]
+    assert guard.admit(entries, rows) == [2]
+
+
+def test_a_failed_lookup_claims_nothing():
+    def broken(tags):
+        raise OSError("disk gone")
+
+    guard = TagGuard(broken)
+    try:
+        guard.admit([entry()], [("a", 0)])
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the lookup's failure must reach the caller")
+    assert guard.claimed == 0

@@ -84,6 +84,13 @@ class SequencerStopped(PacspaceError):
     http_status = 503
 
 
+class AdmissionFailed(PacspaceError):
+    """Records' tags could not be checked against the log; nothing of them was appended."""
+
+    code = "admission_failed"
+    http_status = 503
+
+
 class EntryTooLarge(PacspaceError):
     """An entry exceeds the 65,535 bytes an entry bundle can carry."""
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config import ServerConfig
+from ..errors import AdmissionFailed
 from ..merkle import RangeHashes
 from ..sequencer import Sequenced, Sequencer
 from ..storage.records import RecordStore
@@ -60,7 +61,12 @@ class LogService:
         if not isinstance(self.sequencer, Sequencer) or self.tags is None:
             raise TypeError("only the process that sequences admits entries")
         guard = self.tags
-        admitted = guard.admit(entries, rows)
+        try:
+            admitted = guard.admit(entries, rows)
+        except Exception as exc:
+            # Typed as "nothing appended", so the callers drop their rows rather than wait for the log.
+            log.error("could not check records' tags against the log: %s", exc)
+            raise AdmissionFailed("could not check the records' tags against the log; nothing was appended") from None
         answers: list[Sequenced | None] = [None] * len(entries)
         if not admitted:
             return answers

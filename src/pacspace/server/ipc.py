@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import EntryTooLarge, MalformedInput, PacspaceError, PoolFull, SequencerStopped
+from ..errors import AdmissionFailed, EntryTooLarge, MalformedInput, PacspaceError, PoolFull, SequencerStopped
 from ..tiles import MAX_ENTRY_SIZE
 from ..storage.records import RecordStore
 from .context import SERVICE
@@ -111,7 +111,8 @@ class RemoteFailure(PacspaceError):
 
 
 _ERRORS: dict[str, type[PacspaceError]] = {
-    cls.code: cls for cls in (PoolFull, SequencerStopped, WitnessQuorumFailed, MalformedInput, EntryTooLarge)
+    cls.code: cls
+    for cls in (PoolFull, SequencerStopped, WitnessQuorumFailed, MalformedInput, EntryTooLarge, AdmissionFailed)
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import EntryTooLarge, MalformedInput, NotFound, PacspaceError, PoolFull
+from ..errors import AdmissionFailed, EntryTooLarge, MalformedInput, NotFound, PacspaceError, PoolFull
 from ..keys import KeyUnusable, PublicKeys
 from ..merkle import leaf_hash
 from ..receipt import Receipt
@@ -393,8 +393,9 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     rows = [(groups[i].rel.id, s.seq) for i in new for s in groups[i].subs]
     try:
         sequenced, settled = await service.sequence_records(entries, rows)
-    except (PoolFull, MalformedInput, EntryTooLarge) as exc:
-        # Refused before entering the pool (full, malformed): nothing was appended; forget our rows.
+    except (PoolFull, MalformedInput, EntryTooLarge, AdmissionFailed) as exc:
+        # Refused before entering the pool (full, malformed, tags not checkable): nothing was appended;
+        # forget our rows.
         # Any other error (witness_quorum_failed, sequencer_stopped, a lost channel) propagates and
         # leaves them: their entries may be in the log, to be settled from it later or at the next start.
         await _forget(service, [groups[i] for i in new])
@@ -417,11 +418,11 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
         size = answers[0].checkpoint.size
         settle.extend((groups[i].rel.id, s.seq, q.index) for s, q in zip(subs, answers))
         outcomes[i] = (201, [(q.index, size) for q in answers])
-    if refused:
-        await _forget(service, [groups[i] for i in refused])
     if settle and not settled:
         # The entries are committed: acknowledge now, record their indexes in records.db behind us.
         service.settle_later([RecordStore.settle_rows_op(settle, size)])
+    if refused:
+        await _forget(service, [groups[i] for i in refused])
     return outcomes  # type: ignore[return-value]
 
 
@@ -432,7 +433,14 @@ async def _forget(service: LogService, groups: list[_Group]) -> None:
         undo.append(RecordStore.drop_op(group.rel.id, [s.seq for s in group.subs]))
         if group.create is not None:
             undo.append(RecordStore.drop_relationship_op(group.rel.id))
-    await service.writer.write(undo)
+    try:
+        failures = [r for r in await service.writer.write(undo) if isinstance(r, BaseException)]
+    except Exception as exc:
+        failures = [exc]
+    if failures:
+        # The other groups' answers stand. These rows stay unsettled (their relationships answer
+        # previous_in_flight) until the next start, which drops them: their entries are not in the log.
+        log.error("could not drop records that were never appended: %s", failures[0])
 
 
 async def _settle_from_log(service: LogService, rids: list[str]) -> int:

@@ -37,19 +37,24 @@ class TagGuard:
         relationship's records are sequenced all together or not at all.
         """
         tags = [record_tag(e) for e in entries]
-        refused: set[str] = set()
-        seen: set[bytes] = set()
-        unclaimed: list[int] = []
-        for i, tag in enumerate(tags):
-            if tag is None:
-                continue
-            if tag in self._claimed or tag in seen:
-                refused.add(rows[i][0])
-            else:
-                unclaimed.append(i)
-            seen.add(tag)
-        in_log = self.in_log([tags[i] for i in unclaimed]) if unclaimed else []  # type: ignore[misc]
-        refused.update(rows[i][0] for i, taken in zip(unclaimed, in_log) if taken)
+        fresh = [i for i, tag in enumerate(tags) if tag is not None and tag not in self._claimed]
+        in_log = self.in_log([tags[i] for i in fresh]) if fresh else []  # type: ignore[misc]
+        refused = {rows[i][0] for i, tag in enumerate(tags) if tag is not None and tag in self._claimed}
+        refused.update(rows[i][0] for i, taken in zip(fresh, in_log) if taken)
+        # A tag repeated within the call: the first relationship to use it keeps it. Only the tags of
+        # relationships still admitted count, so refusing one may free a tag for another: repeat.
+        while True:
+            seen: set[bytes] = set()
+            repeats: set[str] = set()
+            for tag, (rid, _) in zip(tags, rows):
+                if tag is None or rid in refused:
+                    continue
+                if tag in seen:
+                    repeats.add(rid)
+                seen.add(tag)
+            if not repeats:
+                break
+            refused |= repeats
         admitted = [i for i, (rid, _) in enumerate(rows) if rid not in refused]
         self._claimed.update(t for t in (tags[i] for i in admitted) if t is not None)
         return admitted

@@ -29,7 +29,7 @@ class Batch:
     bundles: dict[int, bytes]
     leaf_hashes: Sequence[bytes]
     checkpoint: bytes
-    entries: Sequence[bytes] = ()
+    entries: Sequence[bytes]
 
 
 class LogReader(Protocol):

@@ -18,7 +18,9 @@ Pending entries are bounded (``MAX_PENDING``), which bounds that catch-up.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
 import struct
 import threading
@@ -44,19 +46,24 @@ _SCHEMA = (
 )
 
 
-def key_prefix(key: bytes) -> int:
-    """The stored key: a key's first 8 bytes as a signed 64-bit integer (SQLite's INTEGER).
+def key_prefix(key: bytes, salt: bytes = b"") -> int:
+    """The stored key: 8 bytes of a key (of SHA-256(salt || key) when salted) as a signed 64-bit integer.
 
     Candidates are confirmed against the log itself, so a colliding prefix
     costs a read, never a wrong answer; the small key keeps the B-tree small.
+    A key a client chooses (a record's tag) is salted with a secret of the
+    index, so nobody can make many keys share a prefix and every lookup slow.
     """
+    if salt:
+        key = hashlib.sha256(salt + key).digest()
     return _PREFIX.unpack_from(key)[0]  # type: ignore[no-any-return]
 
 
 class PrefixIndex:
-    def __init__(self, data_dir: Path, *, readonly: bool = False, name: str = LEAF_INDEX_NAME) -> None:
+    def __init__(self, data_dir: Path, *, readonly: bool = False, name: str = LEAF_INDEX_NAME, salted: bool = False) -> None:
         path = data_dir / name
         self.name = name
+        self._salted = salted
         # Set when a committed batch could not be added: lookups may miss it until catch_up at the next start.
         self.broken = False
         self._readonly = readonly
@@ -83,8 +90,32 @@ class PrefixIndex:
         self._pending: dict[int, list[int]] = {}
         self._pending_rows: list[tuple[int, int]] = []
         self._pending_since = 0.0
+        self._salt = self._load_salt()
         # Leaves [0, _size) are indexed (in memory or on disk); [0, _stored) on disk.
         self._size = self._stored = self._stored_size()
+
+    def _load_salt(self) -> bytes:
+        """A salted index's secret, drawn when the file is new (or emptied)."""
+        if not self._salted or self._conn is None:
+            return b""
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
+        except sqlite3.OperationalError:
+            row = None  # read-only, and the file has no tables yet
+        if row is not None:
+            return _PREFIX.pack(int(row[0]))
+        if self._readonly:
+            return b""
+        with write_transaction(self._conn) as conn:
+            # Rows without their salt cannot be looked up: start the index afresh; catch_up refills it.
+            conn.execute("DELETE FROM leaves")
+            conn.execute("DELETE FROM meta")
+            salt = os.urandom(8)
+            conn.execute("INSERT INTO meta VALUES ('salt', ?)", _PREFIX.unpack(salt))
+        return salt
+
+    def _prefix(self, key: bytes) -> int:
+        return key_prefix(key, self._salt)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -135,7 +166,7 @@ class PrefixIndex:
                 count += 1
                 if key is None:
                     continue
-                prefix = key_prefix(key)
+                prefix = self._prefix(key)
                 self._pending.setdefault(prefix, []).append(i)
                 self._pending_rows.append((prefix, i))
             self._size = start + count
@@ -185,7 +216,7 @@ class PrefixIndex:
 
     def candidates(self, key: bytes) -> list[int]:
         """Indexes whose key may be ``key``, ascending (confirm each against the log)."""
-        prefix = key_prefix(key)
+        prefix = self._prefix(key)
         with self._lock:
             pending = list(self._pending.get(prefix, ()))
         stored: list[int] = []
@@ -199,7 +230,7 @@ class PrefixIndex:
 
     def candidates_many(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
         """:meth:`candidates` of each key that has any, by the key's position, with one query for all of them."""
-        prefixes = [key_prefix(k) for k in keys]
+        prefixes = [self._prefix(k) for k in keys]
         found: dict[int, set[int]] = {}
         with self._lock:
             for prefix in prefixes:
@@ -240,7 +271,7 @@ class PrefixIndex:
             return
         with write_transaction(self._conn) as conn:
             conn.execute("DELETE FROM leaves")
-            conn.execute("DELETE FROM meta")
+            conn.execute("DELETE FROM meta WHERE key = 'indexed_size'")
         with self._lock:
             self._pending, self._pending_rows = {}, []
             self._size = self._stored = 0

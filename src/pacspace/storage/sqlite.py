@@ -105,7 +105,8 @@ class SqliteLog:
             raise UntrustedState(f"{path}: unknown schema version {version!r}")
         self.origin = self._meta("origin") or ""
         self.index = PrefixIndex(path.parent, readonly=readonly)
-        self.tags = PrefixIndex(path.parent, readonly=readonly, name=TAG_INDEX_NAME)
+        # Salted: tags are chosen by clients, who must not be able to make their prefixes collide.
+        self.tags = PrefixIndex(path.parent, readonly=readonly, name=TAG_INDEX_NAME, salted=True)
 
     @classmethod
     def create(cls, data_dir: Path, origin: str, first_checkpoint: bytes) -> SqliteLog:
@@ -408,6 +409,8 @@ class SqliteLog:
         conn = self._write
         if conn is None:
             raise UntrustedState("this log was opened read-only")
+        if len(batch.entries) != len(batch.leaf_hashes):
+            raise UntrustedState(f"a batch of {len(batch.leaf_hashes)} leaves came with {len(batch.entries)} entries")
         with write_transaction(conn):
             (stored,) = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
             if stored != batch.old_size:
@@ -431,15 +434,20 @@ class SqliteLog:
         for index, keys in ((self.index, batch.leaf_hashes), (self.tags, [record_tag(e) for e in batch.entries])):
             try:
                 index.add(batch.old_size, keys)
-                if index.pending() > MAX_PENDING:
-                    # Back-pressure: the maintenance thread fell behind. Pay for one run here (a short
-                    # stall, not a flush of everything), so memory stays bounded.
-                    index.flush(limit=FLUSH_ENTRIES)
             except Exception:
                 # The index is derived: the next start re-derives what is missing (PrefixIndex.catch_up).
                 # Until then a lookup may miss entries, so the server stops admitting records (TagGuard).
                 index.broken = True
                 log.exception("%s update failed after a durable commit; lookups may miss entries until restart", index.name)
+                continue
+            if index.pending() > MAX_PENDING:
+                # Back-pressure: the maintenance thread fell behind. Pay for one run here (a short
+                # stall, not a flush of everything), so memory stays bounded.
+                try:
+                    index.flush(limit=FLUSH_ENTRIES)
+                except Exception:
+                    # The rows stay pending in memory, where lookups see them; the next flush retries.
+                    log.exception("%s flush failed; it is retried", index.name)
 
 
 def _as_bytes(value: object) -> bytes:
