@@ -145,9 +145,9 @@ def test_sigterm_stops_workers_then_the_sequencer_and_removes_the_private_socket
 
 
 def test_a_busy_port_is_refused_not_shared(data, tmp_path):
-    """SO_REUSEPORT would let a second server join the first one's port and split its clients."""
+    """A second server must not join the first one's port (as SO_REUSEPORT would let it) and split its clients."""
     port = free_port()
-    first = subprocess.Popen(  # itself with workers: its sockets allow SO_REUSEPORT
+    first = subprocess.Popen(  # itself with workers
         [sys.executable, "-m", "pacspace", "serve", "--data", str(tmp_path / "other"), "--port", str(port), "--workers", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -382,6 +382,24 @@ def test_a_tag_is_taken_once_whichever_worker_each_record_reaches(data):
         assert b.call("POST", "/v1/relationships/acme:r2/records", sealed_like(1))[0] == 201
         status, body = a.call("GET", "/v1/relationships/acme:r2/records")
         assert [r["seq"] for r in json.loads(body)["records"]] == [0, 1]
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+
+
+def test_connections_are_handed_to_the_workers_in_turn(data):
+    """A client with a few long-lived connections (a batch sender) gets every worker, not one by chance."""
+    port = free_port()
+    server = start(data, port)
+    try:
+        workers = children(server.pid)
+        pinned = [Pinned(port) for _ in range(6)]
+        time.sleep(0.3)
+        holders = [p.worker(port, workers) for p in pinned]
+        assert sorted(holders.count(w) for w in workers) == [3, 3], holders
+        assert all(p.call("GET", "/health")[0] == 200 for p in pinned)
+        for p in pinned:
+            p.conn.close()
     finally:
         server.terminate()
         assert server.wait(timeout=60) == 0

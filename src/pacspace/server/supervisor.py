@@ -9,9 +9,13 @@ and store requests in parallel; sequencing stays single, as the design says
 The parent opens the data directory exactly as a single-process server does
 (write lock, trust checks, reconciling records.db with the log), then serves
 only a private Unix socket in a fresh 0700 directory, where the workers submit
-entries (ipc.py). It binds the public port, one SO_REUSEPORT socket per
-worker, and hands each worker its own: the kernel spreads connections evenly
-(a shared socket lets the first worker to wake take most of a burst).
+entries (ipc.py). It listens on the public port itself and hands each new
+connection to the next worker in turn (over a socket pair, SCM_RIGHTS), so a
+client with a few long-lived connections gets the workers evenly. Both ways
+the kernel could spread them left workers idle: a shared socket lets the first
+worker to wake take most of a burst, and SO_REUSEPORT hashes each connection
+to a worker, which put a batch client's 4 connections all on one worker in 3
+of 9 runs (docs/performance.md).
 
 Failure: if a worker exits on its own, the parent stops the others and exits
 1 (a supervisor such as systemd restarts it, and the start settles whatever the
@@ -47,20 +51,23 @@ WORKER_STOP_TIMEOUT = 120.0
 
 
 class WorkerPool:
-    """The worker processes: started with the listening socket and the parent's Unix socket, watched, stopped."""
+    """The worker processes: started with their end of a connection channel and the parent's Unix socket,
+    handed connections in turn, watched, stopped."""
 
-    def __init__(
-        self, config: ServerConfig, listeners: list[socket.socket], ipc_path: Path, vkeys: tuple[str, str]
-    ) -> None:
+    def __init__(self, config: ServerConfig, count: int, ipc_path: Path, vkeys: tuple[str, str]) -> None:
         self._config = config
-        self._listeners = listeners
+        self._count = count
         self._ipc_path = ipc_path
         self._vkeys = vkeys
         self._procs: list[asyncio.subprocess.Process] = []
+        self._channels: list[socket.socket] = []
+        self._next = 0
 
     async def start(self) -> None:
-        for listener in self._listeners:
-            fd = listener.fileno()
+        for _ in range(self._count):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            ours.setblocking(False)
+            fd = theirs.fileno()
             argv = [
                 sys.executable, "-m", "pacspace.server.worker",
                 "--data", str(self._config.data_dir), "--fd", str(fd), "--ipc", str(self._ipc_path),
@@ -68,7 +75,23 @@ class WorkerPool:
             ]  # fmt: skip
             if self._config.witness_policy is not None:
                 argv += ["--witness-policy", str(self._config.witness_policy)]
-            self._procs.append(await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,)))
+            try:
+                self._procs.append(await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,)))
+            finally:
+                theirs.close()
+            self._channels.append(ours)
+
+    def hand_over(self, conn: socket.socket) -> bool:
+        """Give an accepted connection to the next worker that takes it; False if none could."""
+        for _ in range(len(self._channels)):
+            channel = self._channels[self._next % len(self._channels)]
+            self._next += 1
+            try:
+                socket.send_fds(channel, [b"c"], [conn.fileno()])
+                return True
+            except OSError:
+                continue  # that worker's queue is full, or it is gone: the next one
+        return False
 
     async def first_exit(self) -> int:
         """Wait until any worker exits; its exit status."""
@@ -83,6 +106,8 @@ class WorkerPool:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
         await asyncio.gather(*(self._reap(proc) for proc in self._procs))
+        for channel in self._channels:
+            channel.close()
 
     @staticmethod
     async def _reap(proc: asyncio.subprocess.Process) -> None:
@@ -94,43 +119,31 @@ class WorkerPool:
             await proc.wait()
 
 
-def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """One listening socket per worker on the same port (SO_REUSEPORT: the kernel spreads connections
-    evenly over them); where the platform lacks it, one socket they all accept from.
-
-    A port someone else holds is refused as busy, never shared: the first socket is bound
-    without SO_REUSEPORT to find out, then replaced by the group on the same port.
-    """
-    probe = socket.create_server((host, port), backlog=4096)
-    if not hasattr(socket, "SO_REUSEPORT") or count == 1:
-        return [probe] * count
-    port = probe.getsockname()[1]  # the one the system chose, for --port 0
-    probe.close()
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sockets.append(socket.create_server((host, port), backlog=4096, reuse_port=True))
-    except OSError:
-        for s in sockets:
-            s.close()
-        raise
-    return sockets
+async def hand_out_connections(listener: socket.socket, pool: WorkerPool) -> None:
+    """Accept connections on the public port and hand each to a worker in turn, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        with conn:  # our copy; the worker holds its own from here
+            if not pool.hand_over(conn):
+                log.warning("no worker could take a connection; closed it")
 
 
 def serve_with_workers(config: ServerConfig, workers: int, announce: Callable[[web.Application], None]) -> int:
     """Run the parent until SIGTERM/SIGINT, a worker's death or the sequencer's; the exit status."""
-    listeners = listening_sockets(config.host, config.port, workers)
+    # Without SO_REUSEPORT: a port someone else holds is refused as busy, never shared.
+    listener = socket.create_server((config.host, config.port), backlog=4096)
+    listener.setblocking(False)
     ipc_dir = Path(tempfile.mkdtemp(prefix="pacspace-"))  # 0700: only this user reaches the sequencer
     try:
-        return asyncio.run(_run(config, listeners, ipc_dir / "sequencer.sock", announce))
+        return asyncio.run(_run(config, listener, workers, ipc_dir / "sequencer.sock", announce))
     finally:
-        for listener in listeners:
-            listener.close()
+        listener.close()
         shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
 async def _run(
-    config: ServerConfig, listeners: list[socket.socket], ipc_path: Path, announce: Callable[[web.Application], None]
+    config: ServerConfig, listener: socket.socket, workers: int, ipc_path: Path, announce: Callable[[web.Application], None]
 ) -> int:
     stop = asyncio.Event()
     app = create_app(config, on_fatal=lambda exc: stop.set(), internal=True)
@@ -141,20 +154,23 @@ async def _run(
         site = web.UnixSite(runner, str(ipc_path))
         await site.start()
         service = app[SERVICE]
-        pool = WorkerPool(config, listeners, ipc_path, (service.vkey, service.timestamp_vkey))
+        pool = WorkerPool(config, workers, ipc_path, (service.vkey, service.timestamp_vkey))
         await pool.start()
-        # The workers hold the listening sockets now. Ours would keep accepting connections that
-        # nobody answers once the workers close theirs at shutdown (or one dies): close them.
-        for listener in listeners:
-            listener.close()
+        handing = asyncio.ensure_future(hand_out_connections(listener, pool))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         announce(app)
         watch = asyncio.ensure_future(pool.first_exit())
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([watch, stopped], return_when=asyncio.FIRST_COMPLETED)
-        if watch.done():
+        await asyncio.wait([watch, stopped, handing], return_when=asyncio.FIRST_COMPLETED)
+        # From here new connections are refused: nobody would answer them.
+        handing.cancel()
+        listener.close()
+        if handing.done() and not handing.cancelled() and handing.exception() is not None:
+            failed = True
+            log.error("accepting connections failed: %s; stopping the server", handing.exception())
+        elif watch.done():
             failed = True
             log.error("a worker exited (status %s); stopping the server", watch.result())
         else:

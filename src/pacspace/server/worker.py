@@ -1,6 +1,8 @@
-"""One HTTP worker of ``pacspace serve --workers N``: serves the whole API on the shared listening socket.
+"""One HTTP worker of ``pacspace serve --workers N``: serves the whole API on the connections the parent hands it.
 
-Started by the supervisor (supervisor.py), never by hand. It parses, checks
+Started by the supervisor (supervisor.py), never by hand. The parent accepts
+connections on the public port and passes each to a worker in turn over a
+socket pair (SCM_RIGHTS); the worker serves it to the end. It parses, checks
 and stores requests in records.db itself (SQLite serialises the workers'
 transactions), reads log.db read-only for proofs and tiles, and reaches the
 single sequencer in the parent through its private Unix socket. It holds no
@@ -112,7 +114,7 @@ def _die_with_parent(parent: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pacspace-worker", description="an HTTP worker of pacspace serve (internal)")
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--fd", type=int, required=True, help="the inherited listening socket")
+    parser.add_argument("--fd", type=int, required=True, help="the inherited socket the parent passes connections on")
     parser.add_argument("--ipc", type=Path, required=True, help="the parent's Unix socket")
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--vkey", required=True)
@@ -123,9 +125,54 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     config = ServerConfig(data_dir=args.data, witness_policy=args.witness_policy)
     app = create_worker_app(config, WorkerLink(args.ipc, args.vkey, args.timestamp_vkey))
-    sock = socket.socket(fileno=args.fd)
-    web.run_app(app, sock=sock, print=None, access_log=None)
+    channel = socket.socket(fileno=args.fd)
+    asyncio.run(serve_handed_connections(app, channel))
     return 0
+
+
+async def serve_handed_connections(app: web.Application, channel: socket.socket) -> None:
+    """Serve each connection the parent passes on ``channel`` until SIGTERM/SIGINT or the parent closes it;
+    then finish the requests in progress (aiohttp's graceful shutdown) and stop."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    channel.setblocking(False)
+    server = runner.server
+    assert server is not None
+
+    def receive() -> None:
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, 16, 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            message, fds = b"", []
+        if not message and not fds:
+            stop.set()  # the parent closed its end: it is stopping, or gone
+            return
+        for fd in fds:
+            conn = socket.socket(fileno=fd)
+            if stop.is_set():
+                conn.close()  # refused rather than left unanswered
+                continue
+            task = asyncio.ensure_future(loop.connect_accepted_socket(server, conn))
+            task.add_done_callback(_log_failed_connection)
+
+    loop.add_reader(channel.fileno(), receive)
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_reader(channel.fileno())
+        channel.close()  # connections still queued to us are closed with it
+        await runner.cleanup()
+
+
+def _log_failed_connection(task: asyncio.Future[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not serve a connection: %s", task.exception())
 
 
 if __name__ == "__main__":
