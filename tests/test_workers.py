@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -50,6 +52,18 @@ def start(data: Path, port: int, workers: int = 2, extra: tuple[str, ...] = ()) 
     return proc
 
 
+@contextmanager
+def serving(data: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A server with two workers on a free port; it must stop cleanly when the test is done."""
+    port = free_port()
+    server = start(data, port)
+    try:
+        yield server, port
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+
+
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     d = tmp_path / "data"
@@ -63,10 +77,8 @@ def line(n: int) -> Line:
 
 
 async def test_records_through_workers_read_back_with_proofs_by_hash_and_metrics(data, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start(data, port)
-    try:
+    with serving(data) as (server, port):
+        url = f"http://127.0.0.1:{port}"
         assert len(children(server.pid)) == 2
         acme, bob = await register_two_homes(url, tmp_path)
         receipts = []
@@ -106,9 +118,6 @@ async def test_records_through_workers_read_back_with_proofs_by_hash_and_metrics
         assert appended == 7  # the sequencer's own counter, served by a worker
         assert records[-1].index == last["index"]
         assert records[-1].seq == last["seq"] == 6
-    finally:
-        server.terminate()
-        assert server.wait(timeout=60) == 0
 
 
 def test_a_worker_that_dies_stops_the_server_with_an_error(data):
@@ -363,9 +372,7 @@ def test_fsck_beside_a_live_server_finds_no_fault(data):
 
 def test_a_tag_is_taken_once_whichever_worker_each_record_reaches(data):
     """Each worker stores its record in records.db; the one process that sequences admits the tag once."""
-    port = free_port()
-    server = start(data, port)
-    try:
+    with serving(data) as (server, port):
         a, b = one_connection_per_worker(port, children(server.pid))
         for pinned, rid in ((a, "acme:r1"), (b, "acme:r2")):
             genesis = {"relationship": rid, "customer": "bob", "genesis": sealed_like(0),
@@ -382,16 +389,11 @@ def test_a_tag_is_taken_once_whichever_worker_each_record_reaches(data):
         assert b.call("POST", "/v1/relationships/acme:r2/records", sealed_like(1))[0] == 201
         status, body = a.call("GET", "/v1/relationships/acme:r2/records")
         assert [r["seq"] for r in json.loads(body)["records"]] == [0, 1]
-    finally:
-        server.terminate()
-        assert server.wait(timeout=60) == 0
 
 
 def test_connections_are_handed_to_the_workers_in_turn(data):
     """A client with a few long-lived connections (a batch sender) gets every worker, not one by chance."""
-    port = free_port()
-    server = start(data, port)
-    try:
+    with serving(data) as (server, port):
         workers = children(server.pid)
         pinned = [Pinned(port) for _ in range(6)]
         time.sleep(0.3)
@@ -400,6 +402,3 @@ def test_connections_are_handed_to_the_workers_in_turn(data):
         assert all(p.call("GET", "/health")[0] == 200 for p in pinned)
         for p in pinned:
             p.conn.close()
-    finally:
-        server.terminate()
-        assert server.wait(timeout=60) == 0
