@@ -402,3 +402,44 @@ def test_connections_are_handed_to_the_workers_in_turn(data):
         assert all(p.call("GET", "/health")[0] == 200 for p in pinned)
         for p in pinned:
             p.conn.close()
+
+
+async def test_a_failed_accept_is_logged_and_the_next_connection_still_handed_over(caplog):
+    """Accepting can fail for a while (out of file descriptors): the parent keeps accepting, it does not stop."""
+    import errno
+
+    from pacspace.server import supervisor
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    handed: list[int] = []
+
+    class Pool:
+        def hand_over(self, conn: socket.socket) -> bool:
+            handed.append(conn.getsockname()[1])
+            return True
+
+    loop = asyncio.get_running_loop()
+    real_accept = loop.sock_accept
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+
+    async def accept_failing_once(sock):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return await real_accept(sock)
+
+    loop.sock_accept = accept_failing_once  # type: ignore[method-assign]
+    task = asyncio.ensure_future(supervisor.hand_out_connections(listener, Pool()))  # type: ignore[arg-type]
+    try:
+        client = await asyncio.to_thread(socket.create_connection, listener.getsockname())
+        for _ in range(100):
+            if handed:
+                break
+            await asyncio.sleep(0.02)
+        assert handed == [listener.getsockname()[1]]
+        assert "Too many open files" in caplog.text
+        client.close()
+    finally:
+        task.cancel()
+        del loop.sock_accept
+        listener.close()

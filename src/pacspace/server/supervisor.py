@@ -48,6 +48,8 @@ log = logging.getLogger("pacspace.server")
 # A worker gets this long to finish its requests after SIGTERM before it is killed: longer than
 # aiohttp's own 60 s shutdown timeout plus the 30 s it may wait for records.db.
 WORKER_STOP_TIMEOUT = 120.0
+# After a failed accept (say, out of file descriptors), wait this long before the next.
+ACCEPT_RETRY = 0.1
 
 
 class WorkerPool:
@@ -123,7 +125,13 @@ async def hand_out_connections(listener: socket.socket, pool: WorkerPool) -> Non
     """Accept connections on the public port and hand each to a worker in turn, until cancelled."""
     loop = asyncio.get_running_loop()
     while True:
-        conn, _ = await loop.sock_accept(listener)
+        try:
+            conn, _ = await loop.sock_accept(listener)
+        except OSError as exc:
+            # Out of file descriptors, or a connection reset before we took it: transient.
+            log.warning("accepting a connection failed: %s", exc)
+            await asyncio.sleep(ACCEPT_RETRY)
+            continue
         with conn:  # our copy; the worker holds its own from here
             if not pool.hand_over(conn):
                 log.warning("no worker could take a connection; closed it")
