@@ -85,3 +85,21 @@ def test_a_failed_lookup_claims_nothing():
     else:
         raise AssertionError("the lookup's failure must reach the caller")
     assert guard.claimed == 0
+
+
+def test_a_tag_claimed_while_another_call_looks_it_up_is_refused_to_the_second():
+    """Step one claims at once, so a call arriving during another's log lookup cannot take the same tag."""
+    log = Log()
+    guard = TagGuard(log)
+    tag = os.urandom(32)
+    first = guard.claim([entry(tag), entry()], [("a", 0), ("a", 1)])
+    # Meanwhile, before the first call's lookup answers:
+    assert guard.admit([entry(tag)], [("b", 0)]) == []
+    assert guard.decide(first, [False, False]) == [0, 1]
+    assert guard.claimed == 2
+    # A lookup that finds one of the tags drops the claims of the whole relationship.
+    other = os.urandom(32)
+    second = guard.claim([entry(other), entry()], [("c", 0), ("c", 1)])
+    assert guard.claimed == 4
+    assert guard.decide(second, [True, False]) == []
+    assert guard.claimed == 2

@@ -61,12 +61,19 @@ class LogService:
         if not isinstance(self.sequencer, Sequencer) or self.tags is None:
             raise TypeError("only the process that sequences admits entries")
         guard = self.tags
+        claim = guard.claim(entries, rows)
         try:
-            admitted = guard.admit(entries, rows)
+            # Off the event loop: on a cold cache the lookup reads the disk. The claim keeps the tags ours meanwhile.
+            found = await asyncio.to_thread(guard.in_log, claim.claimed) if claim.claimed else []
         except Exception as exc:
+            guard.abandon(claim)
             # Typed as "nothing appended", so the callers drop their rows rather than wait for the log.
             log.error("could not check records' tags against the log: %s", exc)
             raise AdmissionFailed("could not check the records' tags against the log; nothing was appended") from None
+        except BaseException:
+            guard.abandon(claim)
+            raise
+        admitted = guard.decide(claim, found)
         answers: list[Sequenced | None] = [None] * len(entries)
         if not admitted:
             return answers

@@ -7,10 +7,15 @@ every write transaction that every writer waits on (docs/performance.md).
 Instead the one process that sequences admits entries: a relationship's
 records are refused if any of their tags is in the log (the tag index,
 storage/prefixindex.py), is claimed by an entry still waiting for the log, or
-repeats an earlier entry of the same call. Checking and claiming are one step
-on the event loop, so two workers' concurrent records cannot both pass; a claim
-lasts until the sequencer is done with its entries, by which time committed
-ones are in the tag index.
+repeats an earlier entry of the same call.
+
+Admission is three steps, so the log lookup (disk reads) can leave the event
+loop: :meth:`TagGuard.claim` claims the call's new tags at once, the lookup
+runs anywhere, and :meth:`TagGuard.decide` keeps the claims of the admitted
+entries only. A tag the log gains after the claim must have been admitted by
+another call meanwhile, which the claim forbids; one it gained before is in the
+tag index by then, because a claim is released only after its entries'
+commit added them there.
 """
 
 from __future__ import annotations
@@ -24,6 +29,18 @@ from ..records.seal import record_tag
 Row = tuple[str, int]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A call's entries between the claim and the decision."""
+
+    tags: list[bytes | None]
+    rows: Sequence[Row]
+    # Relationships refused at once: a tag of theirs was claimed by another call.
+    refused: frozenset[str]
+    # The tags this call claimed, to be looked up in the log.
+    claimed: list[bytes]
+
+
 @dataclass
 class TagGuard:
     # Whether each tag is a committed entry's (SqliteLog.tags_in_log).
@@ -31,22 +48,39 @@ class TagGuard:
     _claimed: set[bytes] = field(default_factory=set)
 
     def admit(self, entries: Sequence[bytes], rows: Sequence[Row]) -> list[int]:
-        """The positions of the entries that may be sequenced, in order; claims their tags.
+        """All three steps at once: the positions of the entries that may be sequenced; claims their tags."""
+        claim = self.claim(entries, rows)
+        try:
+            found = self.in_log(claim.claimed) if claim.claimed else []
+        except BaseException:
+            self.abandon(claim)
+            raise
+        return self.decide(claim, found)
+
+    def claim(self, entries: Sequence[bytes], rows: Sequence[Row]) -> Claim:
+        """Step one: refuse relationships with a tag another call claimed; claim every other new tag."""
+        tags = [record_tag(e) for e in entries]
+        refused = frozenset(rid for tag, (rid, _) in zip(tags, rows) if tag is not None and tag in self._claimed)
+        claimed = list(dict.fromkeys(t for t, (rid, _) in zip(tags, rows) if t is not None and rid not in refused))
+        self._claimed.update(claimed)
+        return Claim(tags, rows, refused, claimed)
+
+    def decide(self, claim: Claim, in_log: Sequence[bool]) -> list[int]:
+        """Step three, given whether each claimed tag is in the log: the positions admitted, in order.
 
         Every entry of a relationship with a repeated tag is refused, so each
-        relationship's records are sequenced all together or not at all.
+        relationship's records are sequenced all together or not at all. The
+        claims of everything refused are dropped.
         """
-        tags = [record_tag(e) for e in entries]
-        fresh = [i for i, tag in enumerate(tags) if tag is not None and tag not in self._claimed]
-        in_log = self.in_log([tags[i] for i in fresh]) if fresh else []  # type: ignore[misc]
-        refused = {rows[i][0] for i, tag in enumerate(tags) if tag is not None and tag in self._claimed}
-        refused.update(rows[i][0] for i, taken in zip(fresh, in_log) if taken)
+        taken = {tag for tag, found in zip(claim.claimed, in_log) if found}
+        refused = set(claim.refused)
+        refused.update(rid for tag, (rid, _) in zip(claim.tags, claim.rows) if tag in taken)
         # A tag repeated within the call: the first relationship to use it keeps it. Only the tags of
         # relationships still admitted count, so refusing one may free a tag for another: repeat.
         while True:
             seen: set[bytes] = set()
             repeats: set[str] = set()
-            for tag, (rid, _) in zip(tags, rows):
+            for tag, (rid, _) in zip(claim.tags, claim.rows):
                 if tag is None or rid in refused:
                     continue
                 if tag in seen:
@@ -55,9 +89,14 @@ class TagGuard:
             if not repeats:
                 break
             refused |= repeats
-        admitted = [i for i, (rid, _) in enumerate(rows) if rid not in refused]
-        self._claimed.update(t for t in (tags[i] for i in admitted) if t is not None)
+        admitted = [i for i, (rid, _) in enumerate(claim.rows) if rid not in refused]
+        kept = {claim.tags[i] for i in admitted}
+        self._claimed.difference_update(t for t in claim.claimed if t not in kept)
         return admitted
+
+    def abandon(self, claim: Claim) -> None:
+        """Drop a claim whose lookup failed: nothing of it is admitted."""
+        self._claimed.difference_update(claim.claimed)
 
     def release(self, entries: Sequence[bytes]) -> None:
         """Drop the claims of entries the sequencer is done with (committed, or refused as a whole)."""
