@@ -47,16 +47,6 @@ class TagGuard:
     in_log: Callable[[Sequence[bytes]], list[bool]]
     _claimed: set[bytes] = field(default_factory=set)
 
-    def admit(self, entries: Sequence[bytes], rows: Sequence[Row]) -> list[int]:
-        """All three steps at once: the positions of the entries that may be sequenced; claims their tags."""
-        claim = self.claim(entries, rows)
-        try:
-            found = self.in_log(claim.claimed) if claim.claimed else []
-        except BaseException:
-            self.abandon(claim)
-            raise
-        return self.decide(claim, found)
-
     def claim(self, entries: Sequence[bytes], rows: Sequence[Row]) -> Claim:
         """Step one: refuse relationships with a tag another call claimed; claim every other new tag."""
         tags = [record_tag(e) for e in entries]
