@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from pacspace.merkle import leaf_hash
-from pacspace.storage.prefixindex import PrefixIndex
+from pacspace.storage.prefixindex import PrefixIndex, key_prefix, key_prefixes
 
 
 def hashes(start, stop):
@@ -101,3 +101,28 @@ def test_a_salted_index_keeps_its_salt_and_chosen_keys_do_not_share_a_prefix(tmp
     assert elsewhere._prefix(chosen[0]) != again._prefix(chosen[0])
     elsewhere.close()
     again.close()
+
+
+def test_keys_sharing_a_prefix_are_all_candidates_pending_and_flushed(tmp_path):
+    """Unsalted keys with equal first 8 bytes: within one batch, across batches, and after a flush."""
+    same = [b"\x07" * 8 + i.to_bytes(24, "big") for i in range(4)]
+    other = hashes(0, 2)
+    index = PrefixIndex(tmp_path)
+    index.add(0, [same[0], other[0], same[1]])  # a repeat inside one batch
+    index.add(3, [same[2]])  # a repeat of a pending prefix
+    index.add(4, [other[1], same[3]])
+    assert index.candidates(same[0]) == [0, 2, 3, 5]
+    assert index.candidates_many([other[1], same[3]]) == {0: [4], 1: [0, 2, 3, 5]}
+    index.flush(limit=2)  # part of the pending rows on disk, the rest still in memory
+    assert index.candidates(same[1]) == [0, 2, 3, 5]
+    index.flush()
+    assert index.candidates(same[2]) == [0, 2, 3, 5]
+    assert index.candidates(other[0]) == [1]
+    index.close()
+
+
+def test_prefixes_of_many_keys_are_those_of_each_key():
+    keys = hashes(0, 40) + [b"\x01" * 40]
+    assert key_prefixes(keys) == [key_prefix(k) for k in keys]
+    assert key_prefixes(keys, b"salt") == [key_prefix(k, b"salt") for k in keys]
+    assert key_prefixes([]) == []

@@ -234,3 +234,14 @@ def test_reconcile_settles_against_the_published_checkpoint_and_never_drops_a_co
     assert [r.seq for r in store.unsettled_of("acme:r0")] == [1]  # committed: kept for a later checkpoint
     assert store.reconcile(in_log.get, checkpoint_size=2, published_size=2) == (1, 0)
     assert [(r.seq, r.index, r.checkpoint_size) for r in store.records("acme:r0", -1, 10)] == [(0, 0, 1), (1, 1, 2)]
+
+
+def test_a_run_of_consecutive_indexes_settles_each_row_once(store):
+    store.write([RecordStore.reserve_many_op([("acme:r0", [record(0), record(1)]), ("acme:r1", [record(0)])])])
+    run = [("acme:r1", 0), ("acme:r0", 0), ("acme:r0", 1)]
+    store.write([RecordStore.settle_run_op(run, 40, 43)])
+    assert [(r.index, r.checkpoint_size) for r in store.records("acme:r0", -1, 10)] == [(41, 43), (42, 43)]
+    assert store.record("acme:r1", 0).index == 40
+    assert store.unsettled_of("acme:r0") == [] and store.unsettled_of("acme:r1") == []
+    store.write([RecordStore.settle_run_op(run, 90, 93)])  # settling again changes nothing
+    assert store.record("acme:r0", 1).index == 42

@@ -143,18 +143,21 @@ async def post_sequence(request: web.Request) -> web.Response:
         return web.json_response({"error": exc.code, "message": str(exc), "retry_after": exc.retry_after}, status=503)
     except PacspaceError as exc:
         return web.json_response({"error": exc.code, "message": str(exc)}, status=exc.http_status)
-    refused = frozenset(rid for (rid, _), q in zip(rows, answers) if q is None)
-    sequenced = [(row, q) for row, q in zip(rows, answers) if q is not None]
-    if not sequenced:
+    settling = [row for row, q in zip(rows, answers) if q is not None]
+    refused = frozenset(rid for (rid, _), q in zip(rows, answers) if q is None) if len(settling) < len(rows) else frozenset()
+    if not settling:
         return web.json_response(SequencedRange(0, 0, b"", refused).to_json())
-    first = sequenced[0][1]
+    first = next(q for q in answers if q is not None)
+    last = next(q for q in reversed(answers) if q is not None)
+    # The admitted entries went to the sequencer as one submission, so their indexes are consecutive.
+    if last.index - first.index + 1 != len(settling):
+        raise AssertionError(f"{len(settling)} entries sequenced at {first.index}..{last.index}")
     size = first.checkpoint.size
     # Committed: record each row's index. Waits (bounded) like a single-process server's readers do;
     # a write records.db will not take is retried behind us, and start-up settles from the log.
-    settle = RecordStore.settle_rows_op([(rid, seq, q.index) for (rid, seq), q in sequenced], size)
-    settling = service.settle_later([settle])
-    await asyncio.wait([settling], timeout=SETTLE_WAIT)
-    return web.json_response(SequencedRange(first.index, len(sequenced), first.checkpoint.format(), refused).to_json())
+    settle = RecordStore.settle_run_op(settling, first.index, size)
+    await asyncio.wait([service.settle_later([settle])], timeout=SETTLE_WAIT)
+    return web.json_response(SequencedRange(first.index, len(settling), first.checkpoint.format(), refused).to_json())
 
 
 async def post_find_leaves(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -120,7 +120,8 @@ def _b64(value: Any, what: str, size: int | None = None, max_size: int | None = 
     if max_size is not None and len(value) > (max_size + 2) // 3 * 4:
         raise TooLarge(f"{what} exceeds {max_size} bytes")
     try:
-        raw = base64.b64decode(value, validate=True)
+        # Strict: only the alphabet and correct padding, as base64.b64decode(validate=True) but cheaper.
+        raw = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise MalformedInput(f"{what} is not valid base64") from None
     if size is not None and len(raw) != size:
@@ -209,19 +210,15 @@ async def get_relationship(request: web.Request) -> web.Response:
     )
 
 
-@dataclass(frozen=True)
-class _Submission:
+class _Submission(NamedTuple):
+    """One record as sent, checked, with what the server derives from it (one per record of a batch: a tuple)."""
+
     seq: int
     tag: bytes
+    ct_hash: bytes
     blob: bytes
-    ct_hash: bytes = b""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ct_hash", hashlib.sha256(self.blob).digest())
-
-    @property
-    def entry(self) -> bytes:
-        return entry_from_ct_hash(self.tag, self.ct_hash)
+    entry: bytes
+    # In this order so that ``sub[:4]`` is what records.db stores: (seq, tag, ct_hash, blob).
 
 
 def _submission(obj: Any) -> _Submission:
@@ -230,7 +227,10 @@ def _submission(obj: Any) -> _Submission:
     blob = _b64(obj["ciphertext"], "ciphertext", max_size=MAX_BLOB)
     if len(blob) < BLOB_OVERHEAD:
         raise MalformedInput("ciphertext is too short to be a sealed record")
-    return _Submission(_int(obj["seq"], "seq"), _b64(obj["tag"], "tag", 32), blob)
+    seq = _int(obj["seq"], "seq")
+    tag = _b64(obj["tag"], "tag", 32)
+    ct_hash = hashlib.sha256(blob).digest()
+    return _Submission(seq, tag, ct_hash, blob, entry_from_ct_hash(tag, ct_hash))
 
 
 async def post_relationship(request: web.Request) -> web.Response:
@@ -314,7 +314,7 @@ async def _append_groups(service: LogService, groups: list[_Group]) -> list[_Out
 
 
 def _group_op(group: _Group) -> Any:
-    reserve = RecordStore.reserve_op(group.rel.id, [(s.seq, s.tag, s.ct_hash, s.blob) for s in group.subs])
+    reserve = RecordStore.reserve_op(group.rel.id, [s[:4] for s in group.subs])
     if group.create is None:
         return reserve
 
@@ -336,7 +336,7 @@ async def _reserve(service: LogService, groups: list[_Group]) -> list[Any]:
     plain = [i for i, g in enumerate(groups) if g.create is None]
     ops = [_group_op(groups[i]) for i in creating]
     if plain:
-        records = [(groups[i].rel.id, [(s.seq, s.tag, s.ct_hash, s.blob) for s in groups[i].subs]) for i in plain]
+        records = [(groups[i].rel.id, [s[:4] for s in groups[i].subs]) for i in plain]
         ops.append(RecordStore.reserve_many_op(records))
     answers = await service.writer.write(ops)
     results: list[Any] = [None] * len(groups)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -35,9 +35,8 @@ MAX_WALK = 1000
 MAX_CALLS_IN_FLIGHT = 4
 
 
-@dataclass(frozen=True)
-class RemoteSequenced:
-    """One submitted entry's place: its index in the durable checkpoint ``checkpoint``."""
+class RemoteSequenced(NamedTuple):
+    """One submitted entry's place: its index in the durable checkpoint ``checkpoint`` (one per record: a tuple)."""
 
     index: int
     checkpoint: SignedCheckpoint
@@ -172,7 +171,10 @@ class RemoteSequencer:
         index = answer.first_index
         for waiting in batch:
             results: list[RemoteSequenced | None] = []
-            for rid, _ in waiting.rows:
+            if checkpoint is not None and not answer.refused:
+                results = [RemoteSequenced(i, checkpoint) for i in range(index, index + len(waiting.rows))]
+                index += len(waiting.rows)
+            for rid, _ in waiting.rows if not results else ():
                 if rid in answer.refused or checkpoint is None:
                     results.append(None)
                 else:

@@ -18,6 +18,7 @@ Pending entries are bounded (``MAX_PENDING``), which bounds that catch-up.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -59,6 +60,22 @@ def key_prefix(key: bytes, salt: bytes = b"") -> int:
     return _PREFIX.unpack_from(key)[0]  # type: ignore[no-any-return]
 
 
+def key_prefixes(keys: Sequence[bytes], salt: bytes = b"") -> list[int]:
+    """:func:`key_prefix` of each key, for many at once (the keys of a committed batch)."""
+    if salt:
+        sha256 = hashlib.sha256
+        keys = [sha256(salt + key).digest() for key in keys]
+    if any(len(key) != 32 for key in keys):
+        return [key_prefix(key) for key in keys]
+    # One unpack of the joined keys: 8 bytes of each 32.
+    return list(_prefixes_of(len(keys)).unpack(b"".join(keys)))
+
+
+@functools.lru_cache(maxsize=64)
+def _prefixes_of(count: int) -> struct.Struct:
+    return struct.Struct(">" + "q24x" * count)
+
+
 class PrefixIndex:
     def __init__(self, data_dir: Path, *, readonly: bool = False, name: str = LEAF_INDEX_NAME, salted: bool = False) -> None:
         path = data_dir / name
@@ -86,8 +103,10 @@ class PrefixIndex:
         self._reader_lock = threading.Lock()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        # Owned under _lock: keys not yet flushed, by prefix.
-        self._pending: dict[int, list[int]] = {}
+        # Owned under _lock: keys not yet flushed, by prefix: the first index with it, and (rare: two
+        # keys that share a prefix) the others in _pending_more.
+        self._pending: dict[int, int] = {}
+        self._pending_more: dict[int, list[int]] = {}
         self._pending_rows: list[tuple[int, int]] = []
         self._pending_since = 0.0
         self._salt = self._load_salt()
@@ -156,20 +175,41 @@ class PrefixIndex:
     def add(self, start: int, keys: Iterable[bytes | None]) -> None:
         """Index leaves ``start, start+1, ...`` by their keys (None: a leaf without one); ``start`` must
         be the current size. Memory only."""
+        keys = list(keys)
+        if None in keys:
+            rows = self._rows([k for k in keys if k is not None], [i for i, k in enumerate(keys, start) if k is not None])
+        else:
+            rows = self._rows(keys, range(start, start + len(keys)))  # type: ignore[arg-type]
         with self._lock:
             if start != self._size:
                 raise AssertionError(f"leaf index at {self._size} was handed leaves from {start}")
-            if not self._pending_rows:
+            if not self._pending_rows and rows:
                 self._pending_since = time.monotonic()
-            count = 0
-            for i, key in enumerate(keys, start):
-                count += 1
-                if key is None:
-                    continue
-                prefix = self._prefix(key)
-                self._pending.setdefault(prefix, []).append(i)
-                self._pending_rows.append((prefix, i))
-            self._size = start + count
+            self._remember(rows)
+            self._pending_rows.extend(rows)
+            self._size = start + len(keys)
+
+    def _rows(self, keys: Sequence[bytes], indexes: Sequence[int]) -> list[tuple[int, int]]:
+        return list(zip(key_prefixes(keys, self._salt), indexes))
+
+    def _remember(self, rows: list[tuple[int, int]]) -> None:
+        """Put rows (in index order) in the pending map; the caller holds _lock."""
+        fresh = dict(rows)
+        if len(fresh) == len(rows) and self._pending.keys().isdisjoint(fresh):
+            self._pending.update(fresh)  # the usual case: no prefix repeats
+            return
+        for prefix, i in rows:
+            if prefix in self._pending:
+                self._pending_more.setdefault(prefix, []).append(i)
+            else:
+                self._pending[prefix] = i
+
+    def _pending_of(self, prefix: int) -> list[int]:
+        """Pending indexes of a prefix; the caller holds _lock."""
+        first = self._pending.get(prefix)
+        if first is None:
+            return []
+        return [first, *self._pending_more.get(prefix, ())]
 
     def pending(self) -> int:
         with self._lock:
@@ -208,9 +248,8 @@ class PrefixIndex:
             with self._lock:
                 self._stored = size
                 self._pending_rows = self._pending_rows[len(rows) :]
-                self._pending = {}
-                for prefix, i in self._pending_rows:
-                    self._pending.setdefault(prefix, []).append(i)
+                self._pending, self._pending_more = {}, {}
+                self._remember(self._pending_rows)
                 if self._pending_rows:
                     self._pending_since = time.monotonic()
 
@@ -218,7 +257,7 @@ class PrefixIndex:
         """Indexes whose key may be ``key``, ascending (confirm each against the log)."""
         prefix = self._prefix(key)
         with self._lock:
-            pending = list(self._pending.get(prefix, ()))
+            pending = self._pending_of(prefix)
         stored: list[int] = []
         if self._reader is not None:
             with self._reader_lock:
@@ -230,12 +269,12 @@ class PrefixIndex:
 
     def candidates_many(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
         """:meth:`candidates` of each key that has any, by the key's position, with one query for all of them."""
-        prefixes = [self._prefix(k) for k in keys]
+        prefixes = key_prefixes(keys, self._salt)
         found: dict[int, set[int]] = {}
         with self._lock:
             for prefix in prefixes:
                 if prefix in self._pending:
-                    found[prefix] = set(self._pending[prefix])
+                    found[prefix] = set(self._pending_of(prefix))
         if self._reader is not None and prefixes:
             with self._reader_lock:
                 rows = self._reader.execute(
@@ -273,5 +312,5 @@ class PrefixIndex:
             conn.execute("DELETE FROM leaves")
             conn.execute("DELETE FROM meta WHERE key = 'indexed_size'")
         with self._lock:
-            self._pending, self._pending_rows = {}, []
+            self._pending, self._pending_more, self._pending_rows = {}, {}, []
             self._size = self._stored = 0

@@ -240,6 +240,24 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, tuple[int, bytes
     )
 
 
+def _settle(keyed: str, index_sql: str, first: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
+    """The settle op over ``keyed``, a JSON list of rows starting [relationship, seq], whose log index is ``index_sql``."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        # Appended in the order the log sequenced them, which is close to the order of their ids.
+        # One statement each, not one per row (see _insert).
+        settling = (
+            f"SELECT r.blob_id, {index_sql} AS idx FROM json_each(:rows) j JOIN records r "
+            "ON r.relationship = json_extract(j.value, '$[0]') AND r.seq = json_extract(j.value, '$[1]') "
+            "WHERE EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id)"
+        )
+        params = {"rows": keyed, "size": checkpoint_size, "first": first}
+        conn.execute(f"INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, :size FROM ({settling})", params)
+        conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", params)
+
+    return op
+
+
 def _party(row: tuple) -> Party:  # type: ignore[type-arg]
     return Party(row[0], row[1], row[2], row[3], _b(row[4]), _b(row[5]))
 
@@ -556,25 +574,14 @@ class RecordStore:
 
         A row already settled (or dropped) is left as it is, so settling twice is harmless.
         """
-
         # Built here, before the op takes the write lock every process waits on.
-        keyed = json.dumps([[rid, seq, index] for rid, seq, index in rows])
+        return _settle(json.dumps([[rid, seq, index] for rid, seq, index in rows]), "json_extract(j.value, '$[2]')", 0, checkpoint_size)
 
-        def op(conn: sqlite3.Connection) -> None:
-            # Appended in the order the log sequenced them, which is close to the order of their ids.
-            # One statement each, not one per row (see _insert).
-            settling = (
-                "SELECT r.blob_id, json_extract(j.value, '$[2]') AS idx FROM json_each(:rows) j JOIN records r "
-                "ON r.relationship = json_extract(j.value, '$[0]') AND r.seq = json_extract(j.value, '$[1]') "
-                "WHERE EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id)"
-            )
-            conn.execute(
-                f"INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, :size FROM ({settling})",
-                {"rows": keyed, "size": checkpoint_size},
-            )
-            conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", {"rows": keyed})
-
-        return op
+    @staticmethod
+    def settle_run_op(rows: Sequence[tuple[str, int]], first_index: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
+        """settle_rows_op for rows ``(relationship, seq)`` the log sequenced at consecutive indexes from
+        ``first_index`` (a batch of the sequencer): no per-row work here beyond encoding them."""
+        return _settle(json.dumps(rows), ":first + j.key", first_index, checkpoint_size)
 
     @staticmethod
     def settle_op(rid: str, indexed: Sequence[tuple[int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
