@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..errors import MalformedInput, PacspaceError, UntrustedState
 from ..merkle import HASH_SIZE
@@ -167,13 +167,15 @@ def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, b
     return stored
 
 
-def _last_rows(conn: sqlite3.Connection, rids: Sequence[str]) -> list[tuple[int, bool] | None]:
-    """Each relationship's last (seq, unsettled), or None if it has no record: one statement for all."""
+def _last_rows(conn: sqlite3.Connection, rids: str) -> list[tuple[int, bool] | None]:
+    """Each relationship's last (seq, unsettled), or None if it has no record: one statement for all.
+
+    ``rids`` is a JSON list of relationship ids."""
     rows = conn.execute(
         "SELECT (SELECT r.seq * 2 + EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id) "
         "FROM records r WHERE r.relationship = w.value ORDER BY r.seq DESC LIMIT 1) "
         "FROM json_each(?) w ORDER BY w.key",
-        (json.dumps(list(rids)),),
+        (rids,),
     ).fetchall()
     return [None if v is None else (v >> 1, bool(v & 1)) for (v,) in rows]
 
@@ -199,8 +201,35 @@ def _check_next(
     return None
 
 
-def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, tuple[int, bytes, bytes, bytes]]]) -> None:
-    """New records under the next sequential ids (the caller holds the write lock), unsettled.
+def _insert_params(groups: Sequence[tuple[str, Sequence[tuple[int, bytes, bytes, bytes]]]]) -> dict[str, Any]:
+    """The parameters of :func:`_insert` for these groups' records, built before the write lock is taken."""
+    keys: list[tuple[str, int]] = []
+    tags: list[bytes] = []
+    cts: list[bytes] = []
+    blobs: list[bytes] = []
+    for rid, records in groups:
+        for seq, tag, ct_hash, blob in records:
+            if len(tag) != HASH_SIZE or len(ct_hash) != HASH_SIZE:
+                raise MalformedInput(f"a record's tag and ct_hash are {HASH_SIZE} bytes")
+            keys.append((rid, seq))
+            tags.append(tag)
+            cts.append(ct_hash)
+            blobs.append(blob)
+    spans, at = [], 1
+    for blob in blobs:
+        spans.append((at, len(blob)))
+        at += len(blob)
+    return {
+        "keys": json.dumps(keys),
+        "tags": b"".join(tags),
+        "cts": b"".join(cts),
+        "data": b"".join(blobs),
+        "spans": json.dumps(spans),
+    }
+
+
+def _insert(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
+    """New records (:func:`_insert_params`) under the next sequential ids (the caller holds the write lock), unsettled.
 
     Ids follow arrival. One is used again only if the record that had it was the newest and was
     dropped (never acknowledged), so no two stored records ever share one.
@@ -210,33 +239,25 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, tuple[int, bytes
     while another thread of the process is in a long C call (parsing a request's JSON), each
     of thousands of steps waited for it, and every other process waited for our write lock.
     """
-    for _, (_, tag, ct_hash, _) in rows:
-        if len(tag) != HASH_SIZE or len(ct_hash) != HASH_SIZE:
-            raise MalformedInput(f"a record's tag and ct_hash are {HASH_SIZE} bytes")
     (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
-    keys = json.dumps([[rid, seq] for rid, (seq, *_) in rows])
-    tags = b"".join(r[1] for _, r in rows)
+    params = {**params, "top": top}
     conn.execute(
         "INSERT INTO records (relationship, seq, tag, ct_hash, blob_id) "
         "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
         f"substr(:tags, key * {HASH_SIZE} + 1, {HASH_SIZE}), substr(:cts, key * {HASH_SIZE} + 1, {HASH_SIZE}), "
         ":top + 1 + key FROM json_each(:keys)",
-        {"keys": keys, "top": top, "tags": tags, "cts": b"".join(r[2] for _, r in rows)},
+        params,
     )
-    spans, at = [], 1
-    for _, (_, _, _, blob) in rows:
-        spans.append((at, len(blob)))
-        at += len(blob)
     conn.execute(
         "INSERT INTO blobs (id, blob) SELECT :top + 1 + key, substr(:data, json_extract(value, '$[0]'), "
         "json_extract(value, '$[1]')) FROM json_each(:spans)",
-        {"top": top, "data": b"".join(r[3] for _, r in rows), "spans": json.dumps(spans)},
+        params,
     )
     conn.execute(
         "INSERT INTO unsettled (blob_id, relationship, seq, tag) "
         "SELECT :top + 1 + key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
         f"substr(:tags, key * {HASH_SIZE} + 1, {HASH_SIZE}) FROM json_each(:keys)",
-        {"top": top, "keys": keys, "tags": tags},
+        params,
     )
 
 
@@ -533,10 +554,14 @@ class RecordStore:
         (a repeated tag) are the groups inserted one by one to find the culprit.
         """
 
+        # Built here, before the op takes the write lock every process waits on: usually every group is new.
+        everything = _insert_params(groups)
+        rids = json.dumps([rid for rid, _ in groups])
+
         def op(conn: sqlite3.Connection) -> list[list[StoredRecord] | None | PacspaceError]:
             results: list[list[StoredRecord] | None | PacspaceError] = [None] * len(groups)
             fresh: list[int] = []
-            lasts = _last_rows(conn, [rid for rid, _ in groups])
+            lasts = _last_rows(conn, rids)
             for k, ((rid, records), last) in enumerate(zip(groups, lasts)):
                 try:
                     results[k] = _check_next(conn, rid, records, last)
@@ -548,7 +573,7 @@ class RecordStore:
                 return results
             conn.execute("SAVEPOINT reserve_all")
             try:
-                _insert(conn, [(groups[k][0], r) for k in fresh for r in groups[k][1]])
+                _insert(conn, everything if len(fresh) == len(groups) else _insert_params([groups[k] for k in fresh]))
                 conn.execute("RELEASE reserve_all")
                 return results
             except sqlite3.IntegrityError:
@@ -557,7 +582,7 @@ class RecordStore:
             for k in fresh:
                 conn.execute("SAVEPOINT reserve_one")
                 try:
-                    _insert(conn, [(groups[k][0], r) for r in groups[k][1]])
+                    _insert(conn, _insert_params([groups[k]]))
                     conn.execute("RELEASE reserve_one")
                 except sqlite3.IntegrityError:
                     conn.execute("ROLLBACK TO reserve_one")
