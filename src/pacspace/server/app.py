@@ -42,7 +42,7 @@ def create_app(
     an application served on the supervisor's private Unix socket, never on TCP.
     """
     # The batch endpoint takes thousands of records; each route enforces its own, smaller limit.
-    app = web.Application(middlewares=[error_middleware, records_api.auth_middleware], client_max_size=64 << 20)
+    app = web.Application(middlewares=[error_middleware(before=records_api.authenticate)], client_max_size=64 << 20)
     app[CONFIG] = config
     app[FATAL] = []
     app[ON_FATAL] = on_fatal or _terminate

@@ -33,8 +33,11 @@ class GroupWriter:
         self._wake = asyncio.Event()
 
     async def write(self, ops: Sequence[Op]) -> list[Any]:
-        """Run ops (all in the same transaction); each result is a value or the exception it raised."""
-        return await asyncio.shield(self.enqueue(ops))
+        """Run ops (all in the same transaction); each result is a value or the exception it raised.
+
+        A caller cancelled while it waits does not stop its ops: they are queued, and run.
+        """
+        return await self.enqueue(ops)
 
     def enqueue(self, ops: Sequence[Op]) -> asyncio.Future[list[Any]]:
         """Queue ops now (ahead of anything queued later); the future gives :meth:`write`'s answer."""

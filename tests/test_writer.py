@@ -1,0 +1,77 @@
+"""Group commit: queued ops share a transaction, and a caller that stops waiting does not stop its ops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from pacspace.server.writer import GroupWriter
+
+
+class Store:
+    """A store whose transactions can be held open, to queue ops behind one."""
+
+    def __init__(self) -> None:
+        self.transactions: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def write(self, ops):  # type: ignore[no-untyped-def]
+        self.gate.wait(5)
+        results = []
+        for op in ops:
+            try:
+                results.append(op(None))
+            except Exception as exc:  # noqa: BLE001 - the writer's contract: the exception is the result
+                results.append(exc)
+        self.transactions.append([r for r in results if isinstance(r, str)])
+        return results
+
+
+async def test_ops_queued_during_a_transaction_share_the_next_and_a_cancelled_caller_still_runs():
+    store = Store()
+    writer = GroupWriter(store)
+    runner = asyncio.create_task(writer.run())
+    try:
+        store.gate.clear()
+        first = asyncio.create_task(writer.write([lambda _: "a"]))
+        await asyncio.sleep(0.05)  # the first transaction starts (and, in a thread, waits at the gate)
+        second = asyncio.create_task(writer.write([lambda _: "b", lambda _: "c"]))
+        gone = asyncio.create_task(writer.write([lambda _: "d"]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        store.gate.set()
+        assert await first == ["a"]
+        assert await second == ["b", "c"]
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        for _ in range(100):
+            if "d" in sum(store.transactions, []):
+                break
+            await asyncio.sleep(0.01)
+        assert store.transactions[-1] == ["b", "c", "d"]  # the cancelled caller's op ran, in the shared transaction
+        failing = await writer.write([lambda _: 1 // 0, lambda _: "e"])
+        assert isinstance(failing[0], ZeroDivisionError) and failing[1] == "e"
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_inline_ops_queued_together_share_a_transaction_even_if_a_caller_stopped_waiting():
+    store = Store()
+    writer = GroupWriter(store, inline=True)
+    first = asyncio.create_task(writer.write([lambda _: "a"]))
+    gone = asyncio.create_task(writer.write([lambda _: "b"]))
+    await asyncio.sleep(0)  # both queued; the writer has not run yet
+    gone.cancel()
+    runner = asyncio.create_task(writer.run())
+    try:
+        assert await first == ["a"]
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert store.transactions == [["a", "b"]]
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
