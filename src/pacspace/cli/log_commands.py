@@ -12,9 +12,9 @@ from ..config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists
 from ..errors import MalformedNote
 from ..fsck import fsck, fsck_records
-from ..storage.records import RECORDS_NAME, RecordStore
 from ..note import Ed25519Verifier, parse_vkey
 from ..sequencer import SequencerConfig
+from ..storage.records import RECORDS_NAME, RecordStore
 from ..storage.sqlite import SqliteLog
 from .progress import ProgressBar
 
@@ -144,6 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..server.app import create_app
     from ..server.context import FATAL, SERVICE
+    from ..server.gctune import tune_for_serving
 
     config = ServerConfig(
         data_dir=args.data,
@@ -180,6 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def on_startup(app: web.Application) -> None:
         announce(app)
+        tune_for_serving()
 
     app.on_startup.append(on_startup)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)

@@ -42,6 +42,7 @@ from aiohttp import web
 from ..config import ServerConfig
 from .app import create_app
 from .context import FATAL, SERVICE
+from .gctune import tune_for_serving
 
 log = logging.getLogger("pacspace.server")
 
@@ -164,6 +165,7 @@ async def _run(
         service = app[SERVICE]
         pool = WorkerPool(config, workers, ipc_path, (service.vkey, service.timestamp_vkey))
         await pool.start()
+        tune_for_serving()
         handing = asyncio.ensure_future(hand_out_connections(listener, pool))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,6 +36,7 @@ from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
 from .app import create_app
 from .context import CONFIG, SERVICE, LogService
+from .gctune import tune_for_serving
 from .remote import RemoteSequencer
 from .writer import GroupWriter
 
@@ -135,6 +136,7 @@ async def serve_handed_connections(app: web.Application, channel: socket.socket)
     then finish the requests in progress (aiohttp's graceful shutdown) and stop."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    tune_for_serving()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
