@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,20 +46,15 @@ class LogService:
     # In the process that sequences: keeps each tag to one entry of the log.
     tags: TagGuard | None = None
 
-    @property
-    def sequences(self) -> bool:
-        """Whether this process sequences (a single process, or the parent of HTTP workers)."""
-        return isinstance(self.sequencer, Sequencer)
-
-    async def sequence_records(self, entries: list[bytes], rows: list[tuple[str, int]]) -> list[Any]:
-        """Sequence records' entries; returns their answers. The caller settles their rows.
+    async def sequence_records(self, entries: list[bytes], rows: list[tuple[str, int]]) -> tuple[list[Any], bool]:
+        """Sequence records' entries; returns their answers and whether their rows are settled already.
 
         An answer is None for each record of a relationship whose records were
         refused because a tag repeats (TagGuard); nothing of it was appended.
         """
         if isinstance(self.sequencer, Sequencer):
-            return await self.sequence_unique(entries, rows)
-        return await self.sequencer.submit_records(entries, rows)
+            return await self.sequence_unique(entries, rows), False
+        return await self.sequencer.submit_records(entries, rows), True
 
     async def sequence_unique(self, entries: list[bytes], rows: list[tuple[str, int]]) -> list[Sequenced | None]:
         """In the process that sequences: sequence the entries TagGuard admits; None for the others."""
@@ -154,8 +149,6 @@ class LogService:
             await self.sequencer.settled(timeout)
 
 
-# How long a worker waits for a settle before answering anyway, as readers wait (LogService.settled).
-SETTLE_WAIT = 30.0
 SERVICE = web.AppKey("service", LogService)
 CONFIG = web.AppKey("config", ServerConfig)
 # Exceptions that stopped the sequencer; non-empty means the server is exiting.

@@ -10,11 +10,10 @@ is JSON ``{"rows": [[relationship id, seq], ...], "sizes": [entry length, ...]}`
 and the entries follow concatenated in the same order. (JSON and one join: a
 batch of thousands costs a few C calls, not several Python steps per record.)
 The parent admits them (server/tags.py: a relationship whose tag
-repeats is refused whole), sequences the rest as one batch and answers, in
-JSON, once they are durable in the log. The worker then settles their rows (their
-log index into records.db) in its next transaction, and answers its client only
-after that: a row any worker reads after a receipt is settled. An error keeps
-its ``error`` code across the channel, so a worker raises the same typed
+repeats is refused whole), sequences the rest as one batch, settles their rows
+(their log index into records.db) and only then answers, in JSON: a row a
+worker reads after its answer is settled, whichever worker wrote it. An error
+keeps its ``error`` code across the channel, so a worker raises the same typed
 exception the sequencer raised.
 """
 
@@ -29,21 +28,17 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import (
-    AdmissionFailed,
-    EntryTooLarge,
-    MalformedInput,
-    PacspaceError,
-    PoolFull,
-    SequencerStopped,
-)
+from ..errors import AdmissionFailed, EntryTooLarge, MalformedInput, PacspaceError, PoolFull, SequencerStopped
 from ..tiles import MAX_ENTRY_SIZE
-from .context import SERVICE, SETTLE_WAIT
+from ..storage.records import RecordStore
+from .context import SERVICE
 from .tags import Row
 from .witnessing import WitnessQuorumFailed
 
 SEQUENCE_PATH = "/internal/v1/sequence"
 _HEADER_LENGTH = struct.Struct(">I")
+# How long a sequence call waits for its rows' settle (as readers wait in LogService.settled).
+SETTLE_WAIT = 30.0
 FIND_LEAVES_PATH = "/internal/v1/find-leaves"
 SETTLED_PATH = "/internal/v1/settled"
 
@@ -141,7 +136,7 @@ def add_internal_routes(app: web.Application) -> None:
 
 
 async def post_sequence(request: web.Request) -> web.Response:
-    """Sequence the body's entries as one batch; answers once they are durable (the worker settles their rows)."""
+    """Sequence the body's entries as one batch and settle their rows; answers once both are durable."""
     entries, rows = decode_records(await request.read())
     if not entries:
         raise MalformedInput("no entries to sequence")
@@ -152,15 +147,21 @@ async def post_sequence(request: web.Request) -> web.Response:
         return web.json_response({"error": exc.code, "message": str(exc), "retry_after": exc.retry_after}, status=503)
     except PacspaceError as exc:
         return web.json_response({"error": exc.code, "message": str(exc)}, status=exc.http_status)
-    sequenced = [q for q in answers if q is not None]
-    refused = frozenset(rid for (rid, _), q in zip(rows, answers) if q is None) if len(sequenced) < len(rows) else frozenset()
-    if not sequenced:
+    settling = [row for row, q in zip(rows, answers) if q is not None]
+    refused = frozenset(rid for (rid, _), q in zip(rows, answers) if q is None) if len(settling) < len(rows) else frozenset()
+    if not settling:
         return web.json_response(SequencedRange(0, 0, b"", refused).to_json())
-    first, last = sequenced[0], sequenced[-1]
+    first = next(q for q in answers if q is not None)
+    last = next(q for q in reversed(answers) if q is not None)
     # The admitted entries went to the sequencer as one submission, so their indexes are consecutive.
-    if last.index - first.index + 1 != len(sequenced):
-        raise AssertionError(f"{len(sequenced)} entries sequenced at {first.index}..{last.index}")
-    return web.json_response(SequencedRange(first.index, len(sequenced), first.checkpoint.format(), refused).to_json())
+    if last.index - first.index + 1 != len(settling):
+        raise AssertionError(f"{len(settling)} entries sequenced at {first.index}..{last.index}")
+    size = first.checkpoint.size
+    # Committed: record each row's index. Waits (bounded) like a single-process server's readers do;
+    # a write records.db will not take is retried behind us, and start-up settles from the log.
+    settle = RecordStore.settle_run_op(settling, first.index, size)
+    await asyncio.wait([service.settle_later([settle])], timeout=SETTLE_WAIT)
+    return web.json_response(SequencedRange(first.index, len(settling), first.checkpoint.format(), refused).to_json())
 
 
 async def post_find_leaves(request: web.Request) -> web.Response:

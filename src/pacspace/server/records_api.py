@@ -27,7 +27,7 @@ from ..receipt import Receipt
 from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
 from ..storage.records import InFlight, Party, RecordStore, Relationship, TagConflict
-from .context import SERVICE, SETTLE_WAIT, LogService
+from .context import SERVICE, LogService
 
 log = logging.getLogger("pacspace.server")
 
@@ -391,7 +391,7 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     entries = [s.entry for i in new for s in groups[i].subs]
     rows = [(groups[i].rel.id, s.seq) for i in new for s in groups[i].subs]
     try:
-        sequenced = await service.sequence_records(entries, rows)
+        sequenced, settled = await service.sequence_records(entries, rows)
     except (PoolFull, MalformedInput, EntryTooLarge, AdmissionFailed) as exc:
         # Refused before entering the pool (full, malformed, tags not checkable): nothing was appended;
         # forget our rows.
@@ -417,15 +417,9 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
         size = answers[0].checkpoint.size
         settle.extend((groups[i].rel.id, s.seq, q.index) for s, q in zip(subs, answers))
         outcomes[i] = (201, [(q.index, size) for q in answers])
-    if settle:
-        # The entries are committed: record their indexes in records.db. In the process that
-        # sequences, every later write queues behind this one (one writer), so acknowledge now.
-        # An HTTP worker waits for it (bounded, as readers wait): the next record of a relationship
-        # may reach another worker, whose write must find these rows settled, not in flight. The
-        # settle rides in this worker's next records.db transaction, with the reserves queued.
-        settling = service.settle_later([RecordStore.settle_rows_op(settle, size)])
-        if not service.sequences:
-            await asyncio.wait([settling], timeout=SETTLE_WAIT)
+    if settle and not settled:
+        # The entries are committed: acknowledge now, record their indexes in records.db behind us.
+        service.settle_later([RecordStore.settle_rows_op(settle, size)])
     if refused:
         await _forget(service, [groups[i] for i in refused])
     return outcomes  # type: ignore[return-value]

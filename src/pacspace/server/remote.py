@@ -1,8 +1,8 @@
 """An HTTP worker's view of the sequencer, which runs in the parent process (``pacspace serve --workers N``).
 
 ``RemoteSequencer`` offers what request handlers use of ``Sequencer``:
-``submit_records`` (durable once it returns, exactly as in-process; the
-caller settles the records' rows), ``latest`` and ``published``. Submissions made while a call is on the wire are coalesced
+``submit_records`` (durable once it returns, exactly as in-process, and the
+records' rows settled by the parent), ``latest`` and ``published``. Submissions made while a call is on the wire are coalesced
 into the next call, so the channel costs one round trip per batch, not per
 record. The published checkpoint is read from log.db, which the parent commits
 before it answers anyone: a worker never serves a checkpoint older than one a
@@ -107,7 +107,7 @@ class RemoteSequencer:
                     del self._unpublished[note]
 
     async def submit_records(self, entries: list[bytes], rows: list[Row]) -> list[RemoteSequenced | None]:
-        """Sequence records' entries; returns once they are durable in the log (the caller settles their rows).
+        """Sequence records' entries; returns once they are durable in the log and their rows settled.
 
         None for each record of a relationship the parent refused (a tag repeats; nothing of it was appended).
         """

@@ -599,8 +599,8 @@ class RecordStore:
 
         A row already settled (or dropped) is left as it is, so settling twice is harmless.
         """
-        # Built here, before the op takes the write lock every process waits on (tuples encode as arrays).
-        return _settle(json.dumps(list(rows)), "json_extract(j.value, '$[2]')", 0, checkpoint_size)
+        # Built here, before the op takes the write lock every process waits on.
+        return _settle(json.dumps([[rid, seq, index] for rid, seq, index in rows]), "json_extract(j.value, '$[2]')", 0, checkpoint_size)
 
     @staticmethod
     def settle_run_op(rows: Sequence[tuple[str, int]], first_index: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
