@@ -391,6 +391,34 @@ def test_a_tag_is_taken_once_whichever_worker_each_record_reaches(data):
         assert [r["seq"] for r in json.loads(body)["records"]] == [0, 1]
 
 
+def test_after_a_receipt_the_next_record_goes_in_at_once_through_the_other_worker(data):
+    """Each worker settles its records' rows before it answers: the next seq, sent the moment the
+    receipt arrives through the other worker, never finds the previous one still in flight."""
+    with serving(data) as (server, port):
+        a, b = one_connection_per_worker(port, children(server.pid))
+        genesis = {"relationship": "acme:r1", "customer": "bob", "genesis": sealed_like(0),
+                   "wraps": {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}}
+        assert a.call("POST", "/v1/relationships", genesis)[0] == 201
+        indexes = []
+        for seq in range(1, 21):
+            pinned = (a, b)[seq % 2]
+            if seq % 4 == 3:
+                status, body = pinned.call("POST", "/v1/records", {"records": [{**sealed_like(seq), "relationship": "acme:r1"}]})
+                assert status == 200, body
+                (result,) = json.loads(body)["results"]
+                assert result["status"] == "ok", result
+            else:
+                status, body = pinned.call("POST", "/v1/relationships/acme:r1/records", sealed_like(seq))
+                assert status == 201, body
+                result = json.loads(body)
+            indexes.append(result["index"])
+        for pinned in (a, b):
+            status, body = pinned.call("GET", "/v1/relationships/acme:r1/records")
+            records = json.loads(body)["records"]
+            assert [r["seq"] for r in records] == list(range(21))
+            assert [r["index"] for r in records[1:]] == indexes
+
+
 def test_connections_are_handed_to_the_workers_in_turn(data):
     """A client with a few long-lived connections (a batch sender) gets every worker, not one by chance."""
     with serving(data) as (server, port):
