@@ -392,8 +392,8 @@ def test_a_tag_is_taken_once_whichever_worker_each_record_reaches(data):
 
 
 def test_after_a_receipt_the_next_record_goes_in_at_once_through_the_other_worker(data):
-    """Each worker settles its records' rows before it answers: the next seq, sent the moment the
-    receipt arrives through the other worker, never finds the previous one still in flight."""
+    """The parent settles a sequence call's rows before it answers the worker: the next seq, sent the
+    moment the receipt arrives, through the other worker, never finds the previous one still in flight."""
     with serving(data) as (server, port):
         a, b = one_connection_per_worker(port, children(server.pid))
         genesis = {"relationship": "acme:r1", "customer": "bob", "genesis": sealed_like(0),
