@@ -48,7 +48,7 @@ async def test_ops_queued_during_a_transaction_share_the_next_and_a_cancelled_ca
         with pytest.raises(asyncio.CancelledError):
             await gone
         for _ in range(100):
-            if "d" in sum(store.transactions, []):
+            if any("d" in t for t in store.transactions):
                 break
             await asyncio.sleep(0.01)
         assert store.transactions[-1] == ["b", "c", "d"]  # the cancelled caller's op ran, in the shared transaction

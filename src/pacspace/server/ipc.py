@@ -65,9 +65,9 @@ def decode_records(data: bytes) -> tuple[list[bytes], list[Row]]:
             and isinstance(sizes, list)
             and len(rows) == len(sizes)
             and all(type(n) is int and 0 <= n <= MAX_ENTRY_SIZE for n in sizes)
-            and all(type(r) is list and len(r) == 2 and type(r[0]) is str and type(r[1]) is int for r in rows)
+            and all(type(r) is list and len(r) == 2 and type(r[0]) is str and type(r[1]) is int and 0 <= r[1] < 1 << 63 for r in rows)
         )
-    except (struct.error, ValueError, TypeError, KeyError):
+    except (struct.error, ValueError, TypeError, KeyError, RecursionError):
         well_formed = False
     if not well_formed:
         raise MalformedInput("malformed sequence call")
@@ -153,13 +153,14 @@ async def post_sequence(request: web.Request) -> web.Response:
         return web.json_response(SequencedRange(0, 0, b"", refused).to_json())
     first = next(q for q in answers if q is not None)
     last = next(q for q in reversed(answers) if q is not None)
-    # The admitted entries went to the sequencer as one submission, so their indexes are consecutive.
-    if last.index - first.index + 1 != len(settling):
-        raise AssertionError(f"{len(settling)} entries sequenced at {first.index}..{last.index}")
     size = first.checkpoint.size
     # Committed: record each row's index. Waits (bounded) like a single-process server's readers do;
     # a write records.db will not take is retried behind us, and start-up settles from the log.
-    settle = RecordStore.settle_run_op(settling, first.index, size)
+    if last.index - first.index + 1 == len(settling):
+        # The admitted entries went to the sequencer as one submission: consecutive indexes, the usual case.
+        settle = RecordStore.settle_run_op(settling, first.index, size)
+    else:
+        settle = RecordStore.settle_rows_op([(rid, seq, q.index) for (rid, seq), q in zip(rows, answers) if q is not None], size)
     await asyncio.wait([service.settle_later([settle])], timeout=SETTLE_WAIT)
     return web.json_response(SequencedRange(first.index, len(settling), first.checkpoint.format(), refused).to_json())
 

@@ -18,14 +18,15 @@ Pending entries are bounded (``MAX_PENDING``), which bounds that catch-up.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import sqlite3
 import struct
+import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -67,13 +68,11 @@ def key_prefixes(keys: Sequence[bytes], salt: bytes = b"") -> list[int]:
         keys = [sha256(salt + key).digest() for key in keys]
     if any(len(key) != 32 for key in keys):
         return [key_prefix(key) for key in keys]
-    # One unpack of the joined keys: 8 bytes of each 32.
-    return list(_prefixes_of(len(keys)).unpack(b"".join(keys)))
-
-
-@functools.lru_cache(maxsize=64)
-def _prefixes_of(count: int) -> struct.Struct:
-    return struct.Struct(">" + "q24x" * count)
+    # The joined keys as 64-bit words, big-endian like key_prefix; the first of each key's four.
+    words = array("q", b"".join(keys))
+    if sys.byteorder == "little":
+        words.byteswap()
+    return words[::4].tolist()
 
 
 class PrefixIndex:

@@ -552,6 +552,8 @@ class RecordStore:
         Each group is all or nothing and independent of the others. The new rows
         of every group go in with one statement per table; only if that fails
         (a repeated tag) are the groups inserted one by one to find the culprit.
+        A tag or ct_hash that is not 32 bytes raises MalformedInput here, before
+        anything is written.
         """
 
         # Built here, before the op takes the write lock every process waits on: usually every group is new.
