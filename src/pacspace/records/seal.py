@@ -38,6 +38,7 @@ from .body import Body, decode_body, encode_body
 
 SEAL_VERSION = 0x01
 ENTRY_VERSION = 0x01
+_ENTRY_PREFIX = bytes([ENTRY_VERSION])
 ENTRY_SIZE = 65
 NONCE_SIZE = 12
 COMMITMENT_SIZE = 32
@@ -115,7 +116,7 @@ def public_entry(tag: bytes, blob: bytes) -> bytes:
 
 def entry_from_ct_hash(tag: bytes, ct_hash: bytes) -> bytes:
     """The 65-byte leaf when SHA-256(blob) is already known."""
-    return bytes([ENTRY_VERSION]) + tag + ct_hash
+    return _ENTRY_PREFIX + tag + ct_hash
 
 
 def record_tag(entry: bytes) -> bytes | None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+from hashlib import sha256
 import json
 import logging
 import re
@@ -221,15 +222,19 @@ class _Submission(NamedTuple):
 
 
 def _submission(obj: Any) -> _Submission:
-    if not isinstance(obj, dict) or not {"seq", "tag", "ciphertext"} <= obj.keys():
+    try:
+        seq, tag_text, blob_text = obj["seq"], obj["tag"], obj["ciphertext"]
+    except (KeyError, TypeError, IndexError):
+        raise MalformedInput("a record is {seq, tag, ciphertext}") from None
+    if not isinstance(obj, dict):
         raise MalformedInput("a record is {seq, tag, ciphertext}")
-    blob = _b64(obj["ciphertext"], "ciphertext", max_size=MAX_BLOB)
+    blob = _b64(blob_text, "ciphertext", max_size=MAX_BLOB)
     if len(blob) < BLOB_OVERHEAD:
         raise MalformedInput("ciphertext is too short to be a sealed record")
-    seq = _int(obj["seq"], "seq")
-    tag = _b64(obj["tag"], "tag", 32)
-    ct_hash = hashlib.sha256(blob).digest()
-    return _Submission(seq, tag, ct_hash, blob, entry_from_ct_hash(tag, ct_hash))
+    seq = _int(seq, "seq")
+    tag = _b64(tag_text, "tag", 32)
+    ct_hash = sha256(blob).digest()
+    return tuple.__new__(_Submission, (seq, tag, ct_hash, blob, entry_from_ct_hash(tag, ct_hash)))
 
 
 async def post_relationship(request: web.Request) -> web.Response:
@@ -520,7 +525,8 @@ async def post_records(request: web.Request) -> web.Response:
     groups: list[tuple[_Group, list[int]]] = []
     known = service.records.relationships([rid for rid in members if _RID.fullmatch(rid)])
     for rid, group in members.items():
-        group.sort(key=lambda m: m[1].seq)
+        if any(a[1].seq > b[1].seq for a, b in zip(group, group[1:])):
+            group.sort(key=lambda m: m[1].seq)
         rel = known.get(rid)
         failure: PacspaceError | None = None
         if rel is None or not rel.has(party.name):
@@ -534,19 +540,21 @@ async def post_records(request: web.Request) -> web.Response:
         groups.append((_Group(rel, [sub for _, sub in group]), [i for i, _ in group]))
     outcomes = await _append_groups(service, [g for g, _ in groups]) if groups else []
     checkpoint = None
+    ok = 0
     for (group, positions), outcome in zip(groups, outcomes):
-        for i, sub, k in zip(positions, group.subs, range(len(positions))):
-            if isinstance(outcome, PacspaceError):
-                results[i] = _error(outcome, group.rel.id, sub.seq)
-                continue
-            status, indexed = outcome
-            index, size = indexed[k]
-            if status == 201 and checkpoint is None:
-                checkpoint = _checkpoint_note(service, size)  # the same for every new record of the request
-            leaf = hashlib.sha256(b"\x00" + sub.entry).digest()
-            results[i] = {"relationship": group.rel.id, "seq": sub.seq, "status": "ok", "index": index,
-                          "leaf_hash": base64.b64encode(leaf).decode()}
-    ok = sum(1 for r in results if r is not None and r["status"] == "ok")
+        rid = group.rel.id
+        if isinstance(outcome, PacspaceError):
+            for i, sub in zip(positions, group.subs):
+                results[i] = _error(outcome, rid, sub.seq)
+            continue
+        status, indexed = outcome
+        if status == 201 and checkpoint is None:
+            checkpoint = _checkpoint_note(service, indexed[0][1])  # the same for every new record of the request
+        for i, sub, (index, _) in zip(positions, group.subs, indexed):
+            leaf = sha256(b"\x00" + sub.entry).digest()
+            results[i] = {"relationship": rid, "seq": sub.seq, "status": "ok", "index": index,
+                          "leaf_hash": binascii.b2a_base64(leaf, newline=False).decode()}
+        ok += len(positions)
     return web.json_response(
         {
             "accepted": ok,
