@@ -261,8 +261,10 @@ def _insert(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
     )
 
 
-def _settle(keyed: str, index_sql: str, first: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
-    """The settle op over ``keyed``, a JSON list of rows starting [relationship, seq], whose log index is ``index_sql``."""
+def _settle(keyed: str, index_sql: str, checkpoint_size: int, run: tuple[int, int] | None = None) -> Callable[[sqlite3.Connection], None]:
+    """The settle op over ``keyed``, a JSON list of rows starting [relationship, seq], whose log index is
+    ``index_sql``; ``run`` is (first, count) when they are the consecutive indexes from ``first``."""
+    first, count = run or (0, 0)
 
     def op(conn: sqlite3.Connection) -> None:
         # Appended in the order the log sequenced them, which is close to the order of their ids.
@@ -272,9 +274,13 @@ def _settle(keyed: str, index_sql: str, first: int, checkpoint_size: int) -> Cal
             "ON r.relationship = json_extract(j.value, '$[0]') AND r.seq = json_extract(j.value, '$[1]') "
             "WHERE EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id)"
         )
-        params = {"rows": keyed, "size": checkpoint_size, "first": first}
+        params = {"rows": keyed, "size": checkpoint_size, "first": first, "end": first + count}
         conn.execute(f"INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, :size FROM ({settling})", params)
-        conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", params)
+        if run is not None:
+            # The rows just settled, found by their indexes (settled_idx) rather than by joining again.
+            conn.execute("DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM settled WHERE idx >= :first AND idx < :end)", params)
+        else:
+            conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", params)
 
     return op
 
@@ -602,13 +608,13 @@ class RecordStore:
         A row already settled (or dropped) is left as it is, so settling twice is harmless.
         """
         # Built here, before the op takes the write lock every process waits on.
-        return _settle(json.dumps([[rid, seq, index] for rid, seq, index in rows]), "json_extract(j.value, '$[2]')", 0, checkpoint_size)
+        return _settle(json.dumps([[rid, seq, index] for rid, seq, index in rows]), "json_extract(j.value, '$[2]')", checkpoint_size)
 
     @staticmethod
     def settle_run_op(rows: Sequence[tuple[str, int]], first_index: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
         """settle_rows_op for rows ``(relationship, seq)`` the log sequenced at consecutive indexes from
         ``first_index`` (a batch of the sequencer): no per-row work here beyond encoding them."""
-        return _settle(json.dumps(rows), ":first + j.key", first_index, checkpoint_size)
+        return _settle(json.dumps(rows), ":first + j.key", checkpoint_size, (first_index, len(rows)))
 
     @staticmethod
     def settle_op(rid: str, indexed: Sequence[tuple[int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
