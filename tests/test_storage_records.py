@@ -245,3 +245,23 @@ def test_a_run_of_consecutive_indexes_settles_each_row_once(store):
     assert store.unsettled_of("acme:r0") == [] and store.unsettled_of("acme:r1") == []
     store.write([RecordStore.settle_run_op(run, 90, 93)])  # settling again changes nothing
     assert store.record("acme:r0", 1).index == 42
+
+
+def test_only_a_transaction_of_settles_alone_skips_its_fsync(store):
+    """Settles are re-derivable from the log (start-up reconciles them): alone, they commit without an
+    fsync (synchronous=NORMAL); with any other op, or afterwards, the connection is FULL again."""
+    from pacspace.storage import records as records_module
+
+    seen = []
+
+    def probe(conn):
+        seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    settle_like = records_module._rederivable(lambda conn: probe(conn))
+    assert getattr(RecordStore.settle_run_op([("acme:r0", 0)], 0, 1), records_module._REDERIVABLE)
+    store.write([settle_like])
+    store.write([settle_like, probe])
+    store.write([settle_like, RecordStore.reserve_op("acme:r0", [record(0)])])
+    store.write([probe])
+    assert seen == [1, 2, 2, 2, 2]  # 1 is NORMAL, 2 is FULL
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2

@@ -282,6 +282,15 @@ def _settle(keyed: str, index_sql: str, checkpoint_size: int, run: tuple[int, in
         else:
             conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", params)
 
+    return _rederivable(op)
+
+
+# An op whose write the log can re-derive (a settle): see RecordStore.write.
+_REDERIVABLE = "pacspace_rederivable"
+
+
+def _rederivable(op: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    setattr(op, _REDERIVABLE, True)
     return op
 
 
@@ -367,18 +376,33 @@ class RecordStore:
             return self._reader.execute(sql, params).fetchall()
 
     def write(self, ops: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T | BaseException]:
-        """Run ops in one durable transaction; each op all-or-nothing (a savepoint), its error returned."""
+        """Run ops in one transaction; each op all-or-nothing (a savepoint), its error returned.
+
+        Durable once it returns, unless every op is a settle (:func:`_rederivable`): a
+        transaction of settles only is committed without its own fsync. What it records, a
+        row's log index, the log already holds durably; a crash that loses it leaves the rows
+        unsettled, and start-up settles them from the log (reconcile). Its WAL frames become
+        durable with the next durable commit of any process (one fsync covers the whole WAL).
+        """
         results: list[T | BaseException] = []
-        with self._writer_turn(), write_transaction(self._conn) as conn:
-            for op in ops:
-                conn.execute("SAVEPOINT op")
-                try:
-                    results.append(op(conn))
-                    conn.execute("RELEASE op")
-                except (PacspaceError, sqlite3.IntegrityError) as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append(exc)
+        rederivable = all(getattr(op, _REDERIVABLE, False) for op in ops)
+        with self._writer_turn():
+            if rederivable:
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with write_transaction(self._conn) as conn:
+                    for op in ops:
+                        conn.execute("SAVEPOINT op")
+                        try:
+                            results.append(op(conn))
+                            conn.execute("RELEASE op")
+                        except (PacspaceError, sqlite3.IntegrityError) as exc:
+                            conn.execute("ROLLBACK TO op")
+                            conn.execute("RELEASE op")
+                            results.append(exc)
+            finally:
+                if rederivable:
+                    self._conn.execute("PRAGMA synchronous = FULL")
         self._maintain_soon()
         return results
 
