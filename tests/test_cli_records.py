@@ -133,15 +133,21 @@ def test_fsck_checks_records_too(tmp_path, server):
     assert "2 records verified" in ok.stdout
     import sqlite3
 
+    from pacspace.storage.segments import segment_name
+
     conn = sqlite3.connect(tmp_path / "pacspace-data" / "records.db")
-    conn.execute("UPDATE blobs SET blob = CAST(substr(blob, 1, 40) || x'00' || substr(blob, 42) AS BLOB) WHERE id = (SELECT blob_id FROM records WHERE seq = 1)")
-    conn.commit()
+    segment, start = conn.execute("SELECT segment, start FROM spans WHERE blob_id = (SELECT blob_id FROM records WHERE seq = 1)").fetchone()
     conn.close()
+    with open(tmp_path / "pacspace-data" / "blobs" / segment_name(segment), "r+b") as f:
+        f.seek(start + 40)
+        flipped = f.read(1)[0] ^ 1
+        f.seek(start + 40)
+        f.write(bytes([flipped]))
     bad = run("fsck", "--data", data, env=base, ok=False)
     assert bad.returncode == 1 and "does not match its ct_hash" in bad.stderr
     # A missing blob, and a settled index that the named checkpoint does not cover, are faults too.
     conn = sqlite3.connect(tmp_path / "pacspace-data" / "records.db")
-    conn.execute("DELETE FROM blobs WHERE id = (SELECT blob_id FROM records WHERE seq = 0)")
+    conn.execute("DELETE FROM spans WHERE blob_id = (SELECT blob_id FROM records WHERE seq = 0)")
     conn.execute("UPDATE settled SET checkpoint_size = idx WHERE blob_id = (SELECT blob_id FROM records WHERE seq = 1)")
     conn.commit()
     conn.close()

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from pacspace.errors import UntrustedState
+from pacspace.errors import MalformedInput, UntrustedState
 from pacspace.storage.records import InFlight, RecordStore, Relationship, SeqConflict, TagConflict
 from pacspace.storage.records_schema import PAGE_SIZE, SCHEMA_VERSION
 
@@ -82,13 +82,98 @@ def test_dropping_unacknowledged_records_frees_their_blobs(store):
     store.write([RecordStore.drop_op("acme:r0", [1, 0])])
     conn = sqlite3.connect(store.path)
     assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 0
+
+
+def test_blobs_live_in_segment_files_and_survive_a_reopen(store, tmp_path):
+    rows = [record(0), record(1)]
+    store.write([RecordStore.reserve_op("acme:r0", rows)])
+    conn = sqlite3.connect(store.path)
     assert conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 2
+    conn.close()
+    store.write([RecordStore.settle_op("acme:r0", [(0, 0), (1, 1)], 2)])
+    reopened = RecordStore(tmp_path, readonly=True)
+    try:
+        assert [r.blob for r in reopened.records("acme:r0", -1, 10)] == [rows[0][3], rows[1][3]]
+        assert reopened.record("acme:r0", 1).blob == rows[1][3]
+    finally:
+        reopened.close()
+
+
+def test_a_refused_reserve_leaves_bytes_that_nothing_names(store):
+    """The blobs are appended before the transaction: when it stores nothing, the bytes stay unread."""
+    store.write([RecordStore.reserve_op("acme:r0", [record(0)])])
+    (refused,) = store.write([RecordStore.reserve_op("acme:r0", [record(5)])])
+    assert isinstance(refused, SeqConflict)
+    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
+    later = record(1)
+    store.write([RecordStore.reserve_op("acme:r0", [later])])
+    store.write([RecordStore.settle_op("acme:r0", [(1, 1)], 2)])
+    assert store.records("acme:r0", 0, 10)[0].blob == later[3]
+    assert sum(p.stat().st_size for p in (store.path.parent / "blobs").iterdir()) == 3 * 200
+
+
+def test_a_reserve_op_runs_only_through_write(store):
+    op = RecordStore.reserve_op("acme:r0", [record(0)])
+    with pytest.raises(RuntimeError, match="through RecordStore.write"):
+        op(sqlite3.connect(":memory:"))
+
+
+def test_a_lost_segment_is_an_error_for_readers_and_a_missing_blob_for_fsck(store):
+    store.write([RecordStore.reserve_op("acme:r0", [record(0)])])
+    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
+    for path in (store.path.parent / "blobs").iterdir():
+        path.unlink()
+    reader = RecordStore(store.path.parent, readonly=True)
+    try:
+        with pytest.raises(UntrustedState, match="segment does not hold"):
+            reader.records("acme:r0", -1, 10)
+        assert [(r.seq, r.blob) for r in reader.iter_records()] == [(0, None)]
+    finally:
+        reader.close()
+
+
+def test_a_version_3_file_keeps_its_blobs_and_writes_new_ones_to_segments(tmp_path):
+    """Version 4 only adds ``spans``: a version-3 file is upgraded without copying a byte."""
+    old = record(0)
+    store = RecordStore(tmp_path)
+    store.add_party("acme", "provider", "t1", 1)
+    store.add_party("bob", "customer", "t2", 1)
+    store.add_relationship(Relationship("acme:r", "acme", "bob", "daily", "monthly", 1), {"acme": b"w", "bob": b"w"})
+    store.write([RecordStore.reserve_op("acme:r", [old])])
+    store.write([RecordStore.settle_op("acme:r", [(0, 0)], 1)])
+    store.close()
+    # Back to version 3's layout: the blob in the database, no spans, no segment files.
+    conn = sqlite3.connect(tmp_path / "records.db")
+    conn.execute("INSERT INTO blobs (id, blob) SELECT blob_id, ? FROM records", (old[3],))
+    conn.execute("DROP TABLE spans")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    for path in (tmp_path / "blobs").iterdir():
+        path.unlink()
+    with pytest.raises(UntrustedState, match="start `pacspace serve` on it once"):
+        RecordStore(tmp_path, readonly=True)
+    store = RecordStore(tmp_path)
+    try:
+        new = record(1)
+        store.write([RecordStore.reserve_op("acme:r", [new])])
+        store.write([RecordStore.settle_op("acme:r", [(1, 1)], 2)])
+        assert [(r.seq, r.blob) for r in store.records("acme:r", -1, 10)] == [(0, old[3]), (1, new[3])]
+        conn = sqlite3.connect(tmp_path / "records.db")
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        # The new record's id follows the old one's, and only it has a span.
+        assert conn.execute("SELECT r.seq, p.blob_id - b.id FROM records r JOIN spans p ON p.blob_id = r.blob_id, blobs b").fetchall() == [(1, 1)]
+        conn.close()
+    finally:
+        store.close()
 
 
 def test_a_new_file_has_the_current_schema_and_page_size(tmp_path):
     RecordStore(tmp_path).close()
     conn = sqlite3.connect(tmp_path / "records.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
     assert (tmp_path / "records.db.lock").stat().st_mode & 0o777 == 0o600
 
@@ -237,14 +322,28 @@ def test_reconcile_settles_against_the_published_checkpoint_and_never_drops_a_co
 
 
 def test_a_run_of_consecutive_indexes_settles_each_row_once(store):
-    store.write([RecordStore.reserve_many_op([("acme:r0", [record(0), record(1)]), ("acme:r1", [record(0)])])])
-    run = [("acme:r1", 0), ("acme:r0", 0), ("acme:r0", 1)]
+    r0, r0b, r1 = record(0), record(1), record(0)
+    store.write([RecordStore.reserve_many_op([("acme:r0", [r0, r0b]), ("acme:r1", [r1])])])
+    run = [r1[1], r0[1], r0b[1]]  # the tags, in the order the log holds the entries
     store.write([RecordStore.settle_run_op(run, 40, 43)])
     assert [(r.index, r.checkpoint_size) for r in store.records("acme:r0", -1, 10)] == [(41, 43), (42, 43)]
     assert store.record("acme:r1", 0).index == 40
     assert store.unsettled_of("acme:r0") == [] and store.unsettled_of("acme:r1") == []
     store.write([RecordStore.settle_run_op(run, 90, 93)])  # settling again changes nothing
     assert store.record("acme:r0", 1).index == 42
+    assert [r.index for r in store.records("acme:r1", -1, 10)] == [40]
+
+
+def test_a_run_passes_over_tags_no_waiting_record_holds(store):
+    """Only records waiting for the log are found by tag: another tag in the run settles nothing, and
+    the others still get their own index."""
+    a, b = record(0), record(1)
+    store.write([RecordStore.reserve_op("acme:r0", [a, b])])
+    store.write([RecordStore.settle_run_op([a[1], bytes(32), b[1]], 7, 10)])
+    assert [(r.seq, r.index) for r in store.records("acme:r0", -1, 10)] == [(0, 7), (1, 9)]
+    assert store.settled_indexes([7, 8, 9]) == {7, 9}
+    with pytest.raises(MalformedInput):
+        RecordStore.settle_run_op([b"short"], 0, 1)
 
 
 def test_only_a_transaction_of_settles_alone_skips_its_fsync(store):
@@ -258,7 +357,7 @@ def test_only_a_transaction_of_settles_alone_skips_its_fsync(store):
         seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
 
     settle_like = records_module._rederivable(lambda conn: probe(conn))
-    assert getattr(RecordStore.settle_run_op([("acme:r0", 0)], 0, 1), records_module._REDERIVABLE)
+    assert getattr(RecordStore.settle_run_op([bytes(32)], 0, 1), records_module._REDERIVABLE)
     store.write([settle_like])
     store.write([settle_like, probe])
     store.write([settle_like, RecordStore.reserve_op("acme:r0", [record(0)])])

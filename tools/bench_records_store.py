@@ -46,7 +46,7 @@ def main() -> None:
         reserve_s += time.perf_counter() - t0
         if not isinstance(results, list) or any(r is not None for r in results):
             raise SystemExit(f"reserve failed: {results if not isinstance(results, list) else results[:2]}")
-        settle = RecordStore.settle_run_op([(rid, seq) for rid in rids], seq * len(rids), seq + 1)
+        settle = RecordStore.settle_run_op([tag for _, ((_, tag, _, _),) in groups], seq * len(rids), seq + 1)
         t0 = time.perf_counter()
         store.write([settle])
         settle_s += time.perf_counter() - t0

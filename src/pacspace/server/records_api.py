@@ -318,16 +318,8 @@ async def _append_groups(service: LogService, groups: list[_Group]) -> list[_Out
 
 
 def _group_op(group: _Group) -> Any:
-    reserve = RecordStore.reserve_op(group.rel.id, [s[:4] for s in group.subs])
-    if group.create is None:
-        return reserve
-
-    def op(conn: Any) -> Any:
-        # One savepoint for both: a genesis that fails takes its relationship with it.
-        group.create(conn)
-        return reserve(conn)
-
-    return op
+    # One savepoint for both: a genesis that fails takes its relationship with it.
+    return RecordStore.reserve_op(group.rel.id, [s[:4] for s in group.subs], before=group.create)
 
 
 async def _reserve(service: LogService, groups: list[_Group]) -> list[Any]:
@@ -407,6 +399,7 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
             outcomes[i] = exc
         return outcomes  # type: ignore[return-value]
     settle = []
+    tags: list[bytes] = []
     refused = []
     size = 0  # every admitted record of the call is in the same checkpoint
     at = 0
@@ -421,13 +414,22 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
             continue
         size = answers[0].checkpoint.size
         settle.extend((groups[i].rel.id, s.seq, q.index) for s, q in zip(subs, answers))
+        tags.extend(s.tag for s in subs)
         outcomes[i] = (201, [(q.index, size) for q in answers])
     if settle and not settled:
         # The entries are committed: acknowledge now, record their indexes in records.db behind us.
-        service.settle_later([RecordStore.settle_rows_op(settle, size)])
+        service.settle_later([_settle_op(settle, tags, size)])
     if refused:
         await _forget(service, [groups[i] for i in refused])
     return outcomes  # type: ignore[return-value]
+
+
+def _settle_op(settle: list[tuple[str, int, int]], tags: list[bytes], size: int) -> Any:
+    """The settle op for rows (relationship, seq, index) with these tags: by tag if their indexes run on."""
+    first = settle[0][2]
+    if all(index == first + k for k, (_, _, index) in enumerate(settle)):
+        return RecordStore.settle_run_op(tags, first, size)
+    return RecordStore.settle_rows_op(settle, size)
 
 
 async def _forget(service: LogService, groups: list[_Group]) -> None:

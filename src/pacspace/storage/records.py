@@ -2,7 +2,8 @@
 
 The log (log.db) is the source of truth for what was committed; this file holds
 what the log does not: who may write and read, the HPKE wraps, and the sealed
-blobs the 65-byte entries commit to. A record row is written (durably) before
+blobs the 65-byte entries commit to (their bytes in append-only segment files
+beside it, storage/segments.py). A record row is written (durably) before
 its entry is submitted to the sequencer, and gets its log index after: a crash
 in between leaves a row without an index, which :meth:`RecordStore.reconcile`
 settles at start from the log itself (found: index it; not found: it was never
@@ -25,7 +26,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -33,6 +34,7 @@ from ..errors import MalformedInput, PacspaceError, UntrustedState
 from ..merkle import HASH_SIZE
 from ..records.seal import entry_from_ct_hash
 from .records_schema import SCHEMA_VERSION, check_readable, prepare
+from .segments import Placed, Segments
 from .transaction import write_transaction
 
 __all__ = ["SCHEMA_VERSION", "RecordStore"]
@@ -144,10 +146,12 @@ class StoredRecord:
 _PARTY = "name, role, created_at, revoked_at, x25519, ed25519"
 _REL = "id, provider, customer, cadence, billing_cycle, created_at"
 _REC = "r.relationship, r.seq, r.tag, r.ct_hash, NULL, s.idx, s.checkpoint_size"
-_REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, b.blob, s.idx, s.checkpoint_size"
-# A record row, its log index once settled, and (with _BLOB) its blob.
+# ... and its blob: the bytes (before schema 4), or where they lie in the segment files.
+_REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, b.blob, s.idx, s.checkpoint_size, p.segment, p.start, p.length"
+# A record row, its log index once settled, and (with _BLOBS) its blob.
 _ROWS = "records r LEFT JOIN settled s ON s.blob_id = r.blob_id"
-_JOIN = _ROWS + " JOIN blobs b ON b.id = r.blob_id"
+_BLOBS = _ROWS + " LEFT JOIN blobs b ON b.id = r.blob_id LEFT JOIN spans p ON p.blob_id = r.blob_id"
+_HAS_BLOB = "(b.id IS NOT NULL OR p.blob_id IS NOT NULL)"
 _UNSETTLED = (
     "unsettled u JOIN records r ON r.relationship = u.relationship AND r.seq = u.seq "
     "LEFT JOIN settled s ON s.blob_id = u.blob_id"
@@ -201,35 +205,27 @@ def _check_next(
     return None
 
 
-def _insert_params(groups: Sequence[tuple[str, Sequence[tuple[int, bytes, bytes, bytes]]]]) -> dict[str, Any]:
-    """The parameters of :func:`_insert` for these groups' records, built before the write lock is taken."""
-    keys: list[tuple[str, int]] = []
+def _insert_params(groups: Sequence[tuple[str, Sequence[tuple[int, bytes, bytes, bytes]]]], starts: Sequence[int]) -> dict[str, Any]:
+    """The parameters of :func:`_insert` for these groups' records, built before the write lock is taken.
+
+    ``starts[k]`` is where group k's first blob begins in the bytes appended for the op."""
+    keys: list[tuple[str, int, int, int]] = []
     tags: list[bytes] = []
     cts: list[bytes] = []
-    blobs: list[bytes] = []
-    for rid, records in groups:
+    for (rid, records), at in zip(groups, starts):
         for seq, tag, ct_hash, blob in records:
             if len(tag) != HASH_SIZE or len(ct_hash) != HASH_SIZE:
                 raise MalformedInput(f"a record's tag and ct_hash are {HASH_SIZE} bytes")
-            keys.append((rid, seq))
+            keys.append((rid, seq, at, len(blob)))
             tags.append(tag)
             cts.append(ct_hash)
-            blobs.append(blob)
-    spans, at = [], 1
-    for blob in blobs:
-        spans.append((at, len(blob)))
-        at += len(blob)
-    return {
-        "keys": json.dumps(keys),
-        "tags": b"".join(tags),
-        "cts": b"".join(cts),
-        "data": b"".join(blobs),
-        "spans": json.dumps(spans),
-    }
+            at += len(blob)
+    return {"keys": json.dumps(keys), "tags": b"".join(tags), "cts": b"".join(cts)}
 
 
-def _insert(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
-    """New records (:func:`_insert_params`) under the next sequential ids (the caller holds the write lock), unsettled.
+def _insert(conn: sqlite3.Connection, params: dict[str, Any], placed: Placed) -> None:
+    """New records (:func:`_insert_params`) under the next sequential ids (the caller holds the write lock), unsettled;
+    their blobs were appended at ``placed``.
 
     Ids follow arrival. One is used again only if the record that had it was the newest and was
     dropped (never acknowledged), so no two stored records ever share one.
@@ -239,8 +235,10 @@ def _insert(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
     while another thread of the process is in a long C call (parsing a request's JSON), each
     of thousands of steps waited for it, and every other process waited for our write lock.
     """
-    (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
-    params = {**params, "top": top}
+    (top,) = conn.execute(
+        "SELECT max(coalesce((SELECT max(id) FROM blobs), 0), coalesce((SELECT max(blob_id) FROM spans), 0))"
+    ).fetchone()
+    params = {**params, "top": top, "segment": placed.segment, "base": placed.offset}
     conn.execute(
         "INSERT INTO records (relationship, seq, tag, ct_hash, blob_id) "
         "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
@@ -249,8 +247,8 @@ def _insert(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
         params,
     )
     conn.execute(
-        "INSERT INTO blobs (id, blob) SELECT :top + 1 + key, substr(:data, json_extract(value, '$[0]'), "
-        "json_extract(value, '$[1]')) FROM json_each(:spans)",
+        "INSERT INTO spans (blob_id, segment, start, length) SELECT :top + 1 + key, :segment, "
+        ":base + json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(:keys)",
         params,
     )
     conn.execute(
@@ -261,28 +259,69 @@ def _insert(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
     )
 
 
-def _settle(keyed: str, index_sql: str, checkpoint_size: int, run: tuple[int, int] | None = None) -> Callable[[sqlite3.Connection], None]:
-    """The settle op over ``keyed``, a JSON list of rows starting [relationship, seq], whose log index is
-    ``index_sql``; ``run`` is (first, count) when they are the consecutive indexes from ``first``."""
-    first, count = run or (0, 0)
+def _settle_rows(keyed: str, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
+    """The settle op over ``keyed``, a JSON list of rows [relationship, seq, log index]."""
 
     def op(conn: sqlite3.Connection) -> None:
         # Appended in the order the log sequenced them, which is close to the order of their ids.
         # One statement each, not one per row (see _insert).
         settling = (
-            f"SELECT r.blob_id, {index_sql} AS idx FROM json_each(:rows) j JOIN records r "
+            "SELECT r.blob_id, json_extract(j.value, '$[2]') AS idx FROM json_each(:rows) j JOIN records r "
             "ON r.relationship = json_extract(j.value, '$[0]') AND r.seq = json_extract(j.value, '$[1]') "
             "WHERE EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id)"
         )
-        params = {"rows": keyed, "size": checkpoint_size, "first": first, "end": first + count}
+        params = {"rows": keyed, "size": checkpoint_size}
         conn.execute(f"INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, :size FROM ({settling})", params)
-        if run is not None:
-            # The rows just settled, found by their indexes (settled_idx) rather than by joining again.
-            conn.execute("DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM settled WHERE idx >= :first AND idx < :end)", params)
-        else:
-            conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", params)
+        conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", params)
 
     return _rederivable(op)
+
+
+def _settle_run(tags: bytes, first: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
+    """The settle op for the records whose tags (``tags``, concatenated) the log holds at consecutive
+    indexes from ``first``."""
+    params = {"tags": tags, "n": len(tags) // HASH_SIZE, "first": first, "size": checkpoint_size}
+
+    def op(conn: sqlite3.Connection) -> None:
+        # A record waiting for the log is found by its tag, which is unique among them (the small
+        # ``unsettled`` table's index, all in cache), and its tag is the one its entry carries. This
+        # statement is most of the time the sequencing process holds the write lock that every
+        # process waits on: finding the rows by (relationship, seq) through the large records
+        # table, with a JSON list of them, took about twice as long (docs/performance.md).
+        conn.execute(
+            "INSERT INTO settled (blob_id, idx, checkpoint_size) "
+            "WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < :n) "
+            f"SELECT u.blob_id, :first + k.i, :size FROM k JOIN unsettled u ON u.tag = substr(:tags, k.i * {HASH_SIZE} + 1, {HASH_SIZE})",
+            params,
+        )
+        # The rows just settled, found by their indexes (settled_idx) rather than by joining again.
+        conn.execute(
+            "DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM settled WHERE idx >= :first AND idx < :first + :n)",
+            params,
+        )
+
+    return _rederivable(op)
+
+
+@dataclass
+class _Staged:
+    """Blobs an op stores: RecordStore.write appends them to the segment files (``placed``) before the write lock."""
+
+    data: bytes
+    placed: Placed | None = None
+
+    def placed_or_raise(self) -> Placed:
+        if self.placed is None:
+            raise RuntimeError("a reserve op must run through RecordStore.write, which stores its blobs first")
+        return self.placed
+
+
+_STAGED = "pacspace_staged"
+
+
+def _staging(op: Callable[[sqlite3.Connection], T], staged: _Staged) -> Callable[[sqlite3.Connection], T]:
+    setattr(op, _STAGED, staged)
+    return op
 
 
 # An op whose write the log can re-derive (a settle): see RecordStore.write.
@@ -335,6 +374,7 @@ class RecordStore:
         except BaseException:
             self._conn.close()
             raise
+        self._segments = Segments(data_dir, readonly=readonly)
         self._lock = threading.Lock()
         # Writers in several processes (serve --workers) queue on this lock in the kernel, which wakes
         # the next one the moment the last commits; SQLite's own busy handler would sleep 1-100 ms.
@@ -355,6 +395,7 @@ class RecordStore:
             self._checkpointer.close()
         self._reader.close()
         self._conn.close()
+        self._segments.close()
         if self._process_lock is not None:
             os.close(self._process_lock)
             self._process_lock = None
@@ -386,6 +427,9 @@ class RecordStore:
         """
         results: list[T | BaseException] = []
         rederivable = all(getattr(op, _REDERIVABLE, False) for op in ops)
+        staged = [s for s in (getattr(op, _STAGED, None) for op in ops) if s is not None]
+        if staged:
+            self._store_blobs(staged)
         with self._writer_turn():
             if rederivable:
                 self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -405,6 +449,16 @@ class RecordStore:
                     self._conn.execute("PRAGMA synchronous = FULL")
         self._maintain_soon()
         return results
+
+    def _store_blobs(self, staged: Sequence[_Staged]) -> None:
+        """The ops' blobs, appended to this process's segment and durable before the write lock is taken
+        (one write, one fdatasync): a record row committed later never names bytes a crash could lose.
+        Bytes whose rows are then not written (a conflict, a failed transaction) are never read."""
+        placed = self._segments.append(b"".join(s.data for s in staged))
+        at = placed.offset
+        for s in staged:
+            s.placed = Placed(placed.segment, at)
+            at += len(s.data)
 
     def _maintain_soon(self) -> None:
         """Start a PASSIVE WAL checkpoint in the maintenance thread, at most every CHECKPOINT_INTERVAL.
@@ -517,6 +571,7 @@ class RecordStore:
             ).fetchone():
                 return
             conn.execute("DELETE FROM blobs WHERE id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
+            conn.execute("DELETE FROM spans WHERE blob_id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
             conn.execute("DELETE FROM unsettled WHERE relationship = ?", (rid,))
             conn.execute("DELETE FROM records WHERE relationship = ?", (rid,))
             conn.execute("DELETE FROM wraps WHERE relationship = ?", (rid,))
@@ -552,7 +607,9 @@ class RecordStore:
 
     @staticmethod
     def reserve_op(
-        rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]
+        rid: str,
+        records: Sequence[tuple[int, bytes, bytes, bytes]],
+        before: Callable[[sqlite3.Connection], None] | None = None,
     ) -> Callable[[sqlite3.Connection], list[StoredRecord] | None]:
         """An op that stores consecutive new records ``(seq, tag, ct_hash, blob)`` at the relationship's next seqs.
 
@@ -561,17 +618,20 @@ class RecordStore:
         TagConflict if a tag repeats one of a record waiting for the log (tags
         already in the log are refused when sequenced: server/tags.py), or
         InFlight while an earlier record of the relationship awaits the log. Unsettled rows are therefore always a relationship's
-        last ones, so dropping them never leaves a gap.
+        last ones, so dropping them never leaves a gap. ``before`` runs first, in the same savepoint
+        (a relationship's creation with its genesis: if one fails, neither is kept).
         """
         many = RecordStore.reserve_many_op([(rid, records)])
 
         def op(conn: sqlite3.Connection) -> list[StoredRecord] | None:
+            if before is not None:
+                before(conn)
             (result,) = many(conn)
             if isinstance(result, BaseException):
                 raise result
             return result
 
-        return op
+        return _staging(op, getattr(many, _STAGED))
 
     @staticmethod
     def reserve_many_op(
@@ -587,10 +647,16 @@ class RecordStore:
         """
 
         # Built here, before the op takes the write lock every process waits on: usually every group is new.
-        everything = _insert_params(groups)
+        starts, at = [], 0
+        for _, records in groups:
+            starts.append(at)
+            at += sum(len(r[3]) for r in records)
+        everything = _insert_params(groups, starts)
         rids = json.dumps([rid for rid, _ in groups])
+        staged = _Staged(b"".join(r[3] for _, records in groups for r in records))
 
         def op(conn: sqlite3.Connection) -> list[list[StoredRecord] | None | PacspaceError]:
+            placed = staged.placed_or_raise()
             results: list[list[StoredRecord] | None | PacspaceError] = [None] * len(groups)
             fresh: list[int] = []
             lasts = _last_rows(conn, rids)
@@ -605,7 +671,8 @@ class RecordStore:
                 return results
             conn.execute("SAVEPOINT reserve_all")
             try:
-                _insert(conn, everything if len(fresh) == len(groups) else _insert_params([groups[k] for k in fresh]))
+                params = everything if len(fresh) == len(groups) else _insert_params([groups[k] for k in fresh], [starts[k] for k in fresh])
+                _insert(conn, params, placed)
                 conn.execute("RELEASE reserve_all")
                 return results
             except sqlite3.IntegrityError:
@@ -614,7 +681,7 @@ class RecordStore:
             for k in fresh:
                 conn.execute("SAVEPOINT reserve_one")
                 try:
-                    _insert(conn, _insert_params([groups[k]]))
+                    _insert(conn, _insert_params([groups[k]], [starts[k]]), placed)
                     conn.execute("RELEASE reserve_one")
                 except sqlite3.IntegrityError:
                     conn.execute("ROLLBACK TO reserve_one")
@@ -623,7 +690,7 @@ class RecordStore:
                     results[k] = TagConflict("a tag repeats a record that is being committed")
             return results
 
-        return op
+        return _staging(op, staged)
 
     @staticmethod
     def settle_rows_op(rows: Sequence[tuple[str, int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
@@ -632,13 +699,16 @@ class RecordStore:
         A row already settled (or dropped) is left as it is, so settling twice is harmless.
         """
         # Built here, before the op takes the write lock every process waits on.
-        return _settle(json.dumps([[rid, seq, index] for rid, seq, index in rows]), "json_extract(j.value, '$[2]')", checkpoint_size)
+        return _settle_rows(json.dumps([[rid, seq, index] for rid, seq, index in rows]), checkpoint_size)
 
     @staticmethod
-    def settle_run_op(rows: Sequence[tuple[str, int]], first_index: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
-        """settle_rows_op for rows ``(relationship, seq)`` the log sequenced at consecutive indexes from
-        ``first_index`` (a batch of the sequencer): no per-row work here beyond encoding them."""
-        return _settle(json.dumps(rows), ":first + j.key", checkpoint_size, (first_index, len(rows)))
+    def settle_run_op(tags: Sequence[bytes], first_index: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
+        """settle_rows_op for the records with these tags, which the log sequenced at consecutive indexes
+        from ``first_index`` (a batch of the sequencer). A tag that no record waiting for the log
+        holds is passed over: settling twice is harmless."""
+        if any(len(tag) != HASH_SIZE for tag in tags):
+            raise MalformedInput(f"a record's tag is {HASH_SIZE} bytes")
+        return _settle_run(b"".join(tags), first_index, checkpoint_size)
 
     @staticmethod
     def settle_op(rid: str, indexed: Sequence[tuple[int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
@@ -659,37 +729,49 @@ class RecordStore:
                 if row is not None:
                     conn.execute("DELETE FROM records WHERE relationship = ? AND seq = ?", (rid, seq))
                     conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
+                    conn.execute("DELETE FROM spans WHERE blob_id = ?", (row[0],))
 
         return op
 
     def record(self, rid: str, seq: int) -> StoredRecord | None:
-        rows = self._read(f"SELECT {_REC_BLOB} FROM {_JOIN} WHERE r.relationship = ? AND r.seq = ?", (rid, seq))
-        return _rec(rows[0]) if rows else None
+        rows = self._read(f"SELECT {_REC_BLOB} FROM {_BLOBS} WHERE r.relationship = ? AND r.seq = ? AND {_HAS_BLOB}", (rid, seq))
+        return self._with_blob(rows[0]) if rows else None
 
     def records(self, rid: str, after_seq: int, limit: int) -> list[StoredRecord]:
         """Settled records (with a log index) after ``after_seq``, in seq order."""
         rows = self._read(
-            f"SELECT {_REC_BLOB} FROM {_JOIN} WHERE r.relationship = ? AND r.seq > ? AND s.idx IS NOT NULL "
-            "ORDER BY r.seq LIMIT ?",
+            f"SELECT {_REC_BLOB} FROM {_BLOBS} WHERE r.relationship = ? AND r.seq > ? AND s.idx IS NOT NULL "
+            f"AND {_HAS_BLOB} ORDER BY r.seq LIMIT ?",
             (rid, after_seq, limit),
         )
-        return [_rec(r) for r in rows]
+        return [self._with_blob(r) for r in rows]
 
     def iter_records(self, page: int = 1000) -> Iterator[StoredRecord]:
         """Every record with its blob (None if missing), by relationship and seq, read in pages (fsck)."""
         after = ("", -1)
         while True:
             rows = self._read(
-                f"SELECT {_REC_BLOB} FROM {_ROWS} LEFT JOIN blobs b ON b.id = r.blob_id "
-                "WHERE (r.relationship, r.seq) > (?, ?) "
+                f"SELECT {_REC_BLOB} FROM {_BLOBS} WHERE (r.relationship, r.seq) > (?, ?) "
                 "ORDER BY r.relationship, r.seq LIMIT ?",
                 (*after, page),
             )
             if not rows:
                 return
             for row in rows:
-                yield _rec(row)
+                yield self._with_blob(row, missing_ok=True)
             after = (rows[-1][0], rows[-1][1])
+
+    def _with_blob(self, row: tuple, *, missing_ok: bool = False) -> StoredRecord:  # type: ignore[type-arg]
+        """A _REC_BLOB row as a record whose blob is read from its segment if records.db does not hold it."""
+        rec = _rec(row)
+        if rec.blob is not None or row[7] is None:
+            return rec
+        blob = self._segments.read(row[7], row[8], row[9])
+        if blob is None and not missing_ok:
+            raise UntrustedState(
+                f"record {rec.seq} of a relationship names bytes that its blob segment does not hold (see `pacspace fsck`)"
+            )
+        return replace(rec, blob=blob)
 
     def unsettled_of(self, rid: str) -> list[StoredRecord]:
         """One relationship's rows still without a log index (its last ones), in seq order."""

@@ -15,6 +15,10 @@ unique now, off the write path (server/tags.py). Only the few records waiting
 for the log keep a tag index (in ``unsettled``), and a unique index on the
 settled log index, whose keys arrive in order, means no two records can claim
 one entry. Measured in docs/performance.md.
+
+Version 4 writes new blobs to append-only segment files (storage/segments.py),
+not into the database: ``spans`` says where each lies. Blobs written before stay
+in ``blobs``, so upgrading from 3 copies nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .transaction import write_transaction
 
 log = logging.getLogger("pacspace.storage")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PAGE_SIZE = 8192
 
 # Written once, never updated: the record's id (``blob_id``) is its arrival number and its blob's key.
@@ -60,6 +64,13 @@ _SETTLED = """CREATE TABLE IF NOT EXISTS settled (
         idx INTEGER NOT NULL,
         checkpoint_size INTEGER NOT NULL
     )"""
+# Where each blob written since version 4 lies in the segment files: appended in blob_id order.
+_SPANS = """CREATE TABLE IF NOT EXISTS spans (
+        blob_id INTEGER PRIMARY KEY,
+        segment INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        length INTEGER NOT NULL
+    )"""
 _SETTLED_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS settled_idx ON settled(idx)"
 
 SCHEMA = (
@@ -89,12 +100,14 @@ SCHEMA = (
         wrap BLOB NOT NULL,
         PRIMARY KEY (relationship, reader, epoch)
     )""",
-    # Small rows (settling rewrites them); the sealed blobs live apart, written once, in arrival order.
+    # Small rows, written once; the sealed blobs live apart, in arrival order: in ``blobs`` before version 4,
+    # since then in the segment files (``spans``).
     _RECORDS.format(name="records"),
     _BLOBS.format(name="blobs"),
     _UNSETTLED.format(name="unsettled"),
     _SETTLED,
     _SETTLED_INDEX,
+    _SPANS,
 )
 
 
@@ -139,6 +152,8 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
             started = time.monotonic()
             (_migrate_from_1 if version == 1 else _migrate_from_2)(conn)
             log.info("upgraded %s to schema %d in %.1f s", path, SCHEMA_VERSION, time.monotonic() - started)
+        elif version == 3:
+            log.info("upgrading %s from schema 3 to %d: new blobs go to segment files; nothing is copied", path, SCHEMA_VERSION)
         for statement in SCHEMA:
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
