@@ -6,7 +6,7 @@ record's log index) appends to ``settled`` by id and deletes from the small
 ``unsettled`` table. Version 1 keyed blobs by (relationship, seq) and rewrote
 each record row to settle it: with a thousand relationships writing at once,
 every insert and every settle landed on a different B-tree page, and a batch
-of 2,000 records rewrote thousands of pages. New files also use 8 KiB pages (a 1.4 KB blob
+of 2,000 records rewrote thousands of pages. Files of versions 2 and 3 used 8 KiB pages (a 1.4 KB blob
 per 4 KiB page wasted most of each page).
 
 Version 3 drops the unique index on all records' tags, whose random keys put a
@@ -18,7 +18,10 @@ one entry. Measured in docs/performance.md.
 
 Version 4 writes new blobs to append-only segment files (storage/segments.py),
 not into the database: ``spans`` says where each lies. Blobs written before stay
-in ``blobs``, so upgrading from 3 copies nothing.
+in ``blobs``, so upgrading from 3 copies nothing. With the blobs out, new files
+go back to 4 KiB pages: a transaction rewrites one page of the (relationship,
+seq) index for each relationship it touches, and a smaller page is fewer bytes
+written per record (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .transaction import write_transaction
 log = logging.getLogger("pacspace.storage")
 
 SCHEMA_VERSION = 4
-PAGE_SIZE = 8192
+PAGE_SIZE = 4096
 
 # Written once, never updated: the record's id (``blob_id``) is its arrival number and its blob's key.
 _RECORDS = """CREATE TABLE IF NOT EXISTS {name} (
