@@ -364,3 +364,21 @@ def test_only_a_transaction_of_settles_alone_skips_its_fsync(store):
     store.write([probe])
     assert seen == [1, 2, 2, 2, 2]  # 1 is NORMAL, 2 is FULL
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_an_op_that_fails_keeps_nothing_and_gives_its_error(store, alone):
+    """Alone in its transaction (no savepoint) or beside others (each in a savepoint): a failing op's
+    writes are undone, its error is its result, and the other ops' writes stay."""
+
+    def half_then_fail(conn):
+        conn.execute("UPDATE parties SET x25519 = x'01' WHERE name = 'acme'")
+        raise InFlight("refused after writing")
+
+    ops = [half_then_fail] if alone else [RecordStore.reserve_op("acme:r0", [record(0)]), half_then_fail]
+    results = store.write(ops)
+    assert isinstance(results[-1], InFlight)
+    assert store.party("acme").x25519 is None
+    assert [r.seq for r in store.unsettled_of("acme:r0")] == ([] if alone else [0])
+    store.write([lambda conn: conn.execute("UPDATE parties SET x25519 = x'02' WHERE name = 'bob'")])
+    assert store.party("bob").x25519 == b"\x02"  # the connection is usable afterwards

@@ -427,16 +427,27 @@ class RecordStore:
             self._process_lock = None
 
     @contextmanager
-    def _writer_turn(self) -> Iterator[None]:
-        """This process's write lock, then the lock shared by every process that writes records.db."""
+    def _writer_turn(self, synchronous: str = "FULL") -> Iterator[None]:
+        """This process's write lock, then the lock shared by every process that writes records.db.
+
+        The connection's ``synchronous`` is set in between, not while the shared lock is held: every
+        statement there costs the lock's holder a wait for the interpreter lock, which a busy event
+        loop in the same process may keep up to the switch interval.
+        """
         with self._lock:
             if self._process_lock is None:
                 raise UntrustedState(f"{self.path} was opened read-only")
-            fcntl.flock(self._process_lock, fcntl.LOCK_EX)
+            if synchronous != "FULL":
+                self._conn.execute(f"PRAGMA synchronous = {synchronous}")
             try:
-                yield
+                fcntl.flock(self._process_lock, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(self._process_lock, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(self._process_lock, fcntl.LOCK_UN)
+                if synchronous != "FULL":
+                    self._conn.execute("PRAGMA synchronous = FULL")
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
         with self._read_lock:
@@ -456,23 +467,24 @@ class RecordStore:
         staged = [s for s in (getattr(op, _STAGED, None) for op in ops) if s is not None]
         if staged:
             self._store_blobs(staged)
-        with self._writer_turn():
-            if rederivable:
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-            try:
-                with write_transaction(self._conn) as conn:
-                    for op in ops:
-                        conn.execute("SAVEPOINT op")
-                        try:
-                            results.append(op(conn))
-                            conn.execute("RELEASE op")
-                        except (PacspaceError, sqlite3.IntegrityError) as exc:
-                            conn.execute("ROLLBACK TO op")
-                            conn.execute("RELEASE op")
-                            results.append(exc)
-            finally:
-                if rederivable:
-                    self._conn.execute("PRAGMA synchronous = FULL")
+        with self._writer_turn("NORMAL" if rederivable else "FULL"), write_transaction(self._conn) as conn:
+            if len(ops) == 1:
+                # The transaction is the op's all-or-nothing: no savepoint (two statements fewer in the lock).
+                try:
+                    results.append(ops[0](conn))
+                except (PacspaceError, sqlite3.IntegrityError) as exc:
+                    conn.execute("ROLLBACK")
+                    results.append(exc)
+            else:
+                for op in ops:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append(op(conn))
+                        conn.execute("RELEASE op")
+                    except (PacspaceError, sqlite3.IntegrityError) as exc:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append(exc)
         self._maintain_soon()
         return results
 
