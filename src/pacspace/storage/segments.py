@@ -24,6 +24,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..durable import fsync_dir
+
 SEGMENTS_DIR = "blobs"
 SEGMENT_LIMIT = 1 << 30
 # Segments a reader keeps open; a server restarted many times has many segments.
@@ -93,7 +95,7 @@ class Segments:
         created = not self.directory.exists()
         self.directory.mkdir(mode=0o700, exist_ok=True)
         if created:
-            _fsync_dir(self.directory.parent)
+            fsync_dir(self.directory.parent)
         while True:
             segment = secrets.randbits(63)
             try:
@@ -102,7 +104,7 @@ class Segments:
             except FileExistsError:
                 continue
         # The new name must survive a crash before any record names it.
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._segment, self._fd, self._size = segment, fd, 0
 
     def _abandon(self) -> None:
@@ -126,10 +128,3 @@ class Segments:
             data = os.pread(fd, length, offset)
         return data if len(data) == length else None
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
