@@ -157,10 +157,10 @@ async def post_sequence(request: web.Request) -> web.Response:
     size = first.checkpoint.size
     # Committed: record each row's index. Waits (bounded) like a single-process server's readers do;
     # a write records.db will not take is retried behind us, and start-up settles from the log.
-    tags = [record_tag(entry) for entry, q in zip(entries, answers) if q is not None]
-    if last.index - first.index + 1 == len(settling) and None not in tags:
+    tags = [t for t in (record_tag(entry) for entry, q in zip(entries, answers) if q is not None) if t is not None]
+    if last.index - first.index + 1 == len(settling) == len(tags):
         # The admitted entries went to the sequencer as one submission: consecutive indexes, the usual case.
-        settle = RecordStore.settle_run_op(tags, first.index, size)  # type: ignore[arg-type]
+        settle = RecordStore.settle_run_op(tags, first.index, size)
     else:
         settle = RecordStore.settle_rows_op([(rid, seq, q.index) for (rid, seq), q in zip(rows, answers) if q is not None], size)
     await asyncio.wait([service.settle_later([settle])], timeout=SETTLE_WAIT)

@@ -318,7 +318,7 @@ async def _append_groups(service: LogService, groups: list[_Group]) -> list[_Out
 
 
 def _group_op(group: _Group) -> Any:
-    # One savepoint for both: a genesis that fails takes its relationship with it.
+    # All or nothing together: a genesis that fails takes its relationship with it.
     return RecordStore.reserve_op(group.rel.id, [s[:4] for s in group.subs], before=group.create)
 
 
