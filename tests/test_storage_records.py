@@ -349,15 +349,16 @@ def test_a_run_passes_over_tags_no_waiting_record_holds(store):
 def test_only_a_transaction_of_settles_alone_skips_its_fsync(store):
     """Settles are re-derivable from the log (start-up reconciles them): alone, they commit without an
     fsync (synchronous=NORMAL); with any other op, or afterwards, the connection is FULL again."""
-    from pacspace.storage import records as records_module
+    from pacspace.storage import record_writes
 
     seen = []
 
     def probe(conn):
         seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
 
-    settle_like = records_module._rederivable(lambda conn: probe(conn))
-    assert getattr(RecordStore.settle_run_op([bytes(32)], 0, 1), records_module._REDERIVABLE)
+    settle_like = record_writes.rederivable(lambda conn: probe(conn))
+    assert record_writes.is_rederivable(RecordStore.settle_run_op([bytes(32)], 0, 1))
+    assert not record_writes.is_rederivable(RecordStore.reserve_op("acme:r0", [record(0)]))
     store.write([settle_like])
     store.write([settle_like, probe])
     store.write([settle_like, RecordStore.reserve_op("acme:r0", [record(0)])])

@@ -11,12 +11,13 @@ acknowledged, so drop it).
 
 All writes go through :meth:`RecordStore.write`, one transaction at a time;
 the server batches concurrent requests into one transaction (group commit).
+The values and errors live in record_values, the SQL of the record write ops in
+record_writes; this module is the store around them.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -26,23 +27,51 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 from ..errors import MalformedInput, PacspaceError, UntrustedState
 from ..merkle import HASH_SIZE
-from ..records.seal import entry_from_ct_hash
+from . import record_writes
+from .record_values import (
+    PARTY_COLUMNS,
+    RECORD_COLUMNS,
+    RECORD_ROWS,
+    RELATIONSHIP_COLUMNS,
+    InFlight,
+    KeysRegistered,
+    Party,
+    PartyExists,
+    RecordConflict,
+    RecordError,
+    Relationship,
+    RelationshipExists,
+    Role,
+    SeqConflict,
+    StoredRecord,
+    TagConflict,
+    UnknownParty,
+    party_of,
+    record_of,
+    relationship_of,
+    token_hash,
+)
 from .records_schema import SCHEMA_VERSION, check_readable, prepare
 from .segments import Placed, Segments
 from .transaction import write_transaction
 
-__all__ = ["SCHEMA_VERSION", "RecordStore"]
+# The values and errors are defined in record_values, the write ops' SQL in record_writes; callers
+# import them from here, with the store.
+__all__ = [
+    "SCHEMA_VERSION", "RecordStore", "RECORDS_NAME", "Party", "Relationship", "StoredRecord", "Role", "token_hash",
+    "RecordError", "PartyExists", "UnknownParty", "KeysRegistered", "RelationshipExists", "SeqConflict",
+    "TagConflict", "InFlight", "RecordConflict",
+]
 
 log = logging.getLogger("pacspace.storage")
 
 RECORDS_NAME = "records.db"
-Role = Literal["provider", "customer"]
 T = TypeVar("T")
 
 WAL_AUTOCHECKPOINT_PAGES = 20000
@@ -51,327 +80,14 @@ WAL_SIZE_LIMIT = 64 << 20
 CHECKPOINT_INTERVAL = 0.5
 
 
-class RecordError(PacspaceError):
-    http_status = 409
-
-
-class PartyExists(RecordError):
-    code = "party_exists"
-
-
-class UnknownParty(RecordError):
-    code = "unknown_party"
-    http_status = 404
-
-
-class KeysRegistered(RecordError):
-    code = "conflict"
-
-
-class RelationshipExists(RecordError):
-    code = "relationship_exists"
-
-
-class SeqConflict(RecordError):
-    """The seq is not the relationship's next one."""
-
-    code = "seq_conflict"
-
-    def __init__(self, message: str, expected: int) -> None:
-        super().__init__(message)
-        self.expected = expected
-
-    def details(self) -> dict[str, object]:
-        return {"expected_seq": self.expected}
-
-
-class TagConflict(RecordError):
-    code = "duplicate_tag"
-
-
-class InFlight(RecordError):
-    """An earlier record of the same relationship has not reached the log yet."""
-
-    code = "previous_in_flight"
-
-
-class RecordConflict(RecordError):
-    """A different ciphertext for a seq that already has one."""
-
-    code = "record_conflict"
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(b"pacspace/v1 token\n" + token.encode("utf-8")).digest()
-
-
-@dataclass(frozen=True)
-class Party:
-    name: str
-    role: Role
-    created_at: int
-    revoked_at: int | None
-    x25519: bytes | None
-    ed25519: bytes | None
-
-
-@dataclass(frozen=True)
-class Relationship:
-    id: str
-    provider: str
-    customer: str
-    cadence: str
-    billing_cycle: str
-    created_at: int
-
-    def has(self, party: str) -> bool:
-        return party in (self.provider, self.customer)
-
-
-@dataclass(frozen=True)
-class StoredRecord:
-    relationship: str
-    seq: int
-    tag: bytes
-    ct_hash: bytes
-    blob: bytes | None
-    index: int | None
-    checkpoint_size: int | None
-
-    @property
-    def entry(self) -> bytes:
-        return entry_from_ct_hash(self.tag, self.ct_hash)
-
-
-_PARTY = "name, role, created_at, revoked_at, x25519, ed25519"
-_REL = "id, provider, customer, cadence, billing_cycle, created_at"
-_REC = "r.relationship, r.seq, r.tag, r.ct_hash, NULL, s.idx, s.checkpoint_size"
-# ... and its blob: the bytes (before schema 4), or where they lie in the segment files.
+# A record row and its blob: the bytes (before schema 4), or where they lie in the segment files.
 _REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, b.blob, s.idx, s.checkpoint_size, p.segment, p.start, p.length"
-# A record row, its log index once settled, and (with _BLOBS) its blob.
-_ROWS = "records r LEFT JOIN settled s ON s.blob_id = r.blob_id"
-_BLOBS = _ROWS + " LEFT JOIN blobs b ON b.id = r.blob_id LEFT JOIN spans p ON p.blob_id = r.blob_id"
+_BLOBS = RECORD_ROWS + " LEFT JOIN blobs b ON b.id = r.blob_id LEFT JOIN spans p ON p.blob_id = r.blob_id"
 _HAS_BLOB = "(b.id IS NOT NULL OR p.blob_id IS NOT NULL)"
 _UNSETTLED = (
     "unsettled u JOIN records r ON r.relationship = u.relationship AND r.seq = u.seq "
     "LEFT JOIN settled s ON s.blob_id = u.blob_id"
 )
-
-
-def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[StoredRecord]:
-    """A retry: every record must already be stored exactly as sent."""
-    first, count = records[0][0], len(records)
-    rows = conn.execute(
-        f"SELECT {_REC} FROM {_ROWS} WHERE r.relationship = ? AND r.seq >= ? AND r.seq < ? ORDER BY r.seq",
-        (rid, first, first + count),
-    ).fetchall()
-    stored = [_rec(r) for r in rows]
-    if len(stored) != count or any((s.tag, s.ct_hash) != (r[1], r[2]) for s, r in zip(stored, records)):
-        raise RecordConflict(f"seq {first} already holds a different record")
-    return stored
-
-
-def _last_rows(conn: sqlite3.Connection, rids: str) -> list[tuple[int, bool] | None]:
-    """Each relationship's last (seq, unsettled), or None if it has no record: one statement for all.
-
-    ``rids`` is a JSON list of relationship ids."""
-    rows = conn.execute(
-        "SELECT (SELECT r.seq * 2 + EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id) "
-        "FROM records r WHERE r.relationship = w.value ORDER BY r.seq DESC LIMIT 1) "
-        "FROM json_each(?) w ORDER BY w.key",
-        (rids,),
-    ).fetchall()
-    return [None if v is None else (v >> 1, bool(v & 1)) for (v,) in rows]
-
-
-def _check_next(
-    conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]], last: tuple[int, bool] | None
-) -> list[StoredRecord] | None:
-    """None if ``records`` may be stored next in the relationship; the stored rows if they are a retry; else raises.
-
-    ``last`` is the relationship's last row (seq, unsettled): unsettled rows are always a
-    relationship's last ones, so it says both what seq comes next and whether one is in flight.
-    """
-    first = records[0][0]
-    if [r[0] for r in records] != list(range(first, first + len(records))):
-        raise SeqConflict("the records of one relationship must have consecutive seqs", first)
-    expected = 0 if last is None else last[0] + 1
-    if first < expected:
-        return _existing(conn, rid, records)
-    if first != expected:
-        raise SeqConflict(f"the next seq of this relationship is {expected}, not {first}", expected)
-    if last is not None and last[1]:
-        raise InFlight(f"seq {first - 1} is still being committed; retry when it has its receipt")
-    return None
-
-
-# Integers handed to SQL as fixed-width decimal digits in a blob: ``substr`` of a blob is O(1), and
-# the cast is a fraction of the cost of json_extract, which parses the row's JSON each call.
-_DIGITS = 20
-
-
-def _digits(values: Sequence[int]) -> bytes:
-    return (f"%{_DIGITS}d" * len(values) % tuple(values)).encode()
-
-
-def _nth(name: str) -> str:
-    """SQL for the integer at row ``key`` of the _digits blob ``:name``."""
-    return f"CAST(substr(:{name}, key * {_DIGITS} + 1, {_DIGITS}) AS INTEGER)"
-
-
-def _insert_params(groups: Sequence[tuple[str, Sequence[tuple[int, bytes, bytes, bytes]]]], starts: Sequence[int]) -> dict[str, Any]:
-    """The parameters of :func:`_insert` for these groups' records, built before the write lock is taken.
-
-    ``starts[k]`` is where group k's first blob begins in the bytes appended for the op."""
-    rids: list[str] = []
-    seqs: list[int] = []
-    offsets: list[int] = []
-    lengths: list[int] = []
-    tags: list[bytes] = []
-    cts: list[bytes] = []
-    for (rid, records), at in zip(groups, starts):
-        for seq, tag, ct_hash, blob in records:
-            if len(tag) != HASH_SIZE or len(ct_hash) != HASH_SIZE:
-                raise MalformedInput(f"a record's tag and ct_hash are {HASH_SIZE} bytes")
-            rids.append(rid)
-            seqs.append(seq)
-            offsets.append(at)
-            lengths.append(len(blob))
-            tags.append(tag)
-            cts.append(ct_hash)
-            at += len(blob)
-    return {
-        "rids": json.dumps(rids),
-        "seqs": _digits(seqs),
-        "offsets": _digits(offsets),
-        "lengths": _digits(lengths),
-        "tags": b"".join(tags),
-        "cts": b"".join(cts),
-    }
-
-
-def _insert(conn: sqlite3.Connection, params: dict[str, Any], placed: Placed) -> None:
-    """New records (:func:`_insert_params`) under the next sequential ids (the caller holds the write lock), unsettled;
-    their blobs were appended at ``placed``.
-
-    Ids follow arrival. One is used again only if the record that had it was the newest and was
-    dropped (never acknowledged), so no two stored records ever share one.
-
-    One statement per table, whatever the number of rows: Python's sqlite3 releases the GIL
-    around every step of ``executemany``, and a step must win the GIL back before the next;
-    while another thread of the process is in a long C call (parsing a request's JSON), each
-    of thousands of steps waited for it, and every other process waited for our write lock.
-    """
-    (top,) = conn.execute(
-        "SELECT max(coalesce((SELECT max(id) FROM blobs), 0), coalesce((SELECT max(blob_id) FROM spans), 0))"
-    ).fetchone()
-    params = {**params, "top": top, "segment": placed.segment, "base": placed.offset}
-    tag, ct_hash = (f"substr(:{name}, key * {HASH_SIZE} + 1, {HASH_SIZE})" for name in ("tags", "cts"))
-    conn.execute(
-        "INSERT INTO records (relationship, seq, tag, ct_hash, blob_id) "
-        f"SELECT value, {_nth('seqs')}, {tag}, {ct_hash}, :top + 1 + key FROM json_each(:rids)",
-        params,
-    )
-    conn.execute(
-        "INSERT INTO spans (blob_id, segment, start, length) "
-        f"SELECT :top + 1 + key, :segment, :base + {_nth('offsets')}, {_nth('lengths')} FROM json_each(:rids)",
-        params,
-    )
-    conn.execute(
-        "INSERT INTO unsettled (blob_id, relationship, seq, tag) "
-        f"SELECT :top + 1 + key, value, {_nth('seqs')}, {tag} FROM json_each(:rids)",
-        params,
-    )
-
-
-def _settle_rows(keyed: str, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
-    """The settle op over ``keyed``, a JSON list of rows [relationship, seq, log index]."""
-
-    def op(conn: sqlite3.Connection) -> None:
-        # Appended in the order the log sequenced them, which is close to the order of their ids.
-        # One statement each, not one per row (see _insert).
-        settling = (
-            "SELECT r.blob_id, json_extract(j.value, '$[2]') AS idx FROM json_each(:rows) j JOIN records r "
-            "ON r.relationship = json_extract(j.value, '$[0]') AND r.seq = json_extract(j.value, '$[1]') "
-            "WHERE EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id)"
-        )
-        params = {"rows": keyed, "size": checkpoint_size}
-        conn.execute(f"INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, :size FROM ({settling})", params)
-        conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", params)
-
-    return _rederivable(op)
-
-
-def _settle_run(tags: bytes, first: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
-    """The settle op for the records whose tags (``tags``, concatenated) the log holds at consecutive
-    indexes from ``first``."""
-    params = {"tags": tags, "n": len(tags) // HASH_SIZE, "first": first, "size": checkpoint_size}
-
-    def op(conn: sqlite3.Connection) -> None:
-        # A record waiting for the log is found by its tag, which is unique among them (the small
-        # ``unsettled`` table's index, all in cache), and its tag is the one its entry carries. This
-        # statement is most of the time the sequencing process holds the write lock that every
-        # process waits on: finding the rows by (relationship, seq) through the large records
-        # table, with a JSON list of them, took about twice as long (docs/performance.md).
-        conn.execute(
-            "INSERT INTO settled (blob_id, idx, checkpoint_size) "
-            "WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < :n) "
-            f"SELECT u.blob_id, :first + k.i, :size FROM k JOIN unsettled u ON u.tag = substr(:tags, k.i * {HASH_SIZE} + 1, {HASH_SIZE})",
-            params,
-        )
-        # The rows just settled, found by their indexes (settled_idx) rather than by joining again.
-        conn.execute(
-            "DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM settled WHERE idx >= :first AND idx < :first + :n)",
-            params,
-        )
-
-    return _rederivable(op)
-
-
-@dataclass
-class _Staged:
-    """Blobs an op stores: RecordStore.write appends them to the segment files (``placed``) before the write lock."""
-
-    data: bytes
-    placed: Placed | None = None
-
-    def placed_or_raise(self) -> Placed:
-        if self.placed is None:
-            raise RuntimeError("a reserve op must run through RecordStore.write, which stores its blobs first")
-        return self.placed
-
-
-_STAGED = "pacspace_staged"
-
-
-def _staging(op: Callable[[sqlite3.Connection], T], staged: _Staged) -> Callable[[sqlite3.Connection], T]:
-    setattr(op, _STAGED, staged)
-    return op
-
-
-# An op whose write the log can re-derive (a settle): see RecordStore.write.
-_REDERIVABLE = "pacspace_rederivable"
-
-
-def _rederivable(op: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    setattr(op, _REDERIVABLE, True)
-    return op
-
-
-def _party(row: tuple) -> Party:  # type: ignore[type-arg]
-    return Party(row[0], row[1], row[2], row[3], _b(row[4]), _b(row[5]))
-
-
-def _rel(row: tuple) -> Relationship:  # type: ignore[type-arg]
-    return Relationship(*row)
-
-
-def _rec(row: tuple) -> StoredRecord:  # type: ignore[type-arg]
-    return StoredRecord(row[0], row[1], bytes(row[2]), bytes(row[3]), _b(row[4]), row[5], row[6])
-
-
-def _b(value: object) -> bytes | None:
-    return None if value is None else bytes(value)  # type: ignore[arg-type]
 
 
 class RecordStore:
@@ -456,15 +172,15 @@ class RecordStore:
     def write(self, ops: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T | BaseException]:
         """Run ops in one transaction; each op all-or-nothing (a savepoint), its error returned.
 
-        Durable once it returns, unless every op is a settle (:func:`_rederivable`): a
+        Durable once it returns, unless every op is a settle (:func:`record_writes.rederivable`): a
         transaction of settles only is committed without its own fsync. What it records, a
         row's log index, the log already holds durably; a crash that loses it leaves the rows
         unsettled, and start-up settles them from the log (reconcile). Its WAL frames become
         durable with the next durable commit of any process (one fsync covers the whole WAL).
         """
         results: list[T | BaseException] = []
-        rederivable = all(getattr(op, _REDERIVABLE, False) for op in ops)
-        staged = [s for s in (getattr(op, _STAGED, None) for op in ops) if s is not None]
+        rederivable = all(record_writes.is_rederivable(op) for op in ops)
+        staged = [s for s in map(record_writes.staged_blobs, ops) if s is not None]
         if staged:
             self._store_blobs(staged)
         with self._writer_turn("NORMAL" if rederivable else "FULL"), write_transaction(self._conn) as conn:
@@ -488,7 +204,7 @@ class RecordStore:
         self._maintain_soon()
         return results
 
-    def _store_blobs(self, staged: Sequence[_Staged]) -> None:
+    def _store_blobs(self, staged: Sequence[record_writes.Staged]) -> None:
         """The ops' blobs, appended to this process's segment and durable before the write lock is taken
         (one write, one fdatasync): a record row committed later never names bytes a crash could lose.
         Bytes whose rows are then not written (a conflict, a failed transaction) are never read."""
@@ -549,18 +265,18 @@ class RecordStore:
         self.write_one(op)
 
     def parties(self) -> list[Party]:
-        return [_party(r) for r in self._read(f"SELECT {_PARTY} FROM parties ORDER BY name")]
+        return [party_of(r) for r in self._read(f"SELECT {PARTY_COLUMNS} FROM parties ORDER BY name")]
 
     def party(self, name: str) -> Party | None:
-        rows = self._read(f"SELECT {_PARTY} FROM parties WHERE name = ?", (name,))
-        return _party(rows[0]) if rows else None
+        rows = self._read(f"SELECT {PARTY_COLUMNS} FROM parties WHERE name = ?", (name,))
+        return party_of(rows[0]) if rows else None
 
     def party_by_token(self, token: str) -> Party | None:
         """The active party holding ``token``; revoked parties are never returned."""
         rows = self._read(
-            f"SELECT {_PARTY} FROM parties WHERE token_hash = ? AND revoked_at IS NULL", (token_hash(token),)
+            f"SELECT {PARTY_COLUMNS} FROM parties WHERE token_hash = ? AND revoked_at IS NULL", (token_hash(token),)
         )
-        return _party(rows[0]) if rows else None
+        return party_of(rows[0]) if rows else None
 
     def set_keys(self, name: str, x25519: bytes, ed25519: bytes) -> None:
         """Register a party's public keys once; the same keys again is a no-op, other keys a KeysRegistered."""
@@ -589,7 +305,7 @@ class RecordStore:
                     return  # a retry: the genesis reserve that follows returns the stored receipt
                 raise RelationshipExists("that relationship id is taken; draw another")
             conn.execute(
-                f"INSERT INTO relationships ({_REL}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO relationships ({RELATIONSHIP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 (rel.id, rel.provider, rel.customer, rel.cadence, rel.billing_cycle, rel.created_at),
             )
             conn.executemany(
@@ -618,22 +334,22 @@ class RecordStore:
         return op
 
     def relationship(self, rid: str) -> Relationship | None:
-        rows = self._read(f"SELECT {_REL} FROM relationships WHERE id = ?", (rid,))
-        return _rel(rows[0]) if rows else None
+        rows = self._read(f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id = ?", (rid,))
+        return relationship_of(rows[0]) if rows else None
 
     def relationships(self, rids: Sequence[str]) -> dict[str, Relationship]:
         """The relationships among ``rids`` that exist, by id, with one query."""
         rows = self._read(
-            f"SELECT {_REL} FROM relationships WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(list(rids)),)
+            f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(list(rids)),)
         )
-        return {r[0]: _rel(r) for r in rows}
+        return {r[0]: relationship_of(r) for r in rows}
 
     def relationships_of(self, party: str) -> list[Relationship]:
         rows = self._read(
-            f"SELECT {_REL} FROM relationships WHERE provider = ? OR customer = ? ORDER BY created_at, id",
+            f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE provider = ? OR customer = ? ORDER BY created_at, id",
             (party, party),
         )
-        return [_rel(r) for r in rows]
+        return [relationship_of(r) for r in rows]
 
     def wrap(self, rid: str, reader: str, epoch: int = 0) -> bytes | None:
         rows = self._read(
@@ -659,17 +375,7 @@ class RecordStore:
         last ones, so dropping them never leaves a gap. ``before`` runs first, in the same savepoint
         (a relationship's creation with its genesis: if one fails, neither is kept).
         """
-        many = RecordStore.reserve_many_op([(rid, records)])
-
-        def op(conn: sqlite3.Connection) -> list[StoredRecord] | None:
-            if before is not None:
-                before(conn)
-            (result,) = many(conn)
-            if isinstance(result, BaseException):
-                raise result
-            return result
-
-        return _staging(op, getattr(many, _STAGED))
+        return record_writes.reserve(rid, records, before)
 
     @staticmethod
     def reserve_many_op(
@@ -683,52 +389,7 @@ class RecordStore:
         A tag or ct_hash that is not 32 bytes raises MalformedInput here, before
         anything is written.
         """
-
-        # Built here, before the op takes the write lock every process waits on: usually every group is new.
-        starts, at = [], 0
-        for _, records in groups:
-            starts.append(at)
-            at += sum(len(r[3]) for r in records)
-        everything = _insert_params(groups, starts)
-        rids = json.dumps([rid for rid, _ in groups])
-        staged = _Staged(b"".join(r[3] for _, records in groups for r in records))
-
-        def op(conn: sqlite3.Connection) -> list[list[StoredRecord] | None | PacspaceError]:
-            placed = staged.placed_or_raise()
-            results: list[list[StoredRecord] | None | PacspaceError] = [None] * len(groups)
-            fresh: list[int] = []
-            lasts = _last_rows(conn, rids)
-            for k, ((rid, records), last) in enumerate(zip(groups, lasts)):
-                try:
-                    results[k] = _check_next(conn, rid, records, last)
-                    if results[k] is None:
-                        fresh.append(k)
-                except PacspaceError as exc:
-                    results[k] = exc
-            if not fresh:
-                return results
-            conn.execute("SAVEPOINT reserve_all")
-            try:
-                params = everything if len(fresh) == len(groups) else _insert_params([groups[k] for k in fresh], [starts[k] for k in fresh])
-                _insert(conn, params, placed)
-                conn.execute("RELEASE reserve_all")
-                return results
-            except sqlite3.IntegrityError:
-                conn.execute("ROLLBACK TO reserve_all")
-                conn.execute("RELEASE reserve_all")
-            for k in fresh:
-                conn.execute("SAVEPOINT reserve_one")
-                try:
-                    _insert(conn, _insert_params([groups[k]], [starts[k]]), placed)
-                    conn.execute("RELEASE reserve_one")
-                except sqlite3.IntegrityError:
-                    conn.execute("ROLLBACK TO reserve_one")
-                    conn.execute("RELEASE reserve_one")
-                    # (relationship, seq) cannot collide after the checks: the tag is what repeats.
-                    results[k] = TagConflict("a tag repeats a record that is being committed")
-            return results
-
-        return _staging(op, staged)
+        return record_writes.reserve_many(groups)
 
     @staticmethod
     def settle_rows_op(rows: Sequence[tuple[str, int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
@@ -737,7 +398,7 @@ class RecordStore:
         A row already settled (or dropped) is left as it is, so settling twice is harmless.
         """
         # Built here, before the op takes the write lock every process waits on.
-        return _settle_rows(json.dumps([[rid, seq, index] for rid, seq, index in rows]), checkpoint_size)
+        return record_writes.settle_rows(json.dumps([[rid, seq, index] for rid, seq, index in rows]), checkpoint_size)
 
     @staticmethod
     def settle_run_op(tags: Sequence[bytes], first_index: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
@@ -746,7 +407,7 @@ class RecordStore:
         holds is passed over: settling twice is harmless."""
         if any(len(tag) != HASH_SIZE for tag in tags):
             raise MalformedInput(f"a record's tag is {HASH_SIZE} bytes")
-        return _settle_run(b"".join(tags), first_index, checkpoint_size)
+        return record_writes.settle_run(b"".join(tags), first_index, checkpoint_size)
 
     @staticmethod
     def settle_op(rid: str, indexed: Sequence[tuple[int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
@@ -801,7 +462,7 @@ class RecordStore:
 
     def _with_blob(self, row: tuple, *, missing_ok: bool = False) -> StoredRecord:  # type: ignore[type-arg]
         """A _REC_BLOB row as a record whose blob is read from its segment if records.db does not hold it."""
-        rec = _rec(row)
+        rec = record_of(row)
         if rec.blob is not None or row[7] is None:
             return rec
         blob = self._segments.read(row[7], row[8], row[9])
@@ -813,11 +474,11 @@ class RecordStore:
 
     def unsettled_of(self, rid: str) -> list[StoredRecord]:
         """One relationship's rows still without a log index (its last ones), in seq order."""
-        rows = self._read(f"SELECT {_REC} FROM {_UNSETTLED} WHERE u.relationship = ? ORDER BY r.seq", (rid,))
-        return [_rec(r) for r in rows]
+        rows = self._read(f"SELECT {RECORD_COLUMNS} FROM {_UNSETTLED} WHERE u.relationship = ? ORDER BY r.seq", (rid,))
+        return [record_of(r) for r in rows]
 
     def unsettled(self) -> list[StoredRecord]:
-        return [_rec(r) for r in self._read(f"SELECT {_REC} FROM {_UNSETTLED} ORDER BY r.relationship, r.seq")]
+        return [record_of(r) for r in self._read(f"SELECT {RECORD_COLUMNS} FROM {_UNSETTLED} ORDER BY r.relationship, r.seq")]
 
     def settled_indexes(self, indexes: Sequence[int]) -> set[int]:
         """Which of these log indexes a settled record already holds."""

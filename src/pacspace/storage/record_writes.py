@@ -1,0 +1,309 @@
+"""records.db's write ops for records, built before the write lock that every writing process
+queues on and run inside it (RecordStore.write): what they store, and with which statements.
+
+Two marks tell RecordStore.write how to run an op: :func:`staged_blobs` (blobs it must append
+to the segment files before the lock) and :func:`is_rederivable` (a settle, which the log can
+re-derive, so its transaction needs no fsync of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import MalformedInput, PacspaceError
+from ..merkle import HASH_SIZE
+from .record_values import (
+    RECORD_COLUMNS,
+    RECORD_ROWS,
+    InFlight,
+    RecordConflict,
+    SeqConflict,
+    StoredRecord,
+    TagConflict,
+    record_of,
+)
+from .segments import Placed
+
+T = TypeVar("T")
+Records = Sequence[tuple[int, bytes, bytes, bytes]]
+
+
+def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[StoredRecord]:
+    """A retry: every record must already be stored exactly as sent."""
+    first, count = records[0][0], len(records)
+    rows = conn.execute(
+        f"SELECT {RECORD_COLUMNS} FROM {RECORD_ROWS} WHERE r.relationship = ? AND r.seq >= ? AND r.seq < ? ORDER BY r.seq",
+        (rid, first, first + count),
+    ).fetchall()
+    stored = [record_of(r) for r in rows]
+    if len(stored) != count or any((s.tag, s.ct_hash) != (r[1], r[2]) for s, r in zip(stored, records)):
+        raise RecordConflict(f"seq {first} already holds a different record")
+    return stored
+
+
+def _last_rows(conn: sqlite3.Connection, rids: str) -> list[tuple[int, bool] | None]:
+    """Each relationship's last (seq, unsettled), or None if it has no record: one statement for all.
+
+    ``rids`` is a JSON list of relationship ids."""
+    rows = conn.execute(
+        "SELECT (SELECT r.seq * 2 + EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id) "
+        "FROM records r WHERE r.relationship = w.value ORDER BY r.seq DESC LIMIT 1) "
+        "FROM json_each(?) w ORDER BY w.key",
+        (rids,),
+    ).fetchall()
+    return [None if v is None else (v >> 1, bool(v & 1)) for (v,) in rows]
+
+
+def _check_next(
+    conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]], last: tuple[int, bool] | None
+) -> list[StoredRecord] | None:
+    """None if ``records`` may be stored next in the relationship; the stored rows if they are a retry; else raises.
+
+    ``last`` is the relationship's last row (seq, unsettled): unsettled rows are always a
+    relationship's last ones, so it says both what seq comes next and whether one is in flight.
+    """
+    first = records[0][0]
+    if [r[0] for r in records] != list(range(first, first + len(records))):
+        raise SeqConflict("the records of one relationship must have consecutive seqs", first)
+    expected = 0 if last is None else last[0] + 1
+    if first < expected:
+        return _existing(conn, rid, records)
+    if first != expected:
+        raise SeqConflict(f"the next seq of this relationship is {expected}, not {first}", expected)
+    if last is not None and last[1]:
+        raise InFlight(f"seq {first - 1} is still being committed; retry when it has its receipt")
+    return None
+
+
+# Integers handed to SQL as fixed-width decimal digits in a blob: ``substr`` of a blob is O(1), and
+# the cast is a fraction of the cost of json_extract, which parses the row's JSON each call.
+_DIGITS = 20
+
+
+def _digits(values: Sequence[int]) -> bytes:
+    return (f"%{_DIGITS}d" * len(values) % tuple(values)).encode()
+
+
+def _nth(name: str) -> str:
+    """SQL for the integer at row ``key`` of the _digits blob ``:name``."""
+    return f"CAST(substr(:{name}, key * {_DIGITS} + 1, {_DIGITS}) AS INTEGER)"
+
+
+def _insert_params(groups: Sequence[tuple[str, Sequence[tuple[int, bytes, bytes, bytes]]]], starts: Sequence[int]) -> dict[str, Any]:
+    """The parameters of :func:`_insert` for these groups' records, built before the write lock is taken.
+
+    ``starts[k]`` is where group k's first blob begins in the bytes appended for the op."""
+    rids: list[str] = []
+    seqs: list[int] = []
+    offsets: list[int] = []
+    lengths: list[int] = []
+    tags: list[bytes] = []
+    cts: list[bytes] = []
+    for (rid, records), at in zip(groups, starts):
+        for seq, tag, ct_hash, blob in records:
+            if len(tag) != HASH_SIZE or len(ct_hash) != HASH_SIZE:
+                raise MalformedInput(f"a record's tag and ct_hash are {HASH_SIZE} bytes")
+            rids.append(rid)
+            seqs.append(seq)
+            offsets.append(at)
+            lengths.append(len(blob))
+            tags.append(tag)
+            cts.append(ct_hash)
+            at += len(blob)
+    return {
+        "rids": json.dumps(rids),
+        "seqs": _digits(seqs),
+        "offsets": _digits(offsets),
+        "lengths": _digits(lengths),
+        "tags": b"".join(tags),
+        "cts": b"".join(cts),
+    }
+
+
+def _insert(conn: sqlite3.Connection, params: dict[str, Any], placed: Placed) -> None:
+    """New records (:func:`_insert_params`) under the next sequential ids (the caller holds the write lock), unsettled;
+    their blobs were appended at ``placed``.
+
+    Ids follow arrival. One is used again only if the record that had it was the newest and was
+    dropped (never acknowledged), so no two stored records ever share one.
+
+    One statement per table, whatever the number of rows: Python's sqlite3 releases the GIL
+    around every step of ``executemany``, and a step must win the GIL back before the next;
+    while another thread of the process is in a long C call (parsing a request's JSON), each
+    of thousands of steps waited for it, and every other process waited for our write lock.
+    """
+    (top,) = conn.execute(
+        "SELECT max(coalesce((SELECT max(id) FROM blobs), 0), coalesce((SELECT max(blob_id) FROM spans), 0))"
+    ).fetchone()
+    params = {**params, "top": top, "segment": placed.segment, "base": placed.offset}
+    tag, ct_hash = (f"substr(:{name}, key * {HASH_SIZE} + 1, {HASH_SIZE})" for name in ("tags", "cts"))
+    conn.execute(
+        "INSERT INTO records (relationship, seq, tag, ct_hash, blob_id) "
+        f"SELECT value, {_nth('seqs')}, {tag}, {ct_hash}, :top + 1 + key FROM json_each(:rids)",
+        params,
+    )
+    conn.execute(
+        "INSERT INTO spans (blob_id, segment, start, length) "
+        f"SELECT :top + 1 + key, :segment, :base + {_nth('offsets')}, {_nth('lengths')} FROM json_each(:rids)",
+        params,
+    )
+    conn.execute(
+        "INSERT INTO unsettled (blob_id, relationship, seq, tag) "
+        f"SELECT :top + 1 + key, value, {_nth('seqs')}, {tag} FROM json_each(:rids)",
+        params,
+    )
+
+
+def settle_rows(keyed: str, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
+    """The settle op over ``keyed``, a JSON list of rows [relationship, seq, log index]."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        # Appended in the order the log sequenced them, which is close to the order of their ids.
+        # One statement each, not one per row (see _insert).
+        settling = (
+            "SELECT r.blob_id, json_extract(j.value, '$[2]') AS idx FROM json_each(:rows) j JOIN records r "
+            "ON r.relationship = json_extract(j.value, '$[0]') AND r.seq = json_extract(j.value, '$[1]') "
+            "WHERE EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id)"
+        )
+        params = {"rows": keyed, "size": checkpoint_size}
+        conn.execute(f"INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, :size FROM ({settling})", params)
+        conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", params)
+
+    return rederivable(op)
+
+
+def settle_run(tags: bytes, first: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
+    """The settle op for the records whose tags (``tags``, concatenated) the log holds at consecutive
+    indexes from ``first``."""
+    params = {"tags": tags, "n": len(tags) // HASH_SIZE, "first": first, "size": checkpoint_size}
+
+    def op(conn: sqlite3.Connection) -> None:
+        # A record waiting for the log is found by its tag, which is unique among them (the small
+        # ``unsettled`` table's index, all in cache), and its tag is the one its entry carries. This
+        # statement is most of the time the sequencing process holds the write lock that every
+        # process waits on: finding the rows by (relationship, seq) through the large records
+        # table, with a JSON list of them, took about twice as long (docs/performance.md).
+        conn.execute(
+            "INSERT INTO settled (blob_id, idx, checkpoint_size) "
+            "WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < :n) "
+            f"SELECT u.blob_id, :first + k.i, :size FROM k JOIN unsettled u ON u.tag = substr(:tags, k.i * {HASH_SIZE} + 1, {HASH_SIZE})",
+            params,
+        )
+        # The rows just settled, found by their indexes (settled_idx) rather than by joining again.
+        conn.execute(
+            "DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM settled WHERE idx >= :first AND idx < :first + :n)",
+            params,
+        )
+
+    return rederivable(op)
+
+
+@dataclass
+class Staged:
+    """Blobs an op stores: RecordStore.write appends them to the segment files (``placed``) before the write lock."""
+
+    data: bytes
+    placed: Placed | None = None
+
+    def placed_or_raise(self) -> Placed:
+        if self.placed is None:
+            raise RuntimeError("a reserve op must run through RecordStore.write, which stores its blobs first")
+        return self.placed
+
+
+_MARK_STAGED = "pacspace_staged"
+
+
+def _staging(op: Callable[[sqlite3.Connection], T], staged: Staged) -> Callable[[sqlite3.Connection], T]:
+    setattr(op, _MARK_STAGED, staged)
+    return op
+
+
+# An op whose write the log can re-derive (a settle): see RecordStore.write.
+_MARK_REDERIVABLE = "pacspace_rederivable"
+
+
+def rederivable(op: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    setattr(op, _MARK_REDERIVABLE, True)
+    return op
+
+
+def is_rederivable(op: Callable[[sqlite3.Connection], Any]) -> bool:
+    return getattr(op, _MARK_REDERIVABLE, False)
+
+
+def staged_blobs(op: Callable[[sqlite3.Connection], Any]) -> Staged | None:
+    """The blobs an op stores, which RecordStore.write appends to the segment files before the lock."""
+    return getattr(op, _MARK_STAGED, None)
+
+
+def reserve(
+    rid: str, records: Records, before: Callable[[sqlite3.Connection], None] | None = None
+) -> Callable[[sqlite3.Connection], list[StoredRecord] | None]:
+    """RecordStore.reserve_op."""
+    many = reserve_many([(rid, records)])
+
+    def op(conn: sqlite3.Connection) -> list[StoredRecord] | None:
+        if before is not None:
+            before(conn)
+        (result,) = many(conn)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    return _staging(op, getattr(many, _MARK_STAGED))
+
+
+def reserve_many(
+    groups: Sequence[tuple[str, Records]],
+) -> Callable[[sqlite3.Connection], list[list[StoredRecord] | None | PacspaceError]]:
+    """RecordStore.reserve_many_op."""
+    # Built here, before the op takes the write lock every process waits on: usually every group is new.
+    starts, at = [], 0
+    for _, records in groups:
+        starts.append(at)
+        at += sum(len(r[3]) for r in records)
+    everything = _insert_params(groups, starts)
+    rids = json.dumps([rid for rid, _ in groups])
+    staged = Staged(b"".join(r[3] for _, records in groups for r in records))
+
+    def op(conn: sqlite3.Connection) -> list[list[StoredRecord] | None | PacspaceError]:
+        placed = staged.placed_or_raise()
+        results: list[list[StoredRecord] | None | PacspaceError] = [None] * len(groups)
+        fresh: list[int] = []
+        lasts = _last_rows(conn, rids)
+        for k, ((rid, records), last) in enumerate(zip(groups, lasts)):
+            try:
+                results[k] = _check_next(conn, rid, records, last)
+                if results[k] is None:
+                    fresh.append(k)
+            except PacspaceError as exc:
+                results[k] = exc
+        if not fresh:
+            return results
+        conn.execute("SAVEPOINT reserve_all")
+        try:
+            params = everything if len(fresh) == len(groups) else _insert_params([groups[k] for k in fresh], [starts[k] for k in fresh])
+            _insert(conn, params, placed)
+            conn.execute("RELEASE reserve_all")
+            return results
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK TO reserve_all")
+            conn.execute("RELEASE reserve_all")
+        for k in fresh:
+            conn.execute("SAVEPOINT reserve_one")
+            try:
+                _insert(conn, _insert_params([groups[k]], [starts[k]]), placed)
+                conn.execute("RELEASE reserve_one")
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK TO reserve_one")
+                conn.execute("RELEASE reserve_one")
+                # (relationship, seq) cannot collide after the checks: the tag is what repeats.
+                results[k] = TagConflict("a tag repeats a record that is being committed")
+        return results
+
+    return _staging(op, staged)
