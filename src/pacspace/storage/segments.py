@@ -83,7 +83,7 @@ class Segments:
                     written = os.write(self._fd, view)
                     view = view[written:]
                 os.fdatasync(self._fd)
-            except OSError:
+            except BaseException:
                 # The file's end is no longer known: later appends go to a new segment.
                 self._abandon()
                 raise
@@ -92,10 +92,10 @@ class Segments:
 
     def _start_segment(self) -> None:
         self._abandon()
-        created = not self.directory.exists()
         self.directory.mkdir(mode=0o700, exist_ok=True)
-        if created:
-            fsync_dir(self.directory.parent)
+        # Every time, not only when this call made it: another process (or one killed before its
+        # fsync) may have made it without the data directory's entry being durable yet.
+        fsync_dir(self.directory.parent)
         while True:
             segment = secrets.randbits(63)
             try:
