@@ -117,3 +117,117 @@ async def fill_log(data: Path, count: int, chunk: int = 50_000) -> None:
     except asyncio.CancelledError:
         pass
     store.close()
+
+
+async def accept_as(url: str, home, token: str, rid: str):  # type: ignore[no-untyped-def]
+    """The customer verifies the invitation ``rid`` and signs its acceptance (pacspace relationship accept)."""
+    from pacspace.client.consent import accept
+    from pacspace.client.http import PacspaceClient
+
+    async with PacspaceClient(url, token) as c:
+        return await accept(c, home, rid, home.log_key())
+
+
+def hour(n: int, day: str = "2026-11-02") -> tuple[str, str]:
+    """The n-th one-hour window from ``day``'s midnight (n < 24): distinct windows for distinct deltas."""
+    return f"{day}T{n:02d}:00:00Z", (f"{day}T{n + 1:02d}:00:00Z" if n < 23 else f"{day}T23:59:59Z")
+
+
+def cli(*args: str, env: dict[str, str], code: int | None = 0):  # type: ignore[no-untyped-def]
+    """Run the pacspace command as a user would; assert its exit code unless ``code`` is None."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pacspace", *args], capture_output=True, text=True, env=env, timeout=120)
+    if code is not None:
+        assert result.returncode == code, (args, result.returncode, result.stdout, result.stderr)
+    return result
+
+
+class World:
+    """A real `pacspace serve` process on a data directory under ``tmp``, and parties with their homes."""
+
+    def __init__(self, tmp: Path, extra_serve: tuple[str, ...] = ()) -> None:
+        import os
+
+        self.tmp = tmp
+        self.data = tmp / "pacspace-data"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra = extra_serve
+        self.proc = None
+        self.base = {**os.environ, "PACSPACE_URL": self.url}
+        self.env: dict[str, dict[str, str]] = {}
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pacspace", "serve", "--data", str(self.data), "--port", str(self.port),
+             "--pool-interval", "0.02", *self.extra],
+            cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_health(self.url)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def party(self, name: str, role: str) -> dict[str, str]:
+        """Added by the operator, its keys created and registered (`pacspace keys init`); returns its environment."""
+        token = cli("admin", "party", "add", name, "--role", role, "--data", str(self.data), env=self.base).stdout.strip()
+        env = {**self.base, "PACSPACE_TOKEN": token, "PACSPACE_HOME": str(self.tmp / name)}
+        cli("keys", "init", env=env)
+        self.env[name] = env
+        return env
+
+    def home(self, name: str):  # type: ignore[no-untyped-def]
+        from pacspace.client.home import Home
+
+        return Home(Path(self.env[name]["PACSPACE_HOME"]))
+
+    def token(self, name: str) -> str:
+        return self.env[name]["PACSPACE_TOKEN"]
+
+
+async def rogue_invitation(client, provider, name: str, customer: str, flaw: str) -> str:  # type: ignore[no-untyped-def]
+    """A relationship a provider (``name``, its home ``provider``) creates naming ``customer``, with a ``flaw``:
+    ``bad_wrap`` (the secret is not wrapped to the customer's key), ``wrong_keys`` (the genesis names other keys
+    for the customer), or ``unaccepted`` (nothing wrong, and a record written to it before any acceptance)."""
+    import base64
+    import os
+    import secrets
+
+    from pacspace.client.records import now_utc
+    from pacspace.keys import PartyKeys, PublicKeys, wrap_secret
+    from pacspace.records.body import GENESIS_PREV, Common, Delta, Genesis, Line, body_hash
+    from pacspace.records.body import PartyKeys as NamedKeys
+    from pacspace.records.seal import RelationshipKeys, seal
+
+    theirs = (await client.party_keys(customer))["keys"]
+    customer_keys = PublicKeys.from_json({"x25519": theirs["x25519"], "ed25519": theirs["ed25519"]})
+    named = PartyKeys.generate().public if flaw == "wrong_keys" else customer_keys
+    rid, rkeys, mine = f"{name}:{secrets.token_hex(12)}", RelationshipKeys.generate(), provider.keys()
+
+    def as_named(who: str, keys: PublicKeys) -> NamedKeys:
+        j = keys.to_json()
+        return NamedKeys(who, j["x25519"], j["ed25519"])
+
+    sealed = seal(Genesis(Common(rid, 0, GENESIS_PREV, "g", now_utc()), as_named(name, mine.public),
+                          as_named(customer, named)), rkeys, mine.ed25519)
+    wrap = os.urandom(80) if flaw == "bad_wrap" else wrap_secret(rkeys.secret, customer_keys, rid, 0)
+    await client.create_relationship({
+        "relationship": rid, "customer": customer, "cadence": "hourly", "billing_cycle": "monthly",
+        "wraps": {"provider": base64.b64encode(wrap_secret(rkeys.secret, mine.public, rid, 0)).decode(),
+                  "customer": base64.b64encode(wrap).decode()},
+        "genesis": {"seq": 0, "tag": base64.b64encode(sealed.tag).decode(),
+                    "ciphertext": base64.b64encode(sealed.blob).decode()}})
+    if flaw == "unaccepted":
+        body = Delta(Common(rid, 1, body_hash(sealed.body), "d", now_utc()), "2026-11", *hour(0), (Line("m", "u", "-5", {}),))
+        extra = seal(body, rkeys, mine.ed25519)
+        await client.append(rid, 1, extra.tag, extra.blob)
+    return rid

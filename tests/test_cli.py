@@ -73,18 +73,19 @@ def test_init_log_key_fsck(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    "args,message,code",
     [
-        (["init", "--origin", "has space"], "invalid origin"),
-        (["init", "--origin", "https://example.com/x"], "invalid origin"),
-        (["log-key"], "no log key"),
-        (["fsck"], "no log"),
-        (["fsck", "--log-key", "not-a-vkey"], "verifier key"),
+        (["init", "--origin", "has space"], "invalid origin", 2),
+        (["init", "--origin", "https://example.com/x"], "invalid origin", 2),
+        (["log-key"], "no log key", 1),
+        (["fsck"], "no log", 1),
+        (["fsck", "--log-key", "not-a-vkey"], "verifier key", 2),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message, code):
+    """Bad input exits 2, a missing log 1 (pacspace.exitcodes)."""
     result = pacspace(*args[:1], "--data", str(tmp_path / "d"), *args[1:])
-    assert result.returncode == 1
+    assert result.returncode == code
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("pacspace: error:") and message in lines[0]

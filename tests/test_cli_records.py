@@ -53,9 +53,18 @@ def test_readme_flow(tmp_path, server):
         assert (tmp_path / "bob" / key).stat().st_mode & 0o777 == 0o600
     # A fingerprint that does not match what the server relays is refused.
     wrong = run("relationship", "create", "--customer", "bob", "--customer-key", "0000:0000:0000:0000:0000:0000:0000:0000", env=provider, ok=False)
-    assert wrong.returncode == 1 and "fingerprint" in wrong.stderr
+    assert wrong.returncode == 6 and "fingerprint" in wrong.stderr
     created = json.loads(run("relationship", "create", "--customer", "bob", "--customer-key", fingerprint, "--cadence", "hourly", "--json", env=provider).stdout)
     rid = created["relationship"]
+    # The customer sees the invitation with the provider's key fingerprint, and accepts it after comparing.
+    acme_fingerprint = run("keys", "show", env=provider).stdout.strip()
+    invited = json.loads(run("relationship", "list", "--json", env=customer).stdout)
+    assert [(r["relationship"], r["state"], r["provider_fingerprint"]) for r in invited] == [(rid, "pending", acme_fingerprint)]
+    assert [r["state"] for r in json.loads(run("relationship", "list", "--json", env=provider).stdout)] == ["pending"]
+    wrong = run("relationship", "accept", rid, "--provider-key", fingerprint, env=customer, ok=False)
+    assert wrong.returncode == 6 and "not accepted" in wrong.stderr
+    assert "accepted" in run("relationship", "accept", rid, "--provider-key", acme_fingerprint, env=customer).stdout
+    assert [r["state"] for r in json.loads(run("relationship", "list", "--json", env=provider).stdout)] == ["accepted"]
     lines = tmp_path / "lines.json"
     lines.write_text(json.dumps([
         {"meter": "llm.input.uncached_tokens", "unit": "token", "quantity": "1000", "dimensions": {"model": "m-1"}},
@@ -93,11 +102,11 @@ def test_readme_flow(tmp_path, server):
     (tmp_path / "invoice.json").write_text(json.dumps(invoice))
     differs = run("bill", "verify", "--relationship", rid, "--period", "2026-11", "--invoice", str(tmp_path / "invoice.json"),
                   "--format", "json", env=offline, ok=False)
-    assert differs.returncode == 1
+    assert differs.returncode == 4
     verdict = json.loads(differs.stdout)
     assert [x["matches"] for x in verdict["lines"]] == [True, False]
     unclosed = run("bill", "verify", "--relationship", rid, "--period", "2026-10", env=offline, ok=False)
-    assert unclosed.returncode == 2 and "no close record" in unclosed.stderr
+    assert unclosed.returncode == 5 and "no close record" in unclosed.stderr
     # A third party checks the period from the bundle alone.
     bundle = tmp_path / "2026-11.evidence.json"
     run("evidence", "export", "--relationship", rid, "--period", "2026-11", "--out", str(bundle), env=offline)
@@ -106,7 +115,7 @@ def test_readme_flow(tmp_path, server):
                   run("keys", "show", env=provider).stdout.strip(), env={**os.environ})
     assert checked.stdout.startswith("ok:") and "llm.output.visible_tokens" in checked.stdout and "300" in checked.stdout
     listed = json.loads(run("relationship", "list", "--json", env=customer).stdout)
-    assert [r["relationship"] for r in listed] == [rid]
+    assert [(r["relationship"], r["state"]) for r in listed] == [(rid, "accepted")]
     vkey = run("log-key", "--data", str(tmp_path / "pacspace-data"), env=base).stdout.strip()
     verified = run("receipt", "verify", str(tmp_path / "close.tlog-proof"), "--log-key", vkey, env=base).stdout
     assert verified.startswith("ok: entry at index")
@@ -116,7 +125,7 @@ def test_readme_flow(tmp_path, server):
     text = (tmp_path / "close.tlog-proof").read_text().replace("index ", "index 1", 1)
     (tmp_path / "bad.tlog-proof").write_text(text)
     bad = run("receipt", "verify", str(tmp_path / "bad.tlog-proof"), "--log-key", vkey, env=base, ok=False)
-    assert bad.returncode == 1 and bad.stderr.startswith("pacspace: error:")
+    assert bad.returncode == 6 and bad.stderr.startswith("pacspace: error:")
 
 
 def test_fsck_checks_records_too(tmp_path, server):

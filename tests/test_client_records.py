@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from helpers import add_two_parties, register_two_homes, new_log
+from helpers import add_two_parties, hour, register_two_homes, new_log
 
 from pacspace.checkpoint import open_checkpoint
 from pacspace.client.http import PacspaceClient
@@ -27,7 +27,6 @@ from pacspace.records.seal import seal
 from pacspace.sequencer import SequencerConfig
 from pacspace.server.app import create_app
 
-WINDOW = ("2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z")
 
 
 @pytest.fixture
@@ -41,8 +40,10 @@ async def setup(aiohttp_client, tmp_path):
     async with PacspaceClient(url, "tok-acme") as c:
         rid = (await create_relationship(c, acme.keys(), "acme", "bob"))["relationship"]
         view = await load_relationship(c, acme, rid, acme.log_key())
-        for q in ("10", "5", "-2"):
-            await append_body(c, acme, view, delta_maker("2026-11", WINDOW, [Line("llm.requests", "request", q, {})]))
+        for n, q in enumerate(("10", "5")):
+            await append_body(c, acme, view, delta_maker("2026-11", hour(n), [Line("llm.requests", "request", q, {})]))
+        # A decrease is a correction naming the delta it adjusts.
+        await append_body(c, acme, view, delta_maker("2026-11", hour(0), [Line("llm.requests", "request", "-2", {})], 1))
         await append_body(c, acme, view, close_maker(view, "2026-11"))
     return url, acme, bob, rid, tmp_path / "log"
 
@@ -94,7 +95,7 @@ async def test_a_log_that_rolled_back_is_refused(setup):
 
         async with PacspaceClient(url, "tok-acme") as pc:
             view = await load_relationship(pc, acme, rid, acme.log_key())
-            await append_body(pc, acme, view, delta_maker("2026-12", WINDOW, [Line("llm.requests", "request", "1", {})]))
+            await append_body(pc, acme, view, delta_maker("2026-12", hour(0, "2026-12-01"), [Line("llm.requests", "request", "1", {})]))
         await verified_checkpoint(c, bob, bob.log_key())
         older = newer.format()
         with pytest.raises(RollbackDetected, match="smaller"):
@@ -126,7 +127,7 @@ async def test_closes_that_do_not_cover_the_period_are_refused(setup):
     # Usage for a period after its close.
     close_record = view.records[-1].opened
     late_body = Delta(Common(rid, 5, body_hash(close_record.encoded), "late", "2026-12-01T00:00:00Z"), "2026-11",
-                      WINDOW[0], WINDOW[1], (Line("llm.requests", "request", "1", {}),))
+                      *hour(5), (Line("llm.requests", "request", "1", {}),))
     late = seal(late_body, view.keys, provider)
     from pacspace.records.seal import open_record
 

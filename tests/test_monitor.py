@@ -8,29 +8,27 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 
 import aiohttp
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import add_two_parties, register_two_homes, new_log
+from helpers import accept_as, add_two_parties, hour, register_two_homes, new_log
 
-from pacspace.checkpoint import Checkpoint, sign_checkpoint
 from pacspace.note import NoteSigner
 from pacspace.client.http import PacspaceClient
-from pacspace.client.monitor import EXIT_CODES, Detection, poll, save_evidence
+from pacspace.client.monitor import EXIT_CODES, Detection, poll
 from pacspace.client.monitor_state import MonitorState
 from pacspace.client.records import append_body, create_relationship, delta_maker, load_relationship
 from pacspace.config import ServerConfig
 from pacspace.datadir import load_signer
-from pacspace.merkle import Hash
 from pacspace.records.body import Common, Delta, Line
 from pacspace.records.seal import seal
 from pacspace.sequencer import SequencerConfig
 from pacspace.server.app import create_app
 
-WINDOW = ("2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z")
 
 
 class Proxy:
@@ -39,10 +37,11 @@ class Proxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.alter = lambda path, body: body
+        self.route = lambda path: self.upstream  # which server answers a path
 
     async def handle(self, request: web.Request) -> web.Response:
         async with aiohttp.ClientSession() as s:
-            async with s.request(request.method, self.upstream + request.path_qs, headers={
+            async with s.request(request.method, self.route(request.path) + request.path_qs, headers={
                 k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")
             }, data=await request.read()) as r:
                 body = await r.read()
@@ -67,8 +66,9 @@ async def world(aiohttp_client, aiohttp_server, tmp_path):
     async with PacspaceClient(upstream, "tok-acme") as c:
         rid = (await create_relationship(c, acme.keys(), "acme", "bob"))["relationship"]
         view = await load_relationship(c, acme, rid, acme.log_key())
-        for q in ("10", "20", "30"):
-            await append_body(c, acme, view, delta_maker("2026-11", WINDOW, [Line("llm.requests", "request", q, {})]))
+        for n, q in enumerate(("10", "20", "30")):
+            await append_body(c, acme, view, delta_maker("2026-11", hour(n), [Line("llm.requests", "request", q, {})]))
+    await accept_as(upstream, bob, "tok-bob", rid)
     w = type("World", (), {})()
     w.upstream, w.proxy, w.acme, w.bob, w.rid, w.view, w.data = upstream, proxy, acme, bob, rid, view, tmp_path / "log"
     w.url = str(proxy_server.make_url("")).rstrip("/")
@@ -82,14 +82,21 @@ async def monitor_once(w):
 
 
 async def detected(w, kind):
-    with pytest.raises(Detection) as info:
-        await monitor_once(w)
-    assert info.value.kind == kind, (info.value.kind, str(info.value))
-    assert info.value.exit_code == EXIT_CODES[kind]
-    path = save_evidence(w.bob, info.value)
-    saved = json.loads(open(path).read())
+    """The poll's detection of ``kind``: raised if it is about the log, else reported for its relationship."""
+    try:
+        report = await monitor_once(w)
+    except Detection as raised:
+        found = raised
+    else:
+        assert report.detections, "the poll detected nothing"
+        found = report.detections[0]
+        assert report.exit_code == EXIT_CODES[kind]
+    assert found.kind == kind, (found.kind, str(found))
+    assert found.exit_code == EXIT_CODES[kind]
+    saved = json.loads(open(found.evidence_path).read())
     assert saved["kind"] == kind and saved["message"]
-    return info.value
+    assert oct(os.stat(found.evidence_path).st_mode & 0o777) == "0o600"
+    return found
 
 
 def rewrite_records(w, change):
@@ -111,7 +118,7 @@ async def test_honest_server_then_incremental_polls(world):
         assert (world.bob.path / name).stat().st_mode & 0o777 == 0o600
     assert len(world.state.copies(world.rid)) == 4
     async with PacspaceClient(world.upstream, "tok-acme") as c:
-        await append_body(c, world.acme, world.view, delta_maker("2026-11", WINDOW, [Line("llm.requests", "request", "5", {})]))
+        await append_body(c, world.acme, world.view, delta_maker("2026-11", hour(3), [Line("llm.requests", "request", "5", {})]))
     assert (await monitor_once(world)).new_records == 1
     assert (await monitor_once(world)).new_records == 0
 
@@ -133,37 +140,118 @@ async def test_rollback(world):
     await monitor_once(world)
     old = world.state.latest_checkpoint()
     async with PacspaceClient(world.upstream, "tok-acme") as c:
-        await append_body(c, world.acme, world.view, delta_maker("2026-11", WINDOW, [Line("llm.requests", "request", "1", {})]))
+        await append_body(c, world.acme, world.view, delta_maker("2026-11", hour(3), [Line("llm.requests", "request", "1", {})]))
     await monitor_once(world)
     world.proxy.alter = lambda path, body: old if path == "/checkpoint" else body
     found = await detected(world, "rollback")
     assert found.evidence["earlier_checkpoint"] and found.evidence["later_checkpoint"] == old.decode()
 
 
-async def test_inconsistent_checkpoints_keep_both_signed_notes(world):
-    await monitor_once(world)
-    # The log (its key) signs a checkpoint for a different tree of a larger size: a fork.
-    signer = load_signer(world.data)
-    forged = sign_checkpoint(Checkpoint(signer.name, 50, Hash(bytes(32))), signer, int(time.time())).format()
+async def _grow(world, n=2):
+    async with PacspaceClient(world.upstream, "tok-acme") as c:
+        for _ in range(n):
+            at = hour(len(world.view.records) + 5)  # a window of its own
+            await append_body(c, world.acme, world.view, delta_maker("2026-11", at, [Line("llm.requests", "request", "1", {})]))
 
+
+def _serve_bad_consistency(world):
     def alter(path, body):
-        if path == "/checkpoint":
-            return forged
+        if path == "/v1/proof/consistency":
+            data = json.loads(body)
+            data["hashes"] = data["hashes"][:-1]  # one hash missing
+            return json.dumps(data).encode()
         return body
 
     world.proxy.alter = alter
 
-    async def no_proof(*a):
-        return {"hashes": [base64.b64encode(bytes(32)).decode()]}
 
-    with pytest.raises(Detection) as info:
-        async with PacspaceClient(world.url, "tok-bob") as c:
-            c.consistency = no_proof  # the real server cannot prove a forged tree; a forger sends something
-            await poll(c, world.bob, world.state, world.bob.log_key())
-    found = info.value
-    assert found.kind == "inconsistent_checkpoints"
-    assert found.evidence["later_checkpoint"] == forged.decode()
-    assert found.evidence["earlier_checkpoint"]
+async def test_a_wrong_consistency_proof_is_not_a_fork_when_the_tiles_agree(world):
+    await monitor_once(world)
+    await _grow(world)
+    _serve_bad_consistency(world)
+    report = await monitor_once(world)
+    # The log's own tiles prove the two checkpoints consistent: not a fork, and the poll goes on.
+    assert [d.kind for d in report.detections] == ["bad_proof"] and report.exit_code == 20
+    assert report.new_records == 2
+    saved = json.loads(open(report.detections[0].evidence_path).read())
+    assert saved["kind"] == "bad_proof" and saved["earlier_checkpoint"] and saved["later_checkpoint"]
+    world.proxy.alter = lambda path, body: body
+    await _grow(world)
+    assert (await monitor_once(world)).exit_code == 0
+
+
+async def test_a_wrong_proof_with_wrong_tiles_proves_nothing_and_stores_nothing(world):
+    await monitor_once(world)
+    before = world.state.latest_checkpoint()
+    await _grow(world)
+
+    def alter(path, body):
+        if path == "/v1/proof/consistency":
+            return json.dumps({"hashes": [base64.b64encode(bytes(32)).decode()]}).encode()
+        if path.startswith("/tile/"):
+            return bytes(len(body))
+        return body
+
+    world.proxy.alter = alter
+    found = await detected(world, "bad_proof")
+    assert "proves nothing" in str(found)
+    assert world.state.latest_checkpoint() == before
+    world.proxy.alter = lambda path, body: body
+    honest = await monitor_once(world)
+    assert honest.exit_code == 0 and honest.new_records == 2
+
+
+async def _fork(world, tmp_path, aiohttp_client, size):
+    """A second log under the same key whose tree of ``size`` leaves differs from the real one: a fork."""
+    import shutil
+
+    from helpers import fill_log
+
+    from pacspace.datadir import init_log
+
+    fork = tmp_path / "fork"
+    fork.mkdir(mode=0o700)
+    shutil.copy(world.data / "log.key", fork / "log.key")
+    init_log(fork, load_signer(world.data).name, int(time.time()))
+    await fill_log(fork, size)
+    app = create_app(ServerConfig(data_dir=fork, sequencer=SequencerConfig(pool_interval=0.01)))
+    return str((await aiohttp_client(app)).make_url("")).rstrip("/")
+
+
+@pytest.mark.parametrize("extra", [3, 0])
+async def test_a_fork_is_reported_only_with_proof_a_stranger_can_check(world, tmp_path, aiohttp_client, extra):
+    import subprocess
+    import sys
+
+    await monitor_once(world)
+    verified = open_checkpoint_size(world.state.latest_checkpoint())
+    forked = await _fork(world, tmp_path, aiohttp_client, verified + extra)
+    world.proxy.route = lambda path: forked if path == "/checkpoint" or path.startswith(("/tile/", "/v1/proof/")) \
+        else world.upstream
+    found = await detected(world, "inconsistent_checkpoints")
+    saved = json.loads(open(found.evidence_path).read())
+    assert saved["format"] == "pacspace.fork-evidence/v1"
+    vkey = (await _log_info(world))["vkey"]
+    check = subprocess.run([sys.executable, "-m", "pacspace", "evidence", "verify", found.evidence_path,
+                            "--log-key", vkey], capture_output=True, text=True)
+    assert check.returncode == 0 and "fork proven" in check.stdout, check.stderr
+    # The same file with one hash of its path changed proves nothing.
+    if saved["consistency_path"]:
+        saved["consistency_path"][0] = base64.b64encode(bytes(32)).decode()
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(saved))
+        check = subprocess.run([sys.executable, "-m", "pacspace", "evidence", "verify", str(bad), "--log-key", vkey],
+                               capture_output=True, text=True)
+        assert check.returncode == 6 and "does not prove a fork" in check.stderr
+
+
+def open_checkpoint_size(note: bytes) -> int:
+    return int(note.split(b"\n")[1])
+
+
+async def _log_info(world):
+    async with PacspaceClient(world.upstream) as c:
+        return await c.log_info()
 
 
 async def test_inclusion_fails_for_an_altered_ciphertext(world):
@@ -206,7 +294,7 @@ async def test_a_logged_record_that_does_not_decrypt(world):
 async def test_a_record_signed_by_another_key(world):
     other = Ed25519PrivateKey.generate()
     head = world.view.head
-    body = Delta(Common(world.rid, head.next_seq, head.head, "x", "2026-11-03T00:00:00Z"), "2026-11", WINDOW[0], WINDOW[1],
+    body = Delta(Common(world.rid, head.next_seq, head.head, "x", "2026-11-03T00:00:00Z"), "2026-11", *hour(5),
                  (Line("llm.requests", "request", "1", {}),))
     sealed = seal(body, world.view.keys, other)
     async with PacspaceClient(world.upstream, "tok-acme") as c:
@@ -214,10 +302,26 @@ async def test_a_record_signed_by_another_key(world):
     await detected(world, "bad_signature")
 
 
-async def test_nothing_is_stored_from_a_poll_that_detects(world):
-    rewrite_records(world, lambda records: records[:2] + records[3:])
-    with pytest.raises(Detection):
-        await monitor_once(world)
+async def test_a_detection_keeps_what_verified_before_it_and_the_next_honest_poll_goes_on(world):
+    rewrite_records(world, lambda records: [r for r in records if r["seq"] != 2])
+    report = await monitor_once(world)
+    assert [d.kind for d in report.detections] == ["chain_broken"] and report.exit_code == 14
+    # The checkpoint and the records before the gap are kept; nothing of the bad record.
+    assert [c.seq for c in world.state.copies(world.rid)] == [0, 1]
+    assert world.state.latest_checkpoint() is not None
+    # Seen again: reported again, its evidence saved once.
+    again = await monitor_once(world)
+    assert again.detections[0].evidence_path == report.detections[0].evidence_path
+    assert world.state.detections(world.rid)[0].times == 2
+    world.proxy.alter = lambda path, body: body
+    honest = await monitor_once(world)
+    assert honest.exit_code == 0 and honest.new_records == 2
+    assert [c.seq for c in world.state.copies(world.rid)] == [0, 1, 2, 3]
+
+
+async def test_nothing_is_stored_from_a_poll_whose_log_checkpoint_fails(world):
+    world.proxy.alter = lambda path, body: body.replace("\u2014".encode(), b"-") if path == "/checkpoint" else body
+    await detected(world, "bad_checkpoint_signature")
     assert world.state.copies(world.rid) == []
     assert world.state.latest_checkpoint() is None
 
@@ -231,11 +335,11 @@ async def test_bill_verify_rechecks_the_stored_copy(world):
     await monitor_once(world)
     bill = verify_bill(world.state, world.bob.log_key(), world.rid, "2026-11")
     assert [(x.meter, x.committed) for x in bill.lines] == [("llm.requests", "60")]
-    assert bill.checkpoint.timestamp > 0 and bill.receipt.startswith("c2sp.org/tlog-proof@v1")
+    assert bill.close.checkpoint.timestamp > 0 and bill.close.receipt.startswith("c2sp.org/tlog-proof@v1")
     compare(bill, {("llm.requests", ()): "60"})
     assert bill.matches and bill.exit_code == 0
     compare(bill, {("llm.requests", ()): "61", ("llm.extra", ()): "1"})
-    assert not bill.matches and bill.exit_code == 1
+    assert not bill.matches and bill.exit_code == 4
     # Any byte changed in the stored copy is caught when the bill is checked.
     import sqlite3
 
@@ -253,7 +357,7 @@ async def test_evidence_bundle_discloses_one_period_and_verifies_offline(world, 
 
     async with PacspaceClient(world.upstream, "tok-acme") as c:
         await append_body(c, world.acme, world.view, close_maker(world.view, "2026-11"))
-        await append_body(c, world.acme, world.view, delta_maker("2026-12", WINDOW, [Line("llm.requests", "request", "7", {})]))
+        await append_body(c, world.acme, world.view, delta_maker("2026-12", hour(0, "2026-12-01"), [Line("llm.requests", "request", "7", {})]))
     await monitor_once(world)
     bundle = export_bundle(world.state, world.bob.log_key(), world.rid, "2026-11")
     text = json.dumps(bundle)
@@ -307,7 +411,7 @@ async def test_a_fork_in_the_chain(world):
     # The provider logs a record whose prev does not name the record before it.
     head = world.view.head
     body = Delta(Common(world.rid, head.next_seq, "ab" * 32, "fork", "2026-11-03T00:00:00Z"), "2026-11",
-                 WINDOW[0], WINDOW[1], (Line("llm.requests", "request", "1", {}),))
+                 *hour(5), (Line("llm.requests", "request", "1", {}),))
     sealed = seal(body, world.view.keys, world.acme.keys().ed25519)
     async with PacspaceClient(world.upstream, "tok-acme") as c:
         await c.append(world.rid, sealed.seq, sealed.tag, sealed.blob)

@@ -328,7 +328,8 @@ async def test_late_events_corrections_zero_deltas_and_a_moved_chain_verify_for_
 
         # Someone extends the busy chain behind the recorder's back (the provider's billing code, say).
         view = await load_relationship(c, acme, busy, acme.log_key())
-        await append_body(c, acme, view, delta_maker("2026-12", ("2026-12-01T00:00:00Z", "2026-12-01T00:30:00Z"),
+        # (A window of its own: the recorder's zero deltas cover every hour up to 01:00.)
+        await append_body(c, acme, view, delta_maker("2026-12", ("2026-12-01T05:00:00Z", "2026-12-01T05:30:00Z"),
                                                      [Line("m", "u", "10", {})]))
         accepted += 10
         accept(6, "2026-12-01T01:05:00Z", 1)
@@ -513,3 +514,82 @@ def test_events_no_record_could_carry_are_refused_at_ingest(tmp_path):
         route(ev("1" * 31))
     with pytest.raises(InvalidEvent, match="digits"):
         route(ev("0." + "1" * 19))
+
+
+async def test_a_spool_of_version_2_is_upgraded_and_its_chains_learned_again(aiohttp_client, tmp_path):
+    """Version 3 adds each chain's rules view: an older spool opens, and the chains it knew are fetched and
+    verified once more (their rules view is built from the whole chain), then extended as before."""
+    import sqlite3
+
+    from helpers import served_log_with_two_homes
+
+    from pacspace.client.http import PacspaceClient
+    from pacspace.client.records import create_relationship, load_relationship
+    from pacspace.recorder.config import parse_config
+    from pacspace.recorder.flush import flush
+    from pacspace.recorder.spool import Spool
+
+    url, acme, bob = await served_log_with_two_homes(aiohttp_client, tmp_path)
+    async with PacspaceClient(url, "tok-acme") as c:
+        rid = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly", home=acme))["relationship"]
+    config = parse_config({"recorder": {"data": "spool", "grace_minutes": 0},
+                           "customers": [{"ref": "c1", "relationship": rid, "cadence": "hourly"}],
+                           "meters": {"use": {"meter": "m", "unit": "u", "value": "v"}}}, tmp_path)
+
+    def accept(hour: int) -> None:
+        event = cloudevent({"specversion": "1.0", "type": "use", "id": f"e{hour}", "source": "s", "subject": "c1",
+                            "time": f"2026-11-02T{hour:02d}:10:00Z", "data": {"v": 1}}, config.meters)
+        spool.accept([(event, rid, config.cadence_of[rid].window(f"2026-11-02T{hour:02d}:10:00Z"))], "2026-11-02T00:00:00Z")
+
+    spool = Spool(config.data)
+    accept(10)
+    async with PacspaceClient(url, "tok-acme") as c:
+        assert (await flush(c, acme, spool, config, "2026-11-02T11:00:00Z")).committed == 1
+    spool.close()
+    conn = sqlite3.connect(config.data / "recorder.db")
+    conn.execute("ALTER TABLE chains DROP COLUMN rules")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    spool = Spool(config.data)
+    try:
+        assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert spool.chains([rid])[rid].must_refetch
+        accept(11)
+        async with PacspaceClient(url, "tok-acme") as c:
+            report = await flush(c, acme, spool, config, "2026-11-02T12:00:00Z")
+            assert (report.committed, report.learned, report.errors) == (1, 1, [])
+            view = await load_relationship(c, acme, rid, acme.log_key())
+        assert [r.body.window_start for r in view.records[1:]] == ["2026-11-02T10:00:00Z", "2026-11-02T11:00:00Z"]
+        assert view.findings == []
+    finally:
+        spool.close()
+
+
+def test_the_recorder_never_seals_what_breaks_a_rule(tmp_path):
+    """A plan that would put usage into a closed period (a chain closed behind the recorder's back, say) is refused
+    whole before anything is sealed, naming the rule; the chain's rules view advances only with what is sealed."""
+    from pacspace.errors import PacspaceError
+    from pacspace.recorder.flush import _ruled
+    from pacspace.recorder.plan import PlannedRecord
+    from pacspace.recorder.spool import Chain
+    from pacspace.records.body import Close, Common, Delta, Line, body_hash, encode_body
+    from pacspace.records.rules import Ledger
+
+    head = "ab" * 32
+    ledger = Ledger(0, head)
+    close = Close(Common("acme:r", 1, head, "c", "2026-12-01T00:00:00Z"), "2026-11", 1, 0, 0, head, ())
+    from pacspace.records.seal import Opened
+
+    ledger.add(Opened(1, close, encode_body(close), b""))
+    chain = Chain("acme:r", bytes(32), 2, body_hash(encode_body(close)), [], ["2026-11"], None, ledger.to_json())
+
+    def delta(period: str, start: str, end: str) -> PlannedRecord:
+        body = Delta(Common("acme:r", 2, chain.head, "d", "2026-12-01T00:00:00Z"), period, start, end,
+                     (Line("m", "u", "1", {}),))
+        return PlannedRecord(body, encode_body(body))
+
+    with pytest.raises(PacspaceError, match="2026-11 is closed: record a correction in the open period"):
+        _ruled(chain, [delta("2026-11", "2026-11-30T10:00:00Z", "2026-11-30T11:00:00Z")])
+    advanced = _ruled(chain, [delta("2026-12", "2026-12-01T00:00:00Z", "2026-12-01T01:00:00Z")])
+    assert Ledger.from_json(advanced).open_periods() == ["2026-12"]

@@ -24,6 +24,8 @@ def test_events_to_committed_deltas_to_a_verified_bill(tmp_path, server):  # noq
     run("keys", "init", env=carol)
     rid = run("relationship", "create", "--customer", "bob", "--cadence", "hourly", env=provider).stdout.strip()
     daily = run("relationship", "create", "--customer", "carol", env=provider).stdout.strip()  # daily by default
+    run("relationship", "accept", rid, env=customer)
+    run("relationship", "accept", daily, env=carol)
     config = tmp_path / "recorder.toml"
     config.write_text(f'''
 [recorder]
@@ -117,7 +119,7 @@ dimensions = ["model"]
     forged["proofs"][0]["event"]["quantity"] = "1"
     (tmp_path / "forged.json").write_text(json.dumps(forged))
     refused = run("evidence", "verify-event", str(tmp_path / "forged.json"), env=customer, ok=False)
-    assert refused.returncode == 1 and refused.stderr.startswith("pacspace: error:")
+    assert refused.returncode == 6 and refused.stderr.startswith("pacspace: error:")
 
     # carol: two daily deltas, and her bill verifies against an invoice computed from the Stripe export.
     run("monitor", "--once", env=carol)

@@ -8,8 +8,17 @@ import sqlite3
 
 import pytest
 
-from pacspace.errors import MalformedInput, UntrustedState
-from pacspace.storage.records import InFlight, RecordStore, Relationship, SeqConflict, TagConflict
+from pacspace.errors import MalformedInput, NotFound, UntrustedState
+from pacspace.storage.records import (
+    AcceptanceConflict,
+    InFlight,
+    RecordStore,
+    Relationship,
+    RelationshipAccepted,
+    RelationshipDeclined,
+    SeqConflict,
+    TagConflict,
+)
 from pacspace.storage.records_schema import PAGE_SIZE, SCHEMA_VERSION
 
 
@@ -173,7 +182,7 @@ def test_a_version_3_file_keeps_its_blobs_and_writes_new_ones_to_segments(tmp_pa
 def test_a_new_file_has_the_current_schema_and_page_size(tmp_path):
     RecordStore(tmp_path).close()
     conn = sqlite3.connect(tmp_path / "records.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
     assert (tmp_path / "records.db.lock").stat().st_mode & 0o777 == 0o600
 
@@ -221,6 +230,9 @@ def test_a_version_1_file_is_migrated_on_open_with_every_record_and_blob(tmp_pat
         ]
         assert [(r.seq, r.tag) for r in store.unsettled()] == [(2, records[2][1])]
         assert store.record("acme:r", 2).blob == records[2][3]
+        # From before consent: accepted, without a signature.
+        rel = store.relationship("acme:r")
+        assert (rel.state, rel.acceptance, rel.decided_at) == ("accepted", None, None)
         # The migrated file takes new records after the old ones.
         store.write([RecordStore.settle_op("acme:r", [(2, 12)], 13)])
         (result,) = store.write([RecordStore.reserve_op("acme:r", [record(3)])])
@@ -383,3 +395,78 @@ def test_an_op_that_fails_keeps_nothing_and_gives_its_error(store, alone):
     assert [r.seq for r in store.unsettled_of("acme:r0")] == ([] if alone else [0])
     store.write([lambda conn: conn.execute("UPDATE parties SET x25519 = x'02' WHERE name = 'bob'")])
     assert store.party("bob").x25519 == b"\x02"  # the connection is usable afterwards
+
+
+V4_RELATIONSHIPS = (
+    "CREATE TABLE relationships (id TEXT PRIMARY KEY, provider TEXT NOT NULL REFERENCES parties(name), "
+    "customer TEXT NOT NULL REFERENCES parties(name), cadence TEXT NOT NULL, billing_cycle TEXT NOT NULL, "
+    "created_at INTEGER NOT NULL)"
+)
+
+
+def test_a_version_4_file_gains_consent_and_its_relationships_read_back_accepted_without_a_signature(tmp_path):
+    store = RecordStore(tmp_path)
+    store.add_party("acme", "provider", "t1", 1)
+    store.add_party("bob", "customer", "t2", 1)
+    store.close()
+    # Version 4's relationships table (the other tables are the same in both versions), with one relationship.
+    conn = sqlite3.connect(tmp_path / "records.db")
+    conn.execute("DROP TABLE relationships")
+    conn.execute(V4_RELATIONSHIPS)
+    conn.execute("INSERT INTO relationships VALUES ('acme:old', 'acme', 'bob', 'daily', 'monthly', 7)")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    with pytest.raises(UntrustedState, match="start `pacspace serve` on it once"):
+        RecordStore(tmp_path, readonly=True)
+    store = RecordStore(tmp_path)
+    try:
+        old = store.relationship("acme:old")
+        assert old == Relationship("acme:old", "acme", "bob", "daily", "monthly", 7, "accepted", None, None)
+        # New relationships start pending beside it.
+        store.add_relationship(Relationship("acme:new", "acme", "bob", "daily", "monthly", 8), {"acme": b"w", "bob": b"w"})
+        assert [(r.id, r.state) for r in store.relationships_of("bob")] == [("acme:old", "accepted"), ("acme:new", "pending")]
+        assert [r.id for r in store.relationships_of("bob", "pending")] == ["acme:new"]
+        # Its customer may sign it once.
+        signed = store.write_one(RecordStore.accept_op("acme:old", b"s" * 64, 9))
+        assert (signed.state, signed.acceptance, signed.decided_at) == ("accepted", b"s" * 64, 9)
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "records.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [c[1] for c in conn.execute("PRAGMA table_info(relationships)")][-3:] == ["state", "acceptance", "decided_at"]
+    conn.close()
+    RecordStore(tmp_path, readonly=True).close()
+
+
+def test_consent_moves_from_pending_once_and_repeats_only_the_same_decision(store):
+    assert store.relationship("acme:r0").state == "pending"
+    accepted = store.write_one(RecordStore.accept_op("acme:r0", b"a" * 64, 10))
+    assert store.relationship("acme:r0") == accepted
+    assert (accepted.state, accepted.acceptance, accepted.decided_at) == ("accepted", b"a" * 64, 10)
+    assert store.write_one(RecordStore.accept_op("acme:r0", b"a" * 64, 11)) == accepted  # a retry: unchanged
+    with pytest.raises(AcceptanceConflict):
+        store.write_one(RecordStore.accept_op("acme:r0", b"b" * 64, 12))
+    with pytest.raises(RelationshipAccepted, match="cannot be declined"):
+        store.write_one(RecordStore.decline_op("acme:r0", 13))
+    declined = store.write_one(RecordStore.decline_op("acme:r1", 20))
+    assert (declined.state, declined.acceptance, declined.decided_at) == ("declined", None, 20)
+    assert store.write_one(RecordStore.decline_op("acme:r1", 21)) == declined
+    with pytest.raises(RelationshipDeclined):
+        store.write_one(RecordStore.accept_op("acme:r1", b"a" * 64, 22))
+    with pytest.raises(NotFound):
+        store.write_one(RecordStore.decline_op("acme:nope", 23))
+    assert store.relationship("acme:r0") == accepted and store.relationship("acme:r1") == declined
+    assert [r.id for r in store.relationships_of("bob", "pending")] == ["acme:r2", "acme:r3"]
+    # The state column takes nothing else.
+    (result,) = store.write([lambda c: c.execute("UPDATE relationships SET state = 'maybe' WHERE id = 'acme:r2'")])
+    assert isinstance(result, sqlite3.IntegrityError)
+
+
+def test_has_unsettled_sees_a_relationships_waiting_rows_only(store):
+    store.write([RecordStore.reserve_op("acme:r0", [record(0), record(1)])])
+    assert store.has_unsettled("acme:r0") and not store.has_unsettled("acme:r1")
+    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
+    assert store.has_unsettled("acme:r0")
+    store.write([RecordStore.settle_op("acme:r0", [(1, 1)], 2)])
+    assert not store.has_unsettled("acme:r0") and not store.has_unsettled("acme:nope")

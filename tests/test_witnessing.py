@@ -123,6 +123,100 @@ async def test_receipt_verify_with_policy_reports_when_witnesses_saw_it(tmp_path
                               capture_output=True, text=True)
 
     ok = verify("--before", "2999-01-01T00:00:00Z")
-    assert ok.returncode == 0 and "witnessed: by w0, w1, w2" in ok.stdout and "before 2999-01-01T00:00:00Z: yes" in ok.stdout
+    assert ok.returncode == 0 and "witnessed: by w0, w1, w2" in ok.stdout and "ok: witnessed before 2999-01-01T00:00:00Z" in ok.stdout
     late = verify("--before", "2001-01-01T00:00:00Z")
-    assert late.returncode == 1 and "NOT before" in late.stderr
+    assert late.returncode == 6 and "NOT before" in late.stderr
+
+
+async def test_a_record_whose_answer_was_lost_shows_once_published_and_its_resend_gets_the_receipt(
+    tmp_path, aiohttp_server, aiohttp_client
+):
+    """The witness goes away: a record is committed but its checkpoint not published, and its sender gets 503.
+    Once the witness is back (no server restart), reading the relationship's records shows it, resending it
+    answers its receipt, and another record sealed at that seq (a client that lost what it sent) makes the
+    server settle the row too."""
+    import asyncio
+    import base64
+
+    import aiohttp
+    from helpers import add_two_parties, register_two_homes
+
+    from pacspace.client.http import PacspaceClient, ServerError
+    from pacspace.client.records import create_relationship, load_relationship, now_utc
+    from pacspace.receipt import verify_receipt
+    from pacspace.records.body import Common, Delta, Line
+    from pacspace.records.seal import seal
+
+    vkey = new_log(tmp_path / "log")
+    log_key = parse_vkey(vkey)
+    add_two_parties(tmp_path / "log")
+    (tmp_path / "w0").mkdir()
+    witness = NoteSigner("witness.example/w0", Ed25519PrivateKey.generate())
+
+    async def witness_up(port: int = 0):  # type: ignore[no-untyped-def]
+        return await aiohttp_server(create_witness_app(tmp_path / "w0", witness, {log_key.name: log_key}), port=port)
+
+    wserver = await witness_up()
+    port = wserver.port
+    policy = tmp_path / "policy"
+    policy.write_text(f"log {vkey}\nwitness w0 {witness.cosignature_verifier.vkey()} http://127.0.0.1:{port}\nquorum w0\n")
+    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01),
+                                  witness_policy=policy, witness_timeout=1.0))
+    url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
+    service = app[SERVICE]
+    lookups = []
+    find_leaves = service.find_leaves
+
+    async def counted(hashes, size):  # type: ignore[no-untyped-def]
+        lookups.append(len(hashes))
+        return await find_leaves(hashes, size)
+
+    service.find_leaves = counted
+    acme, _ = await register_two_homes(url, tmp_path)
+    signer = acme.keys().ed25519
+
+    def next_record(view, n: int):  # type: ignore[no-untyped-def]
+        head = view.head
+        body = Delta(Common(view.rid, head.next_seq, head.head, f"r{n}", now_utc()), "2026-11",
+                     "2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z", (Line("llm.requests", "request", str(n), {}),))
+        return seal(body, view.keys, signer)
+
+    async with PacspaceClient(url, "tok-acme") as c:
+        rids = [(await create_relationship(c, acme.keys(), "acme", "bob", "hourly"))["relationship"] for _ in range(2)]
+        views = [await load_relationship(c, acme, rid, acme.log_key()) for rid in rids]
+        assert lookups == []  # reading settled records looks nothing up in the log
+        await wserver.close()
+        lost = [next_record(view, 1) for view in views]
+        for rid, sealed in zip(rids, lost):
+            with pytest.raises(ServerError) as refused:
+                await c.append(rid, sealed.seq, sealed.tag, sealed.blob)
+            assert (refused.value.http_status, refused.value.code) == (503, "witness_quorum_failed")
+        # Committed but unpublished: not shown yet.
+        assert [r["seq"] for r in await c.records(rids[0])] == [0]
+        await witness_up(port)
+        deadline = time.monotonic() + 20
+        while (rows := await c.records(rids[0]))[-1]["seq"] == 0:
+            assert time.monotonic() < deadline, "the committed record never showed"
+            await asyncio.sleep(0.2)
+        assert [r["seq"] for r in rows] == [0, 1] and rows[1]["ciphertext"] == base64.b64encode(lost[0].blob).decode()
+        assert isinstance(rows[1]["index"], int) and lookups
+        # Resending the identical record answers its receipt.
+        body = {"seq": 1, "tag": base64.b64encode(lost[0].tag).decode(), "ciphertext": base64.b64encode(lost[0].blob).decode()}
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer tok-acme"}) as s:
+            async with s.post(f"{url}/v1/relationships/{rids[0]}/records", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                receipt = await resp.json()
+        assert receipt["index"] == rows[1]["index"]
+        assert verify_receipt(receipt["proof"], log_key, entry=lost[0].entry).index == receipt["index"]
+        # The other relationship's row waits unsettled until something asks: here, another record at its seq.
+        assert service.records.has_unsettled(rids[1])
+        other = next_record(views[1], 2)
+        with pytest.raises(ServerError) as refused:
+            await c.append(rids[1], other.seq, other.tag, other.blob)
+        assert refused.value.code == "record_conflict"
+        assert not service.records.has_unsettled(rids[1])
+        assert [r["ciphertext"] for r in await c.records(rids[1])][1:] == [base64.b64encode(lost[1].blob).decode()]
+        before = len(lookups)
+        await c.records(rids[0])
+        await c.records(rids[1])
+        assert len(lookups) == before  # settled again: no lookups

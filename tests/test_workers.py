@@ -227,8 +227,8 @@ class Pinned:
                     continue
         return None
 
-    def call(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-        headers = {"Authorization": "Bearer tok-acme", "Content-Type": "application/json"}
+    def call(self, method: str, path: str, body: object = None, token: str = "tok-acme") -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.conn.request(method, path, body=None if body is None else json.dumps(body).encode(), headers=headers)
         resp = self.conn.getresponse()
         return resp.status, resp.read()
@@ -471,3 +471,33 @@ async def test_a_failed_accept_is_logged_and_the_next_connection_still_handed_ov
         task.cancel()
         del loop.sock_accept
         listener.close()
+
+
+async def test_a_customer_decides_through_either_worker_and_every_worker_reads_the_decision(data, tmp_path):
+    """Acceptance and decline are records.db writes from whichever worker the customer reaches; the signature
+    is checked there against the genesis the parent settled, and the other worker serves the result."""
+    from pacspace.records.acceptance import sign_acceptance
+    from pacspace.records.seal import public_entry
+
+    with serving(data) as (server, port):
+        url = f"http://127.0.0.1:{port}"
+        acme, bob = await register_two_homes(url, tmp_path)
+        async with PacspaceClient(url, "tok-acme") as c:
+            rids = [(await create_relationship(c, acme.keys(), "acme", "bob", "hourly"))["relationship"] for _ in range(2)]
+        async with PacspaceClient(url, "tok-bob") as c:
+            (genesis,) = await c.records(rids[0], -1, 1)
+        entry = public_entry(base64.b64decode(genesis["tag"]), base64.b64decode(genesis["ciphertext"]))
+        acceptance = {"signature": base64.b64encode(sign_acceptance(bob.keys().ed25519, rids[0], entry)).decode()}
+        a, b = one_connection_per_worker(port, children(server.pid))
+        status, body = a.call("POST", f"/v1/relationships/{rids[0]}/acceptance", acceptance, token="tok-bob")
+        assert status == 200 and json.loads(body)["state"] == "accepted", body
+        status, body = b.call("POST", f"/v1/relationships/{rids[1]}/decline", token="tok-bob")
+        assert status == 200 and json.loads(body)["state"] == "declined", body
+        for seq, pinned in enumerate((b, a), start=1):
+            status, body = pinned.call("GET", "/v1/relationships", token="tok-bob")
+            assert [(r["relationship"], r["state"]) for r in json.loads(body)["relationships"]] == [(rids[0], "accepted")]
+            status, body = pinned.call("POST", f"/v1/relationships/{rids[0]}/acceptance", acceptance, token="tok-bob")
+            assert status == 200 and json.loads(body)["acceptance"] == acceptance["signature"]
+            status, body = pinned.call("POST", f"/v1/relationships/{rids[1]}/records", sealed_like(1))
+            assert status == 409 and json.loads(body)["error"] == "relationship_declined"
+            assert pinned.call("POST", f"/v1/relationships/{rids[0]}/records", sealed_like(seq))[0] == 201

@@ -7,12 +7,16 @@ and only the CLI's main turns them into one stderr line and an exit code.
 
 from __future__ import annotations
 
+from . import exitcodes
+
 
 class PacspaceError(Exception):
     """Base class. ``code`` is stable API; the message is for humans."""
 
     code = "error"
     http_status = 500
+    # What the pacspace command exits with (pacspace.exitcodes): one meaning per code.
+    exit_code = exitcodes.FAILURE
 
     def details(self) -> dict[str, object]:
         """Extra fields for the JSON error body (machine-readable hints, never secrets)."""
@@ -31,6 +35,7 @@ class ProofError(PacspaceError):
 
     code = "proof_failed"
     http_status = 422
+    exit_code = exitcodes.VERIFICATION_FAILED
 
 
 class MalformedInput(PacspaceError):
@@ -38,6 +43,7 @@ class MalformedInput(PacspaceError):
 
     code = "malformed"
     http_status = 400
+    exit_code = exitcodes.USAGE
 
 
 class MalformedNote(MalformedInput):
@@ -57,6 +63,7 @@ class SignatureError(PacspaceError):
 
     code = "bad_signature"
     http_status = 422
+    exit_code = exitcodes.VERIFICATION_FAILED
 
 
 class NotFound(PacspaceError):

@@ -91,6 +91,11 @@ class PartyKeys:
             raise KeyUnusable("private keys are 32 bytes each") from None
 
 
+def fingerprint_matches(fingerprint: str, given: str) -> bool:
+    """Whether a fingerprint someone typed or pasted names ``fingerprint`` (case and spaces do not matter)."""
+    return given.strip().lower() == fingerprint
+
+
 def _wrap_info(relationship: str, epoch: int) -> bytes:
     return b"pacspace/v1 relationship secret\n" + relationship.encode() + b"\n" + struct.pack(">I", epoch)
 

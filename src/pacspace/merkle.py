@@ -273,11 +273,29 @@ def verify_consistency(
         return
     if not proof:
         raise ProofError("consistency proof is empty")
-    if any(len(p) != HASH_SIZE for p in proof):
-        raise ProofError("proof hash is not 32 bytes")
     path = list(proof)
     if old & (old - 1) == 0:
         path.insert(0, old_root)
+    fr, sr = consistency_roots(old, size, path)
+    if fr != old_root:
+        raise ProofError("consistency proof does not lead to the old root")
+    if sr != root:
+        raise ProofError("consistency proof does not lead to the new root")
+
+
+def consistency_roots(old: int, size: int, path: Sequence[bytes]) -> tuple[Hash, Hash]:
+    """The roots a consistency path implies for the first ``old`` leaves and for all ``size`` (0 < old < size).
+
+    ``path`` is RFC 9162's proof with its first hash explicit: where ``old`` is a
+    power of two, it starts with the hash of the complete subtree ``[0, old)``,
+    which the RFC's proof leaves out because a verifier holds it as the old root.
+    """
+    if not 0 < old < size:
+        raise ProofError(f"no consistency path from size {old} to size {size}")
+    if not path:
+        raise ProofError("consistency proof is empty")
+    if any(len(p) != HASH_SIZE for p in path):
+        raise ProofError("proof hash is not 32 bytes")
     fn, sn = old - 1, size - 1
     while fn & 1:
         fn >>= 1
@@ -298,7 +316,34 @@ def verify_consistency(
         sn >>= 1
     if sn != 0:
         raise ProofError("consistency proof is too short")
-    if fr != old_root:
-        raise ProofError("consistency proof does not lead to the old root")
-    if sr != root:
-        raise ProofError("consistency proof does not lead to the new root")
+    return Hash(fr), Hash(sr)
+
+
+def consistency_path(old: int, size: int, reader: HashReader) -> list[Hash]:
+    """The path :func:`consistency_roots` takes (0 < old < size): the RFC proof, its first hash explicit."""
+    proof = consistency_proof(old, size, reader)
+    if old & (old - 1) == 0:
+        proof.insert(0, Hash(reader.read_hashes([(old.bit_length() - 1, 0)])[0]))
+    return proof
+
+
+def proves_fork(old: int, size: int, old_root: bytes, root: bytes, path: Sequence[bytes]) -> bool:
+    """Whether two roots, both signed by a log, cannot describe one append-only tree.
+
+    True when the sizes are equal and the roots differ; when ``old`` is 0 and
+    ``old_root`` is not the empty tree's; or when ``path`` (as
+    :func:`consistency_roots` takes it) leads to ``root`` (so its hashes are the
+    tree's own) and to a root for the first ``old`` leaves other than
+    ``old_root``. A path that does not lead to ``root`` proves nothing.
+    """
+    if not 0 <= old <= size:
+        return False
+    if old == size:
+        return old_root != root
+    if old == 0:
+        return old_root != EMPTY_ROOT
+    try:
+        fr, sr = consistency_roots(old, size, path)
+    except ProofError:
+        return False
+    return sr == root and fr != old_root

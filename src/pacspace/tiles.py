@@ -149,6 +149,30 @@ def locate(node: Node) -> NodeLocation:
     return NodeLocation(tile_level, n >> shift, sublevel, n & ((1 << shift) - 1))
 
 
+def tile_of_node(node: Node, size: int) -> TileRef:
+    """The tile of a tree of ``size`` that holds complete node ``node`` (full, or the right edge's partial one)."""
+    loc = locate(node)
+    if loc.tile_n < full_tile_count(size, loc.tile_level):
+        return TileRef(loc.tile_level, loc.tile_n)
+    width = partial_width(size, loc.tile_level)
+    if loc.tile_n != full_tile_count(size, loc.tile_level) or (loc.position + 1) << loc.sublevel > width:
+        raise InvalidRange(f"node {node} is not complete in a tree of size {size}")
+    return TileRef(loc.tile_level, loc.tile_n, width)
+
+
+def node_in_tile(tile: bytes, node: Node) -> bytes:
+    """The hash of complete node ``node`` from the served bytes of the tile that holds it."""
+    loc = locate(node)
+    span = 1 << loc.sublevel
+    first = loc.position * span
+    hashes = split_hashes(tile[first * HASH_SIZE : (first + span) * HASH_SIZE])
+    if len(hashes) != span or any(len(h) != HASH_SIZE for h in hashes):
+        raise InvalidRange(f"node {node} is not complete in a tile of {len(tile) // HASH_SIZE} hashes")
+    while len(hashes) > 1:
+        hashes = [node_hash(hashes[i], hashes[i + 1]) for i in range(0, len(hashes), 2)]
+    return hashes[0]
+
+
 def expand(hashes: Sequence[bytes]) -> list[list[bytes]]:
     """All complete sub-levels of a tile: ``[hashes, level 1, ..., level 8]``; level 8 is the tile root if full."""
     levels = [list(hashes)]

@@ -7,12 +7,13 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 
+from .. import exitcodes
 from ..errors import PacspaceError
-from . import admin_commands, client_commands, log_commands, recorder_commands, witness_commands
+from . import admin_commands, client_commands, log_commands, monitor_commands, recorder_commands, witness_commands
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+EXIT_OK = exitcodes.OK
+EXIT_FAILURE = exitcodes.FAILURE
+EXIT_USAGE = exitcodes.USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     log_commands.register(sub)
     admin_commands.register(sub)
     client_commands.register(sub)
+    monitor_commands.register(sub)
     witness_commands.register(sub)
     recorder_commands.register(sub)
     return parser
@@ -36,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or EXIT_OK)
     except PacspaceError as exc:
         print(f"pacspace: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exc.exit_code
     except KeyboardInterrupt:
         print("pacspace: interrupted", file=sys.stderr)
         return 130

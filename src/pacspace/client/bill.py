@@ -18,27 +18,39 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .. import exitcodes
 from ..checkpoint import SignedCheckpoint, open_checkpoint
 from ..errors import MalformedInput, PacspaceError
 from ..merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from ..note import Ed25519Verifier
 from ..receipt import Receipt
 from ..records.body import Close, Delta, Genesis, canonical_decimal, decode_body, exact
-from ..records.chain import ChainError, check_records
+from ..records.chain import ChainError, ChainHead, check_next
+from ..records.rules import Finding, Ledger
 from ..records.seal import Opened, public_entry
 from .monitor_state import MonitorState, StoredCopy
 
-EXIT_MATCH = 0
-EXIT_INVOICE_DIFFERS = 1
-EXIT_RECORD_FAILED = 2
+EXIT_MATCH = exitcodes.OK
+EXIT_INVOICE_DIFFERS = exitcodes.INVOICE_DIFFERS
+EXIT_INCOMPLETE = exitcodes.INCOMPLETE
+EXIT_RECORD_FAILED = exitcodes.VERIFICATION_FAILED
+EXIT_RULE_BROKEN = exitcodes.RULE_BROKEN
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class BillError(PacspaceError):
-    """The committed record itself failed verification or is incomplete (exit 2)."""
+    """The committed record itself failed verification."""
 
     code = "bill_unverifiable"
+    exit_code = exitcodes.VERIFICATION_FAILED
+
+
+class BillIncomplete(BillError):
+    """The monitor's copy holds nothing of the relationship: the bill cannot be checked yet."""
+
+    code = "bill_incomplete"
+    exit_code = exitcodes.INCOMPLETE
 
 
 @dataclass
@@ -53,20 +65,30 @@ class BillLine:
         return self.invoiced is None or Decimal(self.invoiced) == Decimal(self.committed)
 
 
-@dataclass
-class Bill:
-    relationship: str
-    period: str
-    close_seq: int
-    close_index: int
+@dataclass(frozen=True)
+class ClosedBy:
+    """The record that closed the period, as verified: what the invoice cites."""
+
+    seq: int
+    index: int
     first_seq: int
     last_seq: int
     record_count: int
     chain_head: str
     checkpoint: SignedCheckpoint
     receipt: str
+
+
+@dataclass
+class Bill:
+    relationship: str
+    period: str
+    close: ClosedBy | None  # None: the period has no valid close yet
     lines: list[BillLine]
     windows: list[tuple[str, str, str, str]] = field(default_factory=list)  # (window start, meter, dims, quantity)
+    findings: list[Finding] = field(default_factory=list)  # of this period: authentic records that break a rule
+    other_findings: list[Finding] = field(default_factory=list)  # of the relationship's other periods
+    stopped: list[str] = field(default_factory=list)  # why the verified copy may end early (detections)
     invoice_checked: bool = False
 
     @property
@@ -74,19 +96,33 @@ class Bill:
         return all(line.matches for line in self.lines)
 
     @property
+    def verdict(self) -> str:
+        if self.findings:
+            return "rule broken"
+        if self.close is None:
+            return "incomplete"
+        return "match" if self.matches else "invoice differs"
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_MATCH if self.matches else EXIT_INVOICE_DIFFERS
+        return {"rule broken": EXIT_RULE_BROKEN, "incomplete": EXIT_INCOMPLETE, "match": EXIT_MATCH,
+                "invoice differs": EXIT_INVOICE_DIFFERS}[self.verdict]
 
     def to_json(self) -> dict[str, Any]:
+        close = self.close
         return {
             "relationship": self.relationship,
             "period": self.period,
-            "verdict": "match" if self.matches else "invoice differs",
-            "close": {"seq": self.close_seq, "index": self.close_index, "first_seq": self.first_seq,
-                      "last_seq": self.last_seq, "record_count": self.record_count, "chain_head": self.chain_head,
-                      "checkpoint_size": self.checkpoint.size, "signed_time": self.checkpoint.timestamp},
+            "verdict": self.verdict,
+            "close": None if close is None else {
+                "seq": close.seq, "index": close.index, "first_seq": close.first_seq, "last_seq": close.last_seq,
+                "record_count": close.record_count, "chain_head": close.chain_head,
+                "checkpoint_size": close.checkpoint.size, "signed_time": close.checkpoint.timestamp},
             "lines": [{"meter": x.meter, "dimensions": x.dimensions, "committed": x.committed, "invoiced": x.invoiced,
                        "matches": x.matches} for x in self.lines],
+            "findings": [f.to_json() for f in self.findings],
+            "other_findings": [f.to_json() for f in self.other_findings],
+            "stopped": self.stopped,
         }
 
 
@@ -94,20 +130,32 @@ def _key(meter: str, dims: dict[str, str]) -> Key:
     return meter, tuple(sorted(dims.items()))
 
 
-def verify_bill(state: MonitorState, log_key: Ed25519Verifier, rid: str, period: str) -> Bill:
-    """Re-verify the relationship's verified copy and return the period's committed bill; raises BillError."""
+def reverify(
+    state: MonitorState, log_key: Ed25519Verifier, rid: str
+) -> tuple[list[StoredCopy], list[Opened], dict[int, SignedCheckpoint], Ledger, list[Finding]]:
+    """Re-verify a relationship's whole copy offline; raises BillError on any failure.
+
+    Every record's provider signature (the key its genesis names), the chain's
+    continuity, and each inclusion proof under its stored checkpoint signed by
+    the pinned log key. Returns the copies, the opened records, the checkpoints,
+    the rules' view (records.rules) and the findings in the chain.
+    """
     copies = state.copies(rid)
     if not copies:
-        raise BillError(f"the monitor holds no records of {rid} (run `pacspace monitor --once`)")
+        raise BillIncomplete(f"the monitor holds no records of {rid} (run `pacspace monitor --once`)")
+    ledger = Ledger()
+    findings: list[Finding] = []
     try:
         opened = [Opened(c.seq, decode_body(c.body), c.body, c.signature) for c in copies]
         genesis = opened[0].body
         if not isinstance(genesis, Genesis):
             raise BillError("the first stored record is not a genesis record")
         provider = Ed25519PublicKey.from_public_bytes(base64.b64decode(genesis.provider.ed25519))
+        head: ChainHead | None = None
         for record in opened:
             provider.verify(record.signature, record.encoded)
-        check_records(opened)
+            head = check_next(head, record)
+            findings += ledger.add(record)
         checkpoints: dict[int, SignedCheckpoint] = {}
         for c in copies:
             _check_inclusion(state, log_key, c, checkpoints)
@@ -115,27 +163,40 @@ def verify_bill(state: MonitorState, log_key: Ed25519Verifier, rid: str, period:
         raise BillError("a stored record's provider signature does not verify") from None
     except (ChainError, MalformedInput, ValueError) as exc:
         raise BillError(f"the stored chain does not verify: {exc}") from None
+    except BillError:
+        raise
     except PacspaceError as exc:
         raise BillError(f"the stored copy does not verify: {exc}") from None
-    closes = [(c, o) for c, o in zip(copies, opened) if isinstance(o.body, Close) and o.body.period == period]
-    if not closes:
-        raise BillError(f"period {period} has no close record: the bill cannot be confirmed yet")
-    copy, record = closes[0]
-    close = record.body
-    if not isinstance(close, Close):
-        raise AssertionError("closes holds only close records")
-    checkpoint = checkpoints[copy.checkpoint_size]
-    path = tuple(copy.proof[i : i + HASH_SIZE] for i in range(0, len(copy.proof), HASH_SIZE))
-    receipt = Receipt(copy.index, path, checkpoint.format(), _entry(copy)).format()
-    lines = [BillLine(t.meter, dict(t.dimensions), t.quantity) for t in close.totals]
+    return copies, opened, checkpoints, ledger, findings
+
+
+def verify_bill(state: MonitorState, log_key: Ed25519Verifier, rid: str, period: str) -> Bill:
+    """Re-verify the relationship's verified copy and return the period's committed bill; raises BillError."""
+    copies, opened, checkpoints, ledger, findings = reverify(state, log_key, rid)
+    stopped = [f"the verified copy stops before seq {d.seq}: {d.message} (evidence: {d.evidence})"
+               for d in state.detections(rid)]
+    mine = [f for f in findings if f.period == period]
+    others = [f for f in findings if f.period != period]
     windows = [
         (o.body.window_start, line.meter, ",".join(f"{k}={v}" for k, v in sorted(line.dimensions.items())), line.quantity)
         for o in opened
         if isinstance(o.body, Delta) and o.body.period == period
         for line in o.body.lines
     ]
-    return Bill(rid, period, copy.seq, copy.index, close.first_seq, close.last_seq, close.record_count, close.chain_head,
-                checkpoint, receipt, lines, windows)
+    seq = ledger.closed.get(period)
+    if seq is None:
+        return Bill(rid, period, None, [], windows, mine, others, stopped)
+    copy = copies[seq]
+    close = opened[seq].body
+    if not isinstance(close, Close) or copy.seq != seq:
+        raise AssertionError("the ledger names the seq of a close record")
+    checkpoint = checkpoints[copy.checkpoint_size]
+    path = tuple(copy.proof[i : i + HASH_SIZE] for i in range(0, len(copy.proof), HASH_SIZE))
+    receipt = Receipt(copy.index, path, checkpoint.format(), _entry(copy)).format()
+    closed_by = ClosedBy(copy.seq, copy.index, close.first_seq, close.last_seq, close.record_count, close.chain_head,
+                         checkpoint, receipt)
+    lines = [BillLine(t.meter, dict(t.dimensions), t.quantity) for t in close.totals]
+    return Bill(rid, period, closed_by, lines, windows, mine, others, stopped)
 
 
 def _entry(copy: StoredCopy) -> bytes:
@@ -205,23 +266,37 @@ def render_table(bill: Bill) -> str:
         dims = ",".join(f"{k}={v}" for k, v in sorted(x.dimensions.items()))
         rows.append(f"{x.meter:<34} {dims:<28} {x.committed:>16} {x.invoiced if x.invoiced is not None else '-':>16}  "
                     f"{'yes' if x.matches else 'NO'}")
+    if bill.close is None:
+        rows.append(f"(no close record for {bill.period} yet: the bill cannot be confirmed)")
+    for f in bill.findings:
+        rows.append(f"FINDING {f.kind}: {f.message}")
     return "\n".join(rows)
+
+
+def verdict_text(bill: Bill) -> str:
+    """One sentence for humans, the same in the table, the report and the console."""
+    if bill.findings:
+        return (f"The provider broke {len(bill.findings)} protocol rule{'s' if len(bill.findings) > 1 else ''} "
+                f"in {bill.period}: see the findings.")
+    if bill.close is None:
+        return f"{bill.period} has no close record yet: the bill cannot be confirmed."
+    if not bill.matches:
+        return "The invoice differs from the committed record."
+    return "The invoice matches the committed record." if bill.invoice_checked else "The committed record verifies."
 
 
 def render_html(bill: Bill) -> str:
     """One self-contained page: verdict, table, a chart of usage per window per meter, and the evidence."""
-    verdict_ok = bill.matches
-    verdict = ("The invoice matches the committed record." if bill.invoice_checked else "The committed record verifies.") \
-        if verdict_ok else "The invoice differs from the committed record."
-    color = "#1a7f37" if verdict_ok else "#b42318"
+    color = "#1a7f37" if bill.verdict == "match" else "#9a6700" if bill.verdict == "incomplete" else "#b42318"
     rows = "".join(
         f"<tr><td>{html.escape(x.meter)}</td><td>{html.escape(', '.join(f'{k}={v}' for k, v in sorted(x.dimensions.items())))}</td>"
         f"<td class=n>{html.escape(x.committed)}</td><td class=n>{html.escape(x.invoiced or '-')}</td>"
         f"<td>{'✓' if x.matches else '✗'}</td></tr>"
         for x in bill.lines
     )
+    findings = "".join(f"<li><b>{html.escape(f.kind)}</b>: {html.escape(f.message)}</li>" for f in bill.findings)
+    findings_html = f"<h2>Findings</h2><ul>{findings}</ul>" if findings else ""
     chart = _svg_chart(bill.windows)
-    signed = datetime.fromtimestamp(bill.checkpoint.timestamp, timezone.utc)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Bill verification {html.escape(bill.relationship)} {bill.period}</title>
 <style>
@@ -232,19 +307,27 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}}pre{{background:#f6f8f
 </style></head><body>
 <h1>Bill verification</h1>
 <p>Relationship <code>{html.escape(bill.relationship)}</code>, period <b>{bill.period}</b>.</p>
-<div class="verdict">{html.escape(verdict)}</div>
+<div class="verdict" data-verdict="{html.escape(bill.verdict)}">{html.escape(verdict_text(bill))}</div>
+{findings_html}
 <h2>Committed totals{' and the invoice' if bill.invoice_checked else ''}</h2>
 <table><tr><th>Meter</th><th>Dimensions</th><th>Committed</th><th>Invoiced</th><th></th></tr>{rows}</table>
 <h2>Usage per window</h2>
 {chart}
 <h2>Evidence</h2>
-<p>The close record (seq {bill.close_seq}, log index {bill.close_index}) covers seq {bill.first_seq} to {bill.last_seq}
-({bill.record_count} records), chain head <code>{bill.chain_head}</code>. It was committed under the checkpoint of size
-{bill.checkpoint.size}, which the log signed at <b>{signed:%Y-%m-%d %H:%M:%S} UTC</b>.</p>
-<p>Receipt (c2sp.org/tlog-proof), verifiable offline with <code>pacspace receipt verify</code>:</p>
-<pre>{html.escape(bill.receipt)}</pre>
+{_close_html(bill.close)}
 </body></html>
 """
+
+
+def _close_html(close: ClosedBy | None) -> str:
+    if close is None:
+        return "<p>No close record yet.</p>"
+    signed = datetime.fromtimestamp(close.checkpoint.timestamp, timezone.utc)
+    return f"""<p>The close record (seq {close.seq}, log index {close.index}) covers seq {close.first_seq} to {close.last_seq}
+({close.record_count} records), chain head <code>{close.chain_head}</code>. It was committed under the checkpoint of size
+{close.checkpoint.size}, which the log signed at <b>{signed:%Y-%m-%d %H:%M:%S} UTC</b>.</p>
+<p>Receipt (c2sp.org/tlog-proof), verifiable offline with <code>pacspace receipt verify</code>:</p>
+<pre>{html.escape(close.receipt)}</pre>"""
 
 
 def _svg_chart(windows: list[tuple[str, str, str, str]]) -> str:

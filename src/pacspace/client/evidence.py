@@ -17,23 +17,27 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..checkpoint import open_checkpoint
+from ..checkpoint import SignedCheckpoint, open_checkpoint
+from .. import exitcodes
 from ..errors import MalformedInput, PacspaceError
 from ..keys import PublicKeys
-from ..merkle import HASH_SIZE, leaf_hash, verify_inclusion
+from ..merkle import HASH_SIZE, leaf_hash, proves_fork, verify_inclusion
 from ..note import Ed25519Verifier
 from ..receipt import verify_receipt
 from ..records.body import Close, Line, body_hash, decode_body
-from ..records.chain import ChainError, check_close
+from ..records.chain import ChainError
+from ..records.rules import Ledger, RuleBroken
 from ..records.seal import Opened, RelationshipKeys, open_with_record_key, public_entry
-from .bill import BillError, verify_bill
+from .bill import BillError, BillIncomplete, verify_bill
 from .monitor_state import MonitorState
 
 FORMAT = "pacspace.evidence/v1"
+FORK_FORMAT = "pacspace.fork-evidence/v1"
 
 
 class EvidenceError(PacspaceError):
     code = "evidence_failed"
+    exit_code = exitcodes.VERIFICATION_FAILED
 
 
 def _b64(data: bytes) -> str:
@@ -46,11 +50,14 @@ def export_bundle(state: MonitorState, log_key: Ed25519Verifier, rid: str, perio
     known = state.relationship(rid)
     if known is None:
         raise BillError(f"the monitor does not know relationship {rid}")
-    keys = RelationshipKeys(known[3])
+    if bill.close is None:
+        raise BillIncomplete(f"{period} has no close record yet: there is no bill to give evidence of")
+    close = bill.close
+    keys = RelationshipKeys(known.secret)
     copies = {c.seq: c for c in state.copies(rid)}
     genesis = decode_body(copies[0].body)
     provider = genesis.provider  # type: ignore[union-attr]
-    seqs = range(bill.first_seq, bill.close_seq + 1)
+    seqs = range(close.first_seq, close.seq + 1)
     checkpoints = sorted({copies[s].checkpoint_size for s in seqs})
     return {
         "format": FORMAT,
@@ -58,10 +65,10 @@ def export_bundle(state: MonitorState, log_key: Ed25519Verifier, rid: str, perio
         "period": period,
         "provider_ed25519": provider.ed25519,
         "provider_x25519": provider.x25519,
-        "prev_of_first": body_hash(copies[bill.first_seq - 1].body) if bill.first_seq > 0 else None,
+        "prev_of_first": body_hash(copies[close.first_seq - 1].body) if close.first_seq > 0 else None,
         "checkpoints": {str(size): (state.checkpoint(size) or b"").decode() for size in checkpoints},
         # What the invoice cites: the close's receipt, as the c2sp.org/tlog-proof text.
-        "close_receipt": bill.receipt,
+        "close_receipt": close.receipt,
         "records": [
             {
                 "seq": s,
@@ -114,7 +121,12 @@ def verify_bundle(bundle: dict[str, Any], log_key: Ed25519Verifier) -> VerifiedB
         close = opened[-1].body if opened else None
         if not isinstance(close, Close) or close.period != bundle["period"]:
             raise EvidenceError("the bundle does not end with the period's close record")
-        check_close(opened[:-1], close)
+        ledger = Ledger(opened[0].seq - 1, bundle["prev_of_first"])
+        for record in opened[:-1]:
+            ledger.add(record)
+        broken = ledger.check(opened[-1])
+        if broken:
+            raise EvidenceError(broken[0].message)
         last_item = bundle["records"][-1]
         receipt = verify_receipt(bundle["close_receipt"], log_key)
         close_entry = public_entry(base64.b64decode(last_item["tag"]), base64.b64decode(last_item["ciphertext"]))
@@ -122,7 +134,7 @@ def verify_bundle(bundle: dict[str, Any], log_key: Ed25519Verifier) -> VerifiedB
             raise EvidenceError("the close receipt is not for the close record")
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedInput(f"malformed evidence bundle: {exc}") from None
-    except ChainError as exc:
+    except (ChainError, RuleBroken) as exc:
         raise EvidenceError(str(exc)) from None
     last = bundle["records"][-1]
     fingerprint = PublicKeys(
@@ -132,6 +144,37 @@ def verify_bundle(bundle: dict[str, Any], log_key: Ed25519Verifier) -> VerifiedB
         bundle["relationship"], bundle["period"], fingerprint, close.record_count, close.totals,
         checkpoints[int(last["checkpoint_size"])].timestamp,
     )
+
+
+@dataclass(frozen=True)
+class ProvenFork:
+    origin: str
+    earlier: SignedCheckpoint
+    later: SignedCheckpoint
+
+
+def verify_fork(evidence: dict[str, Any], log_key: Ed25519Verifier) -> ProvenFork:
+    """Check a monitor's fork evidence offline: two checkpoints signed by the log that no append-only tree has.
+
+    Both notes must verify under ``log_key`` (same origin). Then either they
+    have one size and two roots, or the consistency path leads from the
+    larger's signed root (so its hashes are the log's own) to a root for the
+    smaller size other than the one the log signed (merkle.proves_fork).
+    """
+    try:
+        if evidence.get("format") != FORK_FORMAT:
+            raise EvidenceError(f"not a {FORK_FORMAT} file (the monitor writes one for each fork it proves)")
+        notes = [str(evidence["earlier_checkpoint"]).encode(), str(evidence["later_checkpoint"]).encode()]
+        path = [base64.b64decode(h, validate=True) for h in evidence.get("consistency_path") or []]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedInput(f"malformed fork evidence: {exc}") from None
+    earlier, later = sorted((open_checkpoint(n, log_key) for n in notes), key=lambda c: c.size)
+    if earlier.checkpoint.origin != later.checkpoint.origin:
+        raise EvidenceError("the two checkpoints are of different logs")
+    if not proves_fork(earlier.size, later.size, earlier.root_hash, later.root_hash, path):
+        raise EvidenceError(f"this does not prove a fork: the path does not lead from the signed root of size "
+                            f"{later.size} to another root for size {earlier.size}")
+    return ProvenFork(earlier.checkpoint.origin, earlier, later)
 
 
 def dumps(bundle: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..durable import write_new_file
+from .. import exitcodes
 from ..errors import PacspaceError
 from ..keys import PartyKeys
 from ..note import Ed25519Verifier, parse_vkey
@@ -24,6 +25,7 @@ from ..note import Ed25519Verifier, parse_vkey
 
 class HomeError(PacspaceError):
     code = "home"
+    exit_code = exitcodes.USAGE
 
 
 def default_home() -> Path:

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from .. import exitcodes
 from ..errors import PacspaceError
 
 
@@ -23,6 +24,7 @@ class ServerError(PacspaceError):
 
 class Unreachable(PacspaceError):
     code = "unreachable"
+    exit_code = exitcodes.UNREACHABLE
 
 
 def b64(data: bytes) -> str:
@@ -78,6 +80,13 @@ class PacspaceClient:
     async def consistency(self, old: int, size: int) -> dict[str, Any]:
         return await self._request("GET", "/v1/proof/consistency", params={"old": old, "size": size})  # type: ignore[no-any-return]
 
+    async def tile(self, path: str) -> bytes:
+        """A tile or entry bundle by its C2SP path (``tile/0/x001/234``), as served."""
+        data = await self._request("GET", "/" + path)
+        if not isinstance(data, bytes):
+            raise ServerError(200, "http_error", f"/{path} is not a tile")
+        return data
+
     # --- private ------------------------------------------------------------
 
     async def me(self) -> dict[str, Any]:
@@ -92,8 +101,19 @@ class PacspaceClient:
     async def create_relationship(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._request("POST", "/v1/relationships", json=body)  # type: ignore[no-any-return]
 
-    async def relationships(self) -> list[dict[str, Any]]:
-        return (await self._request("GET", "/v1/relationships"))["relationships"]  # type: ignore[no-any-return]
+    async def relationships(self, state: str | None = None) -> list[dict[str, Any]]:
+        """The caller's relationships; ``state`` is pending, accepted, declined or all (the server's default:
+        all for a provider, accepted for a customer)."""
+        params = {"state": state} if state else None
+        return (await self._request("GET", "/v1/relationships", params=params))["relationships"]  # type: ignore[no-any-return]
+
+    async def accept(self, rid: str, signature: bytes) -> dict[str, Any]:
+        return await self._request(  # type: ignore[no-any-return]
+            "POST", f"/v1/relationships/{rid}/acceptance", json={"signature": b64(signature)}
+        )
+
+    async def decline(self, rid: str) -> dict[str, Any]:
+        return await self._request("POST", f"/v1/relationships/{rid}/decline", json={})  # type: ignore[no-any-return]
 
     async def relationship(self, rid: str) -> dict[str, Any]:
         return await self._request("GET", f"/v1/relationships/{rid}")  # type: ignore[no-any-return]

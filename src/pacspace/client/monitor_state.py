@@ -1,9 +1,16 @@
 """The monitor's own verified copy, in ``<PACSPACE_HOME>/monitor.db``.
 
-Only what passed every check is written, in one transaction per poll: the
-checkpoints verified (each consistent with the one before), and for each of
-the party's relationships every record with its ciphertext, plaintext body,
-index and the checkpoint it was verified under. The copy needs no server.
+Only what passed every check is written: the checkpoints verified (each
+consistent with the one before), and for each relationship the party follows
+every record with its ciphertext, plaintext body, index and the checkpoint it
+was verified under. A poll writes the checkpoint first, then each
+relationship's new records in a transaction of their own, so one relationship
+that fails verification never holds back another. The copy needs no server.
+
+Beside the copy: the findings (authentic records that break a protocol rule,
+records.rules) and the detections (what failed verification), each with the
+path of its evidence file, so that a detection repeated at every poll is saved
+once and the console and ``bill verify`` can show them.
 """
 
 from __future__ import annotations
@@ -37,6 +44,29 @@ _SCHEMA = (
         provider_fingerprint TEXT NOT NULL,
         secret BLOB NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS findings (
+        relationship TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        period TEXT NOT NULL,
+        message TEXT NOT NULL,
+        fix TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        found_at INTEGER NOT NULL,
+        PRIMARY KEY (relationship, seq, kind)
+    )""",
+    # scope: a relationship id, or '' for the log itself; seq -1 where no record is concerned.
+    """CREATE TABLE IF NOT EXISTS detections (
+        scope TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        times INTEGER NOT NULL,
+        PRIMARY KEY (scope, kind, seq)
+    )""",
 )
 
 
@@ -51,6 +81,41 @@ class StoredCopy:
     signature: bytes
     checkpoint_size: int
     proof: bytes  # the inclusion path at checkpoint_size, hashes concatenated
+
+
+@dataclass(frozen=True)
+class Followed:
+    """A relationship the monitor follows: who its parties are, the provider key first verified, the secret."""
+
+    id: str
+    provider: str
+    customer: str
+    provider_fingerprint: str
+    secret: bytes
+
+
+@dataclass(frozen=True)
+class StoredFinding:
+    relationship: str
+    seq: int
+    kind: str
+    period: str
+    message: str
+    fix: str
+    evidence: str
+    found_at: int
+
+
+@dataclass(frozen=True)
+class StoredDetection:
+    scope: str
+    kind: str
+    seq: int
+    message: str
+    evidence: str
+    first_at: int
+    last_at: int
+    times: int
 
 
 class MonitorState:
@@ -74,11 +139,15 @@ class MonitorState:
         row = self._conn.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
         return None if row is None else bytes(row[0])
 
-    def relationship(self, rid: str) -> tuple[str, str, str, bytes] | None:
+    def checkpoint(self, size: int) -> bytes | None:
+        row = self._conn.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def relationship(self, rid: str) -> Followed | None:
         row = self._conn.execute(
-            "SELECT provider, customer, provider_fingerprint, secret FROM relationships WHERE id = ?", (rid,)
+            "SELECT id, provider, customer, provider_fingerprint, secret FROM relationships WHERE id = ?", (rid,)
         ).fetchone()
-        return None if row is None else (row[0], row[1], row[2], bytes(row[3]))
+        return None if row is None else Followed(row[0], row[1], row[2], row[3], bytes(row[4]))
 
     def relationship_ids(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT id FROM relationships ORDER BY id")]
@@ -94,25 +163,55 @@ class MonitorState:
             for r in rows
         ]
 
-    def checkpoint(self, size: int) -> bytes | None:
-        row = self._conn.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
-        return None if row is None else bytes(row[0])
+    def findings(self, rid: str | None = None) -> list[StoredFinding]:
+        sql = "SELECT relationship, seq, kind, period, message, fix, evidence, found_at FROM findings"
+        rows = self._conn.execute(sql + " WHERE relationship = ? ORDER BY seq, kind", (rid,)) if rid is not None \
+            else self._conn.execute(sql + " ORDER BY relationship, seq, kind")
+        return [StoredFinding(*r) for r in rows]
 
-    def save_poll(
-        self,
-        checkpoint: tuple[int, bytes],
-        relationships: list[tuple[str, str, str, str, bytes]],
-        copies: list[StoredCopy],
-        now: int,
-    ) -> None:
-        """Everything one poll verified, in one transaction."""
+    def detections(self, scope: str | None = None) -> list[StoredDetection]:
+        sql = "SELECT scope, kind, seq, message, evidence, first_at, last_at, times FROM detections"
+        rows = self._conn.execute(sql + " WHERE scope = ? ORDER BY seq, kind", (scope,)) if scope is not None \
+            else self._conn.execute(sql + " ORDER BY scope, seq, kind")
+        return [StoredDetection(*r) for r in rows]
+
+    def detection(self, scope: str, kind: str, seq: int) -> StoredDetection | None:
+        found = [d for d in self.detections(scope) if (d.kind, d.seq) == (kind, seq)]
+        return found[0] if found else None
+
+    def save_checkpoint(self, size: int, note: bytes, now: int) -> None:
+        """A checkpoint verified against the pinned key and consistent with the latest one stored."""
         with write_transaction(self._conn) as conn:
-            conn.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?)", (checkpoint[0], checkpoint[1], now))
-            conn.executemany("INSERT OR IGNORE INTO relationships VALUES (?, ?, ?, ?, ?)", relationships)
+            conn.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?)", (size, note, now))
+
+    def save_relationship(
+        self, followed: Followed | None, copies: list[StoredCopy], findings: list[StoredFinding]
+    ) -> None:
+        """One relationship's progress in one poll, in one transaction: a newly followed relationship, the records
+        verified (under checkpoints already stored), and the findings among them."""
+        with write_transaction(self._conn) as conn:
+            if followed is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO relationships VALUES (?, ?, ?, ?, ?)",
+                    (followed.id, followed.provider, followed.customer, followed.provider_fingerprint, followed.secret),
+                )
             conn.executemany(
                 "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (c.relationship, c.seq, c.index, c.tag, c.blob, c.body, c.signature, c.checkpoint_size, c.proof)
                     for c in copies
                 ],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO findings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(f.relationship, f.seq, f.kind, f.period, f.message, f.fix, f.evidence, f.found_at) for f in findings],
+            )
+
+    def note_detection(self, scope: str, kind: str, seq: int, message: str, evidence: str, now: int) -> None:
+        """Remember a detection: the first time with its evidence file, after that only when and how often."""
+        with write_transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT INTO detections VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (scope, kind, seq) "
+                "DO UPDATE SET last_at = excluded.last_at, times = times + 1",
+                (scope, kind, seq, message, evidence, now, now),
             )

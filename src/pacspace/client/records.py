@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..checkpoint import SignedCheckpoint, open_checkpoint
+from .. import exitcodes
 from ..errors import PacspaceError
-from ..keys import PartyKeys, PublicKeys, unwrap_secret, wrap_secret
+from ..keys import PartyKeys, PublicKeys, fingerprint_matches, unwrap_secret, wrap_secret
 from ..merkle import leaf_hash, verify_consistency, verify_inclusion
 from ..receipt import verify_receipt
 from ..note import Ed25519Verifier
@@ -30,25 +31,29 @@ from ..records.body import (
     Genesis,
     Line,
     body_hash,
-    totals,
+    encode_body,
 )
 from ..records.body import PartyKeys as NamedKeys
-from ..records.chain import ChainError, ChainHead, check_close, check_next, check_usage_period
+from ..records.chain import ChainError, ChainHead, check_next
+from ..records.rules import Finding, Ledger, RuleBroken
 from ..records.seal import Opened, RelationshipKeys, open_record, public_entry, seal
 from .home import Home
-from .http import PacspaceClient
+from .http import PacspaceClient, ServerError, Unreachable
+from .outbox import REFUSED_FOR_GOOD, Outbox, OutboxPending, Waiting
 
 
 class RollbackDetected(PacspaceError):
     """The server shows less, or other, than this party verified before."""
 
     code = "rollback"
+    exit_code = exitcodes.VERIFICATION_FAILED
 
 
 class KeyMismatch(PacspaceError):
     """A key the server relayed is not the one expected (out-of-band fingerprint or genesis record)."""
 
     code = "key_mismatch"
+    exit_code = exitcodes.VERIFICATION_FAILED
 
 
 def _public(obj: dict[str, Any] | None, who: str) -> PublicKeys:
@@ -83,7 +88,7 @@ async def create_relationship(
     """
     found = await client.party_keys(customer)
     customer_keys = _public(found.get("keys"), "customer")
-    if customer_fingerprint is not None and customer_keys.fingerprint() != customer_fingerprint.strip().lower():
+    if customer_fingerprint is not None and not fingerprint_matches(customer_keys.fingerprint(), customer_fingerprint):
         raise KeyMismatch(
             f"the server relays keys with fingerprint {customer_keys.fingerprint()} for {customer}, "
             f"not {customer_fingerprint}: refusing to create the relationship"
@@ -114,16 +119,108 @@ async def create_relationship(
             "ciphertext": base64.b64encode(sealed.blob).decode(),
         },
     }
-    result = await client.create_relationship(body)
-    if home is not None:
-        checked = verify_receipt(result["receipt"]["proof"], home.log_key(), entry=sealed.entry)
-        if checked.index != result["receipt"]["index"]:
-            raise ChainError("the genesis receipt does not match the record that was sent")
-        home.save_relationship_secret(rid, rkeys.secret)
-        home.save_relationship_state(
-            rid, {"next_seq": 1, "head": body_hash(sealed.body), "provider_fingerprint": keys.public.fingerprint()}
-        )
-    return result
+    if home is None:
+        return await client.create_relationship(body)
+    item = Waiting(rid, 0, sealed.tag, sealed.blob, create=body, secret=rkeys.secret, head=body_hash(sealed.body))
+    return await _send(client, home, item)
+
+
+async def _send(client: PacspaceClient, home: Home, item: Waiting) -> dict[str, Any]:
+    """Send one sealed record (or a relationship's creation) through the outbox; returns the server's answer.
+
+    The record is in the outbox, durably, before it is sent, and leaves it only
+    once a receipt for exactly its entry verified under the pinned log key.
+    """
+    outbox = Outbox(home.path)
+    outbox.put(item)
+    try:
+        answer = await _post(client, item)
+    except ServerError as exc:
+        if exc.http_status < 500 and exc.code != "previous_in_flight":
+            outbox.done(item)  # refused: nothing of it is in the log
+            raise
+        raise OutboxPending(
+            f"{item.relationship} seq {item.seq} was sent but not acknowledged ({exc}); it is kept in the outbox "
+            "and the next command for this relationship sends it again"
+        ) from None
+    except Unreachable as exc:
+        raise Unreachable(f"{exc}; {item.relationship} seq {item.seq} is kept in the outbox and the next command "
+                          "for this relationship sends it again") from None
+    _settled(home, outbox, item, answer)
+    return answer
+
+
+async def _post(client: PacspaceClient, item: Waiting) -> dict[str, Any]:
+    if item.create is not None:
+        return await client.create_relationship(item.create)
+    return await client.append(item.relationship, item.seq, item.tag, item.blob)
+
+
+def _settled(home: Home, outbox: Outbox, item: Waiting, answer: dict[str, Any]) -> None:
+    """Check the receipt is for exactly this entry, keep what the home keeps of a creation, then forget the record."""
+    receipt = answer["receipt"] if item.create is not None else answer
+    checked = verify_receipt(receipt["proof"], home.log_key(), entry=public_entry(item.tag, item.blob))
+    if checked.index != receipt["index"] or receipt["seq"] != item.seq:
+        raise ChainError("the receipt does not match the record that was sent")
+    if item.create is not None and item.secret is not None and item.head is not None:
+        if home.relationship_secret(item.relationship) is None:
+            home.save_relationship_secret(item.relationship, item.secret)
+        if not home.relationship_state(item.relationship):
+            home.save_relationship_state(item.relationship, {
+                "next_seq": 1, "head": item.head, "provider_fingerprint": home.keys().public.fingerprint()})
+    outbox.done(item)
+
+
+async def finish_creation(client: PacspaceClient, home: Home, customer: str) -> dict[str, Any] | None:
+    """The answer to a creation of a relationship with ``customer`` that this home sent and never saw acknowledged,
+    once it is; None if there is none (a retried ``relationship create`` finishes it rather than make another)."""
+    outbox = Outbox(home.path)
+    for item in outbox.waiting():
+        if item.create is not None and item.create.get("customer") == customer:
+            answer = await _resend(client, home, outbox, item, [])
+            if answer is not None:
+                return answer
+    return None
+
+
+async def send_waiting(client: PacspaceClient, home: Home, rid: str | None = None) -> list[str]:
+    """Send what waits in the outbox (for ``rid``, or all), in seq order; returns a note per record set aside.
+
+    A record the server refuses for good (another record holds its seq) is set
+    aside, with every later one of its relationship, whose ``prev`` names it.
+    Raises OutboxPending (or Unreachable) while a record still cannot be
+    acknowledged: the caller must not extend that relationship meanwhile.
+    """
+    outbox = Outbox(home.path)
+    notes: list[str] = []
+    refused: set[str] = set()
+    for item in outbox.waiting(rid):
+        if item.relationship in refused:
+            notes.append(f"{item.relationship} seq {item.seq} follows a refused record; kept in {outbox.drop(item)}")
+        elif await _resend(client, home, outbox, item, notes) is None:
+            refused.add(item.relationship)
+    return notes
+
+
+async def _resend(
+    client: PacspaceClient, home: Home, outbox: Outbox, item: Waiting, notes: list[str]
+) -> dict[str, Any] | None:
+    """Send one waiting record again; its answer, or None if it was refused for good (and set aside)."""
+    try:
+        answer = await _post(client, item)
+    except ServerError as exc:
+        if exc.code in REFUSED_FOR_GOOD or exc.code == "seq_conflict":
+            notes.append(f"{item.relationship} seq {item.seq}, sent earlier, was refused ({exc}); "
+                         f"kept in {outbox.drop(item)}")
+            return None
+        raise OutboxPending(
+            f"{item.relationship} seq {item.seq}, sent earlier, is still not acknowledged ({exc}); it stays in "
+            "the outbox and the next command for this relationship sends it again"
+        ) from None
+    except Unreachable as exc:
+        raise Unreachable(f"{exc}; {item.relationship} seq {item.seq} waits in the outbox") from None
+    _settled(home, outbox, item, answer)
+    return answer
 
 
 @dataclass(frozen=True)
@@ -149,6 +246,11 @@ class RelationshipView:
     provider: PublicKeys
     records: list[VerifiedRecord]
     checkpoint: SignedCheckpoint
+    # The protocol rules' view of the chain, and the findings among its records (records.rules).
+    ledger: Ledger = field(default_factory=Ledger)
+    findings: list[Finding] = field(default_factory=list)
+    # What sending the outbox first did (records set aside), for the caller to show.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def head(self) -> ChainHead | None:
@@ -188,6 +290,7 @@ async def load_relationship(
     before; and the provider's key is the one pinned at first sight (or
     ``provider_fingerprint``, compared out of band).
     """
+    notes = await send_waiting(client, home, rid)
     mine = home.keys()
     me = (await client.me())["name"]
     info = await client.relationship(rid)
@@ -198,7 +301,7 @@ async def load_relationship(
     provider = _public(info.get("provider_keys"), "provider")
     state = home.relationship_state(rid)
     pinned = provider_fingerprint or state.get("provider_fingerprint")
-    if pinned is not None and provider.fingerprint() != str(pinned).strip().lower():
+    if pinned is not None and not fingerprint_matches(provider.fingerprint(), str(pinned)):
         raise KeyMismatch(
             f"the provider's key has fingerprint {provider.fingerprint()}, not the {pinned} pinned for {rid}"
         )
@@ -213,22 +316,20 @@ async def load_relationship(
     # The checkpoint is fetched after the records, so it covers every one of them.
     checkpoint = await verified_checkpoint(client, home, log_key)
     verified: list[VerifiedRecord] = []
-    opened: list[Opened] = []
+    ledger = Ledger()
+    findings: list[Finding] = []
     head: ChainHead | None = None
     for row in rows:
-        record = await _verify_row(client, row, rkeys, provider, checkpoint)
+        record = await verify_row(client, row, rkeys, provider, checkpoint)
         head = check_next(head, record.opened)
-        if isinstance(record.body, Close):
-            check_close(opened, record.body)
-        elif isinstance(record.body, Delta):
-            check_usage_period(opened, record.body)
+        # An authentic record that breaks a rule stays in the chain: it is reported, never a reason to stop.
+        findings += ledger.add(record.opened)
         verified.append(record)
-        opened.append(record.opened)
     if not verified:
         raise ChainError(f"the server shows no records for {rid}, not even its genesis")
-    _check_genesis(verified[0].body, rid, info, provider, mine, me)
+    check_genesis(verified[0].body, rid, info, provider, mine, me)
     _check_extends(state, verified)
-    view = RelationshipView(rid, info, rkeys, provider, verified, checkpoint)
+    view = RelationshipView(rid, info, rkeys, provider, verified, checkpoint, ledger, findings, notes)
     _save_state(home, view)
     return view
 
@@ -252,7 +353,7 @@ def _save_state(home: Home, view: RelationshipView) -> None:
     )
 
 
-async def _verify_row(
+async def verify_row(
     client: PacspaceClient, row: dict[str, Any], rkeys: RelationshipKeys, provider: PublicKeys, checkpoint: SignedCheckpoint
 ) -> VerifiedRecord:
     seq, index = int(row["seq"]), int(row["index"])
@@ -268,7 +369,7 @@ async def _verify_row(
     return VerifiedRecord(seq, index, opened, tag, blob)
 
 
-def _check_genesis(body: Body, rid: str, info: dict[str, Any], provider: PublicKeys, mine: PartyKeys, me: str) -> None:
+def check_genesis(body: Body, rid: str, info: dict[str, Any], provider: PublicKeys, mine: PartyKeys, me: str) -> None:
     """The signed genesis is this relationship's, names its two parties, the key that signs the chain, and our keys."""
     if not isinstance(body, Genesis):
         raise ChainError("the first record is not a genesis record")
@@ -290,9 +391,12 @@ async def append_body(
 ) -> dict[str, Any]:
     """Seal ``make(common)`` at the chain's next seq and append it; returns the server's verified receipt.
 
-    The receipt must prove this very entry under a checkpoint signed by the
-    pinned log key. The view is extended with the new record, so the next
-    append follows it without refetching.
+    A record the protocol rules would flag (records.rules), or one that would
+    leave a period impossible to close, is refused before anything is sent.
+    The record goes through the outbox (see :func:`_send`). The receipt must
+    prove this very entry under a checkpoint signed by the pinned log key. The
+    view is extended with the new record, so the next append follows it
+    without refetching.
     """
     head = view.head
     if head is None:
@@ -300,35 +404,39 @@ async def append_body(
     common = Common(view.rid, head.next_seq, head.head, secrets.token_hex(8), now_utc())
     body = make(common)
     signer = home.keys().ed25519
+    encoded = encode_body(body)
+    opened = Opened(common.seq, body, encoded, signer.sign(encoded))
+    refuse_rule_breaking(view.ledger, opened)
     sealed = seal(body, view.keys, signer)
-    receipt = await client.append(view.rid, sealed.seq, sealed.tag, sealed.blob)
-    checked = verify_receipt(receipt["proof"], home.log_key(), entry=sealed.entry)
-    if checked.index != receipt["index"] or receipt["seq"] != sealed.seq:
-        raise ChainError("the receipt does not match the record that was sent")
-    opened = Opened(sealed.seq, body, sealed.body, signer.sign(sealed.body))
-    view.records.append(VerifiedRecord(sealed.seq, checked.index, opened, sealed.tag, sealed.blob))
+    receipt = await _send(client, home, Waiting(view.rid, sealed.seq, sealed.tag, sealed.blob))
+    view.records.append(VerifiedRecord(sealed.seq, int(receipt["index"]), opened, sealed.tag, sealed.blob))
+    view.ledger.add(opened)
     _save_state(home, view)
     return receipt
 
 
-def delta_maker(period: str, window: tuple[str, str], lines: list[Line]) -> Any:
-    return lambda common: Delta(common, period, window[0], window[1], tuple(lines))
+def refuse_rule_breaking(ledger: Ledger, record: Opened) -> None:
+    """Raise RuleBroken, naming the fix, for a record the rules would flag or that would trap a period open."""
+    findings = ledger.check(record)
+    if findings:
+        first = findings[0]
+        raise RuleBroken(f"refusing to send {first.message}. {first.fix[:1].upper()}{first.fix[1:]}", findings)
+    hazard = ledger.hazard(record)
+    if hazard is not None:
+        raise RuleBroken(f"refusing to send seq {record.seq}: {hazard}")
+
+
+def delta_maker(period: str, window: tuple[str, str], lines: list[Line], corrects: int | None = None) -> Any:
+    """A delta of ``lines`` in ``window``; with ``corrects``, a correction of that earlier record."""
+    return lambda common: Delta(common, period, window[0], window[1], tuple(lines), corrects=corrects)
 
 
 def close_maker(view: RelationshipView, period: str) -> Any:
     """The close of ``period``: exactly the period's deltas and corrections, their count, head and totals."""
-    if any(isinstance(r.body, Close) and r.body.period == period for r in view.records):
-        raise ChainError(f"period {period} is already closed")
-    usage = [r for r in view.records if isinstance(r.body, Delta) and r.body.period == period]
-    if usage:
-        first, last = usage[0].seq, usage[-1].seq
-    else:
-        last = view.records[-1].seq
-        first = last + 1
-    between = [r for r in view.records if first <= r.seq <= last]
-    if any(not (isinstance(r.body, Delta) and r.body.period == period) for r in between):
-        raise ChainError(f"records of another period lie between seq {first} and {last}: close that period first")
-    head = next(r for r in view.records if r.seq == last)
-    chain_head = body_hash(head.opened.encoded)
-    sums = totals([r.body for r in usage if isinstance(r.body, Delta)])
-    return lambda common: Close(common, period, first, last, len(usage), chain_head, sums)
+    if period in view.ledger.closed:
+        raise RuleBroken(f"period {period} is already closed (seq {view.ledger.closed[period]})")
+    head = view.head
+    if head is None:
+        raise ChainError("the relationship has no genesis record")
+    first, last, count, chain_head, sums = view.ledger.expected_close(period, head.next_seq)
+    return lambda common: Close(common, period, first, last, count, chain_head, sums)

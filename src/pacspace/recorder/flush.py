@@ -21,18 +21,20 @@ import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..client.home import Home
 from ..client.http import PacspaceClient
-from ..client.records import RelationshipView, load_relationship
+from ..client.records import RelationshipView, load_relationship, refuse_rule_breaking
 from ..errors import PacspaceError
 from ..records.body import Close, Delta, body_hash
-from ..records.seal import RelationshipKeys, seal
+from ..records.rules import Ledger
+from ..records.seal import Opened, RelationshipKeys, seal
 from .config import RecorderConfig
-from .plan import ChainFacts, Planner, candidate_windows, closing_periods, format_time, parse_time, quiet_periods
+from .plan import ChainFacts, PlannedRecord, Planner, candidate_windows, closing_periods, format_time, parse_time, quiet_periods
 from .spool import Chain, Spool, SpooledEvent, StoredRecord, pack_rowids
 from .windows import period_of
 
@@ -136,6 +138,11 @@ def _plan_and_seal(
         except PacspaceError as exc:
             report.errors.append(f"{rid}: {exc}")
             continue
+        try:
+            new_chain.rules = _ruled(chain, records)
+        except PacspaceError as exc:
+            report.errors.append(f"{rid}: nothing sealed: {exc}")
+            continue
         if records or new_chain.covered_until != chain.covered_until:
             advanced.append(new_chain)
         keys = RelationshipKeys(chain.secret)
@@ -187,6 +194,17 @@ async def _send(
     return refused
 
 
+def _ruled(chain: Chain, records: list[PlannedRecord]) -> dict[str, Any]:
+    """The chain's rules view after ``records``; raises RuleBroken, before anything is sealed, for a record the
+    protocol rules would flag (records.rules): the recorder never breaks its customer's chain either."""
+    ledger = Ledger.from_json(chain.rules or {})
+    for record in records:
+        opened = Opened(record.body.common.seq, record.body, record.encoded, b"")
+        refuse_rule_breaking(ledger, opened)
+        ledger.add(opened)
+    return ledger.to_json()
+
+
 def _retired_periods(chain: Chain, events: list[SpooledEvent]) -> set[str]:
     """Closed periods that pending events belong to: only their closes are needed (for ``corrects``)."""
     return {period_of(e.window_start) for e in events} & set(chain.closed_periods)
@@ -203,7 +221,8 @@ async def _learn(
             state, secret = home.relationship_state(rid), home.relationship_secret(rid)
             if rid not in known and state.get("next_seq") == 1 and secret is not None:
                 # The home created this chain and nothing has extended it from this home since.
-                found.append((Chain(rid, secret, 1, str(state["head"])), []))
+                head = str(state["head"])
+                found.append((Chain(rid, secret, 1, head, rules=Ledger(0, head).to_json()), []))
             else:
                 fetch.append(rid)
         return found, fetch
@@ -245,6 +264,6 @@ def _chain_of(view: RelationshipView) -> tuple[Chain, list[StoredRecord]]:
     covered = max((b.window_end for b in (r.body for r in view.records) if isinstance(b, Delta) and b.kind == "delta"),
                   default=None)
     chain = Chain(view.rid, view.keys.secret, last.seq + 1, body_hash(last.opened.encoded),
-                  sorted(used - closed), sorted(closed), covered)
+                  sorted(used - closed), sorted(closed), covered, view.ledger.to_json())
     return chain, records
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
-from ..records.body import Close, Common, Delta, Line, body_hash, decode_body, encode_body, totals
+from ..records.body import Close, Common, Delta, Line, body_hash, decode_body, encode_body, period_bounds, totals
 from .aggregate import WindowUsage, events_root
 from .spool import Chain, SpooledEvent
 from .windows import Cadence, period_of
@@ -48,9 +48,7 @@ def format_time(when: datetime) -> str:
 
 def period_end(period: str) -> str:
     """The first instant after a billing period (a month)."""
-    year, month = int(period[:4]), int(period[5:7])
-    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return f"{year:04d}-{month:02d}-01T00:00:00Z"
+    return period_bounds(period)[1]
 
 
 def windows_between(cadence: Cadence, start: str | None, cutoff: str, limit: int = 100_000) -> list[tuple[str, str]]:

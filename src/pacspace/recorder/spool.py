@@ -12,8 +12,9 @@ Tables:
             arrived, and the seq of the record that counted it (NULL: not yet)
   chains    per relationship the recorder extends: the relationship secret (this
             file is 0600, like the party keys), the next seq and head, the periods
-            with usage not yet closed, the periods closed, and how far zero
-            deltas have covered
+            with usage not yet closed, the periods closed, how far zero deltas have
+            covered, and the protocol rules' view of the chain (records.rules, as
+            JSON; version 3 added it, and a chain without it is learned again)
   records   every record of those chains the recorder knows (written or learned),
             with its log index once committed (NULL: sealed, not yet acknowledged)
 """
@@ -35,7 +36,7 @@ from ..errors import PacspaceError
 from ..storage.transaction import write_transaction
 from .events import UsageEvent
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _NO_END = "9999"  # sorts after every window end: with it, the events_due index covers all pending events
 
 _SCHEMA = (
@@ -49,7 +50,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS events_due ON events(window_end) WHERE seq IS NULL",
     """CREATE TABLE IF NOT EXISTS chains (
         relationship TEXT PRIMARY KEY, secret BLOB NOT NULL, next_seq INTEGER NOT NULL, head TEXT NOT NULL,
-        open_periods TEXT NOT NULL, closed_periods TEXT NOT NULL, covered_until TEXT)""",
+        open_periods TEXT NOT NULL, closed_periods TEXT NOT NULL, covered_until TEXT, rules TEXT)""",
     """CREATE TABLE IF NOT EXISTS records (
         relationship TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, period TEXT NOT NULL,
         window_start TEXT, tag BLOB NOT NULL, blob BLOB NOT NULL, body BLOB NOT NULL, idx INTEGER,
@@ -93,11 +94,13 @@ class Chain:
     open_periods: list[str] = field(default_factory=list)  # periods with usage and no close yet, oldest first
     closed_periods: list[str] = field(default_factory=list)
     covered_until: str | None = None  # zero deltas: the end of the last window written
+    rules: dict[str, Any] | None = None  # records.rules.Ledger.to_json() of the chain so far
 
     @property
     def must_refetch(self) -> bool:
-        """The server refused a record as stale: learn the chain from the server, not from the home."""
-        return self.next_seq < 0
+        """The server refused a record as stale, or the spool predates the rules view: learn the chain from the
+        server, not from the home."""
+        return self.next_seq < 0 or self.rules is None
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,10 @@ class Spool:
         self._conn.execute("PRAGMA cache_size = -131072")
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         tables = self._conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables and version == 2:
+            # Version 3 adds each chain's rules view; chains from before are learned again from the server.
+            self._conn.execute("ALTER TABLE chains ADD COLUMN rules TEXT")
+            version = SCHEMA_VERSION
         if tables and version != SCHEMA_VERSION:
             self._conn.close()
             raise SpoolError(
@@ -235,11 +242,12 @@ class Spool:
         out: dict[str, Chain] = {}
         for rid in relationships:
             row = self._conn.execute(
-                "SELECT secret, next_seq, head, open_periods, closed_periods, covered_until FROM chains "
+                "SELECT secret, next_seq, head, open_periods, closed_periods, covered_until, rules FROM chains "
                 "WHERE relationship = ?", (rid,)
             ).fetchone()
             if row is not None:
-                out[rid] = Chain(rid, bytes(row[0]), row[1], row[2], json.loads(row[3]), json.loads(row[4]), row[5])
+                out[rid] = Chain(rid, bytes(row[0]), row[1], row[2], json.loads(row[3]), json.loads(row[4]), row[5],
+                                 None if row[6] is None else json.loads(row[6]))
         return out
 
     @_locked
@@ -391,9 +399,9 @@ def _insert_records(conn: sqlite3.Connection, records: list[StoredRecord]) -> No
 
 def _save_chain(conn: sqlite3.Connection, chain: Chain) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (chain.relationship, chain.secret, chain.next_seq, chain.head, json.dumps(chain.open_periods),
-         json.dumps(chain.closed_periods), chain.covered_until),
+         json.dumps(chain.closed_periods), chain.covered_until, None if chain.rules is None else json.dumps(chain.rules)),
     )
 
 

@@ -392,14 +392,46 @@ def decode_body(data: bytes) -> Body:
     return body
 
 
+class Tally:
+    """Running sums of lines per (meter, unit, dimensions), exact: what a close's totals must equal."""
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[str, str, tuple[tuple[str, str], ...]], Decimal] = {}
+        self._ctx = exact()
+
+    def add(self, delta: Delta) -> None:
+        for line in delta.lines:
+            key = line.key()
+            self._sums[key] = self._ctx.add(self._sums.get(key, Decimal(0)), self._ctx.create_decimal(line.quantity))
+
+    def to_json(self) -> list[list[Any]]:
+        return [[m, u, [list(d) for d in dims], canonical_decimal(total)] for (m, u, dims), total in sorted(self._sums.items())]
+
+    @classmethod
+    def from_json(cls, rows: list[list[Any]]) -> Tally:
+        tally = cls()
+        for m, u, dims, total in rows:
+            tally._sums[(m, u, tuple((k, v) for k, v in dims))] = tally._ctx.create_decimal(total)
+        return tally
+
+    def lines(self) -> tuple[Line, ...]:
+        """The sums in a stable order, as a close states them."""
+        return tuple(
+            Line(meter, unit, canonical_decimal(total), dict(dims))
+            for (meter, unit, dims), total in sorted(self._sums.items())
+        )
+
+
 def totals(deltas: Iterable[Delta]) -> tuple[Line, ...]:
     """Sum of the lines of deltas and corrections, per (meter, unit, dimensions), in a stable order."""
-    sums: dict[tuple[str, str, tuple[tuple[str, str], ...]], Decimal] = {}
-    ctx = exact()
+    tally = Tally()
     for delta in deltas:
-        for line in delta.lines:
-            sums[line.key()] = ctx.add(sums.get(line.key(), Decimal(0)), ctx.create_decimal(line.quantity))
-    return tuple(
-        Line(meter, unit, canonical_decimal(total), dict(dims))
-        for (meter, unit, dims), total in sorted(sums.items())
-    )
+        tally.add(delta)
+    return tally.lines()
+
+
+def period_bounds(period: str) -> tuple[str, str]:
+    """A billing period (a month, YYYY-MM) as its first instant and the first instant after it."""
+    year, month = int(period[:4]), int(period[5:7])
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return f"{period}-01T00:00:00Z", f"{year:04d}-{month:02d}-01T00:00:00Z"

@@ -1,12 +1,18 @@
-"""Chain rules for a relationship's opened records: gapless, hash-chained, closes that add up. Pure."""
+"""Chain continuity of a relationship's opened records: gapless and hash-chained from its genesis. Pure.
+
+A break here is a failure (the record is not the chain's next one); a record that
+extends the chain but breaks a protocol rule is a finding (records.rules).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .. import exitcodes
 from ..errors import PacspaceError
-from .body import GENESIS_PREV, Close, Delta, Genesis, body_hash, totals
+from .body import GENESIS_PREV, Close, Genesis, body_hash, encode_body
+from .rules import Ledger
 from .seal import Opened
 
 
@@ -15,6 +21,7 @@ class ChainError(PacspaceError):
 
     code = "chain_broken"
     http_status = 422
+    exit_code = exitcodes.VERIFICATION_FAILED
 
 
 @dataclass(frozen=True)
@@ -57,54 +64,27 @@ def check_chain(records: Sequence[Opened]) -> ChainHead:
 
 
 def check_close(records: Sequence[Opened], close: Close) -> None:
-    """A close covers exactly its period: every delta and correction of the period before it, and nothing else.
+    """A close covers exactly its period: raises ChainError unless the rules (records.rules) accept it.
 
-    ``records`` is the verified chain from genesis up to (not including) the
-    close. The covered range must run from the period's first usage record to
-    its last (or be empty, right after the previous record, if the period had
-    none), count them, name the last one as ``chain_head``, and total them.
+    ``records`` is the verified chain from genesis up to (not including) the close.
     """
-    if any(isinstance(r.body, Close) and r.body.period == close.period for r in records):
-        raise ChainError(f"period {close.period} is closed twice")
-    usage = [r for r in records if isinstance(r.body, Delta) and r.body.period == close.period]
-    if usage:
-        first, last = usage[0].body.common.seq, usage[-1].body.common.seq
-    else:
-        last = records[-1].body.common.seq
-        first = last + 1
-    if (close.first_seq, close.last_seq) != (first, last):
-        raise ChainError(
-            f"close for {close.period} covers seq {close.first_seq}..{close.last_seq}, "
-            f"but the period's records are seq {first}..{last}"
-        )
-    between = [r for r in records if first <= r.body.common.seq <= last]
-    if any(not (isinstance(r.body, Delta) and r.body.period == close.period) for r in between):
-        raise ChainError(f"close for {close.period} covers a record of another period")
-    if len(usage) != close.record_count:
-        raise ChainError(f"close for {close.period} counts {close.record_count} records, the chain has {len(usage)}")
-    head = next(r for r in records if r.body.common.seq == last)
-    if body_hash(head.encoded) != close.chain_head:
-        raise ChainError(f"close for {close.period}: chain_head does not name seq {last}")
-    expected = totals([r.body for r in usage if isinstance(r.body, Delta)])
-    if [t.to_json() for t in expected] != [t.to_json() for t in close.totals]:
-        raise ChainError(f"close for {close.period}: totals differ from the sum of its records")
-
-
-def check_usage_period(records: Sequence[Opened], delta: Delta) -> None:
-    """No delta or correction may land in a period that is already closed."""
-    if any(isinstance(r.body, Close) and r.body.period == delta.period for r in records):
-        raise ChainError(f"seq {delta.common.seq}: usage for period {delta.period}, which is already closed")
+    ledger = Ledger()
+    for record in records:
+        ledger.add(record)
+    findings = ledger.check(Opened(close.common.seq, close, encode_body(close), b""))
+    if findings:
+        raise ChainError(findings[0].message)
 
 
 def check_records(records: Sequence[Opened]) -> ChainHead:
-    """The whole chain: links (check_next), closes that add up, and no usage after its period's close."""
+    """The whole chain, strictly: links (check_next), and no record that breaks a rule (records.rules)."""
     head: ChainHead | None = None
-    for i, record in enumerate(records):
+    ledger = Ledger()
+    for record in records:
         head = check_next(head, record)
-        if isinstance(record.body, Close):
-            check_close(records[:i], record.body)
-        elif isinstance(record.body, Delta):
-            check_usage_period(records[:i], record.body)
+        findings = ledger.add(record)
+        if findings:
+            raise ChainError(findings[0].message)
     if head is None:
         raise ChainError("no records")
     return head

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .. import exitcodes
 from ..errors import PacspaceError
 from .body import Body, decode_body, encode_body
 
@@ -55,6 +56,7 @@ class SealError(PacspaceError):
 
     code = "seal_failed"
     http_status = 422
+    exit_code = exitcodes.VERIFICATION_FAILED
 
 
 class TagMismatch(SealError):

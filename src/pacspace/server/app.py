@@ -22,7 +22,7 @@ from ..storage.sqlite import SqliteLog
 from .witnessing import WitnessPool, WitnessQuorumFailed
 from .tags import TagGuard
 from .writer import GroupWriter
-from . import ipc, openapi, read_api, records_api
+from . import consent_api, ipc, openapi, read_api, records_api
 from .context import CONFIG, FATAL, ON_FATAL, SERVICE, LogService
 from .errors import error_middleware
 
@@ -49,6 +49,7 @@ def create_app(
     app.cleanup_ctx.append(service or _log_service)
     read_api.add_routes(app)
     records_api.add_routes(app)
+    consent_api.add_routes(app)
     openapi.add_routes(app)
     if internal:
         ipc.add_internal_routes(app)

@@ -58,11 +58,16 @@ SPEC: dict[str, Any] = {
                                    body={"type": "object", "properties": {"x25519": _B64, "ed25519": _B64}})},
         "/v1/parties/{name}/keys": {"get": _op("A customer's registered keys (providers)", auth=True, params=["name"])},
         "/v1/relationships": {
-            "get": _op("The caller's relationships", auth=True),
+            "get": _op("The caller's relationships (a customer's accepted ones by default)", auth=True, params=["state"]),
             "post": _op("Create a relationship with its wraps and genesis record", auth=True, ok="201",
                         body={"type": "object", "required": ["relationship", "customer", "wraps", "genesis"]}),
         },
         "/v1/relationships/{rid}": {"get": _op("One of the caller's relationships", auth=True, params=["rid"])},
+        "/v1/relationships/{rid}/acceptance": {
+            "post": _op("The customer accepts the relationship: its signature over the genesis entry", auth=True,
+                        params=["rid"], body={"type": "object", "required": ["signature"], "properties": {"signature": _B64}}),
+        },
+        "/v1/relationships/{rid}/decline": {"post": _op("The customer declines the relationship", auth=True, params=["rid"])},
         "/v1/relationships/{rid}/records": {
             "get": _op("Settled records after a seq", auth=True, params=["rid", "after_seq", "limit"]),
             "post": _op("Append one sealed record", auth=True, params=["rid"], body=_RECORD, ok="201"),

@@ -27,7 +27,16 @@ from ..merkle import leaf_hash
 from ..receipt import Receipt
 from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
-from ..storage.records import InFlight, Party, RecordStore, Relationship, TagConflict
+from ..storage.records import (
+    STATES,
+    InFlight,
+    Party,
+    RecordConflict,
+    RecordStore,
+    Relationship,
+    RelationshipDeclined,
+    TagConflict,
+)
 from .context import SERVICE, LogService
 
 log = logging.getLogger("pacspace.server")
@@ -154,6 +163,21 @@ def _rel_json(rel: Relationship) -> dict[str, Any]:
     }
 
 
+def relationship_json(service: LogService, rel: Relationship, reader: str) -> dict[str, Any]:
+    """GET /v1/relationships/{rid}'s answer: the relationship, its consent, ``reader``'s wrap and both parties' keys."""
+    records = service.records
+    wrap = records.wrap(rel.id, reader)
+    return {
+        **_rel_json(rel),
+        "state": rel.state,
+        "acceptance": None if rel.acceptance is None else base64.b64encode(rel.acceptance).decode(),
+        "decided_at": rel.decided_at,
+        "wrap": None if wrap is None else base64.b64encode(wrap).decode(),
+        "provider_keys": _keys_json(records.party(rel.provider)),
+        "customer_keys": _keys_json(records.party(rel.customer)),
+    }
+
+
 def _keys_json(party: Party | None) -> dict[str, str] | None:
     if party is None or party.x25519 is None or party.ed25519 is None:
         return None
@@ -192,22 +216,28 @@ async def get_party_keys(request: web.Request) -> web.Response:
 
 
 async def get_relationships(request: web.Request) -> web.Response:
-    rels = _service(request).records.relationships_of(_party(request).name)
-    return web.json_response({"relationships": [_rel_json(r) for r in rels]})
+    """The caller's relationships. A customer sees only those it accepted unless it asks (``?state=pending``
+    for its invitations): a client from before consent never follows one it did not accept."""
+    party = _party(request)
+    state = request.query.get("state", "all" if party.role == "provider" else "accepted")
+    if state != "all" and state not in STATES:
+        raise MalformedInput("state is pending, accepted, declined or all")
+    rels = _service(request).records.relationships_of(party.name, None if state == "all" else state)
+    return web.json_response({"relationships": [{**_rel_json(r), "state": r.state} for r in rels]})
 
 
 async def get_relationship(request: web.Request) -> web.Response:
     rel = _visible(request, request.match_info["rid"])
-    records = _service(request).records
-    wrap = records.wrap(rel.id, _party(request).name)
-    return web.json_response(
-        {
-            **_rel_json(rel),
-            "wrap": None if wrap is None else base64.b64encode(wrap).decode(),
-            "provider_keys": _keys_json(records.party(rel.provider)),
-            "customer_keys": _keys_json(records.party(rel.customer)),
-        }
-    )
+    return web.json_response(relationship_json(_service(request), rel, _party(request).name))
+
+
+def _append_refusal(rel: Relationship, caller: str) -> PacspaceError | None:
+    """Why ``caller``, a party of the relationship, may not append to it; None if it may."""
+    if rel.provider != caller:
+        return Forbidden("only the relationship's provider appends records")
+    if rel.state == "declined":
+        return RelationshipDeclined("the customer declined this relationship: it takes no more records")
+    return None
 
 
 class _Submission(NamedTuple):
@@ -276,8 +306,9 @@ async def post_relationship(request: web.Request) -> web.Response:
 
 async def post_record(request: web.Request) -> web.Response:
     rel = _visible(request, request.match_info["rid"])
-    if _party(request).name != rel.provider:
-        raise Forbidden("only the relationship's provider appends records")
+    refusal = _append_refusal(rel, _party(request).name)
+    if refusal is not None:
+        raise refusal
     sub = _submission(await _json(request, 2 * MAX_BLOB))
     status, receipts = await _append(request, rel, [sub])
     return web.json_response(receipts[0], status=status)
@@ -355,17 +386,16 @@ async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -
     # Rows without their log index: a record still in flight, or one whose settle was lost (a failed
     # write, or a checkpoint the witnesses cosigned late). The retry of such a record lands here too.
     stuck = [i for i, r in enumerate(results) if _unsettled(r)]
-    if stuck:
+    # Another record at a seq whose row is unsettled: a client that lost our answer (a witness outage)
+    # sealed that seq again. Settled (once its entry is published), the row shows in the client's refetch.
+    conflicted = [groups[i].rel.id for i, r in enumerate(results) if isinstance(r, RecordConflict)]
+    if stuck or conflicted:
         # A row can outlive its request unsettled (a settle write failed): if its entry is in the
-        # log, settle it now rather than blocking the relationship until the next start.
-        try:
-            repaired = await _settle_from_log(service, [groups[i].rel.id for i in stuck])
-        except Exception as exc:
-            # Other groups' rows are stored already and must still be sequenced: the stuck ones
-            # keep their in-flight answer, to be repaired on a later retry.
-            log.warning("could not settle earlier records from the log: %s", exc)
-            repaired = 0
-        if repaired:
+        # log, settle it now rather than blocking the relationship until the next start. If that
+        # fails, the other groups' rows are stored already and must still be sequenced: the stuck
+        # ones keep their in-flight answer, to be repaired on a later retry.
+        repaired = await _settle_published(service, [groups[i].rel.id for i in stuck] + conflicted)
+        if repaired and stuck:
             retried = await _reserve(service, [groups[i] for i in stuck])
             for i, r in zip(stuck, retried):
                 results[i] = r
@@ -449,6 +479,15 @@ async def _forget(service: LogService, groups: list[_Group]) -> None:
         log.error("could not drop records that were never appended: %s", failures[0])
 
 
+async def _settle_published(service: LogService, rids: list[str]) -> int:
+    """_settle_from_log for callers that go on without it: if it fails, the rows wait for a later try (0)."""
+    try:
+        return await _settle_from_log(service, rids)
+    except Exception as exc:
+        log.warning("could not settle earlier records from the log: %s", exc)
+        return 0
+
+
 async def _settle_from_log(service: LogService, rids: list[str]) -> int:
     """Settle these relationships' unsettled rows whose entries are in the published log; returns how many.
 
@@ -530,11 +569,9 @@ async def post_records(request: web.Request) -> web.Response:
         if any(a[1].seq > b[1].seq for a, b in zip(group, group[1:])):
             group.sort(key=lambda m: m[1].seq)
         rel = known.get(rid)
-        failure: PacspaceError | None = None
-        if rel is None or not rel.has(party.name):
-            failure = NotFound("no such relationship")
-        elif rel.provider != party.name:
-            failure = Forbidden("only the relationship's provider appends records")
+        failure: PacspaceError | None = NotFound("no such relationship")
+        if rel is not None and rel.has(party.name):
+            failure = _append_refusal(rel, party.name)
         if failure is not None or rel is None:
             for i, sub in group:
                 results[i] = _error(failure or NotFound("no such relationship"), rid, sub.seq)
@@ -577,8 +614,13 @@ async def get_records(request: web.Request) -> web.Response:
     limit = _query_int(request, "limit", 100, minimum=1)
     if limit > MAX_PAGE:
         raise MalformedInput(f"limit is at most {MAX_PAGE}")
-    await _service(request).settled()
-    rows = _service(request).records.records(rel.id, after, limit)
+    service = _service(request)
+    await service.settled()
+    if service.records.has_unsettled(rel.id):
+        # A record committed while its checkpoint awaited the witnesses lost its answer, and no settle
+        # followed: once its entry is published, settle it here, so that its sender sees it.
+        await _settle_published(service, [rel.id])
+    rows = service.records.records(rel.id, after, limit)
     return web.json_response(
         {
             "relationship": rel.id,

@@ -34,6 +34,24 @@ class RelationshipExists(RecordError):
     code = "relationship_exists"
 
 
+class RelationshipDeclined(RecordError):
+    """The customer declined the relationship: it takes no acceptance and no records."""
+
+    code = "relationship_declined"
+
+
+class RelationshipAccepted(RecordError):
+    """The customer accepted the relationship: it cannot be declined any more."""
+
+    code = "relationship_accepted"
+
+
+class AcceptanceConflict(RecordError):
+    """The relationship holds another acceptance signature already."""
+
+    code = "conflict"
+
+
 class SeqConflict(RecordError):
     """The seq is not the relationship's next one."""
 
@@ -77,6 +95,10 @@ class Party:
     ed25519: bytes | None
 
 
+# A relationship's consent: pending until its customer accepts or declines it (records_schema, version 5).
+STATES = ("pending", "accepted", "declined")
+
+
 @dataclass(frozen=True)
 class Relationship:
     id: str
@@ -85,6 +107,9 @@ class Relationship:
     cadence: str
     billing_cycle: str
     created_at: int
+    state: str = "pending"
+    acceptance: bytes | None = None  # the customer's signature (records/acceptance.py)
+    decided_at: int | None = None
 
     def has(self, party: str) -> bool:
         return party in (self.provider, self.customer)
@@ -107,7 +132,7 @@ class StoredRecord:
 
 # The columns each value is read from (RECORD_COLUMNS from RECORD_ROWS, without the blob).
 PARTY_COLUMNS = "name, role, created_at, revoked_at, x25519, ed25519"
-RELATIONSHIP_COLUMNS = "id, provider, customer, cadence, billing_cycle, created_at"
+RELATIONSHIP_COLUMNS = "id, provider, customer, cadence, billing_cycle, created_at, state, acceptance, decided_at"
 RECORD_COLUMNS = "r.relationship, r.seq, r.tag, r.ct_hash, NULL, s.idx, s.checkpoint_size"
 # A record row, and its log index once settled.
 RECORD_ROWS = "records r LEFT JOIN settled s ON s.blob_id = r.blob_id"
@@ -118,7 +143,7 @@ def party_of(row: tuple) -> Party:  # type: ignore[type-arg]
 
 
 def relationship_of(row: tuple) -> Relationship:  # type: ignore[type-arg]
-    return Relationship(*row)
+    return Relationship(row[0], row[1], row[2], row[3], row[4], row[5], row[6], _b(row[7]), row[8])
 
 
 def record_of(row: tuple) -> StoredRecord:  # type: ignore[type-arg]

@@ -33,12 +33,14 @@ from typing import TypeVar
 
 from ..errors import MalformedInput, PacspaceError, UntrustedState
 from ..merkle import HASH_SIZE
-from . import record_writes
+from . import consent, record_writes
 from .record_values import (
     PARTY_COLUMNS,
     RECORD_COLUMNS,
     RECORD_ROWS,
     RELATIONSHIP_COLUMNS,
+    STATES,
+    AcceptanceConflict,
     InFlight,
     KeysRegistered,
     Party,
@@ -46,6 +48,8 @@ from .record_values import (
     RecordConflict,
     RecordError,
     Relationship,
+    RelationshipAccepted,
+    RelationshipDeclined,
     RelationshipExists,
     Role,
     SeqConflict,
@@ -66,7 +70,8 @@ from .transaction import write_transaction
 __all__ = [
     "SCHEMA_VERSION", "RecordStore", "RECORDS_NAME", "Party", "Relationship", "StoredRecord", "Role", "token_hash",
     "RecordError", "PartyExists", "UnknownParty", "KeysRegistered", "RelationshipExists", "SeqConflict",
-    "TagConflict", "InFlight", "RecordConflict",
+    "TagConflict", "InFlight", "RecordConflict", "STATES", "RelationshipDeclined", "RelationshipAccepted",
+    "AcceptanceConflict",
 ]
 
 log = logging.getLogger("pacspace.storage")
@@ -298,6 +303,8 @@ class RecordStore:
 
     @staticmethod
     def add_relationship_op(rel: Relationship, wraps: dict[str, bytes], epoch: int = 0) -> Callable[[sqlite3.Connection], None]:
+        """An op storing a new relationship and its wraps; it starts pending, whatever ``rel.state`` says."""
+
         def op(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT provider, customer FROM relationships WHERE id = ?", (rel.id,)).fetchone()
             if row is not None:
@@ -305,7 +312,7 @@ class RecordStore:
                     return  # a retry: the genesis reserve that follows returns the stored receipt
                 raise RelationshipExists("that relationship id is taken; draw another")
             conn.execute(
-                f"INSERT INTO relationships ({RELATIONSHIP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO relationships ({RELATIONSHIP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', NULL, NULL)",
                 (rel.id, rel.provider, rel.customer, rel.cadence, rel.billing_cycle, rel.created_at),
             )
             conn.executemany(
@@ -344,12 +351,29 @@ class RecordStore:
         )
         return {r[0]: relationship_of(r) for r in rows}
 
-    def relationships_of(self, party: str) -> list[Relationship]:
+    def relationships_of(self, party: str, state: str | None = None) -> list[Relationship]:
+        """The party's relationships (as provider or customer), all or those in ``state``."""
         rows = self._read(
-            f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE provider = ? OR customer = ? ORDER BY created_at, id",
-            (party, party),
+            f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE (provider = ? OR customer = ?) "
+            "AND (? IS NULL OR state = ?) ORDER BY created_at, id",
+            (party, party, state, state),
         )
         return [relationship_of(r) for r in rows]
+
+    @staticmethod
+    def accept_op(rid: str, signature: bytes, now: int) -> Callable[[sqlite3.Connection], Relationship]:
+        """An op recording the customer's acceptance (a signature the caller checked); returns the relationship.
+
+        From pending, or from accepted without a signature (a relationship from before
+        consent). The same signature again is a no-op; another raises AcceptanceConflict,
+        a declined relationship RelationshipDeclined.
+        """
+        return consent.accept(rid, signature, now)
+
+    @staticmethod
+    def decline_op(rid: str, now: int) -> Callable[[sqlite3.Connection], Relationship]:
+        """An op declining a pending relationship (again: a no-op); returns it. Accepted: RelationshipAccepted."""
+        return consent.decline(rid, now)
 
     def wrap(self, rid: str, reader: str, epoch: int = 0) -> bytes | None:
         rows = self._read(
@@ -476,6 +500,16 @@ class RecordStore:
         """One relationship's rows still without a log index (its last ones), in seq order."""
         rows = self._read(f"SELECT {RECORD_COLUMNS} FROM {_UNSETTLED} WHERE u.relationship = ? ORDER BY r.seq", (rid,))
         return [record_of(r) for r in rows]
+
+    def has_unsettled(self, rid: str) -> bool:
+        """Whether the relationship has a row still without its log index: one indexed lookup (unsettled rows
+        are always a relationship's last ones, so its last record says)."""
+        rows = self._read(
+            "SELECT EXISTS (SELECT 1 FROM unsettled WHERE blob_id = "
+            "(SELECT blob_id FROM records WHERE relationship = ? ORDER BY seq DESC LIMIT 1))",
+            (rid,),
+        )
+        return bool(rows[0][0])
 
     def unsettled(self) -> list[StoredRecord]:
         return [record_of(r) for r in self._read(f"SELECT {RECORD_COLUMNS} FROM {_UNSETTLED} ORDER BY r.relationship, r.seq")]

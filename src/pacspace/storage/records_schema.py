@@ -22,6 +22,15 @@ in ``blobs``, so upgrading from 3 copies nothing. With the blobs out, new files
 go back to 4 KiB pages: a transaction rewrites one page of the (relationship,
 seq) index for each relationship it touches, and a smaller page is fewer bytes
 written per record (docs/performance.md).
+
+Version 5 adds a customer's consent to each relationship: ``state`` (pending,
+accepted, declined), ``acceptance`` (the customer's Ed25519 signature over the
+genesis entry, records/acceptance.py) and ``decided_at``. A provider can name
+any customer; until that customer accepts, the relationship is an invitation
+its monitor never follows, so a rogue provider's genesis cannot break it. New
+relationships start pending. The columns are added in place: relationships
+from before consent read as accepted, without a signature, and nothing is
+copied.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from .transaction import write_transaction
 
 log = logging.getLogger("pacspace.storage")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PAGE_SIZE = 4096
 
 # Written once, never updated: the record's id (``blob_id``) is its arrival number and its blob's key.
@@ -74,6 +83,12 @@ _SPANS = """CREATE TABLE IF NOT EXISTS spans (
         start INTEGER NOT NULL,
         length INTEGER NOT NULL
     )"""
+# A relationship's consent (version 5). The default makes every relationship from before consent accepted.
+_CONSENT_COLUMNS = (
+    "state TEXT NOT NULL DEFAULT 'accepted' CHECK (state IN ('pending', 'accepted', 'declined'))",
+    "acceptance BLOB",
+    "decided_at INTEGER",
+)
 _SETTLED_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS settled_idx ON settled(idx)"
 
 SCHEMA = (
@@ -92,7 +107,8 @@ SCHEMA = (
         customer TEXT NOT NULL REFERENCES parties(name),
         cadence TEXT NOT NULL,
         billing_cycle TEXT NOT NULL,
-        created_at INTEGER NOT NULL
+        created_at INTEGER NOT NULL,
+        """ + ",\n        ".join(_CONSENT_COLUMNS) + """
     )""",
     "CREATE INDEX IF NOT EXISTS relationships_provider ON relationships(provider)",
     "CREATE INDEX IF NOT EXISTS relationships_customer ON relationships(customer)",
@@ -157,8 +173,12 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
             log.info("upgraded %s to schema %d in %.1f s", path, SCHEMA_VERSION, time.monotonic() - started)
         elif version == 3:
             log.info("upgrading %s from schema 3 to %d: new blobs go to segment files; nothing is copied", path, SCHEMA_VERSION)
+        elif version == 4:
+            log.info("upgrading %s from schema 4 to %d: relationships gain their consent; nothing is copied", path, SCHEMA_VERSION)
         for statement in SCHEMA:
             conn.execute(statement)
+        if 0 < version < 5:
+            _add_consent(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -212,6 +232,14 @@ def _migrate_from_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE records_new RENAME TO records")
     conn.execute("ALTER TABLE unsettled_new RENAME TO unsettled")
     _index_settled(conn)
+
+
+def _add_consent(conn: sqlite3.Connection) -> None:
+    """Version 5's consent columns, added to the relationships table in place (any it has already are kept)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(relationships)")}
+    for column in _CONSENT_COLUMNS:
+        if column.split()[0] not in present:
+            conn.execute(f"ALTER TABLE relationships ADD COLUMN {column}")
 
 
 def _index_settled(conn: sqlite3.Connection) -> None:
