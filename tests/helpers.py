@@ -231,3 +231,37 @@ async def rogue_invitation(client, provider, name: str, customer: str, flaw: str
         extra = seal(body, rkeys, mine.ed25519)
         await client.append(rid, 1, extra.tag, extra.blob)
     return rid
+
+
+class Proxy:
+    """A misbehaving server in front of a real one, changing one thing: ``alter(path, body)`` rewrites an answer's
+    body, ``lose(method, path)`` says whether to drop the answer (504, after the real server has handled the request), and
+    ``route(path)`` picks the server that answers a path."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.alter = lambda path, body: body
+        self.lose = lambda method, path: False
+        self.route = lambda path: self.upstream
+
+    async def handle(self, request):  # type: ignore[no-untyped-def]
+        import aiohttp
+        from aiohttp import web
+
+        async with aiohttp.ClientSession() as s:
+            async with s.request(request.method, self.route(request.path) + request.path_qs, headers={
+                k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")
+            }, data=await request.read()) as r:
+                body = await r.read()
+                ctype = r.headers.get("Content-Type", "application/octet-stream")
+                status = r.status
+        if self.lose(request.method, request.path):
+            return web.Response(status=504, text="the answer was lost on the way")
+        return web.Response(body=self.alter(request.path, body), status=status, headers={"Content-Type": ctype})
+
+    def app(self):  # type: ignore[no-untyped-def]
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app

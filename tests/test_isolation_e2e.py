@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import World, cli, free_port, rogue_invitation
+from helpers import Proxy, World, cli, free_port, rogue_invitation
 
 from pacspace.client.http import PacspaceClient
 from pacspace.client.records import load_relationship, now_utc
@@ -216,3 +216,61 @@ def test_a_witness_outage_leaves_nothing_in_doubt(tmp_path):
         w.stop()
         witness.send_signal(signal.SIGKILL)
         witness.wait(timeout=10)
+
+
+async def _cli_async(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """The pacspace command, while this test's event loop keeps serving the proxy it talks to."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "pacspace", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_a_lost_answer_leaves_nothing_stuck(world, aiohttp_server):
+    """The server commits a record but its answer is lost on the way (a timeout, a proxy's 504): the client kept
+    it, and the next command sends it first and gets its receipt."""
+    w = world
+    rid = relationship(w, "acme", "bob")
+    proxy = Proxy(w.url)
+    proxy.lose = lambda method, path: method == "POST" and path.endswith("/records")
+    server = await aiohttp_server(proxy.app())
+    through = {**w.env["acme"], "PACSPACE_URL": str(server.make_url("")).rstrip("/")}
+    args = ("record", "--relationship", rid, "--meter", "m", "--quantity", "5", "--period", "2026-11",
+            "--window", "2026-11-02T00:00:00Z/2026-11-02T01:00:00Z")
+    code, _, err = await _cli_async(*args, env=through)
+    assert code == 1 and "kept in the outbox" in err
+    code, _, err = await _cli_async("record", "--relationship", rid, "--meter", "m", "--quantity", "6", "--period",
+                                    "2026-11", "--window", "2026-11-02T01:00:00Z/2026-11-02T02:00:00Z", env=w.env["acme"])
+    assert code == 0 and "committed seq 2" in err, err
+    code, out, err = await _cli_async("records", "--relationship", rid, "--json", env=w.env["bob"])
+    assert code == 0 and [r["quantity"] for r in json.loads(out)["rows"] if r["kind"] == "delta"] == ["5", "6"]
+
+
+async def test_a_bad_proof_is_not_a_fork_and_the_next_honest_poll_goes_on(world, aiohttp_server):
+    """A consistency proof with one hash missing: not a fork (exit 20, not 11), the bills still confirm, and
+    the next honest poll exits 0."""
+    w = world
+    rid = relationship(w, "acme", "bob")
+    record(w, rid, 0, "10")
+    cli("close", "--relationship", rid, "--period", "2026-11", env=w.env["acme"])
+    assert cli("monitor", "--once", env=w.env["bob"]).returncode == 0
+    record(w, rid, 0, "4", period="2026-12", day="2026-12-01")
+    proxy = Proxy(w.url)
+
+    def drop_one(path: str, body: bytes) -> bytes:
+        if path == "/v1/proof/consistency":
+            data = json.loads(body)
+            data["hashes"] = data["hashes"][:-1]
+            return json.dumps(data).encode()
+        return body
+
+    proxy.alter = drop_one
+    server = await aiohttp_server(proxy.app())
+    through = {**w.env["bob"], "PACSPACE_URL": str(server.make_url("")).rstrip("/")}
+    code, out, err = await _cli_async("monitor", "--once", "--json", env=through)
+    assert code == 20 and "DETECTED bad_proof" in err and "inconsistent_checkpoints" not in err
+    assert json.loads(out)["new_records"] == 1  # the log's tiles showed the checkpoints consistent: the poll went on
+    code, out, err = await _cli_async("bill", "verify", "--relationship", rid, "--period", "2026-11", env=w.env["bob"])
+    assert code == 0, err
+    code, out, err = await _cli_async("monitor", "--once", env=w.env["bob"])
+    assert code == 0 and out.startswith("ok:")

@@ -11,11 +11,9 @@ import json
 import os
 import time
 
-import aiohttp
 import pytest
-from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import accept_as, add_two_parties, hour, register_two_homes, new_log
+from helpers import Proxy, accept_as, add_two_parties, hour, register_two_homes, new_log
 
 from pacspace.note import NoteSigner
 from pacspace.client.http import PacspaceClient
@@ -31,26 +29,6 @@ from pacspace.server.app import create_app
 
 
 
-class Proxy:
-    """Forwards to the real server; ``alter(path, body) -> body`` may rewrite one answer."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.alter = lambda path, body: body
-        self.route = lambda path: self.upstream  # which server answers a path
-
-    async def handle(self, request: web.Request) -> web.Response:
-        async with aiohttp.ClientSession() as s:
-            async with s.request(request.method, self.route(request.path) + request.path_qs, headers={
-                k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")
-            }, data=await request.read()) as r:
-                body = await r.read()
-                ctype = r.headers.get("Content-Type", "application/octet-stream")
-                status = r.status
-        body = self.alter(request.path, body)
-        return web.Response(body=body, status=status, headers={"Content-Type": ctype})
-
-
 @pytest.fixture
 async def world(aiohttp_client, aiohttp_server, tmp_path):
     new_log(tmp_path / "log")
@@ -59,9 +37,7 @@ async def world(aiohttp_client, aiohttp_server, tmp_path):
     real = await aiohttp_client(app)
     upstream = str(real.make_url("")).rstrip("/")
     proxy = Proxy(upstream)
-    proxy_app = web.Application()
-    proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    proxy_server = await aiohttp_server(proxy_app)
+    proxy_server = await aiohttp_server(proxy.app())
     acme, bob = await register_two_homes(upstream, tmp_path)
     async with PacspaceClient(upstream, "tok-acme") as c:
         rid = (await create_relationship(c, acme.keys(), "acme", "bob"))["relationship"]
