@@ -124,10 +124,27 @@ async def test_rollback(world):
 
 
 async def _grow(world, n=2):
+    """``n`` more deltas, each in a minute of its own from November 10 on, in one batch."""
+    from datetime import datetime, timedelta, timezone
+
+    from pacspace.records.body import Common, body_hash
+
+    view = world.view
+    items = []
+    head = view.head
+    seq, prev = head.next_seq, head.head
+    for _ in range(n):
+        start = datetime(2026, 11, 10, tzinfo=timezone.utc) + timedelta(minutes=seq)
+        window = (start.strftime("%Y-%m-%dT%H:%M:%SZ"), (start + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        body = Delta(Common(world.rid, seq, prev, f"g{seq}", "2026-11-30T00:00:00Z"), "2026-11", *window,
+                     (Line("llm.requests", "request", "1", {}),))
+        sealed = seal(body, view.keys, world.acme.keys().ed25519)
+        items.append({"relationship": world.rid, "seq": seq, "tag": base64.b64encode(sealed.tag).decode(),
+                      "ciphertext": base64.b64encode(sealed.blob).decode()})
+        seq, prev = seq + 1, body_hash(sealed.body)
     async with PacspaceClient(world.upstream, "tok-acme") as c:
-        for _ in range(n):
-            at = hour(len(world.view.records) + 5)  # a window of its own
-            await append_body(c, world.acme, world.view, delta_maker("2026-11", at, [Line("llm.requests", "request", "1", {})]))
+        assert (await c.append_batch(items))["rejected"] == 0
+        world.view = await load_relationship(c, world.acme, world.rid, world.acme.log_key())
 
 
 def _serve_bad_consistency(world):
@@ -448,3 +465,37 @@ async def test_a_checkpoint_without_the_policy_quorum(world):
         with pytest.raises(Detection) as info:
             await poll(c, world.bob, world.state, world.bob.log_key(), policy=policy)
     assert info.value.kind == "unwitnessed_checkpoint" and info.value.exit_code == 19
+
+
+async def test_the_monitor_reads_tiles_keeps_the_full_ones_and_asks_for_no_proof(world):
+    """Inclusion is computed locally from the log's tiles; full tiles a verified proof used are kept, so the
+    next poll fetches only the right edge; the proof endpoint is never needed while the tiles are right."""
+    asked: list[str] = []
+
+    def count(path, body):
+        asked.append(path)
+        return body
+
+    world.proxy.alter = count
+    await _grow(world, 300)  # past one full tile of 256 entries
+    report = await monitor_once(world)
+    assert report.exit_code == 0 and report.new_records == 304
+    assert not [p for p in asked if p.startswith("/v1/proof/inclusion")]
+    first = [p for p in asked if p.startswith("/tile/")]
+    assert "/tile/0/000" in first and world.state.tiles([(0, 0)])
+    asked.clear()
+    await _grow(world, 2)
+    assert (await monitor_once(world)).new_records == 2
+    again = [p for p in asked if p.startswith("/tile/")]
+    assert "/tile/0/000" not in again and all(".p/" in p for p in again)  # only the right edge
+
+
+async def test_wrong_tiles_fall_back_to_the_proof_endpoint_and_are_reported(world):
+    def alter(path, body):
+        return bytes(len(body)) if path.startswith("/tile/0/") else body
+
+    world.proxy.alter = alter
+    report = await monitor_once(world)
+    assert report.new_records == 4 and [d.kind for d in report.detections] == ["bad_proof"]
+    assert "tiles" in str(report.detections[0])
+    assert world.state.tiles([(0, 0)]) == {}  # nothing of a wrong tile is kept

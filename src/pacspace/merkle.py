@@ -174,6 +174,11 @@ def inclusion_proof(index: int, size: int, reader: HashReader) -> list[Hash]:
     return _fold_ranges(ranges, reader.read_hashes(nodes) if nodes else [])
 
 
+def fold_inclusion_proof(index: int, size: int, hashes: Sequence[bytes]) -> list[Hash]:
+    """:func:`inclusion_proof` from the hashes of :func:`inclusion_proof_plan`'s nodes, read beforehand."""
+    return _fold_ranges(_path_ranges(index, 0, size), list(hashes))
+
+
 class RangeHashes:
     """A bounded memo of MTH(D[start:end]) by (start, end), for many inclusion proofs in the same few trees.
 

@@ -29,6 +29,7 @@ once however many polls see it again.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -40,8 +41,18 @@ from typing import Any
 from ..checkpoint import SignedCheckpoint, open_checkpoint
 from ..errors import MalformedInput, PacspaceError, ProofError, SignatureError
 from ..exitcodes import DETECTIONS, FAILURE, OK, RULE_BROKEN, UNREACHABLE
-from ..keys import KeyUnusable, PublicKeys, unwrap_secret
-from ..merkle import consistency_path, consistency_proof_plan, leaf_hash, proves_fork, verify_consistency, verify_inclusion
+from ..keys import KeyUnusable, PublicKeys, fingerprint_matches, unwrap_secret
+from ..merkle import (
+    Node,
+    consistency_path,
+    consistency_proof_plan,
+    fold_inclusion_proof,
+    inclusion_proof_plan,
+    leaf_hash,
+    proves_fork,
+    verify_consistency,
+    verify_inclusion,
+)
 from ..note import Ed25519Verifier
 from ..policy import Policy, require_quorum
 from ..records.acceptance import acceptance_valid
@@ -57,7 +68,9 @@ from .tile_reader import TileReader
 
 # Kept for callers that map kinds to codes; the table lives in pacspace.exitcodes.
 EXIT_CODES = DETECTIONS
-PAGE = 1000
+PAGE = 1000  # records per request (the server's largest page)
+PARALLEL = 16  # requests in flight at once
+CHUNK = 32  # relationships whose records are held in memory at once
 
 
 class Detection(PacspaceError):
@@ -140,6 +153,7 @@ class _Poll:
     log_key: Ed25519Verifier
     progress: Callable[[str, int, int], None] | None
     now: int
+    tile_detections: list[Detection] = field(default_factory=list)
 
 
 async def poll(
@@ -163,10 +177,30 @@ async def poll(
     state.save_checkpoint(checkpoint.size, checkpoint.format(), ctx.now)
     me = await client.me()
     report = PollReport(checkpoint.size, log_detections=recovered)
-    for info in await client.relationships():
+    listing = await client.relationships()
+    for start in range(0, len(listing), CHUNK):
+        await _chunk(ctx, checkpoint, listing[start : start + CHUNK], me["name"], report)
+    if me.get("role") == "customer":
+        report.pending = await client.relationships(state="pending")
+    return report
+
+
+async def _chunk(ctx: _Poll, checkpoint: SignedCheckpoint, infos: list[dict[str, Any]], me: str, report: PollReport) -> None:
+    """Some relationships: their new records fetched concurrently, the tiles all their proofs need fetched once,
+    then each relationship verified and stored on its own."""
+    gate = asyncio.Semaphore(PARALLEL)
+    fetched = await asyncio.gather(*(_fetch(ctx, info, gate) for info in infos), return_exceptions=True)
+    tiles: TileReader | None = TileReader(ctx.client, checkpoint.size, ctx.state, PARALLEL)
+    try:
+        await tiles.fetch(_nodes([f for f in fetched if isinstance(f, _Fetched)], checkpoint.size))  # type: ignore[union-attr]
+    except PacspaceError:
+        tiles = None  # every proof then comes from the log's proof endpoint, and is checked the same way
+    for info, got in zip(infos, fetched):
         outcome = RelationshipOutcome(info["relationship"])
         try:
-            await _follow(ctx, checkpoint, info, me["name"], outcome)
+            if isinstance(got, BaseException):
+                raise got
+            await _follow(ctx, checkpoint, info, me, outcome, got, tiles)
         except Detection as found:
             found.relationship = found.relationship or outcome.relationship
             _note(ctx, found)
@@ -174,9 +208,42 @@ async def poll(
         except PacspaceError as exc:
             outcome.error = exc
         report.outcomes.append(outcome)
-    if me.get("role") == "customer":
-        report.pending = await client.relationships(state="pending")
-    return report
+    if tiles is not None:
+        ctx.state.save_tiles(tiles.new_full_tiles())
+    for found in ctx.tile_detections:
+        _note(ctx, found)
+    report.log_detections += ctx.tile_detections
+    ctx.tile_detections = []
+
+
+@dataclass
+class _Fetched:
+    """What the server says of one relationship, and what the copy holds of it."""
+
+    detail: dict[str, Any]
+    copies: list[StoredCopy]
+    rows: list[dict[str, Any]]
+
+
+async def _fetch(ctx: _Poll, info: dict[str, Any], gate: asyncio.Semaphore) -> _Fetched:
+    rid = info["relationship"]
+    async with gate:
+        detail = await ctx.client.relationship(rid)
+        copies = ctx.state.copies(rid)
+        rows = await _rows(ctx.client, rid, copies[-1].seq if copies else -1)
+    return _Fetched(detail, copies, rows)
+
+
+def _nodes(fetched: list[_Fetched], size: int) -> set[Node]:
+    """Every tree node the inclusion proofs of these records read; each row keeps its own (``plan``)."""
+    nodes: set[Node] = set()
+    for f in fetched:
+        for row in f.rows:
+            index = row.get("index")
+            if isinstance(index, int) and 0 <= index < size:
+                row["plan"] = inclusion_proof_plan(index, size)
+                nodes.update(row["plan"])
+    return nodes
 
 
 # --- the log ---------------------------------------------------------------
@@ -270,19 +337,20 @@ def _consistent(old: int, size: int, old_root: bytes, root: bytes, path: list[by
 # --- one relationship -------------------------------------------------------
 
 
-async def _follow(ctx: _Poll, checkpoint: SignedCheckpoint, info: dict[str, Any], me: str, out: RelationshipOutcome) -> None:
+async def _follow(
+    ctx: _Poll, checkpoint: SignedCheckpoint, info: dict[str, Any], me: str, out: RelationshipOutcome,
+    fetched: _Fetched, tiles: TileReader | None,
+) -> None:
     """Verify and store one relationship's new records; raises Detection at the first record that fails."""
     rid = out.relationship
     known = ctx.state.relationship(rid)
-    detail = await ctx.client.relationship(rid)
+    detail, copies, rows = fetched.detail, fetched.copies, fetched.rows
     try:
         provider = PublicKeys.from_json({k: detail["provider_keys"][k] for k in ("x25519", "ed25519")})
     except (KeyUnusable, KeyError, TypeError):
         raise Detection("key_mismatch", f"{rid}: the server relays no usable keys for the provider",
                         {"relationship": rid, "relayed": detail.get("provider_keys")}) from None
-    copies = ctx.state.copies(rid)
     ledger, head = _replay(copies)
-    rows = await _rows(ctx.client, rid, copies[-1].seq if copies else -1)
     followed: Followed | None = None
     if known is None:
         if not rows:
@@ -298,7 +366,7 @@ async def _follow(ctx: _Poll, checkpoint: SignedCheckpoint, info: dict[str, Any]
         except (KeyUnusable, ValueError) as exc:
             raise Detection("key_mismatch", f"{rid}: {exc}", {"relationship": rid}) from None
         followed = known = Followed(rid, info["provider"], info["customer"], provider.fingerprint(), secret)
-    elif provider.fingerprint() != known.provider_fingerprint:
+    elif not fingerprint_matches(provider.fingerprint(), known.provider_fingerprint):
         raise Detection(
             "key_mismatch",
             f"{rid}: the server now relays provider keys {provider.fingerprint()}, not the "
@@ -310,7 +378,7 @@ async def _follow(ctx: _Poll, checkpoint: SignedCheckpoint, info: dict[str, Any]
     new_findings: list[StoredFinding] = []
     try:
         for n, row in enumerate(rows):
-            copy, record = await _verify(ctx.client, rid, row, rkeys, provider, checkpoint)
+            copy, record = await _verify(ctx, rid, row, rkeys, provider, checkpoint, tiles)
             try:
                 head = check_next(head, record)
             except ChainError as exc:
@@ -376,12 +444,13 @@ def _classify(exc: SealError) -> str:
 
 
 async def _verify(
-    client: PacspaceClient,
+    ctx: _Poll,
     rid: str,
     row: dict[str, Any],
     rkeys: RelationshipKeys,
     provider: PublicKeys,
     checkpoint: SignedCheckpoint,
+    tiles: TileReader | None,
 ) -> tuple[StoredCopy, Opened]:
     evidence = _record_evidence(rid, row, checkpoint)
     try:
@@ -392,24 +461,46 @@ async def _verify(
     entry = public_entry(tag, blob)
     if not 0 <= index < checkpoint.size:
         raise Detection("inclusion_failed", f"{rid} seq {seq}: index {index} is beyond the checkpoint", evidence, rid, seq)
-    proof = await client.inclusion(index, checkpoint.size)
-    try:
-        path = [base64.b64decode(h, validate=True) for h in proof["hashes"]]
-        verify_inclusion(index, checkpoint.size, leaf_hash(entry), path, checkpoint.root_hash)
-    except (ProofError, KeyError, TypeError, ValueError) as exc:
-        evidence["inclusion_proof"] = proof.get("hashes") if isinstance(proof, dict) else None
-        raise Detection(
-            "inclusion_failed",
-            f"{rid} seq {seq}: the record is not in the log at index {index} ({exc}); "
-            "a ciphertext that does not match the logged ct_hash fails here too",
-            evidence, rid, seq,
-        ) from None
+    path = _path_from_tiles(tiles, index, row.get("plan"), checkpoint, leaf_hash(entry))
+    if path is None:
+        proof = await ctx.client.inclusion(index, checkpoint.size)
+        try:
+            path = [base64.b64decode(h, validate=True) for h in proof["hashes"]]
+            verify_inclusion(index, checkpoint.size, leaf_hash(entry), path, checkpoint.root_hash)
+        except (ProofError, KeyError, TypeError, ValueError) as exc:
+            evidence["inclusion_proof"] = proof.get("hashes") if isinstance(proof, dict) else None
+            raise Detection(
+                "inclusion_failed",
+                f"{rid} seq {seq}: the record is not in the log at index {index} ({exc}); "
+                "a ciphertext that does not match the logged ct_hash fails here too",
+                evidence, rid, seq,
+            ) from None
+        if tiles is not None and not ctx.tile_detections:
+            ctx.tile_detections.append(Detection(
+                "bad_proof", f"the log's tiles give a wrong inclusion proof for index {index}, its proof endpoint a "
+                "right one; this proves nothing about the log, but other tlog clients read those tiles",
+                {"index": index, "checkpoint": checkpoint.format().decode()}, seq=index))
     try:
         record = open_record(seq, tag, blob, rkeys, provider.signing_key())
     except SealError as exc:
         raise Detection(_classify(exc), f"{rid} seq {seq}: {exc}", evidence, rid, seq) from None
     copy = StoredCopy(rid, seq, index, tag, blob, record.encoded, record.signature, checkpoint.size, b"".join(path))
     return copy, record
+
+
+def _path_from_tiles(
+    tiles: TileReader | None, index: int, plan: list[Node] | None, checkpoint: SignedCheckpoint, leaf: bytes
+) -> list[bytes] | None:
+    """The inclusion path computed from the log's tiles, if it leads to the signed root; else None."""
+    if tiles is None or plan is None:
+        return None
+    try:
+        path = list(fold_inclusion_proof(index, checkpoint.size, tiles.read_hashes(plan)))
+        verify_inclusion(index, checkpoint.size, leaf, path, checkpoint.root_hash)
+    except (PacspaceError, KeyError):
+        return None
+    tiles.proven(plan)
+    return path
 
 
 def _check_genesis(record: Opened, rid: str, info: dict[str, Any], provider: PublicKeys, home: Home, me: str) -> None:

@@ -7,7 +7,8 @@ was verified under. A poll writes the checkpoint first, then each
 relationship's new records in a transaction of their own, so one relationship
 that fails verification never holds back another. The copy needs no server.
 
-Beside the copy: the findings (authentic records that break a protocol rule,
+Beside the copy: the log's full tiles that a verified proof used (client.tile_reader), so a poll
+fetches only what is new; the findings (authentic records that break a protocol rule,
 records.rules) and the detections (what failed verification), each with the
 path of its evidence file, so that a detection repeated at every poll is saved
 once and the console and ``bill verify`` can show them.
@@ -16,6 +17,7 @@ once and the console and ``bill verify`` can show them.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,9 @@ _SCHEMA = (
         found_at INTEGER NOT NULL,
         PRIMARY KEY (relationship, seq, kind)
     )""",
+    # Full tiles only: they never change once the log has them.
+    "CREATE TABLE IF NOT EXISTS tiles (level INTEGER NOT NULL, n INTEGER NOT NULL, hashes BLOB NOT NULL, "
+    "PRIMARY KEY (level, n)) WITHOUT ROWID",
     # scope: a relationship id, or '' for the log itself; seq -1 where no record is concerned.
     """CREATE TABLE IF NOT EXISTS detections (
         scope TEXT NOT NULL,
@@ -178,6 +183,21 @@ class MonitorState:
     def detection(self, scope: str, kind: str, seq: int) -> StoredDetection | None:
         found = [d for d in self.detections(scope) if (d.kind, d.seq) == (kind, seq)]
         return found[0] if found else None
+
+    def tiles(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The full tiles held of these (level, n)."""
+        out: dict[tuple[int, int], bytes] = {}
+        for level, n in keys:
+            row = self._conn.execute("SELECT hashes FROM tiles WHERE level = ? AND n = ?", (level, n)).fetchone()
+            if row is not None:
+                out[(level, n)] = bytes(row[0])
+        return out
+
+    def save_tiles(self, tiles: list[tuple[int, int, bytes]]) -> None:
+        """Full tiles that a verified proof used: the log's own, for good."""
+        if tiles:
+            with write_transaction(self._conn) as conn:
+                conn.executemany("INSERT OR IGNORE INTO tiles VALUES (?, ?, ?)", tiles)
 
     def save_checkpoint(self, size: int, note: bytes, now: int) -> None:
         """A checkpoint verified against the pinned key and consistent with the latest one stored."""

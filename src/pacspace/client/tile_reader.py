@@ -1,34 +1,109 @@
 """Hashes of the log's tree read from its public tiles (C2SP tlog-tiles), for proofs the client computes itself.
 
 Tiles come from the server and prove nothing alone: whatever is computed from
-them must lead to a root the log signed (merkle.proves_fork, verify_consistency)
-before it is believed.
+them must lead to a root the log signed (verify_inclusion, merkle.proves_fork)
+before it is believed. A proof that does lead there commits to every hash of
+every tile it was folded from (the hashes a path leaves out are under the
+subtree hashes it includes), so once a proof from a full tile verified, the
+whole tile is the log's own, and stays so: a full tile never changes. Those
+are kept (``TileCache``) and never fetched again; the right edge's partial
+tiles are fetched for each tree size.
+
+Tiles are fetched concurrently, ``parallel`` at a time, and each is expanded
+once (all eight sub-levels) so that many proofs through one tile fold nothing
+twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from ..errors import MalformedInput
 from ..merkle import HASH_SIZE, Node
-from ..tiles import TileRef, node_in_tile, tile_of_node
-from .http import PacspaceClient
+from ..tiles import TILE_HEIGHT, TILE_WIDTH, TileRef, expand, tile_of_node
+
+Key = tuple[int, int]  # (tile level, tile index): in a tree of one size, one tile (full or its partial one)
+
+
+class TileCache(Protocol):
+    """Full tiles verified before: ``(level, n) -> the tile's 256 hashes``."""
+
+    def tiles(self, keys: Iterable[Key]) -> dict[Key, bytes]: ...
+
+
+class TileSource(Protocol):
+    async def tile(self, path: str) -> bytes: ...
+
+
+def _key(node: Node) -> Key:
+    level, n = node
+    return level // TILE_HEIGHT, n >> (TILE_HEIGHT - level % TILE_HEIGHT)
 
 
 class TileReader:
     """A HashReader over the tiles of one tree size: ``await fetch(nodes)`` first, then ``read_hashes``."""
 
-    def __init__(self, client: PacspaceClient, size: int) -> None:
+    def __init__(self, client: TileSource, size: int, cache: TileCache | None = None, parallel: int = 16) -> None:
         self._client = client
         self._size = size
-        self._tiles: dict[TileRef, bytes] = {}
+        self._cache = cache
+        self._parallel = parallel
+        self._tiles: dict[Key, bytes] = {}
+        self._expanded: dict[Key, list[bytes]] = {}
+        self._cached: set[Key] = set()
+        self._proven: set[Key] = set()
 
-    async def fetch(self, nodes: Sequence[Node]) -> None:
-        for ref in {tile_of_node(node, self._size) for node in nodes} - self._tiles.keys():
-            data = await self._client.tile(ref.path())
+    async def fetch(self, nodes: Iterable[Node]) -> None:
+        """Have every tile these nodes lie in: from the cache if it holds the (full) tile, else from the log."""
+        refs = {_key(node): node for node in nodes}
+        wanted = {key: tile_of_node(node, self._size) for key, node in refs.items() if key not in self._tiles}
+        full = [key for key, ref in wanted.items() if not ref.is_partial]
+        if self._cache is not None and full:
+            for key, data in self._cache.tiles(full).items():
+                self._tiles[key] = data
+                self._cached.add(key)
+        missing = [(key, ref) for key, ref in sorted(wanted.items()) if key not in self._tiles]
+        gate = asyncio.Semaphore(self._parallel)
+
+        async def one(key: Key, ref: TileRef) -> None:
+            async with gate:
+                data = await self._client.tile(ref.path())
             if len(data) != ref.width * HASH_SIZE:
                 raise MalformedInput(f"{ref.path()} has {len(data)} bytes, not {ref.width * HASH_SIZE}")
-            self._tiles[ref] = data
+            self._tiles[key] = data
+
+        await asyncio.gather(*(one(key, ref) for key, ref in missing))
 
     def read_hashes(self, nodes: Sequence[Node]) -> list[bytes]:
-        return [node_in_tile(self._tiles[tile_of_node(node, self._size)], node) for node in nodes]
+        out = []
+        for node in nodes:
+            key = _key(node)
+            levels = self._expanded.get(key)
+            if levels is None:
+                data = self._tiles[key]
+                hashes = [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
+                levels = self._expanded[key] = [b"".join(level) for level in expand(hashes)[:TILE_HEIGHT]]
+            level, n = node
+            sublevel = level % TILE_HEIGHT
+            at = (n & ((1 << (TILE_HEIGHT - sublevel)) - 1)) * HASH_SIZE
+            hashed = levels[sublevel][at : at + HASH_SIZE]
+            if len(hashed) != HASH_SIZE:
+                raise MalformedInput(f"node {node} is not complete in the tiles of size {self._size}")
+            out.append(hashed)
+        return out
+
+    def proven(self, nodes: Iterable[Node]) -> None:
+        """A proof read from these nodes led to a signed root: their tiles are the log's own."""
+        self._proven.update(_key(node) for node in nodes)
+
+    def new_full_tiles(self) -> list[tuple[int, int, bytes]]:
+        """Full tiles proven in this reader's life and not cached before: (level, n, hashes), to keep."""
+        return [(level, n, self._tiles[(level, n)]) for level, n in sorted(self._proven - self._cached)
+                if len(self._tiles.get((level, n), b"")) == TILE_WIDTH * HASH_SIZE]
+
+    @property
+    def fetched(self) -> int:
+        """Tiles fetched from the log (not from the cache)."""
+        return len(self._tiles) - len(self._cached)

@@ -323,7 +323,8 @@ def to_json(body: Body) -> dict[str, Any]:
 
 
 def encode_body(body: Body) -> bytes:
-    return canonical.encode(to_json(body))
+    # The fields are validated when a body is built: to_json holds only strings, lists and objects.
+    return canonical.encode_checked(to_json(body))
 
 
 def body_hash(encoded: bytes) -> str:

@@ -24,6 +24,12 @@ class NotCanonical(MalformedInput):
 
 def encode(value: JsonValue) -> bytes:
     _check(value)
+    return encode_checked(value)
+
+
+def encode_checked(value: JsonValue) -> bytes:
+    """``encode`` for a value known to hold only strings, booleans, None, lists and string-keyed objects
+    (what ``decode`` returns, and what a body's to_json builds from its validated fields)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -43,26 +49,20 @@ def _check(value: JsonValue) -> None:
     raise NotCanonical(f"{type(value).__name__} is not allowed in canonical JSON (numbers travel as strings)")
 
 
-def _no_duplicates(pairs: list[tuple[str, JsonValue]]) -> dict[str, JsonValue]:
-    out: dict[str, JsonValue] = {}
-    for key, value in pairs:
-        if key in out:
-            raise NotCanonical(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def _no_numbers(text: str) -> None:
     raise NotCanonical(f"number {text!r}: numbers travel as strings")
 
 
 def decode(data: bytes) -> JsonValue:
-    """Parse canonical JSON; the result re-encodes to exactly ``data``."""
+    """Parse canonical JSON; the result re-encodes to exactly ``data``.
+
+    A duplicate key needs no check of its own: the object keeps one of the two, so the value re-encodes
+    to other bytes and is refused.
+    """
     try:
         text = data.decode("utf-8")
         value = json.loads(
             text,
-            object_pairs_hook=_no_duplicates,
             parse_int=_no_numbers,
             parse_float=_no_numbers,
             parse_constant=_no_numbers,
@@ -74,7 +74,7 @@ def decode(data: bytes) -> JsonValue:
     except RecursionError:
         raise NotCanonical("JSON nested too deeply") from None
     try:
-        again = encode(value)
+        again = encode_checked(value)
     except UnicodeEncodeError:
         raise NotCanonical("JSON string holds a lone surrogate") from None
     if again != data:
