@@ -9,3 +9,36 @@ VECTORS = pathlib.Path(__file__).parent / "vectors"
 @pytest.fixture(scope="session")
 def rfc6962() -> dict:
     return json.loads((VECTORS / "rfc6962.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole run (tests/browser.py)."""
+    import shutil as _shutil
+
+    from browser import start_browser
+
+    driver, profile = start_browser()
+    yield driver
+    driver.quit()
+    _shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory, request):
+    """Where the browser tests save their screenshots (printed at the end of the run)."""
+    from browser import Screenshots
+
+    shots = Screenshots(tmp_path_factory.mktemp("screenshots"))
+    request.config.stash[SCREENSHOTS] = shots
+    return shots
+
+
+SCREENSHOTS = pytest.StashKey()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    shots = config.stash.get(SCREENSHOTS, None)
+    if shots is not None and shots.taken:
+        terminalreporter.write_line(f"browser screenshots: {shots.folder} ({len(shots.taken)} files; copies in "
+                                    "/tmp/pacspace-screenshots)")

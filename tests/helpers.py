@@ -265,3 +265,37 @@ class Proxy:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
+
+
+async def read_answer(reader, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:  # type: ignore[no-untyped-def]
+    """One HTTP/1.1 answer from a raw connection: (status, headers with lower-case names, body); raises
+    TimeoutError if it does not arrive within ``timeout`` seconds (a bound for a hung test, not a measurement)."""
+    import asyncio
+
+    async def read() -> tuple[int, dict[str, str], bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return int(lines[0].split()[1]), headers, body
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+async def closed_by_peer(reader, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the server closes this raw connection within ``timeout`` seconds (reading and dropping what it sends)."""
+    import asyncio
+
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(65536):
+                pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True

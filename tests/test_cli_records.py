@@ -121,7 +121,8 @@ def test_readme_flow(tmp_path, server):
     assert verified.startswith("ok: entry at index")
     # The customer cannot append; a tampered receipt fails.
     refused = run("record", "--relationship", rid, "--meter", "x", "--quantity", "1", env={**customer}, ok=False)
-    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    # The server refuses the customer's token for it (HTTP 403): a usage error, exit 2.
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     text = (tmp_path / "close.tlog-proof").read_text().replace("index ", "index 1", 1)
     (tmp_path / "bad.tlog-proof").write_text(text)
     bad = run("receipt", "verify", str(tmp_path / "bad.tlog-proof"), "--log-key", vkey, env=base, ok=False)
@@ -153,7 +154,7 @@ def test_fsck_checks_records_too(tmp_path, server):
         f.seek(start + 40)
         f.write(bytes([flipped]))
     bad = run("fsck", "--data", data, env=base, ok=False)
-    assert bad.returncode == 1 and "does not match its ct_hash" in bad.stderr
+    assert bad.returncode == 6 and "does not match its ct_hash" in bad.stderr
     # A missing blob, and a settled index that the named checkpoint does not cover, are faults too.
     conn = sqlite3.connect(tmp_path / "pacspace-data" / "records.db")
     conn.execute("DELETE FROM spans WHERE blob_id = (SELECT blob_id FROM records WHERE seq = 0)")
@@ -161,5 +162,5 @@ def test_fsck_checks_records_too(tmp_path, server):
     conn.commit()
     conn.close()
     bad = run("fsck", "--data", data, env=base, ok=False)
-    assert bad.returncode == 1 and "seq 0: its blob is missing" in bad.stderr
+    assert bad.returncode == 6 and "seq 0: its blob is missing" in bad.stderr
     assert "seq 1: its checkpoint (size 1) does not cover its index 1" in bad.stderr

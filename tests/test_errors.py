@@ -11,7 +11,7 @@ from pacspace.server.errors import error_middleware
 from pacspace.server.records_api import Unauthorized
 
 
-def _before(request: web.Request) -> None:
+async def _before(request: web.Request) -> None:
     if request.path.startswith("/private") and request.headers.get("Authorization") != "Bearer ok":
         raise Unauthorized("a valid bearer token is required")
 

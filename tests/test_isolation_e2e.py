@@ -244,6 +244,18 @@ async def test_a_lost_answer_leaves_nothing_stuck(world, aiohttp_server):
     assert code == 0 and "committed seq 2" in err, err
     code, out, err = await _cli_async("records", "--relationship", rid, "--json", env=w.env["bob"])
     assert code == 0 and [r["quantity"] for r in json.loads(out)["rows"] if r["kind"] == "delta"] == ["5", "6"]
+    # A close whose answer is lost: the same command again writes the close's receipt, and closes nothing twice.
+    receipt = w.tmp / "close.tlog-proof"
+    code, _, err = await _cli_async("close", "--relationship", rid, "--period", "2026-11", "--out", str(receipt),
+                                    env=through)
+    assert code == 1 and not receipt.exists()
+    code, _, err = await _cli_async("close", "--relationship", rid, "--period", "2026-11", "--out", str(receipt),
+                                    env=w.env["acme"])
+    assert code == 0 and "was closed by seq 3" in err, err
+    code, out, err = await _cli_async("receipt", "verify", str(receipt), env=w.env["acme"])
+    assert code == 0 and out.startswith("ok:"), err
+    code, out, _ = await _cli_async("records", "--relationship", rid, "--json", env=w.env["bob"])
+    assert [r["kind"] for r in json.loads(out)["rows"]].count("close") == 1
 
 
 async def test_a_bad_proof_is_not_a_fork_and_the_next_honest_poll_goes_on(world, aiohttp_server):

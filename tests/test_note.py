@@ -648,3 +648,18 @@ def test_from_private_key_text_rejects_without_leaking(case):
     for text in rendered:
         for secret in secrets:
             assert secret not in text, (case, text)
+
+
+def test_adding_a_signature_replaces_the_same_keys_line():
+    """A note never carries two lines from one key (name and key ID): strict verifiers refuse such a note."""
+    log = NoteSigner("example.com/log", Ed25519PrivateKey.from_private_bytes(bytes(32)))
+    witness = NoteSigner("witness.example/w1", Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+    other = NoteSigner("witness.example/w2", Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))))
+    text = "example.com/log\n1\n" + base64.b64encode(bytes(32)).decode() + "\n"
+    first, later = witness.cosign(text, 1_800_000_000), witness.cosign(text, 1_800_000_100)
+    note = Note(text, (log.sign(text), first)).with_signatures(other.cosign(text, 1_800_000_000), later)
+    assert note.signatures == (log.sign(text), later, other.cosign(text, 1_800_000_000))
+    twice = Note(text, (log.sign(text),)).with_signatures(first, later)
+    assert twice.signatures == (log.sign(text), later)
+    keys = [(s.name, s.key_id) for s in parse_note(note.format()).signatures]
+    assert len(keys) == len(set(keys)) == 3

@@ -64,7 +64,8 @@ dimensions = ["model"]
     (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
     imported = run("recorder", "import", str(tmp_path / "events.jsonl"), "--format", "cloudevents", "--config", str(config),
                    env=provider, ok=False)
-    assert imported.returncode == 1  # one line was not JSON
+    assert imported.returncode == 2  # one line was not JSON: an input error
+    assert imported.stderr.splitlines()[-1].startswith("pacspace: error: 1 line(s) of")
     assert json.loads(imported.stdout) == {"accepted": 36, "duplicates": 1, "rejected": 1}
     again = run("recorder", "import", str(tmp_path / "events.jsonl"), "--format", "cloudevents", "--config", str(config),
                 env=provider, ok=False)
@@ -120,6 +121,12 @@ dimensions = ["model"]
     (tmp_path / "forged.json").write_text(json.dumps(forged))
     refused = run("evidence", "verify-event", str(tmp_path / "forged.json"), env=customer, ok=False)
     assert refused.returncode == 6 and refused.stderr.startswith("pacspace: error:")
+    # A proof whose second item fails says no `ok:` for its first: every item is checked before any is reported.
+    mixed = json.loads(proof)
+    mixed["proofs"].append(forged["proofs"][0])
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    refused = run("evidence", "verify-event", str(tmp_path / "mixed.json"), env=customer, ok=False)
+    assert refused.returncode == 6 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1
 
     # carol: two daily deltas, and her bill verifies against an invoice computed from the Stripe export.
     run("monitor", "--once", env=carol)

@@ -245,7 +245,7 @@ def test_fingerprints_are_stable_and_distinct():
     a = PartyKeys.generate().public
     assert a.fingerprint() == PublicKeys.from_json(a.to_json()).fingerprint()
     assert a.fingerprint() != PartyKeys.generate().public.fingerprint()
-    assert len(a.fingerprint().split(":")) == 8
+    assert len(a.fingerprint().split(":")) == 16
 
 
 @settings(max_examples=60, deadline=None)

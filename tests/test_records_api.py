@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import time
@@ -327,7 +328,7 @@ async def test_a_repeated_tag_in_a_batch_refuses_only_its_relationships_records(
         await world.create(rid, customer="carol")
     d1 = world.delta(1, body_hash(g1.body))
     assert (await world.post(d1)).status == 201
-    await world.app[SERVICE].settled()
+    await world.app[SERVICE].appender.settled()
     d2 = world.delta(2, body_hash(d1.body))
     # The server never opens a record: any blob serves, under tags of our choosing.
     blob = B64(d2.blob)
@@ -351,8 +352,8 @@ async def test_a_repeated_tag_in_a_batch_refuses_only_its_relationships_records(
     ]  # fmt: skip
     assert body["accepted"] == 2
     service = world.app[SERVICE]
-    await service.settled()
-    assert service.tags.claimed == 0 and service.records.unsettled() == []
+    await service.appender.settled()
+    assert service.link.tags.claimed == 0 and service.records.unsettled() == []
     for rid in ("acme:rel-2", "acme:rel-4"):
         rows = (await (await world.http.get(f"/v1/relationships/{rid}/records", headers=world.auth("acme"))).json())["records"]
         assert [r["seq"] for r in rows] == [0]
@@ -370,7 +371,7 @@ async def test_records_whose_tags_cannot_be_checked_are_refused_and_forgotten(wo
     service = world.app[SERVICE]
     service.store.tags.broken = True
     await error(await world.post(d1), 503, "admission_failed")
-    assert service.records.unsettled() == [] and service.tags.claimed == 0
+    assert service.records.unsettled() == [] and service.link.tags.claimed == 0
     service.store.tags.broken = False
     assert (await world.post(d1)).status == 201
 
@@ -408,7 +409,7 @@ async def test_an_acknowledged_record_whose_settle_was_lost_is_settled_at_start(
     resp, g = await world.create()
     assert resp.status == 201
     service = world.app[SERVICE]
-    service.settle_later = lambda ops: None  # the process "dies" before this write: it never happens
+    service.link.settle_later = lambda ops: None  # the process "dies" before this write: it never happens
     d1 = world.delta(1, body_hash(g.body))
     resp = await world.post(d1)
     assert resp.status == 201
@@ -485,11 +486,11 @@ async def test_a_failing_repair_of_one_relationship_does_not_strand_the_others_o
     r1, g1 = await world.create("acme:rel-1")
     assert r1.status == 201
     service = world.app[SERVICE]
-    keep = service.settle_later
-    service.settle_later = lambda ops: None  # rel-1's seq 1 settle is lost
+    keep = service.link.settle_later
+    service.link.settle_later = lambda ops: None  # rel-1's seq 1 settle is lost
     d1 = world.delta(1, body_hash(g1.body), rid="acme:rel-1")
     assert (await world.post(d1, rid="acme:rel-1")).status == 201
-    service.settle_later = keep
+    service.link.settle_later = keep
     d2 = world.delta(2, body_hash(d1.body), rid="acme:rel-1")
     r2, g2 = await world.create("acme:rel-2")  # its own keys from here on
     assert r2.status == 201
@@ -497,7 +498,7 @@ async def test_a_failing_repair_of_one_relationship_does_not_strand_the_others_o
     async def broken(hashes, size):  # type: ignore[no-untyped-def]
         raise RuntimeError("the leaf index is unreachable")
 
-    service.find_leaves = broken
+    service.link.find_leaves = broken
     e1 = world.delta(1, body_hash(g2.body), rid="acme:rel-2")
     items = [{"relationship": rid, "seq": s.seq, "tag": B64(s.tag), "ciphertext": B64(s.blob)}
              for rid, s in (("acme:rel-1", d2), ("acme:rel-2", e1))]
@@ -506,8 +507,67 @@ async def test_a_failing_repair_of_one_relationship_does_not_strand_the_others_o
     results = (await resp.json())["results"]
     assert results[0]["status"] == "error" and results[0]["error"] == "previous_in_flight"
     assert results[1]["status"] == "ok", results
-    await service.settled()
+    await service.appender.settled()
     assert [r.relationship for r in service.records.unsettled()] == ["acme:rel-1"]
-    del service.find_leaves  # the fault clears: a retry repairs rel-1 and commits its seq 2
+    del service.link.find_leaves  # the fault clears: a retry repairs rel-1 and commits its seq 2
     resp = await world.post(d2, rid="acme:rel-1")
     assert resp.status == 201, await resp.text()
+
+
+async def test_bad_batch_items_beside_honest_writers_cost_only_their_own_requests(world):
+    """One provider floods bad batch items of several shapes (the first is issue 17's: an item of its own
+    relationship with an empty tag and an object for a ciphertext) while another provider appends honestly
+    through both routes: every honest request succeeds and every honest record is committed."""
+    _, g = await world.create("acme:rel-1")
+    heads = {}
+    for n in range(3):
+        rid = f"evil:rel-{n}"
+        resp, genesis = await world.create(rid, provider="evil", customer="carol")
+        assert resp.status == 201, await resp.text()
+        heads[rid] = (world.rkeys, genesis)
+    own = "acme:rel-1"
+    shapes = [
+        {"relationship": own, "seq": 0, "tag": "", "ciphertext": {}},
+        {"relationship": own, "seq": 1, "tag": B64(bytes(32)), "ciphertext": []},
+        {"relationship": own, "seq": "x"},
+        {"relationship": own},
+        {"relationship": own, "seq": 1, "tag": B64(bytes(32)), "ciphertext": "AA=="},
+        {"relationship": own, "seq": 2**70, "tag": B64(bytes(32)), "ciphertext": B64(bytes(200))},
+        {"relationship": 5, "seq": 1},
+        {"relationship": "acme:nope", "seq": 1, "tag": B64(bytes(32)), "ciphertext": B64(bytes(200))},
+        [], "x", None, 7,
+    ]
+
+    async def flood():
+        statuses = []
+        for _ in range(30):
+            for shape in shapes:
+                resp = await world.http.post("/v1/records", json={"records": [shape]}, headers=world.auth("acme"))
+                statuses.append(resp.status)
+                await resp.read()
+        return statuses
+
+    async def honest(rid):
+        world.rkeys, prev = heads[rid]
+        rkeys, statuses, prev_body = world.rkeys, [], prev.body
+        for seq in range(1, 16):
+            world.rkeys = rkeys
+            sealed = world.delta(seq, body_hash(prev_body), rid=rid, provider="evil")
+            if seq % 2:
+                resp = await world.post(sealed, rid=rid, who="evil")
+            else:
+                item = {"relationship": rid, "seq": seq, "tag": B64(sealed.tag), "ciphertext": B64(sealed.blob)}
+                resp = await world.http.post("/v1/records", json={"records": [item]}, headers=world.auth("evil"))
+                body = await resp.json()
+                assert body["accepted"] == 1, body
+            statuses.append(resp.status)
+            prev_body = sealed.body
+        return statuses
+
+    results = await asyncio.gather(*(flood() for _ in range(4)), *(honest(rid) for rid in heads))
+    bad, good = [s for r in results[:4] for s in r], [s for r in results[4:] for s in r]
+    assert all(s < 500 for s in bad), sorted(set(bad))
+    assert good == [201 if k % 2 else 200 for _ in heads for k in range(1, 16)]
+    for rid in heads:
+        rows = (await (await world.http.get(f"/v1/relationships/{rid}/records", headers=world.auth("carol"))).json())["records"]
+        assert [r["seq"] for r in rows] == list(range(16))

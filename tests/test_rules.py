@@ -139,16 +139,22 @@ def test_windows_outside_the_period_overlapping_and_negative():
     c = Chain()
     c.delta("2026-11", h(2, 0), meter="a")
     c.delta("2026-11", h(2, 0), meter="b")  # the same window, other lines: one window split over deltas
-    c.delta("2026-11", h(2, 0), meter="c", late=False)
-    again = c.delta("2026-11", h(2, 0), meter="a")  # the same line again: counted twice
-    partial = c.delta("2026-11", ("2026-11-02T00:30:00Z", "2026-11-02T00:45:00Z"), meter="z")
     c.delta("2026-11", h(2, 1), meter="a")
+    c.delta("2026-11", h(2, 0), meter="c")  # a meter that arrives an hour late: its own line, its own time
+    again = c.delta("2026-11", h(2, 0), meter="a")  # the same line for the same time: counted twice
+    partial = c.delta("2026-11", ("2026-11-02T01:30:00Z", "2026-11-02T02:30:00Z"), meter="b")  # b's 01:30-02:00 is new,
+    c.delta("2026-11", h(2, 3), meter="b")
+    overlapping = c.delta("2026-11", ("2026-11-02T02:15:00Z", "2026-11-02T02:45:00Z"), meter="b")  # ...this is not
     c.delta("2026-11", h(2, 1), meter="a", late=True)  # late usage of an earlier window, flagged as such
-    older = c.delta("2026-11", h(2, 0), meter="d")  # not the latest window any more
-    negative = c.delta("2026-11", h(2, 5), quantity="-1")
-    c.delta("2026-11", h(2, 0), quantity="-1", corrects=1)  # a correction may lower, in any window
-    assert findings(c) == [(again.seq, "overlapping_window"), (partial.seq, "overlapping_window"),
-                           (older.seq, "overlapping_window"), (negative.seq, "negative_quantity")]
+    instant = c.delta("2026-11", ("2026-11-02T05:00:00Z", "2026-11-02T05:00:00Z"), meter="a")
+    twice = c.delta("2026-11", ("2026-11-02T05:00:00Z", "2026-11-02T05:00:00Z"), meter="a")
+    within = c.delta("2026-11", ("2026-11-02T00:30:00Z", "2026-11-02T00:30:00Z"), meter="c")  # inside c's 00:00-01:00
+    negative = c.delta("2026-11", h(2, 6), quantity="-1")
+    c.delta("2026-11", h(2, 0), quantity="-1", meter="a", corrects=1)  # a correction may lower, in any window
+    assert instant.seq and partial.seq
+    assert findings(c) == [(again.seq, "overlapping_window"), (overlapping.seq, "overlapping_window"),
+                           (twice.seq, "overlapping_window"), (within.seq, "overlapping_window"),
+                           (negative.seq, "negative_quantity")]
 
 
 def test_the_client_refuses_to_trap_a_period_open():
@@ -255,3 +261,53 @@ def test_a_chain_without_findings_is_one_the_old_rules_accept(rng: random.Random
                 pass  # a count no close may state: not a body a provider can sign
     if not findings(c):
         assert _old_accepts(c.records)
+
+
+def test_an_empty_close_ahead_of_time_passes_no_period():
+    """A close of a month with no usage (a typo: 2027-11 for 2026-11) does not make every later 2026 month
+    'passed': their usage is still accepted, and 2027-11 itself is closed."""
+    c = Chain()
+    c.delta("2026-11", h(2, 0))
+    c.close("2026-11")
+    c.close("2027-11")
+    c.delta("2026-12", h(1, 0, "2026-12"))
+    late = c.delta("2027-11", h(1, 0, "2027-11"))
+    assert findings(c) == [(late.seq, "usage_in_closed_period")]
+
+
+def test_totals_too_long_for_a_close_are_a_finding_and_the_client_refuses_them():
+    big = "9" * 64
+    c = Chain()
+    c.delta("2026-11", h(2, 0), big)
+    ledger = Ledger()
+    for r in c.records:
+        ledger.add(r)
+    x = Chain()
+    x.records = list(c.records)
+    assert "no close could state them" in (ledger.hazard(x.delta("2026-11", h(2, 1), big)) or "")
+    second = c.delta("2026-11", h(2, 1), big)  # an older client sends it anyway
+    bad = _opened(Close(c._common(), "2026-11", 1, 2, 2, body_hash(second.encoded), ()))  # no close can state the sum
+    c.records.append(bad)
+    found = Ledger()
+    kinds = [(f.seq, f.kind) for r in c.records for f in found.add(r)]
+    assert kinds == [(bad.seq, "bad_close")]
+
+
+def test_a_later_period_already_started_may_go_on_while_an_earlier_one_waits():
+    """Someone recorded December before closing November: December's run may continue (it splits nothing), and
+    November's close waits until December's; starting a new period while another is open is what is refused."""
+    c = Chain()
+    c.delta("2026-11", h(2, 0))
+    c.delta("2026-12", h(1, 0, "2026-12"))  # an older client: no rule broken
+    ledger = Ledger()
+    for r in c.records:
+        ledger.add(r)
+    more = Chain()
+    more.records = list(c.records)
+    assert ledger.hazard(more.delta("2026-12", h(1, 1, "2026-12"))) is None
+    early = Chain()
+    early.records = list(c.records)
+    assert "would split 2026-12" in (ledger.hazard(early.close("2026-11", ledger)) or "")
+    january = Chain()
+    january.records = list(c.records)
+    assert "2026-11 is still open" in (ledger.hazard(january.delta("2027-01", h(1, 0, "2027-01"))) or "")

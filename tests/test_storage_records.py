@@ -62,7 +62,7 @@ def test_a_bulk_reserve_stores_each_group_or_gives_its_error(store):
 
 
 def test_a_settled_records_tag_is_left_to_the_log_to_refuse(store):
-    """records.db keeps tags unique only among records waiting for the log (server/tags.py does the rest)."""
+    """records.db keeps tags unique only among records waiting for the log (appending.TagGuard does the rest)."""
     first = record(0)
     store.write([RecordStore.reserve_op("acme:r0", [first])])
     store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
@@ -73,6 +73,7 @@ def test_a_settled_records_tag_is_left_to_the_log_to_refuse(store):
 
 def test_reconcile_drops_a_copy_of_an_entry_another_record_holds(store):
     """A provider's copy of its own record (same entry, another relationship) that a crash left stored."""
+    from pacspace.appending import reconcile
     from pacspace.merkle import leaf_hash
 
     original = record(0)
@@ -81,7 +82,7 @@ def test_reconcile_drops_a_copy_of_an_entry_another_record_holds(store):
     store.write([RecordStore.reserve_op("acme:r1", [original])])
     copy = store.unsettled_of("acme:r1")[0]
     in_log = {leaf_hash(copy.entry): 0}
-    assert store.reconcile(in_log.get, checkpoint_size=1) == (0, 1)
+    assert reconcile(store, in_log.get, published_size=1) == (0, 1)
     assert store.unsettled() == [] and store.records("acme:r1", -1, 10) == []
     assert [(r.seq, r.index) for r in store.records("acme:r0", -1, 10)] == [(0, 0)]
 
@@ -318,6 +319,7 @@ def test_the_development_layout_of_version_2_is_refused_not_misread(tmp_path):
 
 
 def test_reconcile_settles_against_the_published_checkpoint_and_never_drops_a_committed_row(store):
+    from pacspace.appending import reconcile
     from pacspace.merkle import leaf_hash
 
     rows = [record(0), record(1), record(2)]
@@ -326,10 +328,10 @@ def test_reconcile_settles_against_the_published_checkpoint_and_never_drops_a_co
     in_log = {h: i for h, i in entries.items() if i < 2}  # seq 2 never reached the log
     # The log holds seqs 0 and 1 at indexes 0 and 1, but only a checkpoint of size 1 is published
     # (the witnesses have not cosigned the newer one).
-    assert store.reconcile(in_log.get, checkpoint_size=2, published_size=1) == (1, 1)
+    assert reconcile(store, in_log.get, published_size=1) == (1, 1)
     assert [(r.seq, r.index, r.checkpoint_size) for r in store.records("acme:r0", -1, 10)] == [(0, 0, 1)]
     assert [r.seq for r in store.unsettled_of("acme:r0")] == [1]  # committed: kept for a later checkpoint
-    assert store.reconcile(in_log.get, checkpoint_size=2, published_size=2) == (1, 0)
+    assert reconcile(store, in_log.get, published_size=2) == (1, 0)
     assert [(r.seq, r.index, r.checkpoint_size) for r in store.records("acme:r0", -1, 10)] == [(0, 0, 1), (1, 1, 2)]
 
 
@@ -470,3 +472,27 @@ def test_has_unsettled_sees_a_relationships_waiting_rows_only(store):
     assert store.has_unsettled("acme:r0")
     store.write([RecordStore.settle_op("acme:r0", [(1, 1)], 2)])
     assert not store.has_unsettled("acme:r0") and not store.has_unsettled("acme:nope")
+
+
+def test_an_op_that_raises_unexpectedly_fails_alone_and_the_others_of_its_transaction_commit(store, caplog):
+    from pacspace.errors import PacspaceError
+
+    def broken(conn):  # type: ignore[no-untyped-def]
+        conn.execute("INSERT INTO parties (name, role, token_hash, created_at) VALUES ('half', 'provider', x'00', 1)")
+        return [][0]
+
+    with caplog.at_level("ERROR", logger="pacspace.storage"):
+        results = store.write([RecordStore.reserve_op("acme:r0", [record(0)]), broken, RecordStore.reserve_op("acme:r1", [record(0)])])
+        (alone,) = store.write([broken])
+    assert results[0] is None and results[2] is None
+    for failed in (results[1], alone):
+        assert isinstance(failed, PacspaceError) and failed.http_status == 500 and isinstance(failed.__cause__, IndexError)
+    assert [r.seq for r in store.unsettled_of("acme:r0")] == [0] and [r.seq for r in store.unsettled_of("acme:r1")] == [0]
+    assert store.party("half") is None  # the failed op's own write was rolled back
+    assert caplog.text.count("IndexError") == 2  # logged once each
+
+
+def test_an_empty_group_is_refused_as_malformed_and_its_neighbours_are_stored(store):
+    (result,) = store.write([RecordStore.reserve_many_op([("acme:r0", []), ("acme:r1", [record(0)])])])
+    assert isinstance(result[0], MalformedInput) and result[1] is None
+    assert [r.seq for r in store.unsettled_of("acme:r1")] == [0]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 from pacspace.records.seal import entry_from_ct_hash, record_tag
-from pacspace.server.tags import TagGuard
+from pacspace.appending import TagGuard
 
 
 def admit(guard: TagGuard, entries, rows):
-    """The three steps as LogService.sequence_unique takes them, with the lookup inline."""
+    """The three steps as appending.Sequencing.commit takes them, with the lookup inline."""
     claim = guard.claim(entries, rows)
     try:
         found = guard.in_log(claim.claimed) if claim.claimed else []

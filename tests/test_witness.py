@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import free_port
 
 from pacspace.checkpoint import Checkpoint, sign_checkpoint
-from pacspace.merkle import ListHashReader, consistency_proof, leaf_hash, tree_hash
+from pacspace.merkle import EMPTY_ROOT, ListHashReader, consistency_proof, leaf_hash, tree_hash
 from pacspace.note import NoteSigner, parse_note
 from pacspace.server.witness_app import create_witness_app
 from pacspace.witness import Latest, WitnessRefusal, decide, parse_add_checkpoint, parse_log_policy
@@ -65,14 +66,31 @@ def test_decisions_follow_the_spec():
     assert stale.http_status == 409 and stale.size == 10
     rollback = refusal(body(0, 5), latest(10))
     assert rollback.http_status == 409 and rollback.size == 10
+    # C2SP tlog-witness since C2SP/C2SP@95978ca: a same-size checkpoint with another root is 422, not 409.
     fork_same_size = refusal(b"old 10\n\n" + note(10, FORK), latest(10))
-    assert fork_same_size.http_status == 409
+    assert fork_same_size.http_status == 422 and fork_same_size.size is None
     fork_bigger = refusal(body(10, 20, tree=FORK), latest(10))
     assert fork_bigger.http_status == 422
     bad_proof = consistency_proof(10, 20, TREE)
     bad_proof[0] = bytes(32)
     assert refusal(body(10, 20, proof=bad_proof), latest(10)).http_status == 422
     assert refusal(body(0, 20, proof=[bytes(32)]), None).http_status == 422
+
+
+def test_a_size_zero_checkpoint_must_have_the_empty_root():
+    empty = sign_checkpoint(Checkpoint(ORIGIN, 0, EMPTY_ROOT), LOG, 1_800_000_000).format()
+    decide(parse_add_checkpoint(b"old 0\n\n" + empty), LOGS, None)
+    bogus = sign_checkpoint(Checkpoint(ORIGIN, 0, bytes(32)), LOG, 1_800_000_000).format()
+    assert refusal(b"old 0\n\n" + bogus, None).http_status == 422
+    assert refusal(b"old 0\n\n" + bogus, Latest(0, EMPTY_ROOT, empty)).http_status == 422
+
+
+def test_proof_lines_between_equal_sizes_are_refused():
+    """RFC 6962's consistency proof from a size to itself is empty: any line is a proof that does not verify."""
+    extra = base64.b64encode(tree_hash(4, TREE)).decode().encode()
+    refused = refusal(b"old 10\n" + extra + b"\n\n" + note(10), latest(10))
+    assert refused.http_status == 422
+    decide(parse_add_checkpoint(b"old 10\n\n" + note(10)), LOGS, latest(10))
 
 
 @pytest.mark.parametrize(
@@ -116,6 +134,51 @@ async def test_http_add_checkpoint(aiohttp_client, tmp_path):
     latest_note = await (await client.get("/checkpoint", params={"origin": ORIGIN})).read()
     assert latest_note.startswith(note(20)[: note(20).index(b"\n\n")])
     assert (await client.get("/checkpoint", params={"origin": "nope"})).status == 404
+
+
+async def test_the_monitoring_endpoint_serves_the_cosignature_add_checkpoint_returned(aiohttp_client, tmp_path):
+    """C2SP tlog-witness: GET <prefix>/<hex SHA-256 of the origin>/checkpoint carries the witness's cosignature that
+    add-checkpoint returned (not a fresh one) and the log's signatures it verified; 404 for a log never cosigned."""
+    now = [1_800_000_000.0]
+    client = await aiohttp_client(create_witness_app(tmp_path, WITNESS, LOGS, clock=lambda: now[0]))
+    path = f"/{hashlib.sha256(ORIGIN.encode()).hexdigest()}/checkpoint"
+    assert (await client.get(path)).status == 404
+    stranger = NoteSigner("witness.example/stranger", Ed25519PrivateKey.generate())
+    submitted = note(10) + stranger.cosign(parse_note(note(10)).text, 1_800_000_000).line().encode()
+    resp = await client.post("/add-checkpoint", data=b"old 0\n\n" + submitted)
+    assert resp.status == 200
+    line = await resp.read()
+    now[0] += 3600  # a fresh cosignature now would carry another time
+    served = await client.get(path)
+    assert served.status == 200 and served.headers["Content-Type"] == "text/plain; charset=utf-8"
+    body = await served.read()
+    assert body == note(10) + line  # the log's signature and timestamp line, then the witness's: no stranger's
+    cosigned = parse_note(body)
+    assert WITNESS.cosignature_verifier.timestamp(cosigned.text, cosigned.signatures[-1].signature) == 1_800_000_000
+    assert await (await client.get("/checkpoint", params={"origin": ORIGIN})).read() == body  # the older query form
+    for wrong in (path.upper(), f"/{hashlib.sha256(b'example.com/other').hexdigest()}/checkpoint", "/abc/checkpoint"):
+        assert (await client.get(wrong)).status == 404, wrong
+    # Kept across a restart: the stored answer, not one signed at start-up.
+    await client.close()
+    again = await aiohttp_client(create_witness_app(tmp_path, WITNESS, LOGS, clock=lambda: now[0] + 1))
+    assert await (await again.get(path)).read() == body
+
+
+async def test_a_store_from_before_the_monitoring_endpoint_is_cosigned_once_at_start(aiohttp_client, tmp_path):
+    from pacspace.storage.witness import WitnessStore
+
+    store = WitnessStore(tmp_path)
+    store.advance(ORIGIN, lambda _: latest(10))  # what earlier versions stored: the note as submitted
+    store.close()
+    client = await aiohttp_client(create_witness_app(tmp_path, WITNESS, LOGS, clock=lambda: 1_800_000_500))
+    path = f"/{hashlib.sha256(ORIGIN.encode()).hexdigest()}/checkpoint"
+    body = await (await client.get(path)).read()
+    cosigned = parse_note(body)
+    assert body.startswith(note(10)) and len(cosigned.signatures) == 3
+    assert WITNESS.cosignature_verifier.timestamp(cosigned.text, cosigned.signatures[-1].signature) == 1_800_000_500
+    await client.close()
+    again = await aiohttp_client(create_witness_app(tmp_path, WITNESS, LOGS, clock=lambda: 1_900_000_000))
+    assert await (await again.get(path)).read() == body
 
 
 def test_state_survives_sigkill_after_a_reply(tmp_path):

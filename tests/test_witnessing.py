@@ -33,7 +33,9 @@ async def setup(tmp_path, aiohttp_server, aiohttp_client, quorum: str, up=(True,
             url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
         (tmp_path / f"w{i}").mkdir(exist_ok=True)
         lines.append(f"witness w{i} {w.cosignature_verifier.vkey()} {url}")
-    lines += ["group two-of-three 2 w0 w1 w2", "group all-three all w0 w1 w2", f"quorum {quorum}"]
+    # C2SP tlog-policy: a name is a member of one group at most, so only the quorum's group is defined.
+    groups = {"two-of-three": "group two-of-three 2 w0 w1 w2", "all-three": "group all-three all w0 w1 w2"}
+    lines += [groups[quorum], f"quorum {quorum}"]
     policy_file = tmp_path / "policy"
     policy_file.write_text("\n".join(lines) + "\n")
     config = ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01),
@@ -165,13 +167,13 @@ async def test_a_record_whose_answer_was_lost_shows_once_published_and_its_resen
     url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
     service = app[SERVICE]
     lookups = []
-    find_leaves = service.find_leaves
+    find_leaves = service.link.find_leaves
 
     async def counted(hashes, size):  # type: ignore[no-untyped-def]
         lookups.append(len(hashes))
         return await find_leaves(hashes, size)
 
-    service.find_leaves = counted
+    service.link.find_leaves = counted
     acme, _ = await register_two_homes(url, tmp_path)
     signer = acme.keys().ed25519
 
@@ -220,3 +222,101 @@ async def test_a_record_whose_answer_was_lost_shows_once_published_and_its_resen
         await c.records(rids[0])
         await c.records(rids[1])
         assert len(lookups) == before  # settled again: no lookups
+
+
+async def test_a_restart_with_a_changed_policy_never_repeats_a_witness_line(tmp_path, aiohttp_server, aiohttp_client):
+    """w0 cosigns the log; `serve` restarts with w0 and w1 required: the newest checkpoint gets w1's line beside
+    w0's, never a second w0 line. Every checkpoint the log published or stored passes a strict C2SP verifier."""
+    import strict_c2sp
+
+    from pacspace.storage.sqlite import SqliteLog
+
+    vkey = new_log(tmp_path / "log")
+    log_key = parse_vkey(vkey)
+    signers = [NoteSigner(f"witness.example/w{i}", Ed25519PrivateKey.generate()) for i in range(2)]
+    lines = []
+    for i, w in enumerate(signers):
+        (tmp_path / f"w{i}").mkdir()
+        server = await aiohttp_server(create_witness_app(tmp_path / f"w{i}", w, {log_key.name: log_key}))
+        lines.append(f"witness w{i} {w.cosignature_verifier.vkey()} {str(server.make_url('')).rstrip('/')}")
+    policy = tmp_path / "policy"
+    published: list[bytes] = []
+
+    async def serve(text: str):  # type: ignore[no-untyped-def]
+        policy.write_text(text)
+        app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01),
+                                      witness_policy=policy, witness_timeout=2.0))
+        client = await aiohttp_client(app)
+        published.append(await (await client.get("/checkpoint")).read())
+        return client, app[SERVICE].sequencer
+
+    client, seq = await serve(f"log {vkey}\n{lines[0]}\nquorum w0\n")
+    for batch in range(3):
+        await seq.submit_many([entry(batch * 10 + i) for i in range(10)])
+        published.append(await (await client.get("/checkpoint")).read())
+    before = published[-1]
+    await client.close()
+
+    client, seq = await serve(f"log {vkey}\n{lines[0]}\n{lines[1]}\ngroup both all w0 w1\nquorum both\n")
+    restarted = published[-1]
+    await seq.submit_many([entry(100 + i) for i in range(10)])
+    published.append(await (await client.get("/checkpoint")).read())
+    await client.close()
+
+    keys = [signers[0].cosignature_verifier.vkey(), signers[1].cosignature_verifier.vkey(),
+            signer_timestamp_vkey(tmp_path / "log")]
+    store = SqliteLog.open(tmp_path / "log", readonly=True)
+    try:
+        stored = list(store.checkpoints_newest_first())
+    finally:
+        store.close()
+    assert len(stored) == 5 and restarted in stored and published[-1] == stored[0]
+    for note in stored + published:
+        strict_c2sp.open_checkpoint(note, vkey, keys)  # raises on a repeated line, bad base64, a wrong key ID...
+    # The restart published the same tree with w1's cosignature added and w0's first one kept as it was.
+    assert restarted.startswith(before) and restarted.count(b"witness.example/w0") == 1
+    assert set(strict_c2sp.open_checkpoint(restarted, vkey, keys).cosigned_at) == {
+        "witness.example/w0", "witness.example/w1", log_key.name}
+
+
+def signer_timestamp_vkey(data_dir) -> str:  # type: ignore[no-untyped-def]
+    return load_signer(data_dir).cosignature_verifier.vkey()
+
+
+async def test_the_log_reads_a_fork_in_the_old_and_the_new_witness_answers(tmp_path, aiohttp_server, caplog):
+    """tlog-witness before #280 answered a same-size, different-root checkpoint 409 (no size body); since, 422.
+    The log's client takes both as a witness holding another tree at that size, and says so as an error."""
+    import logging
+
+    from aiohttp import web
+
+    from pacspace.merkle import ListHashReader, leaf_hash, tree_hash
+    from pacspace.server.witnessing import WitnessPool
+
+    signer = NoteSigner("example.com/log", Ed25519PrivateKey.generate())
+    tree = ListHashReader([leaf_hash(b"%d" % i) for i in range(8)])
+    checkpoint = sign_checkpoint(Checkpoint(signer.name, 8, tree_hash(8, tree)), signer, int(time.time()))
+    seen: list[bytes] = []
+
+    def witness(status: int, headers: dict[str, str], body: bytes) -> web.Application:
+        async def add_checkpoint(request: web.Request) -> web.Response:
+            seen.append(await request.read())
+            return web.Response(status=status, body=body, headers=headers)
+
+        app = web.Application()
+        app.router.add_post("/add-checkpoint", add_checkpoint)
+        return app
+
+    old = await aiohttp_server(witness(409, {"Content-Type": "text/plain"}, b"same size, different root\n"))
+    new = await aiohttp_server(witness(422, {"Content-Type": "text/plain"}, b"root mismatch\n"))
+    keys = [NoteSigner(f"witness.example/{n}", Ed25519PrivateKey.generate()).cosignature_verifier.vkey() for n in "ab"]
+    policy = parse_policy(f"witness old {keys[0]} {str(old.make_url('')).rstrip('/')}\n"
+                          f"witness new {keys[1]} {str(new.make_url('')).rstrip('/')}\ngroup g any old new\nquorum g\n")
+    pool = WitnessPool(policy, tree, 2.0, known_size={"old": 8, "new": 8})
+    with caplog.at_level(logging.INFO, logger="pacspace.witnessing"), pytest.raises(WitnessQuorumFailed):
+        await pool.cosign(checkpoint)
+    assert all(body.startswith(b"old 8\n\n") for body in seen) and len(seen) == 2  # no proof lines between equal sizes
+    forks = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(forks) == 2 and all("another tree at size 8" in m for m in forks), forks
+    assert {m.split()[1] for m in forks} == {"old", "new"}
+    assert pool.known_size == {"old": 8, "new": 8}  # a fork teaches no size

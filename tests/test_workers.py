@@ -501,3 +501,44 @@ async def test_a_customer_decides_through_either_worker_and_every_worker_reads_t
             status, body = pinned.call("POST", f"/v1/relationships/{rids[1]}/records", sealed_like(1))
             assert status == 409 and json.loads(body)["error"] == "relationship_declined"
             assert pinned.call("POST", f"/v1/relationships/{rids[0]}/records", sealed_like(seq))[0] == 201
+
+
+def test_workers_cap_their_connections_time_out_slow_heads_and_answer_bad_framing_in_json(data):
+    """serve --workers: each worker has the limits of ServerConfig, as a single process has."""
+    from helpers import closed_by_peer, read_answer
+
+    port = free_port()
+    config = {"max_connections": 4, "header_timeout": 1.0}
+    code = (
+        "import logging, sys; from pathlib import Path; from pacspace.config import ServerConfig; "
+        "from pacspace.server.supervisor import serve_with_workers; logging.basicConfig(level=logging.INFO); "
+        f"sys.exit(serve_with_workers(ServerConfig(data_dir=Path({str(data)!r}), port={port}, **{config!r}), 2, "
+        "lambda app: None))"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}")
+
+        async def probe() -> None:
+            # Two workers of 4 connections each: of 20 idle connections, at least 12 are closed to make room.
+            idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+            await asyncio.sleep(0.3)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n")
+            status, headers, body = await read_answer(reader)
+            assert status == 400 and json.loads(body)["error"] == "bad_request"
+            assert headers["content-type"].startswith("application/json")
+            closed = await asyncio.gather(*(closed_by_peer(r, timeout=0.5) for r, _ in idle))
+            assert closed.count(True) >= 12, closed
+            # A head that never ends is closed after header_timeout, well before our 10 s bound.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            assert await closed_by_peer(reader, timeout=10)
+            for _, w in [*idle, (reader, writer)]:
+                w.close()
+
+        asyncio.run(probe())
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+    assert b"Traceback" not in server.stderr.read()

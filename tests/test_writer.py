@@ -75,3 +75,42 @@ async def test_inline_ops_queued_together_share_a_transaction_even_if_a_caller_s
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+class PoisonedStore(Store):
+    """A store whose whole transaction fails if it holds a poisoned op: the failure is not any one op's result."""
+
+    def write(self, ops):  # type: ignore[no-untyped-def]
+        if any(getattr(op, "poison", False) for op in ops):
+            raise IndexError("list index out of range")
+        return super().write(ops)
+
+
+def poisoned(_):  # type: ignore[no-untyped-def]
+    return "never"
+
+
+poisoned.poison = True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("inline", [False, True])
+async def test_a_transaction_that_fails_is_logged_once_and_each_caller_retried_alone(inline, caplog):
+    from pacspace.errors import PacspaceError
+
+    store = PoisonedStore()
+    writer = GroupWriter(store, inline=inline)
+    calls = [asyncio.ensure_future(writer.write(ops)) for ops in ([lambda _: "a"], [poisoned, lambda _: "b"], [lambda _: "c"])]
+    await asyncio.sleep(0)  # all three queued before the writer runs: one shared transaction
+    runner = asyncio.create_task(writer.run())
+    try:
+        with caplog.at_level("ERROR", logger="pacspace.server"):
+            done = await asyncio.gather(*calls, return_exceptions=True)
+        assert done[0] == ["a"] and done[2] == ["c"]
+        assert isinstance(done[1], PacspaceError) and done[1].http_status == 500
+        assert isinstance(done[1].__cause__, IndexError)
+        assert [t for t in store.transactions if t] == [["a"], ["c"]]
+        assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+        assert "IndexError" in caplog.text
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)

@@ -10,7 +10,15 @@ customer and 1,000 relationships, then measures:
 - single-record appends (POST /v1/relationships/{rid}/records) at concurrency
   256 across the 1,000 relationships: records/s and append-to-receipt p50/p99;
 - batch appends (POST /v1/records, 2,000 records a request, 4 requests in
-  flight, each sender over its own quarter of the relationships): records/s.
+  flight, each sender over its own quarter of the relationships): records/s,
+  in the binary encoding with binary results (``--encoding binary``, the
+  default) or as JSON (``--encoding json``, the only one a server from before
+  issue 20 takes).
+
+``--server-src DIR`` runs the server (and the commands that create its data
+directory and parties) from another source tree, e.g. a ``git worktree`` of
+the previous commit, for interleaved comparisons; the load generator stays
+this tree's.
 
 Records are sealed before each timed phase, so the load generator spends its
 time on HTTP, not on cryptography; it still shares the machine's two cores
@@ -23,6 +31,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -36,6 +45,7 @@ from pathlib import Path
 import aiohttp
 
 from pacspace.keys import PartyKeys, wrap_secret
+from pacspace.records.batchwire import CONTENT_TYPE, RESULTS_TYPE, BatchRecord, decode_results, encode_records
 from pacspace.records.body import GENESIS_PREV, Common, Delta, Genesis, Line, body_hash
 from pacspace.records.body import PartyKeys as NamedKeys
 from pacspace.records.seal import RelationshipKeys, Sealed, seal
@@ -107,8 +117,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SERVER_ENV = dict(os.environ)  # --server-src puts another tree first on the server's PYTHONPATH
+
+
 def pacspace(*args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "pacspace", *args], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run([sys.executable, "-m", "pacspace", *args], check=True, capture_output=True, text=True,
+                          env=SERVER_ENV).stdout.strip()
 
 
 async def setup(url: str, data: Path, count: int) -> tuple[str, PartyKeys, list[Rel]]:
@@ -239,10 +253,10 @@ def wrk_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], per_re
 
 
 async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel], rounds: int, per_request: int,
-                      in_flight: int, server_pid: int) -> dict[str, float]:
+                      in_flight: int, server_pid: int, encoding: str = "binary") -> dict[str, float]:
     """``in_flight`` senders, each over its own share of the relationships, each sending ``rounds`` requests in turn."""
     shares = [rels[i::in_flight] for i in range(in_flight)]
-    plans: list[list[list[dict[str, object]]]] = []
+    plans: list[list[list[BatchRecord]]] = []
     for share in shares:
         per_rel = max(1, per_request // len(share))
         plan = []
@@ -251,12 +265,16 @@ async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel]
             for rel in share:
                 for k in range(per_rel):
                     sealed = rel.next_delta(provider, k)
-                    items.append({"relationship": rel.rid, "seq": sealed.seq, "tag": B64(sealed.tag), "ciphertext": B64(sealed.blob)})
+                    items.append(BatchRecord(rel.rid, sealed.seq, sealed.tag, sealed.blob))
             plan.append(items)
         plans.append(plan)
     # Bodies are encoded before the clock starts: the load generator shares the server's two cores.
-    bodies = [[json.dumps({"records": items}).encode() for items in plan] for plan in plans]
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if encoding == "binary":
+        bodies = [[encode_records(items) for items in plan] for plan in plans]
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": CONTENT_TYPE, "Accept": RESULTS_TYPE}
+    else:
+        bodies = [[json.dumps({"records": [r.to_json() for r in items]}).encode() for items in plan] for plan in plans]
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     total = 0
     latencies: list[float] = []
     async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=600)) as s:
@@ -266,11 +284,18 @@ async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel]
             for data in plan:
                 t0 = time.perf_counter()
                 async with s.post(f"{url}/v1/records", data=data) as r:
-                    body = await r.json()
+                    if r.status != 200:
+                        raise SystemExit(f"batch refused: {r.status} {await r.text()}")
+                    if r.content_type == RESULTS_TYPE:
+                        answer = decode_results(await r.read())
+                        accepted, rejected, first = answer.accepted, answer.rejected, answer.results[:2]
+                    else:
+                        body = await r.json()
+                        accepted, rejected, first = body["accepted"], body["rejected"], body["results"][:2]
                 latencies.append(time.perf_counter() - t0)
-                if body.get("rejected"):
-                    raise SystemExit(f"batch rejected records: {body['results'][:2]}")
-                total += body["accepted"]
+                if rejected:
+                    raise SystemExit(f"batch rejected records: {first}")
+                total += accepted
 
         print(f"batch: sending {sum(map(len, bodies))} requests", file=sys.stderr, flush=True)
         cpu0, t0, own0 = cpu_seconds(server_pid), time.perf_counter(), time.process_time()
@@ -278,8 +303,10 @@ async def batch_phase(url: str, token: str, provider: PartyKeys, rels: list[Rel]
         elapsed = time.perf_counter() - t0
         cores = cpu_used(cpu0, cpu_seconds(server_pid), elapsed)
         cores["load generator"] = round((time.process_time() - own0) / elapsed, 2)
-    return {"records": total, "records_per_request": len(plans[0][0]), "in_flight": in_flight,
-            "records_per_s": total / elapsed, "request_p50_ms": pct(latencies, 50) * 1000, "server_cores": cores}
+    server_cpu_us = sum(v for k, v in cores.items() if k != "load generator") * elapsed / total * 1e6
+    return {"records": total, "encoding": encoding, "records_per_request": len(plans[0][0]), "in_flight": in_flight,
+            "records_per_s": total / elapsed, "request_p50_ms": pct(latencies, 50) * 1000, "server_cores": cores,
+            "server_cpu_us_per_record": round(server_cpu_us, 1)}
 
 
 def main() -> None:
@@ -298,7 +325,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--phases", default="single,batch", help="which timed phases to run")
     parser.add_argument("--profile", type=Path, help="run the server under cProfile, writing its stats here")
+    parser.add_argument("--encoding", choices=("binary", "json"), default="binary", help="the batch phase's encoding")
+    parser.add_argument("--server-src", type=Path, help="run the server from this source tree (its src/ directory)")
     args = parser.parse_args()
+    if args.server_src:
+        SERVER_ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(args.server_src.resolve()), os.environ.get("PYTHONPATH")) if p)
     data = args.work / "data"
     if data.exists():
         shutil.rmtree(data)
@@ -307,7 +338,7 @@ def main() -> None:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, *(["-m", "cProfile", "-o", str(args.profile)] if args.profile else []), "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), *args.serve_args.split()],
-        stdout=subprocess.DEVNULL, stderr=(args.work / "server.log").open("w"),
+        stdout=subprocess.DEVNULL, stderr=(args.work / "server.log").open("w"), env=SERVER_ENV,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -331,7 +362,7 @@ def main() -> None:
             print(f"single: {results['single']}", file=sys.stderr)
         if "batch" in args.phases:
             results["batch"] = asyncio.run(batch_phase(url, token, provider, rels, args.batch_rounds, args.batch_size,
-                                                       args.batch_in_flight, server.pid))
+                                                       args.batch_in_flight, server.pid, args.encoding))
             print(f"batch: {results['batch']}", file=sys.stderr)
     finally:
         server.send_signal(signal.SIGINT)

@@ -21,7 +21,31 @@ class ServerConfig:
     # A C2SP tlog-policy file: publish only checkpoints its witnesses' quorum cosigned.
     witness_policy: Path | None = None
     witness_timeout: float = 5.0
+    # What one party's slow or large requests may cost the others (docs/operations.md, "Limits").
+    # A connection delivers a complete request head within this many seconds of opening or of its
+    # previous answer; an idle keep-alive connection is closed after it too.
+    header_timeout: float = 10.0
+    # A request body arrives within this many seconds, plus one a MiB of its declared length (or of
+    # its route's limit, for a chunked body).
+    body_timeout: float = 30.0
+    # Connections one serving process holds; None: its RLIMIT_NOFILE less room for its own files.
+    max_connections: int | None = None
+    # Request-body bytes one serving process holds at once, across all its requests.
+    body_memory: int = 256 << 20
+    # Bytes of log a second, beyond a burst of 16 seconds' worth; the rest is dropped and counted.
+    log_rate: int = 4096
+    # Refused requests a second one party may make, beyond a burst of 10 seconds' worth, before its
+    # requests are answered 429 (server/refusals.py).
+    refusal_rate: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is outside 0..65535")
+        if self.header_timeout <= 0 or self.body_timeout <= 0:
+            raise ValueError("header_timeout and body_timeout must be positive")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if self.refusal_rate <= 0:
+            raise ValueError("refusal_rate must be positive")
+        if self.body_memory < 1 << 20 or self.log_rate < 256:
+            raise ValueError("body_memory is at least 1 MiB and log_rate at least 256 bytes a second")

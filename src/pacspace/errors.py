@@ -98,6 +98,17 @@ class AdmissionFailed(PacspaceError):
     http_status = 503
 
 
+class WriteFailed(PacspaceError):
+    """A storage write failed for a reason nobody raised on purpose (logged once where it happened);
+    nothing of it was kept, and the client learns nothing internal."""
+
+    code = "internal"
+    http_status = 500
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
+
+
 class EntryTooLarge(PacspaceError):
     """An entry exceeds the 65,535 bytes an entry bundle can carry."""
 

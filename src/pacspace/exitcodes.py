@@ -13,6 +13,7 @@ INVOICE_DIFFERS = 4  # bill verify: the invoice differs from the committed recor
 INCOMPLETE = 5  # bill verify: the committed record is incomplete (no close yet, or nothing held)
 VERIFICATION_FAILED = 6  # the committed record (or a receipt, a bundle) failed verification
 RULE_BROKEN = 7  # an authentic record breaks a protocol rule: a finding (records.rules)
+INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), as shells report it
 
 # The monitor's detections: the log or a provider misbehaved, with evidence.
 DETECTIONS = {
@@ -27,4 +28,5 @@ DETECTIONS = {
     "key_mismatch": 18,
     "unwitnessed_checkpoint": 19,
     "bad_proof": 20,
+    "relationship_hidden": 21,
 }

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from .errors import PacspaceError
+from .errors import MalformedInput, PacspaceError
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
@@ -41,8 +41,8 @@ class PublicKeys:
             raise KeyUnusable("public keys are 32 bytes each")
 
     def fingerprint(self) -> str:
-        """Compare out of band, like a messenger's safety number: 16 bytes of SHA-256, in hex groups."""
-        digest = hashlib.sha256(b"pacspace/v1 party keys\n" + self.x25519 + self.ed25519).digest()[:16]
+        """Compare out of band, like a messenger's safety number: SHA-256, in 16 groups of 4 hex digits."""
+        digest = hashlib.sha256(b"pacspace/v1 party keys\n" + self.x25519 + self.ed25519).digest()
         hexed = digest.hex()
         return ":".join(hexed[i : i + 4] for i in range(0, len(hexed), 4))
 
@@ -91,9 +91,39 @@ class PartyKeys:
             raise KeyUnusable("private keys are 32 bytes each") from None
 
 
+_HEX = frozenset("0123456789abcdef")
+# Fingerprints were 128 bits (the first half of today's) before they were 256: both lengths are accepted.
+_LENGTHS = (64, 32)
+
+
+def _digits(text: str) -> str | None:
+    """A fingerprint's hex digits, lower-case, without separators; None unless it is 64 or 32 of them."""
+    digits = "".join(text.split()).replace(":", "").lower()
+    return digits if len(digits) in _LENGTHS and set(digits) <= _HEX else None
+
+
+def parse_fingerprint(text: str) -> str:
+    """A fingerprint someone typed or pasted, in the canonical form (case, spaces and colons do not matter)."""
+    digits = _digits(text)
+    if digits is None:
+        raise MalformedInput(
+            f"{text.strip()[:80]!r} is not a key fingerprint: 16 groups of 4 hex digits (8 for one printed before "
+            "pacspace's fingerprints grew to 256 bits), as `pacspace keys show` prints it"
+        )
+    return ":".join(digits[i : i + 4] for i in range(0, len(digits), 4))
+
+
 def fingerprint_matches(fingerprint: str, given: str) -> bool:
-    """Whether a fingerprint someone typed or pasted names ``fingerprint`` (case and spaces do not matter)."""
-    return given.strip().lower() == fingerprint
+    """Whether two fingerprints name the same keys: the one place pacspace compares them.
+
+    Either may be an older 128-bit fingerprint, given as input or stored in a home or monitor.db: it is
+    the first half of the 256-bit one, so it matches when it is that prefix. Nothing shorter matches.
+    """
+    a, b = _digits(fingerprint), _digits(given)
+    if a is None or b is None:
+        return False
+    shorter, longer = sorted((a, b), key=len)
+    return longer.startswith(shorter)
 
 
 def _wrap_info(relationship: str, epoch: int) -> bytes:

@@ -84,7 +84,18 @@ class Note:
         return (self.text + "\n" + "".join(s.line() for s in self.signatures)).encode("utf-8")
 
     def with_signatures(self, *extra: NoteSignature) -> Note:
-        return Note(self.text, self.signatures + extra)
+        """Add signatures; one from a key (name and key ID) the note already carries replaces that line.
+
+        A note never carries two lines from one key: strict verifiers reject such a note.
+        """
+        lines = list(self.signatures)
+        for sig in extra:
+            same = next((i for i, s in enumerate(lines) if (s.name, s.key_id) == (sig.name, sig.key_id)), None)
+            if same is None:
+                lines.append(sig)
+            else:
+                lines[same] = sig
+        return Note(self.text, tuple(lines))
 
 
 def _check_text(text: str) -> None:
@@ -135,8 +146,11 @@ def _parse_signature_line(line: str) -> NoteSignature:
 
 
 class Verifier(Protocol):
-    name: str
-    key_id: KeyID
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key_id(self) -> KeyID: ...
 
     def verify(self, text: str, signature: bytes) -> bool: ...
 
@@ -196,7 +210,7 @@ class CosignatureVerifier:
         """The signed time if the cosignature verifies, else None."""
         if len(signature) != 8 + 64:
             return None
-        (timestamp,) = struct.unpack(">Q", signature[:8])
+        timestamp: int = struct.unpack(">Q", signature[:8])[0]
         if timestamp > MAX_TIMESTAMP:
             return None
         if not _ed25519_ok(self.public_key, signature[8:], cosigned_message(text, timestamp)):

@@ -3,6 +3,11 @@
 Lines: ``log <vkey> [url]``, ``witness <name> <vkey> [url]``, ``group <name> <k|any|all> <member>...``
 and ``quorum <group|witness|none>``. A group is satisfied when at least k of its
 members (witnesses or groups defined before it) are.
+
+Each witness counts once: two vkeys that wrap the same public key are duplicates
+whatever their names and key IDs (an Ed25519 cosignature does not commit to the
+cosigner's name, so one witness's line can be relabelled as the other's), a name
+is a group member at most once, and a witness may not hold a listed log's key.
 """
 
 from __future__ import annotations
@@ -53,8 +58,33 @@ class Policy:
         return found
 
 
+@dataclass
+class _Keys:
+    """Who holds each public key seen so far: ("log" | "witness", label, line)."""
+
+    holders: dict[bytes, tuple[str, str, int]] = field(default_factory=dict)
+
+    def claim(self, public_key: bytes, kind: str, label: str, line: int) -> None:
+        held = self.holders.get(public_key)
+        if held is None:
+            self.holders[public_key] = (kind, label, line)
+            return
+        other_kind, other, other_line = held
+        if kind == other_kind:
+            raise MalformedInput(
+                f"duplicate {kind}: {label} has the same public key as {other} (line {other_line}); "
+                "C2SP tlog-policy counts them as one"
+            )
+        raise MalformedInput(
+            f"the {kind} {label} and the {other_kind} {other} (line {other_line}) share a key: a witness holding "
+            "the log's own key would let the log witness itself"
+        )
+
+
 def parse_policy(text: str) -> Policy:
     policy = Policy()
+    keys = _Keys()
+    member_of: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         words = raw.split("#", 1)[0].split()
         if not words:
@@ -66,25 +96,33 @@ def parse_policy(text: str) -> Policy:
                 verifier = parse_vkey(words[1])
                 if not isinstance(verifier, Ed25519Verifier) or len(words) > 3:
                     raise MalformedInput("'log <Ed25519 vkey> [url]'")
+                keys.claim(verifier.public_key, "log", verifier.name, number)
                 policy.logs[verifier.name] = verifier
             elif keyword == "witness":
                 name, key = words[1], parse_vkey(words[2])
                 if not isinstance(key, CosignatureVerifier) or len(words) > 4:
                     raise MalformedInput("'witness <name> <cosignature vkey> [url]'")
-                if name in policy.witnesses or name in policy.groups:
-                    raise MalformedInput(f"{name!r} is defined twice")
+                if name in policy.witnesses or name in policy.groups or name == "none":
+                    raise MalformedInput(f"{name!r} is defined twice" if name != "none" else "'none' is predefined")
+                keys.claim(key.public_key, "witness", repr(name), number)
                 policy.witnesses[name] = Witness(name, key, words[3] if len(words) == 4 else None)
             elif keyword == "group":
                 name, k, members = words[1], words[2], tuple(words[3:])
-                if not members or name in policy.witnesses or name in policy.groups:
+                if not members or name in policy.witnesses or name in policy.groups or name == "none":
                     raise MalformedInput("'group <new name> <k|any|all> <members...>'")
                 for m in members:
                     if m not in policy.witnesses and m not in policy.groups:
                         raise MalformedInput(f"unknown member {m!r} (define it first)")
+                    if members.count(m) > 1:
+                        raise MalformedInput(f"member {m!r} is listed twice: it would count twice")
+                    if m in member_of:
+                        raise MalformedInput(f"{m!r} is already a member of group {member_of[m]!r}: "
+                                             "C2SP tlog-policy lets a name be a group member once")
                 threshold = 1 if k == "any" else len(members) if k == "all" else int(k)
                 if not 1 <= threshold <= len(members):
                     raise MalformedInput(f"threshold {k!r} is not between 1 and {len(members)}")
                 policy.groups[name] = (threshold, members)
+                member_of.update((m, name) for m in members)
             elif keyword == "quorum":
                 if policy.quorum is not None or len(words) != 2:
                     raise MalformedInput("one 'quorum <group|witness|none>' line")

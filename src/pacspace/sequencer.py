@@ -3,7 +3,8 @@
 One ``Sequencer.run`` task owns every write. Each batch goes through these steps,
 modelled on Sunlight's ``sequencePool``:
 
-1. take the whole pool (the pool is bounded: a full pool refuses with PoolFull);
+1. take the whole pool as soon as it holds something and the last batch started at least
+   ``pool_interval`` ago (group commit; the pool is bounded: a full pool refuses with PoolFull);
 2. assign consecutive indexes from the current size and hash the leaves;
 3. extend the right-edge tiles and entry bundle in memory (``tiles.extend``);
 4. prove the new tree consistent with the last signed checkpoint, from the
@@ -51,9 +52,11 @@ MAINTENANCE_INTERVAL = 0.1
 
 @dataclass(frozen=True)
 class SequencerConfig:
-    # Issue 2: sequence at least every 500 ms. 50 ms keeps acknowledgements fast for clients that
-    # wait for their receipt, at the cost of up to ~20 checkpoints a second under load (none when idle).
-    pool_interval: float = 0.05
+    # Group commit: a batch starts as soon as the pool holds something and the last batch started at
+    # least this long ago, so a lone submission is sequenced at once, and under load what arrives
+    # during one commit goes into the next. It bounds the checkpoints signed a second (1 / interval,
+    # here 200; none when idle). Issue 2 asks for at most 500 ms.
+    pool_interval: float = 0.005
     # Sequence at once when this many entries wait, without waiting for the interval.
     batch_size: int = 4096
     # Entries allowed to wait; beyond this, submissions are refused (503), never queued without bound.
@@ -143,6 +146,7 @@ class Sequencer:
         # One witness round at a time: a batch's, or a retry of the newest unpublished checkpoint's.
         self._witnessing = asyncio.Lock()
         self._maintained_at = -math.inf
+        self._batch_started = -math.inf
         self.metrics.tree_size = self.state.size
         # Owned by the event loop. Without witnesses, every committed checkpoint is published at once;
         # with them, only one that got the policy's quorum of cosignatures.
@@ -187,6 +191,10 @@ class Sequencer:
     def inclusion_proof(self, index: int, size: int) -> list[Hash]:
         return inclusion_proof(index, size, self.store)
 
+    async def metrics_text(self) -> str:
+        """The Prometheus text of the log's metrics (as an HTTP worker's RemoteSequencer fetches it from here)."""
+        return self.metrics.render()
+
     async def run(self) -> None:
         """Sequence until cancelled. Any failure stops the sequencer and is re-raised."""
         batch: list[_Submission] = []
@@ -194,6 +202,7 @@ class Sequencer:
         try:
             while True:
                 await self._wait_for_batch()
+                self._batch_started = time.monotonic()
                 batch, self._pool, self._pending = self._pool, [], 0
                 self.metrics.pool_depth = 0
                 await self._sequence_pool(batch)
@@ -296,7 +305,7 @@ class Sequencer:
         while not self._pool:
             self._wake.clear()
             await self._wake.wait()
-        deadline = self._pool[0].arrived + self.config.pool_interval
+        deadline = self._batch_started + self.config.pool_interval
         while self._pending < self.config.batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

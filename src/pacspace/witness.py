@@ -3,9 +3,12 @@
 A witness keeps, per log origin, the latest checkpoint it cosigned. A request
 carries the size the client believes the witness holds (``old``), a
 consistency proof from that size, and a signed checkpoint. The decision
-follows the spec's order: unknown origin 404; no valid log signature 403;
-old > new 400; old not the witness's size 409 (with the size); same size
-but another root 409; a proof that does not verify 422; otherwise cosign.
+follows the spec's order (C2SP tlog-witness at C2SP/C2SP@95978ca): unknown
+origin 404; no valid log signature 403; old > new 400; old not the witness's
+size 409 (with the size); a size-0 checkpoint whose root is not the empty
+tree's 422; a proof that does not verify 422, which covers a same-size
+checkpoint with another root and proof lines between equal sizes; otherwise
+cosign.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from dataclasses import dataclass
 
 from .checkpoint import Checkpoint, parse_checkpoint_text
 from .errors import MalformedInput, PacspaceError, ProofError
-from .merkle import HASH_SIZE, verify_consistency
-from .note import Ed25519Verifier, Note, NoteSignature, NoteSigner, b64decode_strict, open_note, parse_note, parse_vkey
+from .merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
+from .note import CosignatureVerifier, Ed25519Verifier, Note, NoteSignature, NoteSigner, b64decode_strict, open_note, parse_note
+from .policy import parse_policy
 
 MAX_PROOF_LINES = 63  # C2SP tlog-witness: clients MUST NOT send more
 MAX_REQUEST = 64 * 1024
@@ -89,18 +93,14 @@ def decide(request: AddCheckpoint, log_keys: dict[str, Ed25519Verifier], latest:
     held = 0 if latest is None else latest.size
     if request.old != held:
         raise WitnessRefusal(409, f"the witness holds size {held}, not {request.old}", size=held)
-    if latest is not None and checkpoint.size == latest.size:
-        if checkpoint.root_hash != latest.root_hash:
-            raise WitnessRefusal(409, "same size, different root: the log forked")
-        return
-    if request.old == 0:
-        if request.proof:
-            raise WitnessRefusal(422, "the consistency proof from size 0 must be empty")
-        return
+    if checkpoint.size == 0 and checkpoint.root_hash != EMPTY_ROOT:
+        raise WitnessRefusal(422, "a checkpoint of size 0 must have the empty tree's root hash")
+    old_root = EMPTY_ROOT if latest is None or request.old == 0 else latest.root_hash
     try:
-        verify_consistency(request.old, checkpoint.size, latest.root_hash, checkpoint.root_hash, request.proof)  # type: ignore[union-attr]
+        # Also refuses proof lines between equal sizes, and a same-size checkpoint with another root.
+        verify_consistency(request.old, checkpoint.size, old_root, checkpoint.root_hash, request.proof)
     except ProofError as exc:
-        raise WitnessRefusal(422, f"the consistency proof does not verify: {exc}") from None
+        raise WitnessRefusal(422, f"not consistent with the checkpoint the witness holds: {exc}") from None
 
 
 def cosignature(signer: NoteSigner, request: AddCheckpoint, timestamp: int) -> NoteSignature:
@@ -108,23 +108,36 @@ def cosignature(signer: NoteSigner, request: AddCheckpoint, timestamp: int) -> N
     return signer.cosign(request.note.text, timestamp)
 
 
+def monitoring_note(note: Note, log_key: Ed25519Verifier, cosignature: NoteSignature) -> bytes:
+    """What the monitoring endpoint serves: the checkpoint with the log's signatures and the witness's cosignature.
+
+    C2SP tlog-witness: the cosignature add-checkpoint returned, and the log key's
+    signature the witness verified. Other lines a log sent (other witnesses'
+    cosignatures, say) are not the witness's to vouch for and are dropped; the
+    log's own timestamp cosignature (same key, type 0x04) is kept if it verifies.
+    """
+    log_time = CosignatureVerifier(log_key.name, log_key.public_key)
+    kept = [
+        s for s in note.signatures
+        if ((s.name, s.key_id) == (log_key.name, log_key.key_id) and log_key.verify(note.text, s.signature))
+        or ((s.name, s.key_id) == (log_time.name, log_time.key_id) and log_time.verify(note.text, s.signature))
+    ]
+    return Note(note.text, ()).with_signatures(*kept, cosignature).format()
+
+
+def carries_cosignature(note: bytes, signer: NoteSigner) -> bool:
+    """Whether a stored note holds a line by the witness's key (stores written before the monitoring endpoint do not)."""
+    own = (signer.cosignature_verifier.name, signer.cosignature_verifier.key_id)
+    return any((s.name, s.key_id) == own for s in parse_note(note).signatures)
+
+
 def parse_log_policy(text: str) -> dict[str, Ed25519Verifier]:
-    """The ``log <vkey> [url]`` lines of a C2SP tlog-policy file: the logs this witness witnesses, by origin."""
-    logs: dict[str, Ed25519Verifier] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        words = line.split()
-        if words[0] == "log":
-            if len(words) not in (2, 3):
-                raise MalformedInput(f"policy line {number}: 'log <vkey> [url]'")
-            verifier = parse_vkey(words[1])
-            if not isinstance(verifier, Ed25519Verifier):
-                raise MalformedInput(f"policy line {number}: a log key is an Ed25519 (type 0x01) vkey")
-            logs[verifier.name] = verifier
-        elif words[0] not in ("witness", "group", "quorum"):
-            raise MalformedInput(f"policy line {number}: unknown keyword {words[0]!r}")
+    """The ``log <vkey> [url]`` lines of a C2SP tlog-policy file: the logs this witness witnesses, by origin.
+
+    The whole file is checked as any policy is (no duplicate logs or witnesses), so a
+    file one party refuses is refused everywhere.
+    """
+    logs = parse_policy(text).logs
     if not logs:
         raise MalformedInput("the policy names no log")
     return logs

@@ -11,6 +11,7 @@ import time
 
 from ..datadir import log_exists
 from ..errors import LogNotFound, MalformedInput
+from ..storage.record_values import UnknownParty
 from ..storage.records import RecordStore
 from .log_commands import data_arg
 
@@ -29,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Add a party and print its bearer token. The token is shown once; the server keeps "
         "only its hash. Give it to the party over a safe channel.",
     )
-    p.add_argument("name", help="lower-case letters, digits, '.', '_' or '-' (at most 64)")
-    p.add_argument("--role", required=True, choices=["provider", "customer"])
+    p.add_argument("name", help="the party's name: lower-case letters, digits, '.', '_' or '-' (at most 64)")
+    p.add_argument("--role", required=True, choices=["provider", "customer"], help="what the party may do")
     data_arg(p)
     p.add_argument("--json", action="store_true", help='print {"name", "role", "token"}')
     p.set_defaults(run=cmd_add)
@@ -38,13 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = party_sub.add_parser(
         "revoke", help="revoke a party's token at once", description="Revoke a party: its token stops working at once."
     )
-    p.add_argument("name")
+    p.add_argument("name", help="the party's name")
     data_arg(p)
     p.set_defaults(run=cmd_revoke)
 
     p = party_sub.add_parser("list", help="list parties", description="List parties (never their tokens).")
     data_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(run=cmd_list)
 
 
@@ -75,6 +76,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
         store.revoke_party(args.name, int(time.time()))
+    except UnknownParty as exc:
+        raise MalformedInput(str(exc)) from None
     finally:
         store.close()
     print(f"pacspace: revoked {args.name}", file=sys.stderr)

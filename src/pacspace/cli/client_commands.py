@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import exitcodes
-from ..errors import MalformedInput
+from ..errors import MalformedInput, PacspaceError
+from ..files import read_json, read_text
 from ..receipt import verify_receipt
 from ..records.body import Close, Delta, Genesis, Line, canonical_decimal
-from ..client.home import Home
-from ..client.http import PacspaceClient
+from ..client.home import Home, HomeError
+from ..client.http import PacspaceClient, ServerError, Unreachable
 from ..client.records import (
     RelationshipView,
     append_body,
@@ -28,12 +29,21 @@ from ..client.records import (
     delta_maker,
     finish_creation,
     load_relationship,
+    receipt_of,
     send_waiting,
 )
 
+from .argtypes import fingerprint, whole
 from .party import common, home_of, print_witnessed, run
 
 _PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+
+
+class NotWitnessedInTime(PacspaceError):
+    """receipt verify --before: no witness cosigned the checkpoint before the time given."""
+
+    code = "not_witnessed_in_time"
+    exit_code = exitcodes.VERIFICATION_FAILED
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,10 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "signed genesis record naming both parties' keys. The relationship is pending until the customer accepts "
         "it; you may record meanwhile.",
     )
-    p.add_argument("--customer", required=True)
-    p.add_argument("--cadence", default="daily", help="daily, hourly or <N>m (default daily)")
-    p.add_argument("--billing-cycle", default="monthly", choices=["monthly"], help="(default monthly)")
-    p.add_argument("--customer-key", metavar="FINGERPRINT", help="refuse unless the customer's keys have this fingerprint")
+    p.add_argument("--customer", required=True, metavar="NAME", help="the customer's party name")
+    p.add_argument("--cadence", default="daily", help="how often usage is recorded: daily, hourly or <N>m")
+    p.add_argument("--billing-cycle", default="monthly", choices=["monthly"], help="the billing period")
+    p.add_argument("--customer-key", metavar="FINGERPRINT", type=fingerprint,
+                   help="refuse unless the customer's keys have this fingerprint, compared out of band (default: none; "
+                   "an older 8-group fingerprint is its first half)")
     p.add_argument("--json", action="store_true", help="print the server's answer as JSON")
     common(p)
     p.set_defaults(run=cmd_relationship_create)
@@ -83,17 +95,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Verify the relationship's genesis record for you (its secret opens with your key, it is in "
         "the log, signed by the provider, and names your keys and the provider's), then sign the acceptance with "
         "your key. Your monitor follows accepted relationships only, from their genesis on.")
-    p.add_argument("relationship")
-    p.add_argument("--provider-key", metavar="FINGERPRINT",
-                   help="refuse unless the provider's keys have this fingerprint (compare it out of band)")
-    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the one pinned in PACSPACE_HOME")
+    p.add_argument("relationship", help="the relationship's id, as `relationship list` shows it")
+    p.add_argument("--provider-key", metavar="FINGERPRINT", type=fingerprint,
+                   help="refuse unless the provider's keys have this fingerprint, compared out of band (default: none; "
+                   "an older 8-group fingerprint is its first half)")
+    p.add_argument("--log-key", metavar="VKEY",
+                   help="verify against this vkey (default: the one pinned in PACSPACE_HOME)")
     common(p)
     p.set_defaults(run=cmd_relationship_accept)
     p = rel_sub.add_parser(
         "decline", help="(customer) decline an invitation",
         description="Decline a relationship you have not accepted: your monitor never follows it, and its provider "
         "can no longer append to it.")
-    p.add_argument("relationship")
+    p.add_argument("relationship", help="the relationship's id, as `relationship list` shows it")
     common(p)
     p.set_defaults(run=cmd_relationship_decline)
 
@@ -111,16 +125,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Seal and commit one delta: a quantity of a meter in a window, with dimensions. "
         "Prints the receipt.",
     )
-    p.add_argument("--relationship", required=True)
-    p.add_argument("--meter", help="e.g. llm.output.visible_tokens")
-    p.add_argument("--quantity", help="a decimal, e.g. 1234 or 0.5")
-    p.add_argument("--unit", default="unit", help="(default unit)")
-    p.add_argument("--dim", action="append", default=[], metavar="KEY=VALUE", help="a dimension; repeat for more")
+    p.add_argument("--relationship", required=True, metavar="R", help="the relationship's id")
+    p.add_argument("--meter", help="e.g. llm.output.visible_tokens (default: none; give it, or --lines)")
+    p.add_argument("--quantity", help="a decimal, e.g. 1234 or 0.5 (default: none; give it, or --lines)")
+    p.add_argument("--unit", default="unit", help="the quantity's unit")
+    p.add_argument("--dim", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dimension; repeat for more (default: none)")
     p.add_argument("--window", metavar="START/END", help="RFC 3339 UTC times (default: the last whole hour)")
     p.add_argument("--period", help="YYYY-MM (default: the month of the window's start; with --corrects, this month)")
-    p.add_argument("--corrects", type=int, metavar="SEQ",
-                   help="record a correction of the earlier record SEQ (in the open period; it may be negative)")
-    p.add_argument("--lines", type=Path, help='a JSON file: [{"meter", "unit", "quantity", "dimensions"}, ...]')
+    p.add_argument("--corrects", type=whole(1), metavar="SEQ",
+                   help="record a correction of the earlier record SEQ, in the open period; its quantities may be "
+                   "negative (default: none, a delta)")
+    p.add_argument("--lines", type=Path, metavar="FILE",
+                   help='a JSON file: [{"meter", "unit", "quantity", "dimensions"}, ...] (default: none; one line '
+                   "from --meter and --quantity)")
     p.add_argument("--json", action="store_true", help="print the receipt as JSON")
     common(p)
     p.set_defaults(run=cmd_record)
@@ -131,9 +149,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Commit the period's close record (first/last seq, count, chain head, totals). Its receipt "
         "is what an invoice cites.",
     )
-    p.add_argument("--relationship", required=True)
+    p.add_argument("--relationship", required=True, metavar="R", help="the relationship's id")
     p.add_argument("--period", required=True, help="YYYY-MM")
-    p.add_argument("--out", type=Path, help="write the receipt (c2sp.org/tlog-proof) here")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="write the receipt (c2sp.org/tlog-proof) here (default: none, the receipt goes to stdout)")
     p.add_argument("--json", action="store_true", help="print the receipt and totals as JSON")
     common(p)
     p.set_defaults(run=cmd_close)
@@ -144,16 +163,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Fetch every record, verify it (inclusion under a signed checkpoint, tag, ct_hash, key "
         "commitment, signature, seq/prev chain), decrypt it, and print one row per line item.",
     )
-    p.add_argument("--relationship", required=True)
-    p.add_argument("--period")
+    p.add_argument("--relationship", required=True, metavar="R", help="the relationship's id")
+    p.add_argument("--period", help="YYYY-MM: only this period's records (default: all)")
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--csv", action="store_true")
-    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the pinned one")
+    fmt.add_argument("--json", action="store_true", help="print one JSON object")
+    fmt.add_argument("--csv", action="store_true", help="print CSV, one row per line item")
+    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey (default: the one pinned in PACSPACE_HOME)")
     p.add_argument(
         "--provider-key",
         metavar="FINGERPRINT",
-        help="refuse unless the provider's keys have this fingerprint (otherwise the first one seen is pinned)",
+        type=fingerprint,
+        help="refuse unless the provider's keys have this fingerprint (default: the one pinned when the "
+        "relationship was first verified)",
     )
     p.add_argument(
         "--offline",
@@ -171,24 +192,39 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Check a c2sp.org/tlog-proof receipt offline: the checkpoint's signature and signed time, "
         "and the entry's inclusion.",
     )
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="the receipt, a c2sp.org/tlog-proof file")
     p.add_argument("--log-key", metavar="VKEY", help="the log's vkey (default: the one pinned in PACSPACE_HOME)")
-    p.add_argument("--policy", type=Path, metavar="FILE", help="a C2SP tlog-policy: require its witnesses' quorum")
-    p.add_argument("--before", metavar="TIME", help="with --policy: exit 1 unless a witness cosigned it before this "
-                   "RFC 3339 time (an invoice date, say)")
+    p.add_argument("--policy", type=Path, metavar="FILE",
+                   help="a C2SP tlog-policy: require its witnesses' quorum (default: none)")
+    p.add_argument("--before", metavar="TIME", help="with --policy: exit 6 unless a witness cosigned it before this "
+                   "RFC 3339 time, an invoice date say (default: none)")
     common(p, server=False)
     p.set_defaults(run=cmd_receipt_verify)
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
     async def body(client: PacspaceClient, home: Home) -> int:
+        # The server, the token and the log key are checked before anything is written.
         me = await client.me()
-        keys = home.keys() if home.has_keys() else home.create_keys()
-        await client.register_keys(keys.public.x25519, keys.public.ed25519)
-        info = await client.log_info()
-        home.pin_log_key(info["vkey"])
+        vkey = str((await client.log_info()).get("vkey", ""))
+        home.check_log_key(vkey)
+        fresh = not home.has_keys()
+        if fresh and me.get("keys"):
+            raise HomeError(f"{me['name']} registered other keys already, and they cannot be replaced: use the home "
+                            "that holds them")
+        keys = home.create_keys() if fresh else home.keys()
+        try:
+            await client.register_keys(keys.public.x25519, keys.public.ed25519)
+        except ServerError:
+            if fresh:
+                home.discard_keys()  # refused: the attempt leaves nothing behind
+            raise
+        except Unreachable as exc:
+            # Whether the server registered them is unknown; run again, it registers the same keys.
+            raise Unreachable(f"{exc}; the new keys stay in {home.path}: run `pacspace keys init` again") from None
+        home.pin_log_key(vkey)
         print(keys.public.fingerprint())
-        print(f"pacspace: keys of {me['name']} in {home.path}; pinned log key {info['vkey']}", file=sys.stderr)
+        print(f"pacspace: keys of {me['name']} in {home.path}; pinned log key {vkey}", file=sys.stderr)
         return 0
 
     return run(args, body)
@@ -223,7 +259,8 @@ def cmd_relationship_create(args: argparse.Namespace) -> int:
 def cmd_relationship_list(args: argparse.Namespace) -> int:
     async def body(client: PacspaceClient, home: Home) -> int:
         rels = await client.relationships(state="all")
-        pending = [r for r in rels if r.get("state") == "pending" and r.get("customer") == (await client.me())["name"]]
+        me = (await client.me())["name"]
+        pending = [r for r in rels if r.get("state") == "pending" and r.get("customer") == me]
         for r in pending:
             # What the customer compares out of band before accepting: accepting checks the genesis names these keys.
             r["provider_fingerprint"] = ((await client.relationship(r["relationship"])).get("provider_keys") or {}).get(
@@ -284,21 +321,18 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 def _parse_lines(args: argparse.Namespace) -> list[Line]:
     if args.lines:
-        try:
-            raw = json.loads(args.lines.read_text())
-        except (OSError, ValueError) as exc:
-            raise MalformedInput(f"cannot read {args.lines}: {exc}") from None
-        if not isinstance(raw, list) or not raw:
-            raise MalformedInput("--lines must hold a non-empty JSON list")
-        return [
-            Line(
-                str(item.get("meter")),
-                str(item.get("unit", "unit")),
-                canonical_decimal(str(item.get("quantity"))),
-                {str(k): str(v) for k, v in (item.get("dimensions") or {}).items()},
-            )
-            for item in raw
-        ]
+        raw = read_json(args.lines, "--lines")
+        if not isinstance(raw, list) or not raw or not all(isinstance(item, dict) for item in raw):
+            raise MalformedInput(f"--lines {args.lines} must hold a non-empty JSON list of objects")
+        lines = []
+        for n, item in enumerate(raw, 1):
+            dims = item.get("dimensions") or {}
+            if not isinstance(dims, dict):
+                raise MalformedInput(f"--lines {args.lines}: line {n}: dimensions is an object of names to values")
+            lines.append(Line(str(item.get("meter")), str(item.get("unit", "unit")),
+                              canonical_decimal(str(item.get("quantity"))),
+                              {str(k): str(v) for k, v in dims.items()}))
+        return lines
     if not args.meter or args.quantity is None:
         raise MalformedInput("give --meter and --quantity, or --lines FILE")
     dims = {}
@@ -340,8 +374,6 @@ def _warn(view: RelationshipView) -> None:
 def cmd_record(args: argparse.Namespace) -> int:
     lines = _parse_lines(args)
     window = _window(args)
-    if args.corrects is not None and args.corrects < 1:
-        raise MalformedInput("--corrects names an earlier record's seq (1 or more)")
     default = datetime.now(timezone.utc).strftime("%Y-%m") if args.corrects is not None else window[0][:7]
     period = args.period or default
     if not _PERIOD.fullmatch(period):
@@ -364,11 +396,22 @@ def cmd_close(args: argparse.Namespace) -> int:
     async def body(client: PacspaceClient, home: Home) -> int:
         view = await load_relationship(client, home, args.relationship, home.log_key())
         _warn(view)
-        receipt = await append_body(client, home, view, close_maker(view, args.period))
-        close = view.records[-1].body
+        closed = view.ledger.closed.get(args.period)
+        if closed is not None:
+            # Closed already (by this command, whose answer was lost, say): the same receipt again.
+            print(f"pacspace: {args.period} was closed by seq {closed}; its receipt follows", file=sys.stderr)
+            receipt = await receipt_of(client, view, closed)
+            close = view.records[closed].body
+        else:
+            receipt = await append_body(client, home, view, close_maker(view, args.period))
+            close = view.records[-1].body
         totals = [t.to_json() for t in close.totals] if isinstance(close, Close) else []
         if args.out:
-            args.out.write_text(receipt["proof"])
+            try:
+                args.out.write_text(receipt["proof"])
+            except OSError as exc:
+                raise PacspaceError(f"the close is committed (seq {receipt['seq']}), but its receipt could not be "
+                                    f"written to {args.out}: {exc.strerror}") from None
         if args.json:
             print(json.dumps({"relationship": args.relationship, **receipt, "totals": totals}))
             return 0
@@ -412,6 +455,7 @@ def _offline_view(home: Home, rid: str) -> Any:
 
     from ..client.monitor_state import MonitorState
     from ..records.body import decode_body
+    from .monitor_commands import NotHeld
 
     state = MonitorState(home.path)
     try:
@@ -420,13 +464,15 @@ def _offline_view(home: Home, rid: str) -> Any:
     finally:
         state.close()
     if not copies:
-        raise MalformedInput(f"the monitor holds no records of {rid} (run `pacspace monitor --once`)")
+        raise NotHeld(f"the monitor holds no records of {rid} (run `pacspace monitor --once`)")
     records = [SimpleNamespace(seq=c.seq, index=c.index, body=decode_body(c.body)) for c in copies]
     size = int((checkpoint or b"\n0\n").split(b"\n")[1])
     return SimpleNamespace(rid=rid, records=records, checkpoint=SimpleNamespace(size=size))
 
 
 def cmd_records(args: argparse.Namespace) -> int:
+    if args.period is not None and not _PERIOD.fullmatch(args.period):
+        raise MalformedInput("--period is YYYY-MM")
     if args.offline:
         view = _offline_view(home_of(args), args.relationship)
         _print_rows(args, view, _rows(view, args.period))
@@ -462,12 +508,7 @@ def _print_rows(args: argparse.Namespace, view: Any, rows: list[dict[str, Any]])
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
     verifier = home_of(args).log_key(args.log_key)
-    try:
-        text = args.file.read_text()
-    except OSError as exc:
-        raise MalformedInput(f"cannot read {args.file}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise MalformedInput(f"{args.file} is not a receipt (c2sp.org/tlog-proof text)") from None
+    text = read_text(args.file, "the receipt")
     limit = None
     if args.before:
         if not args.policy:
@@ -481,14 +522,11 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     result = verify_receipt(text, verifier)
     when = datetime.fromtimestamp(result.checkpoint.timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     line = f"entry at index {result.index} is in {result.checkpoint.checkpoint.origin} at size {result.checkpoint.size}, signed {when}"
-    if limit is None:
-        print(f"ok: {line}")
-        print_witnessed(args, result.checkpoint.note)
-        return 0
-    print(line)
+    # The witnesses are checked before anything says ok.
     first = print_witnessed(args, result.checkpoint.note)
-    if first is None or first >= limit.timestamp():
-        print(f"pacspace: NOT before {args.before}: the earliest witness cosignature is later", file=sys.stderr)
-        return exitcodes.VERIFICATION_FAILED
-    print(f"ok: witnessed before {args.before}")
+    if limit is not None and (first is None or first >= limit.timestamp()):
+        raise NotWitnessedInTime(f"{line}, but NOT before {args.before}: the earliest witness cosignature is later")
+    print(f"ok: {line}")
+    if limit is not None:
+        print(f"ok: witnessed before {args.before}")
     return 0

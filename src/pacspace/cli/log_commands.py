@@ -8,14 +8,18 @@ import sys
 import time
 from pathlib import Path
 
+from .. import exitcodes
 from ..config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
-from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists
-from ..errors import MalformedNote
+from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists, validate_origin
+from ..errors import MalformedInput, MalformedNote
+from ..files import read_text
 from ..fsck import fsck, fsck_records
 from ..note import Ed25519Verifier, parse_vkey
 from ..sequencer import SequencerConfig
 from ..storage.records import RECORDS_NAME, RecordStore
 from ..storage.sqlite import SqliteLog
+from .argtypes import port, seconds, whole
+from .listen import listen
 from .progress import ProgressBar
 
 
@@ -28,53 +32,59 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "Refuses to touch a directory that already holds a log.",
     )
     data_arg(p)
-    _origin_arg(p)
+    _origin_arg(p, DEFAULT_ORIGIN)
     p.set_defaults(run=cmd_init)
 
     p = sub.add_parser(
         "serve",
         help="run the log server",
         description="Serve the log over HTTP: C2SP tlog-tiles (/checkpoint, /tile/...), JSON proofs "
-        "under /v1/proof/, /health and /metrics. Creates the log on first run if DIR holds none.",
+        "under /v1/proof/, /health and /metrics. Creates the log on first run if DIR holds none; refuses "
+        "an existing log whose origin is not --origin.",
     )
     data_arg(p)
-    _origin_arg(p, " (used only when the log is created on first run)")
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
+    _origin_arg(p, None)
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
+    p.add_argument("--port", type=port, default=DEFAULT_PORT, help="port to listen on")
     defaults = SequencerConfig()
     p.add_argument(
         "--pool-interval",
-        type=float,
+        type=seconds(0.5),
         default=defaults.pool_interval,
         metavar="SECONDS",
-        help=f"longest a submission waits before its batch is sequenced, at most 0.5 (default {defaults.pool_interval})",
+        help="least time between the starts of two batches (group commit: a lone submission is sequenced at once, "
+        "and what arrives during a commit goes into the next); at most 1/SECONDS checkpoints a second; at most 0.5",
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=whole(1),
         default=defaults.batch_size,
-        help=f"sequence at once when this many entries wait (default {defaults.batch_size})",
+        metavar="N",
+        help="sequence at once when this many entries wait",
     )
     p.add_argument(
         "--pool-capacity",
-        type=int,
+        type=whole(1),
         default=defaults.pool_capacity,
-        help=f"entries allowed to wait before submissions get 503 (default {defaults.pool_capacity})",
+        metavar="N",
+        help="entries allowed to wait before submissions get 503, at least --batch-size",
     )
     p.add_argument(
         "--witness-policy",
         type=Path,
         metavar="FILE",
-        help="a C2SP tlog-policy file: ask its witnesses to cosign each checkpoint and publish only those with its quorum",
+        help="a C2SP tlog-policy file: ask its witnesses to cosign each checkpoint and publish only those with its "
+        "quorum (default: none, publish every checkpoint)",
     )
-    p.add_argument("--witness-timeout", type=float, default=5.0, metavar="SECONDS", help="how long to wait for witnesses (default 5)")
+    p.add_argument("--witness-timeout", type=seconds(), default=5.0, metavar="SECONDS",
+                   help="how long to wait for witnesses")
     p.add_argument(
         "--workers",
         type=_workers,
-        default=0,
-        metavar="N",
-        help="serve HTTP from N worker processes beside the one that sequences (more appends a second on "
-        "a multi-core machine; see docs/operations.md); 0, the default, serves from one process",
+        default="auto",
+        metavar="N|auto",
+        help="serve HTTP from N worker processes beside the one that sequences; 0 serves from one process; auto: "
+        "one a core this process may run on, or 0 on a single core (see docs/operations.md)",
     )
     p.set_defaults(run=cmd_serve)
 
@@ -91,15 +101,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="check the whole log: every tile, every checkpoint",
         description="Recompute every tile from the stored entries, and check every stored checkpoint's "
         "signature, its root, and its consistency with the checkpoint before it. Exit 0 if all is "
-        "sound, 1 on any fault. Safe to run beside a live server.",
+        "sound, 6 on any fault. Safe to run beside a live server.",
     )
     data_arg(p)
     p.add_argument(
         "--log-key",
         metavar="VKEY",
-        help="verify checkpoints against this vkey instead of the key in DIR (for an auditor with a copy of log.db)",
+        help="verify checkpoints against this vkey instead of the key in DIR, for an auditor with a copy of log.db "
+        "(default: the key in DIR)",
     )
     p.set_defaults(run=cmd_fsck)
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return whole(0, 64)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a whole number from 0 to 64") from None
 
 
 def data_arg(p: argparse.ArgumentParser) -> None:
@@ -108,21 +128,27 @@ def data_arg(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=DEFAULT_DATA_DIR,
         metavar="DIR",
-        help=f"the log's data directory (default ./{DEFAULT_DATA_DIR})",
+        help=f"the log's data directory (default: ./{DEFAULT_DATA_DIR})",
     )
 
 
-def _origin_arg(p: argparse.ArgumentParser, extra: str = "") -> None:
+def _origin_arg(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument(
         "--origin",
-        default=DEFAULT_ORIGIN,
-        help="the log's name in checkpoints and its key name: a schema-less URL such as "
-        f"example.com/billing-log (default {DEFAULT_ORIGIN}){extra}",
+        default=default,
+        help="the log's name in checkpoints and its key name: a schema-less URL such as example.com/billing-log"
+        + ("" if default else f" (default: the existing log's; {DEFAULT_ORIGIN} for a new one)"),
     )
+
+
+def _data_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise MalformedInput(f"--data {path} is not a directory")
+    return path
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    signer = init_log(args.data, args.origin, int(time.time()))
+    signer = init_log(_data_dir(args.data), args.origin, int(time.time()))
     print(signer.verifier.vkey())
     print(f"pacspace: created log {args.origin} in {args.data}", file=sys.stderr)
     return 0
@@ -133,38 +159,53 @@ def cmd_log_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _workers(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 64:
-        raise argparse.ArgumentTypeError("--workers is a whole number from 0 to 64")
-    return int(text)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from ..policy import parse_policy
     from ..server.app import create_app
     from ..server.context import FATAL, SERVICE
     from ..server.gctune import tune_for_serving
 
-    config = ServerConfig(
-        data_dir=args.data,
-        host=args.host,
-        port=args.port,
-        sequencer=SequencerConfig(
-            pool_interval=args.pool_interval, batch_size=args.batch_size, pool_capacity=args.pool_capacity
-        ),
-        witness_policy=args.witness_policy,
-        witness_timeout=args.witness_timeout,
-    )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not log_exists(args.data):
-        signer = init_log(args.data, args.origin, int(time.time()))
-        print(f"pacspace: created log {args.origin} in {args.data}", file=sys.stderr)
-    else:
+    if args.workers == "auto":
+        from ..server.supervisor import auto_workers
+
+        args.workers = auto_workers()
+    if args.pool_capacity < args.batch_size:
+        raise MalformedInput(f"--pool-capacity {args.pool_capacity} is below --batch-size {args.batch_size}")
+    try:
+        config = ServerConfig(
+            data_dir=_data_dir(args.data),
+            host=args.host,
+            port=args.port,
+            sequencer=SequencerConfig(
+                pool_interval=args.pool_interval, batch_size=args.batch_size, pool_capacity=args.pool_capacity
+            ),
+            witness_policy=args.witness_policy,
+            witness_timeout=args.witness_timeout,
+        )
+    except ValueError as exc:  # the configurations' own checks, for what the argument types do not cover
+        raise MalformedInput(str(exc)) from None
+    if args.witness_policy is not None:
+        parse_policy(read_text(args.witness_policy, "--witness-policy"))
+    origin = validate_origin(args.origin or DEFAULT_ORIGIN)
+    exists = log_exists(args.data)
+    if exists:
         signer = load_signer(args.data)
+        if args.origin is not None and args.origin != signer.name:
+            raise MalformedInput(f"the log in {args.data} is {signer.name}, not {args.origin}: leave out --origin, "
+                                 "or give another --data for a new log")
+    # Bound before anything is created: a port in use leaves no new data directory behind.
+    sock = listen(args.host, args.port)
+    if args.workers:
+        sock.close()  # the supervisor binds it again itself, at once
+    if not exists:
+        signer = init_log(args.data, origin, int(time.time()))
+        print(f"pacspace: created log {origin} in {args.data}", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def announce(app: web.Application) -> None:
-        # Runs after the data directory passed its start-up checks.
+        # Runs after the data directory passed its start-up checks, with the port bound.
         size = app[SERVICE].sequencer.latest.size
         print(f"pacspace: log {signer.name} at size {size:,}, vkey {signer.verifier.vkey()}", file=sys.stderr)
         workers = f" with {args.workers} HTTP workers" if args.workers else ""
@@ -184,11 +225,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tune_for_serving()
 
     app.on_startup.append(on_startup)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(app, sock=sock, print=None, access_log=None)
     if app[FATAL]:
         print(f"pacspace: error: the sequencer stopped: {app[FATAL][0]}", file=sys.stderr)
-        return 1
-    return 0
+        return exitcodes.FAILURE
+    return exitcodes.OK
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
@@ -214,8 +255,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     for fault in report.faults:
         print(f"pacspace: fault: {fault}", file=sys.stderr)
     if not report.ok:
-        print(f"pacspace: fsck found {len(report.faults)} fault(s) in {args.data}", file=sys.stderr)
-        return 1
+        print(f"pacspace: error: fsck found {len(report.faults)} fault(s) in {args.data}", file=sys.stderr)
+        return exitcodes.VERIFICATION_FAILED
     print(
         f"fsck: ok: size {report.size:,}, {report.entries:,} entries and {report.tiles:,} tiles recomputed, "
         f"{report.checkpoints:,} checkpoints and {report.records:,} records verified"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import sys
 from datetime import datetime, timezone
@@ -15,14 +14,25 @@ from pathlib import Path
 from typing import Any
 
 from .. import exitcodes
-from ..errors import MalformedInput
+from ..errors import MalformedInput, PacspaceError
+from ..files import read_json_object, read_text
 from ..client.home import Home
-from ..client.http import PacspaceClient, Unreachable
+from ..client.invoices import FORMATS as INVOICE_FORMATS
+from ..client.http import PacspaceClient
+from ..keys import fingerprint_matches
+from .argtypes import fingerprint, seconds
 from .party import common, home_of, policy_of, print_witnessed, run
 
 _PERIOD_HELP = "YYYY-MM"
 # Log-level detections a running monitor stops for: the log itself cannot be trusted any more.
 _FATAL = {"bad_checkpoint_signature", "inconsistent_checkpoints", "rollback"}
+
+
+class NotHeld(PacspaceError):
+    """The monitor's verified copy does not hold what was asked for (yet): run `pacspace monitor --once`."""
+
+    code = "not_held"
+    exit_code = exitcodes.INCOMPLETE
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,9 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "detection's code (docs/monitor.md).",
     )
     p.add_argument("--once", action="store_true", help="poll once and exit with the poll's code")
-    p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="seconds between polls (default 60)")
+    p.add_argument("--interval", type=seconds(), default=60.0, metavar="SECONDS", help="seconds between polls")
     p.add_argument("--json", action="store_true", help="one JSON object per poll on stdout")
-    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the one pinned in PACSPACE_HOME")
+    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey (default: the one pinned in PACSPACE_HOME)")
     p.add_argument("--policy", type=Path, metavar="FILE",
                    help="a C2SP tlog-policy: accept only checkpoints with its witnesses' quorum (default: none)")
     common(p)
@@ -54,15 +64,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "covering exactly the period's records, with totals equal to their sum. With --invoice, compare every "
         "invoice line to the committed totals. Exit 0: everything matches; 4: the invoice differs; 5: the record "
         "is incomplete (no close yet); 6: the record failed verification; 7: the provider broke a protocol rule "
-        "in this period (the findings are shown).",
+        "in this period (the findings are shown). With --prices, each line's amount is checked too.",
     )
-    p.add_argument("--relationship", required=True)
+    p.add_argument("--relationship", required=True, metavar="R", help="the relationship's id")
     p.add_argument("--period", required=True, help=_PERIOD_HELP)
-    p.add_argument("--invoice", type=Path,
-                   help='{"relationship", "period", "lines": [{"meter", "dimensions", "quantity"}]} (default: none)')
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format (default table)")
-    p.add_argument("--report", type=Path, metavar="FILE.html", help="also write a self-contained HTML report")
-    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the one pinned in PACSPACE_HOME")
+    p.add_argument("--invoice", type=Path, metavar="FILE",
+                   help="the provider's invoice: pacspace's JSON, a Stripe or Lago invoice, or a CSV of meter, "
+                   "dimensions and quantity (docs/invoices.md) (default: none)")
+    p.add_argument("--invoice-format", choices=list(INVOICE_FORMATS), default="auto",
+                   help="the invoice's format; auto tells them apart")
+    p.add_argument("--mapping", type=Path, metavar="FILE",
+                   help="how the invoice's lines name meters and dimensions where they differ (default: the "
+                   "invoice's own names)")
+    p.add_argument("--prices", type=Path, metavar="FILE",
+                   help="a price sheet: also check each line's amount, in exact decimals (default: quantities only)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
+    p.add_argument("--report", type=Path, metavar="FILE.html",
+                   help="also write a self-contained HTML report (default: none)")
+    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey (default: the one pinned in PACSPACE_HOME)")
     common(p, server=False)
     p.set_defaults(run=cmd_bill_verify)
 
@@ -76,10 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "checkpoints and the per-record keys of those records only: enough to check the period offline, "
         "without the server and without the relationship secret.",
     )
-    p.add_argument("--relationship", required=True)
+    p.add_argument("--relationship", required=True, metavar="R", help="the relationship's id")
     p.add_argument("--period", required=True, help=_PERIOD_HELP)
-    p.add_argument("--out", type=Path, required=True, help="the bundle file to write")
-    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey instead of the one pinned in PACSPACE_HOME")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the bundle file to write")
+    p.add_argument("--log-key", metavar="VKEY", help="verify against this vkey (default: the one pinned in PACSPACE_HOME)")
     common(p, server=False)
     p.set_defaults(run=cmd_evidence_export)
     p = evidence_sub.add_parser(
@@ -88,12 +107,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Check a period's bundle against the log's verifier key: every checkpoint, every inclusion "
         "proof, every record with its own key and the provider's signature, their continuity, and the close's "
         "totals; prints the totals. Or check a fork evidence file the monitor saved: two checkpoints signed by "
-        "the log that no append-only tree has. Exit 0 when the file proves what it claims, 6 when it does not.",
+        "the log that no append-only tree has. Exit 0 when the file proves what it claims, 6 when it does not, "
+        "2 when it is not an evidence file.",
     )
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="an evidence bundle (`evidence export`) or a monitor's fork evidence file")
     p.add_argument("--log-key", metavar="VKEY", help="the log's vkey (default: the one pinned in PACSPACE_HOME)")
-    p.add_argument("--provider-key", metavar="FINGERPRINT", help="refuse unless the provider's keys have this fingerprint")
-    p.add_argument("--policy", type=Path, metavar="FILE", help="a C2SP tlog-policy: require its witnesses' quorum on the close")
+    p.add_argument("--provider-key", metavar="FINGERPRINT", type=fingerprint,
+                   help="exit 6 unless the provider's keys have this fingerprint (default: none; an older 8-group "
+                   "fingerprint is its first half)")
+    p.add_argument("--policy", type=Path, metavar="FILE",
+                   help="a C2SP tlog-policy: require its witnesses' quorum on the close (default: none)")
     common(p, server=False)
     p.set_defaults(run=cmd_evidence_verify)
 
@@ -101,9 +124,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "verify-event",
         help="check that one usage event was counted, exactly once, in a committed delta",
         description="Check an event proof from the provider (`pacspace recorder prove-event`) against the "
-        "monitor's verified copy: the event's digest is under the events_root of the committed delta it names.",
+        "monitor's verified copy: the event's digest is under the events_root of the committed delta it names. "
+        "Every item is checked before anything is printed. Exit 0 when all are proven, 6 when one is not, 5 when "
+        "the monitor does not hold the delta yet (run `pacspace monitor --once`), 2 when it is not an event proof.",
     )
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="the event proof (`pacspace recorder prove-event` prints it)")
     common(p, server=False)
     p.set_defaults(run=cmd_evidence_verify_event)
 
@@ -130,11 +155,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                     if args.once or found.kind in _FATAL:
                         return found.exit_code
                     code = found.exit_code
-                except Unreachable as exc:
+                except PacspaceError as exc:
+                    # The server unreachable, an error answer, another monitor busy: nothing proven either way.
                     if args.once:
                         raise
                     print(f"pacspace: error: {exc}; trying again in {args.interval:g} s", file=sys.stderr)
-                    code = exitcodes.UNREACHABLE
+                    code = exc.exit_code
                 sys.stdout.flush()
                 if args.once:
                     return code
@@ -208,38 +234,29 @@ def _check_period(period: str) -> None:
 
 
 def cmd_bill_verify(args: argparse.Namespace) -> int:
-    from ..client.bill import compare, load_invoice, render_html, render_table, verdict_text, verify_bill
+    from ..client.bill import compare, render_csv, render_table, verdict_text, verify_bill
     from ..client.monitor_state import MonitorState
+    from ..client.report import render_html
 
     _check_period(args.period)
     home = home_of(args)
     log_key = home.log_key(args.log_key)
-    invoice = None
-    if args.invoice:
-        try:
-            text = args.invoice.read_text()
-        except OSError as exc:
-            raise MalformedInput(f"cannot read {args.invoice}: {exc.strerror}") from None
-        invoice = load_invoice(text, args.relationship, args.period)
+    invoice, prices = _invoice_of(args), _prices_of(args)
     state = MonitorState(home.path)
     try:
         bill = verify_bill(state, log_key, args.relationship, args.period)
     finally:
         state.close()
     if invoice is not None and bill.close is not None:
-        compare(bill, invoice)
+        compare(bill, invoice, prices)
     if args.format == "json":
         print(json.dumps(bill.to_json()))
     elif args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["meter", "dimensions", "committed", "invoiced", "matches"])
-        for x in bill.lines:
-            writer.writerow([x.meter, ";".join(f"{k}={v}" for k, v in sorted(x.dimensions.items())), x.committed,
-                             x.invoiced if x.invoiced is not None else "", "yes" if x.matches else "no"])
+        sys.stdout.write(render_csv(bill))
     else:
         print(render_table(bill))
     if args.report:
-        args.report.write_text(render_html(bill))
+        _write(args.report, render_html(bill), "the report")
     for f in bill.findings:
         print(f"pacspace: FINDING {f.kind}: {f.message}", file=sys.stderr)
     if bill.other_findings:
@@ -250,6 +267,28 @@ def cmd_bill_verify(args: argparse.Namespace) -> int:
         print(f"pacspace: note: {line}", file=sys.stderr)
     print(f"pacspace: {args.relationship} {args.period}: {verdict_text(bill)}", file=sys.stderr)
     return bill.exit_code
+
+
+def _invoice_of(args: argparse.Namespace) -> Any:
+    """The --invoice file in its format, mapped with --mapping (None without --invoice)."""
+    from ..client.invoice_mapping import load_mapping
+    from ..client.invoices import read_invoice
+
+    if args.mapping and not args.invoice:
+        raise MalformedInput("--mapping maps the lines of an --invoice: give the invoice too")
+    if not args.invoice:
+        return None
+    mapping = load_mapping(read_text(args.mapping, "--mapping")) if args.mapping else None
+    return read_invoice(read_text(args.invoice, "--invoice"), args.invoice_format, args.relationship, args.period,
+                        mapping)
+
+
+def _prices_of(args: argparse.Namespace) -> Any:
+    from ..client.prices import load_prices
+
+    if args.prices and not args.invoice:
+        raise MalformedInput("--prices checks the amounts of an --invoice: give the invoice too")
+    return load_prices(read_text(args.prices, "--prices")) if args.prices else None
 
 
 # --- evidence -----------------------------------------------------------------------
@@ -266,24 +305,23 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
         bundle = export_bundle(state, home.log_key(args.log_key), args.relationship, args.period)
     finally:
         state.close()
-    args.out.write_text(dumps(bundle))
+    _write(args.out, dumps(bundle), "the bundle")
     print(f"pacspace: wrote {len(bundle['records'])} records of {args.period} to {args.out}", file=sys.stderr)
     return 0
 
 
+def _write(path: Path, text: str, what: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise PacspaceError(f"cannot write {what} to {path}: {exc.strerror}") from None
+
+
 def cmd_evidence_verify(args: argparse.Namespace) -> int:
-    from ..client.evidence import FORK_FORMAT, verify_bundle, verify_fork
-    from ..keys import fingerprint_matches
+    from ..client.evidence import FORK_FORMAT, EvidenceError, verify_bundle, verify_fork
 
     verifier = home_of(args).log_key(args.log_key)
-    try:
-        bundle = json.loads(args.file.read_text())
-    except OSError as exc:
-        raise MalformedInput(f"cannot read {args.file}: {exc.strerror}") from None
-    except ValueError:
-        raise MalformedInput(f"{args.file} is not JSON") from None
-    if not isinstance(bundle, dict):
-        raise MalformedInput(f"{args.file} is not an evidence file (a JSON object)")
+    bundle = read_json_object(args.file, "the evidence file")
     if bundle.get("format") == FORK_FORMAT:
         fork = verify_fork(bundle, verifier)
         print(f"ok: fork proven: {fork.origin} signed size {fork.earlier.size} with root "
@@ -292,52 +330,68 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
         return 0
     result = verify_bundle(bundle, verifier)
     if args.provider_key and not fingerprint_matches(result.provider_fingerprint, args.provider_key):
-        raise MalformedInput(f"the bundle's provider key has fingerprint {result.provider_fingerprint}, not {args.provider_key}")
+        raise EvidenceError(f"the bundle's provider key has fingerprint {result.provider_fingerprint}, not "
+                            f"{args.provider_key}")
     when = datetime.fromtimestamp(result.close_signed_time, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if args.policy:
         from ..note import parse_note
         from ..receipt import parse_receipt
 
         print_witnessed(args, parse_note(parse_receipt(bundle["close_receipt"]).checkpoint))
-    print(f"ok: {result.relationship} {result.period}: {result.record_count} records, closed in a checkpoint signed {when}, "
-          f"provider key {result.provider_fingerprint}")
+    summary = (f"{result.relationship} {result.period}: {result.record_count} records, closed in a checkpoint "
+               f"signed {when}, provider key {result.provider_fingerprint}")
+    # Authentic, and in the log; but a record that breaks a protocol rule is no "ok".
+    print(f"ok: {summary}" if not result.findings else f"{summary}; {len(result.findings)} record(s) break a rule")
     for line in result.totals:
         dims = ",".join(f"{k}={v}" for k, v in sorted(line.dimensions.items()))
         print(f"{line.meter:<34} {dims:<28} {line.quantity:>16} {line.unit}")
-    return 0
+    for finding in result.findings:
+        print(f"pacspace: FINDING {finding.kind}: {finding.message}", file=sys.stderr)
+    return exitcodes.RULE_BROKEN if result.findings else 0
 
 
 def cmd_evidence_verify_event(args: argparse.Namespace) -> int:
-    import base64
     import hashlib
 
+    from .. import jsonshape as shape
+    from ..client.evidence import EvidenceError
     from ..client.monitor_state import MonitorState
-    from ..merkle import leaf_hash, verify_inclusion
+    from ..merkle import HASH_SIZE, leaf_hash, verify_inclusion
     from ..records import canonical
     from ..records.body import Delta, decode_body
 
+    proof = read_json_object(args.file, "the event proof")
+    items = shape.field(proof, "proofs", list, f"the event proof {args.file}")
+    if not items:
+        raise MalformedInput(f"the event proof {args.file} holds no proofs")
+    home = home_of(args)
+    proven = []
+    state = MonitorState(home.path)
     try:
-        proof = json.loads(args.file.read_text())
-        items = proof["proofs"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MalformedInput(f"cannot read the event proof {args.file}: {exc}") from None
-    state = MonitorState(home_of(args).path)
-    try:
-        for item in items:
-            copies = {c.seq: c for c in state.copies(item["relationship"])}
-            copy = copies.get(int(item["seq"]))
+        # Every item is checked before any is reported: an `ok:` line is never followed by a failure.
+        for n, item in enumerate(items):
+            what = f"the event proof's item {n}"
+            rid, seq = shape.field(item, "relationship", str, what), shape.field(item, "seq", int, what)
+            index, size = shape.field(item, "index", int, what), shape.field(item, "size", int, what)
+            root = shape.hex_bytes(item, "events_root", what, HASH_SIZE)
+            path = shape.b64_list(item, "path", what, HASH_SIZE)
+            event = shape.field(item, "event", dict, what)
+            for key in ("id", "meter", "quantity"):
+                shape.field(event, key, str, f"{what}'s event")
+            copy = {c.seq: c for c in state.copies(rid)}.get(seq)
             if copy is None:
-                raise MalformedInput(f"the monitor holds no seq {item['seq']} of {item['relationship']} (run `pacspace monitor --once`)")
+                raise NotHeld(f"the monitor holds no seq {seq} of {rid} (run `pacspace monitor --once`)")
             body = decode_body(copy.body)
-            if not isinstance(body, Delta) or not body.evidence or body.evidence.get("events_root") != item["events_root"]:
-                raise MalformedInput(f"seq {item['seq']} does not commit to events_root {item['events_root'][:16]}...")
-            digest = hashlib.sha256(canonical.encode(item["event"])).digest()
-            verify_inclusion(int(item["index"]), int(item["size"]), leaf_hash(digest),
-                             [base64.b64decode(h) for h in item["path"]], bytes.fromhex(item["events_root"]))
-            if int(item["size"]) != int(body.evidence.get("events_count", -1)):
-                raise MalformedInput("the proof's tree size is not the delta's events_count")
-            print(f"ok: {item['event']['meter']} {item['event']['quantity']} of event {item['event']['id']} is counted in "
-                  f"{item['relationship']} seq {item['seq']} (window {item['window_start']})")
+            if not isinstance(body, Delta) or not body.evidence or body.evidence.get("events_root") != root.hex():
+                raise EvidenceError(f"{rid} seq {seq} does not commit to events_root {root.hex()[:16]}...")
+            if size != int(body.evidence.get("events_count", -1)):
+                raise EvidenceError(f"{what}: its tree size is not the events_count of {rid} seq {seq}")
+            digest = hashlib.sha256(canonical.encode(event)).digest()
+            verify_inclusion(index, size, leaf_hash(digest), path, root)
+            proven.append(f"ok: {event['meter']} {event['quantity']} of event {event['id']} is counted in {rid} seq "
+                          f"{seq} (window {body.window_start})")
     finally:
         state.close()
+    for line in proven:
+        print(line)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
 import sys
@@ -12,9 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import exitcodes
 from ..client.home import Home, default_home
-from ..client.http import PacspaceClient
-from ..errors import MalformedInput
+from ..client.http import PacspaceClient, server_url
+from ..errors import MalformedInput, PacspaceError
+from ..files import read_text
 from ..recorder.config import RecorderConfig, load_config
 from ..recorder.events import (
     InvalidEvent,
@@ -27,11 +30,22 @@ from ..recorder.events import (
     stripe_event,
     utc_time,
 )
-from ..recorder.flush import FlushReport, flush
-from ..recorder.plan import format_time
+from ..recorder.flush import FlushReport, cutoff, flush
+from ..recorder.plan import format_time, next_period, period_end
 from ..recorder.spool import Spool
+from ..recorder.windows import period_of
+from .argtypes import port, seconds
+from .listen import listen
+from .party import DEFAULT_URL, common, home_of, server_of
 
 FORMATS = ("cloudevents", "stripe", "openai", "anthropic")
+
+
+class NotCommittedYet(PacspaceError):
+    """prove-event: the event is spooled, and no committed record counts it yet."""
+
+    code = "not_committed_yet"
+    exit_code = exitcodes.INCOMPLETE
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,44 +54,60 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rsub = rec.add_subparsers(dest="recorder_command", metavar="COMMAND", required=True)
     p = rsub.add_parser("import", help="spool events from a file",
                         description="Read events (CloudEvents JSONL, Stripe meter-event CSV or JSONL, OpenAI or Anthropic "
-                        "usage objects as JSONL) and spool them durably, deduplicated on their source ids. LLM usage "
-                        "is mapped to disjoint meters so no token is counted twice.")
-    p.add_argument("file", type=Path)
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
-    p.add_argument("--customer", help="the customer ref for usage objects that do not carry a 'customer' field")
+                        "usage objects as JSONL; docs/recorder.md shows each) and spool them durably, deduplicated on "
+                        "their source ids. LLM usage is mapped to disjoint meters so no token is counted twice. Prints "
+                        "a JSON summary. Exit 2 if any line was rejected (each is named on stderr; the others are "
+                        "spooled).")
+    p.add_argument("file", type=Path, help="the events: JSONL, or CSV for --format stripe")
+    p.add_argument("--format", required=True, choices=FORMATS, help="the events' format")
+    _config_arg(p)
+    p.add_argument("--customer", metavar="REF",
+                   help="the customer ref for usage objects that do not carry a 'customer' field (default: none)")
     p.set_defaults(run=cmd_import)
     p = rsub.add_parser("flush", help="commit every window due by a time",
                         description="Commit what is due by --until (default now) minus the grace: one delta per "
                         "relationship per window that ended, late events flagged in the next delta or corrected, zero "
                         "deltas if configured, and the close of each month that ended. Sent through the batch endpoint. "
-                        "Resumable: a flush that died is finished, never repeated. Prints a JSON summary.")
-    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
-    p.add_argument("--until", help="RFC 3339 UTC time (default: now)")
-    p.add_argument("--url", help="the log server (default $PACSPACE_URL, else http://127.0.0.1:8080)")
-    p.add_argument("--token", help="the provider's bearer token (default $PACSPACE_TOKEN)")
-    p.add_argument("--home", type=Path, help="the provider's home (default $PACSPACE_HOME, else ~/.pacspace)")
+                        "Resumable: a flush that died is finished, never repeated. Checks the server, the token and the "
+                        "keys even when nothing is due. Prints a JSON summary; exit 1 if a relationship failed.")
+    _config_arg(p)
+    p.add_argument("--until", metavar="TIME",
+                   help="RFC 3339 UTC time; one in the future needs --force (default: now)")
+    p.add_argument("--force", action="store_true",
+                   help="allow --until in the future: windows and months that have not ended are committed and closed "
+                   "as if that time had come (a drill)")
+    common(p)
     p.set_defaults(run=cmd_flush)
     p = rsub.add_parser("serve", help="accept CloudEvents over HTTP and flush on a timer",
                         description="Accept CloudEvents 1.0 at POST /events (application/cloudevents+json or "
                         "application/cloudevents-batch+json; 202 only once spooled durably), serve /metrics, and, "
-                        "when PACSPACE_TOKEN is set, flush every window that is due every --flush-interval seconds.")
-    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8090)
-    p.add_argument("--flush-interval", type=float, default=60.0, metavar="SECONDS")
+                        "when PACSPACE_TOKEN is set, flush every window that is due every --flush-interval seconds "
+                        "(to PACSPACE_URL, as the provider of PACSPACE_HOME).")
+    _config_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=port, default=8090, help="port to listen on")
+    p.add_argument("--flush-interval", type=seconds(), default=60.0, metavar="SECONDS",
+                   help="seconds between flushes, above 0")
     p.set_defaults(run=cmd_serve)
     p = rsub.add_parser("prove-event", help="which delta counted an event, with a proof",
                         description="Print, for each meter of one source event, the committed delta that counted it "
                         "(relationship, seq, log index, window) and an RFC 9162 proof that the event is under that "
                         "delta's events_root. Give the file to the customer: `pacspace evidence verify-event FILE`.")
-    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
-    p.add_argument("--event-id", required=True, help="the source's event id (CloudEvents id, Stripe identifier, response id)")
-    p.add_argument("--source", help="the event's source, if ids repeat across sources")
+    _config_arg(p)
+    p.add_argument("--event-id", required=True, metavar="ID",
+                   help="the source's event id (CloudEvents id, Stripe identifier, response id)")
+    p.add_argument("--source", help="the event's source, if ids repeat across sources (default: any)")
     p.set_defaults(run=cmd_prove_event)
-    p = rsub.add_parser("status", help="spooled events and deltas", description="Counts from the spool.")
-    p.add_argument("--config", type=Path, required=True, help="the recorder's TOML file (docs/recorder.md)")
+    p = rsub.add_parser("status", help="spooled events and deltas; checks the server",
+                        description="Print counts from the spool as JSON, then check the server, the token and the "
+                        "keys a flush would use (exit 3 if the server is unreachable, 2 if it refuses the token).")
+    _config_arg(p)
+    common(p)
     p.set_defaults(run=cmd_status)
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, metavar="FILE", help="the recorder's TOML file (docs/recorder.md)")
 
 
 def _parse(obj: dict[str, Any], fmt: str, config: RecorderConfig, customer: str | None) -> list[UsageEvent]:
@@ -93,58 +123,99 @@ def _parse(obj: dict[str, Any], fmt: str, config: RecorderConfig, customer: str 
 
 def cmd_import(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    try:
-        text = args.file.read_text()
-    except OSError as exc:
-        raise MalformedInput(f"cannot read {args.file}: {exc.strerror}") from None
+    text = read_text(args.file, "the events file")
     rows = read_stripe_csv(text) if args.format == "stripe" and not text.lstrip().startswith("{") else read_jsonl(text)
     batch: list[tuple[UsageEvent, str, tuple[str, str]]] = []
     rejected: list[str] = []
     now = datetime.now(timezone.utc)
     route = config.router(now)
-    for number, obj in rows:
-        try:
-            if isinstance(obj, InvalidEvent):
-                raise obj
-            # All of a line's events (an LLM response's meters) or none of them.
-            batch += [route(event) for event in _parse(obj, args.format, config, args.customer)]
-        except InvalidEvent as exc:
-            rejected.append(f"line {number}: {exc}")
+    try:
+        for number, obj in rows:
+            try:
+                if isinstance(obj, InvalidEvent):
+                    raise obj
+                # All of a line's events (an LLM response's meters) or none of them.
+                batch += [route(event) for event in _parse(obj, args.format, config, args.customer)]
+            except InvalidEvent as exc:
+                rejected.append(f"line {number}: {exc}")
+    except csv.Error as exc:
+        raise MalformedInput(f"the events file {args.file} is not CSV: {exc}") from None
     spool = Spool(config.data)
     try:
         accepted, duplicates = spool.accept(batch, format_time(now))
     finally:
         spool.close()
+    print(json.dumps({"accepted": accepted, "duplicates": duplicates, "rejected": len(rejected)}))
+    if not rejected:
+        return exitcodes.OK
     for reason in rejected[:20]:
         print(f"pacspace: rejected {reason}", file=sys.stderr)
-    if len(rejected) > 20:
-        print(f"pacspace: ... and {len(rejected) - 20} more rejected lines", file=sys.stderr)
-    print(json.dumps({"accepted": accepted, "duplicates": duplicates, "rejected": len(rejected)}))
-    return 0 if not rejected else 1
+    more = " (the first 20 are above)" if len(rejected) > 20 else ""
+    raise MalformedInput(f"{len(rejected)} line(s) of {args.file} rejected{more}; {accepted} new event(s) spooled")
+
+
+def _months_ending(after: str, by: str) -> list[str]:
+    """The months that end after ``after`` and by ``by``: what a flush at ``by`` closes that one at ``after`` would not."""
+    months: list[str] = []
+    period = period_of(after)
+    for _ in range(1200):
+        if period_end(period) > by:
+            break
+        if period_end(period) > after:
+            months.append(period)
+        period = next_period(period)
+    return months
+
+
+def _until(args: argparse.Namespace, config: RecorderConfig) -> str:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if not args.until:
+        return now
+    until = utc_time(args.until)
+    if until <= now:
+        return until
+    limit = cutoff(until, config.grace_minutes)
+    months = _months_ending(cutoff(now, config.grace_minutes), limit)
+    shown = ", ".join(months[:12]) + (f" and {len(months) - 12} more" if len(months) > 12 else "")
+    what = f"it commits every window that ends by {limit}" + (f" and closes {shown} for every relationship "
+                                                              "with usage in it" if months else "")
+    if not args.force:
+        raise MalformedInput(f"--until {until} is in the future: {what}, before that time has come; pass --force "
+                             "if this is a drill")
+    print(f"pacspace: --until {until} is in the future (--force): {what}", file=sys.stderr)
+    return until
+
+
+async def _provider(client: PacspaceClient, home: Home) -> str:
+    """The server answers, takes the token, and knows it as a provider; the home holds the keys. Its name."""
+    me = await client.me()
+    if me.get("role") != "provider":
+        raise MalformedInput(f"the token is {me.get('name')}'s, a {me.get('role')}: the recorder commits as a provider")
+    home.keys()
+    return str(me.get("name"))
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    # --until may be in the future: windows are then committed as if that time had come (for tests, drills).
-    until = utc_time(args.until) if args.until else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    url = args.url or os.environ.get("PACSPACE_URL") or "http://127.0.0.1:8080"
-    token = args.token or os.environ.get("PACSPACE_TOKEN")
-    if not token:
-        raise MalformedInput("no token: set PACSPACE_TOKEN or pass --token")
-    home = Home(args.home or default_home())
+    until = _until(args, config)
+    url, token = server_of(args)
+    home = home_of(args)
 
     async def main() -> int:
-        spool = Spool(config.data)
-        try:
-            async with PacspaceClient(url, token) as client:
+        async with PacspaceClient(url, token) as client:
+            await _provider(client, home)
+            spool = Spool(config.data)
+            try:
                 report = await flush(client, home, spool, config, until,
                                      progress=lambda line: print(f"pacspace: {line}", file=sys.stderr))
-        finally:
-            spool.close()
+            finally:
+                spool.close()
+        print(json.dumps(report.to_json()))
+        if not report.errors:
+            return exitcodes.OK
         for error in report.errors:
             print(f"pacspace: {error}", file=sys.stderr)
-        print(json.dumps(report.to_json()))
-        return 1 if report.errors else 0
+        raise PacspaceError(f"{len(report.errors)} error(s) in this flush (above); what did not fail is committed")
 
     return asyncio.run(main())
 
@@ -153,10 +224,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     spool = Spool(config.data)
     try:
-        print(json.dumps(spool.status()))
+        print(json.dumps(spool.status()), flush=True)
     finally:
         spool.close()
-    return 0
+    url, token = server_of(args)
+    home = home_of(args)
+
+    async def main() -> int:
+        async with PacspaceClient(url, token) as client:
+            name = await _provider(client, home)
+        print(f"pacspace: {client.url} answers; the token is {name}'s, and {home.path} holds its keys", file=sys.stderr)
+        return exitcodes.OK
+
+    return asyncio.run(main())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -167,7 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..recorder.server import create_recorder_app
 
     config = load_config(args.config)
-    url = os.environ.get("PACSPACE_URL") or "http://127.0.0.1:8080"
+    url = server_url(os.environ.get("PACSPACE_URL") or DEFAULT_URL)
     token = os.environ.get("PACSPACE_TOKEN")
     home = Home(default_home())
     flusher = None
@@ -177,13 +257,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 report = await flush(client, home, spool, config, until)
             return report
-    else:
+    # Bound before anything is created (the spool is opened once the app starts).
+    sock = listen(args.host, args.port)
+    if not token:
         print("pacspace: PACSPACE_TOKEN is not set: events are spooled but not flushed", file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"pacspace: recorder on http://{args.host}:{args.port}/events", file=sys.stderr)
-    web.run_app(create_recorder_app(config, flusher, args.flush_interval), host=args.host, port=args.port,
-                print=None, access_log=None)
-    return 0
+    app = create_recorder_app(config, flusher, args.flush_interval)
+
+    async def announce(app: web.Application) -> None:
+        print(f"pacspace: recorder on http://{args.host}:{args.port}/events", file=sys.stderr)
+
+    app.on_startup.append(announce)
+    web.run_app(app, sock=sock, print=None, access_log=None)
+    return exitcodes.OK
 
 
 def cmd_prove_event(args: argparse.Namespace) -> int:
@@ -201,8 +287,8 @@ def cmd_prove_event(args: argparse.Namespace) -> int:
         proofs = []
         for rid, seq, event in found:
             record = None if seq is None else spool.record(rid, seq)
-            if record is None or record.index is None:
-                raise MalformedInput(f"event {args.event_id!r} of {rid} is not in a committed record yet (run a flush)")
+            if seq is None or record is None or record.index is None:
+                raise NotCommittedYet(f"event {args.event_id!r} of {rid} is not in a committed record yet (run a flush)")
             digests = [e.digest() for e in spool.counted_by(rid, seq)]
             if event.digest() not in digests:
                 raise MalformedInput(f"the spool no longer lists the events of {rid} seq {seq}: no proof can be made")

@@ -12,8 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..datadir import validate_origin
 from ..durable import write_new_file
 from ..errors import LogExists, LogNotFound, MalformedInput, UntrustedState
+from ..files import read_text
 from ..note import NoteSigner
 from ..witness import parse_log_policy
+from .argtypes import port
+from .listen import listen
 
 KEY_NAME = "witness.key"
 
@@ -25,17 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = wsub.add_parser("init", help="create the witness's key and print its vkey",
                         description="Create the witness's Ed25519 key (witness.key, mode 0600) in DIR and print its "
                         "cosignature verifier key (type 0x04), which logs and clients put in their policy.")
-    p.add_argument("--data", type=Path, default=Path("pacspace-witness"), metavar="DIR")
+    p.add_argument("--data", type=Path, default=Path("pacspace-witness"), metavar="DIR",
+                   help="the witness's data directory")
     p.add_argument("--name", required=True, help="the witness's name, a schema-less URL such as witness.example/w1")
     p.set_defaults(run=cmd_init)
     p = wsub.add_parser("serve", help="serve POST /add-checkpoint",
                         description="Serve C2SP tlog-witness: POST /add-checkpoint cosigns checkpoints of the logs the "
                         "policy names (its 'log <vkey>' lines) after checking their consistency; GET /checkpoint?origin= "
                         "serves the latest one cosigned.")
-    p.add_argument("--data", type=Path, default=Path("pacspace-witness"), metavar="DIR")
-    p.add_argument("--policy", type=Path, required=True, help="a C2SP tlog-policy file; its 'log' lines are the logs witnessed")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--data", type=Path, default=Path("pacspace-witness"), metavar="DIR",
+                   help="the witness's data directory")
+    p.add_argument("--policy", type=Path, required=True, metavar="FILE",
+                   help="a C2SP tlog-policy file; its 'log' lines are the logs witnessed")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=port, default=8081, help="port to listen on")
     p.set_defaults(run=cmd_serve)
 
 
@@ -45,11 +51,16 @@ def _signer(data: Path) -> NoteSigner:
         raise LogNotFound(f"no witness key in {data} (run `pacspace witness init --data {data} --name ...`)")
     if path.stat().st_mode & 0o077:
         raise UntrustedState(f"{path} is readable by others; run chmod 600 {path}")
-    return NoteSigner.from_private_key_text(path.read_text())
+    try:
+        return NoteSigner.from_private_key_text(read_text(path, "the witness key"))
+    except MalformedInput:
+        raise UntrustedState(f"{path} does not hold a valid witness key") from None
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     validate_origin(args.name)
+    if args.data.exists() and not args.data.is_dir():
+        raise MalformedInput(f"--data {args.data} is not a directory")
     args.data.mkdir(parents=True, exist_ok=True, mode=0o700)
     if (args.data / KEY_NAME).exists():
         raise LogExists(f"a witness key already exists in {args.data}")
@@ -64,13 +75,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..server.witness_app import create_witness_app
 
+    logs = parse_log_policy(read_text(args.policy, "--policy"))
     signer = _signer(args.data)
-    try:
-        logs = parse_log_policy(args.policy.read_text())
-    except OSError as exc:
-        raise MalformedInput(f"cannot read {args.policy}: {exc.strerror}") from None
+    sock = listen(args.host, args.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"pacspace: witness {signer.name} ({signer.cosignature_verifier.vkey()}) for {len(logs)} log(s) "
           f"on http://{args.host}:{args.port}/", file=sys.stderr)
-    web.run_app(create_witness_app(args.data, signer, logs), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(create_witness_app(args.data, signer, logs), sock=sock, print=None, access_log=None)
     return 0

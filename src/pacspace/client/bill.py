@@ -8,9 +8,8 @@ inclusion proof against the stored checkpoint signed by the pinned log key).
 from __future__ import annotations
 
 import base64
-import html
-import json
-from datetime import datetime, timezone
+import csv
+import io
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -24,11 +23,13 @@ from ..errors import MalformedInput, PacspaceError
 from ..merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from ..note import Ed25519Verifier
 from ..receipt import Receipt
-from ..records.body import Close, Delta, Genesis, canonical_decimal, decode_body, exact
+from ..records.body import Close, Delta, Genesis, Line, canonical_decimal, decode_body, exact
 from ..records.chain import ChainError, ChainHead, check_next
 from ..records.rules import Finding, Ledger
 from ..records.seal import Opened, public_entry
+from .invoices import Invoice, InvoiceLine, read_invoice
 from .monitor_state import MonitorState, StoredCopy
+from .prices import PriceSheet
 
 EXIT_MATCH = exitcodes.OK
 EXIT_INVOICE_DIFFERS = exitcodes.INVOICE_DIFFERS
@@ -43,6 +44,7 @@ class BillError(PacspaceError):
     """The committed record itself failed verification."""
 
     code = "bill_unverifiable"
+    http_status = 422
     exit_code = exitcodes.VERIFICATION_FAILED
 
 
@@ -50,19 +52,62 @@ class BillIncomplete(BillError):
     """The monitor's copy holds nothing of the relationship: the bill cannot be checked yet."""
 
     code = "bill_incomplete"
+    http_status = 409
     exit_code = exitcodes.INCOMPLETE
 
 
 @dataclass
 class BillLine:
+    """One meter and dimensions: the committed total beside what the invoice says (quantity, and amount with prices)."""
+
     meter: str
     dimensions: dict[str, str]
     committed: str
     invoiced: str | None = None
+    unit: str = ""
+    expected: str | None = None  # the committed quantity in the invoice's packages (a mapping's divide_by)
+    package: str | None = None  # how ``expected`` was computed, for people
+    invoiced_amount: str | None = None
+    expected_amount: str | None = None  # from the price sheet: what the committed quantity costs
+    amount_checked: bool = False
+    refs: tuple[str, ...] = ()  # the invoice's own names of its lines
+
+    @property
+    def quantity_matches(self) -> bool:
+        return self.invoiced is None or Decimal(self.invoiced) == Decimal(self.expected or self.committed)
+
+    @property
+    def amount_matches(self) -> bool:
+        if not self.amount_checked:
+            return True
+        return None not in (self.invoiced_amount, self.expected_amount) and \
+            Decimal(self.invoiced_amount or 0) == Decimal(self.expected_amount or 0)
 
     @property
     def matches(self) -> bool:
-        return self.invoiced is None or Decimal(self.invoiced) == Decimal(self.committed)
+        return self.quantity_matches and self.amount_matches
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"meter": self.meter, "dimensions": self.dimensions, "unit": self.unit,
+                               "committed": self.committed, "invoiced": self.invoiced, "matches": self.matches}
+        if self.expected is not None:
+            out.update(expected=self.expected, package=self.package)
+        if self.amount_checked or self.invoiced_amount is not None:
+            out.update(invoiced_amount=self.invoiced_amount, expected_amount=self.expected_amount,
+                       amount_checked=self.amount_checked)
+        if self.refs:
+            out["invoice_lines"] = list(self.refs)
+        return out
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One line of one delta or correction of the period, with its window: what the chart and the table show."""
+
+    seq: int
+    start: str
+    end: str
+    line: Line
 
 
 @dataclass(frozen=True)
@@ -79,17 +124,23 @@ class ClosedBy:
     receipt: str
 
 
+OUTCOMES = ("match", "differs", "incomplete", "failed")
+
+
 @dataclass
 class Bill:
     relationship: str
     period: str
     close: ClosedBy | None  # None: the period has no valid close yet
     lines: list[BillLine]
-    windows: list[tuple[str, str, str, str]] = field(default_factory=list)  # (window start, meter, dims, quantity)
+    usage: list[Usage] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)  # of this period: authentic records that break a rule
     other_findings: list[Finding] = field(default_factory=list)  # of the relationship's other periods
     stopped: list[str] = field(default_factory=list)  # why the verified copy may end early (detections)
     invoice_checked: bool = False
+    invoice: Invoice | None = None
+    prices_checked: bool = False
+    totals: tuple[Line, ...] = ()  # the close's totals, as signed (with their units)
 
     @property
     def matches(self) -> bool:
@@ -104,26 +155,45 @@ class Bill:
         return "match" if self.matches else "invoice differs"
 
     @property
+    def outcome(self) -> str:
+        """The verdict in one of four words (OUTCOMES), as the console and reports mark it with ``data-verdict``:
+        a period whose provider broke a rule ``failed`` as much as one whose copy does not verify."""
+        return {"rule broken": "failed", "invoice differs": "differs"}.get(self.verdict, self.verdict)
+
+    @property
     def exit_code(self) -> int:
         return {"rule broken": EXIT_RULE_BROKEN, "incomplete": EXIT_INCOMPLETE, "match": EXIT_MATCH,
                 "invoice differs": EXIT_INVOICE_DIFFERS}[self.verdict]
 
+    def running_totals(self) -> list[Line]:
+        """The period's usage summed so far, per meter, unit and dimensions (for a period with no close yet)."""
+        tally: dict[tuple[str, str, tuple[tuple[str, str], ...]], Decimal] = {}
+        ctx = exact()
+        for u in self.usage:
+            tally[u.line.key()] = ctx.add(tally.get(u.line.key(), Decimal(0)), Decimal(u.line.quantity))
+        return [Line(m, unit, canonical_decimal(q), dict(d)) for (m, unit, d), q in sorted(tally.items())]
+
     def to_json(self) -> dict[str, Any]:
         close = self.close
-        return {
+        out = {
             "relationship": self.relationship,
             "period": self.period,
             "verdict": self.verdict,
+            "outcome": self.outcome,
             "close": None if close is None else {
                 "seq": close.seq, "index": close.index, "first_seq": close.first_seq, "last_seq": close.last_seq,
                 "record_count": close.record_count, "chain_head": close.chain_head,
                 "checkpoint_size": close.checkpoint.size, "signed_time": close.checkpoint.timestamp},
-            "lines": [{"meter": x.meter, "dimensions": x.dimensions, "committed": x.committed, "invoiced": x.invoiced,
-                       "matches": x.matches} for x in self.lines],
+            "lines": [x.to_json() for x in self.lines],
             "findings": [f.to_json() for f in self.findings],
             "other_findings": [f.to_json() for f in self.other_findings],
             "stopped": self.stopped,
         }
+        if self.invoice is not None:
+            out["invoice"] = {"format": self.invoice.format, "number": self.invoice.number,
+                              "currency": self.invoice.currency, "prices_checked": self.prices_checked,
+                              "not_usage": [x.ref for x in self.invoice.ignored], "notes": self.invoice.notes}
+        return out
 
 
 def _key(meter: str, dims: dict[str, str]) -> Key:
@@ -173,19 +243,16 @@ def reverify(
 def verify_bill(state: MonitorState, log_key: Ed25519Verifier, rid: str, period: str) -> Bill:
     """Re-verify the relationship's verified copy and return the period's committed bill; raises BillError."""
     copies, opened, checkpoints, ledger, findings = reverify(state, log_key, rid)
+    last_poll = state.last_poll() or 0
     stopped = [f"the verified copy stops before seq {d.seq}: {d.message} (evidence: {d.evidence})"
-               for d in state.detections(rid)]
+               for d in state.detections(rid) if d.last_at >= last_poll and d.seq >= len(copies)]
     mine = [f for f in findings if f.period == period]
     others = [f for f in findings if f.period != period]
-    windows = [
-        (o.body.window_start, line.meter, ",".join(f"{k}={v}" for k, v in sorted(line.dimensions.items())), line.quantity)
-        for o in opened
-        if isinstance(o.body, Delta) and o.body.period == period
-        for line in o.body.lines
-    ]
+    usage = [Usage(o.seq, o.body.window_start, o.body.window_end, line)
+             for o in opened if isinstance(o.body, Delta) and o.body.period == period for line in o.body.lines]
     seq = ledger.closed.get(period)
     if seq is None:
-        return Bill(rid, period, None, [], windows, mine, others, stopped)
+        return Bill(rid, period, None, [], usage, mine, others, stopped)
     copy = copies[seq]
     close = opened[seq].body
     if not isinstance(close, Close) or copy.seq != seq:
@@ -195,8 +262,8 @@ def verify_bill(state: MonitorState, log_key: Ed25519Verifier, rid: str, period:
     receipt = Receipt(copy.index, path, checkpoint.format(), _entry(copy)).format()
     closed_by = ClosedBy(copy.seq, copy.index, close.first_seq, close.last_seq, close.record_count, close.chain_head,
                          checkpoint, receipt)
-    lines = [BillLine(t.meter, dict(t.dimensions), t.quantity) for t in close.totals]
-    return Bill(rid, period, closed_by, lines, windows, mine, others, stopped)
+    lines = [BillLine(t.meter, dict(t.dimensions), t.quantity, unit=t.unit) for t in close.totals]
+    return Bill(rid, period, closed_by, lines, usage, mine, others, stopped, totals=close.totals)
 
 
 def _entry(copy: StoredCopy) -> bytes:
@@ -215,62 +282,93 @@ def _check_inclusion(state: MonitorState, log_key: Ed25519Verifier, copy: Stored
 
 
 def load_invoice(text: str, rid: str, period: str) -> dict[Key, str]:
-    """``{"relationship", "period", "lines": [{"meter", "dimensions", "quantity"}]}`` -> quantity per (meter, dims)."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise MalformedInput("the invoice is not JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("lines"), list):
-        raise MalformedInput('an invoice is {"relationship", "period", "lines": [...]}')
-    if data.get("relationship") != rid or data.get("period") != period:
-        raise MalformedInput(f"the invoice is for {data.get('relationship')} {data.get('period')}, not {rid} {period}")
-    out: dict[Key, str] = {}
-    ctx = exact()
-    for line in data["lines"]:
-        if not isinstance(line, dict) or not isinstance(line.get("meter"), str):
-            raise MalformedInput("each invoice line has a meter, dimensions and a decimal quantity")
-        dims = line.get("dimensions") or {}
-        if not isinstance(dims, dict):
-            raise MalformedInput("invoice dimensions are an object of strings")
-        key = _key(line["meter"], {str(k): str(v) for k, v in dims.items()})
-        quantity = canonical_decimal(str(line.get("quantity")))
-        out[key] = canonical_decimal(ctx.add(Decimal(out.get(key, "0")), Decimal(quantity)))
-    return out
+    """pacspace's invoice JSON -> quantity per (meter, dims) (client.invoices reads every format)."""
+    invoice = read_invoice(text, "pacspace", rid, period)
+    return {_key(x.meter, x.dimensions): x.quantity for x in invoice.lines}
 
 
-def compare(bill: Bill, invoice: dict[Key, str]) -> None:
-    """Put each invoiced quantity beside the committed one; lines only one side has count as differences."""
-    bill.invoice_checked = True
-    committed: dict[Key, BillLine] = {}
-    for line in bill.lines:
+def compare(bill: Bill, invoice: Invoice | dict[Key, str], prices: PriceSheet | None = None) -> None:
+    """Put each invoiced line beside the committed one; lines only one side has count as differences. With
+    ``prices``, each line's amount is checked too: the price of the committed quantity against the invoiced one."""
+    if isinstance(invoice, dict):
+        invoice = Invoice("pacspace", None, None, [InvoiceLine(k[0], dict(k[1]), q, None) for k, q in invoice.items()])
+    if prices is not None and None not in (prices.currency, invoice.currency) and prices.currency != invoice.currency:
+        raise MalformedInput(f"the price sheet is in {prices.currency}, the invoice in {invoice.currency}")
+    bill.invoice_checked, bill.invoice, bill.prices_checked = True, invoice, prices is not None
+    committed = _committed(bill.lines)
+    for line in invoice.lines:
         key = _key(line.meter, line.dimensions)
-        if key in committed:
-            # Same meter and dimensions under two units: add them up for the comparison.
-            committed[key].committed = canonical_decimal(Decimal(committed[key].committed) + Decimal(line.committed))
-        else:
-            committed[key] = line
-    for key, quantity in invoice.items():
-        if key in committed:
-            committed[key].invoiced = quantity
-        else:
-            committed[key] = BillLine(key[0], dict(key[1]), "0", quantity)
-    for line in committed.values():
-        if line.invoiced is None:
-            line.invoiced = "0"
+        target = committed.setdefault(key, BillLine(line.meter, dict(line.dimensions), "0"))
+        target.invoiced, target.invoiced_amount, target.refs = line.quantity, line.amount, line.refs
+        if line.transform is not None:
+            target.expected, target.package = line.transform.apply(target.committed), line.transform.describe()
+    for target in committed.values():
+        target.invoiced = target.invoiced if target.invoiced is not None else "0"
+        if prices is not None:
+            target.amount_checked = True
+            target.expected_amount = prices.amount(target.meter, target.dimensions, target.expected or target.committed)
     bill.lines = sorted(committed.values(), key=lambda x: (x.meter, sorted(x.dimensions.items())))
 
 
+def _committed(lines: list[BillLine]) -> dict[Key, BillLine]:
+    """The close's totals per meter and dimensions; the same meter and dimensions under two units are added up."""
+    committed: dict[Key, BillLine] = {}
+    for line in lines:
+        key = _key(line.meter, line.dimensions)
+        if key in committed:
+            earlier = committed[key]
+            earlier.committed = canonical_decimal(Decimal(earlier.committed) + Decimal(line.committed))
+            earlier.unit = f"{earlier.unit}, {line.unit}"
+        else:
+            committed[key] = line
+    return committed
+
+
+def dims_text(dimensions: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(dimensions.items()))
+
+
 def render_table(bill: Bill) -> str:
-    rows = [f"{'METER':<34} {'DIMENSIONS':<28} {'COMMITTED':>16} {'INVOICED':>16}  OK"]
+    amounts = bill.prices_checked or any(x.invoiced_amount is not None for x in bill.lines)
+    head = f"{'METER':<34} {'DIMENSIONS':<28} {'COMMITTED':>16} {'INVOICED':>16}"
+    rows = [head + (f" {'PRICED':>14} {'AMOUNT':>14}" if amounts else "") + "  OK"]
     for x in bill.lines:
-        dims = ",".join(f"{k}={v}" for k, v in sorted(x.dimensions.items()))
-        rows.append(f"{x.meter:<34} {dims:<28} {x.committed:>16} {x.invoiced if x.invoiced is not None else '-':>16}  "
-                    f"{'yes' if x.matches else 'NO'}")
+        row = f"{x.meter:<34} {dims_text(x.dimensions):<28} {x.expected or x.committed:>16} {x.invoiced or '-':>16}"
+        if amounts:
+            row += f" {x.expected_amount or '-':>14} {x.invoiced_amount or '-':>14}"
+        rows.append(f"{row}  {'yes' if x.matches else 'NO'}")
     if bill.close is None:
         rows.append(f"(no close record for {bill.period} yet: the bill cannot be confirmed)")
     for f in bill.findings:
         rows.append(f"FINDING {f.kind}: {f.message}")
-    return "\n".join(rows)
+    if bill.invoice is not None:
+        rows += [f"not usage, not checked: {x.ref}" for x in bill.invoice.ignored]
+        rows += [f"note: {note}" for note in bill.invoice.notes]
+    # An invoice's or a provider's strings reach a terminal: no escape sequence of theirs does.
+    return "\n".join("".join(c if c.isprintable() else "?" for c in row) for row in rows)
+
+
+CSV_HEADER = ["meter", "dimensions", "unit", "committed", "invoiced", "matches", "priced", "invoiced_amount",
+              "invoice_lines"]
+
+
+def render_csv(bill: Bill) -> str:
+    """The lines as CSV (what `bill verify --format csv` prints and the console downloads)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for x in bill.lines:
+        writer.writerow([_cell(x.meter), _cell(";".join(f"{k}={v}" for k, v in sorted(x.dimensions.items()))),
+                         _cell(x.unit), x.expected or x.committed, x.invoiced if x.invoiced is not None else "",
+                         "yes" if x.matches else "no", x.expected_amount or "", x.invoiced_amount or "",
+                         _cell(" ".join(x.refs))])
+    return out.getvalue()
+
+
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula (a provider's dimension value
+    ``=HYPERLINK(...)``) is prefixed with an apostrophe."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def verdict_text(bill: Bill) -> str:
@@ -281,80 +379,6 @@ def verdict_text(bill: Bill) -> str:
     if bill.close is None:
         return f"{bill.period} has no close record yet: the bill cannot be confirmed."
     if not bill.matches:
-        return "The invoice differs from the committed record."
+        differing = sum(not x.matches for x in bill.lines)
+        return f"The invoice differs from the committed record ({differing} of {len(bill.lines)} lines)."
     return "The invoice matches the committed record." if bill.invoice_checked else "The committed record verifies."
-
-
-def render_html(bill: Bill) -> str:
-    """One self-contained page: verdict, table, a chart of usage per window per meter, and the evidence."""
-    color = "#1a7f37" if bill.verdict == "match" else "#9a6700" if bill.verdict == "incomplete" else "#b42318"
-    rows = "".join(
-        f"<tr><td>{html.escape(x.meter)}</td><td>{html.escape(', '.join(f'{k}={v}' for k, v in sorted(x.dimensions.items())))}</td>"
-        f"<td class=n>{html.escape(x.committed)}</td><td class=n>{html.escape(x.invoiced or '-')}</td>"
-        f"<td>{'✓' if x.matches else '✗'}</td></tr>"
-        for x in bill.lines
-    )
-    findings = "".join(f"<li><b>{html.escape(f.kind)}</b>: {html.escape(f.message)}</li>" for f in bill.findings)
-    findings_html = f"<h2>Findings</h2><ul>{findings}</ul>" if findings else ""
-    chart = _svg_chart(bill.windows)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Bill verification {html.escape(bill.relationship)} {bill.period}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem;color:#222}}
-.verdict{{font-size:1.4rem;padding:1rem;border-radius:.5rem;color:#fff;background:{color}}}
-table{{border-collapse:collapse;width:100%;margin:1rem 0}}td,th{{border-bottom:1px solid #ddd;padding:.4rem;text-align:left}}
-td.n{{text-align:right;font-variant-numeric:tabular-nums}}pre{{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.8rem}}
-</style></head><body>
-<h1>Bill verification</h1>
-<p>Relationship <code>{html.escape(bill.relationship)}</code>, period <b>{bill.period}</b>.</p>
-<div class="verdict" data-verdict="{html.escape(bill.verdict)}">{html.escape(verdict_text(bill))}</div>
-{findings_html}
-<h2>Committed totals{' and the invoice' if bill.invoice_checked else ''}</h2>
-<table><tr><th>Meter</th><th>Dimensions</th><th>Committed</th><th>Invoiced</th><th></th></tr>{rows}</table>
-<h2>Usage per window</h2>
-{chart}
-<h2>Evidence</h2>
-{_close_html(bill.close)}
-</body></html>
-"""
-
-
-def _close_html(close: ClosedBy | None) -> str:
-    if close is None:
-        return "<p>No close record yet.</p>"
-    signed = datetime.fromtimestamp(close.checkpoint.timestamp, timezone.utc)
-    return f"""<p>The close record (seq {close.seq}, log index {close.index}) covers seq {close.first_seq} to {close.last_seq}
-({close.record_count} records), chain head <code>{close.chain_head}</code>. It was committed under the checkpoint of size
-{close.checkpoint.size}, which the log signed at <b>{signed:%Y-%m-%d %H:%M:%S} UTC</b>.</p>
-<p>Receipt (c2sp.org/tlog-proof), verifiable offline with <code>pacspace receipt verify</code>:</p>
-<pre>{html.escape(close.receipt)}</pre>"""
-
-
-def _svg_chart(windows: list[tuple[str, str, str, str]]) -> str:
-    if not windows:
-        return "<p>No usage records in this period.</p>"
-    series: dict[str, dict[str, Decimal]] = {}
-    for start, meter, dims, quantity in windows:
-        name = meter + (f" ({dims})" if dims else "")
-        series.setdefault(name, {})
-        series[name][start] = series[name].get(start, Decimal(0)) + Decimal(quantity)
-    starts = sorted({w[0] for w in windows})
-    width, height, pad = 760, 240, 40
-    peak = max((v for s in series.values() for v in s.values()), default=Decimal(1)) or Decimal(1)
-    palette = ["#0969da", "#bf3989", "#1a7f37", "#9a6700", "#8250df", "#cf222e"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40 + 14 * len(series)}" role="img">',
-             f'<line x1="{pad}" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/>']
-    step = (width - pad) / max(1, len(starts) - 1)
-    for i, (name, values) in enumerate(sorted(series.items())):
-        points = []
-        for j, start in enumerate(starts):
-            y = height - float(values.get(start, Decimal(0)) / peak) * (height - 20)
-            points.append(f"{pad + j * step:.1f},{y:.1f}")
-        color = palette[i % len(palette)]
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(points)}"/>')
-        parts.append(f'<text x="{pad}" y="{height + 34 + 14 * i}" fill="{color}" font-size="12">{html.escape(name)}</text>')
-    parts.append(f'<text x="0" y="14" font-size="11">{html.escape(str(peak))}</text>')
-    parts.append(f'<text x="{pad}" y="{height + 14}" font-size="10">{html.escape(starts[0])}</text>')
-    parts.append(f'<text x="{width - 130}" y="{height + 14}" font-size="10">{html.escape(starts[-1])}</text>')
-    parts.append("</svg>")
-    return "".join(parts)

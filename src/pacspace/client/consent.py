@@ -35,13 +35,17 @@ class CannotAccept(PacspaceError):
     exit_code = exitcodes.VERIFICATION_FAILED
 
 
+# The latest time an invitation can name: 9999-12-31T23:59:59Z, the last second a datetime (and a page) can show.
+MAX_CREATED_AT = 253_402_300_799
+
+
 @dataclass(frozen=True)
 class Invitation:
     relationship: str
     provider: str
     provider_fingerprint: str | None  # of the keys the server relays; accepting checks the genesis names them
     cadence: str
-    created_at: int
+    created_at: int | None  # Unix seconds; None if the server's answer did not name a time a page can show
 
     def to_json(self) -> dict[str, Any]:
         return {"relationship": self.relationship, "state": "pending", "provider": self.provider,
@@ -55,9 +59,19 @@ async def invitations(client: PacspaceClient) -> list[Invitation]:
     for info in await client.relationships(state="pending"):
         detail = await client.relationship(info["relationship"])
         keys = detail.get("provider_keys") or {}
-        out.append(Invitation(info["relationship"], info["provider"], keys.get("fingerprint"), info.get("cadence", ""),
-                              int(info.get("created_at", 0))))
+        fingerprint, cadence = keys.get("fingerprint"), info.get("cadence", "")
+        out.append(Invitation(info["relationship"], info["provider"],
+                              fingerprint if isinstance(fingerprint, str) else None,
+                              cadence if isinstance(cadence, str) else "", created_at(info.get("created_at"))))
     return out
+
+
+def created_at(value: object) -> int | None:
+    """The server's ``created_at`` (whole Unix seconds) if it is a time from 1970 to 9999; None for anything else
+    (a string, a float, 1e20): one malformed field hides one date, never the invitation nor the poll."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CREATED_AT:
+        return None
+    return value
 
 
 async def accept(

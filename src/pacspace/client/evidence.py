@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..checkpoint import SignedCheckpoint, open_checkpoint
 from .. import exitcodes
+from .. import jsonshape as shape
 from ..errors import MalformedInput, PacspaceError
 from ..keys import PublicKeys
 from ..merkle import HASH_SIZE, leaf_hash, proves_fork, verify_inclusion
@@ -26,7 +28,7 @@ from ..note import Ed25519Verifier
 from ..receipt import verify_receipt
 from ..records.body import Close, Line, body_hash, decode_body
 from ..records.chain import ChainError
-from ..records.rules import Ledger, RuleBroken
+from ..records.rules import Finding, Ledger, RuleBroken
 from ..records.seal import Opened, RelationshipKeys, open_with_record_key, public_entry
 from .bill import BillError, BillIncomplete, verify_bill
 from .monitor_state import MonitorState
@@ -61,6 +63,9 @@ def export_bundle(state: MonitorState, log_key: Ed25519Verifier, rid: str, perio
     checkpoints = sorted({copies[s].checkpoint_size for s in seqs})
     return {
         "format": FORMAT,
+        # The key the exporter verified the log with: a convenience for the verifier page, never a trust anchor
+        # (a reader pins the log's key out of band; `evidence verify` ignores this field).
+        "log_vkey": log_key.vkey(),
         "relationship": rid,
         "period": period,
         "provider_ed25519": provider.ed25519,
@@ -92,58 +97,74 @@ class VerifiedBundle:
     record_count: int
     totals: tuple[Line, ...]
     close_signed_time: int
+    findings: tuple[Finding, ...] = ()  # the period's records that break a protocol rule (records.rules)
 
 
 def verify_bundle(bundle: dict[str, Any], log_key: Ed25519Verifier) -> VerifiedBundle:
-    """Check a bundle offline: checkpoints, inclusion, each record with its own key, continuity, the close."""
+    """Check a bundle offline: checkpoints, inclusion, each record with its own key, continuity, the close.
+
+    MalformedInput if it is not a bundle (its fields are checked first); EvidenceError if it does not prove
+    what it claims."""
+    what = "the evidence bundle"
+    if shape.obj(bundle, what).get("format") != FORMAT:
+        raise MalformedInput(f"not an evidence file: its format is neither {FORMAT} nor {FORK_FORMAT}")
+    rid, period = shape.field(bundle, "relationship", str, what), shape.field(bundle, "period", str, what)
+    ed25519 = shape.b64(bundle, "provider_ed25519", what, 32)
+    x25519 = shape.b64(bundle, "provider_x25519", what, 32)
+    prev_of_first = shape.field(bundle, "prev_of_first", str, what, optional=True)
+    shape.field(bundle, "log_vkey", str, what, optional=True)  # (bundles before it was added have none)
+    notes = shape.field(bundle, "checkpoints", dict, what)
+    receipt_text = shape.field(bundle, "close_receipt", str, what)
+    items = shape.field(bundle, "records", list, what)
+    if not items:
+        raise MalformedInput(f"{what} holds no records")
+    checkpoints: dict[int, SignedCheckpoint] = {}
+    for size, note in notes.items():
+        if not re.fullmatch(r"0|[1-9][0-9]{0,18}", size) or not isinstance(note, str):
+            raise MalformedInput(f"{what}: checkpoints maps tree sizes to signed checkpoint notes")
+        checkpoints[int(size)] = open_checkpoint(note.encode(), log_key)
+    provider = Ed25519PublicKey.from_public_bytes(ed25519)
+    opened: list[Opened] = []
+    for n, item in enumerate(items):
+        where = f"{what}'s record {n}"
+        seq, index = shape.field(item, "seq", int, where), shape.field(item, "index", int, where)
+        tag, blob = shape.b64(item, "tag", where, 32), shape.b64(item, "ciphertext", where)
+        record_key = shape.b64(item, "record_key", where, 32)
+        path = shape.b64_list(item, "proof", where, HASH_SIZE)
+        checkpoint = checkpoints.get(shape.field(item, "checkpoint_size", int, where))
+        if checkpoint is None:
+            raise MalformedInput(f"{where}: its checkpoint_size names no checkpoint of the bundle")
+        if seq < 0 or not 0 <= index < checkpoint.size:
+            raise EvidenceError(f"{where}: seq {seq} at index {index} is not in a tree of size {checkpoint.size}")
+        entry = public_entry(tag, blob)
+        verify_inclusion(index, checkpoint.size, leaf_hash(entry), path, checkpoint.root_hash)
+        record = open_with_record_key(seq, tag, blob, record_key, provider)
+        if record.body.common.relationship != rid:
+            raise EvidenceError(f"seq {seq} belongs to another relationship")
+        expected_prev = prev_of_first if not opened else body_hash(opened[-1].encoded)
+        if expected_prev is not None and record.body.common.prev != expected_prev:
+            raise EvidenceError(f"seq {seq} does not follow the record before it")
+        if opened and seq != opened[-1].seq + 1:
+            raise EvidenceError(f"seq {seq} follows seq {opened[-1].seq}: a gap")
+        opened.append(record)
+    close = opened[-1].body
+    if not isinstance(close, Close) or close.period != period:
+        raise EvidenceError("the bundle does not end with the period's close record")
     try:
-        if bundle.get("format") != FORMAT:
-            raise EvidenceError(f"not a {FORMAT} bundle")
-        provider = Ed25519PublicKey.from_public_bytes(base64.b64decode(bundle["provider_ed25519"]))
-        checkpoints = {int(size): open_checkpoint(note.encode(), log_key) for size, note in bundle["checkpoints"].items()}
-        opened: list[Opened] = []
-        for item in bundle["records"]:
-            seq, index = int(item["seq"]), int(item["index"])
-            tag, blob = base64.b64decode(item["tag"]), base64.b64decode(item["ciphertext"])
-            checkpoint = checkpoints[int(item["checkpoint_size"])]
-            entry = public_entry(tag, blob)
-            verify_inclusion(index, checkpoint.size, leaf_hash(entry), [base64.b64decode(h) for h in item["proof"]],
-                             checkpoint.root_hash)
-            record = open_with_record_key(seq, tag, blob, base64.b64decode(item["record_key"]), provider)
-            if record.body.common.relationship != bundle["relationship"]:
-                raise EvidenceError(f"seq {seq} belongs to another relationship")
-            expected_prev = bundle["prev_of_first"] if not opened else body_hash(opened[-1].encoded)
-            if expected_prev is not None and record.body.common.prev != expected_prev:
-                raise EvidenceError(f"seq {seq} does not follow the record before it")
-            if opened and seq != opened[-1].seq + 1:
-                raise EvidenceError(f"seq {seq} follows seq {opened[-1].seq}: a gap")
-            opened.append(record)
-        close = opened[-1].body if opened else None
-        if not isinstance(close, Close) or close.period != bundle["period"]:
-            raise EvidenceError("the bundle does not end with the period's close record")
-        ledger = Ledger(opened[0].seq - 1, bundle["prev_of_first"])
-        for record in opened[:-1]:
-            ledger.add(record)
+        ledger = Ledger(opened[0].seq - 1, prev_of_first)
+        findings = tuple(f for record in opened[:-1] for f in ledger.add(record))
         broken = ledger.check(opened[-1])
-        if broken:
-            raise EvidenceError(broken[0].message)
-        last_item = bundle["records"][-1]
-        receipt = verify_receipt(bundle["close_receipt"], log_key)
-        close_entry = public_entry(base64.b64decode(last_item["tag"]), base64.b64decode(last_item["ciphertext"]))
-        if receipt.entry != close_entry or receipt.index != int(last_item["index"]):
-            raise EvidenceError("the close receipt is not for the close record")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MalformedInput(f"malformed evidence bundle: {exc}") from None
     except (ChainError, RuleBroken) as exc:
         raise EvidenceError(str(exc)) from None
-    last = bundle["records"][-1]
-    fingerprint = PublicKeys(
-        base64.b64decode(bundle["provider_x25519"]), base64.b64decode(bundle["provider_ed25519"])
-    ).fingerprint()
-    return VerifiedBundle(
-        bundle["relationship"], bundle["period"], fingerprint, close.record_count, close.totals,
-        checkpoints[int(last["checkpoint_size"])].timestamp,
-    )
+    if broken:
+        raise EvidenceError(broken[0].message)
+    receipt = verify_receipt(receipt_text, log_key)
+    last = items[-1]
+    if receipt.entry != public_entry(shape.b64(last, "tag", what), shape.b64(last, "ciphertext", what)) \
+            or receipt.index != last["index"]:
+        raise EvidenceError("the close receipt is not for the close record")
+    return VerifiedBundle(rid, period, PublicKeys(x25519, ed25519).fingerprint(), close.record_count, close.totals,
+                          checkpoints[last["checkpoint_size"]].timestamp, findings)
 
 
 @dataclass(frozen=True)
@@ -161,13 +182,11 @@ def verify_fork(evidence: dict[str, Any], log_key: Ed25519Verifier) -> ProvenFor
     larger's signed root (so its hashes are the log's own) to a root for the
     smaller size other than the one the log signed (merkle.proves_fork).
     """
-    try:
-        if evidence.get("format") != FORK_FORMAT:
-            raise EvidenceError(f"not a {FORK_FORMAT} file (the monitor writes one for each fork it proves)")
-        notes = [str(evidence["earlier_checkpoint"]).encode(), str(evidence["later_checkpoint"]).encode()]
-        path = [base64.b64decode(h, validate=True) for h in evidence.get("consistency_path") or []]
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise MalformedInput(f"malformed fork evidence: {exc}") from None
+    what = "the fork evidence"
+    if shape.obj(evidence, what).get("format") != FORK_FORMAT:
+        raise MalformedInput(f"not a {FORK_FORMAT} file (the monitor writes one for each fork it proves)")
+    notes = [shape.field(evidence, key, str, what).encode() for key in ("earlier_checkpoint", "later_checkpoint")]
+    path = shape.b64_list(evidence, "consistency_path", what, HASH_SIZE) if evidence.get("consistency_path") else []
     earlier, later = sorted((open_checkpoint(n, log_key) for n in notes), key=lambda c: c.size)
     if earlier.checkpoint.origin != later.checkpoint.origin:
         raise EvidenceError("the two checkpoints are of different logs")

@@ -58,14 +58,27 @@ class Home:
                 raise HomeError(f"{p} is readable by others; run chmod 600 {p}")
         return PartyKeys.from_private_bytes(paths[0].read_bytes(), paths[1].read_bytes())
 
-    def pin_log_key(self, vkey: str) -> None:
+    def discard_keys(self) -> None:
+        """Undo create_keys: the key files, and the home itself if that leaves it empty."""
+        for name in ("party.x25519", "party.ed25519"):
+            (self.path / name).unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass  # it holds other files: it was there before
+
+    def check_log_key(self, vkey: str) -> None:
+        """Refuse a log key that is not a vkey, or not the one pinned here already (writes nothing)."""
         parse_vkey(vkey)
         path = self.path / "log.vkey"
-        if path.exists():
-            if path.read_text().strip() != vkey:
-                raise HomeError(f"the server's log key differs from the one pinned in {path}")
-            return
-        write_new_file(path, (vkey + "\n").encode(), mode=0o644)
+        if path.exists() and path.read_text().strip() != vkey:
+            raise HomeError(f"the server's log key differs from the one pinned in {path}")
+
+    def pin_log_key(self, vkey: str) -> None:
+        self.check_log_key(vkey)
+        path = self.path / "log.vkey"
+        if not path.exists():
+            write_new_file(path, (vkey + "\n").encode(), mode=0o644)
 
     def log_key(self, override: str | None = None) -> Ed25519Verifier:
         text = override or ((self.path / "log.vkey").read_text().strip() if (self.path / "log.vkey").exists() else "")

@@ -16,14 +16,26 @@ once and the console and ``bill verify`` can show them.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import PacspaceError
 from ..storage.transaction import write_transaction
 
 MONITOR_NAME = "monitor.db"
+
+
+class MonitorBusy(PacspaceError):
+    """Another monitor holds this home's copy."""
+
+    code = "monitor_busy"
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL, verified_at INTEGER NOT NULL)",
@@ -44,7 +56,10 @@ _SCHEMA = (
         provider TEXT NOT NULL,
         customer TEXT NOT NULL,
         provider_fingerprint TEXT NOT NULL,
-        secret BLOB NOT NULL
+        secret BLOB NOT NULL,
+        next_seq INTEGER,
+        head TEXT,
+        rules TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS findings (
         relationship TEXT NOT NULL,
@@ -100,6 +115,19 @@ class Followed:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far the copy of a relationship goes: the next seq, the last body's hash, the rules' view (JSON).
+
+    Kept with the records it follows, so a poll reads three values instead of the whole copy. A copy from
+    before this was kept has none (``Progress`` is then rebuilt once from the records).
+    """
+
+    next_seq: int
+    head: str
+    rules: str
+
+
+@dataclass(frozen=True)
 class StoredFinding:
     relationship: str
     seq: int
@@ -136,9 +164,48 @@ class MonitorState:
         self._conn.execute("PRAGMA synchronous = FULL")
         for statement in _SCHEMA:
             self._conn.execute(statement)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(relationships)")}
+        for column, kind in (("next_seq", "INTEGER"), ("head", "TEXT"), ("rules", "TEXT")):
+            if column not in columns:  # a copy from before they were kept
+                self._conn.execute(f"ALTER TABLE relationships ADD COLUMN {column} {kind}")
+        self._lock_path = home / (MONITOR_NAME + ".lock")
 
     def close(self) -> None:
         self._conn.close()
+
+    @asynccontextmanager
+    async def polling(self, wait: float = 60.0) -> AsyncIterator[None]:
+        """Hold the copy for one poll: two monitors on one home (a cron job beside a running one) take turns.
+
+        Raises MonitorBusy if the other does not finish within ``wait`` seconds."""
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise MonitorBusy(f"another monitor has been polling {self._lock_path.parent} for {wait:g} s") from None
+                    await asyncio.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)
+
+    def progress(self, rid: str) -> Progress | None:
+        row = self._conn.execute("SELECT next_seq, head, rules FROM relationships WHERE id = ?", (rid,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return Progress(row[0], row[1], row[2])
+
+    def last_poll(self) -> int | None:
+        """When the last poll that got as far as the log's checkpoint ran (seconds since the epoch)."""
+        row = self._conn.execute("SELECT max(verified_at) FROM checkpoints").fetchone()
+        return None if row is None else row[0]
+
+    def finding_count(self, rid: str) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM findings WHERE relationship = ?", (rid,)).fetchone()[0])
 
     def latest_checkpoint(self) -> bytes | None:
         row = self._conn.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
@@ -202,19 +269,24 @@ class MonitorState:
     def save_checkpoint(self, size: int, note: bytes, now: int) -> None:
         """A checkpoint verified against the pinned key and consistent with the latest one stored."""
         with write_transaction(self._conn) as conn:
-            conn.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?)", (size, note, now))
+            conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?) ON CONFLICT (size) DO UPDATE SET verified_at = "
+                         "excluded.verified_at", (size, note, now))
 
     def save_relationship(
-        self, followed: Followed | None, copies: list[StoredCopy], findings: list[StoredFinding]
+        self, followed: Followed | None, copies: list[StoredCopy], findings: list[StoredFinding], progress: Progress,
+        rid: str,
     ) -> None:
-        """One relationship's progress in one poll, in one transaction: a newly followed relationship, the records
-        verified (under checkpoints already stored), and the findings among them."""
+        """One step of a relationship in one transaction: a newly followed relationship, the records verified
+        (under checkpoints already stored), the findings among them, and how far the copy now goes."""
         with write_transaction(self._conn) as conn:
             if followed is not None:
                 conn.execute(
-                    "INSERT OR IGNORE INTO relationships VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO relationships (id, provider, customer, provider_fingerprint, secret) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     (followed.id, followed.provider, followed.customer, followed.provider_fingerprint, followed.secret),
                 )
+            conn.execute("UPDATE relationships SET next_seq = ?, head = ?, rules = ? WHERE id = ?",
+                         (progress.next_seq, progress.head, progress.rules, rid))
             conn.executemany(
                 "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [

@@ -98,20 +98,28 @@ class Outbox:
         for folder in folders:
             if folder.is_dir():
                 for path in folder.glob("*.json"):
-                    items.append(Waiting.from_json(json.loads(path.read_text())))
+                    try:
+                        items.append(Waiting.from_json(json.loads(path.read_text())))
+                    except FileNotFoundError:
+                        continue  # another command settled it meanwhile
         return sorted(items, key=lambda w: (w.relationship, w.seq))
 
     def done(self, item: Waiting) -> None:
-        """The receipt is held: forget the record."""
+        """The receipt is held: forget the record (another command may have done so already)."""
         path = self._dir(item.relationship) / f"{item.seq}.json"
-        if path.exists():
+        try:
             path.unlink()
-            fsync_dir(path.parent)
+        except FileNotFoundError:
+            return
+        fsync_dir(path.parent)
 
     def drop(self, item: Waiting) -> Path:
-        """Refused for good: keep the file aside, never send it again."""
+        """Refused for good: keep the file aside, never send it again (if another command has not already)."""
         path = self._dir(item.relationship) / f"{item.seq}.json"
         aside = path.with_name(path.name + ".dropped")
-        os.replace(path, aside)
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return aside
         fsync_dir(path.parent)
         return aside

@@ -20,7 +20,7 @@ from .. import exitcodes
 from ..errors import PacspaceError
 from ..keys import PartyKeys, PublicKeys, fingerprint_matches, unwrap_secret, wrap_secret
 from ..merkle import leaf_hash, verify_consistency, verify_inclusion
-from ..receipt import verify_receipt
+from ..receipt import Receipt, verify_receipt
 from ..note import Ed25519Verifier
 from ..records.body import (
     GENESIS_PREV,
@@ -32,6 +32,7 @@ from ..records.body import (
     Line,
     body_hash,
     encode_body,
+    period_bounds,
 )
 from ..records.body import PartyKeys as NamedKeys
 from ..records.chain import ChainError, ChainHead, check_next
@@ -431,10 +432,26 @@ def delta_maker(period: str, window: tuple[str, str], lines: list[Line], correct
     return lambda common: Delta(common, period, window[0], window[1], tuple(lines), corrects=corrects)
 
 
+async def receipt_of(client: PacspaceClient, view: RelationshipView, seq: int) -> dict[str, Any]:
+    """The receipt of a record the view verified, rebuilt from the log (the answer to its append may be lost):
+    its inclusion under the view's checkpoint, as the c2sp.org/tlog-proof text."""
+    record = view.records[seq]
+    checkpoint = view.checkpoint
+    proof = await client.inclusion(record.index, checkpoint.size)
+    path = tuple(base64.b64decode(h) for h in proof["hashes"])
+    entry = public_entry(record.tag, record.blob)
+    verify_inclusion(record.index, checkpoint.size, leaf_hash(entry), path, checkpoint.root_hash)
+    text = Receipt(record.index, path, checkpoint.format(), entry).format()
+    return {"index": record.index, "seq": seq, "checkpoint": checkpoint.format().decode(), "proof": text}
+
+
 def close_maker(view: RelationshipView, period: str) -> Any:
     """The close of ``period``: exactly the period's deltas and corrections, their count, head and totals."""
     if period in view.ledger.closed:
         raise RuleBroken(f"period {period} is already closed (seq {view.ledger.closed[period]})")
+    if period_bounds(period)[0] > now_utc():
+        # A typo (2027-11 for 2026-11) would close a month before it began, for good.
+        raise RuleBroken(f"{period} has not begun yet: only a month that has begun can be closed")
     head = view.head
     if head is None:
         raise ChainError("the relationship has no genesis record")

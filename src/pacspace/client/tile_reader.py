@@ -20,8 +20,8 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from ..errors import MalformedInput
-from ..merkle import HASH_SIZE, Node
+from ..errors import MalformedInput, ProofError
+from ..merkle import HASH_SIZE, Hash, Node, RangeHashes, inclusion_proof_plan, verify_inclusion
 from ..tiles import TILE_HEIGHT, TILE_WIDTH, TileRef, expand, tile_of_node
 
 Key = tuple[int, int]  # (tile level, tile index): in a tree of one size, one tile (full or its partial one)
@@ -54,6 +54,10 @@ class TileReader:
         self._expanded: dict[Key, list[bytes]] = {}
         self._cached: set[Key] = set()
         self._proven: set[Key] = set()
+        # Proofs in one tree share their upper ranges (the right edge above all, the same for every leaf):
+        # each is folded once. A wrong tile makes every path through it fail its root, never pass.
+        self._ranges = RangeHashes()
+        self._above: dict[int, list[Hash]] = {}  # a full level-0 tile's path above it, checked against the root
 
     async def fetch(self, nodes: Iterable[Node]) -> None:
         """Have every tile these nodes lie in: from the cache if it holds the (full) tile, else from the log."""
@@ -79,13 +83,8 @@ class TileReader:
     def read_hashes(self, nodes: Sequence[Node]) -> list[bytes]:
         out = []
         for node in nodes:
-            key = _key(node)
-            levels = self._expanded.get(key)
-            if levels is None:
-                data = self._tiles[key]
-                hashes = [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
-                levels = self._expanded[key] = [b"".join(level) for level in expand(hashes)[:TILE_HEIGHT]]
             level, n = node
+            levels = self._levels(_key(node))
             sublevel = level % TILE_HEIGHT
             at = (n & ((1 << (TILE_HEIGHT - sublevel)) - 1)) * HASH_SIZE
             hashed = levels[sublevel][at : at + HASH_SIZE]
@@ -93,6 +92,55 @@ class TileReader:
                 raise MalformedInput(f"node {node} is not complete in the tiles of size {self._size}")
             out.append(hashed)
         return out
+
+    def _levels(self, key: Key) -> list[bytes]:
+        """A fetched tile's eight sub-levels, each its hashes concatenated (computed once)."""
+        levels = self._expanded.get(key)
+        if levels is None:
+            data = self._tiles[key]
+            hashes = [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
+            levels = self._expanded[key] = [b"".join(level) for level in expand(hashes)[:TILE_HEIGHT]]
+        return levels
+
+    def plan(self, index: int) -> list[Node]:
+        """The nodes to fetch for leaf ``index``'s inclusion path: its tile's first leaf's, if the tile is full
+        (one path a tile is all ``inclusion_path`` folds), else its own."""
+        first = self._first(index)
+        return inclusion_proof_plan(index if first < 0 else first, self._size)
+
+    def inclusion_path(self, index: int, leaf: bytes, root: bytes) -> list[Hash]:
+        """Leaf ``index``'s inclusion path, checked to lead from ``leaf`` to ``root``: raises ProofError if not
+        (KeyError, MalformedInput if the tiles fetched lack it).
+
+        In a full level-0 tile, the path of the tile's first leaf is folded and checked once: that proves the
+        tile's root, and with it every leaf hash the tile holds (the tile's levels are computed from them). Any
+        other leaf of the tile then only has to be the hash the tile holds at its place; its path is its eight
+        siblings in the tile, then the first leaf's path above the tile (the same for every leaf below it).
+        """
+        first = self._first(index)
+        if first == index or first < 0:
+            path = self._ranges.inclusion_proof(index, self._size, self)
+            verify_inclusion(index, self._size, leaf, path, root)
+            self.proven(inclusion_proof_plan(index, self._size))
+            if first == index:
+                self._above[index >> TILE_HEIGHT] = path[TILE_HEIGHT:]
+            return path
+        levels = self._levels((0, index >> TILE_HEIGHT))
+        above = self._above.get(index >> TILE_HEIGHT)
+        if above is None:
+            self.inclusion_path(first, levels[0][:HASH_SIZE], root)
+            above = self._above[index >> TILE_HEIGHT]
+        at = index & (TILE_WIDTH - 1)
+        if levels[0][at * HASH_SIZE : (at + 1) * HASH_SIZE] != leaf:
+            raise ProofError(f"leaf {index} is not the hash the log's tile holds")
+        below = [Hash(levels[k][((at >> k) ^ 1) * HASH_SIZE : (((at >> k) ^ 1) + 1) * HASH_SIZE])
+                 for k in range(TILE_HEIGHT)]
+        return below + above
+
+    def _first(self, index: int) -> int:
+        """The first leaf of ``index``'s level-0 tile if that tile is full in this tree, else -1."""
+        first = index & ~(TILE_WIDTH - 1)
+        return first if first + TILE_WIDTH <= self._size else -1
 
     def proven(self, nodes: Iterable[Node]) -> None:
         """A proof read from these nodes led to a signed root: their tiles are the log's own."""

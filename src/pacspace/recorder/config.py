@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..errors import MalformedInput
+from ..files import read_text
 from ..records.body import InvalidBody, Line
 from .events import InvalidEvent, MeterMapping, UsageEvent
 from .windows import Cadence
@@ -84,16 +85,19 @@ class RecorderConfig:
 
 def load_config(path: Path) -> RecorderConfig:
     try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise MalformedInput(f"cannot read {path}: {exc.strerror}") from None
+        raw = tomllib.loads(read_text(path, "the recorder config"))
     except tomllib.TOMLDecodeError as exc:
         raise MalformedInput(f"{path}: {exc}") from None
-    return parse_config(raw, path.parent)
+    try:
+        return parse_config(raw, path.parent)
+    except MalformedInput as exc:
+        raise MalformedInput(f"{path}: {exc}") from None
 
 
 def parse_config(raw: dict, base: Path) -> RecorderConfig:  # type: ignore[type-arg]
     section = raw.get("recorder", {})
+    if not isinstance(section, dict):
+        raise MalformedInput("[recorder] is a table")
     grace = section.get("grace_minutes", 10)
     if not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= 7 * 24 * 60:
         raise MalformedInput("[recorder] grace_minutes must be an integer number of minutes, at most a week")
@@ -106,13 +110,18 @@ def parse_config(raw: dict, base: Path) -> RecorderConfig:  # type: ignore[type-
     unknown = set(section) - {"data", "grace_minutes", "zero_deltas", "dedup_days"}
     if unknown:
         raise MalformedInput(f"[recorder] has unknown keys: {', '.join(sorted(unknown))}")
-    data = base / str(section.get("data", "recorder-data"))
+    data = section.get("data", "recorder-data")
+    if not isinstance(data, str) or not data:
+        raise MalformedInput("[recorder] data is the spool's directory, a string")
+    data = base / data
     relationship_of: dict[str, str] = {}
     cadence_of: dict[str, Cadence] = {}
     customers = raw.get("customers", [])
     if not isinstance(customers, list) or not customers:
         raise MalformedInput("the config needs at least one [[customers]] entry")
     for n, entry in enumerate(customers, 1):
+        if not isinstance(entry, dict):
+            raise MalformedInput(f"[[customers]] #{n}: is a table")
         ref, rid = entry.get("ref"), entry.get("relationship")
         if not isinstance(ref, str) or not ref or not isinstance(rid, str) or not _NAME.fullmatch(rid):
             raise MalformedInput(f"[[customers]] #{n}: needs ref and relationship")
@@ -123,6 +132,8 @@ def parse_config(raw: dict, base: Path) -> RecorderConfig:  # type: ignore[type-
         if cadence_of.setdefault(rid, cadence) != cadence:
             raise MalformedInput(f"[[customers]] #{n}: relationship {rid} is listed before with another cadence")
     meters: dict[str, MeterMapping] = {}
+    if not isinstance(raw.get("meters", {}), dict):
+        raise MalformedInput("[meters] is a table of [meters.<event type>] tables")
     for name, m in raw.get("meters", {}).items():
         if not isinstance(m, dict) or not isinstance(m.get("meter"), str) or not _NAME.fullmatch(m["meter"]):
             raise MalformedInput(f"[meters.{name}]: needs a meter name")

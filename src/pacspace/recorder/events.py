@@ -65,7 +65,7 @@ class UsageEvent:
 
 
 _INT_FAST = 10**18
-_str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # JSON string, non-ASCII kept (ensure_ascii=False)
+_str = json.encoder.encode_basestring  # JSON string, non-ASCII kept (ensure_ascii=False)
 
 
 def _canonical_event(e: UsageEvent) -> bytes:
@@ -259,7 +259,8 @@ def cloudevent(obj: dict[str, Any], meters: dict[str, MeterMapping]) -> UsageEve
 
 def stripe_event(row: dict[str, Any], meters: dict[str, MeterMapping]) -> UsageEvent:
     """A Stripe meter event (bulk CSV/JSONL): ``identifier``, ``timestamp``, ``event_name``, ``payload[...]``."""
-    payload = row.get("payload") if isinstance(row.get("payload"), dict) else {
+    given = row.get("payload")
+    payload: dict[str, Any] = given if isinstance(given, dict) else {
         k[len("payload["):-1] if k.startswith("payload[") else k.removeprefix("payload_"): v
         for k, v in row.items()
         if k.startswith("payload")
@@ -288,6 +289,8 @@ def read_jsonl(text: str) -> Iterator[tuple[int, dict[str, Any] | InvalidEvent]]
         yield number, obj if isinstance(obj, dict) else InvalidEvent("not a JSON object")
 
 
-def read_stripe_csv(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_stripe_csv(text: str) -> Iterator[tuple[int, dict[str, Any] | InvalidEvent]]:
+    """Each row as a dict of its header's names, or the reason it is not one; numbered as lines, the header 1."""
     for number, row in enumerate(csv.DictReader(io.StringIO(text)), 2):
-        yield number, dict(row)
+        # DictReader files extra fields under None.
+        yield number, InvalidEvent("more fields than the header names") if None in row else dict(row)

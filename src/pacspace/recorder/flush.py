@@ -17,7 +17,6 @@ again, and the chain is learned afresh.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ..client.home import Home
 from ..client.http import PacspaceClient
 from ..client.records import RelationshipView, load_relationship, refuse_rule_breaking
 from ..errors import PacspaceError
+from ..records.batchwire import BatchRecord
 from ..records.body import Close, Delta, body_hash
 from ..records.rules import Ledger
 from ..records.seal import Opened, RelationshipKeys, seal
@@ -170,10 +170,7 @@ async def _send(
         chunk = [r for r in records[start : start + BATCH] if r.relationship not in refused]
         if not chunk:
             continue
-        answer = await client.append_batch([
-            {"relationship": r.relationship, "seq": r.seq, "tag": base64.b64encode(r.tag).decode(),
-             "ciphertext": base64.b64encode(r.blob).decode()} for r in chunk
-        ])
+        answer = await client.append_batch([BatchRecord(r.relationship, r.seq, r.tag, r.blob) for r in chunk])
         done: list[tuple[str, int, int]] = []
         for record, result in zip(chunk, answer["results"]):
             if result["status"] == "ok":

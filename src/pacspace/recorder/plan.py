@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 from ..records.body import Close, Common, Delta, Line, body_hash, decode_body, encode_body, period_bounds, totals
+from ..records.rules import Ledger
+from ..records.seal import Opened
 from .aggregate import WindowUsage, events_root
 from .spool import Chain, SpooledEvent
 from .windows import Cadence, period_of
@@ -143,6 +145,9 @@ class Planner:
         self.zero_lines = zero_lines
         self.out: list[PlannedRecord] = []
         self.written: dict[str, list[tuple[int, bytes]]] = {}
+        # The protocol rules' view of the chain (records.rules), when the spool keeps one: closes state what it
+        # says, and wait while closing would split another period's records.
+        self.ledger = Ledger.from_json(chain.rules) if chain.rules else None
 
     def plan(self, pending: list[SpooledEvent]) -> tuple[list[PlannedRecord], Chain]:
         chain, facts = self.chain, self.facts
@@ -191,6 +196,8 @@ class Planner:
     def _append(self, body: Delta | Close, counted: tuple[SpooledEvent, ...] = ()) -> None:
         encoded = encode_body(body)
         self.out.append(PlannedRecord(body, encoded, counted))
+        if self.ledger is not None:
+            self.ledger.add(Opened(body.common.seq, body, encoded, b""))
         chain = self.chain
         if isinstance(body, Delta):
             self.written.setdefault(body.period, []).append((chain.next_seq, encoded))
@@ -228,15 +235,21 @@ class Planner:
             self._append(body, tuple(e for e, _ in part))
 
     def _close(self, period: str) -> None:
-        usage = self.facts.usage.get(period, []) + self.written.get(period, [])
-        if usage:
-            first, last = usage[0][0], usage[-1][0]
-            chain_head = body_hash(usage[-1][1])
+        if self.ledger is not None:
+            first, last, count, chain_head, sums = self.ledger.expected_close(period, self.chain.next_seq)
+            body = Close(self._common(f"close-{period}"), period, first, last, count, chain_head, sums)
+            if self.ledger.hazard(Opened(body.common.seq, body, encode_body(body), b"")) is not None:
+                return  # another period's run is at the chain's end: this close waits for its close
         else:
-            last = self.chain.next_seq - 1
-            first, chain_head = last + 1, self.chain.head
-        deltas = [b for b in (decode_body(encoded) for _, encoded in usage) if isinstance(b, Delta)]
-        body = Close(self._common(f"close-{period}"), period, first, last, len(usage), chain_head, totals(deltas))
+            usage = self.facts.usage.get(period, []) + self.written.get(period, [])
+            if usage:
+                first, last = usage[0][0], usage[-1][0]
+                chain_head = body_hash(usage[-1][1])
+            else:
+                last = self.chain.next_seq - 1
+                first, chain_head = last + 1, self.chain.head
+            deltas = [b for b in (decode_body(encoded) for _, encoded in usage) if isinstance(b, Delta)]
+            body = Close(self._common(f"close-{period}"), period, first, last, len(usage), chain_head, totals(deltas))
         self._append(body)
         chain = self.chain
         chain.open_periods = [p for p in chain.open_periods if p != period]
@@ -249,7 +262,7 @@ def _in_parts(tagged: list[tuple[SpooledEvent, bool]]) -> list[list[tuple[Spoole
     for e, late in tagged:
         ev = e.event
         by_line.setdefault((ev.meter, ev.unit, tuple(sorted(ev.dimensions.items())), late), []).append((e, late))
-    keys = sorted(by_line)  # type: ignore[type-var]
+    keys = sorted(by_line)
     return [[x for k in keys[i : i + MAX_LINES] for x in by_line[k]] for i in range(0, len(keys), MAX_LINES)] or [[]]
 
 

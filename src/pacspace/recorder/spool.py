@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..errors import PacspaceError
 from ..storage.transaction import write_transaction
@@ -125,10 +125,14 @@ def unpack_rowids(data: bytes) -> list[int]:
     return [int.from_bytes(data[i : i + 8], "big") for i in range(0, len(data), 8)]
 
 
-def _locked(method):  # type: ignore[no-untyped-def]
-    def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        with self._lock:
-            return method(self, *args, **kwargs)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[Spool, _P], _R]) -> Callable[Concatenate[Spool, _P], _R]:
+    def wrapper(spool: Spool, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with spool._lock:
+            return method(spool, *args, **kwargs)
 
     wrapper.__doc__ = method.__doc__
     wrapper.__name__ = method.__name__

@@ -153,11 +153,12 @@ class Line:
         if "late" in obj and obj["late"] != "true":
             raise InvalidBody('a line\'s "late" flag is "true" or absent')
         count = obj.get("event_count")
+        # __post_init__ checks the meter, unit, quantity and dimensions.
         return cls(
             meter=obj["meter"],
             unit=obj["unit"],
-            quantity=_decimal(obj["quantity"], "quantity"),
-            dimensions=_dimensions(obj["dimensions"]),
+            quantity=obj["quantity"],
+            dimensions=obj["dimensions"],
             event_count=None if count is None else _count(count, "event_count"),
             late="late" in obj,
         )
@@ -336,12 +337,15 @@ _COMMON = {"schema", "kind", "relationship", "seq", "prev", "record_id", "create
 
 
 def decode_body(data: bytes) -> Body:
-    """Parse and validate a canonical body; raises InvalidBody or canonical.NotCanonical."""
-    obj = canonical.decode(data)
+    """Parse and validate a canonical body; raises InvalidBody or canonical.NotCanonical.
+
+    The form is checked once, at the end: the body built from the bytes must encode to exactly them (which
+    canonical.decode's own re-encoding would only repeat)."""
+    obj = canonical.parse(data)
     if not isinstance(obj, dict):
         raise InvalidBody("a body is an object")
     kind = obj.get("kind")
-    if kind not in SCHEMAS or obj.get("schema") != SCHEMAS[kind]:
+    if not isinstance(kind, str) or kind not in SCHEMAS or obj.get("schema") != SCHEMAS[kind]:
         raise InvalidBody(f"unknown kind or schema: {kind!r} / {obj.get('schema')!r}")
     common = Common(
         relationship=obj.get("relationship"),  # type: ignore[arg-type]
@@ -388,8 +392,12 @@ def decode_body(data: bytes) -> Body:
             chain_head=obj["chain_head"],
             totals=tuple(Line.from_json(line) for line in obj["totals"]),
         )
-    if encode_body(body) != data:
-        raise InvalidBody("body does not re-encode to the same bytes")
+    try:
+        again = encode_body(body)
+    except UnicodeEncodeError:
+        raise canonical.NotCanonical("JSON string holds a lone surrogate") from None
+    if again != data:
+        raise canonical.NotCanonical("body is not in canonical form")
     return body
 
 

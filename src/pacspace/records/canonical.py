@@ -53,15 +53,12 @@ def _no_numbers(text: str) -> None:
     raise NotCanonical(f"number {text!r}: numbers travel as strings")
 
 
-def decode(data: bytes) -> JsonValue:
-    """Parse canonical JSON; the result re-encodes to exactly ``data``.
-
-    A duplicate key needs no check of its own: the object keeps one of the two, so the value re-encodes
-    to other bytes and is refused.
-    """
+def parse(data: bytes) -> JsonValue:
+    """Parse strictly (UTF-8, no numbers), without checking the form: for a caller that re-encodes what it
+    built from the value and compares, which checks the form once instead of twice."""
     try:
         text = data.decode("utf-8")
-        value = json.loads(
+        return json.loads(
             text,
             parse_int=_no_numbers,
             parse_float=_no_numbers,
@@ -73,6 +70,15 @@ def decode(data: bytes) -> JsonValue:
         raise NotCanonical(f"not JSON: {exc.msg}") from None
     except RecursionError:
         raise NotCanonical("JSON nested too deeply") from None
+
+
+def decode(data: bytes) -> JsonValue:
+    """Parse canonical JSON; the result re-encodes to exactly ``data``.
+
+    A duplicate key needs no check of its own: the object keeps one of the two, so the value re-encodes
+    to other bytes and is refused.
+    """
+    value = parse(data)
     try:
         again = encode_checked(value)
     except UnicodeEncodeError:

@@ -23,9 +23,11 @@ The rules, each with its stable kind (docs/monitor.md):
 ``window_outside_period``
     a delta whose window does not lie within its period (a calendar month, UTC).
 ``overlapping_window``
-    a delta whose window overlaps an earlier delta's window. The latest
-    delta's window again is allowed for lines it does not have yet (one
-    window's lines split over several deltas), never for the same line.
+    a delta that counts a line (a meter, unit and dimensions) for time an
+    earlier delta counted it for: their windows overlap, or are the same
+    instant. Other lines may share a window (one window's lines split over
+    several deltas, or meters that arrive an hour apart); late lines, flagged
+    as such, count earlier usage and overlap nothing.
 ``negative_quantity``
     a delta (not a correction) with a negative quantity.
 
@@ -35,22 +37,23 @@ it. A delta its period cannot hold (closed, or passed) joins no period and no
 total, and a flagged close closes nothing. So one bad record never turns the
 honest records after it into findings too.
 
-With no finding anywhere in a chain, these rules accept exactly the chains that
-pacspace accepted before they existed (no usage after its period's close, and
-closes that cover one contiguous run and add up), so an older customer client
-and this one agree on every rule-abiding chain.
+Every chain with no finding here is one that the rules pacspace applied before
+findings existed accept too (no usage after its period's close, and closes that
+cover one contiguous run and add up), so an older customer client accepts
+every chain the current provider client writes. The converse does not hold:
+these rules flag some chains the older ones accepted (a negative delta, say).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import exitcodes
 from ..errors import PacspaceError
-from .body import Close, Delta, Genesis, Line, Tally, body_hash, period_bounds
+from .body import Close, Delta, Genesis, InvalidBody, Line, Tally, body_hash, period_bounds
 from .seal import Opened
 
 KINDS = (
@@ -103,62 +106,72 @@ class _Run:
 LineKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
 
-class _Windows:
-    """The windows of the deltas so far: their union, for overlaps, and the latest window's lines."""
+class _Span:
+    """The time one line (meter, unit, dimensions) has been counted for: a union of windows, and the instants of
+    zero-length windows."""
 
     def __init__(self) -> None:
-        self._starts: list[str] = []  # disjoint, sorted intervals [start, end) of the union
-        self._ends: list[str] = []
-        self._latest: tuple[str, str] | None = None
-        self._latest_seq = -1
-        self._latest_lines: set[LineKey] = set()
+        self.starts: list[str] = []  # disjoint, sorted intervals [start, end)
+        self.ends: list[str] = []
+        self.points: list[str] = []  # sorted
 
-    def conflict(self, delta: Delta) -> str | None:
-        window = (delta.window_start, delta.window_end)
-        if window == self._latest:
-            again = sorted({line.meter for line in delta.lines if not line.late and line.key() in self._latest_lines})
-            if again:
-                return f"its window {_show(window)} is seq {self._latest_seq}'s, and counts {', '.join(again)} again"
-            return None
-        start, end = window
-        if start < end:
-            i = bisect_left(self._starts, end) - 1
-            if i >= 0 and self._ends[i] > start:
-                return f"its window {_show(window)} overlaps {_show((self._starts[i], self._ends[i]))}, already recorded"
+    def overlap(self, start: str, end: str) -> str | None:
+        """What of this span the window [start, end) (an instant if start == end) meets, shown; None if nothing."""
+        # The interval starting last at or before the instant, or before the window's end.
+        i = (bisect_right(self.starts, start) if start == end else bisect_left(self.starts, end)) - 1
+        if i >= 0 and self.ends[i] > start:
+            return _show((self.starts[i], self.ends[i]))
+        j = bisect_left(self.points, start)
+        if j < len(self.points) and (self.points[j] < end or self.points[j] == start):
+            return self.points[j]
         return None
 
-    def add(self, seq: int, delta: Delta) -> None:
-        window = (delta.window_start, delta.window_end)
-        keys = {line.key() for line in delta.lines if not line.late}
-        if window == self._latest:
-            self._latest_lines |= keys
-        else:
-            self._latest, self._latest_seq, self._latest_lines = window, seq, keys
-        start, end = window
-        if start >= end:
+    def add(self, start: str, end: str) -> None:
+        if start == end:
+            insort(self.points, start)
             return
-        i = bisect_left(self._starts, start)
-        if i > 0 and self._ends[i - 1] >= start:
+        i = bisect_left(self.starts, start)
+        if i > 0 and self.ends[i - 1] >= start:
             i -= 1
         j = i
-        while j < len(self._starts) and self._starts[j] <= end:
-            start, end = min(start, self._starts[j]), max(end, self._ends[j])
+        while j < len(self.starts) and self.starts[j] <= end:
+            start, end = min(start, self.starts[j]), max(end, self.ends[j])
             j += 1
-        self._starts[i:j] = [start]
-        self._ends[i:j] = [end]
+        self.starts[i:j] = [start]
+        self.ends[i:j] = [end]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"union": [list(w) for w in zip(self._starts, self._ends)], "latest": self._latest,
-                "latest_seq": self._latest_seq, "latest_lines": [_key_json(k) for k in sorted(self._latest_lines)]}
+
+class _Windows:
+    """For each line, the time it has been counted for: a delta that counts a line again for a time already
+    counted overlaps (late lines, flagged as such, count earlier usage and are not windows of their own)."""
+
+    def __init__(self) -> None:
+        self._spans: dict[LineKey, _Span] = {}
+
+    def conflict(self, delta: Delta) -> str | None:
+        for line in delta.lines:
+            span = self._spans.get(line.key())
+            hit = None if line.late or span is None else span.overlap(delta.window_start, delta.window_end)
+            if hit is not None:
+                return (f"its window {_show((delta.window_start, delta.window_end))} counts {line.meter} again, "
+                        f"for time already counted ({hit})")
+        return None
+
+    def add(self, delta: Delta) -> None:
+        for line in delta.lines:
+            if not line.late:
+                self._spans.setdefault(line.key(), _Span()).add(delta.window_start, delta.window_end)
+
+    def to_json(self) -> list[Any]:
+        return [[_key_json(key), [list(w) for w in zip(span.starts, span.ends)], span.points]
+                for key, span in sorted(self._spans.items())]
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> _Windows:
+    def from_json(cls, rows: list[Any]) -> _Windows:
         out = cls()
-        out._starts = [w[0] for w in obj["union"]]
-        out._ends = [w[1] for w in obj["union"]]
-        out._latest = None if obj["latest"] is None else (obj["latest"][0], obj["latest"][1])
-        out._latest_seq = int(obj["latest_seq"])
-        out._latest_lines = {_key_of(k) for k in obj["latest_lines"]}
+        for key, union, points in rows:
+            span = out._spans[_key_of(key)] = _Span()
+            span.starts, span.ends, span.points = [w[0] for w in union], [w[1] for w in union], list(points)
         return out
 
 
@@ -225,8 +238,9 @@ class Ledger:
             findings = self._close(seq, body)
             if not findings:
                 self._closed[body.period] = seq
-                self._runs.pop(body.period, None)
-                self._latest = max(self._latest, body.period)
+                if self._runs.pop(body.period, None) is not None:
+                    # Only usage moves the chain on: closing an empty month ahead of time passes no period.
+                    self._latest = max(self._latest, body.period)
                 self._last_counted = seq
         self._prev_seq, self._head = seq, body_hash(record.encoded)
         return findings
@@ -239,7 +253,7 @@ class Ledger:
         run.last, run.count, run.head = seq, run.count + 1, body_hash(record.encoded)
         run.tally.add(delta)
         if delta.corrects is None:
-            self._windows.add(seq, delta)
+            self._windows.add(delta)
         self._latest = max(self._latest, period)
         self._last_counted = seq
 
@@ -290,7 +304,10 @@ class Ledger:
 
         if period in self._closed:
             return bad(f"period {period} is closed twice (first by seq {self._closed[period]})")
-        first, last, count, head, lines = self.expected_close(period, seq)
+        try:
+            first, last, count, head, lines = self.expected_close(period, seq)
+        except InvalidBody:
+            return bad(f"the totals of {period} are longer than a close may state: no close can cover them")
         if (close.first_seq, close.last_seq) != (first, last):
             return bad(f"close for {period} covers seq {close.first_seq}..{close.last_seq}, "
                        f"but the period's records are seq {first}..{last}")
@@ -340,10 +357,17 @@ class Ledger:
         period impossible to close. ``None`` if the record is safe."""
         body = record.body
         if isinstance(body, Delta):
+            run = self._runs.get(body.period)
             waiting = [p for p in self.open_periods() if p < body.period]
-            if waiting:
+            if waiting and run is None:
                 return (f"{waiting[0]} is still open: close it first (pacspace close --period {waiting[0]}), "
                         f"then record {body.period}")
+            tally = Tally() if run is None else Tally.from_json(run.tally.to_json())
+            tally.add(body)
+            try:
+                tally.lines()
+            except InvalidBody:
+                return f"{body.period}'s totals would need more digits than a close may state (64): no close could state them"
         elif isinstance(body, Close):
             for period, run in self._runs.items():
                 if period != body.period and period not in self._closed and run.last == self._last_counted:

@@ -26,6 +26,7 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .. import exitcodes
-from ..errors import PacspaceError
+from ..errors import MalformedInput, PacspaceError
 from .body import Body, decode_body, encode_body
 
 SEAL_VERSION = 0x01
@@ -92,7 +93,7 @@ class RelationshipKeys:
     def generate(cls, epoch: int = 0) -> RelationshipKeys:
         return cls(os.urandom(SECRET_SIZE), epoch)
 
-    @property
+    @cached_property  # a frozen dataclass's __dict__ still takes it: derived once, not per record
     def tag_key(self) -> bytes:
         return _hkdf(self.secret, b"pacspace/v1 tag key" + struct.pack(">I", self.epoch))
 
@@ -204,7 +205,11 @@ def open_with_record_key(
         provider.verify(signature, encoded)
     except InvalidSignature:
         raise ProviderSignatureError(f"record {seq}: the provider's signature does not verify") from None
-    body = decode_body(encoded)
+    try:
+        body = decode_body(encoded)
+    except MalformedInput as exc:
+        # Signed, but not a body: the provider's mistake, and a record no one can verify further.
+        raise CiphertextError(f"record {seq}: the signed body does not follow its schema ({exc})") from None
     if body.common.seq != seq:
         raise CiphertextError(f"record {seq}: the body says seq {body.common.seq}")
     return Opened(seq, body, encoded, signature)

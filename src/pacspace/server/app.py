@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
+from ..appending import SETTLE_WAIT, Sequencing, TagGuard, reconcile
 from ..config import ServerConfig
 from ..datadir import WriteLock, load_signer, load_state
 from ..errors import PacspaceError
@@ -20,13 +21,15 @@ from ..policy import parse_policy
 from ..storage.records import RecordStore
 from ..storage.sqlite import SqliteLog
 from .witnessing import WitnessPool, WitnessQuorumFailed
-from .tags import TagGuard
 from .writer import GroupWriter
-from . import consent_api, ipc, openapi, read_api, records_api
+from . import bodies, consent_api, ipc, logbudget, openapi, read_api, records_api, refusals
+from .protocol import LIMITS, ConnectionLimits, GuardedApplication, connection_cap
 from .context import CONFIG, FATAL, ON_FATAL, SERVICE, LogService
 from .errors import error_middleware
 
 log = logging.getLogger("pacspace.server")
+
+PRIVATE_CHANNEL_IDLE = 3630.0  # aiohttp's own keep-alive default
 
 
 def create_app(
@@ -41,8 +44,16 @@ def create_app(
     ``internal`` adds the routes HTTP workers use to reach the sequencer (ipc.py): only for
     an application served on the supervisor's private Unix socket, never on TCP.
     """
-    # The batch endpoint takes thousands of records; each route enforces its own, smaller limit.
-    app = web.Application(middlewares=[error_middleware(before=records_api.authenticate)], client_max_size=64 << 20)
+    middleware = error_middleware(before=_before_handler, after=_after_handler)
+    # Each route reads its body itself, within its own limit (bodies.LIMITS); this is only the largest.
+    app = GuardedApplication(middlewares=[middleware], client_max_size=bodies.MAX_BODY)
+    # The private channel's clients are this server's own workers, which keep their connections open.
+    header_timeout = PRIVATE_CHANNEL_IDLE if internal else config.header_timeout
+    app[LIMITS] = ConnectionLimits(config.max_connections or connection_cap(), header_timeout)
+    app[bodies.BUDGET] = bodies.BodyBudget(config.body_memory)
+    app[refusals.REFUSALS] = refusals.Refusals(config.refusal_rate)
+    logbudget.install(config.log_rate)
+    app.on_startup.append(lambda _: _install_log_budget(config.log_rate))  # and any handler added since
     app[CONFIG] = config
     app[FATAL] = []
     app[ON_FATAL] = on_fatal or _terminate
@@ -54,6 +65,29 @@ def create_app(
     if internal:
         ipc.add_internal_routes(app)
     return app
+
+
+async def _before_handler(request: web.Request) -> None:
+    """What every request meets before its handler: a body too large for its route, authentication, then
+    admission (a party, or an address giving bad tokens, that was refused too often waits and gets 429)."""
+    bodies.refuse_declared(request)
+    try:
+        records_api.authenticate(request)
+    except records_api.Unauthorized:
+        await refusals.admit(request, f"addr:{request.remote}")
+        raise
+    party = request.get(records_api.PARTY)
+    if party is not None:
+        await refusals.admit(request, party.name)
+
+
+async def _install_log_budget(rate: int) -> None:
+    logbudget.install(rate)
+
+
+def _after_handler(request: web.Request, response: web.StreamResponse | None) -> None:
+    bodies.release(request)
+    refusals.settle(request, response)
 
 
 async def _log_service(app: web.Application) -> AsyncIterator[None]:
@@ -70,26 +104,23 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         if config.witness_policy is not None:
             await _use_witnesses(config, store, signer, sequencer)
         # Record rows a crash left between storing and sequencing: settled (against the published
-        # checkpoint) or dropped (never in the log), before any request can see them.
-        settled, dropped = records.reconcile(
-            lambda h: store.find_leaf(h, state.size) if store else None, state.size, sequencer.published.size
-        )
+        # checkpoint) or dropped (never in the log), before any request can see them (appending.py, step 7).
+        log_db = store
+        settled, dropped = reconcile(records, lambda h: log_db.find_leaf(h, state.size), sequencer.published.size)
         if settled or dropped:
             log.info("records reconciled with the log: %d settled, %d never acknowledged and dropped", settled, dropped)
         writer = GroupWriter(records)
+        sequencing = Sequencing(sequencer, TagGuard(store.tags_in_log), store, writer)
         app[SERVICE] = LogService(
-            store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer,
-            tags=TagGuard(store.tags_in_log),
+            store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer, sequencing
         )
         task = asyncio.create_task(sequencer.run(), name="pacspace-sequencer")
         task.add_done_callback(lambda t: _on_sequencer_exit(app, t))
         writer_task = asyncio.create_task(writer.run(), name="pacspace-records-writer")
         log.info("log %s open at size %d", signer.name, state.size)
         yield
-        service = app[SERVICE]
-        await service.settled()
-        for stuck in list(service.settling):
-            stuck.cancel()  # records.db will not take the write: start-up settles these rows from the log
+        await sequencing.settled(SETTLE_WAIT)
+        sequencing.abandon_settles()  # records.db will not take the write: start-up settles these rows from the log
         writer_task.cancel()
         task.cancel()
         for t in (task, writer_task):

@@ -20,7 +20,7 @@ from ..errors import PacspaceError
 from ..records.acceptance import SIGNATURE_SIZE, acceptance_valid
 from ..storage.records import InFlight, RecordStore, Relationship, StoredRecord
 from .context import LogService
-from .records_api import Forbidden, _b64, _json, _party, _service, _settle_published, _visible, relationship_json
+from .records_api import Forbidden, _b64, _json, _party, _service, _visible, relationship_json
 
 
 class BadAcceptance(PacspaceError):
@@ -45,7 +45,7 @@ def _as_customer(request: web.Request) -> Relationship:
 
 async def post_acceptance(request: web.Request) -> web.Response:
     rel = _as_customer(request)
-    body = await _json(request, 4096)
+    body = await _json(request)
     signature = _b64(body.get("signature"), "signature", SIGNATURE_SIZE)
     service = _service(request)
     genesis = await _settled_genesis(service, rel.id)
@@ -61,7 +61,7 @@ async def post_acceptance(request: web.Request) -> web.Response:
 async def post_decline(request: web.Request) -> web.Response:
     rel = _as_customer(request)
     if request.body_exists and request.content_length != 0:
-        await _json(request, 4096)  # `{}` or any object: nothing in it is read
+        await _json(request)  # `{}` or any object: nothing in it is read
     service = _service(request)
     declined = await _decide(service, RecordStore.decline_op(rel.id, int(time.time())))
     return web.json_response(relationship_json(service, declined, rel.customer))
@@ -72,8 +72,7 @@ async def _settled_genesis(service: LogService, rid: str) -> StoredRecord:
     genesis = service.records.record(rid, 0)
     if genesis is not None and genesis.index is None:
         # Just committed (its settle is written behind the provider's answer), or its answer lost in a witness outage.
-        await service.settled()
-        await _settle_published(service, [rid])
+        await service.appender.ready_to_read(rid)
         genesis = service.records.record(rid, 0)
     if genesis is None or genesis.index is None:
         raise InFlight("the relationship's genesis record is still being committed; retry when it has its receipt")

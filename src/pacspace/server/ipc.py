@@ -9,12 +9,13 @@ belongs to: ``len(4, big-endian) header | header | entries``, where the header
 is JSON ``{"rows": [[relationship id, seq], ...], "sizes": [entry length, ...]}``
 and the entries follow concatenated in the same order. (JSON and one join: a
 batch of thousands costs a few C calls, not several Python steps per record.)
-The parent admits them (server/tags.py: a relationship whose tag
-repeats is refused whole), sequences the rest as one batch, settles their rows
-(their log index into records.db) and only then answers, in JSON: a row a
-worker reads after its answer is settled, whichever worker wrote it. An error
-keeps its ``error`` code across the channel, so a worker raises the same typed
-exception the sequencer raised.
+The parent runs steps 2 to 4 of the append protocol on them
+(appending.Sequencing, as for its own requests): it admits them (a
+relationship whose tag repeats is refused whole), sequences the rest as one
+batch, settles their rows (their log index into records.db) and only then
+answers, in JSON: a row a worker reads after its answer is settled, whichever
+worker wrote it. An error keeps its ``error`` code across the channel, so a
+worker raises the same typed exception the sequencer raised.
 """
 
 from __future__ import annotations
@@ -28,18 +29,15 @@ from typing import Any
 
 from aiohttp import web
 
+from ..appending import SETTLE_WAIT, Row, leaves_below
 from ..errors import AdmissionFailed, EntryTooLarge, MalformedInput, PacspaceError, PoolFull, SequencerStopped
 from ..tiles import MAX_ENTRY_SIZE
-from ..records.seal import record_tag
-from ..storage.records import RecordStore
 from .context import SERVICE
-from .tags import Row
 from .witnessing import WitnessQuorumFailed
 
 SEQUENCE_PATH = "/internal/v1/sequence"
 _HEADER_LENGTH = struct.Struct(">I")
-# How long a sequence call waits for its rows' settle (as readers wait in LogService.settled).
-SETTLE_WAIT = 30.0
+# A sequence call waits for its rows' settle at most SETTLE_WAIT, as readers do (Appender.settled).
 FIND_LEAVES_PATH = "/internal/v1/find-leaves"
 SETTLED_PATH = "/internal/v1/settled"
 
@@ -79,7 +77,7 @@ def decode_records(data: bytes) -> tuple[list[bytes], list[Row]]:
     for size in sizes:
         entries.append(data[at : at + size])
         at += size
-    return entries, list(map(tuple, rows))
+    return entries, [(rid, seq) for rid, seq in rows]
 
 
 @dataclass(frozen=True)
@@ -143,28 +141,20 @@ async def post_sequence(request: web.Request) -> web.Response:
         raise MalformedInput("no entries to sequence")
     service = request.app[SERVICE]
     try:
-        answers = await service.sequence_unique(entries, rows)
+        commit = await service.link.commit(entries, rows)
     except PoolFull as exc:
         return web.json_response({"error": exc.code, "message": str(exc), "retry_after": exc.retry_after}, status=503)
     except PacspaceError as exc:
         return web.json_response({"error": exc.code, "message": str(exc)}, status=exc.http_status)
-    settling = [row for row, q in zip(rows, answers) if q is not None]
-    refused = frozenset(rid for (rid, _), q in zip(rows, answers) if q is None) if len(settling) < len(rows) else frozenset()
-    if not settling:
+    placed = [index for index in commit.indexes if index is not None]
+    refused = frozenset(rid for (rid, _), i in zip(rows, commit.indexes) if i is None) if len(placed) < len(rows) else frozenset()
+    if not placed or commit.checkpoint is None:
         return web.json_response(SequencedRange(0, 0, b"", refused).to_json())
-    first = next(q for q in answers if q is not None)
-    last = next(q for q in reversed(answers) if q is not None)
-    size = first.checkpoint.size
-    # Committed: record each row's index. Waits (bounded) like a single-process server's readers do;
-    # a write records.db will not take is retried behind us, and start-up settles from the log.
-    tags = [t for t in (record_tag(entry) for entry, q in zip(entries, answers) if q is not None) if t is not None]
-    if last.index - first.index + 1 == len(settling) == len(tags):
-        # The admitted entries went to the sequencer as one submission: consecutive indexes, the usual case.
-        settle = RecordStore.settle_run_op(tags, first.index, size)
-    else:
-        settle = RecordStore.settle_rows_op([(rid, seq, q.index) for (rid, seq), q in zip(rows, answers) if q is not None], size)
-    await asyncio.wait([service.settle_later([settle])], timeout=SETTLE_WAIT)
-    return web.json_response(SequencedRange(first.index, len(settling), first.checkpoint.format(), refused).to_json())
+    if commit.settling is not None:
+        # Committed: the rows' indexes are being written. Waits (bounded) like a single-process server's
+        # readers do; a write records.db will not take is retried behind us, and start-up settles from the log.
+        await asyncio.wait([commit.settling], timeout=SETTLE_WAIT)
+    return web.json_response(SequencedRange(placed[0], len(placed), commit.checkpoint.format(), refused).to_json())
 
 
 async def post_find_leaves(request: web.Request) -> web.Response:
@@ -174,7 +164,7 @@ async def post_find_leaves(request: web.Request) -> web.Response:
     size = service.sequencer.latest.size
     hashes = [base64.b64decode(h) for h in body["hashes"]]
     # Off the event loop: the sequencer's own task runs on it.
-    found = await asyncio.to_thread(lambda: [service.store.find_leaf(h, size) for h in hashes])
+    found = await asyncio.to_thread(leaves_below, service.store, hashes, size)
     return web.json_response({"size": size, "indexes": found})
 
 
@@ -182,5 +172,5 @@ async def post_settled(request: web.Request) -> web.Response:
     """Answers once every settle queued so far is written (or ``timeout`` passed): a worker's readers
     wait here, as a single process's readers wait for its own settles."""
     body = await request.json()
-    await request.app[SERVICE].settled(min(float(body.get("timeout", SETTLE_WAIT)), SETTLE_WAIT))
+    await request.app[SERVICE].appender.settled(min(float(body.get("timeout", SETTLE_WAIT)), SETTLE_WAIT))
     return web.json_response({})

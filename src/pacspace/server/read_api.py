@@ -6,8 +6,10 @@ the tree over them. Nothing is served that no published checkpoint implies.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import gzip
 import re
 
 from aiohttp import web
@@ -23,17 +25,57 @@ from .context import FATAL, SERVICE, LogService
 CHECKPOINT_CACHE = "no-cache"
 IMMUTABLE_CACHE = "public, max-age=31536000, immutable"
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+# CORS: what a browser may do on the public read routes. No credentials are ever involved.
+CORS_METHODS = "GET, HEAD, OPTIONS"
+CORS_HEADERS = "Accept, Cache-Control, If-Modified-Since, If-None-Match, Pragma, Range"
+CORS_MAX_AGE = "86400"
+# Entry bundles larger than this are compressed off the event loop.
+_COMPRESS_INLINE = 64 * 1024
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+_PUBLIC = web.AppKey("public_read_resources", set)
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/checkpoint", get_checkpoint)
-    app.router.add_get("/tile/{path:.+}", get_tile)
-    app.router.add_get("/v1/log", get_log)
-    app.router.add_get("/v1/proof/inclusion", get_inclusion)
-    app.router.add_get("/v1/proof/by-hash", get_by_hash)
-    app.router.add_get("/v1/proof/consistency", get_consistency)
+    public = {
+        "/checkpoint": get_checkpoint,
+        "/tile/{path:.+}": get_tile,
+        "/v1/log": get_log,
+        "/v1/proof/inclusion": get_inclusion,
+        "/v1/proof/by-hash": get_by_hash,
+        "/v1/proof/consistency": get_consistency,
+    }
+    resources = set()
+    for path, handler in public.items():
+        route = app.router.add_get(path, handler)
+        app.router.add_route("OPTIONS", path, preflight)
+        resources.add(route.resource)
+    app[_PUBLIC] = resources
+    app.on_response_prepare.append(_allow_any_origin)
     app.router.add_get("/health", get_health)
     app.router.add_get("/metrics", get_metrics)
+
+
+async def _allow_any_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """Public read routes, errors included, are readable from any web page; no other route is."""
+    if request.method != "OPTIONS" and request.match_info.route.resource in request.app[_PUBLIC]:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """A CORS preflight on a public read route: reads only."""
+    method = request.headers.get("Access-Control-Request-Method")
+    if method is not None and method.upper() not in ("GET", "HEAD"):
+        return web.Response(status=403, text="only GET and HEAD are allowed from another origin\n")
+    headers = {"Allow": CORS_METHODS}
+    if method is not None:
+        headers.update({
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Allow-Methods": CORS_METHODS,
+            "Access-Control-Allow-Headers": CORS_HEADERS,
+            "Access-Control-Max-Age": CORS_MAX_AGE,
+        })
+    return web.Response(status=204, headers=headers)
 
 
 def _service(request: web.Request) -> LogService:
@@ -56,22 +98,47 @@ async def get_tile(request: web.Request) -> web.Response:
     size = service.sequencer.latest.size
     if not _published(service.store, ref, size):
         raise NotFound(f"{ref.path()} is not implied by any published checkpoint")
+    headers = {"Cache-Control": IMMUTABLE_CACHE}
     if ref.level is None:
         data = _bundle_bytes(service.store, ref)
+        # C2SP tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer; gzip for any client that takes it.
+        headers["Vary"] = "Accept-Encoding"
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            if len(data) > _COMPRESS_INLINE:
+                data = await asyncio.to_thread(_gzip, data)
+            else:
+                data = _gzip(data)
+            headers["Content-Encoding"] = "gzip"
     else:
         stored = service.store.read_tile(ref.level, ref.n)
         if stored is None or len(stored) < ref.width * HASH_SIZE:
             raise UntrustedState(f"published tile {ref.path()} is missing from storage")
         data = stored[: ref.width * HASH_SIZE]
-    response = web.Response(
-        body=data,
-        content_type="application/octet-stream",
-        headers={"Cache-Control": IMMUTABLE_CACHE},
-    )
-    if ref.level is None:
-        # C2SP tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer.
-        response.enable_compression()
-    return response
+    return web.Response(body=data, content_type="application/octet-stream", headers=headers)
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header (RFC 9110 §12.5.3) takes gzip: listed with q > 0, or ``*`` is and gzip is not."""
+    weights: dict[str, bool] = {}
+    for item in header.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if not coding:
+            continue
+        accepted = True
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                value = value.strip()
+                accepted = bool(_QVALUE.fullmatch(value)) and float(value) > 0
+        weights[coding.lower()] = accepted
+    for coding in ("gzip", "x-gzip"):
+        if coding in weights:
+            return weights[coding]
+    return weights.get("*", False)
 
 
 def _published(store: SqliteLog, ref: TileRef, size: int) -> bool:
@@ -164,7 +231,7 @@ async def get_by_hash(request: web.Request) -> web.Response:
     size = _size_param(request)
     service = _service(request)
     store = service.store
-    (index,) = await service.find_leaves([leaf], size)
+    (index,) = await service.link.find_leaves([leaf], size)
     if index is None:
         raise NotFound(f"no leaf with this hash in the tree of size {size}")
     return web.json_response(_inclusion_body(store, index, size))

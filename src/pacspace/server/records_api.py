@@ -3,6 +3,10 @@
 Every route here needs ``Authorization: Bearer <token>``. A party sees only its
 own relationships: another party's relationship answers 404 exactly as one
 that does not exist. The server stores ciphertexts and wraps it cannot open.
+
+The append routes parse, authorize and call the append protocol
+(appending.py, ``service.appender``); :func:`_append_groups` is the one place
+its results become HTTP statuses.
 """
 
 from __future__ import annotations
@@ -12,31 +16,23 @@ import base64
 import binascii
 import hashlib
 from hashlib import sha256
-import json
 import logging
 import re
 import time
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiohttp import web
 
-from ..errors import AdmissionFailed, EntryTooLarge, MalformedInput, NotFound, PacspaceError, PoolFull
+from ..appending import Appended, Fate, Group, Submission
+from ..errors import MalformedInput, NotFound, PacspaceError
 from ..keys import KeyUnusable, PublicKeys
-from ..merkle import leaf_hash
 from ..receipt import Receipt
 from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
-from ..storage.records import (
-    STATES,
-    InFlight,
-    Party,
-    RecordConflict,
-    RecordStore,
-    Relationship,
-    RelationshipDeclined,
-    TagConflict,
-)
+from ..storage.records import STATES, Party, RecordStore, Relationship, RelationshipDeclined, StoredRecord
+from ..records.batchwire import BatchRecord
+from . import batch_answer, bodies, refusals
+from .bodies import TooLarge
 from .context import SERVICE, LogService
 
 log = logging.getLogger("pacspace.server")
@@ -61,11 +57,6 @@ class Forbidden(PacspaceError):
 class Conflict(PacspaceError):
     code = "conflict"
     http_status = 409
-
-
-class TooLarge(PacspaceError):
-    code = "too_large"
-    http_status = 413
 
 
 def add_routes(app: web.Application) -> None:
@@ -108,19 +99,9 @@ def _party(request: web.Request) -> Party:
     return request[PARTY]  # type: ignore[no-any-return]
 
 
-async def _json(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise TooLarge(f"request body exceeds {max_bytes} bytes")
-    data = await request.read()
-    if len(data) > max_bytes:
-        raise TooLarge(f"request body exceeds {max_bytes} bytes")
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise MalformedInput("request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise MalformedInput("request body must be a JSON object")
-    return body
+async def _json(request: web.Request) -> dict[str, Any]:
+    """The body, a JSON object, at most the route's limit for the caller's role (bodies.LIMITS)."""
+    return await bodies.read_json(request, _party(request).role)
 
 
 def _b64(value: Any, what: str, size: int | None = None, max_size: int | None = None) -> bytes:
@@ -192,7 +173,7 @@ async def get_me(request: web.Request) -> web.Response:
 
 async def put_my_keys(request: web.Request) -> web.Response:
     party = _party(request)
-    body = await _json(request, 4096)
+    body = await _json(request)
     try:
         keys = PublicKeys.from_json(body)
     except KeyUnusable as exc:
@@ -240,15 +221,9 @@ def _append_refusal(rel: Relationship, caller: str) -> PacspaceError | None:
     return None
 
 
-class _Submission(NamedTuple):
-    """One record as sent, checked, with what the server derives from it (one per record of a batch: a tuple)."""
-
-    seq: int
-    tag: bytes
-    ct_hash: bytes
-    blob: bytes
-    entry: bytes
-    # In this order so that ``sub[:4]`` is what records.db stores: (seq, tag, ct_hash, blob).
+# One record as sent, checked, with its entry (one per record of a batch: a tuple), and one relationship's records.
+_Submission = Submission
+_Group = Group
 
 
 def _submission(obj: Any) -> _Submission:
@@ -271,7 +246,7 @@ async def post_relationship(request: web.Request) -> web.Response:
     party = _party(request)
     if party.role != "provider":
         raise Forbidden("only providers create relationships")
-    body = await _json(request, 2 * MAX_BLOB)
+    body = await _json(request)
     rid = body.get("relationship")
     customer_name = body.get("customer")
     cadence = body.get("cadence", "daily")
@@ -309,7 +284,7 @@ async def post_record(request: web.Request) -> web.Response:
     refusal = _append_refusal(rel, _party(request).name)
     if refusal is not None:
         raise refusal
-    sub = _submission(await _json(request, 2 * MAX_BLOB))
+    sub = _submission(await _json(request))
     status, receipts = await _append(request, rel, [sub])
     return web.json_response(receipts[0], status=status)
 
@@ -326,196 +301,18 @@ async def _append(
     return status, [_receipt(service, s.seq, s.entry, index, size) for s, (index, size) in zip(subs, indexed)]
 
 
-@dataclass
-class _Group:
-    """One relationship's records in a request: stored, sequenced and settled together or not at all."""
-
-    rel: Relationship
-    subs: list[_Submission]
-    create: Any = None
-
-
 # An error, or (HTTP status, [(log index, size of the checkpoint covering it)]).
 _Outcome = PacspaceError | tuple[int, list[tuple[int, int]]]
+# New records are created (201); a retry of committed ones is answered from them (200).
+_STATUS = {Fate.NEW: 201, Fate.REPEATED: 200}
 
 
 async def _append_groups(service: LogService, groups: list[_Group]) -> list[_Outcome]:
-    """Store every group's rows in one transaction, sequence all new entries in one batch, settle in one.
-
-    Runs shielded: once rows are stored, a client that goes away cannot stop
-    their entries being sequenced and the rows settled.
-    """
-    return await asyncio.shield(_append_groups_unshielded(service, groups))
-
-
-def _group_op(group: _Group) -> Any:
-    # All or nothing together: a genesis that fails takes its relationship with it.
-    return RecordStore.reserve_op(group.rel.id, [s[:4] for s in group.subs], before=group.create)
-
-
-async def _reserve(service: LogService, groups: list[_Group]) -> list[Any]:
-    """Store the groups' rows in one transaction: each group's reserve result, or its error.
-
-    Groups that create a relationship get an op each; all others share one bulk
-    op, which costs one statement per table instead of several per group.
-    """
-    creating = [i for i, g in enumerate(groups) if g.create is not None]
-    plain = [i for i, g in enumerate(groups) if g.create is None]
-    ops = [_group_op(groups[i]) for i in creating]
-    if plain:
-        records = [(groups[i].rel.id, [s[:4] for s in groups[i].subs]) for i in plain]
-        ops.append(RecordStore.reserve_many_op(records))
-    answers = await service.writer.write(ops)
-    results: list[Any] = [None] * len(groups)
-    for i, answer in zip(creating, answers):
-        results[i] = answer
-    if plain:
-        bulk = answers[-1]
-        for k, i in enumerate(plain):
-            results[i] = bulk if isinstance(bulk, BaseException) else bulk[k]
-    return results
-
-
-def _unsettled(result: Any) -> bool:
-    """A reserve result whose records (or an earlier one of their relationship) still lack a log index."""
-    return isinstance(result, InFlight) or (isinstance(result, list) and any(r.index is None for r in result))
-
-
-async def _append_groups_unshielded(service: LogService, groups: list[_Group]) -> list[_Outcome]:
-    results = await _reserve(service, groups)
-    # Rows without their log index: a record still in flight, or one whose settle was lost (a failed
-    # write, or a checkpoint the witnesses cosigned late). The retry of such a record lands here too.
-    stuck = [i for i, r in enumerate(results) if _unsettled(r)]
-    # Another record at a seq whose row is unsettled: a client that lost our answer (a witness outage)
-    # sealed that seq again. Settled (once its entry is published), the row shows in the client's refetch.
-    conflicted = [groups[i].rel.id for i, r in enumerate(results) if isinstance(r, RecordConflict)]
-    if stuck or conflicted:
-        # A row can outlive its request unsettled (a settle write failed): if its entry is in the
-        # log, settle it now rather than blocking the relationship until the next start. If that
-        # fails, the other groups' rows are stored already and must still be sequenced: the stuck
-        # ones keep their in-flight answer, to be repaired on a later retry.
-        repaired = await _settle_published(service, [groups[i].rel.id for i in stuck] + conflicted)
-        if repaired and stuck:
-            retried = await _reserve(service, [groups[i] for i in stuck])
-            for i, r in zip(stuck, retried):
-                results[i] = r
-    outcomes: list[_Outcome | None] = [None] * len(groups)
-    new: list[int] = []
-    for i, result in enumerate(results):
-        if isinstance(result, PacspaceError):
-            outcomes[i] = result
-        elif isinstance(result, BaseException):
-            raise result
-        elif result is not None:
-            if any(r.index is None for r in result):
-                outcomes[i] = InFlight("this record is still being committed; retry for its receipt")
-            else:
-                outcomes[i] = (200, [(r.index, r.checkpoint_size) for r in result])  # type: ignore[misc]
-        else:
-            new.append(i)
-    if not new:
-        return outcomes  # type: ignore[return-value]
-    entries = [s.entry for i in new for s in groups[i].subs]
-    rows = [(groups[i].rel.id, s.seq) for i in new for s in groups[i].subs]
-    try:
-        sequenced, settled = await service.sequence_records(entries, rows)
-    except (PoolFull, MalformedInput, EntryTooLarge, AdmissionFailed) as exc:
-        # Refused before entering the pool (full, malformed, tags not checkable): nothing was appended;
-        # forget our rows.
-        # Any other error (witness_quorum_failed, sequencer_stopped, a lost channel) propagates and
-        # leaves them: their entries may be in the log, to be settled from it later or at the next start.
-        await _forget(service, [groups[i] for i in new])
-        for i in new:
-            outcomes[i] = exc
-        return outcomes  # type: ignore[return-value]
-    settle = []
-    tags: list[bytes] = []
-    refused = []
-    size = 0  # every admitted record of the call is in the same checkpoint
-    at = 0
-    for i in new:
-        subs = groups[i].subs
-        answers = sequenced[at : at + len(subs)]
-        at += len(subs)
-        if any(q is None for q in answers):
-            # Admission refused the relationship's records whole: one of their tags repeats.
-            refused.append(i)
-            outcomes[i] = TagConflict("a tag is already in the log, or in a record being committed")
-            continue
-        size = answers[0].checkpoint.size
-        settle.extend((groups[i].rel.id, s.seq, q.index) for s, q in zip(subs, answers))
-        tags.extend(s.tag for s in subs)
-        outcomes[i] = (201, [(q.index, size) for q in answers])
-    if settle and not settled:
-        # The entries are committed: acknowledge now, record their indexes in records.db behind us.
-        service.settle_later([_settle_op(settle, tags, size)])
-    if refused:
-        await _forget(service, [groups[i] for i in refused])
-    return outcomes  # type: ignore[return-value]
-
-
-def _settle_op(settle: list[tuple[str, int, int]], tags: list[bytes], size: int) -> Any:
-    """The settle op for rows (relationship, seq, index) with these tags: by tag if their indexes run on."""
-    first = settle[0][2]
-    if all(index == first + k for k, (_, _, index) in enumerate(settle)):
-        return RecordStore.settle_run_op(tags, first, size)
-    return RecordStore.settle_rows_op(settle, size)
-
-
-async def _forget(service: LogService, groups: list[_Group]) -> None:
-    """Drop the stored rows of groups whose entries were never appended (and a relationship their genesis would have made)."""
-    undo = []
-    for group in groups:
-        undo.append(RecordStore.drop_op(group.rel.id, [s.seq for s in group.subs]))
-        if group.create is not None:
-            undo.append(RecordStore.drop_relationship_op(group.rel.id))
-    try:
-        failures = [r for r in await service.writer.write(undo) if isinstance(r, BaseException)]
-    except Exception as exc:
-        failures = [exc]
-    if failures:
-        # The other groups' answers stand. These rows stay unsettled (their relationships answer
-        # previous_in_flight) until the next start, which drops them: their entries are not in the log.
-        log.error("could not drop records that were never appended: %s", failures[0])
-
-
-async def _settle_published(service: LogService, rids: list[str]) -> int:
-    """_settle_from_log for callers that go on without it: if it fails, the rows wait for a later try (0)."""
-    try:
-        return await _settle_from_log(service, rids)
-    except Exception as exc:
-        log.warning("could not settle earlier records from the log: %s", exc)
-        return 0
-
-
-async def _settle_from_log(service: LogService, rids: list[str]) -> int:
-    """Settle these relationships' unsettled rows whose entries are in the published log; returns how many.
-
-    A row whose entry another record already holds was refused by admission (a provider's
-    copy of its own record) and is dropped instead.
-    """
-    rows = [r for rid in rids for r in service.records.unsettled_of(rid)]
-    if not rows:
-        return 0
-    size = service.sequencer.latest.size
-    found = await service.find_leaves([leaf_hash(r.entry) for r in rows], size)
-    taken = service.records.settled_indexes([i for i in found if i is not None])
-    ops = []
-    for r, index in zip(rows, found):
-        if index is None:
-            continue
-        if index in taken:
-            ops.append(RecordStore.drop_op(r.relationship, [r.seq]))
-            if r.seq == 0:
-                ops.append(RecordStore.drop_relationship_op(r.relationship))
-        else:
-            ops.append(RecordStore.settle_op(r.relationship, [(r.seq, index)], size))
-            taken.add(index)
-    if ops:
-        for result in await service.writer.write(ops):
-            if isinstance(result, BaseException):
-                raise result
-    return len(ops)
+    """The append protocol's outcome for each group (appending.Appender.append), as this API answers it."""
+    return [
+        (_STATUS[outcome.fate], outcome.placed) if isinstance(outcome, Appended) else outcome.reason
+        for outcome in await service.appender.append(groups)
+    ]
 
 
 def _checkpoint_note(service: LogService, size: int) -> bytes:
@@ -542,29 +339,23 @@ def _receipt(service: LogService, seq: int, entry: bytes, index: int, size: int)
 async def post_records(request: web.Request) -> web.Response:
     """Many records across the caller's relationships; each relationship's records are all or nothing.
 
-    Answers one result per record, in request order, with its log index and
-    leaf hash; the checkpoint covering the new records is given once. Inclusion
-    proofs are at /v1/proof/inclusion (computing thousands here would cost more
-    than committing them).
+    The body is JSON or the binary encoding (records/batchwire.py). Answers one
+    result per record, in request order, with its log index and leaf hash (as JSON,
+    or batchwire's binary results when Accept prefers them: batch_answer.py); the
+    checkpoint covering the new records is given once. Inclusion proofs are at
+    /v1/proof/inclusion (computing thousands here would cost more than committing them).
     """
     party = _party(request)
-    body = await _json(request, 64 << 20)
-    items = body.get("records")
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+    if party.role != "provider":
+        raise Forbidden("only providers append records")  # before a byte of the body is read
+    batch = _Batch()
+    await bodies.read_records(request, party.role, batch.add, bodies.RECORD_BODY, batch.add_records)
+    if not batch.results:
         raise MalformedInput(f"records is a list of 1 to {MAX_BATCH} records")
-    members: dict[str, list[tuple[int, _Submission]]] = {}
-    results: list[dict[str, Any] | None] = [None] * len(items)
-    for i, item in enumerate(items):
-        rid = item.get("relationship") if isinstance(item, dict) else None
-        try:
-            if not isinstance(rid, str):
-                raise MalformedInput("each record names its relationship")
-            members.setdefault(rid, []).append((i, _submission(item)))
-        except PacspaceError as exc:
-            results[i] = _error(exc, rid, None)
+    members, results = batch.members, batch.results
     service = _service(request)
     groups: list[tuple[_Group, list[int]]] = []
-    known = service.records.relationships([rid for rid in members if _RID.fullmatch(rid)])
+    known = service.records.relationships(list(members))
     for rid, group in members.items():
         if any(a[1].seq > b[1].seq for a, b in zip(group, group[1:])):
             group.sort(key=lambda m: m[1].seq)
@@ -590,18 +381,49 @@ async def post_records(request: web.Request) -> web.Response:
         if status == 201 and checkpoint is None:
             checkpoint = _checkpoint_note(service, indexed[0][1])  # the same for every new record of the request
         for i, sub, (index, _) in zip(positions, group.subs, indexed):
-            leaf = sha256(b"\x00" + sub.entry).digest()
-            results[i] = {"relationship": rid, "seq": sub.seq, "status": "ok", "index": index,
-                          "leaf_hash": binascii.b2a_base64(leaf, newline=False).decode()}
+            results[i] = (rid, sub.seq, index, sub.entry)
         ok += len(positions)
-    return web.json_response(
-        {
-            "accepted": ok,
-            "rejected": len(items) - ok,
-            "checkpoint": None if checkpoint is None else checkpoint.decode(),
-            "results": results,
-        }
-    )
+    refusals.batch_refused(request, len(results) - ok)
+    return batch_answer.answer(request, checkpoint, results)  # type: ignore[arg-type]
+
+
+class _Batch:
+    """The batch route's items (JSON) or records (binary), checked one by one as the body arrives: each a
+    submission in its relationship's group, or its error; the parsed item itself is not kept."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, list[tuple[int, _Submission]]] = {}
+        self.results: list[batch_answer.Result | None] = []
+
+    def add_records(self, records: list[BatchRecord]) -> None:
+        """Records of the binary encoding, whose shape its decoder checked: each a submission in its group."""
+        members, results = self.members, self.results
+        if len(results) + len(records) > MAX_BATCH:
+            raise MalformedInput(f"records is a list of 1 to {MAX_BATCH} records")
+        for rid, seq, tag, blob in records:
+            ct_hash = sha256(blob).digest()
+            sub = tuple.__new__(_Submission, (seq, tag, ct_hash, blob, entry_from_ct_hash(tag, ct_hash)))
+            group = members.get(rid)
+            if group is None:
+                group = members[rid] = []
+            group.append((len(results), sub))
+            results.append(None)
+
+    def add(self, item: Any) -> None:
+        i = len(self.results)
+        if i == MAX_BATCH:
+            raise MalformedInput(f"records is a list of 1 to {MAX_BATCH} records")
+        self.results.append(None)
+        rid = item.get("relationship") if isinstance(item, dict) else None
+        if not isinstance(rid, str) or not _RID.fullmatch(rid):
+            rid = None  # not echoed back: what the answer holds stays small
+        try:
+            if rid is None:
+                raise MalformedInput("each record names its relationship by its id")
+            sub = _submission(item)  # before its group exists: a bad item never leaves an empty group behind
+            self.members.setdefault(rid, []).append((i, sub))
+        except PacspaceError as exc:
+            self.results[i] = _error(exc, rid, None)
 
 
 def _error(exc: PacspaceError, rid: Any, seq: int | None) -> dict[str, Any]:
@@ -615,11 +437,9 @@ async def get_records(request: web.Request) -> web.Response:
     if limit > MAX_PAGE:
         raise MalformedInput(f"limit is at most {MAX_PAGE}")
     service = _service(request)
-    await service.settled()
-    if service.records.has_unsettled(rel.id):
-        # A record committed while its checkpoint awaited the witnesses lost its answer, and no settle
-        # followed: once its entry is published, settle it here, so that its sender sees it.
-        await _settle_published(service, [rel.id])
+    # A record committed while its checkpoint awaited the witnesses may have lost its answer, and no settle
+    # followed: once its entry is published, it is settled here, so that its sender sees it.
+    await service.appender.ready_to_read(rel.id)
     rows = service.records.records(rel.id, after, limit)
     return web.json_response(
         {
@@ -629,13 +449,18 @@ async def get_records(request: web.Request) -> web.Response:
                     "seq": r.seq,
                     "index": r.index,
                     "tag": base64.b64encode(r.tag).decode(),
-                    "ciphertext": base64.b64encode(r.blob).decode(),
+                    "ciphertext": _ciphertext(r),
                     "checkpoint": _service(request).store.checkpoint_at(r.checkpoint_size).decode(),
                 }
                 for r in rows
             ],
         }
     )
+
+
+def _ciphertext(rec: StoredRecord) -> str:
+    assert rec.blob is not None  # RecordStore.records reads every record's blob, or raises
+    return base64.b64encode(rec.blob).decode()
 
 
 def _query_int(request: web.Request, name: str, default: int, minimum: int) -> int:

@@ -1,12 +1,14 @@
 """An HTTP worker's view of the sequencer, which runs in the parent process (``pacspace serve --workers N``).
 
-``RemoteSequencer`` offers what request handlers use of ``Sequencer``:
-``submit_records`` (durable once it returns, exactly as in-process, and the
-records' rows settled by the parent), ``latest`` and ``published``. Submissions made while a call is on the wire are coalesced
-into the next call, so the channel costs one round trip per batch, not per
-record. The published checkpoint is read from log.db, which the parent commits
-before it answers anyone: a worker never serves a checkpoint older than one a
-client already got from another worker.
+``RemoteSequencer`` is a worker's ``appending.SequencerLink``: ``commit``
+(durable once it returns, exactly as in-process, and the records' rows settled
+by the parent, whose ``appending.Sequencing`` runs steps 2 to 4), ``find_leaves``,
+``settled`` and ``latest``, plus ``published`` and ``metrics_text`` for the
+read API. Submissions made while a call is on the wire are coalesced into the
+next call, so the channel costs one round trip per batch, not per record. The
+published checkpoint is read from log.db, which the parent commits before it
+answers anyone: a worker never serves a checkpoint older than one a client
+already got from another worker.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ from __future__ import annotations
 import asyncio
 import base64
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from ..appending import Commit, Row
 from ..checkpoint import SignedCheckpoint, open_checkpoint
 from ..errors import PacspaceError, SequencerStopped
 from ..note import Ed25519Verifier
 from ..policy import Policy
 from ..storage.sqlite import SqliteLog
-from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, SETTLED_PATH, Row, SequencedRange, encode_records, error_from_json
+from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, SETTLED_PATH, SequencedRange, encode_records, error_from_json
+
+if TYPE_CHECKING:
+    from ..appending import SequencerLink
 
 # Entries per call on the channel; more wait for the next call.
 MAX_CALL_ENTRIES = 65536
@@ -35,18 +41,11 @@ MAX_WALK = 1000
 MAX_CALLS_IN_FLIGHT = 4
 
 
-class RemoteSequenced(NamedTuple):
-    """One submitted entry's place: its index in the durable checkpoint ``checkpoint`` (one per record: a tuple)."""
-
-    index: int
-    checkpoint: SignedCheckpoint
-
-
 @dataclass
 class _Waiting:
     entries: list[bytes]
     rows: list[Row]
-    future: asyncio.Future[list[RemoteSequenced | None]]
+    future: asyncio.Future[Commit]
 
 
 @dataclass
@@ -106,14 +105,14 @@ class RemoteSequencer:
                 if size <= checkpoint.size:
                     del self._unpublished[note]
 
-    async def submit_records(self, entries: list[bytes], rows: list[Row]) -> list[RemoteSequenced | None]:
-        """Sequence records' entries; returns once they are durable in the log and their rows settled.
+    async def commit(self, entries: list[bytes], rows: list[Row]) -> Commit:
+        """Sequence records' entries in the parent; returns once they are durable in the log and their rows settled.
 
-        None for each record of a relationship the parent refused (a tag repeats; nothing of it was appended).
+        No index for each record of a relationship the parent refused (a tag repeats; nothing of it was appended).
         """
         if not entries:
-            return []
-        future: asyncio.Future[list[RemoteSequenced | None]] = asyncio.get_running_loop().create_future()
+            return Commit([], None)
+        future: asyncio.Future[Commit] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(list(entries), list(rows), future))
         self._wake.set()
         return await future
@@ -128,14 +127,16 @@ class RemoteSequencer:
                     self._wake.clear()
                     await self._wake.wait()
                 await slots.acquire()
-                batch, count = [], 0
+                batch: list[_Waiting] = []
+                count = 0
                 while self._waiting and (not batch or count + len(self._waiting[0].entries) <= MAX_CALL_ENTRIES):
                     waiting = self._waiting.pop(0)
                     batch.append(waiting)
                     count += len(waiting.entries)
                 task = asyncio.create_task(self._call(batch))
                 calls.add(task)
-                task.add_done_callback(lambda t: (calls.discard(t), slots.release()))
+                task.add_done_callback(calls.discard)
+                task.add_done_callback(lambda _: slots.release())
         finally:
             for waiting in self._waiting:
                 if not waiting.future.done():
@@ -170,18 +171,18 @@ class RemoteSequencer:
             return
         index = answer.first_index
         for waiting in batch:
-            results: list[RemoteSequenced | None] = []
+            indexes: list[int | None] = []
             if checkpoint is not None and not answer.refused:
-                results = [RemoteSequenced(i, checkpoint) for i in range(index, index + len(waiting.rows))]
+                indexes = list(range(index, index + len(waiting.rows)))
                 index += len(waiting.rows)
-            for rid, _ in waiting.rows if not results else ():
+            for rid, _ in waiting.rows if not indexes else ():
                 if rid in answer.refused or checkpoint is None:
-                    results.append(None)
+                    indexes.append(None)
                 else:
-                    results.append(RemoteSequenced(index, checkpoint))
+                    indexes.append(index)
                     index += 1
             if not waiting.future.done():
-                waiting.future.set_result(results)
+                waiting.future.set_result(Commit(indexes, checkpoint))
 
     def _checkpoint(self, note: bytes) -> SignedCheckpoint:
         if note == self.published.format():
@@ -196,14 +197,15 @@ class RemoteSequencer:
             if not waiting.future.done():
                 waiting.future.set_exception(exc)
 
-    async def find_leaves(self, hashes: list[bytes]) -> list[int | None]:
-        """Each leaf hash's index in the parent's published tree, or None (the parent's leaf index is the complete one)."""
+    async def find_leaves(self, hashes: list[bytes], size: int) -> list[int | None]:
+        """Each leaf hash's first index below ``size`` in the parent's published tree, or None (the parent's leaf
+        index is the complete one)."""
         body = {"hashes": [base64.b64encode(h).decode() for h in hashes]}
         async with self.session.post(f"http://sequencer{FIND_LEAVES_PATH}", json=body, timeout=CALL_TIMEOUT) as resp:
             answer: dict[str, Any] = await resp.json()
             if resp.status != 200:
                 raise error_from_json(answer)
-        return list(answer["indexes"])
+        return [i if i is not None and i < size else None for i in answer["indexes"]]
 
     async def settled(self, timeout: float) -> None:
         """Wait (up to ``timeout``) until the parent has written every settle it has queued."""
@@ -218,3 +220,9 @@ class RemoteSequencer:
     async def metrics_text(self) -> str:
         async with self.session.get("http://sequencer/metrics", timeout=CALL_TIMEOUT) as resp:
             return await resp.text()
+
+
+if TYPE_CHECKING:  # mypy checks that a worker's link is appending.py's port
+
+    def _is_link(remote: RemoteSequencer) -> SequencerLink:
+        return remote

@@ -43,16 +43,29 @@ from ..config import ServerConfig
 from .app import create_app
 from .context import FATAL, SERVICE
 from .gctune import tune_for_serving
+from .worker import READY
 
 log = logging.getLogger("pacspace.server")
 
 # A worker gets this long to finish its requests after SIGTERM before it is killed: longer than
 # aiohttp's own 60 s shutdown timeout plus the 30 s it may wait for records.db.
 WORKER_STOP_TIMEOUT = 120.0
+# A worker must be serving this long after it was started (it imports pacspace and opens log.db read-only).
+WORKER_START_TIMEOUT = 60.0
 # After a failed accept (say, out of file descriptors), wait this long before the next.
 ACCEPT_RETRY = 0.1
 # The parent's interpreter switch interval, in seconds (see _run).
 PARENT_SWITCH_INTERVAL = 0.001
+
+
+def auto_workers() -> int:
+    """``serve --workers auto``: one HTTP worker a core this process may run on, none on a single core.
+
+    Measured on two cores (docs/performance.md): two workers beside the sequencing process append
+    about twice as many single records a second as one process; on one core, workers only add
+    hand-offs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if cores > 1 else 0
 
 
 class WorkerPool:
@@ -80,11 +93,23 @@ class WorkerPool:
             ]  # fmt: skip
             if self._config.witness_policy is not None:
                 argv += ["--witness-policy", str(self._config.witness_policy)]
+            argv += worker_limits_argv(self._config)
             try:
                 self._procs.append(await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,)))
             finally:
                 theirs.close()
             self._channels.append(ours)
+
+    async def ready(self, timeout: float) -> None:
+        """Wait until every worker has said it serves (worker.READY); raises TimeoutError, or OSError if one died."""
+        loop = asyncio.get_running_loop()
+
+        async def one(channel: socket.socket) -> None:
+            message = await loop.sock_recv(channel, 16)
+            if message != READY:
+                raise OSError("a worker stopped before it could serve")
+
+        await asyncio.wait_for(asyncio.gather(*(one(c) for c in self._channels)), timeout)
 
     def hand_over(self, conn: socket.socket) -> bool:
         """Give an accepted connection to the next worker that takes it; False if none could."""
@@ -122,6 +147,15 @@ class WorkerPool:
             log.error("worker %d did not stop within %.0f s; killing it", proc.pid, WORKER_STOP_TIMEOUT)
             proc.kill()
             await proc.wait()
+
+
+def worker_limits_argv(config: ServerConfig) -> list[str]:
+    """The limits a worker serves its connections with (worker.py reads them back): the parent's own."""
+    argv = ["--header-timeout", repr(config.header_timeout), "--body-timeout", repr(config.body_timeout),
+            "--body-memory", str(config.body_memory), "--log-rate", str(config.log_rate)]  # fmt: skip
+    if config.max_connections is not None:
+        argv += ["--max-connections", str(config.max_connections)]
+    return argv
 
 
 async def hand_out_connections(listener: socket.socket, pool: WorkerPool) -> None:
@@ -167,6 +201,12 @@ async def _run(
         service = app[SERVICE]
         pool = WorkerPool(config, workers, ipc_path, (service.vkey, service.timestamp_vkey))
         await pool.start()
+        try:
+            await pool.ready(WORKER_START_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            log.error("the HTTP workers did not start (%s); stopping the server", exc or "timed out")
+            await pool.stop()
+            return 1
         tune_for_serving()
         # The parent's threads (records.db's settle writer, the sequencer's commit) hold a lock other
         # processes wait on while they need the interpreter lock between statements; the busy event

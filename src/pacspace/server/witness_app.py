@@ -1,19 +1,33 @@
-"""The witness server: C2SP tlog-witness ``POST /add-checkpoint``, and the latest cosigned checkpoint per log."""
+"""The witness server: C2SP tlog-witness ``POST /add-checkpoint``, and the monitoring endpoint
+``GET /<hex SHA-256 of the origin>/checkpoint`` (C2SP/C2SP@95978ca), both under the root prefix."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from ..errors import NotFound, PacspaceError
-from ..note import Ed25519Verifier, NoteSigner, parse_note
+from ..note import Ed25519Verifier, NoteSignature, NoteSigner, parse_note
 from ..storage.witness import WitnessStore
-from ..witness import MAX_REQUEST, Latest, WitnessRefusal, cosignature, decide, parse_add_checkpoint
+from ..witness import (
+    MAX_REQUEST,
+    Latest,
+    WitnessRefusal,
+    carries_cosignature,
+    cosignature,
+    decide,
+    monitoring_note,
+    parse_add_checkpoint,
+)
+
+log = logging.getLogger("pacspace.witness")
 
 
 @dataclass
@@ -21,24 +35,52 @@ class Witness:
     signer: NoteSigner
     logs: dict[str, Ed25519Verifier]
     store: WitnessStore
+    clock: Callable[[], float]
+    by_hash: dict[str, str]  # hex SHA-256 of an origin -> the origin
 
 
 WITNESS = web.AppKey("witness", Witness)
 
 
-def create_witness_app(data_dir: Path, signer: NoteSigner, logs: dict[str, Ed25519Verifier]) -> web.Application:
+def origin_hash(origin: str) -> str:
+    """C2SP tlog-witness: the SHA-256 hash of the log's origin, hex encoded, in lowercase."""
+    return hashlib.sha256(origin.encode("utf-8")).hexdigest()
+
+
+def create_witness_app(
+    data_dir: Path, signer: NoteSigner, logs: dict[str, Ed25519Verifier], clock: Callable[[], float] = time.time
+) -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = WitnessStore(data_dir)
-        app[WITNESS] = Witness(signer, logs, store)
+        witness = Witness(signer, logs, store, clock, {origin_hash(o): o for o in logs})
+        _cosign_what_older_versions_stored(witness)
+        app[WITNESS] = witness
         yield
         store.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/add-checkpoint", add_checkpoint)
-    app.router.add_get("/checkpoint", get_checkpoint)
+    app.router.add_get("/{origin_hash:[0-9a-f]{64}}/checkpoint", get_monitoring_checkpoint)
+    app.router.add_get("/checkpoint", get_checkpoint_by_query)
     return app
+
+
+def _cosign_what_older_versions_stored(witness: Witness) -> None:
+    """Stores written before the monitoring endpoint hold the submitted note, without the cosignature the witness
+    returned: cosign each once, now, so that from here on every GET serves the same stored cosignature."""
+
+    def update(origin: str, latest: Latest) -> bytes | None:
+        key = witness.logs.get(origin)
+        if key is None or carries_cosignature(latest.note, witness.signer):
+            return None
+        note = parse_note(latest.note)
+        return monitoring_note(note, key, witness.signer.cosign(note.text, int(witness.clock())))
+
+    changed = witness.store.rewrite(update)
+    if changed:
+        log.info("cosigned the latest checkpoint of %d log(s) stored without the witness's cosignature", changed)
 
 
 async def add_checkpoint(request: web.Request) -> web.Response:
@@ -47,10 +89,14 @@ async def add_checkpoint(request: web.Request) -> web.Response:
         req = parse_add_checkpoint(await request.read())
     except PacspaceError as exc:
         return web.Response(status=400, text=f"{exc}\n")
-    note = req.note.format()
+    given: list[NoteSignature] = []
 
     def check(current: Latest | None) -> Latest:
         decide(req, witness.logs, current)
+        line = cosignature(witness.signer, req, int(witness.clock()))
+        given.append(line)
+        # Stored with the checkpoint it answers: the monitoring endpoint serves this very line.
+        note = monitoring_note(req.note, witness.logs[req.checkpoint.origin], line)
         return Latest(req.checkpoint.size, req.checkpoint.root_hash, note)
 
     try:
@@ -60,17 +106,22 @@ async def add_checkpoint(request: web.Request) -> web.Response:
         if exc.http_status == 409 and exc.size is not None:
             return web.Response(status=409, body=f"{exc.size}\n".encode(), headers={"Content-Type": "text/x.tlog.size"})
         return web.Response(status=exc.http_status, text=f"{exc}\n")
-    line = cosignature(witness.signer, req, int(time.time())).line()
-    return web.Response(body=line.encode("utf-8"), content_type="text/plain", charset="utf-8")
+    return web.Response(body=given[-1].line().encode("utf-8"), content_type="text/plain", charset="utf-8")
 
 
-async def get_checkpoint(request: web.Request) -> web.Response:
-    """The latest checkpoint this witness cosigned for ``?origin=``, with a fresh cosignature, for monitors."""
-    witness = request.app[WITNESS]
-    origin = request.query.get("origin", "")
-    latest = witness.store.latest(origin) if origin else None
+def _latest_response(witness: Witness, origin: str | None) -> web.Response:
+    latest = witness.store.latest(origin) if origin in witness.logs else None
     if latest is None:
-        raise web.HTTPNotFound(text=f"{NotFound('no checkpoint cosigned for that origin')}\n")
-    note = parse_note(latest.note)
-    line = witness.signer.cosign(note.text, int(time.time()))
-    return web.Response(body=latest.note + line.line().encode(), content_type="text/plain", charset="utf-8")
+        raise web.HTTPNotFound(text=f"{NotFound('no checkpoint cosigned for that log')}\n")
+    return web.Response(body=latest.note, content_type="text/plain", charset="utf-8")
+
+
+async def get_monitoring_checkpoint(request: web.Request) -> web.Response:
+    """The latest checkpoint cosigned for a log, with the cosignature add-checkpoint returned for it."""
+    witness = request.app[WITNESS]
+    return _latest_response(witness, witness.by_hash.get(request.match_info["origin_hash"]))
+
+
+async def get_checkpoint_by_query(request: web.Request) -> web.Response:
+    """``GET /checkpoint?origin=``, the form earlier pacspace witnesses served: the same bytes."""
+    return _latest_response(request.app[WITNESS], request.query.get("origin", ""))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -35,6 +36,9 @@ class WitnessQuorumFailed(PacspaceError):
     http_status = 503
 
 
+_SIZE_BODY = re.compile(rb"(0|[1-9][0-9]{0,19})\n?")
+
+
 @dataclass
 class WitnessPool:
     policy: Policy
@@ -44,16 +48,22 @@ class WitnessPool:
     failures: int = 0
 
     async def cosign(self, checkpoint: SignedCheckpoint) -> SignedCheckpoint:
-        witnesses = [w for w in self.policy.witnesses.values() if w.url]
+        """The checkpoint with the cosignatures of every witness that gives one, or WitnessQuorumFailed.
+
+        A witness whose valid cosignature the checkpoint already carries (a restart with a changed
+        policy) is not asked again: its line stays, with the earliest time it vouched for the tree.
+        """
+        present = self.policy.cosigners(checkpoint.note)
+        witnesses = [w for w in self.policy.witnesses.values() if w.url and w.name not in present]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
             answers = await asyncio.gather(*(self._ask(session, w, checkpoint) for w in witnesses))
         lines = [line for line in answers if line is not None]
-        note = checkpoint.note.with_signatures(*lines)
+        note = checkpoint.note.with_signatures(*lines)  # replaces, never repeats, a line from the same key
         if not self.policy.satisfied(set(self.policy.cosigners(note))):
             self.failures += 1
             raise WitnessQuorumFailed(
-                f"only {len(lines)} of {len(witnesses)} witnesses cosigned size {checkpoint.size}; the policy's quorum "
-                "is not met, so the checkpoint is not published yet"
+                f"only {len(lines) + len(present)} of {len(self.policy.witnesses)} witnesses cosigned size "
+                f"{checkpoint.size}; the policy's quorum is not met, so the checkpoint is not published yet"
             )
         return SignedCheckpoint(checkpoint.checkpoint, note, checkpoint.timestamp)
 
@@ -68,25 +78,49 @@ class WitnessPool:
             body += checkpoint.format()
             try:
                 async with session.post(witness.url.rstrip("/") + "/add-checkpoint", data=body) as resp:  # type: ignore[union-attr]
-                    answer = await resp.read()
-                    if resp.status == 409 and resp.headers.get("Content-Type", "").startswith("text/x.tlog.size"):
-                        self.known_size[witness.name] = int(answer.strip())
-                        continue
-                    if resp.status != 200:
-                        log.warning("witness %s refused size %d: %d %s", witness.name, checkpoint.size, resp.status,
-                                    answer[:200].decode(errors="replace").strip())
-                        return None
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                    status, answer = resp.status, await resp.read()
+                    is_size = resp.headers.get("Content-Type", "").startswith("text/x.tlog.size")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 log.warning("witness %s unreachable: %s", witness.name, exc)
                 return None
-            try:
-                cosigned = parse_note(checkpoint.format() + answer)
-            except PacspaceError:
+            if status == 409 and is_size:
+                size = _SIZE_BODY.fullmatch(answer)
+                if size is None:
+                    log.warning("witness %s answered 409 without a valid size", witness.name)
+                    return None
+                self.known_size[witness.name] = int(size.group(1))
+                continue
+            if status != 200:
+                self._refused(witness, old, checkpoint.size, status, answer)
                 return None
-            for sig in cosigned.signatures[len(checkpoint.note.signatures):]:
-                if (sig.name, sig.key_id) == (witness.verifier.name, witness.verifier.key_id) and \
-                        witness.verifier.timestamp(cosigned.text, sig.signature) is not None:
-                    self.known_size[witness.name] = checkpoint.size
-                    return sig
+            return self._cosignature(witness, checkpoint, answer)
+        return None
+
+    def _refused(self, witness: Witness, old: int, size: int, status: int, answer: bytes) -> None:
+        reason = answer[:200].decode(errors="replace").strip()
+        # C2SP tlog-witness answered a same-size checkpoint with another root 409 (without a size)
+        # until C2SP/C2SP@95978ca, and 422 since: either way the witness holds another tree.
+        if status == 409 or (status == 422 and old == size):
+            log.error("witness %s holds another tree at size %d than the log's: a fork, or a witness fault (%d %s)",
+                      witness.name, size, status, reason)
+        elif status == 422:
+            log.error("witness %s refused the consistency proof from size %d to %d (%s)", witness.name, old, size, reason)
+        else:
+            log.warning("witness %s refused size %d: %d %s", witness.name, size, status, reason)
+
+    def _cosignature(self, witness: Witness, checkpoint: SignedCheckpoint, answer: bytes) -> NoteSignature | None:
+        """The witness's valid cosignature among the lines it answered (it may send several, for other keys)."""
+        try:
+            cosigned = parse_note(checkpoint.note.text.encode() + b"\n" + answer)
+        except PacspaceError:
+            log.warning("witness %s answered lines that are not note signatures", witness.name)
             return None
+        for sig in cosigned.signatures:
+            if (sig.name, sig.key_id) != (witness.verifier.name, witness.verifier.key_id):
+                continue
+            # C2SP tlog-witness: a cosignature for add-checkpoint MUST NOT have a zero timestamp.
+            if witness.verifier.timestamp(cosigned.text, sig.signature) not in (None, 0):
+                self.known_size[witness.name] = checkpoint.size
+                return sig
+        log.warning("witness %s answered no valid cosignature by its key", witness.name)
         return None

@@ -24,6 +24,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -78,16 +79,14 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
     try:
         remote = RemoteSequencer(session, store, verifier, policy)
         writer = GroupWriter(records, inline=True)
-        service = LogService(store, remote, link.vkey, link.timestamp_vkey, records, writer)
+        service = LogService(store, remote, link.vkey, link.timestamp_vkey, records, writer, remote)
         app[SERVICE] = service
         tasks = [
             asyncio.create_task(remote.run(), name="pacspace-remote-sequencer"),
             asyncio.create_task(writer.run(), name="pacspace-records-writer"),
         ]
         yield
-        await service.settled()
-        for stuck in list(service.settling):
-            stuck.cancel()  # the parent's next start settles these rows from the log
+        await service.appender.settled()  # the parent's; whatever it cannot write, its next start settles from the log
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -121,14 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vkey", required=True)
     parser.add_argument("--timestamp-vkey", required=True)
     parser.add_argument("--witness-policy", type=Path)
+    defaults = ServerConfig()
+    parser.add_argument("--header-timeout", type=float, default=defaults.header_timeout)
+    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout)
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    parser.add_argument("--body-memory", type=int, default=defaults.body_memory)
+    parser.add_argument("--log-rate", type=int, default=defaults.log_rate)
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
-    config = ServerConfig(data_dir=args.data, witness_policy=args.witness_policy)
+    config = ServerConfig(
+        data_dir=args.data, witness_policy=args.witness_policy, header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout, max_connections=args.max_connections, body_memory=args.body_memory,
+        log_rate=args.log_rate,
+    )
     app = create_worker_app(config, WorkerLink(args.ipc, args.vkey, args.timestamp_vkey))
     channel = socket.socket(fileno=args.fd)
     asyncio.run(serve_handed_connections(app, channel))
     return 0
+
+
+READY = b"ready"
 
 
 async def serve_handed_connections(app: web.Application, channel: socket.socket) -> None:
@@ -141,9 +153,10 @@ async def serve_handed_connections(app: web.Application, channel: socket.socket)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    channel.setblocking(False)
     server = runner.server
     assert server is not None
+    channel.send(READY)  # the parent hands out no connection, and says "serving on", before every worker is here
+    channel.setblocking(False)
 
     def receive() -> None:
         try:
@@ -172,7 +185,7 @@ async def serve_handed_connections(app: web.Application, channel: socket.socket)
         await runner.cleanup()
 
 
-def _log_failed_connection(task: asyncio.Future[object]) -> None:
+def _log_failed_connection(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("could not serve a connection: %s", task.exception())
 

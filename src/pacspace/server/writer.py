@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from ..errors import PacspaceError, WriteFailed
+
 Op = Callable[[sqlite3.Connection], Any]
+Waiting = list[tuple[Sequence[Op], "asyncio.Future[list[Any]]"]]
+
+log = logging.getLogger("pacspace.server")
 
 
 class TransactionalStore(Protocol):
@@ -35,7 +41,8 @@ class GroupWriter:
     async def write(self, ops: Sequence[Op]) -> list[Any]:
         """Run ops (all in the same transaction); each result is a value or the exception it raised.
 
-        A caller cancelled while it waits does not stop its ops: they are queued, and run.
+        A caller cancelled while it waits does not stop its ops: they are queued, and run. If the
+        shared transaction fails as a whole, each caller's ops are retried in one of their own.
         """
         return await self.enqueue(ops)
 
@@ -52,19 +59,47 @@ class GroupWriter:
                 self._wake.clear()
                 await self._wake.wait()
             queue, self._queue = self._queue, []
-            flat = [op for ops, _ in queue for op in ops]
             try:
-                if self._inline:
-                    results = self._store.write(flat)
-                else:
-                    results = await asyncio.to_thread(self._store.write, flat)
+                results = await self._write([op for ops, _ in queue for op in ops])
             except Exception as exc:
-                for _, future in queue:
-                    if not future.done():
-                        future.set_exception(exc)
+                await self._isolate(queue, exc)
                 continue
             at = 0
             for ops, future in queue:
                 if not future.done():
                     future.set_result(results[at : at + len(ops)])
                 at += len(ops)
+
+    async def _write(self, ops: Sequence[Op]) -> list[Any]:
+        if self._inline:
+            return self._store.write(ops)
+        return await asyncio.to_thread(self._store.write, ops)
+
+    async def _isolate(self, queue: Waiting, exc: Exception) -> None:
+        """A shared transaction failed: log it once, then run each caller's ops in a transaction of their own,
+        so that one caller's failure (a bad op, a fault) costs only that caller its write."""
+        if not isinstance(exc, PacspaceError):
+            log.error("a group write of %d requests failed; retrying each alone", len(queue), exc_info=exc)
+        for ops, future in queue:
+            try:
+                if len(queue) == 1:
+                    raise exc
+                results = await self._write(ops)
+            except Exception as failure:
+                if failure is not exc:
+                    log.warning("a write failed again alone: %r", failure)
+                if not future.done():
+                    future.set_exception(_answerable(failure))
+                continue
+            if not future.done():
+                future.set_result(results)
+
+
+def _answerable(exc: Exception) -> PacspaceError:
+    """What a caller gets for a failed write: the store's own error as raised; anything else (logged
+    already) as WriteFailed, which the client sees as a plain internal error."""
+    if isinstance(exc, PacspaceError):
+        return exc
+    failed = WriteFailed()
+    failed.__cause__ = exc
+    return failed

@@ -2,6 +2,8 @@
 
 Modelled on Sunlight's ``Backend`` / ``LockBackend``: each method states what is
 true once it returns, so crash-safety can be reasoned about where it is used.
+storage/sqlite.py's ``SqliteLog`` implements both, which mypy checks there; the
+append protocol's own ports (records.db, the sequencer) are in appending.py.
 """
 
 from __future__ import annotations
@@ -55,8 +57,13 @@ class LogReader(Protocol):
         """Whether a checkpoint with lo <= size < hi was committed."""
         ...
 
-    def find_leaf(self, leaf_hash: bytes) -> int | None:
-        """The first index whose leaf hash is ``leaf_hash``, if any."""
+    def find_leaf(self, leaf_hash: bytes, size: int) -> int | None:
+        """The first index below ``size`` whose leaf hash is ``leaf_hash``, if any.
+
+        A leaf is findable as soon as the commit that appended it returned; the
+        index file behind it is made durable later (LogWriter.maintain), and a
+        start after a crash re-indexes what it lost before serving.
+        """
         ...
 
     def checkpoints(self) -> Iterator[bytes]:

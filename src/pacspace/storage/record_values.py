@@ -150,5 +150,5 @@ def record_of(row: tuple) -> StoredRecord:  # type: ignore[type-arg]
     return StoredRecord(row[0], row[1], bytes(row[2]), bytes(row[3]), _b(row[4]), row[5], row[6])
 
 
-def _b(value: object) -> bytes | None:
-    return None if value is None else bytes(value)  # type: ignore[arg-type]
+def _b(value: bytes | memoryview | None) -> bytes | None:
+    return None if value is None else bytes(value)

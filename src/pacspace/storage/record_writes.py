@@ -66,6 +66,8 @@ def _check_next(
     ``last`` is the relationship's last row (seq, unsettled): unsettled rows are always a
     relationship's last ones, so it says both what seq comes next and whether one is in flight.
     """
+    if not records:
+        raise MalformedInput("a group of records holds at least one")
     first = records[0][0]
     if [r[0] for r in records] != list(range(first, first + len(records))):
         raise SeqConflict("the records of one relationship must have consecutive seqs", first)

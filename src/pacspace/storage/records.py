@@ -5,9 +5,10 @@ what the log does not: who may write and read, the HPKE wraps, and the sealed
 blobs the 65-byte entries commit to (their bytes in append-only segment files
 beside it, storage/segments.py). A record row is written (durably) before
 its entry is submitted to the sequencer, and gets its log index after: a crash
-in between leaves a row without an index, which :meth:`RecordStore.reconcile`
-settles at start from the log itself (found: index it; not found: it was never
-acknowledged, so drop it).
+in between leaves a row without an index, which start-up settles from the log
+itself (found: index it; not found: it was never acknowledged, so drop it).
+The order of these steps and what a crash between them leaves are the append
+protocol's, in appending.py; this module offers the ops it runs.
 
 All writes go through :meth:`RecordStore.write`, one transaction at a time;
 the server batches concurrent requests into one transaction (group commit).
@@ -31,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import MalformedInput, PacspaceError, UntrustedState
+from ..errors import MalformedInput, PacspaceError, UntrustedState, WriteFailed
 from ..merkle import HASH_SIZE
 from . import consent, record_writes
 from .record_values import (
@@ -93,6 +94,17 @@ _UNSETTLED = (
     "unsettled u JOIN records r ON r.relationship = u.relationship AND r.seq = u.seq "
     "LEFT JOIN settled s ON s.blob_id = u.blob_id"
 )
+
+
+def _op_failure(exc: Exception) -> Exception:
+    """An op's result when it raised: a refusal as raised; anything unexpected logged here, once, and
+    returned as WriteFailed (its cause attached), which its request answers as an internal error."""
+    if isinstance(exc, (PacspaceError, sqlite3.IntegrityError)):
+        return exc
+    log.error("a records.db write op failed; it alone is undone", exc_info=exc)
+    failed = WriteFailed()
+    failed.__cause__ = exc
+    return failed
 
 
 class RecordStore:
@@ -175,12 +187,13 @@ class RecordStore:
             return self._reader.execute(sql, params).fetchall()
 
     def write(self, ops: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T | BaseException]:
-        """Run ops in one transaction; each op all-or-nothing (a savepoint), its error returned.
+        """Run ops in one transaction; each op all-or-nothing (a savepoint), its error returned (one that
+        nobody raised on purpose as WriteFailed, see _op_failure).
 
         Durable once it returns, unless every op is a settle (:func:`record_writes.rederivable`): a
         transaction of settles only is committed without its own fsync. What it records, a
         row's log index, the log already holds durably; a crash that loses it leaves the rows
-        unsettled, and start-up settles them from the log (reconcile). Its WAL frames become
+        unsettled, and start-up settles them from the log (appending.reconcile). Its WAL frames become
         durable with the next durable commit of any process (one fsync covers the whole WAL).
         """
         results: list[T | BaseException] = []
@@ -193,19 +206,21 @@ class RecordStore:
                 # The transaction is the op's all-or-nothing: no savepoint (two statements fewer in the lock).
                 try:
                     results.append(ops[0](conn))
-                except (PacspaceError, sqlite3.IntegrityError) as exc:
-                    conn.execute("ROLLBACK")
-                    results.append(exc)
+                except Exception as exc:
+                    if conn.in_transaction:  # SQLite itself rolls back after some faults (a full disk)
+                        conn.execute("ROLLBACK")
+                    results.append(_op_failure(exc))
             else:
                 for op in ops:
                     conn.execute("SAVEPOINT op")
                     try:
                         results.append(op(conn))
                         conn.execute("RELEASE op")
-                    except (PacspaceError, sqlite3.IntegrityError) as exc:
+                    except Exception as exc:
+                        # Undone alone: the other ops of the transaction still commit.
                         conn.execute("ROLLBACK TO op")
                         conn.execute("RELEASE op")
-                        results.append(exc)
+                        results.append(_op_failure(exc))
         self._maintain_soon()
         return results
 
@@ -394,7 +409,7 @@ class RecordStore:
         Returns None if stored; returns the existing rows if these exact records
         are already there (a retry); raises SeqConflict, RecordConflict,
         TagConflict if a tag repeats one of a record waiting for the log (tags
-        already in the log are refused when sequenced: server/tags.py), or
+        already in the log are refused when sequenced: appending.TagGuard), or
         InFlight while an earlier record of the relationship awaits the log. Unsettled rows are therefore always a relationship's
         last ones, so dropping them never leaves a gap. ``before`` runs first, in the same savepoint
         (a relationship's creation with its genesis: if one fails, neither is kept).
@@ -520,40 +535,3 @@ class RecordStore:
             "SELECT idx FROM settled WHERE idx IN (SELECT value FROM json_each(?))", (json.dumps(list(indexes)),)
         )
         return {int(r[0]) for r in rows}
-
-    def reconcile(
-        self, find_leaf: Callable[[bytes], int | None], checkpoint_size: int, published_size: int | None = None
-    ) -> tuple[int, int]:
-        """Settle rows a crash left without an index, from the log of ``checkpoint_size``. Returns (settled, dropped).
-
-        ``find_leaf`` searches the whole log. With witnesses, the published checkpoint
-        (``published_size``) may be older than the log: a row whose entry lies beyond it
-        stays unsettled (it is committed, so never dropped) until a later checkpoint
-        that covers it is published; receipts only ever name published checkpoints.
-        A row whose entry another record already holds (a provider's copy of its own
-        record, refused by admission) was never appended: it is dropped.
-        """
-        from ..merkle import leaf_hash
-
-        published = checkpoint_size if published_size is None else published_size
-        rows = self.unsettled()
-        found = [find_leaf(leaf_hash(rec.entry)) for rec in rows]
-        taken = self.settled_indexes([i for i in found if i is not None])
-        settled = dropped = 0
-        ops = []
-        for rec, index in zip(rows, found):
-            if index is None or index in taken:
-                ops.append(self.drop_op(rec.relationship, [rec.seq]))
-                if rec.seq == 0:
-                    # The genesis never reached the log: the relationship was never created.
-                    ops.append(self.drop_relationship_op(rec.relationship))
-                dropped += 1
-            elif index < published:
-                ops.append(self.settle_op(rec.relationship, [(rec.seq, index)], published))
-                taken.add(index)
-                settled += 1
-        if ops:
-            for result in self.write(ops):
-                if isinstance(result, BaseException):
-                    raise result
-        return settled, dropped

@@ -11,7 +11,7 @@ per 4 KiB page wasted most of each page).
 
 Version 3 drops the unique index on all records' tags, whose random keys put a
 page write per record into every transaction: the log's tag index keeps tags
-unique now, off the write path (server/tags.py). Only the few records waiting
+unique now, off the write path (appending.TagGuard). Only the few records waiting
 for the log keep a tag index (in ``unsettled``), and a unique index on the
 settled log index, whose keys arrive in order, means no two records can claim
 one entry. Measured in docs/performance.md.

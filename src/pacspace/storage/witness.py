@@ -49,3 +49,15 @@ class WitnessStore:
                 (origin, new.size, new.root_hash, new.note),
             )
         return new
+
+    def rewrite(self, update: Callable[[str, Latest], bytes | None]) -> int:
+        """Replace each origin's stored note by ``update(origin, latest)`` where it returns one; how many changed."""
+        changed = 0
+        with self._lock, write_transaction(self._conn) as conn:
+            rows = conn.execute("SELECT origin, size, root, note FROM latest").fetchall()
+            for origin, size, root, note in rows:
+                new = update(origin, Latest(size, bytes(root), bytes(note)))
+                if new is not None:
+                    conn.execute("UPDATE latest SET note = ? WHERE origin = ?", (new, origin))
+                    changed += 1
+        return changed

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""The long fuzz run of the API (issue 17), by hand; the count and the result go in docs/operations.md.
+
+    python3 tools/fuzz_api.py --examples 1800 --work /var/tmp/pacspace-fuzz
+
+Serves the app (as `pacspace serve` does, in a process of its own) on a fresh data directory with a provider
+(acme), a customer (bob) and one relationship between them, then runs schemathesis (`st run`, every phase: examples, coverage, fuzzing) over
+the served /openapi.json once as each of the provider, the customer and a stranger, in parallel, with the
+checks of tests/test_fuzz.py: no 5xx, and status, content type, headers and body as the document says.
+``--examples`` is per operation and caller; the fuzzing phase adds the coverage phase's boundary cases.
+Prints each run's summary and the total number of test cases; exits 1 if any run found a failure.
+
+The server's refusal rate (ServerConfig.refusal_rate) is set out of reach: each fuzzer is one party making
+hundreds of refused requests a second, which the default rate answers 429 slow_down after its first few
+hundred, so that most cases would test the gate instead of the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance," \
+         "response_schema_conformance"
+TOKENS = {"provider": "tok-acme", "customer": "tok-bob", "stranger": "tok-nobody"}
+SERVE = """
+import logging, sys
+from pathlib import Path
+from aiohttp import web
+from pacspace.config import ServerConfig
+from pacspace.server.app import create_app
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+config = ServerConfig(data_dir=Path(sys.argv[1]), port=int(sys.argv[2]), refusal_rate=1e9)
+web.run_app(create_app(config), host="127.0.0.1", port=config.port, print=None, access_log=None)
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str) -> None:
+    for _ in range(400):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+async def seed(url: str, homes: Path) -> str:
+    """acme's and bob's keys registered, and a relationship between them; its id."""
+    from pacspace.client.home import Home
+    from pacspace.client.http import PacspaceClient
+    from pacspace.client.records import create_relationship
+
+    acme = None
+    for name in ("acme", "bob"):
+        home = Home(homes / name)
+        async with PacspaceClient(url, f"tok-{name}") as c:
+            keys = home.create_keys()
+            await c.register_keys(keys.public.x25519, keys.public.ed25519)
+        acme = acme or keys
+    async with PacspaceClient(url, "tok-acme") as c:
+        return str((await create_relationship(c, acme, "acme", "bob", "hourly"))["relationship"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=1800, help="fuzzing cases per operation and caller")
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/pacspace-fuzz"))
+    parser.add_argument("--seed", type=int, default=17)
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    data = args.work / "data"
+    subprocess.run([sys.executable, "-m", "pacspace", "init", "--data", str(data)], check=True, capture_output=True)
+    from pacspace.storage.records import RecordStore
+
+    store = RecordStore(data)
+    store.add_party("acme", "provider", "tok-acme", int(time.time()))
+    store.add_party("bob", "customer", "tok-bob", int(time.time()))
+    store.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (args.work / "server.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-c", SERVE, str(data), str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(url)
+        rid = asyncio.run(seed(url, args.work / "homes"))
+        print(f"server on {url}, relationship {rid}", flush=True)
+        started = time.monotonic()
+        runs = {
+            caller: subprocess.Popen(
+                ["st", "run", f"{url}/openapi.json", "--checks", CHECKS, "--max-examples", str(args.examples),
+                 "--seed", str(args.seed), "--header", f"Authorization: Bearer {token}", "--workers", "1",
+                 "--suppress-health-check", "all", "--no-color"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            for caller, token in TOKENS.items()
+        }
+        total, failed = 0, False
+        for caller, run in runs.items():
+            out, _ = run.communicate()
+            tail = out.strip().splitlines()[-25:]
+            print(f"--- as the {caller} (exit {run.returncode})", *tail, sep="\n")
+            failed |= run.returncode != 0
+            total += sum(int(n.replace(",", "")) for n in re.findall(r"([\d,]+) generated", out))
+        print(f"\n{total:,} test cases in {time.monotonic() - started:.0f} s; "
+              f"{'FAILURES (see above)' if failed else 'no failure'}")
+        print(json.dumps({"cases": total, "failed": failed}))
+        return 1 if failed else 0
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
