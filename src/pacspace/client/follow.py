@@ -166,10 +166,11 @@ class Follower:
         items = []
         for row in rows:
             try:
-                items.append((row["seq"], base64.b64decode(row["tag"], validate=True),
-                              base64.b64decode(row["ciphertext"], validate=True)))
+                row["decoded"] = (base64.b64decode(row["tag"], validate=True),
+                                  base64.b64decode(row["ciphertext"], validate=True))
             except ValueError:
                 return  # a malformed row: verify finds it, in order
+            items.append((row["seq"], *row["decoded"]))
         try:
             results = await self.poll.opener.open_all(self.keys, self.provider.ed25519, items)
         except (OSError, RuntimeError):  # the workers could not start or died: verify opens each record itself
@@ -180,9 +181,8 @@ class Follower:
     def nodes(self, tiles: TileReader) -> set[Node]:
         """The tree nodes the page's inclusion proofs read."""
         size = self.poll.checkpoint.size
-        indexes = {row["index"] for row in self.rows
-                   if isinstance(row, dict) and isinstance(row.get("index"), int) and 0 <= row["index"] < size}
-        return {node for index in indexes for node in tiles.plan(index)}
+        return tiles.plan(row["index"] for row in self.rows
+                          if isinstance(row, dict) and isinstance(row.get("index"), int) and 0 <= row["index"] < size)
 
     async def verify(self, tiles: TileReader | None) -> None:
         """Verify and store the current page; raises Detection at the first record that fails (what verified
@@ -218,7 +218,8 @@ class Follower:
         rid, checkpoint = self.rid, self.poll.checkpoint
         try:
             seq, index = int(row["seq"]), int(row["index"])
-            tag, blob = base64.b64decode(row["tag"], validate=True), base64.b64decode(row["ciphertext"], validate=True)
+            tag, blob = row.get("decoded") or (base64.b64decode(row["tag"], validate=True),
+                                               base64.b64decode(row["ciphertext"], validate=True))
         except (KeyError, TypeError, ValueError):
             raise Detection("inclusion_failed", f"{rid}: the server served a malformed record",
                             _evidence(rid, row, checkpoint), rid) from None

@@ -102,11 +102,11 @@ class TileReader:
             levels = self._expanded[key] = [b"".join(level) for level in expand(hashes)[:TILE_HEIGHT]]
         return levels
 
-    def plan(self, index: int) -> list[Node]:
-        """The nodes to fetch for leaf ``index``'s inclusion path: its tile's first leaf's, if the tile is full
-        (one path a tile is all ``inclusion_path`` folds), else its own."""
-        first = self._first(index)
-        return inclusion_proof_plan(index if first < 0 else first, self._size)
+    def plan(self, indexes: Iterable[int]) -> set[Node]:
+        """The nodes to fetch for these leaves' inclusion paths: for a leaf in a full tile, the tile's first
+        leaf's path (one a tile is all ``inclusion_path`` folds), else the leaf's own."""
+        leaves = {index if first < 0 else first for index in indexes for first in (self._first(index),)}
+        return {node for leaf in leaves for node in inclusion_proof_plan(leaf, self._size)}
 
     def inclusion_path(self, index: int, leaf: bytes, root: bytes) -> list[Hash]:
         """Leaf ``index``'s inclusion path, checked to lead from ``leaf`` to ``root``: raises ProofError if not

@@ -356,18 +356,18 @@ async def post_records(request: web.Request) -> web.Response:
     service = _service(request)
     groups: list[tuple[_Group, list[int]]] = []
     known = service.records.relationships(list(members))
-    for rid, group in members.items():
-        if any(a[1].seq > b[1].seq for a, b in zip(group, group[1:])):
-            group.sort(key=lambda m: m[1].seq)
+    for rid, member in members.items():
+        if any(a[1].seq > b[1].seq for a, b in zip(member, member[1:])):
+            member.sort(key=lambda m: m[1].seq)
         rel = known.get(rid)
         failure: PacspaceError | None = NotFound("no such relationship")
         if rel is not None and rel.has(party.name):
             failure = _append_refusal(rel, party.name)
         if failure is not None or rel is None:
-            for i, sub in group:
+            for i, sub in member:
                 results[i] = _error(failure or NotFound("no such relationship"), rid, sub.seq)
             continue
-        groups.append((_Group(rel, [sub for _, sub in group]), [i for i, _ in group]))
+        groups.append((_Group(rel, [sub for _, sub in member]), [i for i, _ in member]))
     outcomes = await _append_groups(service, [g for g, _ in groups]) if groups else []
     checkpoint = None
     ok = 0
