@@ -499,3 +499,43 @@ async def test_wrong_tiles_fall_back_to_the_proof_endpoint_and_are_reported(worl
     assert report.new_records == 4 and [d.kind for d in report.detections] == ["bad_proof"]
     assert "tiles" in str(report.detections[0])
     assert world.state.tiles([(0, 0)]) == {}  # nothing of a wrong tile is kept
+
+
+async def test_members_a_server_adds_to_its_rows_change_nothing_the_monitor_checks(world):
+    """The monitor keeps what it decodes and opens ahead beside the server's rows, never in them: a page whose
+    rows carry members of the server's own choosing verifies exactly as it would without them."""
+    import json as _json
+
+    altered = []
+
+    def alter(path, body):
+        if path.startswith("/v1/relationships/") and path.endswith("/records"):
+            altered.append(path)
+            page = _json.loads(body)
+            for row in page["records"]:
+                row.update({"decoded": ["x", "y"], "opened": {"seq": row["seq"]}, "prepared": True, "plan": [[0, 0]]})
+            return _json.dumps(page).encode()
+        return body
+
+    world.proxy.alter = alter
+    await _grow(world, 3)
+    report = await monitor_once(world)
+    assert altered and report.exit_code == 0 and report.new_records >= 3
+
+
+@pytest.mark.parametrize("seq", [-1, 1 << 64])
+async def test_a_seq_no_record_can_have_is_that_relationships_detection_alone(world, seq):
+    import json as _json
+
+    def alter(path, body):
+        if path == f"/v1/relationships/{world.rid}/records":
+            page = _json.loads(body)
+            if page["records"]:
+                page["records"][-1]["seq"] = seq
+            return _json.dumps(page).encode()
+        return body
+
+    world.proxy.alter = alter
+    await _grow(world, 2)
+    report = await monitor_once(world)  # a detection for this relationship, never an error that stops the poll
+    assert [o.detection.kind for o in report.outcomes if o.detection] == ["inclusion_failed"]

@@ -75,3 +75,29 @@ async def test_a_tile_that_lies_leads_to_no_path():
         with pytest.raises(ProofError):
             reader.inclusion_path(i, tree.leaves[i], root)
     assert not reader.new_full_tiles()  # nothing from the lying tile is kept
+
+
+async def test_a_lie_where_a_path_reads_nothing_is_never_kept_nor_used():
+    """A verified path reads every hash of its tiles but its own ancestor's: a tile lying exactly there (the
+    leaf's own place at level 0, the lower tile's root at level 1) must not become "the log's own"."""
+    from pacspace.merkle import verify_inclusion
+
+    for size, lie, index, later in ((600, ("tile/0/001", 0), 256, (300, 400)),
+                                     (65_546, ("tile/1/000", 5), 1280, (1539,))):
+        tree = Tree(size)
+        root = tree_hash(size, tree)
+        tree.lie = lie
+        reader = TileReader(tree, size)
+        await reader.fetch(reader.plan([index, *later]))
+        path = reader.inclusion_path(index, tree.leaves[index], root)  # the record's own hash: it verifies
+        verify_inclusion(index, size, tree.leaves[index], path, root)
+        for i in later:
+            try:
+                path = reader.inclusion_path(i, tree.leaves[i], root)
+            except ProofError:
+                continue  # the monitor then asks the log's proof endpoint
+            verify_inclusion(i, size, tree.leaves[i], path, root)  # whatever is returned verifies
+        truth = {key: await Tree(size).tile(key) for key in [lie[0]]}
+        for level, n, data in reader.new_full_tiles():
+            path_of = f"tile/{level}/{n:03d}"
+            assert path_of not in truth or data == truth[path_of], f"kept the lying tile {path_of}"

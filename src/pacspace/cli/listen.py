@@ -7,7 +7,10 @@ import socket
 
 from ..errors import MalformedInput, PacspaceError
 
-BACKLOG = 128  # aiohttp's own default for a site it binds itself
+# Connections the kernel queues before the server accepts them (capped by net.core.somaxconn). aiohttp's own
+# default, 128, is filled by a flood of connections churning at the connection cap (protocol.py): past it the
+# kernel drops new SYNs, and an honest client's connection waits out TCP's 1 s, then 2 s, retransmission.
+BACKLOG = 4096
 
 
 class CannotListen(PacspaceError):

@@ -28,6 +28,7 @@ from ..errors import PacspaceError, ProofError
 from ..keys import KeyUnusable, PublicKeys, fingerprint_matches, unwrap_secret
 from ..merkle import Node, leaf_hash, verify_inclusion
 from ..records.acceptance import acceptance_valid
+from ..records.batchwire import MAX_SEQ
 from ..records.body import Genesis, body_hash, decode_body
 from ..records.chain import ChainError, ChainHead, check_next
 from ..records.rules import Finding, Ledger
@@ -70,6 +71,16 @@ class Poll:
     opener: Opener = field(default_factory=lambda: Opener(0))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One row of a page, decoded and opened ahead of its turn (opening.py)."""
+
+    seq: int
+    tag: bytes
+    blob: bytes
+    result: Opened | SealError
+
+
 class Follower:
     """One relationship: ``start`` (its keys, how far the copy goes, the first page), then ``verify`` a page and
     ``next_page`` until ``done``."""
@@ -83,6 +94,7 @@ class Follower:
         self.rows: list[dict[str, Any]] = []
         self.done = False
         self._new: Followed | None = None
+        self._prepared: dict[int, Prepared] = {}
 
     async def start(self) -> None:
         """Everything before the first record: raises Detection for what is wrong with the relationship itself."""
@@ -157,26 +169,29 @@ class Follower:
         page = await self.poll.client.records(self.rid, after, PAGE)
         if not isinstance(page, list):
             raise ServerError(200, "malformed", f"{self.rid}: the server's page of records is not a list")
-        self.rows = page
+        self.rows, self._prepared = page, {}
 
     async def open_page(self) -> None:
-        """Open the page's records ahead of ``verify`` (in worker processes, if many): each row gets its result."""
-        rows = [row for row in self.rows if isinstance(row, dict) and isinstance(row.get("seq"), int)
-                and isinstance(row.get("tag"), str) and isinstance(row.get("ciphertext"), str)]
-        items = []
-        for row in rows:
+        """Open the page's records ahead of ``verify`` (in worker processes, if many). What it finds is kept
+        beside the page, by row position, never in the rows: those are the server's JSON, with any members."""
+        self._prepared = {}
+        positions, items = [], []
+        for i, row in enumerate(self.rows):
+            if not (isinstance(row, dict) and isinstance(row.get("seq"), int) and 0 <= row["seq"] <= MAX_SEQ
+                    and isinstance(row.get("tag"), str) and isinstance(row.get("ciphertext"), str)):
+                continue  # verify finds what is wrong with it, in order
             try:
-                row["decoded"] = (base64.b64decode(row["tag"], validate=True),
-                                  base64.b64decode(row["ciphertext"], validate=True))
+                tag, blob = base64.b64decode(row["tag"], validate=True), base64.b64decode(row["ciphertext"], validate=True)
             except ValueError:
                 return  # a malformed row: verify finds it, in order
-            items.append((row["seq"], *row["decoded"]))
+            positions.append(i)
+            items.append((row["seq"], tag, blob))
         try:
             results = await self.poll.opener.open_all(self.keys, self.provider.ed25519, items)
         except (OSError, RuntimeError):  # the workers could not start or died: verify opens each record itself
             return
-        for row, result in zip(rows, results):
-            row["opened"] = result
+        self._prepared = {i: Prepared(seq, tag, blob, result)
+                          for i, (seq, tag, blob), result in zip(positions, items, results)}
 
     def nodes(self, tiles: TileReader) -> set[Node]:
         """The tree nodes the page's inclusion proofs read."""
@@ -191,8 +206,8 @@ class Follower:
         findings: list[StoredFinding] = []
         self.done = len(self.rows) < PAGE
         try:
-            for row in self.rows:
-                copy, record = await self._verify(row, tiles)
+            for i, row in enumerate(self.rows):
+                copy, record = await self._verify(row, tiles, self._prepared.get(i))
                 try:
                     self.head = check_next(self.head, record)
                 except ChainError as exc:
@@ -214,12 +229,18 @@ class Follower:
                 self.outcome.new_records += len(copies)
                 self.outcome.findings += findings
 
-    async def _verify(self, row: dict[str, Any], tiles: TileReader | None) -> tuple[StoredCopy, Opened]:
+    async def _verify(self, row: dict[str, Any], tiles: TileReader | None,
+                      prepared: Prepared | None) -> tuple[StoredCopy, Opened]:
         rid, checkpoint = self.rid, self.poll.checkpoint
         try:
             seq, index = int(row["seq"]), int(row["index"])
-            tag, blob = row.get("decoded") or (base64.b64decode(row["tag"], validate=True),
-                                               base64.b64decode(row["ciphertext"], validate=True))
+            if not 0 <= seq <= MAX_SEQ:
+                raise ValueError(seq)
+            if prepared is not None and prepared.seq == seq:
+                tag, blob = prepared.tag, prepared.blob
+            else:
+                prepared = None
+                tag, blob = base64.b64decode(row["tag"], validate=True), base64.b64decode(row["ciphertext"], validate=True)
         except (KeyError, TypeError, ValueError):
             raise Detection("inclusion_failed", f"{rid}: the server served a malformed record",
                             _evidence(rid, row, checkpoint), rid) from None
@@ -233,9 +254,11 @@ class Follower:
             if tiles is not None:
                 self.poll.tiles_wrong = index
         try:
-            record = row.get("opened") or open_record(seq, tag, blob, self.keys, self.provider.signing_key())
-            if isinstance(record, SealError):
-                raise record
+            opened = prepared.result if prepared is not None else open_record(seq, tag, blob, self.keys,
+                                                                              self.provider.signing_key())
+            if isinstance(opened, SealError):
+                raise opened
+            record = opened
         except SealError as exc:
             raise Detection(_classify(exc), f"{rid} seq {seq}: {exc}", _evidence(rid, row, checkpoint), rid, seq) from None
         return StoredCopy(rid, seq, index, tag, blob, record.encoded, record.signature, checkpoint.size, b"".join(path)), record

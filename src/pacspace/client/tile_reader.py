@@ -3,10 +3,10 @@
 Tiles come from the server and prove nothing alone: whatever is computed from
 them must lead to a root the log signed (verify_inclusion, merkle.proves_fork)
 before it is believed. A proof that does lead there commits to every hash of
-every tile it was folded from (the hashes a path leaves out are under the
-subtree hashes it includes), so once a proof from a full tile verified, the
-whole tile is the log's own, and stays so: a full tile never changes. Those
-are kept (``TileCache``) and never fetched again; the right edge's partial
+every tile it read but one: the leaf's own ancestor in each tile, which the
+proof computes instead of reading. So a full tile that also holds that
+ancestor, folded from the leaf, is the log's own, and stays so: a full tile
+never changes. Those are kept (``TileCache``) and never fetched again; the right edge's partial
 tiles are fetched for each tree size.
 
 Tiles are fetched concurrently, ``parallel`` at a time, and each is expanded
@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from ..errors import MalformedInput, ProofError
-from ..merkle import HASH_SIZE, Hash, Node, RangeHashes, inclusion_proof_plan, verify_inclusion
-from ..tiles import TILE_HEIGHT, TILE_WIDTH, TileRef, expand, tile_of_node
+from ..merkle import HASH_SIZE, Hash, Node, RangeHashes, inclusion_proof_plan, node_hash, verify_inclusion
+from ..tiles import MAX_TILE_LEVEL, TILE_HEIGHT, TILE_WIDTH, TileRef, expand, tile_of_node
 
 Key = tuple[int, int]  # (tile level, tile index): in a tree of one size, one tile (full or its partial one)
 
@@ -112,8 +112,9 @@ class TileReader:
         """Leaf ``index``'s inclusion path, checked to lead from ``leaf`` to ``root``: raises ProofError if not
         (KeyError, MalformedInput if the tiles fetched lack it).
 
-        In a full level-0 tile, the path of the tile's first leaf is folded and checked once: that proves the
-        tile's root, and with it every leaf hash the tile holds (the tile's levels are computed from them). Any
+        In a full level-0 tile, the path of the tile's first leaf is folded and checked once, and the tile must
+        hold that leaf's hash: that proves every leaf hash the tile holds (the tile's levels are computed from
+        them). Any
         other leaf of the tile then only has to be the hash the tile holds at its place; its path is its eight
         siblings in the tile, then the first leaf's path above the tile (the same for every leaf below it).
         """
@@ -121,8 +122,7 @@ class TileReader:
         if first == index or first < 0:
             path = self._ranges.inclusion_proof(index, self._size, self)
             verify_inclusion(index, self._size, leaf, path, root)
-            self.proven(inclusion_proof_plan(index, self._size))
-            if first == index:
+            if self._prove_ancestors(index, leaf, path) and first == index:
                 self._above[index >> TILE_HEIGHT] = path[TILE_HEIGHT:]
             return path
         levels = self._levels((0, index >> TILE_HEIGHT))
@@ -142,9 +142,32 @@ class TileReader:
         first = index & ~(TILE_WIDTH - 1)
         return first if first + TILE_WIDTH <= self._size else -1
 
-    def proven(self, nodes: Iterable[Node]) -> None:
-        """A proof read from these nodes led to a signed root: their tiles are the log's own."""
-        self._proven.update(_key(node) for node in nodes)
+    def _prove_ancestors(self, index: int, leaf: bytes, path: Sequence[bytes]) -> bool:
+        """After ``path`` led ``leaf`` to a signed root: which full tiles on the way are now the log's own.
+
+        A verified path pins every hash of a tile it read but one: the leaf's own ancestor in it (the leaf
+        itself in the level-0 tile), which the path computes instead of reading. So a tile is proven only
+        if it holds that ancestor, folded from the leaf and the path's siblings. Returns whether the
+        leaf's level-0 tile was.
+        """
+        node, level, proven_level0 = leaf, 0, False
+        for tile_level in range(MAX_TILE_LEVEL + 1):
+            height = tile_level * TILE_HEIGHT
+            while level < height:
+                if level >= len(path) or ((index >> (level + 1)) + 1) << (level + 1) > self._size:
+                    return proven_level0  # the parent is not complete: no full tile above holds an ancestor
+                node = node_hash(path[level], node) if (index >> level) & 1 else node_hash(node, path[level])
+                level += 1
+            key = (tile_level, index >> (height + TILE_HEIGHT))
+            data = self._tiles.get(key)
+            if data is None or len(data) != TILE_WIDTH * HASH_SIZE:
+                return proven_level0
+            at = (index >> height) & (TILE_WIDTH - 1)
+            if data[at * HASH_SIZE : (at + 1) * HASH_SIZE] != node:
+                return proven_level0
+            self._proven.add(key)
+            proven_level0 = proven_level0 or tile_level == 0
+        return proven_level0
 
     def new_full_tiles(self) -> list[tuple[int, int, bytes]]:
         """Full tiles proven in this reader's life and not cached before: (level, n, hashes), to keep."""
