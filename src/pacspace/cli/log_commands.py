@@ -197,8 +197,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  "or give another --data for a new log")
     # Bound before anything is created: a port in use leaves no new data directory behind.
     sock = listen(args.host, args.port)
-    if args.workers:
-        sock.close()  # the supervisor binds it again itself, at once
     if not exists:
         signer = init_log(args.data, origin, int(time.time()))
         print(f"pacspace: created log {origin} in {args.data}", file=sys.stderr)
@@ -214,7 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers:
         from ..server.supervisor import serve_with_workers
 
-        status = serve_with_workers(config, args.workers, announce)
+        status = serve_with_workers(config, args.workers, announce, sock)
         if status:
             print("pacspace: error: the server stopped on a failure (see the log above)", file=sys.stderr)
         return status

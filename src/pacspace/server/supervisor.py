@@ -174,10 +174,14 @@ async def hand_out_connections(listener: socket.socket, pool: WorkerPool) -> Non
                 log.warning("no worker could take a connection; closed it")
 
 
-def serve_with_workers(config: ServerConfig, workers: int, announce: Callable[[web.Application], None]) -> int:
-    """Run the parent until SIGTERM/SIGINT, a worker's death or the sequencer's; the exit status."""
-    # Without SO_REUSEPORT: a port someone else holds is refused as busy, never shared.
-    listener = socket.create_server((config.host, config.port), backlog=4096)
+def serve_with_workers(
+    config: ServerConfig, workers: int, announce: Callable[[web.Application], None], listener: socket.socket | None = None
+) -> int:
+    """Run the parent until SIGTERM/SIGINT, a worker's death or the sequencer's; the exit status. ``listener``:
+    the public port already bound (``pacspace serve`` binds it before anything else), else bound here."""
+    if listener is None:
+        # Without SO_REUSEPORT: a port someone else holds is refused as busy, never shared.
+        listener = socket.create_server((config.host, config.port), backlog=4096)
     listener.setblocking(False)
     ipc_dir = Path(tempfile.mkdtemp(prefix="pacspace-"))  # 0700: only this user reaches the sequencer
     try:
