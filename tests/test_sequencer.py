@@ -363,3 +363,31 @@ async def test_signed_time_never_goes_backwards(tmp_path):
     async with Running(tmp_path, clock=lambda: 1_000) as seq:
         second = await seq.submit(entry(1))
     assert second.checkpoint.timestamp == first.checkpoint.timestamp == 2_000_000_000
+
+
+async def test_group_commit_signs_nothing_when_idle_and_at_most_one_batch_an_interval_under_load(tmp_path):
+    """Issue 20: a batch starts as soon as the pool holds something and the last one started at least
+    pool_interval ago; idle, nothing is signed; under load, batches start at least pool_interval apart."""
+    new_log(tmp_path)
+    interval = 0.05
+    async with Running(tmp_path, SequencerConfig(pool_interval=interval)) as seq:
+        await seq.submit(entry(0))
+        idle = seq.latest
+        await asyncio.sleep(4 * interval)
+        assert seq.latest == idle  # no checkpoint without a submission
+
+        sizes: list[int] = []
+        started = time.monotonic()
+
+        async def one(i: int) -> None:
+            sizes.append((await seq.submit(entry(i))).checkpoint.size)
+
+        waves = []
+        for wave in range(8):  # a submission every few milliseconds, for about 0.2 s
+            waves += [asyncio.create_task(one(1000 * wave + k)) for k in range(20)]
+            await asyncio.sleep(0.025)
+        await asyncio.gather(*waves)
+        elapsed = time.monotonic() - started
+    batches = len(set(sizes))  # each batch is one checkpoint, answered with its size
+    assert sorted(set(sizes))[-1] == 161
+    assert batches <= elapsed / interval + 1, (batches, elapsed)
