@@ -61,9 +61,8 @@ PARENT_SWITCH_INTERVAL = 0.001
 def auto_workers() -> int:
     """``serve --workers auto``: one HTTP worker a core this process may run on, none on a single core.
 
-    Measured on two cores (docs/performance.md): two workers beside the sequencing process append
-    about twice as many single records a second as one process; on one core, workers only add
-    hand-offs."""
+    On two cores the workers take the HTTP work off the sequencing process (docs/performance.md, "Fast
+    defaults"); on one core they would only add hand-offs."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores if cores > 1 else 0
 
