@@ -7,10 +7,10 @@ import socket
 
 from ..errors import MalformedInput, PacspaceError
 
-# Connections the kernel queues before the server accepts them (capped by net.core.somaxconn). aiohttp's own
-# default, 128, is filled by a flood of connections churning at the connection cap (protocol.py): past it the
-# kernel drops new SYNs, and an honest client's connection waits out TCP's 1 s, then 2 s, retransmission.
-BACKLOG = 4096
+# aiohttp's own default for a site it binds itself, and what asyncio listens with again on a socket it is
+# given. A larger queue does not help under a connection flood: tried at 4,096, a slowloris flood at the
+# connection cap (protocol.py) filled it, and an honest connection waited behind every queued one (seconds).
+BACKLOG = 128
 
 
 class CannotListen(PacspaceError):
