@@ -37,6 +37,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_records import free_port, setup, wrk_phase  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import wait_for_health  # noqa: E402
+
 # The baseline app: run as `bench_defaults.py --baseline-worker PORT` by each of its processes.
 def baseline_worker(port: int) -> None:
     from aiohttp import web
@@ -62,16 +65,6 @@ def baseline_worker(port: int) -> None:
     web.run_app(app, sock=sock, print=None, access_log=None)
 
 
-def wait_health(url: str) -> None:
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
-
-
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         p.send_signal(signal.SIGINT)
@@ -87,7 +80,7 @@ def run_baseline(args: argparse.Namespace, token: str, provider, rels) -> dict[s
     cores = len(os.sched_getaffinity(0))
     procs = [subprocess.Popen([sys.executable, __file__, "--baseline-worker", str(port)]) for _ in range(cores)]
     try:
-        wait_health(f"http://127.0.0.1:{port}")
+        wait_for_health(f"http://127.0.0.1:{port}")
         time.sleep(0.5)  # every process listening
         return wrk_phase(f"http://127.0.0.1:{port}", token, provider, rels, args.per_relationship, args.concurrency,
                          args.seconds, args.work, procs[0].pid)
@@ -107,7 +100,7 @@ def run_pacspace(args: argparse.Namespace, name: str, src: Path | None) -> dict[
                                *args.serve_args.split()], env=env, stdout=subprocess.DEVNULL,
                               stderr=(args.work / f"{name}.log").open("w"))
     try:
-        wait_health(url)
+        wait_for_health(url)
         token, provider, rels = asyncio.run(_setup(url, data, args.relationships, env))
         result = wrk_phase(url, token, provider, rels, args.per_relationship, args.concurrency, args.seconds,
                            args.work, server.pid)
@@ -162,7 +155,7 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port),
                                    "--workers", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_health(f"http://127.0.0.1:{port}")
+            wait_for_health(f"http://127.0.0.1:{port}")
             token, provider, rels = asyncio.run(setup(f"http://127.0.0.1:{port}", data, args.relationships))
         finally:
             stop([server])

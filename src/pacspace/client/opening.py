@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..cores import helper_processes
 from ..records.seal import CiphertextError, Opened, ProviderSignatureError, RelationshipKeys, SealError, TagMismatch, open_record
 
 # Below this many records in one call, opening them here is cheaper than handing them to workers.
@@ -33,16 +33,11 @@ Item = tuple[int, bytes, bytes]  # (seq, tag, blob)
 Result = Opened | SealError
 
 
-def default_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores if cores > 1 else 0
-
-
 class Opener:
     """Opens records of one relationship at a time; in ``workers`` processes (started on first need) when many."""
 
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = default_workers() if workers is None else workers
+        self.workers = helper_processes() if workers is None else workers
         self._pool: ProcessPoolExecutor | None = None
 
     async def open_all(self, keys: RelationshipKeys, provider: bytes, items: Sequence[Item]) -> list[Result]:

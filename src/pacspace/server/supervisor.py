@@ -40,6 +40,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..config import ServerConfig
+from ..cores import helper_processes
 from .app import create_app
 from .context import FATAL, SERVICE
 from .gctune import tune_for_serving
@@ -59,12 +60,9 @@ PARENT_SWITCH_INTERVAL = 0.001
 
 
 def auto_workers() -> int:
-    """``serve --workers auto``: one HTTP worker a core this process may run on, none on a single core.
-
-    On two cores the workers take the HTTP work off the sequencing process (docs/performance.md, "Fast
-    defaults"); on one core they would only add hand-offs."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores if cores > 1 else 0
+    """``serve --workers auto``. On two cores the workers take the HTTP work off the sequencing process
+    (docs/performance.md, "Fast defaults")."""
+    return helper_processes()
 
 
 class WorkerPool:
