@@ -165,7 +165,7 @@ def test_a_witness_outage_leaves_nothing_in_doubt(tmp_path):
     w = World(tmp_path)
     cli("init", "--data", str(w.data), env=w.base)
     log_vkey = cli("log-key", "--data", str(w.data), env=w.base).stdout.strip()
-    (tmp_path / "witness-log-policy").write_text(f"log {log_vkey}\n")
+    (tmp_path / "witness-log-policy").write_text(f"log {log_vkey}\nquorum none\n")
     (tmp_path / "policy").write_text(f"witness w1 {witness_vkey} http://127.0.0.1:{witness_port}\nquorum w1\n")
     w.extra = ("--witness-policy", str(tmp_path / "policy"), "--witness-timeout", "1")
 

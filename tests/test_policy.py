@@ -175,3 +175,18 @@ def test_every_command_that_reads_a_policy_refuses_a_duplicate_witness(tmp_path)
     _ok(_cli("witness", "init", "--data", str(witness), "--name", "witness.example/w9"))
     _refused_for_the_duplicate(_cli("witness", "serve", "--data", str(witness), "--port", str(free_port()),
                                     "--policy", str(dup)))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"log {LOG.verifier.vkey()}\n", "no quorum line"),
+        (f"log {LOG.verifier.vkey()}\nquorum none\nquorum none\n", "second quorum line"),
+        (f"log {LOG.verifier.vkey()}\r\nquorum none\r\n", "LF line ends"),
+        (f"log {LOG.verifier.vkey()}\nquorum\x0bnone\n", "control character"),
+        (f"quorum w\nwitness w {W1.cosignature_verifier.vkey()}\n", "unknown quorum"),
+    ],
+)
+def test_c2sp_tlog_policy_wants_exactly_one_quorum_line_and_no_control_characters(text, message):
+    with pytest.raises(MalformedInput, match=message):
+        parse_policy(text)

@@ -6,13 +6,15 @@ import asyncio
 import json
 import logging
 import resource
+import subprocess
+import sys
 
 import pytest
-from helpers import closed_by_peer, new_log, read_answer
+from helpers import closed_by_peer, free_port, new_log, read_answer, wait_for_health
 
 from pacspace.config import ServerConfig
 from pacspace.server.app import create_app
-from pacspace.server.protocol import FD_HEADROOM, connection_cap
+from pacspace.server.protocol import FD_HEADROOM, MAX_OPEN_FILES, connection_cap
 
 
 async def serve(aiohttp_client, tmp_path, **limits):  # type: ignore[no-untyped-def]
@@ -108,3 +110,53 @@ async def test_a_malformed_header_holding_a_token_never_reaches_the_log(aiohttp_
         writer.close()
     assert status == 400 and "tok-secret-123" not in body.decode()
     assert "malformed HTTP request" in caplog.text and "tok-secret-123" not in caplog.text
+
+
+def _soft_nofile(pid: int) -> tuple[int, int]:
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-file limit in /proc")
+
+
+def test_serve_raises_its_open_file_limit_so_a_thousand_slow_connections_stay_below_the_cap(tmp_path):
+    """Issue 17's flood: 1,100 slow connections against a server started at the common soft limit of 1,024.
+
+    Served at that limit, the cap (about 900) churns: every newcomer evicts a slow connection, which reconnects
+    at once, and the churn overflows the kernel's listen queue, so honest connections wait for their SYN retry.
+    `pacspace serve` raises its soft limit to the hard one first, and holds them all.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    expected = min(hard, MAX_OPEN_FILES) if hard != resource.RLIM_INFINITY else MAX_OPEN_FILES
+    port = free_port()
+
+    def at_1024() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+
+    proc = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--port", str(port), "--workers", "0"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=at_1024)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}")
+        assert _soft_nofile(proc.pid) == (expected, hard)
+        if expected < 1400:
+            pytest.skip(f"the hard open-file limit here ({hard}) is below what 1,100 connections need")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (expected, hard))  # this test's own 1,100 sockets
+
+        async def flood() -> None:
+            slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(1100)]
+            for _, w in slow:
+                w.write(b"POST /v1/records HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, _ = await read_answer(reader)
+            assert status == 200
+            closed = await asyncio.gather(*(closed_by_peer(r, timeout=1) for r, _ in slow))
+            assert closed.count(True) == 0  # none evicted: the cap is far above them
+            for _, w in [*slow, (reader, writer)]:
+                w.close()
+
+        asyncio.run(flood())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -186,7 +186,7 @@ def test_state_survives_sigkill_after_a_reply(tmp_path):
     subprocess.run([sys.executable, "-m", "pacspace", "witness", "init", "--data", str(data), "--name", "witness.example/w1"],
                    check=True, capture_output=True)
     policy = tmp_path / "policy"
-    policy.write_text(f"log {LOG.verifier.vkey()}\n")
+    policy.write_text(f"log {LOG.verifier.vkey()}\nquorum none\n")
     port = free_port()
 
     def start():

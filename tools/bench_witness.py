@@ -42,7 +42,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pacspace-witness-bench-"))
     tree = ListHashReader([leaf_hash(i.to_bytes(4, "big")) for i in range(args.steps * 7 + 1)])
     signers = [NoteSigner(f"bench.example/log{i}", Ed25519PrivateKey.generate()) for i in range(args.logs)]
-    (work / "policy").write_text("".join(f"log {s.verifier.vkey()}\n" for s in signers))
+    (work / "policy").write_text("".join(f"log {s.verifier.vkey()}\n" for s in signers) + "quorum none\n")
     plans = []
     for signer in signers:
         plan, old = [], 0

@@ -65,7 +65,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pacspace-witnessing-bench-"))
     data = work / "log"
     vkey = init_log(data, "bench.example/witnessed", int(time.time())).verifier.vkey()
-    (work / "witness-policy").write_text(f"log {vkey}\n")
+    (work / "witness-policy").write_text(f"log {vkey}\nquorum none\n")
     procs, lines = [], [f"log {vkey}"]
     for i in range(3):
         wdata = work / f"w{i}"

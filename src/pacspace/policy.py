@@ -1,8 +1,9 @@
 """C2SP tlog-policy: which witnesses' cosignatures a checkpoint needs before anyone trusts it. Pure.
 
 Lines: ``log <vkey> [url]``, ``witness <name> <vkey> [url]``, ``group <name> <k|any|all> <member>...``
-and ``quorum <group|witness|none>``. A group is satisfied when at least k of its
-members (witnesses or groups defined before it) are.
+and exactly one ``quorum <group|witness|none>``. A group is satisfied when at least k of its
+members (witnesses or groups defined before it) are. Control characters other than tab and newline
+are refused, as the spec says (a CRLF file among them).
 
 Each witness counts once: two vkeys that wrap the same public key are duplicates
 whatever their names and key IDs (an Ed25519 cosignature does not commit to the
@@ -85,7 +86,13 @@ def parse_policy(text: str) -> Policy:
     policy = Policy()
     keys = _Keys()
     member_of: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
+    quorum_line = 0
+    for number, raw in enumerate(text.split("\n"), 1):
+        bad = next((c for c in raw if (c < " " and c != "\t") or c == "\x7f"), None)
+        if bad is not None:
+            hint = " (save the file with LF line ends)" if bad == "\r" else ""
+            raise MalformedInput(f"policy line {number}: control character {bad!r}: C2SP tlog-policy allows only tab "
+                                 f"and newline{hint}")
         words = raw.split("#", 1)[0].split()
         if not words:
             continue
@@ -124,8 +131,12 @@ def parse_policy(text: str) -> Policy:
                 policy.groups[name] = (threshold, members)
                 member_of.update((m, name) for m in members)
             elif keyword == "quorum":
-                if policy.quorum is not None or len(words) != 2:
-                    raise MalformedInput("one 'quorum <group|witness|none>' line")
+                if quorum_line:
+                    raise MalformedInput(f"a second quorum line (the first is line {quorum_line}): C2SP tlog-policy "
+                                         "requires exactly one")
+                if len(words) != 2:
+                    raise MalformedInput("'quorum <group|witness|none>'")
+                quorum_line = number
                 if words[1] != "none":
                     if words[1] not in policy.witnesses and words[1] not in policy.groups:
                         raise MalformedInput(f"unknown quorum {words[1]!r}")
@@ -136,6 +147,9 @@ def parse_policy(text: str) -> Policy:
             raise MalformedInput(f"{where}: malformed {keyword!r} line") from None
         except MalformedInput as exc:
             raise MalformedInput(f"{where}: {exc}") from None
+    if not quorum_line:
+        raise MalformedInput("the policy has no quorum line: C2SP tlog-policy requires exactly one "
+                             "('quorum none' when no cosignature is needed)")
     return policy
 
 

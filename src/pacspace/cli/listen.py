@@ -6,6 +6,7 @@ import errno
 import socket
 
 from ..errors import MalformedInput, PacspaceError
+from ..server.protocol import raise_open_file_limit
 
 # aiohttp's own default for a site it binds itself, and what asyncio listens with again on a socket it is
 # given. A larger queue does not help under a connection flood: tried at 4,096, a slowloris flood at the
@@ -20,7 +21,11 @@ class CannotListen(PacspaceError):
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket listening on ``host``:``port``; MalformedInput for a host that is not this machine's."""
+    """A socket listening on ``host``:``port``; MalformedInput for a host that is not this machine's.
+
+    Raises the process's soft open-file limit first: the connection cap derives from it (server/protocol.py).
+    """
+    raise_open_file_limit()
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
     except (socket.gaierror, UnicodeError):

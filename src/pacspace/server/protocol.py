@@ -7,7 +7,10 @@ gives it the limits below, so that every way of serving the app (``pacspace serv
 - At most ``cap`` connections: past it, the connection that has waited longest for its next request
   head is closed to make room (a slow or idle one: a request in progress is never cut), or the
   newcomer if every connection is busy. The cap is derived from RLIMIT_NOFILE, so ``accept()`` never
-  runs out of descriptors (which asyncio logs with a traceback each time it happens).
+  runs out of descriptors (which asyncio logs with a traceback each time it happens). A serving command
+  first raises its soft limit to the hard one (``raise_open_file_limit``, as Go's runtime does at start):
+  at the common soft default of 1,024, a thousand slow connections would reach the cap, and churn there
+  overflows the kernel's listen queue, which delays an honest client's connection by its SYN retry (1 s).
 - A request head must be complete ``header_timeout`` seconds after the connection opened or answered
   its previous request (aiohttp's keep-alive timer, which also closes idle keep-alive connections).
 - Malformed framing (a NUL in a header, both Content-Length and Transfer-Encoding, not HTTP at all) is
@@ -44,7 +47,25 @@ MIN_CONNECTIONS = 16
 # connection is closed: enough for a client to see its answer, too little to keep the server busy.
 LINGER_BYTES = 256 << 10
 LINGER_SECONDS = 2.0
+# Where raise_open_file_limit stops when the hard limit is unlimited (or huge).
+MAX_OPEN_FILES = 1 << 20
 _MESSAGE_CHARS = 200
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (bounded by MAX_OPEN_FILES); the new soft limit.
+
+    Inherited by the processes it starts (serve's workers). A limit that cannot be raised is kept.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def connection_cap(nofile: int | None = None) -> int:
