@@ -264,7 +264,10 @@ async def test_relationship_creation_errors(world):
     await error(again, 409, "record_conflict")
     # Ids are namespaced by provider: another provider cannot even name acme's.
     resp = await world.http.post("/v1/relationships", json={**world.last_create, "relationship": "acme:rel-9"}, headers=world.auth("evil"))
-    await error(resp, 400, "malformed")
+    await error(resp, 403, "forbidden")
+    resp = await world.http.post("/v1/relationships", json={**world.last_create, "relationship": "nobody:rel-9"},
+                                 headers=world.auth("evil"))
+    await error(resp, 403, "forbidden")  # the same whether the namespace is a party's or nobody's
     # A genesis that fails (its tag is already in the log) leaves no relationship behind.
     resp, _ = await world.create("acme:rel-3")
     assert resp.status == 201

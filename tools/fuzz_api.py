@@ -8,7 +8,8 @@ Serves the app (as `pacspace serve` does, in a process of its own) on a fresh da
 the served /openapi.json once as each of the provider, the customer and a stranger, in parallel, with the
 checks of tests/test_fuzz.py: no 5xx, and status, content type, headers and body as the document says.
 ``--examples`` is per operation and caller; the fuzzing phase adds the coverage phase's boundary cases.
-Prints each run's summary and the total number of test cases; exits 1 if any run found a failure.
+Each run writes its progress to WORK/st-<caller>.txt as it goes; at the end this prints each run's summary and the total number of test cases; exits 1 if any run found a failure or
+warned of a schema validation mismatch.
 
 The server's refusal rate (ServerConfig.refusal_rate) is set out of reach: each fuzzer is one party making
 hundreds of refused requests a second, which the default rate answers 429 slow_down after its first few
@@ -102,21 +103,26 @@ def main() -> int:
         rid = asyncio.run(seed(url, args.work / "homes"))
         print(f"server on {url}, relationship {rid}", flush=True)
         started = time.monotonic()
+        outputs = {caller: args.work / f"st-{caller}.txt" for caller in TOKENS}
+        print("each run's progress: tail -f " + " ".join(str(p) for p in outputs.values()), flush=True)
         runs = {
             caller: subprocess.Popen(
                 ["st", "run", f"{url}/openapi.json", "--checks", CHECKS, "--max-examples", str(args.examples),
                  "--seed", str(args.seed), "--header", f"Authorization: Bearer {token}", "--workers", "1",
                  "--suppress-health-check", "all", "--no-color"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                stdout=outputs[caller].open("w"), stderr=subprocess.STDOUT, text=True,
             )
             for caller, token in TOKENS.items()
         }
         total, failed = 0, False
         for caller, run in runs.items():
-            out, _ = run.communicate()
+            run.wait()
+            out = outputs[caller].read_text()
             tail = out.strip().splitlines()[-25:]
             print(f"--- as the {caller} (exit {run.returncode})", *tail, sep="\n")
-            failed |= run.returncode != 0
+            # schemathesis's warning that the API refuses most of what the document allows: the document is not
+            # precise enough (issue 17 asks for none).
+            failed |= run.returncode != 0 or "Schema validation mismatch" in out
             total += sum(int(n.replace(",", "")) for n in re.findall(r"([\d,]+) generated", out))
         print(f"\n{total:,} test cases in {time.monotonic() - started:.0f} s; "
               f"{'FAILURES (see above)' if failed else 'no failure'}")

@@ -60,6 +60,8 @@ INDEX = {"type": "integer", "minimum": 0}
 TEXT = {"type": "string"}
 RID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"}
 NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}
+# A new relationship's id: the creating provider's name, a colon, then its own part (403 under another name).
+OWN_RID = {"type": "string", "maxLength": 128, "pattern": "^[a-z0-9][a-z0-9._-]{0,63}:[A-Za-z0-9._:-]*$"}
 ROLE = {"type": "string", "enum": ["provider", "customer"]}
 STATE = {"type": "string", "enum": ["pending", "accepted", "declined"]}
 CADENCE = {"type": "string", "pattern": "^(daily|hourly|[1-9][0-9]{0,3}m)$"}
@@ -97,10 +99,14 @@ def _param(name: str, where: str, schema: Schema, required: bool) -> Schema:
     return {"name": name, "in": where, "required": required, "schema": schema}
 
 
+# C2SP tlog-tiles paths in their one canonical form (tiles.parse_tile_path): level 0-63 or "entries", the index in
+# groups of three digits with no leading x000, and a partial tile's width 1-255.
+TILE_PATH = (r"^(entries|[0-9]|[1-5][0-9]|6[0-3])/(x([1-9][0-9]{2}|0[1-9][0-9]|00[1-9])/(x[0-9]{3}/){0,5})?[0-9]{3}"
+             r"(\.p/([1-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5]))?$")
 PARAMS = {
     "rid": _param("rid", "path", RID, True),
     "name": _param("name", "path", NAME, True),
-    "path": _param("path", "path", {"type": "string", "minLength": 1}, True),
+    "path": _param("path", "path", {"type": "string", "pattern": TILE_PATH}, True),
     "index": _param("index", "query", INDEX, True),
     "old": _param("old", "query", INDEX, True),
     "size": _param("size", "query", INDEX, False),
@@ -168,7 +174,7 @@ SPEC: dict[str, Any] = {
             "post": _op("Create a relationship with its wraps and genesis record",
                         {code: _answer(_object({**RELATIONSHIP["properties"], "receipt": RECEIPT})) for code in ("200", "201")},
                         auth=True, body=_object({
-                            "relationship": RID, "customer": NAME, "cadence": CADENCE,
+                            "relationship": OWN_RID, "customer": NAME, "cadence": CADENCE,
                             "billing_cycle": {"type": "string", "enum": ["monthly"]},
                             "wraps": _object({"provider": _b64(most=1024), "customer": _b64(most=1024)}, closed=True),
                             "genesis": RECORD}, optional=("cadence", "billing_cycle"))),

@@ -251,10 +251,12 @@ async def post_relationship(request: web.Request) -> web.Response:
     customer_name = body.get("customer")
     cadence = body.get("cadence", "daily")
     billing_cycle = body.get("billing_cycle", "monthly")
-    if not isinstance(rid, str) or not _RID.fullmatch(rid) or not rid.startswith(party.name + ":"):
-        # Namespaced by provider: an id can only collide with the caller's own relationships,
-        # so a 409 never reveals that another party's relationship exists.
+    if not isinstance(rid, str) or not _RID.fullmatch(rid):
         raise MalformedInput(f"relationship must be '{party.name}:' followed by letters, digits and ._:-")
+    if not rid.startswith(party.name + ":"):
+        # Namespaced by provider: an id can only collide with the caller's own relationships, so a 409 never
+        # reveals that another party's relationship exists. Another namespace is refused whatever is in it.
+        raise Forbidden(f"a provider creates relationships under its own name: '{party.name}:...'")
     if not isinstance(cadence, str) or not CADENCES.fullmatch(cadence):
         raise MalformedInput("cadence is daily, hourly or <N>m")
     if billing_cycle != "monthly":
