@@ -25,6 +25,22 @@ def browser():
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the whole run (tests/postgres_server.py), started on first use."""
+    from postgres_server import start_or_skip
+
+    server = start_or_skip()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    """A fresh database of its own on the run's PostgreSQL server."""
+    return postgres.database()
+
+
+@pytest.fixture(scope="session")
 def screenshots(tmp_path_factory, request):
     """Where the browser tests save their screenshots (printed at the end of the run)."""
     from browser import Screenshots

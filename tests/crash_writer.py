@@ -1,4 +1,5 @@
-"""Run as a subprocess by test_crash.py: appends through the real sequencer until killed.
+"""Run as a subprocess by test_crash.py: appends through the real sequencer until killed (to the SQLite log
+in DATA, or to the PostgreSQL database given as a third argument).
 
 Prints ``ack <index> <leaf hash hex>`` for every acknowledged entry, and
 ``checkpoint <base64 note>`` for each new checkpoint handed out, flushing each
@@ -12,15 +13,14 @@ import base64
 import sys
 from pathlib import Path
 
-from pacspace.datadir import WriteLock, load_signer, load_state
+from pacspace.datadir import WriteLock, load_signer, load_state, open_log
 from pacspace.sequencer import Sequencer, SequencerConfig
-from pacspace.storage.sqlite import SqliteLog
 
 
-async def main(data: Path, round_no: int) -> None:
+async def main(data: Path, round_no: int, database: str | None) -> None:
     lock = WriteLock(data)
     signer = load_signer(data)
-    store = SqliteLog.open(data)
+    store = open_log(data, database)
     state = load_state(store, signer)
     sequencer = Sequencer(store, signer, state, SequencerConfig(pool_interval=0.005, batch_size=512))
     task = asyncio.create_task(sequencer.run())
@@ -49,4 +49,4 @@ async def main(data: Path, round_no: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2])))
+    asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None))

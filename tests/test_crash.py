@@ -11,23 +11,23 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import new_log
+import pytest
+from helpers import ORIGIN, new_log
 
 from pacspace.checkpoint import open_checkpoint
-from pacspace.datadir import load_signer, load_state
+from pacspace.datadir import init_log, load_signer, load_state, open_log
 from pacspace.fsck import fsck
 from pacspace.merkle import consistency_proof, verify_consistency
 from pacspace.note import parse_vkey
-from pacspace.storage.sqlite import SqliteLog
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 ROUNDS = 6
 
 
-def run_round(data: Path, round_no: int, kill_after: float) -> tuple[dict[int, str], list[bytes], int]:
+def run_round(data: Path, round_no: int, kill_after: float, database: str | None) -> tuple[dict[int, str], list[bytes], int]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(data), str(round_no)],
+        [sys.executable, str(WRITER), str(data), str(round_no), *([database] if database else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -57,13 +57,21 @@ def run_round(data: Path, round_no: int, kill_after: float) -> tuple[dict[int, s
     return acks, checkpoints, start_size
 
 
-def test_sigkill_loses_nothing_acknowledged(tmp_path):
-    vkey = parse_vkey(new_log(tmp_path))
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request) -> str | None:  # type: ignore[no-untyped-def]
+    return request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+
+
+def test_sigkill_loses_nothing_acknowledged(tmp_path, database):
+    if database is None:
+        vkey = parse_vkey(new_log(tmp_path))
+    else:
+        vkey = init_log(tmp_path, ORIGIN, int(time.time()), database).verifier
     rng = random.Random(int(time.time()))
     all_acks: dict[int, str] = {}
     seen: list = []
     for round_no in range(ROUNDS):
-        acks, notes, start_size = run_round(tmp_path, round_no, rng.uniform(0.3, 1.2))
+        acks, notes, start_size = run_round(tmp_path, round_no, rng.uniform(0.3, 1.2), database)
         # Everything acknowledged before this round is still below where this round started.
         assert all(i < start_size for i in all_acks), "an acknowledged index was beyond the recovered size"
         assert acks, "the writer acknowledged nothing in this round"
@@ -74,7 +82,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
             seen.append(open_checkpoint(note, vkey))
 
     signer = load_signer(tmp_path)
-    store = SqliteLog.open(tmp_path, readonly=True)
+    store = open_log(tmp_path, database, readonly=True)
     try:
         state = load_state(store, signer)
         final = state.checkpoint

@@ -27,12 +27,13 @@ from pacspace.records.body import Delta, Line
 RELATIONSHIPS = 12
 
 
-def start(data, port, workers: int = 0) -> subprocess.Popen:
+def start(data, port, workers: int = 0, env: dict[str, str] | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), "--pool-interval", "0.02",
          "--workers", str(workers)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=env,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -59,15 +60,20 @@ def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
-# With workers, the SIGKILL hits the sequencing parent; the kernel takes its HTTP workers with it.
-@pytest.mark.parametrize("workers", [0, 2])
-async def test_sigkill_mid_load_then_everything_acknowledged_verifies(tmp_path, workers):
+# With workers, the SIGKILL hits the sequencing parent; the kernel takes its HTTP workers with it. With
+# "postgres", the log's tables are in a real PostgreSQL (PACSPACE_DATABASE, which the workers get too).
+@pytest.mark.parametrize(("workers", "backend"), [(0, "sqlite"), (2, "sqlite"), (2, "postgres")])
+async def test_sigkill_mid_load_then_everything_acknowledged_verifies(tmp_path, workers, backend, request):
     data = tmp_path / "data"
-    subprocess.run([sys.executable, "-m", "pacspace", "init", "--data", str(data)], check=True, capture_output=True)
+    env = dict(os.environ)
+    if backend == "postgres":
+        env["PACSPACE_DATABASE"] = request.getfixturevalue("postgres_url")
+    subprocess.run([sys.executable, "-m", "pacspace", "init", "--data", str(data)], check=True, capture_output=True,
+                   env=env)
     add_two_parties(data)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start(data, port, workers)
+    server = start(data, port, workers, env)
     try:
         acme, bob = await register_two_homes(url, tmp_path)
         async with PacspaceClient(url, "tok-acme") as c:
@@ -107,7 +113,7 @@ async def test_sigkill_mid_load_then_everything_acknowledged_verifies(tmp_path, 
         await asyncio.gather(*tasks)
         assert len(acked) >= RELATIONSHIPS, "too few records were acknowledged before the kill"
 
-        server = start(data, port, workers)
+        server = start(data, port, workers, env)
         vkey = bob.log_key()
         async with PacspaceClient(url, "tok-bob") as c:
             final = open_checkpoint(await c.checkpoint(), vkey)
@@ -131,6 +137,10 @@ async def test_sigkill_mid_load_then_everything_acknowledged_verifies(tmp_path, 
             receipt = await append_body(c, acme, view, delta_maker("2026-11", ("2026-11-03T00:00:00Z", "2026-11-03T01:00:00Z"),
                                                                      [Line("llm.requests", "request", "1", {})]))
             assert receipt["seq"] == last + 1 == view.records[-1].seq
+        # And the operator's full check passes on what the kill left (beside the live server).
+        fsck = subprocess.run([sys.executable, "-m", "pacspace", "fsck", "--data", str(data)], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert fsck.returncode == 0 and "fsck: ok" in fsck.stdout, fsck.stderr
     finally:
         if server.poll() is None:
             server.terminate()

@@ -79,7 +79,7 @@ from .storage.records import InFlight, RecordConflict, RecordStore, Relationship
 if TYPE_CHECKING:
     from .sequencer import Sequencer
     from .server.writer import GroupWriter
-    from .storage.sqlite import SqliteLog
+    from .storage.logtables import LogTables
 
 log = logging.getLogger("pacspace.server")
 
@@ -712,7 +712,7 @@ def reconcile(store: RecordRows, find_leaf: Callable[[bytes], int | None], publi
 
 if TYPE_CHECKING:
 
-    def _ports(records: RecordStore, writer: GroupWriter, store: SqliteLog, sequencer: Sequencer, sequencing: Sequencing) -> None:
+    def _ports(records: RecordStore, writer: GroupWriter, store: LogTables, sequencer: Sequencer, sequencing: Sequencing) -> None:
         _rows: RecordRows = records
         _writer: RowWriter = writer
         _leaves: LeafIndex = store

@@ -10,6 +10,8 @@ from .sequencer import SequencerConfig
 DEFAULT_DATA_DIR = Path("pacspace-data")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+# Where `--database` is read from when not given, and how serve passes it to its workers.
+DATABASE_ENV = "PACSPACE_DATABASE"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class ServerConfig:
     # Refused requests a second one party may make, beyond a burst of 10 seconds' worth, before its
     # requests are answered 429 (server/refusals.py).
     refusal_rate: float = 10.0
+    # The PostgreSQL database that holds the log's tables (postgresql://...); None: SQLite in data_dir.
+    # Kept out of repr: the URL may hold a password.
+    database: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -23,12 +23,16 @@ from .durable import write_new_file
 from .errors import LogExists, LogLocked, LogNotFound, MalformedNote, UntrustedState
 from .merkle import EMPTY_ROOT, leaf_hash
 from .note import NoteSigner
+from .storage.database_url import redact
+from .storage.logtables import LogTables
 from .storage.sqlite import DB_NAME, SqliteLog
 from .tiles import TILE_WIDTH, iter_bundle, root_from_edge
 
 log = logging.getLogger("pacspace.storage")
 
 KEY_NAME = "log.key"
+# With `--database`: the (password-free) URL of the database whose log this directory's key signs.
+DATABASE_NAME = "database"
 LOCK_NAME = "lock"
 DEFAULT_ORIGIN = "localhost/pacspace"
 # tlog-checkpoint: the origin is a schema-less URL; we keep to URL-safe characters.
@@ -61,7 +65,7 @@ def validate_origin(origin: str) -> str:
     return origin
 
 
-def init_log(data_dir: Path, origin: str, timestamp: int) -> NoteSigner:
+def init_log(data_dir: Path, origin: str, timestamp: int, database: str | None = None) -> NoteSigner:
     """Create a new log: key file (0600), database, and the signed size-0 checkpoint.
 
     Refuses with LogExists if the directory already holds a database. Holds the
@@ -87,15 +91,51 @@ def init_log(data_dir: Path, origin: str, timestamp: int) -> NoteSigner:
             signer = NoteSigner(origin, Ed25519PrivateKey.generate())
             write_new_file(data_dir / KEY_NAME, (signer.private_key_text() + "\n").encode(), mode=0o600)
         first = sign_checkpoint(Checkpoint(origin, 0, EMPTY_ROOT), signer, timestamp)
-        SqliteLog.create(data_dir, origin, first.format()).close()
+        if database is None:
+            SqliteLog.create(data_dir, origin, first.format()).close()
+        else:
+            _init_in_database(data_dir, database, origin, first.format())
     finally:
         lock.close()
     return signer
 
 
-def log_exists(data_dir: Path) -> bool:
-    """Whether the directory holds a complete log (a database); a lone key is an unfinished init."""
-    return (data_dir / DB_NAME).exists()
+def _init_in_database(data_dir: Path, database: str, origin: str, first_checkpoint: bytes) -> None:
+    """The log's tables in PostgreSQL, its key in ``data_dir``, marked with the database's URL (no password).
+
+    The mark is written first: a crash before the tables are created leaves a mark and an empty database,
+    which the next ``init`` completes; a database that holds a log already is refused (LogExists).
+    """
+    from .storage.postgres import PostgresLog
+
+    marker = data_dir / DATABASE_NAME
+    if not marker.exists():
+        write_new_file(marker, (redact(database) + "\n").encode(), mode=0o600)
+    elif marker.read_text().strip() != redact(database):
+        raise LogExists(f"{data_dir} already belongs to the log in {marker.read_text().strip()}")
+    PostgresLog.create(database, origin, first_checkpoint).close()
+
+
+def log_exists(data_dir: Path, database: str | None = None) -> bool:
+    """Whether the directory holds a complete log (a database, or the mark of one in PostgreSQL); a lone key is
+    an unfinished init. Refuses (MalformedInput) a ``database`` that is not where the directory's log is."""
+    from .errors import MalformedInput
+
+    marked = (data_dir / DATABASE_NAME).exists()
+    if database is None:
+        if marked:
+            where = (data_dir / DATABASE_NAME).read_text().strip()
+            raise MalformedInput(f"the log of {data_dir} is in the database {where}: give --database (or set "
+                                 "PACSPACE_DATABASE)")
+        return (data_dir / DB_NAME).exists()
+    if (data_dir / DB_NAME).exists():
+        raise MalformedInput(f"{data_dir} holds a SQLite log: leave out --database to serve it")
+    if marked:
+        where = (data_dir / DATABASE_NAME).read_text().strip()
+        if where != redact(database):
+            raise MalformedInput(f"the key in {data_dir} signs the log in {where}, not {redact(database)} (if the "
+                                 f"database moved, write its new URL, without password, in {data_dir / DATABASE_NAME})")
+    return marked
 
 
 def load_signer(data_dir: Path) -> NoteSigner:
@@ -128,7 +168,16 @@ class WriteLock:
             self._fd = -1
 
 
-def load_state(store: SqliteLog, signer: NoteSigner) -> LogState:
+def open_log(data_dir: Path, database: str | None = None, *, readonly: bool = False) -> LogTables:
+    """The log's tables: in ``data_dir`` (SQLite), or in the PostgreSQL database at ``database``."""
+    if database is None:
+        return SqliteLog.open(data_dir, readonly=readonly)
+    from .storage.postgres import PostgresLog
+
+    return PostgresLog(database, readonly=readonly)
+
+
+def load_state(store: LogTables, signer: NoteSigner) -> LogState:
     """Check that storage reproduces the latest checkpoint, and return the tip. O(log n) reads.
 
     Like Sunlight's LoadLog: the stored checkpoint must carry the log key's
@@ -165,9 +214,5 @@ def load_state(store: SqliteLog, signer: NoteSigner) -> LogState:
         if [leaf_hash(e) for e in edge_entries] != edge[0]:
             raise UntrustedState("the partial entry bundle does not hash to the stored level-0 tile")
     # Derived data a crash may have left behind the log: re-derived from the verified tiles.
-    store.index.catch_up(size, store.read_leaf_hashes)
-    behind = size - store.tags.size
-    if behind > 100_000:
-        log.info("indexing the tags of %d log entries (the tag index is new or behind the log)", behind)
-    store.tags.catch_up(size, store.read_tags)
+    store.catch_up_indexes(size)
     return LogState(checkpoint, edge, edge_entries)

@@ -16,7 +16,7 @@ from .merkle import HASH_SIZE, consistency_proof, leaf_hash, tree_hash, verify_c
 from .note import Ed25519Verifier
 from .records.seal import record_tag
 from .storage.records import RecordStore
-from .storage.sqlite import SqliteLog
+from .storage.logtables import LogTables
 from .tiles import TILE_WIDTH, extend, iter_bundle, pack_interior, tiles_for_size
 
 # Recompute the tree this many bundles at a time: bounded memory, few calls.
@@ -40,7 +40,7 @@ class FsckReport:
         return not self.faults
 
 
-def fsck(store: SqliteLog, log_key: Ed25519Verifier, progress: Progress | None = None) -> FsckReport:
+def fsck(store: LogTables, log_key: Ed25519Verifier, progress: Progress | None = None) -> FsckReport:
     report = FsckReport()
     # One snapshot for the whole check: a live server may append while we read.
     with store.snapshot():
@@ -56,11 +56,10 @@ def fsck(store: SqliteLog, log_key: Ed25519Verifier, progress: Progress | None =
     return report
 
 
-def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progress | None) -> None:
+def _check_tree(store: LogTables, size: int, report: FsckReport, progress: Progress | None) -> None:
     """Rebuild every tile from the entry bundles and compare with what is stored."""
     bundles = (size + TILE_WIDTH - 1) // TILE_WIDTH
-    indexed, rows = store.index.stored_size_and_rows()
-    tags_indexed = store.tags.stored_size()
+    indexed, rows, tags_indexed = store.index_coverage()
     edge: dict[int, list[bytes]] = {}
     built = 0
     for start in range(0, bundles, BUNDLES_PER_STEP):
@@ -113,16 +112,16 @@ def _check_tree(store: SqliteLog, size: int, report: FsckReport, progress: Progr
         )
 
 
-def _check_leaf_index(store: SqliteLog, h: bytes, index: int, report: FsckReport) -> None:
+def _check_leaf_index(store: LogTables, h: bytes, index: int, report: FsckReport) -> None:
     found = store.find_leaf(h, index + 1)
     # find_leaf answers with the first index of a repeated entry.
     if found is None or found > index or (found != index and store.read_hashes([(0, found)])[0] != h):
         report.faults.append(f"leaf index: entry {index} is not found by its hash")
 
 
-def _check_tag(store: SqliteLog, tag: bytes, index: int, report: FsckReport) -> None:
+def _check_tag(store: LogTables, tag: bytes, index: int, report: FsckReport) -> None:
     """The tag index finds the record entry at ``index`` by its tag, and no earlier entry holds that tag."""
-    candidates = store.tags.candidates(tag)
+    candidates = store.tag_candidates([tag]).get(0, [])
     holders = [i for i in candidates if i == index or record_tag(store.read_entries(i, i + 1)[0]) == tag]
     if index not in holders:
         report.faults.append(f"tag index: entry {index} is not found by its tag")
@@ -130,7 +129,7 @@ def _check_tag(store: SqliteLog, tag: bytes, index: int, report: FsckReport) -> 
         report.faults.append(f"entry {index} repeats the tag of entry {holders[0]}: a tag must be in the log once")
 
 
-def _compare_tile(store: SqliteLog, level: int, n: int, hashes: bytes, interior: bytes, report: FsckReport) -> None:
+def _compare_tile(store: LogTables, level: int, n: int, hashes: bytes, interior: bytes, report: FsckReport) -> None:
     row = store.read_tile_row(level, n)
     width = len(hashes) // HASH_SIZE
     if row is None:
@@ -141,7 +140,7 @@ def _compare_tile(store: SqliteLog, level: int, n: int, hashes: bytes, interior:
         report.faults.append(f"tile {level}/{n}: stored interior hashes differ from those of the entries")
 
 
-def _check_checkpoints(store: SqliteLog, log_key: Ed25519Verifier, report: FsckReport, progress: Progress | None) -> None:
+def _check_checkpoints(store: LogTables, log_key: Ed25519Verifier, report: FsckReport, progress: Progress | None) -> None:
     """Each checkpoint: valid signature, root reproduced by the tiles, consistent with the one before."""
     total = store.checkpoint_count()
     previous: SignedCheckpoint | None = None
@@ -171,7 +170,7 @@ def _check_checkpoints(store: SqliteLog, log_key: Ed25519Verifier, report: FsckR
             progress("checkpoints", i + 1, total)
 
 
-def fsck_records(store: SqliteLog, records: RecordStore, report: FsckReport) -> None:
+def fsck_records(store: LogTables, records: RecordStore, report: FsckReport) -> None:
     """Every stored record: its blob hashes to its ct_hash, its entry is the leaf at its index, and each
     relationship's seqs run gapless from 0. Unsettled rows are a warning: the server settles them at start."""
     relationship = None

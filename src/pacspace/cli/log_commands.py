@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from .. import exitcodes
-from ..config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
-from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists, validate_origin
+from ..config import DATABASE_ENV, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
+from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists, open_log, validate_origin
 from ..errors import MalformedInput, MalformedNote
 from ..files import read_text
 from ..fsck import fsck, fsck_records
 from ..note import Ed25519Verifier, parse_vkey
 from ..sequencer import SequencerConfig
 from ..storage.records import RECORDS_NAME, RecordStore
-from ..storage.sqlite import SqliteLog
+from ..storage.database_url import redact
 from .argtypes import port, seconds, whole
 from .listen import listen
 from .progress import ProgressBar
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "Refuses to touch a directory that already holds a log.",
     )
     data_arg(p)
+    database_arg(p)
     _origin_arg(p, DEFAULT_ORIGIN)
     p.set_defaults(run=cmd_init)
 
@@ -43,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "an existing log whose origin is not --origin.",
     )
     data_arg(p)
+    database_arg(p)
     _origin_arg(p, None)
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     p.add_argument("--port", type=port, default=DEFAULT_PORT, help="port to listen on")
@@ -104,6 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "sound, 6 on any fault. Safe to run beside a live server.",
     )
     data_arg(p)
+    database_arg(p)
     p.add_argument(
         "--log-key",
         metavar="VKEY",
@@ -132,6 +136,30 @@ def data_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def database_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help=f"keep the log's tables in this PostgreSQL database, postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME "
+        f"(needs pip install 'pacspace[postgres]'); DIR then holds the log key, and records, parties and "
+        f"relationships for now (docs/operations.md) (default: ${DATABASE_ENV} if set, else SQLite in DIR)",
+    )
+
+
+def database_url(args: argparse.Namespace) -> str | None:
+    """--database, else $PACSPACE_DATABASE, checked: a postgresql:// URL, with psycopg importable."""
+    url: str | None = args.database or os.environ.get(DATABASE_ENV) or None
+    if url is None:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise MalformedInput("--database takes a postgresql:// URL")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise MalformedInput("--database needs psycopg: pip install 'pacspace[postgres]'") from None
+    return url
+
+
 def _origin_arg(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument(
         "--origin",
@@ -148,9 +176,11 @@ def _data_dir(path: Path) -> Path:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    signer = init_log(_data_dir(args.data), args.origin, int(time.time()))
+    database = database_url(args)
+    signer = init_log(_data_dir(args.data), args.origin, int(time.time()), database)
     print(signer.verifier.vkey())
-    print(f"pacspace: created log {args.origin} in {args.data}", file=sys.stderr)
+    where = args.data if database is None else f"{redact(database)} (its key in {args.data})"
+    print(f"pacspace: created log {args.origin} in {where}", file=sys.stderr)
     return 0
 
 
@@ -173,8 +203,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.workers = auto_workers()
     if args.pool_capacity < args.batch_size:
         raise MalformedInput(f"--pool-capacity {args.pool_capacity} is below --batch-size {args.batch_size}")
+    database = database_url(args)
     try:
         config = ServerConfig(
+            database=database,
             data_dir=_data_dir(args.data),
             host=args.host,
             port=args.port,
@@ -189,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.witness_policy is not None:
         parse_policy(read_text(args.witness_policy, "--witness-policy"))
     origin = validate_origin(args.origin or DEFAULT_ORIGIN)
-    exists = log_exists(args.data)
+    exists = log_exists(args.data, database)
     if exists:
         signer = load_signer(args.data)
         if args.origin is not None and args.origin != signer.name:
@@ -198,8 +230,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Bound before anything is created: a port in use leaves no new data directory behind.
     sock = listen(args.host, args.port)
     if not exists:
-        signer = init_log(args.data, origin, int(time.time()))
-        print(f"pacspace: created log {origin} in {args.data}", file=sys.stderr)
+        signer = init_log(args.data, origin, int(time.time()), database)
+        where = args.data if database is None else f"{redact(database)} (its key in {args.data})"
+        print(f"pacspace: created log {origin} in {where}", file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def announce(app: web.Application) -> None:
@@ -237,7 +270,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             raise MalformedNote("--log-key must be an Ed25519 (type 0x01) vkey")
     else:
         verifier = load_signer(args.data).verifier
-    store = SqliteLog.open(args.data, readonly=True)
+    store = open_log(args.data, database_url(args), readonly=True)
     try:
         report = fsck(store, verifier, ProgressBar())
         if report.ok and (args.data / RECORDS_NAME).exists():

@@ -12,14 +12,14 @@ from aiohttp import web
 
 from ..appending import SETTLE_WAIT, Sequencing, TagGuard, reconcile
 from ..config import ServerConfig
-from ..datadir import WriteLock, load_signer, load_state
+from ..datadir import WriteLock, load_signer, load_state, open_log
 from ..errors import PacspaceError
 from ..sequencer import Sequencer
 from ..checkpoint import open_checkpoint
 from ..note import NoteSigner
 from ..policy import parse_policy
 from ..storage.records import RecordStore
-from ..storage.sqlite import SqliteLog
+from ..storage.logtables import LogTables
 from .witnessing import WitnessPool, WitnessQuorumFailed
 from .writer import GroupWriter
 from . import bodies, consent_api, ipc, logbudget, openapi, read_api, records_api, refusals
@@ -97,7 +97,7 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
     store = records = None
     try:
         signer = load_signer(config.data_dir)
-        store = SqliteLog.open(config.data_dir)
+        store = open_log(config.data_dir, config.database)
         state = load_state(store, signer)
         records = RecordStore(config.data_dir)
         sequencer = Sequencer(store, signer, state, config.sequencer, clock=time.time)
@@ -153,7 +153,7 @@ def _terminate(exc: BaseException) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def _use_witnesses(config: ServerConfig, store: SqliteLog, signer: NoteSigner, sequencer: Sequencer) -> None:
+async def _use_witnesses(config: ServerConfig, store: LogTables, signer: NoteSigner, sequencer: Sequencer) -> None:
     """Publish only cosigned checkpoints: the latest stored one that has the quorum, after asking for the newest."""
     policy = parse_policy(config.witness_policy.read_text())  # type: ignore[union-attr]
     pool = WitnessPool(policy, store, config.witness_timeout)

@@ -13,7 +13,7 @@ from ..config import ServerConfig
 from ..merkle import RangeHashes
 from ..sequencer import Sequencer
 from ..storage.records import RecordStore
-from ..storage.sqlite import SqliteLog
+from ..storage.logtables import LogTables
 from .writer import GroupWriter
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class LogService:
     read-only. Everything that appends goes through ``appender`` (appending.py).
     """
 
-    store: SqliteLog
+    store: LogTables
     sequencer: Sequencer | RemoteSequencer
     vkey: str
     timestamp_vkey: str

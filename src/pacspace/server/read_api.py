@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..errors import InvalidRange, MalformedInput, NotFound, UntrustedState
 from ..merkle import HASH_SIZE, consistency_proof, inclusion_proof
-from ..storage.sqlite import SqliteLog
+from ..storage.logtables import LogTables
 from ..tiles import TileRef, bundle_prefix, implied_by, parse_tile_path
 from .context import FATAL, SERVICE, LogService
 
@@ -141,7 +141,7 @@ def accepts_gzip(header: str) -> bool:
     return weights.get("*", False)
 
 
-def _published(store: SqliteLog, ref: TileRef, size: int) -> bool:
+def _published(store: LogTables, ref: TileRef, size: int) -> bool:
     """Full tiles: within the latest checkpoint. Partial tiles: exactly some committed checkpoint's edge."""
     if not ref.is_partial:
         return implied_by(ref, size)
@@ -149,7 +149,7 @@ def _published(store: SqliteLog, ref: TileRef, size: int) -> bool:
     return lo <= size and store.checkpoint_in(lo, min(hi, size + 1))
 
 
-def _bundle_bytes(store: SqliteLog, ref: TileRef) -> bytes:
+def _bundle_bytes(store: LogTables, ref: TileRef) -> bytes:
     stored = store.read_bundle(ref.n)
     try:
         if stored is None:
@@ -196,7 +196,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _inclusion_body(store: SqliteLog, index: int, size: int) -> dict[str, object]:
+def _inclusion_body(store: LogTables, index: int, size: int) -> dict[str, object]:
     hashes = inclusion_proof(index, size, store)
     leaf = store.read_hashes([(0, index)])[0]
     return {"index": index, "size": size, "leaf_hash": _b64(leaf), "hashes": [_b64(h) for h in hashes]}

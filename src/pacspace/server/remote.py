@@ -25,7 +25,7 @@ from ..checkpoint import SignedCheckpoint, open_checkpoint
 from ..errors import PacspaceError, SequencerStopped
 from ..note import Ed25519Verifier
 from ..policy import Policy
-from ..storage.sqlite import SqliteLog
+from ..storage.logtables import LogTables
 from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, SETTLED_PATH, SequencedRange, encode_records, error_from_json
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class _Waiting:
 @dataclass
 class RemoteSequencer:
     session: aiohttp.ClientSession  # bound to the parent's Unix socket
-    store: SqliteLog  # log.db, read-only
+    store: LogTables  # log.db, read-only
     verifier: Ed25519Verifier
     policy: Policy | None = None
     _waiting: list[_Waiting] = field(default_factory=list)

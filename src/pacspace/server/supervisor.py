@@ -39,7 +39,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..config import ServerConfig
+from ..config import DATABASE_ENV, ServerConfig
 from ..cores import helper_processes
 from .app import create_app
 from .context import FATAL, SERVICE
@@ -92,7 +92,9 @@ class WorkerPool:
                 argv += ["--witness-policy", str(self._config.witness_policy)]
             argv += worker_limits_argv(self._config)
             try:
-                self._procs.append(await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,)))
+                # The database URL may hold a password: in the environment, never in argv (which `ps` shows).
+                env = {**os.environ, DATABASE_ENV: self._config.database} if self._config.database else None
+                self._procs.append(await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,), env=env))
             finally:
                 theirs.close()
             self._channels.append(ours)

@@ -29,12 +29,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..config import ServerConfig
+from ..config import DATABASE_ENV, ServerConfig
+from ..datadir import open_log
 from ..errors import PacspaceError
 from ..note import Ed25519Verifier, parse_vkey
 from ..policy import parse_policy
 from ..storage.records import RecordStore
-from ..storage.sqlite import SqliteLog
 from .app import create_app
 from .context import CONFIG, SERVICE, LogService
 from .gctune import tune_for_serving
@@ -70,7 +70,7 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
     if not isinstance(verifier, Ed25519Verifier):
         raise PacspaceError("the parent passed a log key that is not Ed25519")
     policy = parse_policy(config.witness_policy.read_text()) if config.witness_policy is not None else None
-    store = SqliteLog.open(config.data_dir, readonly=True)
+    store = open_log(config.data_dir, config.database, readonly=True)
     records = RecordStore(config.data_dir)
     session = aiohttp.ClientSession(
         connector=aiohttp.UnixConnector(path=str(link.ipc_path), limit=0),
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(
         data_dir=args.data, witness_policy=args.witness_policy, header_timeout=args.header_timeout,
         body_timeout=args.body_timeout, max_connections=args.max_connections, body_memory=args.body_memory,
-        log_rate=args.log_rate,
+        log_rate=args.log_rate, database=os.environ.get(DATABASE_ENV),
     )
     app = create_worker_app(config, WorkerLink(args.ipc, args.vkey, args.timestamp_vkey))
     channel = socket.socket(fileno=args.fd)

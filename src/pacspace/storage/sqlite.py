@@ -2,10 +2,9 @@
 
 Schema (``log.db``):
 
-- ``tiles(level, n, hashes, interior)``: every tile at its current width. A
-  partial tile's row is rewritten as it grows; a partial of width W is always
-  the first W hashes of the row, so every partial a checkpoint implied stays
-  servable. ``interior`` holds the tile's sub-levels 1..7 (see tiles.py).
+- ``tiles(level, n, hashes, interior)``: every tile at its current width (the
+  growth rule is in logtables.py). ``interior`` holds the tile's sub-levels 1..7
+  (see tiles.py).
 - ``bundles(n, data)``: entry bundles, same growth rule.
 - ``checkpoints(size, note)``: every checkpoint the log signed.
 - ``meta(key, value)``: schema version and origin.
@@ -24,18 +23,16 @@ import logging
 import os
 import sqlite3
 import threading
-from collections import OrderedDict
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..durable import fsync_dir, fsync_file
-from ..errors import CheckpointConflict, InvalidRange, LogExists, LogNotFound, UntrustedState
-from ..merkle import HASH_SIZE, Node
+from ..errors import CheckpointConflict, LogExists, LogNotFound, UntrustedState
 from ..records.seal import record_tag
-from ..tiles import TILE_WIDTH, full_tile_count, iter_bundle, locate, partial_width, read_tile_hash, tile_levels
 from .base import Batch
+from .logtables import LogTables, TileRow, as_bytes
 from .transaction import write_transaction
 from .prefixindex import FLUSH_ENTRIES, MAX_PENDING, TAG_INDEX_NAME, PrefixIndex
 
@@ -43,8 +40,6 @@ log = logging.getLogger("pacspace.storage")
 
 SCHEMA_VERSION = 1
 DB_NAME = "log.db"
-# Full tiles never change, so they are cached; 1,024 tiles with interiors is ~16 MiB.
-FULL_TILE_CACHE = 1024
 WAL_AUTOCHECKPOINT_PAGES = 20000
 WAL_SIZE_LIMIT = 64 << 20
 
@@ -80,8 +75,8 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-class SqliteLog:
-    """A log's tables in ``<data>/log.db``; implements LogReader and LogWriter.
+class SqliteLog(LogTables):
+    """A log's tables in ``<data>/log.db``; implements LogReader and LogWriter (shared logic: logtables.py).
 
     Reads go through one connection, writes through another; each connection is
     used by one thread at a time (reads by the event loop, the commit by the
@@ -89,18 +84,12 @@ class SqliteLog:
     """
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        super().__init__(writable=not readonly)
         self.path = path
         self._read = _connect(path, readonly=readonly)
         self._write = None if readonly else _connect(path)
         self._read_lock = threading.Lock()
         self._checkpointer: sqlite3.Connection | None = None
-        # The partial tiles as of the last commit by this process: a tile only ever grows,
-        # so the latest committed row answers for every node of every published size.
-        self._edge_rows: dict[tuple[int, int], tuple[bytes, bytes]] = {}
-        self._full_tiles: OrderedDict[tuple[int, int], tuple[bytes, bytes]] = OrderedDict()
-        # Read-only (another process commits): the partial tile last read at each level. Every hash
-        # complete in it stays valid as the tile grows; a hash beyond it means a fresh read.
-        self._partial_rows: dict[int, tuple[int, tuple[bytes, bytes]]] = {}
         version = self._meta("schema_version")
         if version != str(SCHEMA_VERSION):
             raise UntrustedState(f"{path}: unknown schema version {version!r}")
@@ -108,6 +97,9 @@ class SqliteLog:
         self.index = PrefixIndex(path.parent, readonly=readonly)
         # Salted: tags are chosen by clients, who must not be able to make their prefixes collide.
         self.tags = PrefixIndex(path.parent, readonly=readonly, name=TAG_INDEX_NAME, salted=True)
+
+    def __str__(self) -> str:
+        return str(self.path)
 
     @classmethod
     def create(cls, data_dir: Path, origin: str, first_checkpoint: bytes) -> SqliteLog:
@@ -171,6 +163,14 @@ class SqliteLog:
             self._checkpointer = _connect(self.path)
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
+    def catch_up_indexes(self, size: int) -> None:
+        """The leaf and tag indexes are derived files a crash may have left behind the log: re-derived."""
+        self.index.catch_up(size, self.read_leaf_hashes)
+        behind = size - self.tags.size
+        if behind > 100_000:
+            log.info("indexing the tags of %d log entries (the tag index is new or behind the log)", behind)
+        self.tags.catch_up(size, self.read_tags)
+
     def _meta(self, key: str) -> str | None:
         try:
             row = self._read.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -178,120 +178,67 @@ class SqliteLog:
             raise UntrustedState(f"{self.path}: not a pacspace log database ({exc})") from None
         return None if row is None else row[0]
 
-    # --- LogReader ---------------------------------------------------------
-
-    def latest_checkpoint(self) -> bytes:
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> tuple[object, ...] | None:
         with self._read_lock:
-            row = self._read.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
-        if row is None:
-            raise UntrustedState(f"{self.path}: the log has no checkpoint")
-        return _as_bytes(row[0])
+            row: tuple[object, ...] | None = self._read.execute(sql, args).fetchone()
+        return row
 
-    def _tile_row(self, level: int, n: int) -> tuple[bytes, bytes] | None:
-        key = (level, n)
+    def _all(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
         with self._read_lock:
-            cached = self._full_tiles.get(key)
-            if cached is not None:
-                self._full_tiles.move_to_end(key)
-                return cached
-            edge = self._edge_rows.get(key)
-            if edge is not None:
-                return edge
-            row = self._read.execute(
-                "SELECT hashes, interior FROM tiles WHERE level = ? AND n = ?", (level, n)
-            ).fetchone()
-            if row is None:
-                return None
-            hashes, interior = bytes(row[0]), bytes(row[1])
-            # Only full tiles are cached: they never change. Partial rows grow with each batch.
-            if len(hashes) == TILE_WIDTH * HASH_SIZE:
-                self._full_tiles[key] = (hashes, interior)
-                if len(self._full_tiles) > FULL_TILE_CACHE:
-                    self._full_tiles.popitem(last=False)
-            return hashes, interior
+            return list(self._read.execute(sql, args).fetchall())
 
-    def read_hashes(self, nodes: Sequence[Node]) -> list[bytes]:
-        """One query per distinct tile that is neither cached nor on the right edge (the hot path of proofs)."""
-        out = []
-        rows: dict[tuple[int, int], tuple[bytes, bytes]] = {}
-        for node in nodes:
-            loc = locate(node)
-            key = (loc.tile_level, loc.tile_n)
-            row = rows.get(key)
-            if row is None:
-                row = self._cached_partial(key) if self._write is None else None
-                row = row or self._tile_row(*key)
-                if row is None:
-                    raise InvalidRange(f"node {node} is not stored")
-                rows[key] = row
-            try:
-                out.append(read_tile_hash(row[0], row[1], loc.sublevel, loc.position))
-            except InvalidRange:
-                if self._write is not None:
-                    raise  # this process commits: its edge rows are current
-                row = self._tile_row(*key)  # the tile grew since we cached it
-                if row is None:
-                    raise
-                rows[key] = row
-                out.append(read_tile_hash(row[0], row[1], loc.sublevel, loc.position))
-            if self._write is None and len(row[0]) < TILE_WIDTH * HASH_SIZE:
-                with self._read_lock:
-                    self._partial_rows[key[0]] = (key[1], row)
-        return out
+    # --- row reads (LogTables) ---------------------------------------------------------------------
 
-    def _cached_partial(self, key: tuple[int, int]) -> tuple[bytes, bytes] | None:
-        with self._read_lock:
-            cached = self._partial_rows.get(key[0])
-        return cached[1] if cached is not None and cached[0] == key[1] else None
-
-    def read_tile_row(self, level: int, n: int) -> tuple[bytes, bytes] | None:
-        """The stored (hashes, interior) of tile (level, n)."""
-        return self._tile_row(level, n)
-
-    def read_tile(self, level: int, n: int) -> bytes | None:
-        row = self._tile_row(level, n)
-        return None if row is None else row[0]
+    def _fetch_tile(self, level: int, n: int) -> TileRow | None:
+        row = self._one("SELECT hashes, interior FROM tiles WHERE level = ? AND n = ?", (level, n))
+        return None if row is None else (as_bytes(row[0]), as_bytes(row[1]))
 
     def read_bundle(self, n: int) -> bytes | None:
-        with self._read_lock:
-            row = self._read.execute("SELECT data FROM bundles WHERE n = ?", (n,)).fetchone()
-        return None if row is None else bytes(row[0])
+        row = self._one("SELECT data FROM bundles WHERE n = ?", (n,))
+        return None if row is None else as_bytes(row[0])
 
-    def replace_checkpoint(self, size: int, note: bytes) -> None:
-        """Store the same checkpoint with more signatures (the witnesses' cosignatures). Durable once it returns."""
-        conn = self._write
-        if conn is None:
-            raise UntrustedState("this log was opened read-only")
-        with write_transaction(conn):
-            conn.execute("UPDATE checkpoints SET note = ? WHERE size = ?", (note, size))
-
-    def checkpoint_at(self, size: int | None) -> bytes:
-        """The checkpoint the log signed at exactly ``size``."""
-        with self._read_lock:
-            row = self._read.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
-        if row is None:
-            raise UntrustedState(f"no checkpoint of size {size} is stored")
-        return _as_bytes(row[0])
+    def _fetch_checkpoint(self, size: int | None) -> bytes | None:
+        if size is None:
+            row = self._one("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1")
+        else:
+            row = self._one("SELECT note FROM checkpoints WHERE size = ?", (size,))
+        return None if row is None else as_bytes(row[0])
 
     def checkpoint_in(self, lo: int, hi: int) -> bool:
-        with self._read_lock:
-            row = self._read.execute(
-                "SELECT 1 FROM checkpoints WHERE size >= ? AND size < ? LIMIT 1", (lo, hi)
-            ).fetchone()
-        return row is not None
+        return self._one("SELECT 1 FROM checkpoints WHERE size >= ? AND size < ? LIMIT 1", (lo, hi)) is not None
 
-    def find_leaf(self, leaf_hash: bytes, size: int) -> int | None:
-        """The first index below ``size`` whose leaf hash is ``leaf_hash``."""
-        for idx in self.index.candidates(leaf_hash):
-            if idx >= size:
-                break
-            if self.read_hashes([(0, idx)])[0] == leaf_hash:
-                return idx
-        return None
+    def _checkpoint_page(self, bound: int, newest_first: bool, limit: int) -> list[tuple[int, bytes]]:
+        sql = ("SELECT size, note FROM checkpoints WHERE size < ? ORDER BY size DESC LIMIT ?" if newest_first
+               else "SELECT size, note FROM checkpoints WHERE size > ? ORDER BY size LIMIT ?")
+        return [(int(str(size)), as_bytes(note)) for size, note in self._all(sql, (bound, limit))]
+
+    def _tile_page(self, after: tuple[int, int], limit: int) -> list[tuple[int, int, bytes, bytes]]:
+        rows = self._all("SELECT level, n, hashes, interior FROM tiles WHERE (level, n) > (?, ?) "
+                         "ORDER BY level, n LIMIT ?", (*after, limit))
+        return [(int(str(level)), int(str(n)), as_bytes(h), as_bytes(i)) for level, n, h, i in rows]
+
+    def max_bundle(self) -> int | None:
+        row = self._one("SELECT max(n) FROM bundles")
+        return None if row is None or row[0] is None else int(str(row[0]))
+
+    def checkpoint_count(self) -> int:
+        row = self._one("SELECT count(*) FROM checkpoints")
+        return int(str(row[0])) if row else 0
+
+    def leaf_candidates(self, leaf_hash: bytes) -> list[int]:
+        return self.index.candidates(leaf_hash)
+
+    def tag_candidates(self, tags: Sequence[bytes]) -> dict[int, list[int]]:
+        if self.tags.broken:
+            raise UntrustedState("the tag index missed a committed batch; restart the server to rebuild it")
+        return self.tags.candidates_many(tags)
+
+    def index_coverage(self) -> tuple[int, int, int]:
+        indexed, rows = self.index.stored_size_and_rows()
+        return indexed, rows, self.tags.stored_size()
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        """Reads inside see one committed state, however much a live writer commits meanwhile (fsck)."""
         with self._read_lock:
             self._read.execute("BEGIN")
         try:
@@ -300,118 +247,18 @@ class SqliteLog:
             with self._read_lock:
                 self._read.execute("COMMIT")
 
-    def read_leaf_hashes(self, start: int, stop: int) -> list[bytes]:
-        return self.read_hashes([(0, i) for i in range(start, stop)])
+    # --- writes (LogTables) ------------------------------------------------------------------------
 
-    def read_entries(self, start: int, stop: int) -> list[bytes]:
-        """The committed entries in [start, stop), from their bundles."""
-        out: list[bytes] = []
-        for n in range(start // TILE_WIDTH, (stop + TILE_WIDTH - 1) // TILE_WIDTH):
-            data = self.read_bundle(n)
-            if data is None:
-                raise InvalidRange(f"entry bundle {n} is not stored")
-            lo = max(start, n * TILE_WIDTH) - n * TILE_WIDTH
-            hi = min(stop, (n + 1) * TILE_WIDTH) - n * TILE_WIDTH
-            entries = list(iter_bundle(data))[lo:hi]
-            if len(entries) != hi - lo:
-                raise InvalidRange(f"entry bundle {n} holds {len(entries)} entries, fewer than its leaves")
-            out += entries
-        return out
-
-    def read_tags(self, start: int, stop: int) -> list[bytes | None]:
-        """The record tag of each committed entry in [start, stop) (None for an entry that is not a record)."""
-        return [record_tag(e) for e in self.read_entries(start, stop)]
-
-    def tags_in_log(self, tags: Sequence[bytes]) -> list[bool]:
-        """Whether each tag is a committed record entry's: one indexed query, then the log confirms each candidate."""
-        if self.tags.broken:
-            raise UntrustedState("the tag index missed a committed batch; restart the server to rebuild it")
-        found = [False] * len(tags)
-        for at, candidates in self.tags.candidates_many(tags).items():
-            found[at] = any(record_tag(self.read_entries(i, i + 1)[0]) == tags[at] for i in candidates)
-        return found
-
-    def checkpoints(self) -> Iterator[bytes]:
-        """Every committed checkpoint, by increasing size, read in pages (never all in memory)."""
-        after = -1
-        while True:
-            with self._read_lock:
-                rows = self._read.execute(
-                    "SELECT size, note FROM checkpoints WHERE size > ? ORDER BY size LIMIT 1000", (after,)
-                ).fetchall()
-            if not rows:
-                return
-            for size, note in rows:
-                yield _as_bytes(note)
-            after = rows[-1][0]
-
-    def checkpoints_newest_first(self) -> Iterator[bytes]:
-        """Committed checkpoints, largest first, read in pages."""
-        before = (1 << 63) - 1
-        while True:
-            with self._read_lock:
-                rows = self._read.execute(
-                    "SELECT size, note FROM checkpoints WHERE size < ? ORDER BY size DESC LIMIT 100", (before,)
-                ).fetchall()
-            if not rows:
-                return
-            for size, note in rows:
-                yield _as_bytes(note)
-            before = rows[-1][0]
-
-    def checkpoint_count(self) -> int:
-        with self._read_lock:
-            return int(self._read.execute("SELECT count(*) FROM checkpoints").fetchone()[0])
-
-    def tile_rows(self) -> Iterator[tuple[int, int, bytes, bytes]]:
-        """Every stored tile row (fsck), in pages."""
-        after = (-1, -1)
-        while True:
-            with self._read_lock:
-                rows = self._read.execute(
-                    "SELECT level, n, hashes, interior FROM tiles WHERE (level, n) > (?, ?) "
-                    "ORDER BY level, n LIMIT 256",
-                    after,
-                ).fetchall()
-            if not rows:
-                return
-            for level, n, hashes, interior in rows:
-                yield int(level), int(n), bytes(hashes), bytes(interior)
-            after = (rows[-1][0], rows[-1][1])
-
-    def max_bundle(self) -> int | None:
-        with self._read_lock:
-            row = self._read.execute("SELECT max(n) FROM bundles").fetchone()
-        return None if row[0] is None else int(row[0])
-
-    # --- LogWriter ---------------------------------------------------------
-
-    def edge_tiles(self, size: int) -> dict[int, list[bytes]]:
-        """The right edge for ``size``; raises UntrustedState if a stored edge tile has another width."""
-        edge: dict[int, list[bytes]] = {}
-        for level in range(tile_levels(size) + 1):
-            width = partial_width(size, level)
-            if width == 0:
-                edge[level] = []
-                continue
-            row = self._tile_row(level, full_tile_count(size, level))
-            if row is None or len(row[0]) != width * HASH_SIZE:
-                raise UntrustedState(
-                    f"stored tile ({level}, {full_tile_count(size, level)}) does not have the width "
-                    f"{width} that tree size {size} implies"
-                )
-            hashes = row[0]
-            edge[level] = [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
-            with self._read_lock:
-                self._edge_rows[(level, full_tile_count(size, level))] = row
-        return edge
-
-    def commit(self, batch: Batch) -> None:
+    def replace_checkpoint(self, size: int, note: bytes) -> None:
         conn = self._write
         if conn is None:
             raise UntrustedState("this log was opened read-only")
-        if len(batch.entries) != len(batch.leaf_hashes):
-            raise UntrustedState(f"a batch of {len(batch.leaf_hashes)} leaves came with {len(batch.entries)} entries")
+        with write_transaction(conn):
+            conn.execute("UPDATE checkpoints SET note = ? WHERE size = ?", (note, size))
+
+    def _write_batch(self, batch: Batch) -> None:
+        conn = self._write
+        assert conn is not None  # LogTables.commit refuses a read-only log
         with write_transaction(conn):
             (stored,) = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
             if stored != batch.old_size:
@@ -425,13 +272,8 @@ class SqliteLog:
             conn.executemany("INSERT OR REPLACE INTO bundles (n, data) VALUES (?, ?)", list(batch.bundles.items()))
             conn.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (batch.new_size, batch.checkpoint))
         # Durable from here: the WAL was fsynced inside COMMIT (synchronous=FULL).
-        # Nothing below may fail the batch: it is committed, and its submitters must hear so.
-        with self._read_lock:
-            for key, row in batch.tiles.items():
-                if len(row[0]) == TILE_WIDTH * HASH_SIZE:
-                    self._edge_rows.pop(key, None)
-                else:
-                    self._edge_rows[key] = row
+
+    def _after_commit(self, batch: Batch) -> None:
         for index, keys in ((self.index, batch.leaf_hashes), (self.tags, [record_tag(e) for e in batch.entries])):
             try:
                 index.add(batch.old_size, keys)
@@ -449,15 +291,6 @@ class SqliteLog:
                 except Exception:
                     # The rows stay pending in memory, where lookups see them; the next flush retries.
                     log.exception("%s flush failed; it is retried", index.name)
-
-
-def _as_bytes(value: object) -> bytes:
-    """A stored blob; text in a blob column (a damaged or hand-edited database) becomes its UTF-8 bytes."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    if isinstance(value, (bytes, memoryview, bytearray)):
-        return bytes(value)
-    raise UntrustedState(f"unexpected {type(value).__name__} where a blob is stored")
 
 
 if TYPE_CHECKING:  # SqliteLog implements both storage contracts: mypy checks it, as Sunlight's ``var _ Backend = ...``

@@ -1,0 +1,250 @@
+"""The log's tables in PostgreSQL (``--database postgresql://...``), for a log that outgrows one machine.
+
+The same tables as SqliteLog (storage/sqlite.py), created by storage/migrations.py, read and cached by
+logtables.py. What differs, and why it is safe:
+
+- **Durability.** A commit is durable once COMMIT returns: the server's ``fsync`` must be on (checked when
+  a writer connects, which refuses otherwise) and the session's ``synchronous_commit`` is never ``off``
+  (set to ``on`` if the server's default is ``off``).
+- **One writer at a time.** A commit compare-and-swaps the one row of ``log_head`` from the batch's old
+  size to its new one, inside the transaction that writes the batch. Two sequencers that both extend size
+  N serialise on that row: the second finds the size moved, writes nothing and gets CheckpointConflict,
+  so two checkpoints of one size can never both be stored.
+- **Lookups are transactional.** The leaf-hash and tag lookups are tables written in the batch's own
+  transaction, not derived files: a committed leaf is findable at once, and nothing needs re-deriving at
+  start (``catch_up_indexes`` has nothing to do).
+- **Reads** go through one connection in autocommit mode (each query sees everything committed before
+  it), the commit through another; each is used by one thread at a time, under its lock.
+
+Uses psycopg 3 (LGPL-3.0, imported, unmodified, as a separate package): its synchronous API has the shape
+of sqlite3's, which is what the sequencer's commit thread and the storage layer call, and COPY writes a
+batch's index rows in one round trip.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from ..errors import CheckpointConflict, LogExists, UntrustedState
+from ..records.seal import record_tag
+from .base import Batch
+from .database_url import redact
+from .logtables import LogTables, TileRow, as_bytes
+from .migrations import migrate, require_current
+
+
+def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="pacspace")
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UntrustedState(f"cannot connect to {redact(url)}: {first}") from None
+
+
+def _require_durable(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> None:
+    fsync = conn.execute("SHOW fsync").fetchone()
+    if fsync is None or fsync[0] != "on":
+        raise UntrustedState(f"{where}: PostgreSQL runs with fsync off, so a committed record could be lost; "
+                             "pacspace will not write there")
+    sync = conn.execute("SHOW synchronous_commit").fetchone()
+    if sync is None or sync[0] == "off":
+        conn.execute("SET synchronous_commit = on")
+
+
+class PostgresLog(LogTables):
+    """A log's tables in a PostgreSQL database; implements LogReader and LogWriter."""
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        super().__init__(writable=not readonly)
+        self.url = url
+        self._read = _connect(url)
+        self._read_lock = threading.Lock()
+        self._write: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._write_lock = threading.Lock()
+        try:
+            require_current(self._read, redact(url))
+            origin = self._read.execute("SELECT value FROM log_meta WHERE key = 'origin'").fetchone()
+            if origin is None:
+                raise UntrustedState(f"{redact(url)}: the database has the schema but no log (run `pacspace init`)")
+            self.origin = str(origin[0])
+            if not readonly:
+                self._write = _connect(url)
+                _require_durable(self._write, redact(url))
+        except BaseException:
+            self.close()
+            raise
+
+    def __str__(self) -> str:
+        return redact(self.url)
+
+    @classmethod
+    def create(cls, url: str, origin: str, first_checkpoint: bytes) -> PostgresLog:
+        """Bring the schema up to date and store the log with its size-0 checkpoint, in one transaction;
+        refuses (LogExists, changing nothing) if the database already holds a log."""
+        conn = _connect(url)
+        try:
+            _require_durable(conn, redact(url))
+            with conn.transaction():
+                migrate(conn)
+                held = conn.execute("SELECT value FROM log_meta WHERE key = 'origin'").fetchone()
+                if held is not None:
+                    raise LogExists(f"{redact(url)} already holds the log {held[0]}")
+                conn.execute("INSERT INTO log_meta VALUES ('origin', %s)", (origin,))
+                conn.execute("INSERT INTO log_head (size) VALUES (0)")
+                conn.execute("INSERT INTO checkpoints VALUES (0, %s)", (first_checkpoint,))
+        finally:
+            conn.close()
+        return cls(url)
+
+    def close(self) -> None:
+        for conn in (self._read, self._write):
+            if conn is not None and not conn.closed:
+                conn.close()
+
+    def maintain(self) -> None:
+        """Nothing to do: PostgreSQL checkpoints and vacuums by itself, and the lookups are tables."""
+
+    def catch_up_indexes(self, size: int) -> None:
+        """Nothing to do: the lookups are written in each batch's own transaction."""
+
+    def _query(self, sql: str, args: Sequence[object]) -> psycopg.Cursor[tuple[Any, ...]]:
+        """Run a read; a connection the server dropped (a restart, a failover) is replaced once, then retried."""
+        try:
+            return self._read.execute(sql, args)
+        except psycopg.OperationalError:
+            if not self._read.closed and not self._read.broken:
+                raise
+            self._read = _connect(self.url)
+            return self._read.execute(sql, args)
+
+    def _one(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        with self._read_lock:
+            return self._query(sql, args).fetchone()
+
+    def _all(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._query(sql, args).fetchall()
+
+    # --- row reads (LogTables) ---------------------------------------------------------------------
+
+    def _fetch_tile(self, level: int, n: int) -> TileRow | None:
+        row = self._one("SELECT hashes, interior FROM tiles WHERE level = %s AND n = %s", (level, n))
+        return None if row is None else (as_bytes(row[0]), as_bytes(row[1]))
+
+    def read_bundle(self, n: int) -> bytes | None:
+        row = self._one("SELECT data FROM bundles WHERE n = %s", (n,))
+        return None if row is None else as_bytes(row[0])
+
+    def _fetch_checkpoint(self, size: int | None) -> bytes | None:
+        if size is None:
+            row = self._one("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1")
+        else:
+            row = self._one("SELECT note FROM checkpoints WHERE size = %s", (size,))
+        return None if row is None else as_bytes(row[0])
+
+    def checkpoint_in(self, lo: int, hi: int) -> bool:
+        return self._one("SELECT 1 FROM checkpoints WHERE size >= %s AND size < %s LIMIT 1", (lo, hi)) is not None
+
+    def _checkpoint_page(self, bound: int, newest_first: bool, limit: int) -> list[tuple[int, bytes]]:
+        sql = ("SELECT size, note FROM checkpoints WHERE size < %s ORDER BY size DESC LIMIT %s" if newest_first
+               else "SELECT size, note FROM checkpoints WHERE size > %s ORDER BY size LIMIT %s")
+        return [(int(size), as_bytes(note)) for size, note in self._all(sql, (bound, limit))]
+
+    def _tile_page(self, after: tuple[int, int], limit: int) -> list[tuple[int, int, bytes, bytes]]:
+        rows = self._all("SELECT level, n, hashes, interior FROM tiles WHERE (level, n) > (%s, %s) "
+                         "ORDER BY level, n LIMIT %s", (*after, limit))
+        return [(int(level), int(n), as_bytes(h), as_bytes(i)) for level, n, h, i in rows]
+
+    def max_bundle(self) -> int | None:
+        row = self._one("SELECT max(n) FROM bundles")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def checkpoint_count(self) -> int:
+        row = self._one("SELECT count(*) FROM checkpoints")
+        return int(row[0]) if row else 0
+
+    def leaf_candidates(self, leaf_hash: bytes) -> list[int]:
+        return [int(r[0]) for r in self._all("SELECT idx FROM leaf_index WHERE leaf_hash = %s ORDER BY idx",
+                                             (leaf_hash,))]
+
+    def tag_candidates(self, tags: Sequence[bytes]) -> dict[int, list[int]]:
+        if not tags:
+            return {}
+        by_tag: dict[bytes, list[int]] = {}
+        for tag, idx in self._all("SELECT tag, idx FROM tag_index WHERE tag = ANY(%s) ORDER BY idx", (list(tags),)):
+            by_tag.setdefault(as_bytes(tag), []).append(int(idx))
+        return {at: by_tag[tag] for at, tag in enumerate(tags) if tag in by_tag}
+
+    def index_coverage(self) -> tuple[int, int, int]:
+        """Both lookups are written with each batch, so they cover the whole committed log."""
+        leaves = self._one("SELECT coalesce(max(idx) + 1, 0), count(*) FROM leaf_index")
+        head = self._one("SELECT size FROM log_head")
+        assert leaves is not None and head is not None
+        return int(leaves[0]), int(leaves[1]), int(head[0])
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        with self._read_lock:
+            self._read.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield
+        finally:
+            with self._read_lock:
+                self._read.execute("COMMIT")
+
+    # --- writes (LogTables) ------------------------------------------------------------------------
+
+    def _writer(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self._write is None:
+            raise UntrustedState("this log was opened read-only")
+        return self._write
+
+    def replace_checkpoint(self, size: int, note: bytes) -> None:
+        conn = self._writer()
+        with self._write_lock, conn.transaction():
+            conn.execute("UPDATE checkpoints SET note = %s WHERE size = %s", (note, size))
+
+    def _write_batch(self, batch: Batch) -> None:
+        conn = self._writer()
+        with self._write_lock, conn.transaction():
+            # The compare-and-swap: holds the head row until COMMIT, so a second writer waits here, then
+            # finds the size moved.
+            moved = conn.execute("UPDATE log_head SET size = %s WHERE size = %s", (batch.new_size, batch.old_size))
+            if moved.rowcount != 1:
+                stored = conn.execute("SELECT size FROM log_head").fetchone()
+                raise CheckpointConflict(f"stored checkpoint has size {stored[0] if stored else None}, "
+                                         f"the batch extends size {batch.old_size}")
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO tiles (level, n, hashes, interior) VALUES (%s, %s, %s, %s) ON CONFLICT (level, n) "
+                    "DO UPDATE SET hashes = excluded.hashes, interior = excluded.interior",
+                    [(level, n, hashes, interior) for (level, n), (hashes, interior) in batch.tiles.items()],
+                )
+                cur.executemany("INSERT INTO bundles (n, data) VALUES (%s, %s) ON CONFLICT (n) DO UPDATE SET "
+                                "data = excluded.data", list(batch.bundles.items()))
+                cur.execute("INSERT INTO checkpoints (size, note) VALUES (%s, %s)", (batch.new_size, batch.checkpoint))
+                with cur.copy("COPY leaf_index (leaf_hash, idx) FROM STDIN") as copy:
+                    for i, h in enumerate(batch.leaf_hashes, batch.old_size):
+                        copy.write_row((h, i))
+                with cur.copy("COPY tag_index (tag, idx) FROM STDIN") as copy:
+                    for i, entry in enumerate(batch.entries, batch.old_size):
+                        tag = record_tag(entry)
+                        if tag is not None:
+                            copy.write_row((tag, i))
+        # Durable from here: COMMIT returned with fsync on and synchronous_commit not off.
+
+
+if TYPE_CHECKING:  # PostgresLog implements both storage contracts: mypy checks it here.
+
+    from .base import LogReader, LogWriter
+
+    def _log_reader(store: PostgresLog) -> LogReader:
+        return store
+
+    def _log_writer(store: PostgresLog) -> LogWriter:
+        return store

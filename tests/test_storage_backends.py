@@ -1,0 +1,215 @@
+"""The log's storage on both backends, SQLite files and a real PostgreSQL: the same sequencer writes byte-identical
+tiles, bundles and checkpoints to each, the start-up trust check and lookups work on both, and PostgreSQL's own
+guarantees hold (one writer per size, versioned schema, nothing left by a refused init)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import psycopg
+import pytest
+
+from pacspace.checkpoint import open_checkpoint
+from pacspace.datadir import init_log, load_signer, load_state, open_log
+from pacspace.errors import CheckpointConflict, LogExists, UntrustedState
+from pacspace.merkle import inclusion_proof, leaf_hash, verify_inclusion
+from pacspace.records.seal import entry_from_ct_hash, record_tag
+from pacspace.sequencer import Sequencer, SequencerConfig
+from pacspace.storage.base import Batch
+from pacspace.storage.migrations import LATEST
+from pacspace.storage.database_url import redact
+from pacspace.storage.postgres import PostgresLog
+
+ORIGIN = "backends.example/log"
+T0 = 1_780_000_000
+
+
+def _record_entry(i: int) -> bytes:
+    """Every third entry a record's (so it has a tag), the others plain; the same bytes on every call."""
+    if i % 3:
+        return b"not a record %d" % i
+    return entry_from_ct_hash(hashlib.sha256(b"tag%d" % i).digest(), hashlib.sha256(b"ct%d" % i).digest())
+
+
+async def _sequence(store, signer, batches: list[list[bytes]]) -> None:  # type: ignore[no-untyped-def]
+    ticks = iter(range(T0, T0 + 10_000))
+    sequencer = Sequencer(store, signer, load_state(store, signer), SequencerConfig(pool_interval=0.005),
+                          clock=lambda: float(next(ticks)))
+    task = asyncio.create_task(sequencer.run())
+    try:
+        for batch in batches:
+            await sequencer.submit_many(batch)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path):  # type: ignore[no-untyped-def]
+    """(data dir, database URL or None) of a new log on each backend, with one key for both."""
+    database = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    init_log(tmp_path / "data", ORIGIN, T0, database)
+    return tmp_path / "data", database
+
+
+async def test_the_sequencer_writes_the_same_log_to_both_backends(tmp_path, postgres_url):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from pacspace.durable import write_new_file
+    from pacspace.note import NoteSigner
+
+    signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+    stores = []
+    for name, database in (("sqlite", None), ("postgres", postgres_url)):
+        data = tmp_path / name
+        data.mkdir()
+        write_new_file(data / "log.key", (signer.private_key_text() + "\n").encode(), mode=0o600)
+        init_log(data, ORIGIN, T0, database)
+        store = open_log(data, database)
+        await _sequence(store, signer, [[_record_entry(i) for i in range(a, b)] for a, b in
+                                        ((0, 1), (1, 300), (300, 301), (301, 1000), (1000, 1300))])
+        stores.append(store)
+    sqlite, postgres = stores
+    assert list(sqlite.checkpoints()) == list(postgres.checkpoints())
+    assert [c.decode().split("\n")[1] for c in postgres.checkpoints()] == ["0", "1", "300", "301", "1000", "1300"]
+    assert list(sqlite.tile_rows()) == list(postgres.tile_rows())
+    assert [sqlite.read_bundle(n) for n in range(6)] == [postgres.read_bundle(n) for n in range(6)]
+    assert sqlite.max_bundle() == postgres.max_bundle() == 5
+    for store in stores:
+        store.close()
+
+
+async def test_each_backend_reopens_proves_and_finds_what_it_committed(backend):
+    data, database = backend
+    signer = load_signer(data)
+    store = open_log(data, database)
+    entries = [_record_entry(i) for i in range(700)]
+    await _sequence(store, signer, [entries[:1], entries[1:513], entries[513:]])
+    store.close()
+    # A new process's view: the start-up check reproduces the root from the stored tiles.
+    store = open_log(data, database)
+    state = load_state(store, signer)
+    checkpoint = open_checkpoint(store.latest_checkpoint(), signer.verifier)
+    assert state.size == checkpoint.size == 700
+    for i in (0, 255, 256, 511, 512, 699):
+        h = leaf_hash(entries[i])
+        assert store.find_leaf(h, 700) == i
+        assert store.find_leaf(h, i) is None  # not below its own index
+        verify_inclusion(i, 700, h, inclusion_proof(i, 700, store), checkpoint.root_hash)  # raises if not
+    tags = [record_tag(entries[i]) for i in (0, 3, 698)]
+    assert all(tags[:2]) and tags[2] is None
+    assert store.tags_in_log([tags[0], tags[1], b"\x07" * 32]) == [True, True, False]
+    assert store.read_entries(510, 515) == entries[510:515]
+    assert store.checkpoint_in(600, 701) and not store.checkpoint_in(2, 513)
+    store.close()
+    # Read-only, as an HTTP worker or a frontend opens it.
+    reader = open_log(data, database, readonly=True)
+    assert reader.read_tile(0, 2) == b"".join(leaf_hash(e) for e in entries[512:700])
+    with pytest.raises(UntrustedState, match="read-only"):
+        reader.replace_checkpoint(700, b"x")
+    reader.close()
+
+
+def _batch_after(store, signer, old_size: int, payload: bytes) -> Batch:  # type: ignore[no-untyped-def]
+    """The batch a sequencer at ``old_size`` would commit for one entry (built the way sequencer.py does)."""
+    from pacspace.checkpoint import Checkpoint, sign_checkpoint
+    from pacspace.tiles import encode_bundle, extend, pack_interior
+
+    state = load_state(store, signer)
+    assert state.size == old_size
+    h = leaf_hash(payload)
+    update = extend(state.size, state.edge, [h])
+    checkpoint = sign_checkpoint(Checkpoint(ORIGIN, old_size + 1, update.root), signer, T0 + 1)
+    tiles = {key: (b"".join(levels[0]), pack_interior(levels)) for key, levels in update.expanded.items()}
+    return Batch(old_size, old_size + 1, tiles, {0: encode_bundle([*state.edge_entries, payload])}, [h],
+                 checkpoint.format(), [payload])
+
+
+def test_postgres_two_writers_never_both_commit_one_size(tmp_path, postgres_url):
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    signer = load_signer(tmp_path)
+    first, second = PostgresLog(postgres_url), PostgresLog(postgres_url)
+    mine, theirs = _batch_after(first, signer, 0, b"mine"), _batch_after(second, signer, 0, b"theirs")
+    first.commit(mine)
+    with pytest.raises(CheckpointConflict, match="size 1"):
+        second.commit(theirs)
+    # The refused batch left nothing: one checkpoint of size 1, and its leaf is not findable.
+    reader = PostgresLog(postgres_url, readonly=True)
+    assert reader.checkpoint_count() == 2
+    assert reader.find_leaf(leaf_hash(b"mine"), 1) == 0 and reader.find_leaf(leaf_hash(b"theirs"), 1) is None
+    assert load_state(reader, signer).size == 1
+    for store in (first, second, reader):
+        store.close()
+
+
+def test_postgres_schema_is_versioned_and_a_newer_one_is_refused(tmp_path, postgres_url):
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT max(version) FROM pacspace_schema").fetchone()[0] == LATEST
+        conn.execute("INSERT INTO pacspace_schema (version, description) VALUES (%s, 'from the future')", (LATEST + 1,))
+    with pytest.raises(UntrustedState, match="newer than this pacspace knows"):
+        PostgresLog(postgres_url)
+
+
+def test_postgres_init_refuses_a_database_that_holds_a_log_and_changes_nothing(tmp_path, postgres_url):
+    init_log(tmp_path / "a", ORIGIN, T0, postgres_url)
+    before = PostgresLog(postgres_url, readonly=True)
+    first = before.latest_checkpoint()
+    before.close()
+    with pytest.raises(LogExists, match="already holds the log backends.example/log"):
+        init_log(tmp_path / "b", "other.example/log", T0, postgres_url)
+    after = PostgresLog(postgres_url, readonly=True)
+    assert after.origin == ORIGIN and after.latest_checkpoint() == first and after.checkpoint_count() == 1
+    after.close()
+
+
+def test_postgres_a_database_without_a_log_or_unreachable_is_refused_clearly(postgres):
+    with pytest.raises(UntrustedState, match="no pacspace log in this database"):
+        PostgresLog(postgres.database())
+    url = postgres.url("nowhere").replace("pacspace@", "pacspace:secret-pw@")
+    with pytest.raises(UntrustedState, match="cannot connect") as refused:
+        PostgresLog(url)
+    assert "secret-pw" not in str(refused.value) and "***" in str(refused.value)
+    assert redact(url) == url.replace("secret-pw", "***")
+
+
+def test_the_command_line_keeps_the_log_where_it_was_made(tmp_path, postgres_url):
+    import os
+
+    from helpers import cli, free_port
+
+    from pacspace.note import parse_vkey
+
+    env = {k: v for k, v in os.environ.items() if k != "PACSPACE_DATABASE"}
+    # Trust authentication ignores the password; it is here to show it never reaches a file or a message.
+    url = postgres_url.replace("pacspace@", "pacspace:hunter2@")
+    pg, lite = tmp_path / "pg", tmp_path / "lite"
+    made = cli("init", "--data", str(pg), "--database", url, env=env)
+    parse_vkey(made.stdout.strip())  # the log's verifier key, as from a SQLite init
+    assert "hunter2" not in made.stderr and "***" in made.stderr
+    assert (pg / "database").read_text().strip() == redact(url) and "hunter2" not in (pg / "database").read_text()
+    assert not (pg / "log.db").exists()
+    assert "fsck: ok: size 0" in cli("fsck", "--data", str(pg), env={**env, "PACSPACE_DATABASE": url}).stdout
+    # The key's log is in the database: without --database, nothing creates a second log beside it.
+    refused = cli("serve", "--data", str(pg), "--port", str(free_port()), env=env, code=2)
+    assert "is in the database" in refused.stderr and not (pg / "log.db").exists()
+    again = cli("init", "--data", str(tmp_path / "other"), "--database", url, env=env, code=None)
+    assert again.returncode != 0 and "already holds the log" in again.stderr and "hunter2" not in again.stderr
+    cli("init", "--data", str(lite), env=env)
+    refused = cli("serve", "--data", str(lite), "--database", url, "--port", str(free_port()), env=env, code=2)
+    assert "holds a SQLite log" in refused.stderr
+    refused = cli("init", "--data", str(tmp_path / "x"), "--database", "mysql://db/x", env=env, code=2)
+    assert "postgresql://" in refused.stderr
+
+
+def test_postgres_reads_survive_the_server_dropping_their_connection(tmp_path, postgres_url):
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    reader = PostgresLog(postgres_url, readonly=True)
+    first = reader.latest_checkpoint()
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+                              "'pacspace' AND pid <> pg_backend_pid()").fetchall()
+    assert ended == [(True,)]
+    assert reader.latest_checkpoint() == first  # a new connection, the same answer
+    reader.close()
