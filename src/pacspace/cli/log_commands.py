@@ -116,6 +116,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.set_defaults(run=cmd_fsck)
 
+    p = sub.add_parser(
+        "migrate",
+        help="move a SQLite log's tables into PostgreSQL",
+        description="Copy the log in DIR (log.db) into the PostgreSQL database at --database, in one transaction, "
+        "then check that the copy reproduces the same latest checkpoint and root. DIR then holds the key and the "
+        "mark of the database; the SQLite files move to DIR/sqlite-migrated. Run it with the server stopped. "
+        "Serve the log afterwards with --database; clients see the same history. Exit 0 when moved.",
+    )
+    data_arg(p)
+    database_arg(p)
+    p.set_defaults(run=cmd_migrate)
+
 
 def _workers(text: str) -> int | str:
     if text == "auto":
@@ -261,6 +273,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"pacspace: error: the sequencer stopped: {app[FATAL][0]}", file=sys.stderr)
         return exitcodes.FAILURE
     return exitcodes.OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ..logmove import move_to_database
+
+    database = database_url(args)
+    if database is None:
+        raise MalformedInput("migrate needs --database URL (or PACSPACE_DATABASE)")
+    moved = move_to_database(args.data, database, ProgressBar())
+    print(f"pacspace: the log {moved.origin} (size {moved.size:,}) is in {redact(database)}; its SQLite files are in "
+          f"{moved.backup}. Serve it with --database.", file=sys.stderr)
+    print(moved.root_hex)
+    return 0
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:

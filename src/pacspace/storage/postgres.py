@@ -24,18 +24,23 @@ batch's index rows in one round trip.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from ..errors import CheckpointConflict, LogExists, UntrustedState
+from ..merkle import leaf_hash
 from ..records.seal import record_tag
+from ..tiles import TILE_WIDTH, iter_bundle
 from .base import Batch
 from .database_url import redact
 from .logtables import LogTables, TileRow, as_bytes
 from .migrations import migrate, require_current
+
+# (phase, done, total), as cli/progress.py draws it.
+Progress = Callable[[str, int, int], None]
 
 
 def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
@@ -100,6 +105,51 @@ class PostgresLog(LogTables):
         finally:
             conn.close()
         return cls(url)
+
+    @classmethod
+    def import_from(cls, url: str, source: LogTables, size: int, progress: Progress | None = None) -> None:
+        """Copy ``source``'s log up to ``size`` (its verified latest checkpoint) into an empty database, in one
+        transaction: all of it or none of it. Refuses (LogExists) a database that holds a log already.
+
+        Tiles, bundles and checkpoints are copied byte for byte; the lookups are rebuilt from the entries.
+        """
+        conn = _connect(url)
+        try:
+            _require_durable(conn, redact(url))
+            with conn.transaction(), conn.cursor() as cur:
+                migrate(conn)
+                held = conn.execute("SELECT value FROM log_meta WHERE key = 'origin'").fetchone()
+                if held is not None:
+                    raise LogExists(f"{redact(url)} already holds the log {held[0]}")
+                conn.execute("INSERT INTO log_meta VALUES ('origin', %s)", (source.origin,))
+                conn.execute("INSERT INTO log_head (size) VALUES (%s)", (size,))
+                with cur.copy("COPY checkpoints (size, note) FROM STDIN") as copy:
+                    for note in source.checkpoints():
+                        checkpoint_size = int(note.split(b"\n", 2)[1])
+                        if checkpoint_size <= size:
+                            copy.write_row((checkpoint_size, note))
+                with cur.copy("COPY tiles (level, n, hashes, interior) FROM STDIN") as copy:
+                    for row in source.tile_rows():
+                        copy.write_row(row)
+                bundles = (size + TILE_WIDTH - 1) // TILE_WIDTH
+                for n in range(bundles):
+                    data = source.read_bundle(n)
+                    if data is None:
+                        raise UntrustedState(f"entry bundle {n} is missing from the source")
+                    entries = list(iter_bundle(data))
+                    cur.execute("INSERT INTO bundles (n, data) VALUES (%s, %s)", (n, data))
+                    with cur.copy("COPY leaf_index (leaf_hash, idx) FROM STDIN") as copy:
+                        for i, entry in enumerate(entries, n * TILE_WIDTH):
+                            copy.write_row((leaf_hash(entry), i))
+                    with cur.copy("COPY tag_index (tag, idx) FROM STDIN") as copy:
+                        for i, entry in enumerate(entries, n * TILE_WIDTH):
+                            tag = record_tag(entry)
+                            if tag is not None:
+                                copy.write_row((tag, i))
+                    if progress:
+                        progress("bundles", n + 1, bundles)
+        finally:
+            conn.close()
 
     def close(self) -> None:
         for conn in (self._read, self._write):
