@@ -213,7 +213,7 @@ async def test_wrong_method_is_json_405(server):
 async def test_health_and_metrics(server):
     await grow(server, [], 42)
     resp = await server.get("/health")
-    assert resp.status == 200 and (await resp.json()) == {"status": "ok", "size": 42}
+    assert resp.status == 200 and (await resp.json()) == {"status": "ok", "size": 42, "role": "sequencer", "storage": "sqlite"}
     text = await (await server.get("/metrics")).text()
     assert "pacspace_tree_size 42" in text
     assert "pacspace_appends_total 42" in text

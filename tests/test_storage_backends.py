@@ -249,6 +249,11 @@ async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_s
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_health(f"http://127.0.0.1:{port}")
+        import json
+        import urllib.request
+
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())
+        assert health == {"status": "ok", "size": 1000, "role": "sequencer", "storage": "postgresql"}
         async with PacspaceClient(f"http://127.0.0.1:{port}", "tok-acme") as c:
             served = open_checkpoint(await c.checkpoint(), signer.verifier)
             assert (served.size, served.root_hash) == (before.size, before.root_hash)

@@ -157,7 +157,9 @@ SPEC: dict[str, Any] = {
             _object({"old": INDEX, "size": INDEX, "hashes": {"type": "array", "items": HASH}}))}, params=("old", "size"))},
         "/health": {"get": {"summary": "Liveness", "responses": {
             "4XX": ERRORS["4XX"],
-            **{code: _answer(_object({"status": {"type": "string", "enum": ["ok", "failing"]}, "size": INDEX}))
+            **{code: _answer(_object({"status": {"type": "string", "enum": ["ok", "failing"]}, "size": INDEX,
+                                      "role": {"type": "string", "enum": ["sequencer", "frontend"]},
+                                      "storage": {"type": "string", "enum": ["sqlite", "postgresql"]}}))
                for code in ("200", "503")}}}},
         "/metrics": {"get": _op("Prometheus metrics", {"200": _answer(TEXT, "text/plain")})},
         "/openapi.json": {"get": _op("This document", {"200": _answer({"type": "object"})})},

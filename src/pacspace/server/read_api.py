@@ -248,9 +248,12 @@ async def get_consistency(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     service = _service(request)
+    # Every `serve` sequences the log it opened (one per data directory, under its lock); "frontend" is for
+    # the serving processes that will not (issue 18). "storage": where the log's tables are.
+    body = {"size": service.sequencer.latest.size, "role": "sequencer", "storage": service.store.engine}
     if request.app[FATAL]:
-        return web.json_response({"status": "failing", "size": service.sequencer.latest.size}, status=503)
-    return web.json_response({"status": "ok", "size": service.sequencer.latest.size})
+        return web.json_response({"status": "failing", **body}, status=503)
+    return web.json_response({"status": "ok", **body})
 
 
 async def get_metrics(request: web.Request) -> web.Response:

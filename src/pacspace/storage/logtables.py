@@ -36,6 +36,8 @@ class LogTables(ABC):
     """LogReader and LogWriter (storage/base.py) over a backend's row reads and atomic batch commits."""
 
     origin: str
+    # Which engine holds the tables ("sqlite", "postgresql"): for /health and the operator.
+    engine: str
 
     def __init__(self, *, writable: bool) -> None:
         self.writable = writable

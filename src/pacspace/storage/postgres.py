@@ -64,6 +64,8 @@ def _require_durable(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> N
 class PostgresLog(LogTables):
     """A log's tables in a PostgreSQL database; implements LogReader and LogWriter."""
 
+    engine = "postgresql"
+
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         super().__init__(writable=not readonly)
         self.url = url

@@ -83,6 +83,8 @@ class SqliteLog(LogTables):
     sequencer's worker thread).
     """
 
+    engine = "sqlite"
+
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         super().__init__(writable=not readonly)
         self.path = path
