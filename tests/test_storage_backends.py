@@ -12,7 +12,7 @@ import pytest
 
 from pacspace.checkpoint import open_checkpoint
 from pacspace.datadir import init_log, load_signer, load_state, open_log
-from pacspace.errors import CheckpointConflict, LogExists, UntrustedState
+from pacspace.errors import CheckpointConflict, LogExists, LogLocked, UntrustedState
 from pacspace.merkle import inclusion_proof, leaf_hash, verify_inclusion
 from pacspace.records.seal import entry_from_ct_hash, record_tag
 from pacspace.sequencer import Sequencer, SequencerConfig
@@ -126,20 +126,25 @@ def _batch_after(store, signer, old_size: int, payload: bytes) -> Batch:  # type
                  checkpoint.format(), [payload])
 
 
-def test_postgres_two_writers_never_both_commit_one_size(tmp_path, postgres_url):
+def test_postgres_has_one_writer_and_a_stale_one_never_commits_a_second_checkpoint_of_a_size(tmp_path, postgres_url):
     init_log(tmp_path, ORIGIN, T0, postgres_url)
     signer = load_signer(tmp_path)
-    first, second = PostgresLog(postgres_url), PostgresLog(postgres_url)
-    mine, theirs = _batch_after(first, signer, 0, b"mine"), _batch_after(second, signer, 0, b"theirs")
+    reader = PostgresLog(postgres_url, readonly=True)
+    # Both batches extend size 0: the second is what a writer holding stale state would commit.
+    mine, theirs = _batch_after(reader, signer, 0, b"mine"), _batch_after(reader, signer, 0, b"theirs")
+    first = PostgresLog(postgres_url)
+    with pytest.raises(LogLocked, match="another process is the writer"):
+        PostgresLog(postgres_url)
     first.commit(mine)
+    first.close()  # its session, and with it the writer's lock, ends (as when its process dies)
+    second = PostgresLog(postgres_url)
     with pytest.raises(CheckpointConflict, match="size 1"):
         second.commit(theirs)
     # The refused batch left nothing: one checkpoint of size 1, and its leaf is not findable.
-    reader = PostgresLog(postgres_url, readonly=True)
     assert reader.checkpoint_count() == 2
     assert reader.find_leaf(leaf_hash(b"mine"), 1) == 0 and reader.find_leaf(leaf_hash(b"theirs"), 1) is None
     assert load_state(reader, signer).size == 1
-    for store in (first, second, reader):
+    for store in (second, reader):
         store.close()
 
 

@@ -6,7 +6,9 @@ logtables.py. What differs, and why it is safe:
 - **Durability.** A commit is durable once COMMIT returns: the server's ``fsync`` must be on (checked when
   a writer connects, which refuses otherwise) and the session's ``synchronous_commit`` is never ``off``
   (set to ``on`` if the server's default is ``off``).
-- **One writer at a time.** A commit compare-and-swaps the one row of ``log_head`` from the batch's old
+- **One writer at a time.** The writer holds a session advisory lock (``WRITER_LOCK``) from the moment it
+  opens: a second one is refused (LogLocked), and the lock goes with the writer's connection when its
+  process dies. Behind that fence, a commit compare-and-swaps the one row of ``log_head`` from the batch's old
   size to its new one, inside the transaction that writes the batch. Two sequencers that both extend size
   N serialise on that row: the second finds the size moved, writes nothing and gets CheckpointConflict,
   so two checkpoints of one size can never both be stored.
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..errors import CheckpointConflict, LogExists, UntrustedState
+from ..errors import CheckpointConflict, LogExists, LogLocked, UntrustedState
 from ..merkle import leaf_hash
 from ..records.seal import record_tag
 from ..tiles import TILE_WIDTH, iter_bundle
@@ -39,6 +41,8 @@ from .database_url import redact
 from .logtables import LogTables, TileRow, as_bytes
 from .migrations import migrate, require_current
 
+# pg_try_advisory_lock key of the log's one writer ("pacswrit").
+WRITER_LOCK = 0x7061_6373_7772_6974
 # (phase, done, total), as cli/progress.py draws it.
 Progress = Callable[[str, int, int], None]
 
@@ -82,6 +86,11 @@ class PostgresLog(LogTables):
             if not readonly:
                 self._write = _connect(url)
                 _require_durable(self._write, redact(url))
+                # One writer per database, as the data directory's flock is one per directory: held by the
+                # write connection's session, so PostgreSQL releases it when the writer dies (kill -9 included).
+                held = self._write.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()
+                if held is None or not held[0]:
+                    raise LogLocked(f"another process is the writer of the log in {redact(url)}")
         except BaseException:
             self.close()
             raise
