@@ -27,9 +27,9 @@ def browser():
 @pytest.fixture(scope="session")
 def postgres():
     """One real PostgreSQL server for the whole run (tests/postgres_server.py), started on first use."""
-    from postgres_server import start_or_skip
+    from postgres_server import start_or_fail
 
-    server = start_or_skip()
+    server = start_or_fail()
     yield server
     server.stop()
 

@@ -3,7 +3,8 @@
 Debian's packages (`apt-get install postgresql`, which .ci/run does where they are missing) put the
 binaries in /usr/lib/postgresql/<version>/bin. PostgreSQL refuses to run as root, so as root the cluster
 belongs to the `postgres` user the package creates. fsync stays on: commits are tested as they run.
-Each test gets a database of its own (``PostgresServer.database``).
+Each test gets a database of its own (``PostgresServer.database``). Where PostgreSQL is not installed, the tests
+that need it fail, saying what to install: they never skip.
 """
 
 from __future__ import annotations
@@ -18,10 +19,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-# Set by .ci/run: there, a missing PostgreSQL is a failure, never a skip.
-IN_CI = "PACSPACE_CI" in os.environ
-
 
 def find_bindir() -> Path | None:
     config = shutil.which("pg_config")
@@ -81,11 +78,9 @@ class PostgresServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_or_skip() -> PostgresServer:
+def start_or_fail() -> PostgresServer:
+    """As the browser tests do (tests/browser.py): a missing server fails its tests, saying what to install."""
     bindir = find_bindir()
     if bindir is None:
-        message = "PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail("PostgreSQL is not installed: apt-get install postgresql (.ci/run installs it)")
     return PostgresServer(bindir)
