@@ -190,3 +190,14 @@ def test_every_command_that_reads_a_policy_refuses_a_duplicate_witness(tmp_path)
 def test_c2sp_tlog_policy_wants_exactly_one_quorum_line_and_no_control_characters(text, message):
     with pytest.raises(MalformedInput, match=message):
         parse_policy(text)
+
+
+def test_c2sp_tlog_policy_comments_are_whole_lines_and_words_split_on_spaces_and_tabs_only():
+    w1 = W1.cosignature_verifier.vkey()
+    policy = parse_policy(f"  # a comment line\nwitness w\t{w1}  https://w.example/#frag\n\t#another\nquorum w\n")
+    assert policy.witnesses["w"].url == "https://w.example/#frag"  # not a comment: a "#" inside a line is a word
+    with pytest.raises(MalformedInput, match="'witness <name> <cosignature vkey> \\[url\\]'"):
+        parse_policy(f"witness w {w1} https://w.example # a trailing comment is not C2SP\nquorum w\n")
+    # A no-break space is part of a word, not a separator: "w\u00a0x" is one (unknown) name.
+    with pytest.raises(MalformedInput, match="unknown quorum"):
+        parse_policy(f"witness w {w1}\nquorum w\u00a0x\n")

@@ -14,7 +14,7 @@ from helpers import closed_by_peer, free_port, new_log, read_answer, wait_for_he
 
 from pacspace.config import ServerConfig
 from pacspace.server.app import create_app
-from pacspace.server.protocol import FD_HEADROOM, MAX_OPEN_FILES, connection_cap
+from pacspace.server.protocol import FD_HEADROOM, MAX_CONNECTIONS, MAX_OPEN_FILES, connection_cap
 
 
 async def serve(aiohttp_client, tmp_path, **limits):  # type: ignore[no-untyped-def]
@@ -54,7 +54,8 @@ async def test_past_the_connection_cap_the_longest_idle_connections_go_and_a_new
 def test_the_default_connection_cap_leaves_room_for_the_servers_own_files():
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert ServerConfig().max_connections is None
-    assert connection_cap(None) == connection_cap(soft) == max(soft - FD_HEADROOM, 16)
+    assert connection_cap(None) == connection_cap(soft) == min(max(soft - FD_HEADROOM, 16), MAX_CONNECTIONS)
+    assert connection_cap(524_288) == MAX_CONNECTIONS == 16384  # systemd's common hard limit: memory bounds it
     assert connection_cap(1024) == 1024 - FD_HEADROOM
     assert connection_cap(50) == 16  # a tiny limit still serves a few
 

@@ -276,3 +276,110 @@ async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_s
     verify_consistency(before.size, after.size, before.root_hash, after.root_hash,
                        consistency_proof(before.size, after.size, grown))
     grown.close()
+
+
+def test_a_directory_whose_log_is_in_a_database_never_gets_a_second_log(tmp_path, postgres, postgres_url):
+    """Neither beside it (init without --database), nor again in a database that lost it."""
+    import os
+
+    from helpers import cli
+
+    env = {k: v for k, v in os.environ.items() if k != "PACSPACE_DATABASE"}
+    data = tmp_path / "data"
+    cli("init", "--data", str(data), "--database", postgres_url, env=env)
+    refused = cli("init", "--data", str(data), env=env, code=1)
+    assert "was created in" in refused.stderr and not (data / "log.db").exists()
+    # The database loses the log (dropped, restored empty, another server behind the URL): never re-created.
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE log_meta, log_head, tiles, bundles, checkpoints, leaf_index, tag_index, pacspace_schema")
+    refused = cli("init", "--data", str(data), "--database", postgres_url, env=env, code=1)
+    assert "restore it from a backup" in refused.stderr
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('log_meta')").fetchone()[0] is None  # nothing created
+    # The directory's other tables (parties) are still managed there.
+    other = tmp_path / "other"
+    cli("init", "--data", str(other), "--database", postgres.database(), env=env)
+    added = cli("admin", "party", "add", "acme", "--role", "provider", "--data", str(other), env=env)
+    assert added.stdout.startswith("pst_")
+
+
+def test_an_init_that_crashed_after_creating_the_tables_is_completed_not_refused(tmp_path, postgres_url):
+    from pacspace.datadir import PENDING_NAME
+
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    # As if the crash came between the tables' commit and the rename of the pending mark.
+    (tmp_path / "database").rename(tmp_path / PENDING_NAME)
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    assert (tmp_path / "database").exists() and not (tmp_path / PENDING_NAME).exists()
+    store = PostgresLog(postgres_url, readonly=True)
+    assert store.checkpoint_count() == 1
+    store.close()
+
+
+def test_postgres_writer_migrates_an_older_schema_and_readers_wait_for_it(tmp_path, postgres_url, monkeypatch):
+    from pacspace.storage import migrations
+
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    newer = migrations.Migration(LATEST + 1, "a column from a newer pacspace", "ALTER TABLE log_meta ADD COLUMN note text")
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, newer))
+    monkeypatch.setattr(migrations, "LATEST", LATEST + 1)
+    with pytest.raises(UntrustedState, match=f"version {LATEST}; start `pacspace serve"):
+        PostgresLog(postgres_url, readonly=True)
+    PostgresLog(postgres_url).close()  # the writer migrates
+    reader = PostgresLog(postgres_url, readonly=True)
+    assert reader.origin == ORIGIN
+    reader.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT max(version) FROM pacspace_schema").fetchone()[0] == LATEST + 1
+
+
+def test_urls_lose_their_passwords_in_every_libpq_form():
+    assert redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert redact("postgresql://u:pw@h1:5432,h2:5433/db") == "postgresql://u:***@h1:5432,h2:5433/db"
+    assert redact("postgresql://u@h/db?sslmode=require&password=pw") == "postgresql://u@h/db?sslmode=require&password=***"
+    assert redact("postgres://u@h/db?sslpassword=x&a=b") == "postgres://u@h/db?sslpassword=***&a=b"
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+async def test_fsck_on_postgres_finds_a_lost_lookup_row(tmp_path, postgres_url):
+    from pacspace.fsck import fsck
+
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    signer = load_signer(tmp_path)
+    store = open_log(tmp_path, postgres_url)
+    await _sequence(store, signer, [[_record_entry(i) for i in range(10)]])
+    store.close()
+    reader = PostgresLog(postgres_url, readonly=True)
+    assert fsck(reader, signer.verifier).ok
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM leaf_index WHERE idx = 7")
+        conn.execute("DELETE FROM tag_index WHERE idx = 6")
+    report = fsck(reader, signer.verifier)
+    assert not report.ok
+    assert any("entry 7 is not found by its hash" in f for f in report.faults)
+    assert any("entry 6 is not found by its tag" in f for f in report.faults)
+    reader.close()
+
+
+def test_an_empty_database_variable_serves_sqlite_from_every_worker(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from helpers import cli, free_port, wait_for_health
+
+    env = {**os.environ, "PACSPACE_DATABASE": ""}
+    cli("init", "--data", str(tmp_path / "d"), env=env)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(tmp_path / "d"), "--port",
+                               str(port), "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}")
+        for _ in range(4):  # answered by the workers in turn
+            health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())
+            assert health["storage"] == "sqlite" and health["status"] == "ok"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

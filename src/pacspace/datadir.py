@@ -19,8 +19,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .checkpoint import Checkpoint, SignedCheckpoint, check_origin, open_checkpoint, sign_checkpoint
-from .durable import write_new_file
-from .errors import LogExists, LogLocked, LogNotFound, MalformedNote, UntrustedState
+from .durable import fsync_dir, write_new_file
+from .errors import LogExists, LogLocked, LogNotFound, MalformedNote, PacspaceError, UntrustedState
 from .merkle import EMPTY_ROOT, leaf_hash
 from .note import NoteSigner
 from .storage.database_url import redact
@@ -31,8 +31,10 @@ from .tiles import TILE_WIDTH, iter_bundle, root_from_edge
 log = logging.getLogger("pacspace.storage")
 
 KEY_NAME = "log.key"
-# With `--database`: the (password-free) URL of the database whose log this directory's key signs.
+# With `--database`: the (password-free) URL of the database whose log this directory's key signs; while the
+# log is being created there, under the pending name (_init_in_database).
 DATABASE_NAME = "database"
+PENDING_NAME = "database.pending"
 LOCK_NAME = "lock"
 DEFAULT_ORIGIN = "localhost/pacspace"
 # tlog-checkpoint: the origin is a schema-less URL; we keep to URL-safe characters.
@@ -80,6 +82,11 @@ def init_log(data_dir: Path, origin: str, timestamp: int, database: str | None =
     try:
         if (data_dir / DB_NAME).exists():
             raise LogExists(f"a log already exists at {data_dir}; refusing to touch it")
+        for mark in (data_dir / DATABASE_NAME, data_dir / PENDING_NAME):
+            if mark.exists() and (database is None or mark.name == DATABASE_NAME):
+                raise LogExists(f"the log of {data_dir} was created in {mark.read_text().strip()}; if that database "
+                                "lost it, restore it from a backup: creating it again would sign a second history "
+                                "with the same key")
         if (data_dir / KEY_NAME).exists():
             signer = load_signer(data_dir)
             if signer.name != origin:
@@ -94,26 +101,52 @@ def init_log(data_dir: Path, origin: str, timestamp: int, database: str | None =
         if database is None:
             SqliteLog.create(data_dir, origin, first.format()).close()
         else:
-            _init_in_database(data_dir, database, origin, first.format())
+            _init_in_database(data_dir, database, signer, first.format())
     finally:
         lock.close()
     return signer
 
 
-def _init_in_database(data_dir: Path, database: str, origin: str, first_checkpoint: bytes) -> None:
+def _init_in_database(data_dir: Path, database: str, signer: NoteSigner, first_checkpoint: bytes) -> None:
     """The log's tables in PostgreSQL, its key in ``data_dir``, marked with the database's URL (no password).
 
-    The mark is written first: a crash before the tables are created leaves a mark and an empty database,
-    which the next ``init`` completes; a database that holds a log already is refused (LogExists).
+    Two steps, so that a log is created in a database once and only once:
+
+    1. ``PENDING_NAME`` names the database before anything is created there. A crash before step 2 leaves
+       it, and the next ``init`` (or first ``serve``) of the same database goes on: it creates the tables,
+       or finds the ones this key created (its origin, its size-0 checkpoint) and keeps them.
+    2. Once the tables are committed, the pending mark is renamed to ``DATABASE_NAME``. From then on, the
+       directory's log is that database's, and nothing creates it again: a database that lost it must be
+       restored, or it would sign a second history with the same key.
     """
     from .storage.postgres import PostgresLog
 
-    marker = data_dir / DATABASE_NAME
-    if not marker.exists():
-        write_new_file(marker, (redact(database) + "\n").encode(), mode=0o600)
-    elif marker.read_text().strip() != redact(database):
-        raise LogExists(f"{data_dir} already belongs to the log in {marker.read_text().strip()}")
-    PostgresLog.create(database, origin, first_checkpoint).close()
+    pending = data_dir / PENDING_NAME
+    if not pending.exists():
+        write_new_file(pending, (redact(database) + "\n").encode(), mode=0o600)
+    elif pending.read_text().strip() != redact(database):
+        raise LogExists(f"{data_dir} is being created in {pending.read_text().strip()}, not {redact(database)}")
+    try:
+        PostgresLog.create(database, signer.name, first_checkpoint).close()
+    except LogExists:
+        held = PostgresLog(database, readonly=True)
+        try:
+            # This key's log: its origin, and a size-0 checkpoint this key signed (a crash after step 1's commit).
+            open_checkpoint(held.checkpoint_at(0), signer.verifier)
+            ours = held.origin == signer.name
+        except PacspaceError:
+            ours = False
+        finally:
+            held.close()
+        if not ours:
+            raise
+    os.rename(pending, data_dir / DATABASE_NAME)
+    fsync_dir(data_dir)
+
+
+def has_log(data_dir: Path) -> bool:
+    """Whether the directory holds a log, in log.db or marked as created in a database (its records are here)."""
+    return (data_dir / DB_NAME).exists() or (data_dir / DATABASE_NAME).exists()
 
 
 def log_exists(data_dir: Path, database: str | None = None) -> bool:
@@ -123,10 +156,10 @@ def log_exists(data_dir: Path, database: str | None = None) -> bool:
 
     marked = (data_dir / DATABASE_NAME).exists()
     if database is None:
-        if marked:
-            where = (data_dir / DATABASE_NAME).read_text().strip()
-            raise MalformedInput(f"the log of {data_dir} is in the database {where}: give --database (or set "
-                                 "PACSPACE_DATABASE)")
+        for mark in (data_dir / DATABASE_NAME, data_dir / PENDING_NAME):
+            if mark.exists():
+                raise MalformedInput(f"the log of {data_dir} is in the database {mark.read_text().strip()}: give "
+                                     "--database (or set PACSPACE_DATABASE)")
         return (data_dir / DB_NAME).exists()
     if (data_dir / DB_NAME).exists():
         raise MalformedInput(f"{data_dir} holds a SQLite log: leave out --database to serve it")

@@ -13,10 +13,13 @@ is a group member at most once, and a witness may not hold a listed log's key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .errors import MalformedInput
 from .note import CosignatureVerifier, Ed25519Verifier, Note, parse_vkey
+
+_BLANKS = re.compile(r"[ \t]+")
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,10 @@ def parse_policy(text: str) -> Policy:
             hint = " (save the file with LF line ends)" if bad == "\r" else ""
             raise MalformedInput(f"policy line {number}: control character {bad!r}: C2SP tlog-policy allows only tab "
                                  f"and newline{hint}")
-        words = raw.split("#", 1)[0].split()
-        if not words:
+        # C2SP tlog-policy: words are separated by spaces and tabs only (other octets, non-ASCII ones included,
+        # are part of words), and a comment is a whole line whose first non-blank character is "#".
+        words = [w for w in _BLANKS.split(raw) if w]
+        if not words or words[0].startswith("#"):
             continue
         where = f"policy line {number}"
         keyword = words[0]

@@ -375,7 +375,13 @@ class Sequencer:
     def _stop(self, in_flight: list[_Submission], exc: BaseException) -> None:
         self._stopped = exc
         pool, self._pool, self._pending = self._pool, [], 0
-        for sub in in_flight + pool:
+        # A batch in flight may have been committed (storage can fail after COMMIT took effect, e.g. a
+        # connection lost while PostgreSQL answered it): its submitters cannot be told "not appended".
+        for sub in in_flight:
+            if not sub.future.done():
+                sub.future.set_exception(SequencerStopped("the sequencer stopped while committing the entry: it may "
+                                                          "be in the log; the next start settles it"))
+        for sub in pool:
             if not sub.future.done():
                 sub.future.set_exception(SequencerStopped("the sequencer stopped; the entry was not appended"))
 

@@ -9,7 +9,7 @@ import secrets
 import sys
 import time
 
-from ..datadir import log_exists
+from ..datadir import has_log
 from ..errors import LogNotFound, MalformedInput
 from ..storage.record_values import UnknownParty
 from ..storage.records import RecordStore
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _store(args: argparse.Namespace) -> RecordStore:
-    if not log_exists(args.data):
+    if not has_log(args.data):
         raise LogNotFound(f"no log at {args.data} (run `pacspace init --data {args.data}` or `pacspace serve`)")
     return RecordStore(args.data)
 

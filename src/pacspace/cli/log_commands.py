@@ -18,7 +18,7 @@ from ..fsck import fsck, fsck_records
 from ..note import Ed25519Verifier, parse_vkey
 from ..sequencer import SequencerConfig
 from ..storage.records import RECORDS_NAME, RecordStore
-from ..storage.database_url import redact
+from ..storage.database_url import has_password, redact
 from .argtypes import port, seconds, whole
 from .listen import listen
 from .progress import ProgressBar
@@ -152,7 +152,8 @@ def database_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--database",
         metavar="URL",
-        help=f"keep the log's tables in this PostgreSQL database, postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME "
+        help=f"keep the log's tables in this PostgreSQL database, postgresql://USER@HOST[:PORT]/NAME (a password: "
+        f"in ${DATABASE_ENV} or ~/.pgpass, never on the command line, which ps shows) "
         f"(needs pip install 'pacspace[postgres]'); DIR then holds the log key, and records, parties and "
         f"relationships for now (docs/operations.md) (default: ${DATABASE_ENV} if set, else SQLite in DIR)",
     )
@@ -165,6 +166,9 @@ def database_url(args: argparse.Namespace) -> str | None:
         return None
     if not url.startswith(("postgresql://", "postgres://")):
         raise MalformedInput("--database takes a postgresql:// URL")
+    if args.database and has_password(args.database):
+        print("pacspace: warning: a password in --database is visible to every user of this machine (ps); set "
+              f"{DATABASE_ENV} or use ~/.pgpass instead", file=sys.stderr)
     try:
         import psycopg  # noqa: F401
     except ImportError:

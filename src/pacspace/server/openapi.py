@@ -101,7 +101,7 @@ def _param(name: str, where: str, schema: Schema, required: bool) -> Schema:
 
 # C2SP tlog-tiles paths in their one canonical form (tiles.parse_tile_path): level 0-63 or "entries", the index in
 # groups of three digits with no leading x000, and a partial tile's width 1-255.
-TILE_PATH = (r"^(entries|[0-9]|[1-5][0-9]|6[0-3])/(x([1-9][0-9]{2}|0[1-9][0-9]|00[1-9])/(x[0-9]{3}/){0,5})?[0-9]{3}"
+TILE_PATH = (r"^(entries|[0-9]|[1-5][0-9]|6[0-3])/(x([1-9][0-9]{2}|0[1-9][0-9]|00[1-9])/(x[0-9]{3}/){0,6})?[0-9]{3}"
              r"(\.p/([1-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5]))?$")
 PARAMS = {
     "rid": _param("rid", "path", RID, True),

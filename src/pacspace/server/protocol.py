@@ -43,6 +43,9 @@ log = logging.getLogger("pacspace.server")
 # listening and private sockets, the event loop's own, and connections to witnesses.
 FD_HEADROOM = 128
 MIN_CONNECTIONS = 16
+# However many descriptors the process may open (raise_open_file_limit takes the hard limit, often 524,288):
+# memory, not descriptors, bounds idle connections then, at several KB each.
+MAX_CONNECTIONS = 16384
 # What is read and dropped of a body nobody will read (the request was answered without it) before the
 # connection is closed: enough for a client to see its answer, too little to keep the server busy.
 LINGER_BYTES = 256 << 10
@@ -69,10 +72,11 @@ def raise_open_file_limit() -> int:
 
 
 def connection_cap(nofile: int | None = None) -> int:
-    """Connections one process may hold with ``nofile`` descriptors (default: its soft RLIMIT_NOFILE)."""
+    """Connections one process may hold with ``nofile`` descriptors (default: its soft RLIMIT_NOFILE), at most
+    MAX_CONNECTIONS."""
     if nofile is None:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return max(nofile - FD_HEADROOM, MIN_CONNECTIONS)
+    return min(max(nofile - FD_HEADROOM, MIN_CONNECTIONS), MAX_CONNECTIONS)
 
 
 @dataclass(frozen=True)

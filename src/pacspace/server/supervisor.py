@@ -93,7 +93,10 @@ class WorkerPool:
             argv += worker_limits_argv(self._config)
             try:
                 # The database URL may hold a password: in the environment, never in argv (which `ps` shows).
-                env = {**os.environ, DATABASE_ENV: self._config.database} if self._config.database else None
+                # Always set or unset: a worker never inherits another value than its parent's configuration.
+                env = {k: v for k, v in os.environ.items() if k != DATABASE_ENV}
+                if self._config.database:
+                    env[DATABASE_ENV] = self._config.database
                 self._procs.append(await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,), env=env))
             finally:
                 theirs.close()

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(
         data_dir=args.data, witness_policy=args.witness_policy, header_timeout=args.header_timeout,
         body_timeout=args.body_timeout, max_connections=args.max_connections, body_memory=args.body_memory,
-        log_rate=args.log_rate, database=os.environ.get(DATABASE_ENV),
+        log_rate=args.log_rate, database=os.environ.get(DATABASE_ENV) or None,
     )
     app = create_worker_app(config, WorkerLink(args.ipc, args.vkey, args.timestamp_vkey))
     channel = socket.socket(fileno=args.fd)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import re
+
+# The password of the user-info part (every libpq host list form: host, host:port, h1:p1,h2:p2), and the
+# query parameters that carry secrets.
+_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):[^@/?#]*@")
+_SECRET = re.compile(r"(?P<name>[?&](?:password|sslpassword)=)[^&#]*", re.IGNORECASE)
 
 
 def redact(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without its password, wherever libpq's URL syntax can hold one."""
+    return _SECRET.sub(r"\g<name>***", _USERINFO.sub(r"\g<head>:***@", url))
+
+
+def has_password(url: str) -> bool:
+    return redact(url) != url

@@ -1,8 +1,9 @@
 """The PostgreSQL schema, as numbered migrations applied in order, each once, each in its own transaction.
 
-``pacspace init --database URL`` applies every migration this version knows; a server refuses a database
-whose schema is newer than it knows (an older pacspace must not write rows it does not understand), and
-one that is older until ``init`` has brought it up to date. Migrations only ever get added to the end of
+``pacspace init --database URL`` applies every migration this version knows, and so does the log's writer
+(``serve``) when it opens a database of an older pacspace, before anything reads it. Every process refuses a
+database whose schema is newer than it knows (an older pacspace must not write rows it does not understand),
+and a reader (an HTTP worker, fsck) one that is older. Migrations only ever get added to the end of
 ``MIGRATIONS``: a released one is never edited.
 
 Pure data and two functions over a DB-API-shaped connection; psycopg is imported by storage/postgres.py.
@@ -72,8 +73,8 @@ def require_current(conn: Cursorish, where: str) -> None:
     if version == 0:
         raise UntrustedState(f"{where}: no pacspace log in this database (run `pacspace init --database ...`)")
     if version < LATEST:
-        raise UntrustedState(f"{where}: the database's schema is version {version}; run `pacspace init "
-                             f"--database ...` with this version to migrate it to {LATEST}")
+        raise UntrustedState(f"{where}: the database's schema is version {version}; start `pacspace serve "
+                             f"--database ...` of this version (the writer migrates it to {LATEST}) first")
 
 
 def migrate(conn: Cursorish) -> list[Migration]:

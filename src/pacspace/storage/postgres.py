@@ -25,6 +25,7 @@ batch's index rows in one round trip.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,7 +40,9 @@ from ..tiles import TILE_WIDTH, iter_bundle
 from .base import Batch
 from .database_url import redact
 from .logtables import LogTables, TileRow, as_bytes
-from .migrations import migrate, require_current
+from .migrations import migrate, require_current, schema_version
+
+log = logging.getLogger("pacspace.storage")
 
 # pg_try_advisory_lock key of the log's one writer ("pacswrit").
 WRITER_LOCK = 0x7061_6373_7772_6974
@@ -49,10 +52,20 @@ Progress = Callable[[str, int, int], None]
 
 def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="pacspace")
+        # TCP keepalives: a connection whose server vanished (a failover, a cut link) fails within a minute
+        # instead of hanging a reader forever.
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="pacspace",
+                               keepalives=1, keepalives_idle=20, keepalives_interval=5, keepalives_count=4)
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UntrustedState(f"cannot connect to {redact(url)}: {first}") from None
+
+
+def _connect_reader(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    conn = _connect(url)
+    # A read is a few index lookups: one that takes this long is stuck (a lock, a sick server), not slow.
+    conn.execute("SET statement_timeout = '30s'")
+    return conn
 
 
 def _require_durable(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> None:
@@ -73,16 +86,12 @@ class PostgresLog(LogTables):
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         super().__init__(writable=not readonly)
         self.url = url
-        self._read = _connect(url)
+        self._read = _connect_reader(url)
         self._read_lock = threading.Lock()
+        self._in_snapshot = False
         self._write: psycopg.Connection[tuple[Any, ...]] | None = None
         self._write_lock = threading.Lock()
         try:
-            require_current(self._read, redact(url))
-            origin = self._read.execute("SELECT value FROM log_meta WHERE key = 'origin'").fetchone()
-            if origin is None:
-                raise UntrustedState(f"{redact(url)}: the database has the schema but no log (run `pacspace init`)")
-            self.origin = str(origin[0])
             if not readonly:
                 self._write = _connect(url)
                 _require_durable(self._write, redact(url))
@@ -91,6 +100,17 @@ class PostgresLog(LogTables):
                 held = self._write.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()
                 if held is None or not held[0]:
                     raise LogLocked(f"another process is the writer of the log in {redact(url)}")
+                # The writer brings an older pacspace schema up to date, in one transaction, before anything
+                # reads it (as records.db is at start); a database pacspace never initialised is left alone.
+                if schema_version(self._write):
+                    with self._write.transaction():
+                        for step in migrate(self._write):
+                            log.info("migrated %s to schema version %d: %s", redact(url), step.version, step.description)
+            require_current(self._read, redact(url))
+            origin = self._read.execute("SELECT value FROM log_meta WHERE key = 'origin'").fetchone()
+            if origin is None:
+                raise UntrustedState(f"{redact(url)}: the database has the schema but no log (run `pacspace init`)")
+            self.origin = str(origin[0])
         except BaseException:
             self.close()
             raise
@@ -100,13 +120,16 @@ class PostgresLog(LogTables):
 
     @classmethod
     def create(cls, url: str, origin: str, first_checkpoint: bytes) -> PostgresLog:
-        """Bring the schema up to date and store the log with its size-0 checkpoint, in one transaction;
-        refuses (LogExists, changing nothing) if the database already holds a log."""
+        """Bring the schema up to date, then store the log with its size-0 checkpoint in one transaction;
+        refuses (LogExists, storing nothing) if the database already holds a log."""
         conn = _connect(url)
         try:
             _require_durable(conn, redact(url))
+            # The schema first, in a transaction of its own: a database that holds a log (refused below) still
+            # keeps the migrations it was brought up to date with.
             with conn.transaction():
                 migrate(conn)
+            with conn.transaction():
                 held = conn.execute("SELECT value FROM log_meta WHERE key = 'origin'").fetchone()
                 if held is not None:
                     raise LogExists(f"{redact(url)} already holds the log {held[0]}")
@@ -178,9 +201,10 @@ class PostgresLog(LogTables):
         try:
             return self._read.execute(sql, args)
         except psycopg.OperationalError:
-            if not self._read.closed and not self._read.broken:
+            # Inside a snapshot, a new connection would silently read another state: fail instead.
+            if self._in_snapshot or (not self._read.closed and not self._read.broken):
                 raise
-            self._read = _connect(self.url)
+            self._read = _connect_reader(self.url)
             return self._read.execute(sql, args)
 
     def _one(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...] | None:
@@ -243,20 +267,24 @@ class PostgresLog(LogTables):
 
     def index_coverage(self) -> tuple[int, int, int]:
         """Both lookups are written with each batch, so they cover the whole committed log."""
-        leaves = self._one("SELECT coalesce(max(idx) + 1, 0), count(*) FROM leaf_index")
+        # They claim the whole log, so fsck checks every entry against them: a missing row is a fault.
+        rows = self._one("SELECT count(*) FROM leaf_index")
         head = self._one("SELECT size FROM log_head")
-        assert leaves is not None and head is not None
-        return int(leaves[0]), int(leaves[1]), int(head[0])
+        assert rows is not None and head is not None
+        return int(head[0]), int(rows[0]), int(head[0])
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
         with self._read_lock:
             self._read.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._in_snapshot = True
         try:
             yield
         finally:
             with self._read_lock:
-                self._read.execute("COMMIT")
+                self._in_snapshot = False
+                if not self._read.closed and not self._read.broken:
+                    self._read.execute("COMMIT")
 
     # --- writes (LogTables) ------------------------------------------------------------------------
 
