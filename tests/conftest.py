@@ -40,6 +40,13 @@ def postgres_url(postgres) -> str:
     return postgres.database()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def log_database(request) -> str | None:
+    """Where a test's log keeps its tables: None (SQLite in the data directory) or a fresh PostgreSQL database.
+    A test or fixture that takes it runs once on each backend."""
+    return request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+
+
 @pytest.fixture(scope="session")
 def screenshots(tmp_path_factory, request):
     """Where the browser tests save their screenshots (printed at the end of the run)."""

@@ -17,9 +17,9 @@ def entry(i: int) -> bytes:
     return b"\x01" + digest + hashlib.sha256(digest).digest()
 
 
-def new_log(path: Path, origin: str = ORIGIN) -> str:
-    """Create a log; returns its vkey."""
-    return init_log(path, origin, int(time.time())).verifier.vkey()
+def new_log(path: Path, origin: str = ORIGIN, database: str | None = None) -> str:
+    """Create a log (its tables in ``database``, a PostgreSQL URL, if given); returns its vkey."""
+    return init_log(path, origin, int(time.time()), database).verifier.vkey()
 
 
 def reference_tile(leaf_hashes: list[bytes], level: int, n: int, width: int) -> bytes:

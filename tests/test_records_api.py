@@ -86,12 +86,15 @@ class World:
 
 
 @pytest.fixture
-async def world(aiohttp_client, tmp_path):
-    vkey = new_log(tmp_path)
-    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01)))
+async def world(aiohttp_client, tmp_path, log_database):
+    """The records API on each backend of the log's tables (log_database: SQLite, then PostgreSQL)."""
+    vkey = new_log(tmp_path, database=log_database)
+    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01),
+                                  database=log_database))
     client = await aiohttp_client(app)
     w = World(client, vkey, tmp_path)
     w.app = app
+    w.database, w.data_dir = log_database, tmp_path
     for who in w.tokens:
         await w.register(who)
     return w
@@ -138,8 +141,16 @@ async def test_the_server_never_sees_plaintext_or_keys(world):
     resp, g = await world.create()
     d1 = world.delta(1, body_hash(g.body), quantity="987654321")
     await world.post(d1)
-    data_dir = world.app[SERVICE].store.path.parent
-    everything = b"".join(p.read_bytes() for p in data_dir.iterdir() if p.is_file() and p.name != "log.key")
+    everything = b"".join(p.read_bytes() for p in world.data_dir.rglob("*") if p.is_file() and p.name != "log.key")
+    if world.database is not None:  # and every row of every table the log keeps in PostgreSQL
+        import psycopg
+
+        with psycopg.connect(world.database) as conn:
+            tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            assert "bundles" in tables
+            for table in tables:
+                for row in conn.execute(f"SELECT * FROM {table}"):
+                    everything += b"".join(v if isinstance(v, bytes) else str(v).encode() for v in row)
     assert b"987654321" not in everything
     assert b"llm.requests" not in everything
     assert world.rkeys.secret not in everything
@@ -367,15 +378,26 @@ async def test_a_repeated_tag_in_a_batch_refuses_only_its_relationships_records(
 
 
 async def test_records_whose_tags_cannot_be_checked_are_refused_and_forgotten(world):
-    """The tag index missed a committed batch (its flag says so): admission refuses with 503, nothing is kept,
-    and the same record goes in once the index can answer again."""
+    """The tag index missed a committed batch (its flag says so; on PostgreSQL, its table is gone for a while):
+    admission refuses with 503, nothing is kept, and the same record goes in once the index can answer again."""
     _, g = await world.create()
     d1 = world.delta(1, body_hash(g.body))
     service = world.app[SERVICE]
-    service.store.tags.broken = True
+
+    def tag_index(working: bool) -> None:
+        if world.database is None:
+            service.store.tags.broken = not working
+        else:
+            import psycopg
+
+            with psycopg.connect(world.database, autocommit=True) as conn:
+                names = ("tag_index_away", "tag_index") if working else ("tag_index", "tag_index_away")
+                conn.execute(f"ALTER TABLE {names[0]} RENAME TO {names[1]}")
+
+    tag_index(False)
     await error(await world.post(d1), 503, "admission_failed")
     assert service.records.unsettled() == [] and service.link.tags.claimed == 0
-    service.store.tags.broken = False
+    tag_index(True)
     assert (await world.post(d1)).status == 201
 
 
@@ -419,7 +441,7 @@ async def test_an_acknowledged_record_whose_settle_was_lost_is_settled_at_start(
     receipt = await resp.json()
     assert [r.seq for r in service.records.unsettled()] == [1]
     await world.http.close()
-    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01)))
+    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01), database=world.database))
     client = await aiohttp_client(app)
     rows = (await (await client.get("/v1/relationships/acme:rel-1/records", headers=world.auth("bob"))).json())["records"]
     assert [(r["seq"], r["index"]) for r in rows] == [(0, 0), (1, receipt["index"])]

@@ -24,11 +24,13 @@ SIZES = [1, 255, 256, 257, 65536, 70000]
 
 
 @pytest.fixture
-async def server(aiohttp_client, tmp_path):
-    vkey = new_log(tmp_path)
-    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01)))
+async def server(aiohttp_client, tmp_path, log_database):
+    """The app on each backend (log_database: SQLite, then PostgreSQL)."""
+    vkey = new_log(tmp_path, database=log_database)
+    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01), database=log_database))
     client = await aiohttp_client(app)
     client.vkey = vkey
+    client.storage = "sqlite" if log_database is None else "postgresql"
     client.sequencer = app[SERVICE].sequencer
     return client
 
@@ -213,7 +215,7 @@ async def test_wrong_method_is_json_405(server):
 async def test_health_and_metrics(server):
     await grow(server, [], 42)
     resp = await server.get("/health")
-    assert resp.status == 200 and (await resp.json()) == {"status": "ok", "size": 42, "role": "sequencer", "storage": "sqlite"}
+    assert resp.status == 200 and (await resp.json()) == {"status": "ok", "size": 42, "role": "sequencer", "storage": server.storage}
     text = await (await server.get("/metrics")).text()
     assert "pacspace_tree_size 42" in text
     assert "pacspace_appends_total 42" in text
