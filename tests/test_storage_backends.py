@@ -383,3 +383,56 @@ def test_an_empty_database_variable_serves_sqlite_from_every_worker(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+async def test_serve_refuses_storage_behind_or_beside_what_it_published(tmp_path, log_database):
+    """`DIR/published`: written by a real server, and a storage rollback (a restore, a lagging standby) found at
+    start, on each backend, with the operator told why; storage that caught up again serves."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from helpers import free_port, wait_for_health
+
+    from pacspace import highwater
+
+    data = tmp_path / "data"
+    init_log(data, ORIGIN, T0, log_database)
+    signer = load_signer(data)
+    store = open_log(data, log_database)
+    await _sequence(store, signer, [[b"entry %d" % i for i in range(10)]], clock=time.time)
+    root = open_checkpoint(store.latest_checkpoint(), signer.verifier).root_hash
+    store.close()
+    env = {k: v for k, v in os.environ.items() if k != "PACSPACE_DATABASE"}
+    if log_database:
+        env["PACSPACE_DATABASE"] = log_database
+
+    def serve() -> subprocess.CompletedProcess[str] | None:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port),
+                                 "--workers", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for_health(f"http://127.0.0.1:{port}", attempts=200)
+        except TimeoutError:
+            proc.wait(timeout=30)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, "", proc.stderr.read() if proc.stderr else "")
+        proc.terminate()
+        proc.wait(timeout=30)
+        return None
+
+    assert serve() is None
+    assert highwater.read(data) == highwater.Published(10, root)
+    highwater.write(data, highwater.Published(11, root))  # as if storage came back one entry short
+    refused = serve()
+    assert refused is not None and refused.returncode == 1
+    assert "behind size 11 that this server published" in refused.stderr
+    highwater.write(data, highwater.Published(10, bytes(32)))
+    refused = serve()
+    assert refused is not None and "another root at size 10" in refused.stderr
+    highwater.write(data, highwater.Published(5, open_checkpoint(
+        open_log(data, log_database, readonly=True).checkpoint_at(10), signer.verifier).root_hash))
+    refused = serve()  # size 5 was never published with that root (no checkpoint of size 5 was signed)
+    assert refused is not None and "not in storage" in refused.stderr
+    highwater.write(data, highwater.Published(10, root))
+    assert serve() is None

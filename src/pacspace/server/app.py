@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..appending import SETTLE_WAIT, Sequencing, TagGuard, reconcile
 from ..config import ServerConfig
+from .. import highwater
 from ..datadir import WriteLock, load_signer, load_state, open_log
 from ..errors import PacspaceError
 from ..sequencer import Sequencer
@@ -99,6 +100,7 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         signer = load_signer(config.data_dir)
         store = open_log(config.data_dir, config.database)
         state = load_state(store, signer)
+        highwater.check(config.data_dir, store, state.size, signer.verifier)
         records = RecordStore(config.data_dir)
         sequencer = Sequencer(store, signer, state, config.sequencer, clock=time.time)
         if config.witness_policy is not None:
@@ -117,13 +119,19 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(sequencer.run(), name="pacspace-sequencer")
         task.add_done_callback(lambda t: _on_sequencer_exit(app, t))
         writer_task = asyncio.create_task(writer.run(), name="pacspace-records-writer")
+
+        def published() -> highwater.Published:
+            return highwater.Published(sequencer.published.size, sequencer.published.root_hash)
+
+        marker_task = asyncio.create_task(highwater.remember(config.data_dir, published), name="pacspace-published")
         log.info("log %s open at size %d", signer.name, state.size)
         yield
         await sequencing.settled(SETTLE_WAIT)
         sequencing.abandon_settles()  # records.db will not take the write: start-up settles these rows from the log
         writer_task.cancel()
         task.cancel()
-        for t in (task, writer_task):
+        marker_task.cancel()
+        for t in (task, writer_task, marker_task):
             try:
                 await t
             except (asyncio.CancelledError, PacspaceError):
