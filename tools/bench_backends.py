@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import random
 import shutil
 import sys
@@ -30,24 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench_log import entries, pct  # noqa: E402  (the same entries and percentiles as the log's benchmark)
 from postgres_server import PostgresServer, find_bindir  # noqa: E402
 
 from pacspace.datadir import init_log, load_signer, load_state, open_log  # noqa: E402
 from pacspace.merkle import consistency_proof, inclusion_proof  # noqa: E402
 from pacspace.sequencer import Sequencer, SequencerConfig  # noqa: E402
-
-
-def entries(start: int, stop: int) -> list[bytes]:
-    out = []
-    for i in range(start, stop):
-        d = hashlib.sha256(i.to_bytes(8, "big")).digest()
-        out.append(b"\x01" + d + d[::-1])
-    return out
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
 class Backend:
