@@ -15,7 +15,9 @@ turns the common operator mistake into a clear refusal.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from .durable import fsync_dir
 from .errors import PacspaceError, UntrustedState
 from .note import Ed25519Verifier
 from .storage.logtables import LogTables
+
+log = logging.getLogger("pacspace.server")
 
 HIGH_WATER_NAME = "published"
 INTERVAL = 1.0
@@ -50,7 +54,8 @@ def read(data_dir: Path) -> Published | None:
 def write(data_dir: Path, published: Published) -> None:
     """Replace the file atomically and durably (write, fsync, rename, fsync the directory)."""
     path = data_dir / HIGH_WATER_NAME
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # A name of its own: the last write at shutdown may overlap the periodic one still in its thread.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, f"{published.size} {published.root.hex()}\n".encode())
@@ -94,8 +99,14 @@ async def remember(data_dir: Path, published: Callable[[], Published], interval:
         _write_if_grown(data_dir, published(), last)
 
 
-def _write_if_grown(data_dir: Path, now: Published, last: Published | None) -> Published:
+def _write_if_grown(data_dir: Path, now: Published, last: Published | None) -> Published | None:
+    """Write ``now`` if it is beyond ``last``; the newest written. A failed write (a full disk) is logged and
+    retried on the next round: it weakens the rollback check, and must not stop serving."""
     if last is None or now.size > last.size:
-        write(data_dir, now)
+        try:
+            write(data_dir, now)
+        except OSError as exc:
+            log.error("could not record the published checkpoint in %s: %s", data_dir / HIGH_WATER_NAME, exc)
+            return last
         return now
     return last

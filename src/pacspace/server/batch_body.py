@@ -160,5 +160,6 @@ def _broken_before_the_end(exc: json.JSONDecodeError, length: int) -> bool:
     """Whether a decode failed on what is there, not on the end of the text so far (more may follow).
 
     A string that is not closed yet is reported where it starts; anything else that more text could
-    mend is reported within an escape's length of the end."""
-    return not exc.msg.startswith("Unterminated string") and exc.pos < length - 6
+    mend is reported within the longest token's length of the end: ``-Infinity`` (json.loads takes it, as
+    it takes ``Infinity`` and ``NaN``), longer than an escape (``\\uXXXX``)."""
+    return not exc.msg.startswith("Unterminated string") and exc.pos < length - len("-Infinity")
