@@ -478,14 +478,17 @@ async def test_a_settle_that_fails_is_retried_until_the_record_reads_back(world,
     real_submit = service.sequencer.submit_many
     released = threading.Event()
 
+    # The store's busy timeout, 10 s, shortened to 0.2 s so that the blocker below outlasts it in a second.
+    service.records._conn.execute("PRAGMA busy_timeout = 200")
+
     async def submit_then_lock(entries):
         done = await real_submit(entries)
-        # Another writer takes records.db right after the commit and holds it past the 10 s busy timeout.
+        # Another writer takes records.db right after the commit and holds it past the busy timeout.
         blocker = sqlite3.connect(service.records.path, isolation_level=None, check_same_thread=False)
         blocker.execute("BEGIN IMMEDIATE")
 
         def release():
-            released.wait(10.5)
+            released.wait(1.0)
             blocker.execute("ROLLBACK")
             blocker.close()
 
@@ -563,9 +566,11 @@ async def test_bad_batch_items_beside_honest_writers_cost_only_their_own_request
         [], "x", None, 7,
     ]
 
-    async def flood():
-        statuses = []
-        for _ in range(30):
+    honest_done = asyncio.Event()
+
+    async def flood():  # twice through the shapes, then on while the honest writers write
+        statuses: list[int] = []
+        while len(statuses) < 2 * len(shapes) or not honest_done.is_set():
             for shape in shapes:
                 resp = await world.http.post("/v1/records", json={"records": [shape]}, headers=world.auth("acme"))
                 statuses.append(resp.status)
@@ -589,9 +594,17 @@ async def test_bad_batch_items_beside_honest_writers_cost_only_their_own_request
             prev_body = sealed.body
         return statuses
 
-    results = await asyncio.gather(*(flood() for _ in range(4)), *(honest(rid) for rid in heads))
+    async def all_honest():
+        try:
+            return await asyncio.gather(*(honest(rid) for rid in heads))
+        finally:
+            honest_done.set()
+
+    floods, honests = await asyncio.gather(asyncio.gather(*(flood() for _ in range(4))), all_honest())
+    results = [*floods, *honests]
     bad, good = [s for r in results[:4] for s in r], [s for r in results[4:] for s in r]
     assert all(s < 500 for s in bad), sorted(set(bad))
+    assert len([s for s in bad if s != 429]) >= 4 * 2 * len(shapes), "the flood was refused before its items were read"
     assert good == [201 if k % 2 else 200 for _ in heads for k in range(1, 16)]
     for rid in heads:
         rows = (await (await world.http.get(f"/v1/relationships/{rid}/records", headers=world.auth("carol"))).json())["records"]
