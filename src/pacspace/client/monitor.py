@@ -168,14 +168,19 @@ async def _chunk(ctx: Poll, infos: list[dict[str, Any]], report: PollReport) -> 
     await asyncio.gather(*(guarded(f, f.start) for f in followers))
     active = [f for f in followers if not f.done and f.outcome.detection is None and f.outcome.error is None]
     while active:
+        # Pages open in worker processes while the round's tiles are fetched, then while the pages opened
+        # before them are verified here, in order.
+        opening = [asyncio.ensure_future(_isolated(ctx, f, f.open_page)) for f in active]
         reader = TileReader(ctx.client, ctx.checkpoint.size, ctx.state, TILE_PARALLEL)
         tiles: TileReader | None = reader
         try:
             await reader.fetch({node for f in active for node in f.nodes(reader)})
         except PacspaceError:
             tiles = None  # every proof then comes from the log's proof endpoint, checked the same way
-        # Pages open in worker processes while the pages opened before them are verified here, in order.
-        opening = [asyncio.ensure_future(_isolated(ctx, f, f.open_page)) for f in active]
+        except BaseException:
+            for task in opening:
+                task.cancel()
+            raise
         for follower, opened in zip(active, opening):
             await opened
             if not follower.done:

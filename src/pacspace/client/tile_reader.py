@@ -58,6 +58,9 @@ class TileReader:
         # each is folded once. A wrong tile makes every path through it fail its root, never pass.
         self._ranges = RangeHashes()
         self._above: dict[int, list[Hash]] = {}  # a full level-0 tile's path above it, checked against the root
+        # A leaf's plan, by leaf: the relationships of one customer have records in the same tiles, and each
+        # relationship's pages plan them again.
+        self._plans: dict[int, list[Node]] = {}
 
     async def fetch(self, nodes: Iterable[Node]) -> None:
         """Have every tile these nodes lie in: from the cache if it holds the (full) tile, else from the log."""
@@ -106,7 +109,13 @@ class TileReader:
         """The nodes to fetch for these leaves' inclusion paths: for a leaf in a full tile, the tile's first
         leaf's path (one a tile is all ``inclusion_path`` folds), else the leaf's own."""
         leaves = {index if first < 0 else first for index in indexes for first in (self._first(index),)}
-        return {node for leaf in leaves for node in inclusion_proof_plan(leaf, self._size)}
+        nodes: set[Node] = set()
+        for leaf in leaves:
+            plan = self._plans.get(leaf)
+            if plan is None:
+                plan = self._plans[leaf] = inclusion_proof_plan(leaf, self._size)
+            nodes.update(plan)
+        return nodes
 
     def inclusion_path(self, index: int, leaf: bytes, root: bytes) -> list[Hash]:
         """Leaf ``index``'s inclusion path, checked to lead from ``leaf`` to ``root``: raises ProofError if not

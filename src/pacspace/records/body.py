@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Set as AbstractSet
 from dataclasses import dataclass, field
 import decimal
 from decimal import Decimal, InvalidOperation
@@ -101,7 +101,8 @@ def _dimensions(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-def _keys(obj: Any, required: set[str], optional: set[str] = frozenset(), what: str = "body") -> dict[str, Any]:  # type: ignore[assignment]
+def _keys(obj: Any, required: AbstractSet[str], optional: AbstractSet[str] = frozenset(),
+          what: str = "body") -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InvalidBody(f"{what} must be an object")
     missing = required - obj.keys()
@@ -111,6 +112,9 @@ def _keys(obj: Any, required: set[str], optional: set[str] = frozenset(), what: 
     if extra:
         raise InvalidBody(f"{what} has unknown fields {', '.join(sorted(extra))}")
     return obj
+
+
+_LINE_KEYS, _LINE_OPTIONAL = frozenset({"meter", "unit", "quantity", "dimensions"}), frozenset({"event_count", "late"})
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,7 @@ class Line:
 
     @classmethod
     def from_json(cls, obj: Any) -> Line:
-        _keys(obj, {"meter", "unit", "quantity", "dimensions"}, {"event_count", "late"}, "line")
+        _keys(obj, _LINE_KEYS, _LINE_OPTIONAL, "line")
         if "late" in obj and obj["late"] != "true":
             raise InvalidBody('a line\'s "late" flag is "true" or absent')
         count = obj.get("event_count")
@@ -333,7 +337,12 @@ def body_hash(encoded: bytes) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
-_COMMON = {"schema", "kind", "relationship", "seq", "prev", "record_id", "created_at"}
+_COMMON = frozenset({"schema", "kind", "relationship", "seq", "prev", "record_id", "created_at"})
+_GENESIS_KEYS = _COMMON | {"provider", "customer", "cadence", "billing_cycle"}
+_DELTA_KEYS = _COMMON | {"period", "window", "lines"}
+_CORRECTION_KEYS = _DELTA_KEYS | {"corrects"}
+_CLOSE_KEYS = _COMMON | {"period", "first_seq", "last_seq", "record_count", "chain_head", "totals"}
+_WINDOW_KEYS, _EVIDENCE = frozenset({"start", "end"}), frozenset({"evidence"})
 
 
 def decode_body(data: bytes) -> Body:
@@ -356,7 +365,7 @@ def decode_body(data: bytes) -> Body:
     )
     body: Body
     if kind == "genesis":
-        _keys(obj, _COMMON | {"provider", "customer", "cadence", "billing_cycle"})
+        _keys(obj, _GENESIS_KEYS)
         body = Genesis(
             common,
             PartyKeys.from_json(obj["provider"], "provider"),
@@ -365,9 +374,8 @@ def decode_body(data: bytes) -> Body:
             billing_cycle=obj["billing_cycle"],
         )
     elif kind in ("delta", "correction"):
-        extra = {"corrects"} if kind == "correction" else set()
-        _keys(obj, _COMMON | {"period", "window", "lines"} | extra, {"evidence"})
-        window = _keys(obj["window"], {"start", "end"}, what="window")
+        _keys(obj, _CORRECTION_KEYS if kind == "correction" else _DELTA_KEYS, _EVIDENCE)
+        window = _keys(obj["window"], _WINDOW_KEYS, what="window")
         if not isinstance(obj["lines"], list):
             raise InvalidBody("lines must be a list")
         body = Delta(
@@ -380,7 +388,7 @@ def decode_body(data: bytes) -> Body:
             corrects=_count(obj["corrects"], "corrects") if kind == "correction" else None,
         )
     else:
-        _keys(obj, _COMMON | {"period", "first_seq", "last_seq", "record_count", "chain_head", "totals"})
+        _keys(obj, _CLOSE_KEYS)
         if not isinstance(obj["totals"], list):
             raise InvalidBody("totals must be a list")
         body = Close(

@@ -30,7 +30,7 @@ def encode(value: JsonValue) -> bytes:
 def encode_checked(value: JsonValue) -> bytes:
     """``encode`` for a value known to hold only strings, booleans, None, lists and string-keyed objects
     (what ``decode`` returns, and what a body's to_json builds from its validated fields)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def _check(value: JsonValue) -> None:
@@ -58,18 +58,18 @@ def parse(data: bytes) -> JsonValue:
     built from the value and compares, which checks the form once instead of twice."""
     try:
         text = data.decode("utf-8")
-        return json.loads(
-            text,
-            parse_int=_no_numbers,
-            parse_float=_no_numbers,
-            parse_constant=_no_numbers,
-        )
+        return _DECODER.decode(text)
     except UnicodeDecodeError:
         raise NotCanonical("not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise NotCanonical(f"not JSON: {exc.msg}") from None
     except RecursionError:
         raise NotCanonical("JSON nested too deeply") from None
+
+
+# Built once, not per call (json.dumps and json.loads with options build one each time): both are immutable.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_DECODER = json.JSONDecoder(parse_int=_no_numbers, parse_float=_no_numbers, parse_constant=_no_numbers)
 
 
 def decode(data: bytes) -> JsonValue:
