@@ -126,6 +126,21 @@ def _batch_after(store, signer, old_size: int, payload: bytes) -> Batch:  # type
                  checkpoint.format(), [payload])
 
 
+def test_a_reader_that_loaded_the_state_sees_the_writers_later_commits(backend):
+    """A read-only store (an HTTP worker, fsck beside a live server) keeps no right-edge rows of its own: the
+    writer, in another process, rewrites them with each batch."""
+    data, database = backend
+    signer = load_signer(data)
+    reader, writer = open_log(data, database, readonly=True), open_log(data, database)
+    writer.commit(_batch_after(reader, signer, 0, b"one"))
+    assert load_state(reader, signer).size == 1
+    writer.commit(_batch_after(writer, signer, 1, b"two"))
+    state = load_state(reader, signer)
+    assert state.size == 2 and state.edge_entries == [b"one", b"two"]
+    writer.close()
+    reader.close()
+
+
 def test_postgres_has_one_writer_and_a_stale_one_never_commits_a_second_checkpoint_of_a_size(tmp_path, postgres_url):
     init_log(tmp_path, ORIGIN, T0, postgres_url)
     signer = load_signer(tmp_path)
@@ -145,6 +160,56 @@ def test_postgres_has_one_writer_and_a_stale_one_never_commits_a_second_checkpoi
     assert reader.find_leaf(leaf_hash(b"mine"), 1) == 0 and reader.find_leaf(leaf_hash(b"theirs"), 1) is None
     assert load_state(reader, signer).size == 1
     for store in (second, reader):
+        store.close()
+
+
+def _end_the_writers_session(url: str) -> None:
+    """What a PostgreSQL restart or failover does to the writer: its connection, and the lock its session held, end."""
+    from pacspace.storage.postgres import WRITER_NAME
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                              (WRITER_NAME,)).fetchall()
+    assert ended == [(True,)]
+
+
+def test_postgres_writer_connects_again_and_takes_its_lock_again_when_its_connection_is_lost(tmp_path, postgres_url):
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    signer = load_signer(tmp_path)
+    reader = PostgresLog(postgres_url, readonly=True)
+    writer = PostgresLog(postgres_url)
+    _end_the_writers_session(postgres_url)
+    writer.commit(_batch_after(reader, signer, 0, b"after the restart"))
+    assert load_state(reader, signer).size == 1 and reader.find_leaf(leaf_hash(b"after the restart"), 1) == 0
+    with pytest.raises(LogLocked):  # the new session holds the writer's lock again
+        PostgresLog(postgres_url)
+    # A batch whose COMMIT took effect but whose answer was lost with the connection: committing it again finds
+    # it already there, and neither fails nor writes it twice.
+    again = _batch_after(reader, signer, 1, b"answer lost")
+    writer.commit(again)
+    _end_the_writers_session(postgres_url)
+    writer._write_batch(again)  # what the retry after the lost answer does
+    assert load_state(reader, signer).size == 2 and reader.checkpoint_count() == 3
+    # Cosignatures stored after a lost connection land too.
+    _end_the_writers_session(postgres_url)
+    writer.replace_checkpoint(2, again.checkpoint + b"\n")
+    assert reader.latest_checkpoint() == again.checkpoint + b"\n"
+    writer.close()
+    reader.close()
+
+
+def test_postgres_writer_whose_lock_was_taken_while_it_was_cut_off_writes_nothing(tmp_path, postgres_url):
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    signer = load_signer(tmp_path)
+    reader = PostgresLog(postgres_url, readonly=True)
+    stale = PostgresLog(postgres_url)
+    _end_the_writers_session(postgres_url)
+    successor = PostgresLog(postgres_url)  # another process becomes the writer while the first is cut off
+    with pytest.raises(LogLocked, match="another process is the writer"):
+        stale.commit(_batch_after(reader, signer, 0, b"stale"))
+    successor.commit(_batch_after(reader, signer, 0, b"successor"))
+    assert reader.find_leaf(leaf_hash(b"stale"), 1) is None and reader.find_leaf(leaf_hash(b"successor"), 1) == 0
+    for store in (stale, successor, reader):
         store.close()
 
 

@@ -272,8 +272,9 @@ class LogTables(ABC):
                 )
             hashes = row[0]
             edge[level] = [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
-            with self._cache_lock:
-                self._edge_rows[(level, full_tile_count(size, level))] = row
+            if self.writable:  # a reader's edge rows would go stale as the writer, elsewhere, commits
+                with self._cache_lock:
+                    self._edge_rows[(level, full_tile_count(size, level))] = row
         return edge
 
     def commit(self, batch: Batch) -> None:

@@ -12,6 +12,11 @@ logtables.py. What differs, and why it is safe:
   size to its new one, inside the transaction that writes the batch. Two sequencers that both extend size
   N serialise on that row: the second finds the size moved, writes nothing and gets CheckpointConflict,
   so two checkpoints of one size can never both be stored.
+- **A lost connection is not a lost log.** If PostgreSQL drops the writer's connection (a restart, a
+  failover), its lock went with it: the writer connects again and must take the lock again before it writes
+  (LogLocked if another process took it meanwhile). A batch whose COMMIT was sent when the connection died
+  is looked for first (the head at its size, with its checkpoint) and written again only if it is not
+  there, so it is neither lost nor written twice.
 - **Lookups are transactional.** The leaf-hash and tag lookups are tables written in the batch's own
   transaction, not derived files: a committed leaf is findable at once, and nothing needs re-deriving at
   start (``catch_up_indexes`` has nothing to do).
@@ -46,19 +51,38 @@ log = logging.getLogger("pacspace.storage")
 
 # pg_try_advisory_lock key of the log's one writer ("pacswrit").
 WRITER_LOCK = 0x7061_6373_7772_6974
+WRITER_NAME = "pacspace writer"  # the writer's application_name, as pg_stat_activity shows it
+Connection = psycopg.Connection[tuple[Any, ...]]
 # (phase, done, total), as cli/progress.py draws it.
 Progress = Callable[[str, int, int], None]
 
 
-def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+def _connect(url: str, name: str = "pacspace") -> Connection:
+    """A connection named ``name`` in pg_stat_activity: "pacspace" for reads, WRITER_NAME for the writer."""
     try:
         # TCP keepalives: a connection whose server vanished (a failover, a cut link) fails within a minute
         # instead of hanging a reader forever.
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="pacspace",
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name=name,
                                keepalives=1, keepalives_idle=20, keepalives_interval=5, keepalives_count=4)
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UntrustedState(f"cannot connect to {redact(url)}: {first}") from None
+
+
+def _connect_writer(url: str) -> Connection:
+    """The writer's connection: durable settings checked, and the writer's lock held by its session."""
+    conn = _connect(url, WRITER_NAME)
+    try:
+        _require_durable(conn, redact(url))
+        # One writer per database, as the data directory's flock is one per directory: held by the write
+        # connection's session, so PostgreSQL releases it when the writer dies (kill -9 included).
+        held = conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()
+        if held is None or not held[0]:
+            raise LogLocked(f"another process is the writer of the log in {redact(url)}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _connect_reader(url: str) -> psycopg.Connection[tuple[Any, ...]]:
@@ -93,13 +117,7 @@ class PostgresLog(LogTables):
         self._write_lock = threading.Lock()
         try:
             if not readonly:
-                self._write = _connect(url)
-                _require_durable(self._write, redact(url))
-                # One writer per database, as the data directory's flock is one per directory: held by the
-                # write connection's session, so PostgreSQL releases it when the writer dies (kill -9 included).
-                held = self._write.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()
-                if held is None or not held[0]:
-                    raise LogLocked(f"another process is the writer of the log in {redact(url)}")
+                self._write = _connect_writer(url)
                 # The writer brings an older pacspace schema up to date, in one transaction, before anything
                 # reads it (as records.db is at start); a database pacspace never initialised is left alone.
                 if schema_version(self._write):
@@ -293,14 +311,39 @@ class PostgresLog(LogTables):
             raise UntrustedState("this log was opened read-only")
         return self._write
 
+    def _writing(self, work: Callable[[Connection], None], done: Callable[[Connection], bool]) -> None:
+        """``work`` in the writer's connection. If PostgreSQL drops that connection (a restart, a failover, a cut
+        link), the writer's lock went with its session: connect again and take the lock again (LogLocked if
+        another process took it meanwhile, and nothing is written), then, unless ``done`` finds that the lost
+        COMMIT took effect before its answer was lost, do ``work`` once more. A second failure is raised."""
+        with self._write_lock:
+            conn = self._writer()
+            try:
+                work(conn)
+                return
+            except psycopg.OperationalError as exc:
+                if not (conn.closed or conn.broken):
+                    raise
+                log.warning("the connection of the log's writer to %s was lost (%s): connecting again",
+                            redact(self.url), type(exc).__name__)
+            conn.close()
+            conn = self._write = _connect_writer(self.url)
+            if not done(conn):
+                work(conn)
+
     def replace_checkpoint(self, size: int, note: bytes) -> None:
-        conn = self._writer()
-        with self._write_lock, conn.transaction():
-            conn.execute("UPDATE checkpoints SET note = %s WHERE size = %s", (note, size))
+        def replace(conn: Connection) -> None:
+            with conn.transaction():
+                conn.execute("UPDATE checkpoints SET note = %s WHERE size = %s", (note, size))
+
+        self._writing(replace, lambda conn: False)  # the same UPDATE again changes nothing more
 
     def _write_batch(self, batch: Batch) -> None:
-        conn = self._writer()
-        with self._write_lock, conn.transaction():
+        self._writing(lambda conn: self._write_batch_in(conn, batch), lambda conn: _committed(conn, batch))
+
+    @staticmethod
+    def _write_batch_in(conn: Connection, batch: Batch) -> None:
+        with conn.transaction():
             # The compare-and-swap: holds the head row until COMMIT, so a second writer waits here, then
             # finds the size moved.
             moved = conn.execute("UPDATE log_head SET size = %s WHERE size = %s", (batch.new_size, batch.old_size))
@@ -326,6 +369,19 @@ class PostgresLog(LogTables):
                         if tag is not None:
                             copy.write_row((tag, i))
         # Durable from here: COMMIT returned with fsync on and synchronous_commit not off.
+
+
+def _committed(conn: Connection, batch: Batch) -> bool:
+    """Whether ``batch`` is the log's head already (its COMMIT took effect, and only its answer was lost); False if
+    the head is still the size it extends. Raises CheckpointConflict if the head is anything else."""
+    head = conn.execute("SELECT size FROM log_head").fetchone()
+    size = None if head is None else int(head[0])
+    if size == batch.old_size:
+        return False
+    stored = conn.execute("SELECT note FROM checkpoints WHERE size = %s", (batch.new_size,)).fetchone()
+    if size == batch.new_size and stored is not None and bytes(stored[0]) == batch.checkpoint:
+        return True
+    raise CheckpointConflict(f"stored checkpoint has size {size}, the batch extends size {batch.old_size}")
 
 
 if TYPE_CHECKING:  # PostgresLog implements both storage contracts: mypy checks it here.
