@@ -46,10 +46,18 @@ class PostgresServer:
         if self._as_root:
             shutil.chown(self.root, "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "pacspace", "-E", "UTF8", "--no-sync")
+        self.resume()
+        self._names = itertools.count()
+
+    def resume(self) -> None:
+        """Start the server (again, after ``halt``)."""
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60", "-o",
                   f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=on "
                   "-c max_connections=300 -c shared_buffers=64MB", "start")
-        self._names = itertools.count()
+
+    def halt(self) -> None:
+        """Stop the server as a restart or a failover does: every connection ends at once (its data stays)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def _run(self, program: str, *args: str) -> None:
         argv = [str(self.bindir / program), *args]

@@ -13,8 +13,8 @@ logtables.py. What differs, and why it is safe:
   N serialise on that row: the second finds the size moved, writes nothing and gets CheckpointConflict,
   so two checkpoints of one size can never both be stored.
 - **A lost connection is not a lost log.** If PostgreSQL drops the writer's connection (a restart, a
-  failover), its lock went with it: the writer connects again and must take the lock again before it writes
-  (LogLocked if another process took it meanwhile). A batch whose COMMIT was sent when the connection died
+  failover), its lock went with it: the writer connects again (waiting up to RECONNECT_WAIT for the server to
+  take connections) and must take the lock again before it writes (LogLocked if another process took it meanwhile). A batch whose COMMIT was sent when the connection died
   is looked for first (the head at its size, with its checkpoint) and written again only if it is not
   there, so it is neither lost nor written twice.
 - **Lookups are transactional.** The leaf-hash and tag lookups are tables written in the batch's own
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,8 @@ log = logging.getLogger("pacspace.storage")
 
 # pg_try_advisory_lock key of the log's one writer ("pacswrit").
 WRITER_LOCK = 0x7061_6373_7772_6974
+# How long the writer waits for a PostgreSQL that dropped its connection to take connections again.
+RECONNECT_WAIT, RECONNECT_PAUSE = 30.0, 0.5
 WRITER_NAME = "pacspace writer"  # the writer's application_name, as pg_stat_activity shows it
 Connection = psycopg.Connection[tuple[Any, ...]]
 # (phase, done, total), as cli/progress.py draws it.
@@ -327,9 +330,23 @@ class PostgresLog(LogTables):
                 log.warning("the connection of the log's writer to %s was lost (%s): connecting again",
                             redact(self.url), type(exc).__name__)
             conn.close()
-            conn = self._write = _connect_writer(self.url)
+            conn = self._write = self._reconnect_writer()
             if not done(conn):
                 work(conn)
+
+    def _reconnect_writer(self) -> Connection:
+        """The writer's connection again, waiting up to RECONNECT_WAIT for PostgreSQL to come back (a restart or a
+        failover takes seconds); meanwhile the sequencer's commit waits, and its submitters with it."""
+        deadline = time.monotonic() + RECONNECT_WAIT
+        while True:
+            try:
+                return _connect_writer(self.url)
+            except LogLocked:
+                raise
+            except UntrustedState:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(RECONNECT_PAUSE)
 
     def replace_checkpoint(self, size: int, note: bytes) -> None:
         def replace(conn: Connection) -> None:
