@@ -561,18 +561,20 @@ async def test_serve_rides_out_a_postgresql_restart(tmp_path, postgres, postgres
     try:
         wait_for_health(url)
         acme, bob = await register_two_homes(url, tmp_path)
-        async with PacspaceClient(url, "tok-acme", timeout=60) as c:
+        async with PacspaceClient(url, "tok-acme") as c:
             rid = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly"))["relationship"]
             view = await load_relationship(c, acme, rid, acme.log_key())
             await append_body(c, acme, view, delta(0))
-            postgres.halt()
-            try:
-                # Refused at once, saying so (503: the tag check against the log could not run); the client
-                # keeps the sealed record in its outbox.
+        postgres.halt()  # (a client of its own after it: stopping PostgreSQL can outlast the server's keep-alive)
+        try:
+            # Refused at once, saying so (503: the tag check against the log could not run); the client keeps
+            # the sealed record in its outbox.
+            async with PacspaceClient(url, "tok-acme") as c:
                 with pytest.raises(OutboxPending, match=r"nothing was appended \(HTTP 503, admission_failed\)"):
                     await append_body(c, acme, view, delta(1))
-            finally:
-                postgres.resume()
+        finally:
+            postgres.resume()
+        async with PacspaceClient(url, "tok-acme") as c:
             # The next command sends the outbox again: the record goes in once, at its seq.
             view = await load_relationship(c, acme, rid, acme.log_key())
             assert [r.seq for r in view.records] == [0, 1, 2]
