@@ -391,3 +391,38 @@ async def test_group_commit_signs_nothing_when_idle_and_at_most_one_batch_an_int
     batches = len(set(sizes))  # each batch is one checkpoint, answered with its size
     assert sorted(set(sizes))[-1] == 161
     assert batches <= elapsed / interval + 1, (batches, elapsed)
+
+
+@pytest.mark.parametrize("path", ["batch", "republish"])
+async def test_a_cosigned_checkpoint_that_cannot_be_stored_stops_the_sequencer_not_counted_as_a_witness_failure(
+        tmp_path, path, monkeypatch):
+    """The storage fails (here: the log's database turned read-only) as the witnesses' cosignatures are stored,
+    after the batch's commit, or at a later retry of an unpublished checkpoint: the sequencer stops with the
+    storage's error, as when a commit fails; it is not counted as a witness failure, and nothing goes on without
+    the storage."""
+    import pacspace.sequencer as sequencer_module
+    from pacspace.sequencer import StorageFailed
+    from pacspace.server.witnessing import WitnessQuorumFailed
+
+    monkeypatch.setattr(sequencer_module, "REPUBLISH_INTERVAL", 0.05)
+    new_log(tmp_path)
+    runner = Running(tmp_path)
+    calls = []
+
+    async def witness(checkpoint):  # a witness that answers (with no cosignature) after the storage broke
+        calls.append(checkpoint.size)
+        if path == "republish" and len(calls) == 1:
+            raise WitnessQuorumFailed("the witness is down")  # the batch stays unpublished: the retry stores
+        runner.store._write.execute("PRAGMA query_only = 1")
+        return checkpoint
+
+    runner.sequencer.witness = witness
+    async with runner as seq:
+        # Committed, but not published: "may be in the log", or, without the witnesses' quorum, their failure.
+        with pytest.raises(SequencerStopped if path == "batch" else WitnessQuorumFailed):
+            await seq.submit(entry(0))
+        with pytest.raises(StorageFailed, match="storing the cosigned checkpoint 1 failed"):
+            await asyncio.wait_for(asyncio.shield(runner.task), 10)
+        with pytest.raises(SequencerStopped):
+            await seq.submit(entry(1))
+        assert seq.metrics.witness_failures_total == (1 if path == "republish" else 0)

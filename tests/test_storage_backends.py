@@ -198,6 +198,83 @@ def test_postgres_writer_connects_again_and_takes_its_lock_again_when_its_connec
     reader.close()
 
 
+class _CuttableLink:
+    """A TCP relay to PostgreSQL that can cut its links as a failing network does to one side only: ``cut`` closes
+    the client's end of every link, while PostgreSQL's ends stay open, so their sessions (and any lock they hold)
+    live on until PostgreSQL notices, which can take hours. A misbehaving network, simulated."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self._upstream_port = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._links: list[tuple[socket.socket, socket.socket]] = []
+        self._kept: list[socket.socket] = []  # PostgreSQL's ends of cut links: open, silent
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._upstream_port))
+            with self._lock:
+                self._links.append((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        import socket
+
+        with self._lock:
+            links, self._links = self._links, []
+        for client, server in links:
+            client.shutdown(socket.SHUT_RDWR)
+            client.close()
+            self._kept.append(server)
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._kept:
+            sock.close()
+
+
+def test_postgres_writer_ends_its_own_lost_session_that_still_holds_the_lock(tmp_path, postgres, postgres_url):
+    """The link to PostgreSQL is cut on the writer's side only: PostgreSQL still sees the writer's old session,
+    holding the writer's lock. The writer ends that session (its own, by pid and start time), takes the lock and
+    commits; another process's session would never be ended (test_..._cut_off_writes_nothing)."""
+    init_log(tmp_path, ORIGIN, T0, postgres_url)
+    signer = load_signer(tmp_path)
+    reader = PostgresLog(postgres_url, readonly=True)
+    link = _CuttableLink(postgres.port)
+    writer = PostgresLog(postgres_url.replace(f":{postgres.port}/", f":{link.port}/"))
+    try:
+        link.cut()
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            assert admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted").fetchone() == (1,)
+        writer.commit(_batch_after(reader, signer, 0, b"after the cut"))
+        assert reader.find_leaf(leaf_hash(b"after the cut"), 1) == 0 and load_state(reader, signer).size == 1
+    finally:
+        writer.close()
+        reader.close()
+        link.close()
+
+
 def test_postgres_writer_waits_for_a_server_that_is_coming_back(tmp_path, postgres, postgres_url):
     import threading
     import time

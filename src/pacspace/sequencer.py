@@ -50,6 +50,11 @@ REPUBLISH_INTERVAL = 2.0
 MAINTENANCE_INTERVAL = 0.1
 
 
+class StorageFailed(RuntimeError):
+    """The log's storage failed outside a commit (storing a cosigned checkpoint): the sequencer stops. Not a
+    PacspaceError, so that no handler of witness failures takes it for one."""
+
+
 @dataclass(frozen=True)
 class SequencerConfig:
     # Group commit: a batch starts as soon as the pool holds something and the last batch started at
@@ -138,6 +143,7 @@ class Sequencer:
         self._pending = 0
         self._wake = asyncio.Event()
         self._stopped: BaseException | None = None
+        self._storage_failed: StorageFailed | None = None  # set by _republish; the run loop raises it
         # The commit runs in one worker thread so the event loop keeps serving reads during fsync.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacspace-sequencer")
         # Leaf-index flushes and WAL checkpoints run here, on the other core, never on the commit path.
@@ -254,9 +260,14 @@ class Sequencer:
         assert self.witness is not None
         async with self._witnessing:
             cosigned = await self.witness(checkpoint)
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.store.replace_checkpoint, cosigned.size, cosigned.format()
-            )
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.store.replace_checkpoint, cosigned.size, cosigned.format()
+                )
+            except Exception as exc:
+                # The storage failed, not the witnesses: the sequencer stops, as when a commit fails (its
+                # callers count and retry witness failures, a PacspaceError, and would go on without the storage).
+                raise StorageFailed(f"storing the cosigned checkpoint {cosigned.size} failed: {exc}") from exc
         return cosigned
 
     async def _republish(self) -> None:
@@ -276,6 +287,10 @@ class Sequencer:
                 self.metrics.witness_failures_total += 1
                 log.warning("checkpoint %d still lacks the witnesses' quorum: %s", latest.size, exc)
                 continue
+            except StorageFailed as exc:
+                self._storage_failed = exc  # the run loop stops the sequencer with it
+                self._wake.set()
+                return
             if cosigned.size > self.published.size:
                 self.published = cosigned
                 self.metrics.tree_size = cosigned.size
@@ -303,6 +318,8 @@ class Sequencer:
 
     async def _wait_for_batch(self) -> None:
         while not self._pool:
+            if self._storage_failed is not None:
+                raise self._storage_failed
             self._wake.clear()
             await self._wake.wait()
         deadline = self._batch_started + self.config.pool_interval

@@ -14,9 +14,11 @@ logtables.py. What differs, and why it is safe:
   so two checkpoints of one size can never both be stored.
 - **A lost connection is not a lost log.** If PostgreSQL drops the writer's connection (a restart, a
   failover), its lock went with it: the writer connects again (waiting up to RECONNECT_WAIT for the server to
-  take connections) and must take the lock again before it writes (LogLocked if another process took it meanwhile). A batch whose COMMIT was sent when the connection died
-  is looked for first (the head at its size, with its checkpoint) and written again only if it is not
-  there, so it is neither lost nor written twice.
+  take connections) and must take the lock again before it writes (LogLocked if another process took it
+  meanwhile). If its own earlier session still holds the lock (a link cut on the writer's side only), that
+  session is ended, by pid and start time, never another's. A batch whose COMMIT was sent when the
+  connection died is looked for first (the head at its size, with its checkpoint) and written again only if
+  it is not there, so it is neither lost nor written twice.
 - **Lookups are transactional.** The leaf-hash and tag lookups are tables written in the batch's own
   transaction, not derived files: a committed leaf is findable at once, and nothing needs re-deriving at
   start (``catch_up_indexes`` has nothing to do).
@@ -56,6 +58,7 @@ WRITER_LOCK = 0x7061_6373_7772_6974
 RECONNECT_WAIT, RECONNECT_PAUSE = 30.0, 0.5
 WRITER_NAME = "pacspace writer"  # the writer's application_name, as pg_stat_activity shows it
 Connection = psycopg.Connection[tuple[Any, ...]]
+Session = tuple[int, Any]  # a PostgreSQL session: (pid, backend_start)
 # (phase, done, total), as cli/progress.py draws it.
 Progress = Callable[[str, int, int], None]
 
@@ -63,29 +66,63 @@ Progress = Callable[[str, int, int], None]
 def _connect(url: str, name: str = "pacspace") -> Connection:
     """A connection named ``name`` in pg_stat_activity: "pacspace" for reads, WRITER_NAME for the writer."""
     try:
-        # TCP keepalives: a connection whose server vanished (a failover, a cut link) fails within a minute
-        # instead of hanging a reader forever.
+        # A connection whose server vanished (a failover, a cut link) fails within a minute instead of hanging
+        # forever: TCP keepalives while it is idle, and tcp_user_timeout while data it sent (a COMMIT) is
+        # unacknowledged, which keepalives do not cover.
         return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name=name,
-                               keepalives=1, keepalives_idle=20, keepalives_interval=5, keepalives_count=4)
+                               keepalives=1, keepalives_idle=20, keepalives_interval=5, keepalives_count=4,
+                               tcp_user_timeout=60_000)
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UntrustedState(f"cannot connect to {redact(url)}: {first}") from None
 
 
-def _connect_writer(url: str) -> Connection:
-    """The writer's connection: durable settings checked, and the writer's lock held by its session."""
+def _connect_writer(url: str, previous: Session | None = None) -> tuple[Connection, Session]:
+    """The writer's connection, with its session: durable settings checked, and the writer's lock held by the
+    session (``previous``: this writer's session before its connection was lost, which may still hold it)."""
     conn = _connect(url, WRITER_NAME)
     try:
         _require_durable(conn, redact(url))
         # One writer per database, as the data directory's flock is one per directory: held by the write
         # connection's session, so PostgreSQL releases it when the writer dies (kill -9 included).
-        held = conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()
-        if held is None or not held[0]:
+        if not _take_writer_lock(conn, previous):
             raise LogLocked(f"another process is the writer of the log in {redact(url)}")
+        row = conn.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+        if row is None:
+            raise UntrustedState(f"{redact(url)}: the writer's session is not in pg_stat_activity")
+        return conn, (int(row[0]), row[1])
     except BaseException:
         conn.close()
         raise
-    return conn
+
+
+def _take_writer_lock(conn: Connection, previous: Session | None) -> bool:
+    """Whether this session now holds the writer's lock. This writer's own earlier session may still hold it: a
+    connection the client lost (a cut link, a reset) that the server has not noticed yet. That session is ended;
+    PostgreSQL releases its lock only once its transaction, if one was in flight, has committed or rolled back,
+    so what that transaction did is settled before this session writes."""
+    if _try_lock(conn):
+        return True
+    if previous is None:
+        return False
+    try:
+        ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND "
+                             "backend_start = %s", previous).fetchone()
+    except psycopg.Error:  # not allowed to end it (another role): as if another process held the lock
+        return False
+    if ended is None or not ended[0]:
+        return False  # that session is gone: another process holds the lock
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if _try_lock(conn):
+            return True
+    return False
+
+
+def _try_lock(conn: Connection) -> bool:
+    held = conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()
+    return held is not None and bool(held[0])
 
 
 def _connect_reader(url: str) -> psycopg.Connection[tuple[Any, ...]]:
@@ -117,10 +154,11 @@ class PostgresLog(LogTables):
         self._read_lock = threading.Lock()
         self._in_snapshot = False
         self._write: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._session: Session | None = None  # the writer's (pid, backend_start)
         self._write_lock = threading.Lock()
         try:
             if not readonly:
-                self._write = _connect_writer(url)
+                self._write, self._session = _connect_writer(url)
                 # The writer brings an older pacspace schema up to date, in one transaction, before anything
                 # reads it (as records.db is at start); a database pacspace never initialised is left alone.
                 if schema_version(self._write):
@@ -340,10 +378,11 @@ class PostgresLog(LogTables):
         deadline = time.monotonic() + RECONNECT_WAIT
         while True:
             try:
-                return _connect_writer(self.url)
+                conn, self._session = _connect_writer(self.url, self._session)
+                return conn
             except LogLocked:
                 raise
-            except UntrustedState:
+            except (UntrustedState, psycopg.OperationalError):  # no server yet, or one that went away again
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(RECONNECT_PAUSE)
