@@ -111,6 +111,12 @@ async def test_each_backend_reopens_proves_and_finds_what_it_committed(backend):
     reader.close()
 
 
+def _new_postgres_log(data, url: str):  # type: ignore[no-untyped-def]
+    """A new log in the database at ``url`` (its key in ``data``): its signer, and a read-only store of it."""
+    init_log(data, ORIGIN, T0, url)
+    return load_signer(data), PostgresLog(url, readonly=True)
+
+
 def _batch_after(store, signer, old_size: int, payload: bytes) -> Batch:  # type: ignore[no-untyped-def]
     """The batch a sequencer at ``old_size`` would commit for one entry (built the way sequencer.py does)."""
     from pacspace.checkpoint import Checkpoint, sign_checkpoint
@@ -142,9 +148,7 @@ def test_a_reader_that_loaded_the_state_sees_the_writers_later_commits(backend):
 
 
 def test_postgres_has_one_writer_and_a_stale_one_never_commits_a_second_checkpoint_of_a_size(tmp_path, postgres_url):
-    init_log(tmp_path, ORIGIN, T0, postgres_url)
-    signer = load_signer(tmp_path)
-    reader = PostgresLog(postgres_url, readonly=True)
+    signer, reader = _new_postgres_log(tmp_path, postgres_url)
     # Both batches extend size 0: the second is what a writer holding stale state would commit.
     mine, theirs = _batch_after(reader, signer, 0, b"mine"), _batch_after(reader, signer, 0, b"theirs")
     first = PostgresLog(postgres_url)
@@ -174,9 +178,7 @@ def _end_the_writers_session(url: str) -> None:
 
 
 def test_postgres_writer_connects_again_and_takes_its_lock_again_when_its_connection_is_lost(tmp_path, postgres_url):
-    init_log(tmp_path, ORIGIN, T0, postgres_url)
-    signer = load_signer(tmp_path)
-    reader = PostgresLog(postgres_url, readonly=True)
+    signer, reader = _new_postgres_log(tmp_path, postgres_url)
     writer = PostgresLog(postgres_url)
     _end_the_writers_session(postgres_url)
     writer.commit(_batch_after(reader, signer, 0, b"after the restart"))
@@ -258,9 +260,7 @@ def test_postgres_writer_ends_its_own_lost_session_that_still_holds_the_lock(tmp
     """The link to PostgreSQL is cut on the writer's side only: PostgreSQL still sees the writer's old session,
     holding the writer's lock. The writer ends that session (its own, by pid and start time), takes the lock and
     commits; another process's session would never be ended (test_..._cut_off_writes_nothing)."""
-    init_log(tmp_path, ORIGIN, T0, postgres_url)
-    signer = load_signer(tmp_path)
-    reader = PostgresLog(postgres_url, readonly=True)
+    signer, reader = _new_postgres_log(tmp_path, postgres_url)
     link = _CuttableLink(postgres.port)
     writer = PostgresLog(postgres_url.replace(f":{postgres.port}/", f":{link.port}/"))
     try:
@@ -279,9 +279,7 @@ def test_postgres_writer_waits_for_a_server_that_is_coming_back(tmp_path, postgr
     import threading
     import time
 
-    init_log(tmp_path, ORIGIN, T0, postgres_url)
-    signer = load_signer(tmp_path)
-    reader = PostgresLog(postgres_url, readonly=True)
+    signer, reader = _new_postgres_log(tmp_path, postgres_url)
     batch = _batch_after(reader, signer, 0, b"waited")
     writer = PostgresLog(postgres_url)
     postgres.halt()
@@ -300,9 +298,7 @@ def test_postgres_writer_waits_for_a_server_that_is_coming_back(tmp_path, postgr
 
 
 def test_postgres_writer_whose_lock_was_taken_while_it_was_cut_off_writes_nothing(tmp_path, postgres_url):
-    init_log(tmp_path, ORIGIN, T0, postgres_url)
-    signer = load_signer(tmp_path)
-    reader = PostgresLog(postgres_url, readonly=True)
+    signer, reader = _new_postgres_log(tmp_path, postgres_url)
     stale = PostgresLog(postgres_url)
     _end_the_writers_session(postgres_url)
     successor = PostgresLog(postgres_url)  # another process becomes the writer while the first is cut off
