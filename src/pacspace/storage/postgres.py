@@ -125,14 +125,14 @@ def _try_lock(conn: Connection) -> bool:
     return held is not None and bool(held[0])
 
 
-def _connect_reader(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+def _connect_reader(url: str) -> Connection:
     conn = _connect(url)
     # A read is a few index lookups: one that takes this long is stuck (a lock, a sick server), not slow.
     conn.execute("SET statement_timeout = '30s'")
     return conn
 
 
-def _require_durable(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> None:
+def _require_durable(conn: Connection, where: str) -> None:
     fsync = conn.execute("SHOW fsync").fetchone()
     if fsync is None or fsync[0] != "on":
         raise UntrustedState(f"{where}: PostgreSQL runs with fsync off, so a committed record could be lost; "
@@ -153,7 +153,7 @@ class PostgresLog(LogTables):
         self._read = _connect_reader(url)
         self._read_lock = threading.Lock()
         self._in_snapshot = False
-        self._write: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._write: Connection | None = None
         self._session: Session | None = None  # the writer's (pid, backend_start)
         self._write_lock = threading.Lock()
         try:
@@ -347,7 +347,7 @@ class PostgresLog(LogTables):
 
     # --- writes (LogTables) ------------------------------------------------------------------------
 
-    def _writer(self) -> psycopg.Connection[tuple[Any, ...]]:
+    def _writer(self) -> Connection:
         if self._write is None:
             raise UntrustedState("this log was opened read-only")
         return self._write
