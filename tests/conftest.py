@@ -40,6 +40,25 @@ def postgres_url(postgres) -> str:
     return postgres.database()
 
 
+@pytest.fixture(scope="session")
+def s3():
+    """One real S3-compatible server (SeaweedFS, tests/s3_server.py) for the whole run, started on first use."""
+    from s3_server import start_s3
+
+    server = start_s3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch) -> dict[str, str]:
+    """The AWS_* variables of the run's S3 server, set in this process too (as an operator exports them)."""
+    env = s3.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def log_database(request) -> str | None:
     """Where a test's log keeps its tables: None (SQLite in the data directory) or a fresh PostgreSQL database.

@@ -453,7 +453,7 @@ def test_a_directory_whose_log_is_in_a_database_never_gets_a_second_log(tmp_path
     assert "was created in" in refused.stderr and not (data / "log.db").exists()
     # The database loses the log (dropped, restored empty, another server behind the URL): never re-created.
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("DROP TABLE log_meta, log_head, tiles, bundles, checkpoints, leaf_index, tag_index, pacspace_schema")
+        conn.execute("DROP TABLE log_meta, log_head, tiles, bundles, checkpoints, leaf_index, tag_index, objects, pacspace_schema")
     refused = cli("init", "--data", str(data), "--database", postgres_url, env=env, code=1)
     assert "restore it from a backup" in refused.stderr
     with psycopg.connect(postgres_url, autocommit=True) as conn:

@@ -42,6 +42,8 @@ class ServerConfig:
     # The PostgreSQL database that holds the log's tables (postgresql://...); None: SQLite in data_dir.
     # Kept out of repr: the URL may hold a password.
     database: str | None = field(default=None, repr=False)
+    # The object store (s3://BUCKET[/PREFIX]) to keep the log's tiles and bundles in from now on (storage/objects.py).
+    objects: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .checkpoint import Checkpoint, SignedCheckpoint, check_origin, open_checkpoint, sign_checkpoint
 from .durable import fsync_dir, write_new_file
-from .errors import LogExists, LogLocked, LogNotFound, MalformedNote, PacspaceError, UntrustedState
+from .errors import LogExists, LogLocked, LogNotFound, MalformedInput, MalformedNote, PacspaceError, UntrustedState
 from .merkle import EMPTY_ROOT, leaf_hash
 from .note import NoteSigner
 from .storage.database_url import redact
@@ -201,13 +201,17 @@ class WriteLock:
             self._fd = -1
 
 
-def open_log(data_dir: Path, database: str | None = None, *, readonly: bool = False) -> LogTables:
-    """The log's tables: in ``data_dir`` (SQLite), or in the PostgreSQL database at ``database``."""
+def open_log(data_dir: Path, database: str | None = None, *, readonly: bool = False,
+             objects: str | None = None) -> LogTables:
+    """The log's tables: in ``data_dir`` (SQLite), or in the PostgreSQL database at ``database``, with its tiles and
+    bundles in the object store ``objects`` (s3://...) from now on if given (the database remembers it)."""
     if database is None:
+        if objects is not None:
+            raise MalformedInput("--objects needs --database: an object store holds the bundles of a log in PostgreSQL")
         return SqliteLog.open(data_dir, readonly=readonly)
     from .storage.postgres import PostgresLog
 
-    return PostgresLog(database, readonly=readonly)
+    return PostgresLog(database, readonly=readonly, objects=objects)
 
 
 def load_state(store: LogTables, signer: NoteSigner) -> LogState:

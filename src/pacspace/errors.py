@@ -148,3 +148,19 @@ class LogLocked(PacspaceError):
 
     code = "log_locked"
     http_status = 500
+
+
+class ObjectStoreFailed(PacspaceError):
+    """The object store (``--objects s3://...``) could not be reached or refused a request; nothing is lost:
+    what it should hold stays in the database until it takes it."""
+
+    code = "object_store_failed"
+    http_status = 503
+
+
+class ObjectCorrupt(UntrustedState):
+    """An object in the object store does not match the log (a tampered or damaged tile or bundle); it is never
+    served, and never overwritten."""
+
+    code = "object_corrupt"
+    http_status = 502

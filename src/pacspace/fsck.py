@@ -51,6 +51,10 @@ def fsck(store: LogTables, log_key: Ed25519Verifier, progress: Progress | None =
             return report
         report.size = latest.size
         _check_tree(store, latest.size, report, progress)
+        try:
+            report.faults += store.object_faults()
+        except PacspaceError as exc:
+            report.faults.append(f"object store: {exc}")
         if report.ok:
             _check_checkpoints(store, log_key, report, progress)
     return report
@@ -66,7 +70,11 @@ def _check_tree(store: LogTables, size: int, report: FsckReport, progress: Progr
         hashes: list[bytes] = []
         for n in range(start, min(start + BUNDLES_PER_STEP, bundles)):
             expected = min(TILE_WIDTH, size - n * TILE_WIDTH)
-            data = store.read_bundle(n)
+            try:
+                data = store.read_bundle(n)
+            except PacspaceError as exc:  # an object store that is down, or holds a bundle that does not match
+                report.faults.append(f"entry bundle {n}: {exc}")
+                return
             entries = [] if data is None else list(iter_bundle(data))
             if len(entries) != expected:
                 report.faults.append(f"entry bundle {n}: {len(entries)} entries stored, {expected} expected")

@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     data_arg(p)
     database_arg(p)
+    p.add_argument(
+        "--objects",
+        metavar="s3://BUCKET[/PREFIX]",
+        help="with --database: keep the log's entry bundles and a copy of its tiles in this S3-compatible bucket "
+        "from now on (endpoint and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY); recorded in the database, so later runs and every other process use it without "
+        "the flag (docs/operations.md) (default: the store the database records, if any)",
+    )
     _origin_arg(p, None)
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     p.add_argument("--port", type=port, default=DEFAULT_PORT, help="port to listen on")
@@ -223,6 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = ServerConfig(
             database=database,
+            objects=args.objects,
             data_dir=_data_dir(args.data),
             host=args.host,
             port=args.port,

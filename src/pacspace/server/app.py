@@ -98,7 +98,7 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
     store = records = None
     try:
         signer = load_signer(config.data_dir)
-        store = open_log(config.data_dir, config.database)
+        store = open_log(config.data_dir, config.database, objects=config.objects)
         state = load_state(store, signer)
         highwater.check(config.data_dir, store, state.size, signer.verifier)
         records = RecordStore(config.data_dir)

@@ -292,6 +292,10 @@ class LogTables(ABC):
                     self._edge_rows[key] = row
         self._after_commit(batch)
 
+    def object_faults(self) -> list[str]:
+        """For fsck: what is wrong in the log's object store, if it has one."""
+        return []
+
     def _after_commit(self, batch: Batch) -> None:
         """Backend work once ``batch`` is durable (derived indexes kept outside the transaction); must not raise."""
 

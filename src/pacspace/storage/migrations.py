@@ -47,6 +47,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE TABLE tag_index (tag bytea NOT NULL, idx bigint NOT NULL);
         CREATE INDEX tag_index_tag ON tag_index (tag);
     """),
+    Migration(2, "an object store for tiles and entry bundles (--objects)", """
+        -- At most one row: the store (s3://BUCKET[/PREFIX]) and the tree size it holds every object of. The
+        -- full bundles below that size are no longer in ``bundles`` (storage/objects.py).
+        CREATE TABLE objects (
+            one boolean PRIMARY KEY DEFAULT true CHECK (one),
+            url text NOT NULL,
+            size bigint NOT NULL DEFAULT 0
+        );
+    """),
 )
 LATEST = MIGRATIONS[-1].version
 

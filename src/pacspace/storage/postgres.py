@@ -22,6 +22,9 @@ logtables.py. What differs, and why it is safe:
 - **Lookups are transactional.** The leaf-hash and tag lookups are tables written in the batch's own
   transaction, not derived files: a committed leaf is findable at once, and nothing needs re-deriving at
   start (``catch_up_indexes`` has nothing to do).
+- **An object store** (``--objects s3://...``, storage/objects.py) takes the entry bundles once a round of the
+  mirror has copied them there; a bundle that is no longer in ``bundles`` is read from the store and checked
+  against the level-0 tile before anything uses it.
 - **Reads** go through one connection in autocommit mode (each query sees everything committed before
   it), the commit through another; each is used by one thread at a time, under its lock.
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -44,11 +48,13 @@ import psycopg
 from ..errors import CheckpointConflict, LogExists, LogLocked, UntrustedState
 from ..merkle import leaf_hash
 from ..records.seal import record_tag
-from ..tiles import TILE_WIDTH, iter_bundle
+from ..tiles import TILE_WIDTH, TileRef, iter_bundle
 from .base import Batch
 from .database_url import redact
 from .logtables import LogTables, TileRow, as_bytes
 from .migrations import migrate, require_current, schema_version
+from .objects import ObjectMirror, check_bundle, check_store
+from .s3 import S3Bucket, S3Location
 
 log = logging.getLogger("pacspace.storage")
 
@@ -61,6 +67,8 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 Session = tuple[int, Any]  # a PostgreSQL session: (pid, backend_start)
 # (phase, done, total), as cli/progress.py draws it.
 Progress = Callable[[str, int, int], None]
+# Full bundles read back from the object store and checked, kept: they never change (~64 KiB to ~16 MiB).
+STORE_BUNDLE_CACHE = 256
 
 
 def _connect(url: str, name: str = "pacspace") -> Connection:
@@ -147,9 +155,14 @@ class PostgresLog(LogTables):
 
     engine = "postgresql"
 
-    def __init__(self, url: str, *, readonly: bool = False) -> None:
+    def __init__(self, url: str, *, readonly: bool = False, objects: str | None = None) -> None:
+        """``objects``: the object store (s3://...) to keep the log's tiles and bundles in from now on; once a log
+        has one, every process uses it without being told, and another one is refused."""
         super().__init__(writable=not readonly)
         self.url = url
+        self.objects: S3Bucket | None = None
+        self._mirror: ObjectMirror | None = None
+        self._store_bundles: OrderedDict[int, bytes] = OrderedDict()
         self._read = _connect_reader(url)
         self._read_lock = threading.Lock()
         self._in_snapshot = False
@@ -170,10 +183,33 @@ class PostgresLog(LogTables):
             if origin is None:
                 raise UntrustedState(f"{redact(url)}: the database has the schema but no log (run `pacspace init`)")
             self.origin = str(origin[0])
+            self._open_objects(objects)
         except BaseException:
             self.close()
             raise
 
+    def _open_objects(self, wanted: str | None) -> None:
+        """The log's object store: the one it has, or ``wanted``, which the writer records for every process."""
+        row = self._one("SELECT url FROM objects")
+        held = None if row is None else str(row[0])
+        if wanted is not None:
+            wanted = str(S3Location.parse(wanted))
+            if held is not None and held != wanted:
+                raise UntrustedState(f"the log's objects are in {held}, not {wanted}; a log keeps its object store")
+            if held is None:
+                if self._write is None:
+                    raise UntrustedState(f"the log has no object store yet: start `pacspace serve --objects {wanted}` "
+                                         "(its writer records it) first")
+                bucket = S3Bucket.from_env(S3Location.parse(wanted))
+                bucket.check()  # a bucket that is missing or refuses these credentials is not recorded
+                self._write.execute("INSERT INTO objects (url, size) VALUES (%s, 0) ON CONFLICT DO NOTHING", (wanted,))
+                held = wanted
+        if held is None:
+            return
+        self.objects = S3Bucket.from_env(S3Location.parse(held))
+        if self._write is not None:
+            self._mirror = ObjectMirror(self.objects, self)
+            self._mirror.start()
     def __str__(self) -> str:
         return redact(self.url)
 
@@ -245,12 +281,19 @@ class PostgresLog(LogTables):
             conn.close()
 
     def close(self) -> None:
+        if self._mirror is not None:
+            self._mirror.stop()
         for conn in (self._read, self._write):
             if conn is not None and not conn.closed:
                 conn.close()
 
     def maintain(self) -> None:
-        """Nothing to do: PostgreSQL checkpoints and vacuums by itself, and the lookups are tables."""
+        """Nothing to do: PostgreSQL checkpoints and vacuums by itself, the lookups are tables, and the object
+        store's mirror runs in its own thread."""
+
+    def _after_commit(self, batch: Batch) -> None:
+        if self._mirror is not None:
+            self._mirror.notify()
 
     def catch_up_indexes(self, size: int) -> None:
         """Nothing to do: the lookups are written in each batch's own transaction."""
@@ -281,6 +324,25 @@ class PostgresLog(LogTables):
         return None if row is None else (as_bytes(row[0]), as_bytes(row[1]))
 
     def read_bundle(self, n: int) -> bytes | None:
+        """From the database, else (a full bundle the mirror moved) from the object store, checked."""
+        held = self.stored_bundle(n)
+        if held is not None or self.objects is None:
+            return held
+        with self._cache_lock:
+            cached = self._store_bundles.get(n)
+        if cached is not None:
+            return cached
+        data = self.objects.get(TileRef(None, n).path())
+        if data is None:
+            return None
+        check_bundle(data, n, self.read_tile(0, n), str(self.objects))
+        with self._cache_lock:
+            self._store_bundles[n] = data
+            if len(self._store_bundles) > STORE_BUNDLE_CACHE:
+                self._store_bundles.popitem(last=False)
+        return data
+
+    def stored_bundle(self, n: int) -> bytes | None:
         row = self._one("SELECT data FROM bundles WHERE n = %s", (n,))
         return None if row is None else as_bytes(row[0])
 
@@ -306,7 +368,45 @@ class PostgresLog(LogTables):
 
     def max_bundle(self) -> int | None:
         row = self._one("SELECT max(n) FROM bundles")
-        return None if row is None or row[0] is None else int(row[0])
+        held = -1 if row is None or row[0] is None else int(row[0])
+        moved = self.mirrored_size() // TILE_WIDTH - 1  # the full bundles the object store took
+        top = max(held, moved)
+        return None if top < 0 else top
+
+    def object_faults(self) -> list[str]:
+        if self.objects is None:
+            return []
+        return check_store(self.objects, self, self.mirrored_size())
+
+    # --- the object store's mirror (objects.MirrorRows) -----------------------------------------------
+
+    def mirrored_size(self) -> int:
+        row = self._one("SELECT size FROM objects")
+        return 0 if row is None else int(row[0])
+
+    def checkpoint_sizes(self, after: int, limit: int) -> list[int]:
+        return [int(r[0]) for r in self._all("SELECT size FROM checkpoints WHERE size > %s ORDER BY size LIMIT %s",
+                                             (after, limit))]
+
+    def advance_mirror(self, mirrored: int, target: int) -> bool:
+        moved = False
+
+        def advance(conn: Connection) -> None:
+            nonlocal moved
+            with conn.transaction():
+                cas = conn.execute("UPDATE objects SET size = %s WHERE size = %s", (target, mirrored))
+                moved = cas.rowcount == 1
+                if moved:
+                    conn.execute("DELETE FROM bundles WHERE n < %s", (target // TILE_WIDTH,))
+
+        def done(conn: Connection) -> bool:
+            nonlocal moved
+            row = conn.execute("SELECT size FROM objects").fetchone()
+            moved = row is not None and int(row[0]) == target
+            return moved
+
+        self._writing(advance, done)
+        return moved
 
     def checkpoint_count(self) -> int:
         row = self._one("SELECT count(*) FROM checkpoints")

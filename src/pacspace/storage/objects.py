@@ -1,0 +1,228 @@
+"""A log's tiles and entry bundles in an object store (``--objects s3://...``): what is copied there, when, and
+how what comes back is checked.
+
+The store is untrusted, as in Sunlight: PostgreSQL holds the truth (every checkpoint, and every tile's
+hashes, which proofs read), and nothing read from the store is used or served before it is checked against
+it. What the store adds is room: an entry bundle, the bulk of a log, leaves PostgreSQL once the store holds
+it. It also holds every full tile and, at the size it was last brought up to, the partial tiles and the
+``checkpoint``, so the bucket alone is a static C2SP tlog-tiles log that a stranger can verify.
+
+The mirror runs in the writer's process, off the commit path (LogWriter.maintain). One round:
+
+1. Read the size M the store was last brought up to (``objects.size``) and pick the next target T: the
+   largest committed checkpoint size within STEP_ENTRIES of M, or the smallest beyond it. Only committed
+   state is ever copied, so every object has exactly one possible content: the log's single history.
+2. Put every full tile and full entry bundle that T implies and M did not, then T's partial tiles and
+   partial bundle (immutable too under their C2SP ``.p/W`` names), each with ``If-None-Match: *``. An object
+   already there with the same bytes counts as put: a crash after step 2 repeats it harmlessly. One with
+   other bytes was tampered with or damaged: ObjectCorrupt, and the round stops, overwriting nothing and
+   deleting nothing (fsck shows it; the operator restores the object from a backup).
+3. In one PostgreSQL transaction, compare-and-swap ``objects.size`` from M to T and delete the full bundles
+   below T from ``bundles``: they are read from the store from then on. A crash before COMMIT repeats the
+   round from step 1; after it, step 4 is repeated by the next round.
+4. Put ``checkpoint``, T's note. It lags the log by up to a round, and is the only object ever replaced.
+
+A failure of the store (down, refusing) leaves everything in PostgreSQL, and the next round tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+from ..errors import InvalidRange, ObjectCorrupt, PacspaceError
+from ..merkle import HASH_SIZE, leaf_hash
+from ..tiles import TILE_WIDTH, TileRef, bundle_prefix, full_tile_count, iter_bundle, partial_width, tile_levels
+from .s3 import TIMEOUT, S3Bucket
+
+log = logging.getLogger("pacspace.storage")
+
+# Entries one round brings the store forward by, at most (unless one checkpoint spans more): 256 bundles.
+STEP_ENTRIES = 256 * TILE_WIDTH
+
+
+# A round at most this often once the store has caught up with the log; back to back while it is behind.
+ROUND_INTERVAL = 1.0
+
+
+class MirrorRows(Protocol):
+    """What the mirror reads and writes in the database (storage/postgres.py implements it)."""
+
+    def mirrored_size(self) -> int:
+        """The size the store was last brought up to (``objects.size``)."""
+        ...
+
+    def checkpoint_sizes(self, after: int, limit: int) -> list[int]:
+        """Up to ``limit`` committed checkpoint sizes above ``after``, ascending."""
+        ...
+
+    def checkpoint_at(self, size: int | None) -> bytes:
+        """The committed checkpoint note of exactly ``size``."""
+        ...
+
+    def read_tile(self, level: int, n: int) -> bytes | None:
+        """The committed hashes of tile (level, n) at its current width (a partial one may have grown since)."""
+        ...
+
+    def stored_bundle(self, n: int) -> bytes | None:
+        """Entry bundle n as the database holds it (None once it moved to the store)."""
+        ...
+
+    def advance_mirror(self, mirrored: int, target: int) -> bool:
+        """Step 3, in one transaction: ``objects.size`` from ``mirrored`` to ``target``, and the full bundles below
+        ``target`` deleted from the database. False, changing nothing, if the size was not ``mirrored``."""
+        ...
+
+
+class ObjectMirror:
+    """Brings the object store up to the log, a round at a time (the steps above), in a thread of its own: after
+    commits, at start, and while idle until it has caught up. Only the writer runs one."""
+
+    def __init__(self, bucket: S3Bucket, rows: MirrorRows) -> None:
+        self.bucket = bucket
+        self.rows = rows
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failing: str | None = None
+        self._thread = threading.Thread(target=self._run, name="pacspace-objects", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def notify(self) -> None:
+        """The log grew: a round is due (at most one per ROUND_INTERVAL once the store has caught up)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop after the round in flight (a round cut short by the process's end is repeated at the next start)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * TIMEOUT)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            behind = self._round()
+            if not behind:
+                self._wake.wait(ROUND_INTERVAL)
+                self._stop.wait(ROUND_INTERVAL)  # a floor between rounds once caught up, however often woken
+                self._wake.clear()
+
+    def _round(self) -> bool:
+        """A round; a failure is logged (once until it changes) and retried ROUND_INTERVAL later."""
+        try:
+            behind = self.run_round()
+        except Exception as exc:  # the store or the database: nothing is lost, the next round tries again
+            message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PacspaceError) else str(exc)
+            if message != self._failing:
+                log.error("the object store %s was not brought up to the log: %s", self.bucket, message)
+            self._failing = message
+            return False
+        if self._failing is not None:
+            log.info("the object store %s is being brought up to the log again", self.bucket)
+            self._failing = None
+        return behind
+
+    def run_round(self) -> bool:
+        """One round (steps 1-4); whether the store is still behind the log after it."""
+        mirrored = self.rows.mirrored_size()
+        sizes = self.rows.checkpoint_sizes(mirrored, 4096)
+        target = next_target(mirrored, sizes)
+        if target is None:
+            return False
+        for ref in new_objects(mirrored, target):
+            if self._stop.is_set():
+                return False  # the process is stopping: the next start repeats this round
+            put_object(self.bucket, ref.path(), object_bytes(ref, self.rows.read_tile, self.rows.stored_bundle))
+        if not self.rows.advance_mirror(mirrored, target):
+            return True  # another writer moved it: start again from what it did
+        self.bucket.put("checkpoint", self.rows.checkpoint_at(target))
+        return target < sizes[-1] or len(sizes) == 4096
+
+
+def next_target(mirrored: int, checkpoint_sizes: Sequence[int]) -> int | None:
+    """Step 1: the size to bring the store to from ``mirrored``, given the committed checkpoint sizes beyond it
+    (ascending); None if there are none."""
+    if not checkpoint_sizes:
+        return None
+    within = [s for s in checkpoint_sizes if s <= mirrored + STEP_ENTRIES]
+    return within[-1] if within else checkpoint_sizes[0]
+
+
+def new_objects(mirrored: int, target: int) -> Iterator[TileRef]:
+    """Step 2's objects, in order: the full bundles and tiles ``target`` implies and ``mirrored`` did not, then
+    ``target``'s partial tiles and partial bundle."""
+    for n in range(full_tile_count(mirrored, 0), full_tile_count(target, 0)):
+        yield TileRef(None, n)
+    for level in range(tile_levels(target) + 1):
+        for n in range(full_tile_count(mirrored, level), full_tile_count(target, level)):
+            yield TileRef(level, n)
+    for level in range(tile_levels(target) + 1):
+        width = partial_width(target, level)
+        if width:
+            yield TileRef(level, full_tile_count(target, level), width)
+    if target % TILE_WIDTH:
+        yield TileRef(None, target // TILE_WIDTH, target % TILE_WIDTH)
+
+
+def put_object(bucket: S3Bucket, key: str, data: bytes) -> None:
+    """Put an immutable object once: stored now, or already there with the same bytes; ObjectCorrupt otherwise."""
+    if bucket.put_if_absent(key, data):
+        return
+    held = bucket.get(key)
+    if held != data:
+        raise ObjectCorrupt(f"{bucket}/{key} holds other bytes than the log's (tampered with or damaged); "
+                            "it is not overwritten: restore it from a backup")
+
+
+def object_bytes(ref: TileRef, tile: Callable[[int, int], bytes | None], bundle: Callable[[int], bytes | None]) -> bytes:
+    """The C2SP bytes of ``ref`` from the database's rows (a partial is a prefix of its row, which may have grown)."""
+    if ref.level is None:
+        data = bundle(ref.n)
+        if data is None:
+            raise ObjectCorrupt(f"entry bundle {ref.n} is neither in the database nor in the object store")
+        return bundle_prefix(data, ref.width)
+    hashes = tile(ref.level, ref.n)
+    if hashes is None or len(hashes) < ref.width * HASH_SIZE:
+        raise InvalidRange(f"tile {ref.path()} is not stored")
+    return hashes[: ref.width * HASH_SIZE]
+
+
+def check_bundle(data: bytes, n: int, level0: bytes | None, where: str) -> bytes:
+    """A full entry bundle read back from the store, checked: its entries hash to the stored level-0 tile ``n``
+    (which the checkpoints commit to). ObjectCorrupt otherwise."""
+    try:
+        hashes = b"".join(leaf_hash(entry) for entry in iter_bundle(data))
+    except InvalidRange:
+        hashes = b""
+    if level0 is None or hashes != level0 or len(level0) != TILE_WIDTH * HASH_SIZE:
+        raise ObjectCorrupt(f"{where}/{TileRef(None, n).path()} does not match the log (tampered with or "
+                            "damaged); it is not served")
+    return data
+
+
+def check_store(bucket: S3Bucket, rows: MirrorRows, mirrored: int) -> list[str]:
+    """For fsck: the faults of the tile objects the store must hold at ``mirrored`` (every one there, with the
+    log's bytes) and of its ``checkpoint`` (one the log committed). The full bundles are read, and checked,
+    by fsck's rebuild of the tree."""
+    faults: list[str] = []
+    for ref in new_objects(0, mirrored):
+        if ref.level is None and not ref.is_partial:
+            continue
+        held = bucket.get(ref.path())
+        if held is None:
+            faults.append(f"{bucket}/{ref.path()} is missing from the object store")
+        elif held != object_bytes(ref, rows.read_tile, rows.stored_bundle):
+            faults.append(f"{bucket}/{ref.path()} differs from the log's (tampered with or damaged)")
+    note = bucket.get("checkpoint")
+    if mirrored and note is not None:
+        body = note.split(b"\n\n", 1)[0]
+        lines = body.split(b"\n")
+        size = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else -1
+        sizes = rows.checkpoint_sizes(size - 1, 1) if size >= 0 else []
+        # A newer checkpoint than this check's snapshot (a live mirror) cannot be judged here.
+        if size <= mirrored and (sizes[:1] != [size] or rows.checkpoint_at(size).split(b"\n\n", 1)[0] != body):
+            faults.append(f"{bucket}/checkpoint is not a checkpoint the log committed")
+    return faults

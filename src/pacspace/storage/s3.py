@@ -1,0 +1,198 @@
+"""An S3-compatible bucket, as the object store of a log (``--objects s3://BUCKET[/PREFIX]``).
+
+Four operations, nothing else: GET an object, PUT one only if the key is free (``If-None-Match: *``), PUT
+one unconditionally (the bucket's ``checkpoint``, the one object that changes), and HEAD the bucket. Requests
+are signed with AWS Signature Version 4 (``sign_v4``, a pure function checked against AWS's published
+example in the tests). Endpoint and credentials come from the standard environment variables:
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (default: AWS itself), ``AWS_REGION`` or
+``AWS_DEFAULT_REGION`` (default us-east-1), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and
+``AWS_SESSION_TOKEN``. Objects are addressed path-style (``ENDPOINT/BUCKET/KEY``) when an endpoint is given,
+virtual-hosted (``BUCKET.s3.REGION.amazonaws.com``) on AWS.
+
+Written on http.client rather than an SDK: the four calls and their signature are ~150 lines, where
+botocore would add tens of megabytes and its own threads to every pacspace process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import http.client
+import os
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..errors import MalformedInput, ObjectStoreFailed
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+TIMEOUT = 30.0  # seconds for one request; a store that takes longer is treated as down
+_UNRESERVED = "-_.~"  # SigV4 encodes everything but these (and '/' in a path)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """``s3://BUCKET[/PREFIX]``: the bucket, and the key prefix every object of the log is under."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        if not url.startswith("s3://"):
+            raise MalformedInput(f"--objects takes s3://BUCKET[/PREFIX], not {url!r}")
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        # S3's bucket naming rules: 3-63 of lower-case letters, digits, '.' and '-'.
+        if not (3 <= len(bucket) <= 63 and all(c.islower() or c.isdigit() or c in ".-" for c in bucket)):
+            raise MalformedInput(f"--objects: {bucket!r} is not an S3 bucket name")
+        prefix = prefix.strip("/")
+        return cls(bucket, prefix + "/" if prefix else "")
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+def sign_v4(method: str, host: str, path: str, headers: Mapping[str, str], payload_sha256: str, when: datetime.datetime,
+            region: str, credentials: Credentials, query: str = "") -> str:
+    """The Authorization header of an S3 request (AWS Signature Version 4, single-chunk payload).
+
+    ``headers`` are the headers to sign besides host, x-amz-date and x-amz-content-sha256, which are always
+    signed; ``path`` is already URI-encoded; ``query`` is the canonical query string.
+    """
+    amz_date = when.strftime("%Y%m%dT%H%M%SZ")
+    day = amz_date[:8]
+    signed = {k.lower(): " ".join(v.split()) for k, v in headers.items()}
+    signed |= {"host": host, "x-amz-date": amz_date, "x-amz-content-sha256": payload_sha256}
+    names = sorted(signed)
+    canonical = "\n".join([method, path, query, *(f"{n}:{signed[n]}" for n in names), "", ";".join(names),
+                           payload_sha256])
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + credentials.secret_key).encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return (f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope},SignedHeaders={';'.join(names)},"
+            f"Signature={signature}")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+
+
+class S3Bucket:
+    """One bucket (and prefix) of an S3-compatible store. Safe to share between threads: each thread keeps its
+    own keep-alive connection."""
+
+    def __init__(self, location: S3Location, *, endpoint: str | None, region: str, credentials: Credentials) -> None:
+        self.location = location
+        self.region = region
+        self._credentials = credentials
+        if endpoint:
+            url = urllib.parse.urlsplit(endpoint)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise MalformedInput(f"the S3 endpoint {endpoint!r} is not an http(s):// URL")
+            self._https = url.scheme == "https"
+            self._host = url.netloc
+            self._base = url.path.rstrip("/") + "/" + location.bucket
+        else:
+            self._https = True
+            self._host = f"{location.bucket}.s3.{region}.amazonaws.com"
+            self._base = ""
+        self._local = threading.local()
+
+    @classmethod
+    def from_env(cls, location: S3Location, env: Mapping[str, str] | None = None) -> S3Bucket:
+        env = os.environ if env is None else env
+        access, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+        if not access or not secret:
+            raise MalformedInput(f"{location} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        return cls(location, endpoint=endpoint, region=region,
+                   credentials=Credentials(access, secret, env.get("AWS_SESSION_TOKEN") or None))
+
+    def __str__(self) -> str:
+        return str(self.location)
+
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None if there is none."""
+        response = self._request("GET", key)
+        if response.status == 404:
+            return None
+        self._expect(response, "GET", key, 200)
+        return response.body
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Store ``data`` at ``key`` unless an object is there: True if stored, False if one was there already
+        (which may hold other bytes: the caller compares). Durable once it returns True (S3's contract)."""
+        response = self._request("PUT", key, data, {"If-None-Match": "*"})
+        if response.status == 412:
+            return False
+        self._expect(response, "PUT", key, 200)
+        return True
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` at ``key``, replacing what is there."""
+        self._expect(self._request("PUT", key, data), "PUT", key, 200)
+
+    def check(self) -> None:
+        """Raise ObjectStoreFailed unless the bucket exists and these credentials may use it."""
+        self._expect(self._request("HEAD", None), "HEAD", None, 200)
+
+    def _expect(self, response: Response, method: str, key: str | None, status: int) -> None:
+        if response.status != status:
+            code = _error_code(response.body)
+            what = f"{self.location}/{key}" if key else str(self.location)
+            raise ObjectStoreFailed(f"{method} {what}: HTTP {response.status}{f' {code}' if code else ''}")
+
+    def _request(self, method: str, key: str | None, body: bytes = b"",
+                 headers: Mapping[str, str] | None = None) -> Response:
+        path = self._base + ("/" + urllib.parse.quote(self.location.prefix + key, safe="/" + _UNRESERVED)
+                             if key is not None else "")
+        path = path or "/"
+        payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+        extra = dict(headers or {})
+        if self._credentials.session_token:
+            extra["X-Amz-Security-Token"] = self._credentials.session_token
+        when = datetime.datetime.now(datetime.timezone.utc)
+        send = {**extra, "Host": self._host, "X-Amz-Date": when.strftime("%Y%m%dT%H%M%SZ"),
+                "X-Amz-Content-SHA256": payload, "Content-Length": str(len(body)),
+                "Authorization": sign_v4(method, self._host, path, extra, payload, when, self.region,
+                                         self._credentials)}
+        # One retry on a fresh connection: a keep-alive connection the store closed while it was idle.
+        for attempt in (0, 1):
+            conn = self._connection(fresh=attempt > 0)
+            try:
+                conn.request(method, path, body=body or None, headers=send)
+                reply = conn.getresponse()
+                return Response(reply.status, reply.read())
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if attempt:
+                    raise ObjectStoreFailed(f"{method} {self.location}/{key or ''}: {type(exc).__name__}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _connection(self, *, fresh: bool) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None or fresh:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._host, timeout=TIMEOUT)
+        return conn
+
+
+def _error_code(body: bytes) -> str:
+    """The <Code> of an S3 error document, if the body is one."""
+    start, end = body.find(b"<Code>"), body.find(b"</Code>")
+    return body[start + 6:end].decode("ascii", "replace") if 0 <= start < end else ""

@@ -1,0 +1,295 @@
+"""The log's object store (``--objects s3://...``) on a real S3-compatible server (SeaweedFS) and a real
+PostgreSQL: bundles move there and come back checked, the bucket alone verifies as a log, a tampered object is
+detected and never served, and a store that is down or a round cut short loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from pacspace.checkpoint import open_checkpoint
+from pacspace.datadir import init_log, load_signer, load_state
+from pacspace.errors import MalformedInput, ObjectCorrupt, ObjectStoreFailed, UntrustedState
+from pacspace.fsck import fsck
+from pacspace.merkle import HASH_SIZE, leaf_hash, node_hash
+from pacspace.sequencer import Sequencer, SequencerConfig
+from pacspace.storage.objects import STEP_ENTRIES, new_objects, next_target
+from pacspace.storage.postgres import PostgresLog
+from pacspace.storage.s3 import EMPTY_SHA256, Credentials, S3Location, sign_v4
+from pacspace.tiles import TILE_WIDTH, TileRef, encode_bundle, full_tile_count, iter_bundle, root_from_edge, \
+    tile_levels, tiles_for_size
+
+ORIGIN = "objects.example/log"
+T0 = 1_780_000_000
+
+
+# --- pure parts --------------------------------------------------------------------------------------------
+
+
+def test_requests_are_signed_as_aws_signs_its_published_example():
+    """AWS's Signature Version 4 example "GET Object" (sig-v4-header-based-auth), byte for byte."""
+    credentials = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    header = sign_v4("GET", "examplebucket.s3.amazonaws.com", "/test.txt", {"Range": "bytes=0-9"}, EMPTY_SHA256,
+                     datetime.datetime(2013, 5, 24, tzinfo=datetime.timezone.utc), "us-east-1", credentials)
+    assert header == ("AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,"
+                      "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,"
+                      "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
+
+
+def test_object_store_urls():
+    assert S3Location.parse("s3://my-bucket") == S3Location("my-bucket", "")
+    assert S3Location.parse("s3://my-bucket/logs/one/") == S3Location("my-bucket", "logs/one/")
+    assert str(S3Location.parse("s3://my-bucket/logs/one/")) == "s3://my-bucket/logs/one"
+    for bad in ("my-bucket", "https://my-bucket/x", "s3://", "s3://UPPER", "s3://a_b/c", "s3://x" * 30):
+        with pytest.raises(MalformedInput):
+            S3Location.parse(bad)
+
+
+def test_rounds_put_each_object_of_the_log_once_and_the_edge_of_their_target():
+    """However the store is brought from 0 to a size, round by round, the full objects put are exactly the
+    tree's, each once, and each round's partial objects are exactly its target's edge."""
+    for steps in ([70_000], [1, 255, 256, 257, 65_536, 65_537, 70_000], [300, 301, 511, 512, 513, 70_000]):
+        full: list[TileRef] = []
+        mirrored = 0
+        for target in steps:
+            refs = list(new_objects(mirrored, target))
+            full += [r for r in refs if not r.is_partial]
+            partial = {r for r in refs if r.is_partial}
+            expected_edge = {r for r in tiles_for_size(target) if r.is_partial}
+            expected_edge |= {TileRef(None, target // TILE_WIDTH, target % TILE_WIDTH)} if target % TILE_WIDTH else set()
+            assert partial == expected_edge, (mirrored, target)
+            mirrored = target
+        expected_full = {TileRef(None, n) for n in range(full_tile_count(70_000, 0))}
+        expected_full |= {TileRef(level, n) for level in range(tile_levels(70_000) + 1)
+                          for n in range(full_tile_count(70_000, level))}
+        assert len(full) == len(set(full)) and set(full) == expected_full
+
+
+def test_a_round_goes_to_a_committed_checkpoint_at_most_one_step_ahead():
+    assert next_target(0, []) is None
+    assert next_target(0, [5, 9, STEP_ENTRIES, STEP_ENTRIES + 1]) == STEP_ENTRIES
+    assert next_target(100, [100 + STEP_ENTRIES + 7]) == 100 + STEP_ENTRIES + 7  # one checkpoint spans more
+
+
+# --- on real servers ---------------------------------------------------------------------------------------
+
+
+def _entries(start: int, count: int) -> list[bytes]:
+    return [b"entry %d of the object store test" % i for i in range(start, start + count)]
+
+
+async def _append(store: PostgresLog, signer, batches: list[list[bytes]]) -> None:  # type: ignore[no-untyped-def]
+    sequencer = Sequencer(store, signer, load_state(store, signer), SequencerConfig(pool_interval=0.005),
+                          clock=time.time)
+    task = asyncio.create_task(sequencer.run())
+    try:
+        for batch in batches:
+            await sequencer.submit_many(batch)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _wait_until_mirrored(url: str, size: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT size FROM objects").fetchone()
+            if row is not None and int(row[0]) >= size:
+                return
+            assert time.monotonic() < deadline, f"the store reached {row} of {size}"
+            time.sleep(0.1)
+
+
+def _stored_bundle_numbers(url: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return [int(r[0]) for r in conn.execute("SELECT n FROM bundles ORDER BY n").fetchall()]
+
+
+def _verify_bucket_as_a_stranger(bucket, vkey_verifier) -> int:  # type: ignore[no-untyped-def]
+    """What a C2SP client holding only the log's key checks, from the bucket alone: the checkpoint's signature,
+    every tile against its parent up to the checkpoint's root, every bundle against its level-0 tile. Returns
+    the size; raises AssertionError on the first object that does not match."""
+    note = bucket.get("checkpoint")
+    assert note is not None, "the bucket has no checkpoint"
+    checkpoint = open_checkpoint(note, vkey_verifier)
+    size = checkpoint.size
+
+    def tile(level: int, n: int) -> bytes:
+        width = min(TILE_WIDTH, (size >> (8 * level)) - n * TILE_WIDTH)
+        data = bucket.get(TileRef(level, n, width).path())
+        assert data is not None and len(data) == width * HASH_SIZE, f"tile {level}/{n} is missing"
+        return data
+
+    edge = {}
+    for level in range(tile_levels(size) + 1):
+        full, width = full_tile_count(size, level), (size >> (8 * level)) % TILE_WIDTH
+        edge[level] = [] if not width else [tile(level, full)[i:i + HASH_SIZE] for i in range(0, width * HASH_SIZE, HASH_SIZE)]
+        for n in range(full):
+            data = tile(level, n)
+            parent = tile(level + 1, n // TILE_WIDTH)
+            at = (n % TILE_WIDTH) * HASH_SIZE
+            hashes = [data[i:i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
+            while len(hashes) > 1:  # the tile's 256 hashes up to their subtree's root, a level-8 node
+                hashes = [node_hash(hashes[i], hashes[i + 1]) for i in range(0, len(hashes), 2)]
+            assert hashes[0] == parent[at:at + HASH_SIZE], f"tile {level}/{n} does not match its parent"
+    assert root_from_edge(size, edge) == checkpoint.root_hash, "the edge tiles do not hash to the checkpoint"
+    for n in range((size + TILE_WIDTH - 1) // TILE_WIDTH):
+        width = min(TILE_WIDTH, size - n * TILE_WIDTH)
+        data = bucket.get(TileRef(None, n, width).path())
+        assert data is not None, f"entry bundle {n} is missing"
+        assert b"".join(leaf_hash(e) for e in iter_bundle(data)) == tile(0, n), f"entry bundle {n} does not match"
+    return size
+
+
+async def test_bundles_move_to_the_store_and_every_process_reads_them_back_checked(tmp_path, postgres_url, s3, s3_env):
+    data = tmp_path / "data"
+    init_log(data, ORIGIN, T0, postgres_url)
+    signer = load_signer(data)
+    url = f"s3://{s3.bucket()}/logs/one"
+    writer = PostgresLog(postgres_url, objects=url)
+    try:
+        await _append(writer, signer, [_entries(0, 300), _entries(300, 400), _entries(700, 13)])
+        _wait_until_mirrored(postgres_url, 713)
+    finally:
+        writer.close()
+    # The full bundles left the database; the partial one stays, as the writer extends it.
+    assert _stored_bundle_numbers(postgres_url) == [2]
+    bucket = s3.client(url)
+    assert _verify_bucket_as_a_stranger(bucket, signer.verifier) == 713
+    # Another process (an HTTP worker, a frontend) is not told where the objects are: the database says.
+    reader = PostgresLog(postgres_url, readonly=True)
+    try:
+        assert str(reader.objects) == url
+        assert reader.read_entries(0, 713) == _entries(0, 713)
+        assert load_state(reader, signer).size == 713
+        report = fsck(reader, signer.verifier)
+        assert report.ok, report.faults
+    finally:
+        reader.close()
+    # A log keeps its store: another bucket is refused, and so is --objects on a SQLite log.
+    with pytest.raises(UntrustedState, match="keeps its object store"):
+        PostgresLog(postgres_url, objects=f"s3://{s3.bucket()}")
+    from pacspace.datadir import open_log
+
+    with pytest.raises(MalformedInput, match="needs --database"):
+        open_log(tmp_path / "elsewhere", None, objects=url)
+    # Without credentials, a process that must read the store says what it needs.
+    os.environ.pop("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(MalformedInput, match="AWS_SECRET_ACCESS_KEY"):
+        PostgresLog(postgres_url, readonly=True)
+
+
+async def test_a_store_that_is_down_or_a_round_cut_short_loses_nothing(tmp_path, postgres_url, s3, s3_env, monkeypatch):
+    from helpers import free_port
+
+    data = tmp_path / "data"
+    init_log(data, ORIGIN, T0, postgres_url)
+    signer = load_signer(data)
+    url = f"s3://{s3.bucket()}"
+    # A bucket that cannot be reached is never recorded as the log's store.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ObjectStoreFailed):
+        PostgresLog(postgres_url, objects=url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    PostgresLog(postgres_url, objects=url).close()
+    # The store goes down: the log goes on, everything stays in the database.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    writer = PostgresLog(postgres_url)
+    try:
+        await _append(writer, signer, [_entries(0, 600)])
+        time.sleep(1.5)  # a round or two, failing
+        assert _stored_bundle_numbers(postgres_url) == [0, 1, 2]
+        assert writer.read_entries(0, 600) == _entries(0, 600)
+    finally:
+        writer.close()
+    # Back up, with a round cut short after its uploads (a crash before step 3): the next one completes it.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    cut = {"rounds": 0}
+    real_advance = PostgresLog.advance_mirror
+
+    def crash_before_commit(self, mirrored: int, target: int) -> bool:  # type: ignore[no-untyped-def]
+        cut["rounds"] += 1
+        if cut["rounds"] == 1:
+            raise psycopg.OperationalError("the process died here")
+        return real_advance(self, mirrored, target)
+
+    monkeypatch.setattr(PostgresLog, "advance_mirror", crash_before_commit)
+    writer = PostgresLog(postgres_url)
+    try:
+        _wait_until_mirrored(postgres_url, 600)
+        assert cut["rounds"] >= 2
+    finally:
+        writer.close()
+    assert _stored_bundle_numbers(postgres_url) == [2]
+    assert _verify_bucket_as_a_stranger(s3.client(url), signer.verifier) == 600
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_a_tampered_object_is_detected_and_never_served(tmp_path, postgres_url, s3, s3_env):
+    """A real `serve --objects`: it brings the bucket up to the log; then a tile and a bundle in the bucket are
+    changed behind its back. A stranger's check of the bucket fails, the server never serves the changed bytes
+    (the tile from the database, the bundle refused with 502 object_corrupt), and fsck names both."""
+    from helpers import cli, free_port, wait_for_health
+
+    data = tmp_path / "data"
+    init_log(data, ORIGIN, T0, postgres_url)
+    signer = load_signer(data)
+    writer = PostgresLog(postgres_url)
+    try:
+        await _append(writer, signer, [_entries(0, 1000)])
+    finally:
+        writer.close()
+    url = f"s3://{s3.bucket()}/tamper"
+    env = {**os.environ, **s3_env, "PACSPACE_DATABASE": postgres_url}
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port),
+                               "--workers", "2", "--objects", url], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(base)
+        _wait_until_mirrored(postgres_url, 1000)
+        bucket = s3.client(url)
+        assert _verify_bucket_as_a_stranger(bucket, signer.verifier) == 1000
+        good_tile, good_bundle = bucket.get("tile/0/000"), bucket.get("tile/entries/001")
+        assert good_tile is not None and good_bundle is not None
+        assert _get(f"{base}/tile/entries/000") == (200, encode_bundle(_entries(0, 256)))
+        # Behind the log's back: one hash of a tile, one entry of a bundle (still a well-formed bundle).
+        bucket.put("tile/0/000", bytes([good_tile[0] ^ 1]) + good_tile[1:])
+        forged = _entries(256, 256)
+        forged[7] = b"an entry the log never committed"
+        bucket.put("tile/entries/001", encode_bundle(forged))
+        with pytest.raises(AssertionError, match="tile 0/0 does not match its parent"):
+            _verify_bucket_as_a_stranger(bucket, signer.verifier)
+        for _ in range(4):  # every serving process
+            assert _get(f"{base}/tile/0/000") == (200, good_tile)
+            status, body = _get(f"{base}/tile/entries/001")
+            assert status == 502 and json.loads(body)["error"] == "object_corrupt"
+        checked = cli("fsck", "--data", str(data), env=env, code=6)  # exitcodes.VERIFICATION_FAILED
+        text = checked.stdout + checked.stderr
+        assert "entry bundle 1: s3://" in text and "tamper/tile/entries/001 does not match the log" in text, text
+        assert "tile/0/000 differs from the log's" in text, text
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert b"secret" not in err and s3_env["AWS_SECRET_ACCESS_KEY"].encode() not in err
+    # The mirror never overwrote them: the bucket still holds the changed bytes for the operator to see.
+    assert bucket.get("tile/entries/001") == encode_bundle(forged)
