@@ -58,7 +58,9 @@ class S3Server:
         self._proc = subprocess.Popen(
             [weed, "server", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-s3",
-             f"-s3.port={s3}", f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=0"],
+             f"-s3.port={s3}", f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+             # No listeners on fixed ports (two runs at once would collide), and no reports to the internet.
+             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"],
             stdout=self._log, stderr=subprocess.STDOUT)
         self._names = itertools.count()
         deadline = time.monotonic() + 60
@@ -68,8 +70,9 @@ class S3Server:
                 return
             except Exception:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"SeaweedFS did not start; see {self.root / 'weed.log'}") from None
+                    self.stop(keep=True)
+                    tail = (self.root / "weed.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"SeaweedFS did not start ({self.root / 'weed.log'}):\n{tail}") from None
                 time.sleep(0.2)
 
     def env(self) -> dict[str, str]:
@@ -100,7 +103,7 @@ class S3Server:
         except urllib.error.HTTPError as exc:
             return int(exc.code)
 
-    def stop(self) -> None:
+    def stop(self, keep: bool = False) -> None:
         self._proc.terminate()
         try:
             self._proc.wait(timeout=15)
@@ -108,7 +111,8 @@ class S3Server:
             self._proc.kill()
             self._proc.wait()
         self._log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def start_s3() -> S3Server:

@@ -25,7 +25,7 @@ from pacspace.merkle import HASH_SIZE, leaf_hash, node_hash
 from pacspace.sequencer import Sequencer, SequencerConfig
 from pacspace.storage.objects import STEP_ENTRIES, new_objects, next_target
 from pacspace.storage.postgres import PostgresLog
-from pacspace.storage.s3 import EMPTY_SHA256, Credentials, S3Location, sign_v4
+from pacspace.storage.s3 import EMPTY_SHA256, TIMEOUT, Credentials, S3Location, sign_v4
 from pacspace.tiles import TILE_WIDTH, TileRef, encode_bundle, full_tile_count, iter_bundle, root_from_edge, \
     tile_levels, tiles_for_size
 
@@ -293,3 +293,71 @@ async def test_a_tampered_object_is_detected_and_never_served(tmp_path, postgres
     assert b"secret" not in err and s3_env["AWS_SECRET_ACCESS_KEY"].encode() not in err
     # The mirror never overwrote them: the bucket still holds the changed bytes for the operator to see.
     assert bucket.get("tile/entries/001") == encode_bundle(forged)
+
+
+async def test_a_store_that_hangs_stalls_only_the_bundle_reads_that_wait_for_it(tmp_path, postgres_url, s3, s3_env):
+    """A store that takes connections and never answers (a misbehaving party, simulated): a request for a bundle
+    the database no longer holds waits for it, and the same process's event loop goes on answering everyone
+    else (checkpoints, tiles, proofs) at once; the log goes on taking entries."""
+    import socket
+    import threading
+
+    from helpers import free_port, wait_for_health
+
+    data = tmp_path / "data"
+    init_log(data, ORIGIN, T0, postgres_url)
+    signer = load_signer(data)
+    url = f"s3://{s3.bucket()}"
+    writer = PostgresLog(postgres_url, objects=url)
+    try:
+        await _append(writer, signer, [_entries(0, 600)])
+        _wait_until_mirrored(postgres_url, 600)
+    finally:
+        writer.close()
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def hold() -> None:
+        hung.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(hung.accept()[0])
+            except OSError:
+                continue
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    env = {**os.environ, **s3_env, "PACSPACE_DATABASE": postgres_url,
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{hung.getsockname()[1]}"}
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port),
+                               "--workers", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(base)
+        waiting = asyncio.ensure_future(asyncio.to_thread(_get, f"{base}/tile/entries/000"))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # it waits on the store
+        started = time.monotonic()
+        for path in ("/checkpoint", "/tile/0/000", "/tile/entries/002.p/88", "/v1/proof/inclusion?index=3&size=600"):
+            status, _ = await asyncio.to_thread(_get, base + path)
+            assert status == 200, path
+        assert time.monotonic() - started < 5.0  # not the store's 30 s: nothing waited behind the hung read
+        assert not waiting.done()
+        # A shutdown waits for the hung read only as long as a request to the store may take (s3.TIMEOUT).
+        started = time.monotonic()
+        server.terminate()
+        server.wait(timeout=30)
+        assert time.monotonic() - started < TIMEOUT + 5
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+        stop.set()
+        holder.join(timeout=5)
+        for conn in held:
+            conn.close()
+        hung.close()
+    await asyncio.gather(waiting, return_exceptions=True)

@@ -100,7 +100,10 @@ async def get_tile(request: web.Request) -> web.Response:
         raise NotFound(f"{ref.path()} is not implied by any published checkpoint")
     headers = {"Cache-Control": IMMUTABLE_CACHE}
     if ref.level is None:
-        data = _bundle_bytes(service.store, ref)
+        if service.store.network_reads:
+            data = await asyncio.to_thread(_bundle_bytes, service.store, ref)
+        else:
+            data = _bundle_bytes(service.store, ref)
         # C2SP tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer; gzip for any client that takes it.
         headers["Vary"] = "Accept-Encoding"
         if accepts_gzip(request.headers.get("Accept-Encoding", "")):

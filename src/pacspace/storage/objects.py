@@ -35,7 +35,7 @@ from typing import Protocol
 from ..errors import InvalidRange, ObjectCorrupt, PacspaceError
 from ..merkle import HASH_SIZE, leaf_hash
 from ..tiles import TILE_WIDTH, TileRef, bundle_prefix, full_tile_count, iter_bundle, partial_width, tile_levels
-from .s3 import TIMEOUT, S3Bucket
+from .s3 import S3Bucket
 
 log = logging.getLogger("pacspace.storage")
 
@@ -45,6 +45,7 @@ STEP_ENTRIES = 256 * TILE_WIDTH
 
 # A round at most this often once the store has caught up with the log; back to back while it is behind.
 ROUND_INTERVAL = 1.0
+STOP_WAIT = 2.0  # seconds a shutdown waits for the round in flight
 
 
 class MirrorRows(Protocol):
@@ -96,11 +97,12 @@ class ObjectMirror:
         self._wake.set()
 
     def stop(self) -> None:
-        """Stop after the round in flight (a round cut short by the process's end is repeated at the next start)."""
+        """Stop between two objects. A round still waiting on the store after STOP_WAIT is left to end with the
+        process, like a crash (the next start repeats it): a store that hangs never holds up a shutdown."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2 * TIMEOUT)
+            self._thread.join(timeout=STOP_WAIT)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -115,6 +117,8 @@ class ObjectMirror:
         try:
             behind = self.run_round()
         except Exception as exc:  # the store or the database: nothing is lost, the next round tries again
+            if self._stop.is_set():
+                return False  # the connections closed under a round the shutdown did not wait for
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PacspaceError) else str(exc)
             if message != self._failing:
                 log.error("the object store %s was not brought up to the log: %s", self.bucket, message)

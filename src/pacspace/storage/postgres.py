@@ -154,6 +154,7 @@ class PostgresLog(LogTables):
     """A log's tables in a PostgreSQL database; implements LogReader and LogWriter."""
 
     engine = "postgresql"
+    network_reads = True
 
     def __init__(self, url: str, *, readonly: bool = False, objects: str | None = None) -> None:
         """``objects``: the object store (s3://...) to keep the log's tiles and bundles in from now on; once a log

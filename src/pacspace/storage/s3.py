@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from ..errors import MalformedInput, ObjectStoreFailed
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-TIMEOUT = 30.0  # seconds for one request; a store that takes longer is treated as down
+# Seconds one request may wait on the store; one that takes longer is treated as down (an object is at most
+# ~70 KiB). A read waiting on a hung store holds up the server's shutdown by at most this much.
+TIMEOUT = 10.0
 _UNRESERVED = "-_.~"  # SigV4 encodes everything but these (and '/' in a path)
 
 
@@ -171,25 +173,29 @@ class S3Bucket:
                 "X-Amz-Content-SHA256": payload, "Content-Length": str(len(body)),
                 "Authorization": sign_v4(method, self._host, path, extra, payload, when, self.region,
                                          self._credentials)}
-        # One retry on a fresh connection: a keep-alive connection the store closed while it was idle.
+        # One retry on a fresh connection, for a keep-alive connection the store closed while it was idle; never
+        # after a timeout, which would double the wait on a hung store.
         for attempt in (0, 1):
-            conn = self._connection(fresh=attempt > 0)
+            conn, reused = self._connection(fresh=attempt > 0)
             try:
                 conn.request(method, path, body=body or None, headers=send)
                 reply = conn.getresponse()
                 return Response(reply.status, reply.read())
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if attempt:
+                stale = reused and isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected))
+                if attempt or not stale:
                     raise ObjectStoreFailed(f"{method} {self.location}/{key or ''}: {type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")
 
-    def _connection(self, *, fresh: bool) -> http.client.HTTPConnection:
+    def _connection(self, *, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it served an earlier request (and may have been closed since)."""
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None or fresh:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = self._local.conn = cls(self._host, timeout=TIMEOUT)
-        return conn
+        if conn is not None and not fresh:
+            return conn, True
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = self._local.conn = cls(self._host, timeout=TIMEOUT)
+        return conn, False
 
 
 def _error_code(body: bytes) -> str:
