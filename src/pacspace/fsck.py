@@ -50,10 +50,12 @@ def fsck(store: LogTables, log_key: Ed25519Verifier, progress: Progress | None =
             report.faults.append(f"latest checkpoint: {exc}")
             return report
         report.size = latest.size
-        _check_tree(store, latest.size, report, progress)
         try:
-            report.faults += store.object_faults()
-        except PacspaceError as exc:
+            _check_tree(store, latest.size, report, progress)
+            faults, warnings = store.check_objects(latest.size, lambda note: open_checkpoint(note, log_key).size)
+            report.faults += faults
+            report.warnings += warnings
+        except PacspaceError as exc:  # an object store that is down, or holds what does not match
             report.faults.append(f"object store: {exc}")
         if report.ok:
             _check_checkpoints(store, log_key, report, progress)
@@ -72,7 +74,7 @@ def _check_tree(store: LogTables, size: int, report: FsckReport, progress: Progr
             expected = min(TILE_WIDTH, size - n * TILE_WIDTH)
             try:
                 data = store.read_bundle(n)
-            except PacspaceError as exc:  # an object store that is down, or holds a bundle that does not match
+            except PacspaceError as exc:
                 report.faults.append(f"entry bundle {n}: {exc}")
                 return
             entries = [] if data is None else list(iter_bundle(data))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 
 from ..errors import InvalidRange, UntrustedState
@@ -295,9 +295,9 @@ class LogTables(ABC):
                     self._edge_rows[key] = row
         self._after_commit(batch)
 
-    def object_faults(self) -> list[str]:
-        """For fsck: what is wrong in the log's object store, if it has one."""
-        return []
+    def check_objects(self, head: int, open_note: Callable[[bytes], int]) -> tuple[list[str], list[str]]:
+        """For fsck: the faults and warnings of the log's object store, if it has one (objects.check_store)."""
+        return [], []
 
     def _after_commit(self, batch: Batch) -> None:
         """Backend work once ``batch`` is durable (derived indexes kept outside the transaction); must not raise."""

@@ -17,10 +17,15 @@ The mirror runs in the writer's process, off the commit path (LogWriter.maintain
    already there with the same bytes counts as put: a crash after step 2 repeats it harmlessly. One with
    other bytes was tampered with or damaged: ObjectCorrupt, and the round stops, overwriting nothing and
    deleting nothing (fsck shows it; the operator restores the object from a backup).
-3. In one PostgreSQL transaction, compare-and-swap ``objects.size`` from M to T and delete the full bundles
+3. Read every full bundle of step 2 back: the store must hold exactly the bytes it was given. A store's "200"
+   is not proof (one that acknowledges a PUT it dropped, or one it refused because another object was there,
+   would otherwise cost the log those entries at step 4).
+4. In one PostgreSQL transaction, compare-and-swap ``objects.size`` from M to T and delete the full bundles
    below T from ``bundles``: they are read from the store from then on. A crash before COMMIT repeats the
-   round from step 1; after it, step 4 is repeated by the next round.
-4. Put ``checkpoint``, T's note. It lags the log by up to a round, and is the only object ever replaced.
+   round from step 1.
+5. Put ``checkpoint``, T's note, unless the bucket holds a larger one. It lags the log by up to a round, and
+   is the only object ever replaced. A put that failed or was cut short is made again by the next round (or
+   the next start), however idle the log is.
 
 A failure of the store (down, refusing) leaves everything in PostgreSQL, and the next round tries again.
 """
@@ -63,8 +68,9 @@ class MirrorRows(Protocol):
         """The committed checkpoint note of exactly ``size``."""
         ...
 
-    def read_tile(self, level: int, n: int) -> bytes | None:
-        """The committed hashes of tile (level, n) at its current width (a partial one may have grown since)."""
+    def committed_tile(self, level: int, n: int) -> bytes | None:
+        """The committed hashes of tile (level, n) at its current width (a partial one may have grown since), as
+        the database holds them (never a writer's in-memory row that a commit has not yet replaced)."""
         ...
 
     def stored_bundle(self, n: int) -> bytes | None:
@@ -87,6 +93,7 @@ class ObjectMirror:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._failing: str | None = None
+        self._checkpoint_put = -1  # the size of the last `checkpoint` this mirror put
         self._thread = threading.Thread(target=self._run, name="pacspace-objects", daemon=True)
 
     def start(self) -> None:
@@ -130,20 +137,45 @@ class ObjectMirror:
         return behind
 
     def run_round(self) -> bool:
-        """One round (steps 1-4); whether the store is still behind the log after it."""
+        """One round (steps 1-5); whether the store is still behind the log after it."""
         mirrored = self.rows.mirrored_size()
         sizes = self.rows.checkpoint_sizes(mirrored, 4096)
         target = next_target(mirrored, sizes)
         if target is None:
+            if mirrored and self._checkpoint_put != mirrored:
+                self._put_checkpoint(mirrored)  # step 5 of a round that failed, or of an earlier process
             return False
+        moved: list[tuple[str, bytes]] = []
         for ref in new_objects(mirrored, target):
             if self._stop.is_set():
                 return False  # the process is stopping: the next start repeats this round
-            put_object(self.bucket, ref.path(), object_bytes(ref, self.rows.read_tile, self.rows.stored_bundle))
-        if not self.rows.advance_mirror(mirrored, target):
-            return True  # another writer moved it: start again from what it did
-        self.bucket.put("checkpoint", self.rows.checkpoint_at(target))
+            data = object_bytes(ref, self.rows.committed_tile, self.rows.stored_bundle)
+            put_object(self.bucket, ref.path(), data)
+            if ref.level is None and not ref.is_partial:
+                moved.append((ref.path(), data))
+        for key, data in moved:
+            if self.bucket.get(key) != data:
+                raise ObjectCorrupt(f"{self.bucket}/{key} does not hold what was put there; the bundle stays in the "
+                                    "database")
+        if self._stop.is_set() or not self.rows.advance_mirror(mirrored, target):
+            return not self._stop.is_set()  # another writer moved it: start again from what it did
+        self._put_checkpoint(target)
         return target < sizes[-1] or len(sizes) == 4096
+
+    def _put_checkpoint(self, size: int) -> None:
+        held = self.bucket.get("checkpoint")
+        if held is not None and checkpoint_size(held) > size:
+            self._checkpoint_put = size  # a later writer's is there already: never move it back
+            return
+        if not self._stop.is_set():
+            self.bucket.put("checkpoint", self.rows.checkpoint_at(size))
+            self._checkpoint_put = size
+
+
+def checkpoint_size(note: bytes) -> int:
+    """The tree size a checkpoint note states (its second line), or -1 if it states none."""
+    lines = note.split(b"\n", 2)
+    return int(lines[1]) if len(lines) > 2 and lines[1].isdigit() and len(lines[1]) < 20 else -1
 
 
 def next_target(mirrored: int, checkpoint_sizes: Sequence[int]) -> int | None:
@@ -207,26 +239,38 @@ def check_bundle(data: bytes, n: int, level0: bytes | None, where: str) -> bytes
     return data
 
 
-def check_store(bucket: S3Bucket, rows: MirrorRows, mirrored: int) -> list[str]:
-    """For fsck: the faults of the tile objects the store must hold at ``mirrored`` (every one there, with the
-    log's bytes) and of its ``checkpoint`` (one the log committed). The full bundles are read, and checked,
-    by fsck's rebuild of the tree."""
+def check_store(bucket: S3Bucket, rows: MirrorRows, mirrored: int, head: int,
+                open_note: Callable[[bytes], int]) -> tuple[list[str], list[str]]:
+    """For fsck: the faults and warnings of the store at ``mirrored`` (``head``: the log's size in the same
+    snapshot). Every tile object it must hold is there with the log's bytes, and its ``checkpoint`` carries the
+    log's signature (``open_note`` verifies a note and returns its size, or raises) and is one the log
+    committed. The full bundles are read, and checked, by fsck's rebuild of the tree."""
     faults: list[str] = []
+    warnings: list[str] = []
     for ref in new_objects(0, mirrored):
         if ref.level is None and not ref.is_partial:
             continue
         held = bucket.get(ref.path())
         if held is None:
             faults.append(f"{bucket}/{ref.path()} is missing from the object store")
-        elif held != object_bytes(ref, rows.read_tile, rows.stored_bundle):
+        elif held != object_bytes(ref, rows.committed_tile, rows.stored_bundle):
             faults.append(f"{bucket}/{ref.path()} differs from the log's (tampered with or damaged)")
     note = bucket.get("checkpoint")
-    if mirrored and note is not None:
-        body = note.split(b"\n\n", 1)[0]
-        lines = body.split(b"\n")
-        size = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else -1
-        sizes = rows.checkpoint_sizes(size - 1, 1) if size >= 0 else []
-        # A newer checkpoint than this check's snapshot (a live mirror) cannot be judged here.
-        if size <= mirrored and (sizes[:1] != [size] or rows.checkpoint_at(size).split(b"\n\n", 1)[0] != body):
-            faults.append(f"{bucket}/checkpoint is not a checkpoint the log committed")
-    return faults
+    if note is None:
+        if mirrored:
+            warnings.append(f"{bucket}/checkpoint is missing (the writer puts it again within a round)")
+        return faults, warnings
+    try:
+        size = open_note(note)
+    except PacspaceError as exc:
+        faults.append(f"{bucket}/checkpoint is not the log's: {exc}")
+        return faults, warnings
+    if size > head:
+        warnings.append(f"{bucket}/checkpoint is of size {size:,}, beyond this check's snapshot of the log")
+    elif size not in rows.checkpoint_sizes(size - 1, 1) or \
+            rows.checkpoint_at(size).split(b"\n\n", 1)[0] != note.split(b"\n\n", 1)[0]:
+        faults.append(f"{bucket}/checkpoint is signed by the log's key but is not a checkpoint the log committed")
+    elif size < mirrored:
+        warnings.append(f"{bucket}/checkpoint is of size {size:,}, behind the store's {mirrored:,} (the writer puts "
+                        "it again within a round)")
+    return faults, warnings

@@ -67,8 +67,8 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 Session = tuple[int, Any]  # a PostgreSQL session: (pid, backend_start)
 # (phase, done, total), as cli/progress.py draws it.
 Progress = Callable[[str, int, int], None]
-# Full bundles read back from the object store and checked, kept: they never change (~64 KiB to ~16 MiB).
-STORE_BUNDLE_CACHE = 256
+# Bytes of full bundles read back from the object store and checked, kept: they never change.
+STORE_BUNDLE_CACHE = 32 << 20
 
 
 def _connect(url: str, name: str = "pacspace") -> Connection:
@@ -164,6 +164,8 @@ class PostgresLog(LogTables):
         self.objects: S3Bucket | None = None
         self._mirror: ObjectMirror | None = None
         self._store_bundles: OrderedDict[int, bytes] = OrderedDict()
+        self._store_bytes = 0
+        self._closed = False
         self._read = _connect_reader(url)
         self._read_lock = threading.Lock()
         self._in_snapshot = False
@@ -205,12 +207,21 @@ class PostgresLog(LogTables):
                 bucket.check()  # a bucket that is missing or refuses these credentials is not recorded
                 self._write.execute("INSERT INTO objects (url, size) VALUES (%s, 0) ON CONFLICT DO NOTHING", (wanted,))
                 held = wanted
-        if held is None:
-            return
-        self.objects = S3Bucket.from_env(S3Location.parse(held))
-        if self._write is not None:
+        # A reader opens the store when it first needs a bundle from it (_bucket): one that never does (fsck of
+        # a log the store has not taken a bundle of, init, migrate) needs no credentials.
+        if held is not None and self._write is not None:
+            self.objects = S3Bucket.from_env(S3Location.parse(held))
             self._mirror = ObjectMirror(self.objects, self)
             self._mirror.start()
+
+    def _bucket(self) -> S3Bucket | None:
+        """The log's object store, if it has one: looked up again while this process knows of none, since a
+        writer may have given the log one after this process opened it."""
+        if self.objects is None:
+            row = self._one("SELECT url FROM objects")
+            if row is not None:
+                self.objects = S3Bucket.from_env(S3Location.parse(str(row[0])))
+        return self.objects
     def __str__(self) -> str:
         return redact(self.url)
 
@@ -282,6 +293,7 @@ class PostgresLog(LogTables):
             conn.close()
 
     def close(self) -> None:
+        self._closed = True  # a mirror round that outlives this never connects again (_writing)
         if self._mirror is not None:
             self._mirror.stop()
         for conn in (self._read, self._write):
@@ -327,20 +339,24 @@ class PostgresLog(LogTables):
     def read_bundle(self, n: int) -> bytes | None:
         """From the database, else (a full bundle the mirror moved) from the object store, checked."""
         held = self.stored_bundle(n)
-        if held is not None or self.objects is None:
+        if held is not None:
             return held
         with self._cache_lock:
             cached = self._store_bundles.get(n)
         if cached is not None:
             return cached
-        data = self.objects.get(TileRef(None, n).path())
+        bucket = self._bucket()
+        if bucket is None:
+            return None
+        data = bucket.get(TileRef(None, n).path())
         if data is None:
             return None
-        check_bundle(data, n, self.read_tile(0, n), str(self.objects))
+        check_bundle(data, n, self.read_tile(0, n), str(bucket))
         with self._cache_lock:
             self._store_bundles[n] = data
-            if len(self._store_bundles) > STORE_BUNDLE_CACHE:
-                self._store_bundles.popitem(last=False)
+            self._store_bytes += len(data)
+            while self._store_bytes > STORE_BUNDLE_CACHE:
+                self._store_bytes -= len(self._store_bundles.popitem(last=False)[1])
         return data
 
     def stored_bundle(self, n: int) -> bytes | None:
@@ -374,10 +390,17 @@ class PostgresLog(LogTables):
         top = max(held, moved)
         return None if top < 0 else top
 
-    def object_faults(self) -> list[str]:
-        if self.objects is None:
-            return []
-        return check_store(self.objects, self, self.mirrored_size())
+    def check_objects(self, head: int, open_note: Callable[[bytes], int]) -> tuple[list[str], list[str]]:
+        bucket = self._bucket()
+        if bucket is None:
+            return [], []
+        return check_store(bucket, self, self.mirrored_size(), head, open_note)
+
+    def committed_tile(self, level: int, n: int) -> bytes | None:
+        with self._cache_lock:
+            cached = self._full_tiles.get((level, n))
+        row = cached or self._fetch_tile(level, n)
+        return None if row is None else row[0]
 
     # --- the object store's mirror (objects.MirrorRows) -----------------------------------------------
 
@@ -459,6 +482,8 @@ class PostgresLog(LogTables):
         another process took it meanwhile, and nothing is written), then, unless ``done`` finds that the lost
         COMMIT took effect before its answer was lost, do ``work`` once more. A second failure is raised."""
         with self._write_lock:
+            if self._closed:
+                raise UntrustedState("this log was closed")
             conn = self._writer()
             try:
                 work(conn)
@@ -469,6 +494,8 @@ class PostgresLog(LogTables):
                 log.warning("the connection of the log's writer to %s was lost (%s): connecting again",
                             redact(self.url), type(exc).__name__)
             conn.close()
+            if self._closed:
+                raise UntrustedState("this log was closed")
             conn = self._write = self._reconnect_writer()
             if not done(conn):
                 work(conn)

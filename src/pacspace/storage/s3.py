@@ -21,6 +21,7 @@ import hmac
 import http.client
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Seconds one request may wait on the store; one that takes longer is treated as down (an object is at most
 # ~70 KiB). A read waiting on a hung store holds up the server's shutdown by at most this much.
 TIMEOUT = 10.0
+# The largest object pacspace stores: an entry bundle of 256 entries of at most 65,535 bytes, each with its
+# 2-byte length. A store that answers with more is refused before it is read.
+MAX_OBJECT = 256 * (2 + 0xFFFF)
+_CHUNK = 1 << 16
 _UNRESERVED = "-_.~"  # SigV4 encodes everything but these (and '/' in a path)
 
 
@@ -50,6 +55,8 @@ class S3Location:
         if not (3 <= len(bucket) <= 63 and all(c.islower() or c.isdigit() or c in ".-" for c in bucket)):
             raise MalformedInput(f"--objects: {bucket!r} is not an S3 bucket name")
         prefix = prefix.strip("/")
+        if any(part in (".", "..") for part in prefix.split("/")):
+            raise MalformedInput(f"--objects: the prefix {prefix!r} has a '.' or '..' segment, which stores resolve")
         return cls(bucket, prefix + "/" if prefix else "")
 
     def __str__(self) -> str:
@@ -117,13 +124,15 @@ class S3Bucket:
     @classmethod
     def from_env(cls, location: S3Location, env: Mapping[str, str] | None = None) -> S3Bucket:
         env = os.environ if env is None else env
-        access, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+        # Stripped: a secret mounted from a file often ends with a newline, which no header may carry.
+        access, secret = (env.get("AWS_ACCESS_KEY_ID") or "").strip(), (env.get("AWS_SECRET_ACCESS_KEY") or "").strip()
+        token = (env.get("AWS_SESSION_TOKEN") or "").strip()
         if not access or not secret:
             raise MalformedInput(f"{location} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         return cls(location, endpoint=endpoint, region=region,
-                   credentials=Credentials(access, secret, env.get("AWS_SESSION_TOKEN") or None))
+                   credentials=Credentials(access, secret, token or None))
 
     def __str__(self) -> str:
         return str(self.location)
@@ -175,12 +184,20 @@ class S3Bucket:
                                          self._credentials)}
         # One retry on a fresh connection, for a keep-alive connection the store closed while it was idle; never
         # after a timeout, which would double the wait on a hung store.
+        deadline = time.monotonic() + TIMEOUT
         for attempt in (0, 1):
             conn, reused = self._connection(fresh=attempt > 0)
             try:
                 conn.request(method, path, body=body or None, headers=send)
                 reply = conn.getresponse()
-                return Response(reply.status, reply.read())
+                return Response(reply.status, _read(reply, deadline))
+            except ValueError:  # a header value http.client refuses: say which header, never its value
+                conn.close()
+                raise ObjectStoreFailed(f"{method} {self.location}/{key or ''}: a credential in the environment is "
+                                        "not a valid HTTP header value") from None
+            except ObjectStoreFailed as exc:  # an answer too long or too slow: the connection is not reused
+                conn.close()
+                raise ObjectStoreFailed(f"{method} {self.location}/{key or ''}: {exc}") from None
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 stale = reused and isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected))
@@ -196,6 +213,25 @@ class S3Bucket:
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         conn = self._local.conn = cls(self._host, timeout=TIMEOUT)
         return conn, False
+
+
+def _read(reply: http.client.HTTPResponse, deadline: float) -> bytes:
+    """The body, within the request's deadline (a store that sends a byte at a time is not waited on forever) and
+    at most MAX_OBJECT bytes (one that sends more is not read into memory)."""
+    declared = reply.getheader("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_OBJECT:
+        raise ObjectStoreFailed(f"the store answered with {int(declared):,} bytes, more than any object")
+    parts: list[bytes] = []
+    size = 0
+    while chunk := reply.read1(_CHUNK):
+        size += len(chunk)
+        if size > MAX_OBJECT:
+            raise ObjectStoreFailed("the store answered with more bytes than any object")
+        if time.monotonic() > deadline:
+            raise ObjectStoreFailed(f"the store took more than {TIMEOUT:.0f} s to answer")
+        parts.append(chunk)
+    reply.close()  # a HEAD's answer too: read1 leaves it open, and the connection would take no next request
+    return b"".join(parts)
 
 
 def _error_code(body: bytes) -> str:
