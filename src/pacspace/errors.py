@@ -164,3 +164,10 @@ class ObjectCorrupt(UntrustedState):
 
     code = "object_corrupt"
     http_status = 502
+
+
+class FrontendReadOnly(PacspaceError):
+    """A read-only frontend (``serve --frontend``) was asked for what only the sequencing server answers."""
+
+    code = "frontend_read_only"
+    http_status = 421

@@ -54,6 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "AWS_SECRET_ACCESS_KEY); recorded in the database, so later runs and every other process use it without "
         "the flag (docs/operations.md) (default: the store the database records, if any)",
     )
+    p.add_argument(
+        "--frontend",
+        action="store_true",
+        help="with --database: serve the log read-only (checkpoints, tiles, proofs, health) from the database, on "
+        "any machine, beside the serve that sequences it; DIR is not used; one process (docs/operations.md) "
+        "(default: serve and sequence the log)",
+    )
     _origin_arg(p, None)
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     p.add_argument("--port", type=port, default=DEFAULT_PORT, help="port to listen on")
@@ -245,6 +252,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise MalformedInput(str(exc)) from None
     if args.witness_policy is not None:
         parse_policy(read_text(args.witness_policy, "--witness-policy"))
+    if args.frontend:
+        return _serve_frontend(args, config)
     origin = validate_origin(args.origin or DEFAULT_ORIGIN)
     exists = log_exists(args.data, database)
     if exists:
@@ -285,6 +294,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if app[FATAL]:
         print(f"pacspace: error: the sequencer stopped: {app[FATAL][0]}", file=sys.stderr)
         return exitcodes.FAILURE
+    return exitcodes.OK
+
+
+def _serve_frontend(args: argparse.Namespace, config: ServerConfig) -> int:
+    from aiohttp import web
+
+    from ..server.context import READS
+    from ..server.frontend import create_frontend_app
+    from ..server.gctune import tune_for_serving
+
+    if config.database is None:
+        raise MalformedInput("--frontend needs --database URL (or PACSPACE_DATABASE): it serves a log in PostgreSQL")
+    if args.objects is not None:
+        raise MalformedInput("--objects is given to the serve that sequences the log; its frontends read it from "
+                             "the database")
+    sock = listen(args.host, args.port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_frontend_app(config)
+
+    async def on_startup(app: web.Application) -> None:
+        reads = app[READS]
+        print(f"pacspace: frontend of the log {reads.store.origin} at size {reads.latest.size:,}, vkey {reads.vkey}",
+              file=sys.stderr)
+        print(f"pacspace: serving it read-only on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+        tune_for_serving()
+
+    app.on_startup.append(on_startup)
+    web.run_app(app, sock=sock, print=None, access_log=None)
     return exitcodes.OK
 
 

@@ -25,7 +25,7 @@ from .witnessing import WitnessPool, WitnessQuorumFailed
 from .writer import GroupWriter
 from . import bodies, consent_api, ipc, logbudget, openapi, read_api, records_api, refusals
 from .protocol import LIMITS, ConnectionLimits, GuardedApplication, connection_cap
-from .context import CONFIG, FATAL, ON_FATAL, SERVICE, LogService
+from .context import CONFIG, FATAL, ON_FATAL, READS, SERVICE, LogService
 from .errors import error_middleware
 
 log = logging.getLogger("pacspace.server")
@@ -113,9 +113,11 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
             log.info("records reconciled with the log: %d settled, %d never acknowledged and dropped", settled, dropped)
         writer = GroupWriter(records)
         sequencing = Sequencing(sequencer, TagGuard(store.tags_in_log), store, writer)
-        app[SERVICE] = LogService(
+        service = LogService(
             store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer, sequencing
         )
+        app[SERVICE] = app[READS] = service
+        store.record_keys(service.vkey, service.timestamp_vkey)  # for frontends, which have no data directory
         task = asyncio.create_task(sequencer.run(), name="pacspace-sequencer")
         task.add_done_callback(lambda t: _on_sequencer_exit(app, t))
         writer_task = asyncio.create_task(writer.run(), name="pacspace-records-writer")

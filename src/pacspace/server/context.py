@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from ..appending import Appender, SequencerLink
+from ..checkpoint import SignedCheckpoint
 from ..config import ServerConfig
 from ..merkle import RangeHashes
 from ..sequencer import Sequencer
@@ -44,11 +45,43 @@ class LogService:
     def __post_init__(self) -> None:
         self.appender = Appender(self.records, self.writer, self.link)
 
+    # The read API's view (LogReads): every process of a `serve` belongs to the log's sequencer.
+    role = "sequencer"
+
+    @property
+    def latest(self) -> SignedCheckpoint:
+        return self.sequencer.latest
+
+    async def find_leaves(self, hashes: list[bytes], size: int) -> list[int | None]:
+        return await self.link.find_leaves(hashes, size)
+
     async def metrics_text(self) -> str:
         return await self.sequencer.metrics_text()
 
 
+class LogReads(Protocol):
+    """What the read API (read_api.py) serves from: a `serve`'s LogService, or a frontend's (frontend.py)."""
+
+    store: LogTables
+    vkey: str
+    timestamp_vkey: str
+    # "sequencer": the processes of the `serve` that sequences; "frontend": a read-only one beside it.
+    role: str
+
+    @property
+    def latest(self) -> SignedCheckpoint:
+        """The latest published checkpoint."""
+        ...
+
+    async def find_leaves(self, hashes: list[bytes], size: int) -> list[int | None]:
+        """Each leaf hash's first index below ``size``, or None."""
+        ...
+
+    async def metrics_text(self) -> str: ...
+
+
 SERVICE = web.AppKey("service", LogService)
+READS = web.AppKey("reads", LogReads)
 CONFIG = web.AppKey("config", ServerConfig)
 # Exceptions that stopped the sequencer; non-empty means the server is exiting.
 FATAL = web.AppKey("fatal", list)

@@ -18,7 +18,7 @@ from ..errors import InvalidRange, MalformedInput, NotFound, UntrustedState
 from ..merkle import HASH_SIZE, consistency_proof, inclusion_proof
 from ..storage.logtables import LogTables
 from ..tiles import TileRef, bundle_prefix, implied_by, parse_tile_path
-from .context import FATAL, SERVICE, LogService
+from .context import FATAL, READS, LogReads
 
 # C2SP tlog-tiles: the checkpoint is mutable ("SHOULD prevent caching beyond a few
 # seconds"); tiles and bundles, partial ones included, never change once served.
@@ -78,12 +78,12 @@ async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-def _service(request: web.Request) -> LogService:
-    return request.app[SERVICE]
+def _service(request: web.Request) -> LogReads:
+    return request.app[READS]
 
 
 async def get_checkpoint(request: web.Request) -> web.Response:
-    latest = _service(request).sequencer.latest
+    latest = _service(request).latest
     return web.Response(
         body=latest.format(),
         content_type="text/plain",
@@ -95,7 +95,7 @@ async def get_checkpoint(request: web.Request) -> web.Response:
 async def get_tile(request: web.Request) -> web.Response:
     ref = parse_tile_path("tile/" + request.match_info["path"])
     service = _service(request)
-    size = service.sequencer.latest.size
+    size = service.latest.size
     if not _published(service.store, ref, size):
         raise NotFound(f"{ref.path()} is not implied by any published checkpoint")
     headers = {"Cache-Control": IMMUTABLE_CACHE}
@@ -164,7 +164,7 @@ def _bundle_bytes(store: LogTables, ref: TileRef) -> bytes:
 
 async def get_log(request: web.Request) -> web.Response:
     service = _service(request)
-    latest = service.sequencer.latest
+    latest = service.latest
     return web.json_response(
         {
             "origin": latest.checkpoint.origin,
@@ -188,7 +188,7 @@ def _int_param(request: web.Request, name: str, default: int | None = None) -> i
 
 def _size_param(request: web.Request) -> int:
     """The tree size to prove against: at most the latest published checkpoint (404 beyond it)."""
-    latest = _service(request).sequencer.latest.size
+    latest = _service(request).latest.size
     size = _int_param(request, "size", default=latest)
     if size > latest:
         raise NotFound(f"size {size} is beyond the latest checkpoint ({latest})")
@@ -234,7 +234,7 @@ async def get_by_hash(request: web.Request) -> web.Response:
     size = _size_param(request)
     service = _service(request)
     store = service.store
-    (index,) = await service.link.find_leaves([leaf], size)
+    (index,) = await service.find_leaves([leaf], size)
     if index is None:
         raise NotFound(f"no leaf with this hash in the tree of size {size}")
     return web.json_response(_inclusion_body(store, index, size))
@@ -251,9 +251,8 @@ async def get_consistency(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     service = _service(request)
-    # Every `serve` sequences the log it opened (one per data directory, under its lock); "frontend" is for
-    # the serving processes that will not (issue 18). "storage": where the log's tables are.
-    body = {"size": service.sequencer.latest.size, "role": "sequencer", "storage": service.store.engine}
+    # "role": the sequencer's processes, or a read-only frontend (frontend.py); "storage": where the log's tables are.
+    body = {"size": service.latest.size, "role": service.role, "storage": service.store.engine}
     if request.app[FATAL]:
         return web.json_response({"status": "failing", **body}, status=503)
     return web.json_response({"status": "ok", **body})

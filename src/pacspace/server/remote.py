@@ -26,6 +26,7 @@ from ..errors import PacspaceError, SequencerStopped
 from ..note import Ed25519Verifier
 from ..policy import Policy
 from ..storage.logtables import LogTables
+from .published import PublishedView
 from .ipc import FIND_LEAVES_PATH, SEQUENCE_PATH, SETTLED_PATH, SequencedRange, encode_records, error_from_json
 
 if TYPE_CHECKING:
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 MAX_CALL_ENTRIES = 65536
 # A sequence call waits for a commit (and, with witnesses, their cosignatures): never this long.
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=120)
-# Newest stored checkpoints a worker reads looking for a cosigned one when the newest is not.
-MAX_WALK = 1000
 # Calls on the wire at once: enough to keep the parent's pool fed while earlier calls wait for their commit.
 MAX_CALLS_IN_FLIGHT = 4
 
@@ -56,54 +55,18 @@ class RemoteSequencer:
     policy: Policy | None = None
     _waiting: list[_Waiting] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _note: bytes = b""
-    # Stored checkpoints newer than the published one that lacked the witnesses' quorum when last read.
-    _unpublished: dict[bytes, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.published: SignedCheckpoint = self._newest_published(floor=-1)
-        self._note = self.store.latest_checkpoint()
+        self._view = PublishedView(self.store, self.verifier, self.policy)
 
-    def _newest_published(self, floor: int) -> SignedCheckpoint:
-        """The newest stored checkpoint above size ``floor`` that is published (with a witness policy:
-        that its quorum cosigned); the current one if there is none."""
-        for walked, note in enumerate(self.store.checkpoints_newest_first()):
-            if walked >= MAX_WALK and floor >= 0:
-                break  # a long witness outage: keep serving the published one rather than read them all
-            if note in self._unpublished:
-                continue
-            checkpoint = open_checkpoint(note, self.verifier)
-            if checkpoint.size <= floor:
-                break
-            if self._is_published(checkpoint):
-                return checkpoint
-            self._unpublished[note] = checkpoint.size
-        if floor < 0:
-            raise SequencerStopped("the log has no published checkpoint")
-        return self.published
-
-    def _is_published(self, checkpoint: SignedCheckpoint) -> bool:
-        if self.policy is None or checkpoint.size == 0:
-            return True
-        return self.policy.satisfied(set(self.policy.cosigners(checkpoint.note)))
+    @property
+    def published(self) -> SignedCheckpoint:
+        return self._view.published
 
     @property
     def latest(self) -> SignedCheckpoint:
         """The latest published checkpoint, as committed by the parent (one small read of log.db)."""
-        note = self.store.latest_checkpoint()
-        if note != self._note:
-            self._note = note
-            # The newest stored one may still await its cosignatures (or never get them): then the
-            # newest stored one that has them, which is never older than what any worker served.
-            self._advance(self._newest_published(floor=self.published.size))
-        return self.published
-
-    def _advance(self, checkpoint: SignedCheckpoint) -> None:
-        if checkpoint.size >= self.published.size and self._is_published(checkpoint):
-            self.published = checkpoint
-            for note, size in list(self._unpublished.items()):
-                if size <= checkpoint.size:
-                    del self._unpublished[note]
+        return self._view.latest
 
     async def commit(self, entries: list[bytes], rows: list[Row]) -> Commit:
         """Sequence records' entries in the parent; returns once they are durable in the log and their rows settled.
@@ -188,7 +151,7 @@ class RemoteSequencer:
         if note == self.published.format():
             return self.published
         checkpoint = open_checkpoint(note, self.verifier)
-        self._advance(checkpoint)
+        self._view.advance(checkpoint)
         return checkpoint
 
     @staticmethod

@@ -36,7 +36,7 @@ from ..note import Ed25519Verifier, parse_vkey
 from ..policy import parse_policy
 from ..storage.records import RecordStore
 from .app import create_app
-from .context import CONFIG, SERVICE, LogService
+from .context import CONFIG, READS, SERVICE, LogService
 from .gctune import tune_for_serving
 from .remote import RemoteSequencer
 from .writer import GroupWriter
@@ -80,7 +80,7 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
         remote = RemoteSequencer(session, store, verifier, policy)
         writer = GroupWriter(records, inline=True)
         service = LogService(store, remote, link.vkey, link.timestamp_vkey, records, writer, remote)
-        app[SERVICE] = service
+        app[SERVICE] = app[READS] = service
         tasks = [
             asyncio.create_task(remote.run(), name="pacspace-remote-sequencer"),
             asyncio.create_task(writer.run(), name="pacspace-records-writer"),

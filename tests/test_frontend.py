@@ -1,0 +1,170 @@
+"""Read-only frontends (``serve --frontend --database URL``) beside the serve that sequences a log in PostgreSQL,
+with its bundles in a real S3-compatible store: real processes, a stranger's checks, and a frontend killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from pacspace.datadir import load_signer, load_state
+from pacspace.merkle import leaf_hash, verify_inclusion
+from pacspace.sequencer import Sequencer, SequencerConfig
+from pacspace.storage.postgres import PostgresLog
+from pacspace.tiles import iter_bundle
+
+
+def _get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def _fill(database: str, data, count: int) -> None:  # type: ignore[no-untyped-def]
+    """``count`` plain entries, through the real sequencer, before any server runs."""
+    import asyncio
+
+    signer = load_signer(data)
+    store = PostgresLog(database)
+    sequencer = Sequencer(store, signer, load_state(store, signer), SequencerConfig(pool_interval=0.005), clock=time.time)
+    task = asyncio.create_task(sequencer.run())
+    try:
+        await sequencer.submit_many([b"plain entry %d" % i for i in range(count)])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        store.close()
+
+
+def _stranger_checks(base: str, vkey: str) -> int:
+    """What a stranger holding only the log's key checks on one server: the checkpoint (a strict C2SP verifier
+    sharing no code with pacspace), then every entry's inclusion, from the served bundles and proofs."""
+    from strict_c2sp import open_checkpoint
+
+    status, note = _get(f"{base}/checkpoint")
+    assert status == 200
+    checkpoint = open_checkpoint(note, vkey, [])
+    size = checkpoint.size
+    entries: list[bytes] = []
+    for n in range((size + 255) // 256):
+        width = min(256, size - 256 * n)
+        status, bundle = _get(f"{base}/tile/entries/{n:03d}" + (f".p/{width}" if width < 256 else ""))
+        assert status == 200, (n, status, bundle)
+        entries += list(iter_bundle(bundle))
+    assert len(entries) == size
+    for index in (0, 1, 255, 256, size // 2, size - 1):
+        status, body = _get(f"{base}/v1/proof/inclusion?index={index}&size={size}")
+        assert status == 200
+        proof = json.loads(body)
+        import base64
+
+        verify_inclusion(index, size, leaf_hash(entries[index]), [base64.b64decode(h) for h in proof["hashes"]],
+                         checkpoint.root)
+    return size
+
+
+async def test_frontends_serve_the_published_log_to_strangers_and_nothing_else(tmp_path, postgres_url, s3, s3_env):
+    from helpers import add_two_parties, cli, free_port, register_two_homes, wait_for_health
+
+    from pacspace.client.http import PacspaceClient
+    from pacspace.client.records import append_body, create_relationship, delta_maker, load_relationship
+    from pacspace.records.body import Line
+
+    def delta(hour: int):  # type: ignore[no-untyped-def]
+        window = (f"2026-11-02T{hour:02d}:00:00Z", f"2026-11-02T{hour:02d}:59:59Z")
+        return delta_maker("2026-11", window, [Line("llm.requests", "request", str(hour + 1), {})])
+
+    data = tmp_path / "data"
+    env = {**os.environ, **s3_env, "PACSPACE_DATABASE": postgres_url}
+    cli("init", "--data", str(data), env=env)
+    await _fill(postgres_url, data, 600)
+    add_two_parties(data)
+    # A frontend of a log whose serve never recorded its keys: refused, saying what to do.
+    refused = cli("serve", "--frontend", "--data", str(tmp_path / "nowhere"), "--port", str(free_port()), env=env,
+                  code=1)
+    assert "start its `pacspace serve --database ...`" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), "--workers", "0",
+         "--objects", f"s3://{s3.bucket()}/log"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_for_health(url)
+        fronts = []
+        for i in range(2):  # on other machines: no data directory of the log's
+            front_port = free_port()
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "pacspace", "serve", "--frontend", "--data", str(tmp_path / f"front{i}"),
+                 "--port", str(front_port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            fronts.append(f"http://127.0.0.1:{front_port}")
+        for front in fronts:
+            wait_for_health(front)
+        acme, bob = await register_two_homes(url, tmp_path)
+        log_key = acme.log_key()
+        vkey = log_key.vkey()
+        async with PacspaceClient(url, "tok-acme") as c:
+            rid = (await create_relationship(c, acme.keys(), "acme", "bob", "hourly"))["relationship"]
+            for hour in range(3):
+                view = await load_relationship(c, acme, rid, log_key)
+                await append_body(c, acme, view, delta(hour))
+        status, body = _get(f"{url}/checkpoint")
+        size = int(body.split(b"\n")[1])
+        assert size > 600
+        # The bundles the object store took are read back from it, checked, by the frontends too.
+        deadline = time.monotonic() + 30
+        while True:
+            with __import__("psycopg").connect(postgres_url, autocommit=True) as conn:
+                if conn.execute("SELECT count(*) FROM bundles WHERE n < 2").fetchone()[0] == 0:
+                    break
+            assert time.monotonic() < deadline, "the store never took the full bundles"
+            time.sleep(0.1)
+        for front in fronts:
+            deadline = time.monotonic() + 10
+            while json.loads(_get(f"{front}/health")[1])["size"] < size:  # it follows the sequencer
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            health = json.loads(_get(f"{front}/health")[1])
+            assert health == {"status": "ok", "size": size, "role": "frontend", "storage": "postgresql"}
+            assert json.loads(_get(f"{front}/v1/log")[1])["vkey"] == vkey
+            assert _get(f"{front}/tile/entries/001") == _get(f"{url}/tile/entries/001")
+            assert _stranger_checks(front, vkey) == size
+            # Records, relationships and parties are the sequencer's: one answer for every party and path.
+            answers = {_get(f"{front}/v1/relationships/{rid}", "tok-bob"), _get(f"{front}/v1/relationships/nope", "tok-bob"),
+                       _get(f"{front}/v1/relationships/{rid}"), _get(f"{front}/v1/records", "tok-acme", "POST")}
+            assert len(answers) == 1
+            status, body = answers.pop()
+            assert status == 421 and json.loads(body)["error"] == "frontend_read_only"
+        assert _get(f"{url}/v1/relationships/{rid}", "tok-bob")[0] == 200  # the sequencer serves it
+        # One frontend is killed: the log, the customer's verification and the other frontend go on.
+        processes[1].send_signal(signal.SIGKILL)
+        processes[1].wait(timeout=10)
+        async with PacspaceClient(url, "tok-acme") as c:
+            view = await load_relationship(c, acme, rid, log_key)
+            await append_body(c, acme, view, delta(3))
+        async with PacspaceClient(url, "tok-bob") as c:
+            seen = await load_relationship(c, bob, rid, bob.log_key())
+            assert [r.seq for r in seen.records] == [0, 1, 2, 3, 4]
+        deadline = time.monotonic() + 10
+        while json.loads(_get(f"{fronts[1]}/health")[1])["size"] <= size:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _stranger_checks(fronts[1], vkey) > size
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+    errors = b"".join(p.stderr.read() for p in processes[1:] if p.stderr)
+    assert b"Traceback" not in errors, errors.decode(errors="replace")
