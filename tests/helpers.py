@@ -22,6 +22,23 @@ def new_log(path: Path, origin: str = ORIGIN, database: str | None = None) -> st
     return init_log(path, origin, int(time.time()), database).verifier.vkey()
 
 
+async def sequence(store, signer, batches: list[list[bytes]], clock=time.time) -> None:  # type: ignore[no-untyped-def]
+    """Append ``batches`` to ``store`` (a writable log) through the real sequencer, one submission each."""
+    import asyncio
+
+    from pacspace.datadir import load_state
+    from pacspace.sequencer import Sequencer, SequencerConfig
+
+    sequencer = Sequencer(store, signer, load_state(store, signer), SequencerConfig(pool_interval=0.005), clock=clock)
+    task = asyncio.create_task(sequencer.run())
+    try:
+        for batch in batches:
+            await sequencer.submit_many(batch)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def reference_tile(leaf_hashes: list[bytes], level: int, n: int, width: int) -> bytes:
     """C2SP tlog-tiles, straight from the definition: hash i is MTH(D[(n*256+i)*256**l : ...])."""
     from pacspace.merkle import ListHashReader, tree_hash

@@ -12,11 +12,9 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
 
-from pacspace.datadir import load_signer, load_state
+from pacspace.datadir import load_signer
 from pacspace.merkle import leaf_hash, verify_inclusion
-from pacspace.sequencer import Sequencer, SequencerConfig
 from pacspace.storage.postgres import PostgresLog
 from pacspace.tiles import iter_bundle
 
@@ -33,17 +31,12 @@ def _get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, 
 
 async def _fill(database: str, data, count: int) -> None:  # type: ignore[no-untyped-def]
     """``count`` plain entries, through the real sequencer, before any server runs."""
-    import asyncio
+    from helpers import sequence
 
-    signer = load_signer(data)
     store = PostgresLog(database)
-    sequencer = Sequencer(store, signer, load_state(store, signer), SequencerConfig(pool_interval=0.005), clock=time.time)
-    task = asyncio.create_task(sequencer.run())
     try:
-        await sequencer.submit_many([b"plain entry %d" % i for i in range(count)])
+        await sequence(store, load_signer(data), [[b"plain entry %d" % i for i in range(count)]])
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         store.close()
 
 

@@ -22,7 +22,6 @@ from pacspace.datadir import init_log, load_signer, load_state
 from pacspace.errors import MalformedInput, ObjectCorrupt, ObjectStoreFailed, UntrustedState
 from pacspace.fsck import fsck
 from pacspace.merkle import HASH_SIZE, leaf_hash, node_hash
-from pacspace.sequencer import Sequencer, SequencerConfig
 from pacspace.storage.objects import STEP_ENTRIES, new_objects, next_target
 from pacspace.storage.postgres import PostgresLog
 from pacspace.storage.s3 import EMPTY_SHA256, TIMEOUT, Credentials, S3Location, sign_v4
@@ -90,15 +89,15 @@ def _entries(start: int, count: int) -> list[bytes]:
 
 
 async def _append(store: PostgresLog, signer, batches: list[list[bytes]]) -> None:  # type: ignore[no-untyped-def]
-    sequencer = Sequencer(store, signer, load_state(store, signer), SequencerConfig(pool_interval=0.005),
-                          clock=time.time)
-    task = asyncio.create_task(sequencer.run())
-    try:
-        for batch in batches:
-            await sequencer.submit_many(batch)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    from helpers import sequence
+
+    await sequence(store, signer, batches)
+
+
+def _new_log(tmp_path, postgres_url: str):  # type: ignore[no-untyped-def]
+    """A new log in the database (its key in tmp_path/data); its signer."""
+    init_log(tmp_path / "data", ORIGIN, T0, postgres_url)
+    return load_signer(tmp_path / "data")
 
 
 def _wait_until_mirrored(url: str, size: int, timeout: float = 60.0) -> None:
@@ -154,9 +153,7 @@ def _verify_bucket_as_a_stranger(bucket, vkey_verifier) -> int:  # type: ignore[
 
 
 async def test_bundles_move_to_the_store_and_every_process_reads_them_back_checked(tmp_path, postgres_url, s3, s3_env):
-    data = tmp_path / "data"
-    init_log(data, ORIGIN, T0, postgres_url)
-    signer = load_signer(data)
+    signer = _new_log(tmp_path, postgres_url)
     url = f"s3://{s3.bucket()}/logs/one"
     writer = PostgresLog(postgres_url, objects=url)
     try:
@@ -199,9 +196,7 @@ async def test_bundles_move_to_the_store_and_every_process_reads_them_back_check
 async def test_a_store_that_is_down_or_a_round_cut_short_loses_nothing(tmp_path, postgres_url, s3, s3_env, monkeypatch):
     from helpers import free_port
 
-    data = tmp_path / "data"
-    init_log(data, ORIGIN, T0, postgres_url)
-    signer = load_signer(data)
+    signer = _new_log(tmp_path, postgres_url)
     url = f"s3://{s3.bucket()}"
     # A bucket that cannot be reached is never recorded as the log's store.
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
@@ -255,9 +250,7 @@ async def test_a_tampered_object_is_detected_and_never_served(tmp_path, postgres
     (the tile from the database, the bundle refused with 502 object_corrupt), and fsck names both."""
     from helpers import cli, free_port, wait_for_health
 
-    data = tmp_path / "data"
-    init_log(data, ORIGIN, T0, postgres_url)
-    signer = load_signer(data)
+    signer = _new_log(tmp_path, postgres_url)
     writer = PostgresLog(postgres_url)
     try:
         await _append(writer, signer, [_entries(0, 1000)])
@@ -266,7 +259,7 @@ async def test_a_tampered_object_is_detected_and_never_served(tmp_path, postgres
     url = f"s3://{s3.bucket()}/tamper"
     env = {**os.environ, **s3_env, "PACSPACE_DATABASE": postgres_url}
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(tmp_path / "data"), "--port", str(port),
                                "--workers", "2", "--objects", url], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -289,7 +282,7 @@ async def test_a_tampered_object_is_detected_and_never_served(tmp_path, postgres
             assert _get(f"{base}/tile/0/000") == (200, good_tile)
             status, body = _get(f"{base}/tile/entries/001")
             assert status == 502 and json.loads(body)["error"] == "object_corrupt"
-        checked = cli("fsck", "--data", str(data), env=env, code=6)  # exitcodes.VERIFICATION_FAILED
+        checked = cli("fsck", "--data", str(tmp_path / "data"), env=env, code=6)  # exitcodes.VERIFICATION_FAILED
         text = checked.stdout + checked.stderr
         assert "entry bundle 1: s3://" in text and "tamper/tile/entries/001 does not match the log" in text, text
         assert "tile/0/000 differs from the log's" in text, text
@@ -310,9 +303,7 @@ async def test_a_store_that_hangs_stalls_only_the_bundle_reads_that_wait_for_it(
 
     from helpers import free_port, wait_for_health
 
-    data = tmp_path / "data"
-    init_log(data, ORIGIN, T0, postgres_url)
-    signer = load_signer(data)
+    signer = _new_log(tmp_path, postgres_url)
     url = f"s3://{s3.bucket()}"
     writer = PostgresLog(postgres_url, objects=url)
     try:
@@ -339,7 +330,7 @@ async def test_a_store_that_hangs_stalls_only_the_bundle_reads_that_wait_for_it(
     env = {**os.environ, **s3_env, "PACSPACE_DATABASE": postgres_url,
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{hung.getsockname()[1]}"}
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(tmp_path / "data"), "--port", str(port),
                                "--workers", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -379,9 +370,7 @@ async def test_a_store_that_acknowledges_what_it_did_not_keep_costs_the_log_noth
         def put_if_absent(self, key: str, data: bytes) -> bool:
             return True if key.startswith("tile/entries/") else super().put_if_absent(key, data)
 
-    data = tmp_path / "data"
-    init_log(data, ORIGIN, T0, postgres_url)
-    signer = load_signer(data)
+    signer = _new_log(tmp_path, postgres_url)
     writer = PostgresLog(postgres_url)
     try:
         await _append(writer, signer, [_entries(0, 600)])
@@ -404,9 +393,7 @@ async def test_a_store_that_acknowledges_what_it_did_not_keep_costs_the_log_noth
 
 
 async def test_the_bucket_checkpoint_is_put_again_and_fsck_refuses_a_forged_one(tmp_path, postgres_url, s3, s3_env):
-    data = tmp_path / "data"
-    init_log(data, ORIGIN, T0, postgres_url)
-    signer = load_signer(data)
+    signer = _new_log(tmp_path, postgres_url)
     url = f"s3://{s3.bucket()}"
     # A reader opened before the log had a store finds the store once the bundles moved there.
     early = PostgresLog(postgres_url, readonly=True)

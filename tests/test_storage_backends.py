@@ -4,7 +4,6 @@ guarantees hold (one writer per size, versioned schema, nothing left by a refuse
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 
 import psycopg
@@ -15,7 +14,6 @@ from pacspace.datadir import init_log, load_signer, load_state, open_log
 from pacspace.errors import CheckpointConflict, LogExists, LogLocked, UntrustedState
 from pacspace.merkle import inclusion_proof, leaf_hash, verify_inclusion
 from pacspace.records.seal import entry_from_ct_hash, record_tag
-from pacspace.sequencer import Sequencer, SequencerConfig
 from pacspace.storage.base import Batch
 from pacspace.storage.migrations import LATEST
 from pacspace.storage.database_url import redact
@@ -33,16 +31,10 @@ def _record_entry(i: int) -> bytes:
 
 
 async def _sequence(store, signer, batches: list[list[bytes]], clock=None) -> None:  # type: ignore[no-untyped-def]
+    from helpers import sequence
+
     ticks = iter(range(T0, T0 + 10_000))
-    sequencer = Sequencer(store, signer, load_state(store, signer), SequencerConfig(pool_interval=0.005),
-                          clock=clock or (lambda: float(next(ticks))))
-    task = asyncio.create_task(sequencer.run())
-    try:
-        for batch in batches:
-            await sequencer.submit_many(batch)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await sequence(store, signer, batches, clock or (lambda: float(next(ticks))))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
