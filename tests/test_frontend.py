@@ -12,6 +12,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 
 from pacspace.datadir import load_signer
 from pacspace.merkle import leaf_hash, verify_inclusion
@@ -161,3 +163,140 @@ async def test_frontends_serve_the_published_log_to_strangers_and_nothing_else(t
             process.wait(timeout=30)
     errors = b"".join(p.stderr.read() for p in processes[1:] if p.stderr)
     assert b"Traceback" not in errors, errors.decode(errors="replace")
+
+
+def _start_frontend(tmp_path, env, *extra: str):  # type: ignore[no-untyped-def]
+    from helpers import free_port, wait_for_health
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--frontend", "--data",
+                                str(tmp_path / "front"), "--port", str(port), *extra], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(base)
+    except TimeoutError:
+        process.kill()
+        raise AssertionError(process.communicate(timeout=10)[1].decode()) from None
+    return process, base
+
+
+async def test_a_frontend_publishes_under_the_recorded_policy_and_refuses_keys_that_do_not_match(tmp_path, postgres_url):
+    """The sequencing serve records its keys and witness policy; a frontend given no policy publishes what the
+    sequencer does (here: nothing the witness never cosigned), and refuses to start, in one line, on a
+    different policy, a timestamp key that is not the log key's, or a log key that does not verify the log."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from helpers import cli, free_port
+
+    from pacspace.datadir import init_log
+    from pacspace.note import NoteSigner
+
+    data = tmp_path / "data"
+    signer = init_log(data, "frontends.example/log", int(time.time()), postgres_url)
+    await _fill(postgres_url, data, 50)
+    witness = NoteSigner("w0.example", Ed25519PrivateKey.generate())
+    policy = f"witness w0 {witness.cosignature_verifier.vkey()} http://127.0.0.1:9/\nquorum w0\n"
+    vkey, ts_vkey = signer.verifier.vkey(), signer.cosignature_verifier.vkey()
+
+    def record(*keys: str) -> None:
+        store = PostgresLog(postgres_url)
+        store.record_keys(*keys)
+        store.close()
+
+    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+    record(vkey, ts_vkey, policy)
+    process, base = _start_frontend(tmp_path, env)
+    try:
+        assert _get(f"{base}/checkpoint")[1].split(b"\n")[1] == b"0"  # 50 entries stored, none cosigned
+        assert json.loads(_get(f"{base}/health")[1])["size"] == 0
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    (tmp_path / "other-policy").write_text("quorum none\n")
+    other = NoteSigner("frontends.example/log", Ed25519PrivateKey.generate())
+    for keys, extra, said in [
+        ((vkey, ts_vkey, policy), ("--witness-policy", str(tmp_path / "other-policy")), "is not the policy"),
+        ((vkey, other.cosignature_verifier.vkey(), ""), (), "timestamp key recorded in the database is not"),
+        ((other.verifier.vkey(), other.cosignature_verifier.vkey(), ""), (), "does not verify its stored checkpoints"),
+    ]:
+        record(*keys)
+        refused = cli("serve", "--frontend", "--data", str(tmp_path / "f"), "--port", str(free_port()), *extra,
+                      env=env, code=1)
+        assert said in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    refused = cli("serve", "--frontend", "--workers", "2", "--port", str(free_port()), env=env, code=2)
+    assert "leave out --workers" in refused.stderr
+    record(vkey, ts_vkey, "")  # no witnesses: every stored checkpoint is published
+    process, base = _start_frontend(tmp_path, env)
+    try:
+        assert json.loads(_get(f"{base}/health")[1])["size"] == 50
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def test_a_stuck_database_stalls_no_frontend_request_that_does_not_need_it(tmp_path, postgres_url):
+    """The checkpoints table locked by another session (a migration, VACUUM FULL, a stuck query): the frontend
+    goes on answering from what it read, /health says it is failing after STALE_AFTER, and recovers."""
+    import psycopg
+
+    from pacspace.datadir import init_log
+    from pacspace.server.frontend import STALE_AFTER
+
+    data = tmp_path / "data"
+    signer = init_log(data, "frontends.example/log", int(time.time()), postgres_url)
+    await _fill(postgres_url, data, 300)
+    store = PostgresLog(postgres_url)
+    store.record_keys(signer.verifier.vkey(), signer.cosignature_verifier.vkey(), "")
+    store.close()
+    process, base = _start_frontend(tmp_path, {**os.environ, "PACSPACE_DATABASE": postgres_url})
+    try:
+        with psycopg.connect(postgres_url) as locker:
+            locker.execute("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            for path in ("/checkpoint", "/health", "/v1/proof/inclusion?index=7&size=300", "/tile/0/000",
+                         "/v1/records"):
+                status, _ = _get(base + path)
+                assert status in (200, 421), path
+            assert time.monotonic() - started < 2.0
+            time.sleep(STALE_AFTER + 0.5)
+            status, body = _get(f"{base}/health")
+            assert status == 503 and json.loads(body)["status"] == "failing", body
+            assert "has not answered" in json.loads(body)["problem"]
+            assert _get(f"{base}/checkpoint")[0] == 200
+            locker.rollback()
+        deadline = time.monotonic() + 5
+        while _get(f"{base}/health")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_failed_walk_is_walked_again(tmp_path, postgres_url, monkeypatch):
+    """The newest stored checkpoint changed, and reading the older ones failed once (a dropped connection): the
+    next look finds the published one, not the old one for good."""
+    import asyncio
+
+    from pacspace.datadir import init_log
+    from pacspace.server.published import PublishedView
+
+    data = tmp_path / "data"
+    signer = init_log(data, "frontends.example/log", int(time.time()), postgres_url)
+    reader = PostgresLog(postgres_url, readonly=True)
+    view = PublishedView(reader, signer.verifier, None)
+    assert view.latest.size == 0
+    asyncio.run(_fill(postgres_url, data, 10))
+    real = PostgresLog.checkpoints_newest_first
+    failures = iter([True])
+
+    def once(self):  # type: ignore[no-untyped-def]
+        if next(failures, False):
+            raise __import__("psycopg").OperationalError("the connection was lost")
+        return real(self)
+
+    monkeypatch.setattr(PostgresLog, "checkpoints_newest_first", once)
+    with pytest.raises(Exception, match="connection was lost"):
+        view.latest
+    assert view.latest.size == 10
+    reader.close()

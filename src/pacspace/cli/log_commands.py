@@ -228,6 +228,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..server.context import FATAL, SERVICE
     from ..server.gctune import tune_for_serving
 
+    if args.frontend and (args.workers not in ("auto", 0) or args.origin is not None):
+        raise MalformedInput("--frontend runs as one process of the log its database holds: leave out --workers and "
+                             "--origin (run more frontends for more cores)")
     if args.workers == "auto":
         from ..server.supervisor import auto_workers
 

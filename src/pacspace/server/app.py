@@ -117,7 +117,10 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
             store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer, sequencing
         )
         app[SERVICE] = app[READS] = service
-        store.record_keys(service.vkey, service.timestamp_vkey)  # for frontends, which have no data directory
+        # For frontends, which have no data directory: the public keys, and the witness policy that says which
+        # checkpoints are published.
+        policy_text = config.witness_policy.read_text() if config.witness_policy is not None else ""
+        store.record_keys(service.vkey, service.timestamp_vkey, policy_text)
         task = asyncio.create_task(sequencer.run(), name="pacspace-sequencer")
         task.add_done_callback(lambda t: _on_sequencer_exit(app, t))
         writer_task = asyncio.create_task(writer.run(), name="pacspace-records-writer")

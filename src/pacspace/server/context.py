@@ -52,6 +52,12 @@ class LogService:
     def latest(self) -> SignedCheckpoint:
         return self.sequencer.latest
 
+    async def newest(self, wanted: int) -> SignedCheckpoint:
+        return self.sequencer.latest  # read at each call already
+
+    def problem(self) -> str | None:
+        return None  # a stopped sequencer is the app's FATAL
+
     async def find_leaves(self, hashes: list[bytes], size: int) -> list[int | None]:
         return await self.link.find_leaves(hashes, size)
 
@@ -71,6 +77,14 @@ class LogReads(Protocol):
     @property
     def latest(self) -> SignedCheckpoint:
         """The latest published checkpoint."""
+        ...
+
+    async def newest(self, wanted: int) -> SignedCheckpoint:
+        """The latest published checkpoint, looked for again first if it is smaller than ``wanted``."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why this process cannot be trusted to serve the log's newest state (for /health), if it cannot."""
         ...
 
     async def find_leaves(self, hashes: list[bytes], size: int) -> list[int | None]:

@@ -15,16 +15,18 @@ party and every path, so a frontend reveals nothing of who has a relationship.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from ..checkpoint import SignedCheckpoint
 from ..config import ServerConfig
 from ..datadir import open_log
-from ..errors import FrontendReadOnly, UntrustedState
-from ..note import Ed25519Verifier, parse_vkey
+from ..errors import FrontendReadOnly, PacspaceError, UntrustedState
+from ..note import CosignatureVerifier, Ed25519Verifier, parse_vkey
 from ..policy import parse_policy
 from ..storage.logtables import LogTables
 from . import bodies, logbudget, read_api
@@ -33,20 +35,65 @@ from .errors import error_middleware
 from .protocol import LIMITS, ConnectionLimits, GuardedApplication, connection_cap
 from .published import PublishedView
 
+log = logging.getLogger("pacspace.server.frontend")
+
+
+# How often a frontend reads the newest stored checkpoint, in a thread: requests never wait on the database for
+# it, and a flood of requests to a frontend costs the database nothing more.
+REFRESH_INTERVAL = 0.1
+# /health answers 503 once the database has not answered a refresh for this long.
+STALE_AFTER = 5.0
+
 
 @dataclass
 class FrontendReads:
-    """A frontend's LogReads: the log's tables, read-only, and the published checkpoint found among them."""
+    """A frontend's LogReads: the log's tables, read-only, and the published checkpoint found among them, kept
+    fresh by ``run`` rather than read by each request."""
 
     store: LogTables
     view: PublishedView
     vkey: str
     timestamp_vkey: str
     role: str = "frontend"
+    _refreshed_at: float = field(default_factory=time.monotonic)
+    _failing: str | None = None
+    _refresh: asyncio.Task[SignedCheckpoint] | None = None
 
     @property
     def latest(self) -> SignedCheckpoint:
-        return self.view.latest
+        return self.view.published
+
+    async def newest(self, wanted: int) -> SignedCheckpoint:
+        """A request for a size beyond what this frontend has seen (a receipt the sequencer just gave out) reads
+        the store again first; concurrent ones share one read."""
+        if wanted > self.view.published.size:
+            await self._refreshed()
+        return self.view.published
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL)
+            await self._refreshed()
+
+    async def _refreshed(self) -> None:
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.create_task(asyncio.to_thread(self.view.refresh))
+        try:
+            await asyncio.shield(self._refresh)
+        except Exception as exc:  # the database: serve what was published, and say so at /health after a while
+            message = str(exc) if isinstance(exc, PacspaceError) else type(exc).__name__
+            if message != self._failing:
+                log.warning("the frontend could not read the log's newest checkpoint: %s", message)
+            self._failing = message
+            return
+        self._refreshed_at = time.monotonic()
+        self._failing = None
+
+    def problem(self) -> str | None:
+        stale = time.monotonic() - self._refreshed_at
+        if stale < STALE_AFTER:
+            return None
+        return f"the database has not answered for {stale:.0f} s" + (f": {self._failing}" if self._failing else "")
 
     async def find_leaves(self, hashes: list[bytes], size: int) -> list[int | None]:
         # The database's leaf lookup is written in each batch's own transaction: complete, so read directly.
@@ -85,17 +132,50 @@ async def _not_here(request: web.Request) -> web.Response:
 async def _frontend_reads(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     store = open_log(config.data_dir, config.database, readonly=True)
+    task = None
     try:
-        keys = store.log_keys()
-        if keys is None:
-            raise UntrustedState("the log's public keys are not in the database yet: start its `pacspace serve "
-                                 "--database ...` (of this version) once, then the frontend")
-        verifier = parse_vkey(keys[0])
-        if not isinstance(verifier, Ed25519Verifier) or verifier.name != store.origin:
-            raise UntrustedState(f"the key recorded for the log is not an Ed25519 key named {store.origin}")
-        policy = parse_policy(config.witness_policy.read_text()) if config.witness_policy is not None else None
-        reads: LogReads = FrontendReads(store, PublishedView(store, verifier, policy), keys[0], keys[1])
+        keys = _recorded_keys(store)
+        reads = FrontendReads(store, _published_view(store, config, keys), keys[0], keys[1])
         app[READS] = reads
+        task = asyncio.create_task(reads.run(), name="pacspace-frontend-refresh")
         yield
     finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         store.close()
+
+
+def _recorded_keys(store: LogTables) -> tuple[str, str, str]:
+    """The log's (vkey, timestamp_vkey, witness policy) as its sequencing serve recorded them, checked."""
+    recorded = store.log_keys()
+    if recorded is None:
+        raise UntrustedState("the log's public keys are not in the database yet: start its `pacspace serve "
+                             "--database ...` (of this version) once, then the frontend")
+    vkey, timestamp_vkey, _ = recorded
+    try:
+        verifier = parse_vkey(vkey)
+    except PacspaceError as exc:
+        raise UntrustedState(f"the log's key recorded in the database is not a key: {exc}") from None
+    if not isinstance(verifier, Ed25519Verifier) or verifier.name != store.origin:
+        raise UntrustedState(f"the key recorded in the database is not an Ed25519 key named {store.origin}")
+    # The timestamp key is the same key's, as the sequencer derives it: one recorded otherwise is not served.
+    if CosignatureVerifier(verifier.name, verifier.public_key).vkey() != timestamp_vkey:
+        raise UntrustedState("the log's timestamp key recorded in the database is not its key's")
+    return recorded
+
+
+def _published_view(store: LogTables, config: ServerConfig, keys: tuple[str, str, str]) -> PublishedView:
+    """The checkpoints the sequencer published, under the witness policy it recorded (``--witness-policy``, if
+    given, must be that one); its key must verify the stored checkpoints."""
+    vkey, _, recorded_policy = keys
+    if config.witness_policy is not None and config.witness_policy.read_text() != recorded_policy:
+        raise UntrustedState("--witness-policy is not the policy the log's sequencing serve recorded: leave it out, "
+                             "and the frontend publishes what the sequencer does")
+    policy = parse_policy(recorded_policy) if recorded_policy else None
+    verifier = parse_vkey(vkey)
+    assert isinstance(verifier, Ed25519Verifier)
+    try:
+        return PublishedView(store, verifier, policy)
+    except PacspaceError as exc:
+        raise UntrustedState(f"the log's key recorded in the database does not verify its stored checkpoints: {exc}") from None

@@ -159,7 +159,8 @@ SPEC: dict[str, Any] = {
             "4XX": ERRORS["4XX"],
             **{code: _answer(_object({"status": {"type": "string", "enum": ["ok", "failing"]}, "size": INDEX,
                                       "role": {"type": "string", "enum": ["sequencer", "frontend"]},
-                                      "storage": {"type": "string", "enum": ["sqlite", "postgresql"]}}))
+                                      "storage": {"type": "string", "enum": ["sqlite", "postgresql"]},
+                                      "problem": {"type": "string"}}, optional=("problem",)))
                for code in ("200", "503")}}}},
         "/metrics": {"get": _op("Prometheus metrics", {"200": _answer(TEXT, "text/plain")})},
         "/openapi.json": {"get": _op("This document", {"200": _answer({"type": "object"})})},

@@ -32,10 +32,14 @@ class PublishedView:
     @property
     def latest(self) -> SignedCheckpoint:
         """The latest published checkpoint, as committed by the sequencer (one small read of the store)."""
+        return self.refresh()
+
+    def refresh(self) -> SignedCheckpoint:
+        """Read the newest stored checkpoint; if it changed, find the newest published one again."""
         note = self.store.latest_checkpoint()
         if note != self._note:
-            self._note = note
             self.advance(self._newest_published(floor=self.published.size))
+            self._note = note  # only once the walk succeeded: one that failed is walked again next time
         return self.published
 
     def advance(self, checkpoint: SignedCheckpoint) -> None:

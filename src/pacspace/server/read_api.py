@@ -11,6 +11,8 @@ import base64
 import binascii
 import gzip
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -19,6 +21,8 @@ from ..merkle import HASH_SIZE, consistency_proof, inclusion_proof
 from ..storage.logtables import LogTables
 from ..tiles import TileRef, bundle_prefix, implied_by, parse_tile_path
 from .context import FATAL, READS, LogReads
+
+T = TypeVar("T")
 
 # C2SP tlog-tiles: the checkpoint is mutable ("SHOULD prevent caching beyond a few
 # seconds"); tiles and bundles, partial ones included, never change once served.
@@ -95,15 +99,10 @@ async def get_checkpoint(request: web.Request) -> web.Response:
 async def get_tile(request: web.Request) -> web.Response:
     ref = parse_tile_path("tile/" + request.match_info["path"])
     service = _service(request)
-    size = service.latest.size
-    if not _published(service.store, ref, size):
-        raise NotFound(f"{ref.path()} is not implied by any published checkpoint")
+    size = (await service.newest(ref.min_tree_size())).size
+    data = await _reading(service.store, _tile_bytes, service.store, ref, size)
     headers = {"Cache-Control": IMMUTABLE_CACHE}
     if ref.level is None:
-        if service.store.network_reads:
-            data = await asyncio.to_thread(_bundle_bytes, service.store, ref)
-        else:
-            data = _bundle_bytes(service.store, ref)
         # C2SP tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer; gzip for any client that takes it.
         headers["Vary"] = "Accept-Encoding"
         if accepts_gzip(request.headers.get("Accept-Encoding", "")):
@@ -112,12 +111,26 @@ async def get_tile(request: web.Request) -> web.Response:
             else:
                 data = _gzip(data)
             headers["Content-Encoding"] = "gzip"
-    else:
-        stored = service.store.read_tile(ref.level, ref.n)
-        if stored is None or len(stored) < ref.width * HASH_SIZE:
-            raise UntrustedState(f"published tile {ref.path()} is missing from storage")
-        data = stored[: ref.width * HASH_SIZE]
     return web.Response(body=data, content_type="application/octet-stream", headers=headers)
+
+
+async def _reading(store: LogTables, read: Callable[..., T], *args: Any) -> T:
+    """A storage read: in a thread where it may wait on a network (a database server, an object store), so a
+    slow one stalls only the requests that need it; inline on local files, where a thread costs more."""
+    if store.network_reads:
+        return await asyncio.to_thread(read, *args)
+    return read(*args)
+
+
+def _tile_bytes(store: LogTables, ref: TileRef, size: int) -> bytes:
+    if not _published(store, ref, size):
+        raise NotFound(f"{ref.path()} is not implied by any published checkpoint")
+    if ref.level is None:
+        return _bundle_bytes(store, ref)
+    stored = store.read_tile(ref.level, ref.n)
+    if stored is None or len(stored) < ref.width * HASH_SIZE:
+        raise UntrustedState(f"published tile {ref.path()} is missing from storage")
+    return stored[: ref.width * HASH_SIZE]
 
 
 def _gzip(data: bytes) -> bytes:
@@ -186,10 +199,13 @@ def _int_param(request: web.Request, name: str, default: int | None = None) -> i
     return int(raw)
 
 
-def _size_param(request: web.Request) -> int:
+async def _size_param(request: web.Request) -> int:
     """The tree size to prove against: at most the latest published checkpoint (404 beyond it)."""
-    latest = _service(request).latest.size
+    service = _service(request)
+    latest = service.latest.size
     size = _int_param(request, "size", default=latest)
+    if size > latest:
+        latest = (await service.newest(size)).size
     if size > latest:
         raise NotFound(f"size {size} is beyond the latest checkpoint ({latest})")
     return size
@@ -206,11 +222,12 @@ def _inclusion_body(store: LogTables, index: int, size: int) -> dict[str, object
 
 
 async def get_inclusion(request: web.Request) -> web.Response:
-    size = _size_param(request)
+    size = await _size_param(request)
     index = _int_param(request, "index")
     if index >= size:
         raise InvalidRange(f"index {index} is not in a tree of size {size}")
-    return web.json_response(_inclusion_body(_service(request).store, index, size))
+    store = _service(request).store
+    return web.json_response(await _reading(store, _inclusion_body, store, index, size))
 
 
 def _hash_param(request: web.Request) -> bytes:
@@ -231,30 +248,32 @@ def _hash_param(request: web.Request) -> bytes:
 
 async def get_by_hash(request: web.Request) -> web.Response:
     leaf = _hash_param(request)
-    size = _size_param(request)
+    size = await _size_param(request)
     service = _service(request)
     store = service.store
     (index,) = await service.find_leaves([leaf], size)
     if index is None:
         raise NotFound(f"no leaf with this hash in the tree of size {size}")
-    return web.json_response(_inclusion_body(store, index, size))
+    return web.json_response(await _reading(store, _inclusion_body, store, index, size))
 
 
 async def get_consistency(request: web.Request) -> web.Response:
-    size = _size_param(request)
+    size = await _size_param(request)
     old = _int_param(request, "old")
     if old > size:
         raise InvalidRange(f"old size {old} is larger than size {size}")
-    hashes = consistency_proof(old, size, _service(request).store)
+    hashes = await _reading(_service(request).store, consistency_proof, old, size, _service(request).store)
     return web.json_response({"old": old, "size": size, "hashes": [_b64(h) for h in hashes]})
 
 
 async def get_health(request: web.Request) -> web.Response:
     service = _service(request)
     # "role": the sequencer's processes, or a read-only frontend (frontend.py); "storage": where the log's tables are.
-    body = {"size": service.latest.size, "role": service.role, "storage": service.store.engine}
-    if request.app[FATAL]:
-        return web.json_response({"status": "failing", **body}, status=503)
+    body: dict[str, object] = {"size": service.latest.size, "role": service.role, "storage": service.store.engine}
+    problem = service.problem()
+    if request.app[FATAL] or problem:
+        return web.json_response({"status": "failing", **body, **({"problem": problem} if problem else {})},
+                                 status=503)
     return web.json_response({"status": "ok", **body})
 
 

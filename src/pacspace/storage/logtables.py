@@ -295,12 +295,12 @@ class LogTables(ABC):
                     self._edge_rows[key] = row
         self._after_commit(batch)
 
-    def record_keys(self, vkey: str, timestamp_vkey: str) -> None:
-        """The writer stores the log's public keys beside its tables, for frontends (server/frontend.py), which
-        have no data directory; a log in SQLite has no frontends but its own workers."""
+    def record_keys(self, vkey: str, timestamp_vkey: str, witness_policy: str) -> None:
+        """The writer stores the log's public keys and its witness policy ("" for none) beside its tables, for
+        frontends (server/frontend.py), which have no data directory; a log in SQLite has none but its workers."""
 
-    def log_keys(self) -> tuple[str, str] | None:
-        """The log's (vkey, timestamp_vkey) as its writer recorded them, if it did."""
+    def log_keys(self) -> tuple[str, str, str] | None:
+        """The log's (vkey, timestamp_vkey, witness policy) as its writer recorded them, if it did."""
         return None
 
     def check_objects(self, head: int, open_note: Callable[[bytes], int]) -> tuple[list[str], list[str]]:

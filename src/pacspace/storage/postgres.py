@@ -390,19 +390,21 @@ class PostgresLog(LogTables):
         top = max(held, moved)
         return None if top < 0 else top
 
-    def record_keys(self, vkey: str, timestamp_vkey: str) -> None:
+    def record_keys(self, vkey: str, timestamp_vkey: str, witness_policy: str) -> None:
         def record(conn: Connection) -> None:
             with conn.transaction():
-                conn.execute("INSERT INTO log_meta (key, value) VALUES ('vkey', %s), ('timestamp_vkey', %s) "
-                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (vkey, timestamp_vkey))
+                conn.execute("INSERT INTO log_meta (key, value) VALUES ('vkey', %s), ('timestamp_vkey', %s), "
+                             "('witness_policy', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                             (vkey, timestamp_vkey, witness_policy))
 
         self._writing(record, lambda conn: False)
 
-    def log_keys(self) -> tuple[str, str] | None:
-        rows = dict(self._all("SELECT key, value FROM log_meta WHERE key IN ('vkey', 'timestamp_vkey')", ()))
-        if "vkey" not in rows or "timestamp_vkey" not in rows:
+    def log_keys(self) -> tuple[str, str, str] | None:
+        rows = dict(self._all("SELECT key, value FROM log_meta WHERE key IN ('vkey', 'timestamp_vkey', "
+                              "'witness_policy')", ()))
+        if len(rows) != 3:
             return None
-        return str(rows["vkey"]), str(rows["timestamp_vkey"])
+        return str(rows["vkey"]), str(rows["timestamp_vkey"]), str(rows["witness_policy"])
 
     def check_objects(self, head: int, open_note: Callable[[bytes], int]) -> tuple[list[str], list[str]]:
         bucket = self._bucket()
