@@ -225,6 +225,9 @@ async def test_a_frontend_publishes_under_the_recorded_policy_and_refuses_keys_t
         assert said in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     refused = cli("serve", "--frontend", "--workers", "2", "--port", str(free_port()), env=env, code=2)
     assert "leave out --workers" in refused.stderr
+    sqlite_env = {k: v for k, v in env.items() if k != "PACSPACE_DATABASE"}
+    refused = cli("serve", "--frontend", "--port", str(free_port()), env=sqlite_env, code=2)
+    assert "--frontend needs --database" in refused.stderr
     record(vkey, ts_vkey, "")  # no witnesses: every stored checkpoint is published
     process, base = _start_frontend(tmp_path, env)
     try:
