@@ -106,7 +106,7 @@ class S3Server:
     def stop(self, keep: bool = False) -> None:
         self._proc.terminate()
         try:
-            self._proc.wait(timeout=15)
+            self._proc.wait(timeout=3)  # a throwaway server: not worth waiting for its graceful shutdown
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
