@@ -487,3 +487,52 @@ def test_a_store_that_answers_too_much_or_too_slowly_is_not_waited_on(monkeypatc
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+async def test_a_writer_killed_at_random_moments_of_the_mirror_loses_nothing(tmp_path, postgres_url, s3, s3_env):
+    """`serve --objects` SIGKILLed again and again while its mirror copies a log of 60,000 entries: every start
+    goes on from what the database recorded (objects put twice are the same bytes, never a conflict), the
+    store ends up holding the whole log, and fsck passes."""
+    import random
+
+    from helpers import cli, free_port, wait_for_health
+
+    signer = _new_log(tmp_path, postgres_url)
+    writer = PostgresLog(postgres_url)
+    try:
+        await _append(writer, signer, [_entries(i, 5000) for i in range(0, 60_000, 5000)])
+    finally:
+        writer.close()
+    url = f"s3://{s3.bucket()}/killed"
+    env = {**os.environ, **s3_env, "PACSPACE_DATABASE": postgres_url}
+    rng = random.Random(18)
+    sizes = []
+    for attempt in range(6):
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(tmp_path / "data"),
+                                   "--port", str(port), "--workers", "0", *(["--objects", url] if attempt == 0 else [])],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for_health(f"http://127.0.0.1:{port}")
+            if attempt < 5:
+                time.sleep(rng.uniform(0.05, 3.0))  # inside a round, or between its steps
+                server.kill()
+            else:
+                _wait_until_mirrored(postgres_url, 60_000)
+                bucket = s3.client(url)
+                deadline = time.monotonic() + 10  # step 5 follows step 4
+                while (bucket.get("checkpoint") or b"").split(b"\n")[1:2] != [b"60000"]:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+                server.terminate()
+            _, err = server.communicate(timeout=30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+        assert b"object_corrupt" not in err and b"ObjectCorrupt" not in err and b"holds other bytes" not in err, err
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            sizes.append(int(conn.execute("SELECT size FROM objects").fetchone()[0]))
+    assert sizes == sorted(sizes) and sizes[-1] == 60_000
+    assert _stored_bundle_numbers(postgres_url) == [234]  # 60,000 = 234 full bundles and 96 entries
+    assert _verify_bucket_as_a_stranger(s3.client(url), signer.verifier) == 60_000
+    assert "fsck: ok: size 60,000" in cli("fsck", "--data", str(tmp_path / "data"), env=env).stdout
