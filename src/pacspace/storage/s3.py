@@ -160,7 +160,12 @@ class S3Bucket:
 
     def check(self) -> None:
         """Raise ObjectStoreFailed unless the bucket exists and these credentials may use it."""
-        self._expect(self._request("HEAD", None), "HEAD", None, 200)
+        response = self._request("HEAD", None)
+        if response.status == 404:
+            raise ObjectStoreFailed(f"{self.location}: no such bucket at the endpoint (create it first)")
+        if response.status in (401, 403):
+            raise ObjectStoreFailed(f"{self.location}: these credentials may not use the bucket (HTTP {response.status})")
+        self._expect(response, "HEAD", None, 200)
 
     def _expect(self, response: Response, method: str, key: str | None, status: int) -> None:
         if response.status != status:
