@@ -161,7 +161,7 @@ def test_postgres_has_one_writer_and_a_stale_one_never_commits_a_second_checkpoi
 
 def _end_the_writers_session(url: str) -> None:
     """What a PostgreSQL restart or failover does to the writer: its connection, and the lock its session held, end."""
-    from pacspace.storage.postgres import WRITER_NAME
+    from pacspace.storage.pgconnect import WRITER_NAME
 
     with psycopg.connect(url, autocommit=True) as admin:
         ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",

@@ -6,7 +6,7 @@ logtables.py. What differs, and why it is safe:
 - **Durability.** A commit is durable once COMMIT returns: the server's ``fsync`` must be on (checked when
   a writer connects, which refuses otherwise) and the session's ``synchronous_commit`` is never ``off``
   (set to ``on`` if the server's default is ``off``).
-- **One writer at a time.** The writer holds a session advisory lock (``WRITER_LOCK``) from the moment it
+- **One writer at a time.** The writer holds a session advisory lock (``pgconnect.WRITER_LOCK``) from the moment it
   opens: a second one is refused (LogLocked), and the lock goes with the writer's connection when its
   process dies. Behind that fence, a commit compare-and-swaps the one row of ``log_head`` from the batch's old
   size to its new one, inside the transaction that writes the batch. Two sequencers that both extend size
@@ -53,101 +53,17 @@ from .base import Batch
 from .database_url import redact
 from .logtables import LogTables, TileRow, as_bytes
 from .migrations import migrate, require_current, schema_version
+from .pgconnect import RECONNECT_PAUSE, RECONNECT_WAIT, Connection, Session, connect, connect_reader, \
+    connect_writer, require_durable
 from .objects import ObjectMirror, check_bundle, check_store
 from .s3 import S3Bucket, S3Location
 
 log = logging.getLogger("pacspace.storage")
 
-# pg_try_advisory_lock key of the log's one writer ("pacswrit").
-WRITER_LOCK = 0x7061_6373_7772_6974
-# How long the writer waits for a PostgreSQL that dropped its connection to take connections again.
-RECONNECT_WAIT, RECONNECT_PAUSE = 30.0, 0.5
-WRITER_NAME = "pacspace writer"  # the writer's application_name, as pg_stat_activity shows it
-Connection = psycopg.Connection[tuple[Any, ...]]
-Session = tuple[int, Any]  # a PostgreSQL session: (pid, backend_start)
 # (phase, done, total), as cli/progress.py draws it.
 Progress = Callable[[str, int, int], None]
 # Bytes of full bundles read back from the object store and checked, kept: they never change.
 STORE_BUNDLE_CACHE = 32 << 20
-
-
-def _connect(url: str, name: str = "pacspace") -> Connection:
-    """A connection named ``name`` in pg_stat_activity: "pacspace" for reads, WRITER_NAME for the writer."""
-    try:
-        # A connection whose server vanished (a failover, a cut link) fails within a minute instead of hanging
-        # forever: TCP keepalives while it is idle, and tcp_user_timeout while data it sent (a COMMIT) is
-        # unacknowledged, which keepalives do not cover.
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name=name,
-                               keepalives=1, keepalives_idle=20, keepalives_interval=5, keepalives_count=4,
-                               tcp_user_timeout=60_000)
-    except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UntrustedState(f"cannot connect to {redact(url)}: {first}") from None
-
-
-def _connect_writer(url: str, previous: Session | None = None) -> tuple[Connection, Session]:
-    """The writer's connection, with its session: durable settings checked, and the writer's lock held by the
-    session (``previous``: this writer's session before its connection was lost, which may still hold it)."""
-    conn = _connect(url, WRITER_NAME)
-    try:
-        _require_durable(conn, redact(url))
-        # One writer per database, as the data directory's flock is one per directory: held by the write
-        # connection's session, so PostgreSQL releases it when the writer dies (kill -9 included).
-        if not _take_writer_lock(conn, previous):
-            raise LogLocked(f"another process is the writer of the log in {redact(url)}")
-        row = conn.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
-        if row is None:
-            raise UntrustedState(f"{redact(url)}: the writer's session is not in pg_stat_activity")
-        return conn, (int(row[0]), row[1])
-    except BaseException:
-        conn.close()
-        raise
-
-
-def _take_writer_lock(conn: Connection, previous: Session | None) -> bool:
-    """Whether this session now holds the writer's lock. This writer's own earlier session may still hold it: a
-    connection the client lost (a cut link, a reset) that the server has not noticed yet. That session is ended;
-    PostgreSQL releases its lock only once its transaction, if one was in flight, has committed or rolled back,
-    so what that transaction did is settled before this session writes."""
-    if _try_lock(conn):
-        return True
-    if previous is None:
-        return False
-    try:
-        ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND "
-                             "backend_start = %s", previous).fetchone()
-    except psycopg.Error:  # not allowed to end it (another role): as if another process held the lock
-        return False
-    if ended is None or not ended[0]:
-        return False  # that session is gone: another process holds the lock
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        if _try_lock(conn):
-            return True
-    return False
-
-
-def _try_lock(conn: Connection) -> bool:
-    held = conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()
-    return held is not None and bool(held[0])
-
-
-def _connect_reader(url: str) -> Connection:
-    conn = _connect(url)
-    # A read is a few index lookups: one that takes this long is stuck (a lock, a sick server), not slow.
-    conn.execute("SET statement_timeout = '30s'")
-    return conn
-
-
-def _require_durable(conn: Connection, where: str) -> None:
-    fsync = conn.execute("SHOW fsync").fetchone()
-    if fsync is None or fsync[0] != "on":
-        raise UntrustedState(f"{where}: PostgreSQL runs with fsync off, so a committed record could be lost; "
-                             "pacspace will not write there")
-    sync = conn.execute("SHOW synchronous_commit").fetchone()
-    if sync is None or sync[0] == "off":
-        conn.execute("SET synchronous_commit = on")
 
 
 class PostgresLog(LogTables):
@@ -166,7 +82,7 @@ class PostgresLog(LogTables):
         self._store_bundles: OrderedDict[int, bytes] = OrderedDict()
         self._store_bytes = 0
         self._closed = False
-        self._read = _connect_reader(url)
+        self._read = connect_reader(url)
         self._read_lock = threading.Lock()
         self._in_snapshot = False
         self._write: Connection | None = None
@@ -174,7 +90,7 @@ class PostgresLog(LogTables):
         self._write_lock = threading.Lock()
         try:
             if not readonly:
-                self._write, self._session = _connect_writer(url)
+                self._write, self._session = connect_writer(url)
                 # The writer brings an older pacspace schema up to date, in one transaction, before anything
                 # reads it (as records.db is at start); a database pacspace never initialised is left alone.
                 if schema_version(self._write):
@@ -229,9 +145,9 @@ class PostgresLog(LogTables):
     def create(cls, url: str, origin: str, first_checkpoint: bytes) -> PostgresLog:
         """Bring the schema up to date, then store the log with its size-0 checkpoint in one transaction;
         refuses (LogExists, storing nothing) if the database already holds a log."""
-        conn = _connect(url)
+        conn = connect(url)
         try:
-            _require_durable(conn, redact(url))
+            require_durable(conn, redact(url))
             # The schema first, in a transaction of its own: a database that holds a log (refused below) still
             # keeps the migrations it was brought up to date with.
             with conn.transaction():
@@ -254,9 +170,9 @@ class PostgresLog(LogTables):
 
         Tiles, bundles and checkpoints are copied byte for byte; the lookups are rebuilt from the entries.
         """
-        conn = _connect(url)
+        conn = connect(url)
         try:
-            _require_durable(conn, redact(url))
+            require_durable(conn, redact(url))
             with conn.transaction(), conn.cursor() as cur:
                 migrate(conn)
                 held = conn.execute("SELECT value FROM log_meta WHERE key = 'origin'").fetchone()
@@ -319,7 +235,7 @@ class PostgresLog(LogTables):
             # Inside a snapshot, a new connection would silently read another state: fail instead.
             if self._in_snapshot or (not self._read.closed and not self._read.broken):
                 raise
-            self._read = _connect_reader(self.url)
+            self._read = connect_reader(self.url)
             return self._read.execute(sql, args)
 
     def _one(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...] | None:
@@ -522,7 +438,7 @@ class PostgresLog(LogTables):
         deadline = time.monotonic() + RECONNECT_WAIT
         while True:
             try:
-                conn, self._session = _connect_writer(self.url, self._session)
+                conn, self._session = connect_writer(self.url, self._session)
                 return conn
             except LogLocked:
                 raise
