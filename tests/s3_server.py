@@ -60,7 +60,9 @@ class S3Server:
              f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-s3",
              f"-s3.port={s3}", f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=0",
              # No listeners on fixed ports (two runs at once would collide), and no reports to the internet.
-             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"],
+             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+             # Its Unix sockets in its own directory (by default in /tmp, left behind when it is killed).
+             f"-filer.localSocket={self.root / 'filer.sock'}", f"-s3.localSocket={self.root / 's3.sock'}"],
             stdout=self._log, stderr=subprocess.STDOUT)
         self._names = itertools.count()
         deadline = time.monotonic() + 60

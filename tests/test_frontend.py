@@ -155,14 +155,26 @@ async def test_frontends_serve_the_published_log_to_strangers_and_nothing_else(t
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert _stranger_checks(fronts[1], vkey) > size
+        # A frontend without the store's credentials serves all but the bundles only the store holds, and
+        # says why, at start and for those: the server's configuration, not the client's request.
+        bare = {k: v for k, v in env.items() if k != "AWS_SECRET_ACCESS_KEY"}
+        front_port = free_port()
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "pacspace", "serve", "--frontend", "--port", str(front_port)], env=bare,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        wait_for_health(f"http://127.0.0.1:{front_port}")
+        assert _get(f"http://127.0.0.1:{front_port}/tile/entries/002.p/{size - 512}")[0] == 200
+        status, body = _get(f"http://127.0.0.1:{front_port}/tile/entries/000")
+        assert status == 503 and json.loads(body)["error"] == "object_store_failed"
     finally:
         for process in processes:
             if process.poll() is None:
                 process.terminate()
         for process in processes:
             process.wait(timeout=30)
-    errors = b"".join(p.stderr.read() for p in processes[1:] if p.stderr)
-    assert b"Traceback" not in errors, errors.decode(errors="replace")
+    errors = [p.stderr.read() for p in processes[1:] if p.stderr]
+    assert not any(b"Traceback" in e for e in errors), errors
+    assert b"cannot use the log's object store" in errors[-1] and b"AWS_SECRET_ACCESS_KEY" in errors[-1]
 
 
 def _start_frontend(tmp_path, env, *extra: str):  # type: ignore[no-untyped-def]
@@ -225,6 +237,15 @@ async def test_a_frontend_publishes_under_the_recorded_policy_and_refuses_keys_t
         assert said in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     refused = cli("serve", "--frontend", "--workers", "2", "--port", str(free_port()), env=env, code=2)
     assert "leave out --workers" in refused.stderr
+    # A role that may not read the tables: one line naming what to grant, not a bug report.
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE noread_{os.getpid()} LOGIN")
+    owner = postgres_url.split("://", 1)[1].split("@", 1)[0]
+    refused = cli("serve", "--frontend", "--port", str(free_port()), env={
+        **env, "PACSPACE_DATABASE": postgres_url.replace(f"//{owner}@", f"//noread_{os.getpid()}@")}, code=1)
+    assert "may not read the log's tables" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     sqlite_env = {k: v for k, v in env.items() if k != "PACSPACE_DATABASE"}
     refused = cli("serve", "--frontend", "--port", str(free_port()), env=sqlite_env, code=2)
     assert "--frontend needs --database" in refused.stderr

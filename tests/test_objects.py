@@ -22,7 +22,7 @@ from pacspace.datadir import init_log, load_signer, load_state
 from pacspace.errors import MalformedInput, ObjectCorrupt, ObjectStoreFailed, UntrustedState
 from pacspace.fsck import fsck
 from pacspace.merkle import HASH_SIZE, leaf_hash, node_hash
-from pacspace.storage.objects import STEP_ENTRIES, new_objects, next_target
+from pacspace.storage.objects import STEP_ENTRIES, new_objects, next_target, partial_objects
 from pacspace.storage.postgres import PostgresLog
 from pacspace.storage.s3 import EMPTY_SHA256, TIMEOUT, Credentials, S3Location, sign_v4
 from pacspace.tiles import TILE_WIDTH, TileRef, encode_bundle, full_tile_count, iter_bundle, root_from_edge, \
@@ -165,6 +165,11 @@ async def test_bundles_move_to_the_store_and_every_process_reads_them_back_check
     assert _stored_bundle_numbers(postgres_url) == [2]
     bucket = s3.client(url)
     assert _verify_bucket_as_a_stranger(bucket, signer.verifier) == 713
+    # The partial objects of the sizes before (every round's target is a committed checkpoint) are deleted.
+    for size in (300, 700):
+        for ref in set(partial_objects(size)) - set(partial_objects(713)):
+            assert bucket.get(ref.path()) is None, ref.path()
+    assert all(bucket.get(ref.path()) is not None for ref in partial_objects(713))
     # Another process (an HTTP worker, a frontend) is not told where the objects are: the database says.
     reader = PostgresLog(postgres_url, readonly=True)
     try:
@@ -187,7 +192,7 @@ async def test_bundles_move_to_the_store_and_every_process_reads_them_back_check
     reader = PostgresLog(postgres_url, readonly=True)
     try:
         assert reader.read_entries(600, 713) == _entries(600, 113)  # still in the database
-        with pytest.raises(MalformedInput, match="AWS_SECRET_ACCESS_KEY"):
+        with pytest.raises(ObjectStoreFailed, match="AWS_SECRET_ACCESS_KEY"):
             reader.read_entries(0, 1)
     finally:
         reader.close()
@@ -286,6 +291,12 @@ async def test_a_tampered_object_is_detected_and_never_served(tmp_path, postgres
         text = checked.stdout + checked.stderr
         assert "entry bundle 1: s3://" in text and "tamper/tile/entries/001 does not match the log" in text, text
         assert "tile/0/000 differs from the log's" in text, text
+        # A store fsck cannot reach proves nothing about the log: exit 1, not a fault.
+        from helpers import free_port as another_port
+
+        unreachable = cli("fsck", "--data", str(tmp_path / "data"), env={
+            **env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{another_port()}"}, code=1)
+        assert "fault" not in unreachable.stderr and "ConnectionRefusedError" in unreachable.stderr
     finally:
         server.terminate()
         _, err = server.communicate(timeout=30)

@@ -276,6 +276,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Runs after the data directory passed its start-up checks, with the port bound.
         size = app[SERVICE].sequencer.latest.size
         print(f"pacspace: log {signer.name} at size {size:,}, vkey {signer.verifier.vkey()}", file=sys.stderr)
+        objects = app[SERVICE].store.object_store()
+        if objects:
+            print(f"pacspace: its entry bundles go to the object store {objects}", file=sys.stderr)
         workers = f" with {args.workers} HTTP workers" if args.workers else ""
         print(f"pacspace: serving on http://{args.host}:{args.port}/{workers} (Ctrl-C to stop)", file=sys.stderr)
 
@@ -320,6 +323,9 @@ def _serve_frontend(args: argparse.Namespace, config: ServerConfig) -> int:
         reads = app[READS]
         print(f"pacspace: frontend of the log {reads.store.origin} at size {reads.latest.size:,}, vkey {reads.vkey}",
               file=sys.stderr)
+        objects = reads.store.object_store()
+        if objects:
+            print(f"pacspace: its entry bundles are read from the object store {objects}", file=sys.stderr)
         print(f"pacspace: serving it read-only on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
         tune_for_serving()
 
@@ -369,5 +375,6 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     print(
         f"fsck: ok: size {report.size:,}, {report.entries:,} entries and {report.tiles:,} tiles recomputed, "
         f"{report.checkpoints:,} checkpoints and {report.records:,} records verified"
+        + (f", the object store {report.objects} checked" if report.objects else "")
     )
     return 0

@@ -136,6 +136,9 @@ async def _frontend_reads(app: web.Application) -> AsyncIterator[None]:
     try:
         keys = _recorded_keys(store)
         reads = FrontendReads(store, _published_view(store, config, keys), keys[0], keys[1])
+        problem = await asyncio.to_thread(store.object_store_problem)
+        if problem:  # it serves all but the bundles that moved there; a store that is down may come back
+            log.warning("the frontend cannot use the log's object store: %s", problem)
         app[READS] = reads
         task = asyncio.create_task(reads.run(), name="pacspace-frontend-refresh")
         yield

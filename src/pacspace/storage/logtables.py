@@ -295,6 +295,14 @@ class LogTables(ABC):
                     self._edge_rows[key] = row
         self._after_commit(batch)
 
+    def object_store(self) -> str | None:
+        """The log's object store (s3://...), if it has one."""
+        return None
+
+    def object_store_problem(self) -> str | None:
+        """Why this process cannot use the log's object store (credentials, the bucket), if it has one and cannot."""
+        return None
+
     def record_keys(self, vkey: str, timestamp_vkey: str, witness_policy: str) -> None:
         """The writer stores the log's public keys and its witness policy ("" for none) beside its tables, for
         frontends (server/frontend.py), which have no data directory; a log in SQLite has none but its workers."""

@@ -26,6 +26,9 @@ The mirror runs in the writer's process, off the commit path (LogWriter.maintain
 5. Put ``checkpoint``, T's note, unless the bucket holds a larger one. It lags the log by up to a round, and
    is the only object ever replaced. A put that failed or was cut short is made again by the next round (or
    the next start), however idle the log is.
+6. Delete M's partial objects that T's did not replace (their full or wider versions are in the store now,
+   and the bucket's ``checkpoint`` no longer names M). Best effort: one a crash leaves behind is garbage,
+   never wrong (it holds committed bytes).
 
 A failure of the store (down, refusing) leaves everything in PostgreSQL, and the next round tries again.
 """
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -50,6 +54,7 @@ STEP_ENTRIES = 256 * TILE_WIDTH
 
 # A round at most this often once the store has caught up with the log; back to back while it is behind.
 ROUND_INTERVAL = 1.0
+FAILURE_LOG_INTERVAL = 60.0
 STOP_WAIT = 2.0  # seconds a shutdown waits for the round in flight
 
 
@@ -93,6 +98,7 @@ class ObjectMirror:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._failing: str | None = None
+        self._failing_logged = 0.0
         self._checkpoint_put = -1  # the size of the last `checkpoint` this mirror put
         self._thread = threading.Thread(target=self._run, name="pacspace-objects", daemon=True)
 
@@ -126,10 +132,14 @@ class ObjectMirror:
         except Exception as exc:  # the store or the database: nothing is lost, the next round tries again
             if self._stop.is_set():
                 return False  # the connections closed under a round the shutdown did not wait for
-            message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PacspaceError) else str(exc)
-            if message != self._failing:
+            kind = type(exc).__name__
+            message = f"{kind}: {exc}" if not isinstance(exc, PacspaceError) else str(exc)
+            # Once for each kind of failure, and again every FAILURE_LOG_INTERVAL while it lasts: its details
+            # (the object a round stopped at) change from round to round.
+            if kind != self._failing or time.monotonic() - self._failing_logged >= FAILURE_LOG_INTERVAL:
                 log.error("the object store %s was not brought up to the log: %s", self.bucket, message)
-            self._failing = message
+                self._failing_logged = time.monotonic()
+            self._failing = kind
             return False
         if self._failing is not None:
             log.info("the object store %s is being brought up to the log again", self.bucket)
@@ -160,6 +170,9 @@ class ObjectMirror:
         if self._stop.is_set() or not self.rows.advance_mirror(mirrored, target):
             return not self._stop.is_set()  # another writer moved it: start again from what it did
         self._put_checkpoint(target)
+        for ref in set(partial_objects(mirrored)) - set(partial_objects(target)):
+            if not self._stop.is_set():
+                self.bucket.delete(ref.path())
         return target < sizes[-1] or len(sizes) == 4096
 
     def _put_checkpoint(self, size: int) -> None:
@@ -195,12 +208,16 @@ def new_objects(mirrored: int, target: int) -> Iterator[TileRef]:
     for level in range(tile_levels(target) + 1):
         for n in range(full_tile_count(mirrored, level), full_tile_count(target, level)):
             yield TileRef(level, n)
-    for level in range(tile_levels(target) + 1):
-        width = partial_width(target, level)
-        if width:
-            yield TileRef(level, full_tile_count(target, level), width)
-    if target % TILE_WIDTH:
-        yield TileRef(None, target // TILE_WIDTH, target % TILE_WIDTH)
+    yield from partial_objects(target)
+
+
+def partial_objects(size: int) -> list[TileRef]:
+    """The partial tiles and the partial entry bundle of a tree of ``size`` (none at size 0)."""
+    refs = [TileRef(level, full_tile_count(size, level), partial_width(size, level))
+            for level in range(tile_levels(size) + 1) if size and partial_width(size, level)]
+    if size % TILE_WIDTH:
+        refs.append(TileRef(None, size // TILE_WIDTH, size % TILE_WIDTH))
+    return refs
 
 
 def put_object(bucket: S3Bucket, key: str, data: bytes) -> None:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..errors import CheckpointConflict, LogExists, LogLocked, UntrustedState
+from ..errors import CheckpointConflict, LogExists, LogLocked, MalformedInput, ObjectStoreFailed, UntrustedState
 from ..merkle import leaf_hash
 from ..records.seal import record_tag
 from ..tiles import TILE_WIDTH, TileRef, iter_bundle
@@ -103,6 +103,11 @@ class PostgresLog(LogTables):
                 raise UntrustedState(f"{redact(url)}: the database has the schema but no log (run `pacspace init`)")
             self.origin = str(origin[0])
             self._open_objects(objects)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self.close()
+            first = str(exc).strip().splitlines()[0]
+            raise UntrustedState(f"{redact(url)}: the role may not read the log's tables ({first}); grant it "
+                                 "SELECT on them (docs/operations.md)") from None
         except BaseException:
             self.close()
             raise
@@ -134,10 +139,27 @@ class PostgresLog(LogTables):
         """The log's object store, if it has one: looked up again while this process knows of none, since a
         writer may have given the log one after this process opened it."""
         if self.objects is None:
-            row = self._one("SELECT url FROM objects")
-            if row is not None:
-                self.objects = S3Bucket.from_env(S3Location.parse(str(row[0])))
+            url = self.object_store()
+            if url is not None:
+                try:
+                    self.objects = S3Bucket.from_env(S3Location.parse(url))
+                except MalformedInput as exc:  # this server's configuration, not the client's request
+                    log.error("%s", exc)
+                    raise ObjectStoreFailed(f"this server cannot read the log's object store: {exc}") from None
         return self.objects
+
+    def object_store(self) -> str | None:
+        row = self._one("SELECT url FROM objects")
+        return None if row is None else str(row[0])
+
+    def object_store_problem(self) -> str | None:
+        try:
+            bucket = self._bucket()
+            if bucket is not None:
+                bucket.check()
+        except ObjectStoreFailed as exc:
+            return str(exc)
+        return None
     def __str__(self) -> str:
         return redact(self.url)
 

@@ -115,10 +115,12 @@ class S3Bucket:
             self._https = url.scheme == "https"
             self._host = url.netloc
             self._base = url.path.rstrip("/") + "/" + location.bucket
+            self._where = f"at {endpoint}"
         else:
             self._https = True
             self._host = f"{location.bucket}.s3.{region}.amazonaws.com"
             self._base = ""
+            self._where = f"at AWS ({self._host}; AWS_ENDPOINT_URL is unset)"
         self._local = threading.local()
 
     @classmethod
@@ -157,6 +159,12 @@ class S3Bucket:
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key``, replacing what is there."""
         self._expect(self._request("PUT", key, data), "PUT", key, 200)
+
+    def delete(self, key: str) -> None:
+        """Remove the object at ``key``, if there is one."""
+        response = self._request("DELETE", key)
+        if response.status not in (200, 204, 404):
+            self._expect(response, "DELETE", key, 204)
 
     def check(self) -> None:
         """Raise ObjectStoreFailed unless the bucket exists and these credentials may use it."""
@@ -207,7 +215,8 @@ class S3Bucket:
                 conn.close()
                 stale = reused and isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected))
                 if attempt or not stale:
-                    raise ObjectStoreFailed(f"{method} {self.location}/{key or ''}: {type(exc).__name__}: {exc}") from None
+                    raise ObjectStoreFailed(f"{method} {self.location}/{key or ''} {self._where}: "
+                                            f"{type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")
 
     def _connection(self, *, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
