@@ -547,3 +547,25 @@ async def test_a_writer_killed_at_random_moments_of_the_mirror_loses_nothing(tmp
     assert _stored_bundle_numbers(postgres_url) == [234]  # 60,000 = 234 full bundles and 96 entries
     assert _verify_bucket_as_a_stranger(s3.client(url), signer.verifier) == 60_000
     assert "fsck: ok: size 60,000" in cli("fsck", "--data", str(tmp_path / "data"), env=env).stdout
+
+
+async def test_the_mirror_shows_in_metrics(tmp_path, postgres_url, s3, s3_env):
+    """The sequencer's /metrics carries the mirror's gauges (size held, lag, failing), from memory."""
+    import re
+
+    signer = _new_log(tmp_path, postgres_url)
+    writer = PostgresLog(postgres_url, objects=f"s3://{s3.bucket()}")
+    try:
+        await _append(writer, signer, [_entries(0, 600)])
+        _wait_until_mirrored(postgres_url, 600)
+        deadline = time.monotonic() + 5
+        while "pacspace_objects_size 600\n" not in writer.metrics_text():
+            assert time.monotonic() < deadline, writer.metrics_text()
+            time.sleep(0.05)
+        text = writer.metrics_text()
+        assert re.search(r"^pacspace_objects_lag 0$", text, re.M) and re.search(r"^pacspace_objects_failing 0$", text, re.M)
+    finally:
+        writer.close()
+    plain = PostgresLog(postgres_url, readonly=True)
+    assert plain.metrics_text() == ""  # only the writer runs the mirror
+    plain.close()

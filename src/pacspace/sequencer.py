@@ -199,7 +199,7 @@ class Sequencer:
 
     async def metrics_text(self) -> str:
         """The Prometheus text of the log's metrics (as an HTTP worker's RemoteSequencer fetches it from here)."""
-        return self.metrics.render()
+        return self.metrics.render() + self.store.metrics_text()
 
     async def run(self) -> None:
         """Sequence until cancelled. Any failure stops the sequencer and is re-raised."""

@@ -86,6 +86,11 @@ class LogWriter(Protocol):
         """Store the same checkpoint with more signatures (cosignatures); durable once it returns."""
         ...
 
+    def metrics_text(self) -> str:
+        """The storage's own Prometheus lines for /metrics (the object store's mirror), each ending in a newline;
+        "" if none. From memory: never waits on a database or a store."""
+        ...
+
     def edge_tiles(self, size: int) -> dict[int, list[bytes]]:
         """The partial tile at every level for a tree of ``size`` (the right edge)."""
         ...

@@ -299,6 +299,9 @@ class LogTables(ABC):
         """The log's object store (s3://...), if it has one."""
         return None
 
+    def metrics_text(self) -> str:
+        return ""
+
     def object_store_problem(self) -> str | None:
         """Why this process cannot use the log's object store (credentials, the bucket), if it has one and cannot."""
         return None

@@ -100,6 +100,7 @@ class ObjectMirror:
         self._failing: str | None = None
         self._failing_logged = 0.0
         self._checkpoint_put = -1  # the size of the last `checkpoint` this mirror put
+        self.mirrored = 0  # the size the store holds every object of, as this mirror last read or moved it
         self._thread = threading.Thread(target=self._run, name="pacspace-objects", daemon=True)
 
     def start(self) -> None:
@@ -146,9 +147,18 @@ class ObjectMirror:
             self._failing = None
         return behind
 
+    def metrics_text(self, tree_size: int) -> str:
+        """The mirror's gauges, from memory."""
+        lines = [("pacspace_objects_size", "Size of the log the object store holds every object of.", self.mirrored),
+                 ("pacspace_objects_lag", "Entries committed that the object store does not hold yet.",
+                  max(0, tree_size - self.mirrored)),
+                 ("pacspace_objects_failing", "1 while rounds of the object store's mirror fail.",
+                  int(self._failing is not None))]
+        return "".join(f"# HELP {n} {h}\n# TYPE {n} gauge\n{n} {v}\n" for n, h, v in lines)
+
     def run_round(self) -> bool:
         """One round (steps 1-5); whether the store is still behind the log after it."""
-        mirrored = self.rows.mirrored_size()
+        mirrored = self.mirrored = self.rows.mirrored_size()
         sizes = self.rows.checkpoint_sizes(mirrored, 4096)
         target = next_target(mirrored, sizes)
         if target is None:
@@ -169,6 +179,7 @@ class ObjectMirror:
                                     "database")
         if self._stop.is_set() or not self.rows.advance_mirror(mirrored, target):
             return not self._stop.is_set()  # another writer moved it: start again from what it did
+        self.mirrored = target
         self._put_checkpoint(target)
         for ref in set(partial_objects(mirrored)) - set(partial_objects(target)):
             if not self._stop.is_set():

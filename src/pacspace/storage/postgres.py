@@ -82,6 +82,7 @@ class PostgresLog(LogTables):
         self._store_bundles: OrderedDict[int, bytes] = OrderedDict()
         self._store_bytes = 0
         self._closed = False
+        self._head_size = 0  # the writer's committed size, for the mirror's lag
         self._read = connect_reader(url)
         self._read_lock = threading.Lock()
         self._in_snapshot = False
@@ -131,6 +132,8 @@ class PostgresLog(LogTables):
         # A reader opens the store when it first needs a bundle from it (_bucket): one that never does (fsck of
         # a log the store has not taken a bundle of, init, migrate) needs no credentials.
         if held is not None and self._write is not None:
+            head = self._one("SELECT size FROM log_head")
+            self._head_size = 0 if head is None else int(head[0])
             self.objects = S3Bucket.from_env(S3Location.parse(held))
             self._mirror = ObjectMirror(self.objects, self)
             self._mirror.start()
@@ -151,6 +154,11 @@ class PostgresLog(LogTables):
     def object_store(self) -> str | None:
         row = self._one("SELECT url FROM objects")
         return None if row is None else str(row[0])
+
+    def metrics_text(self) -> str:
+        if self._mirror is None:
+            return ""
+        return self._mirror.metrics_text(self._head_size)
 
     def object_store_problem(self) -> str | None:
         try:
@@ -243,6 +251,7 @@ class PostgresLog(LogTables):
         store's mirror runs in its own thread."""
 
     def _after_commit(self, batch: Batch) -> None:
+        self._head_size = batch.new_size
         if self._mirror is not None:
             self._mirror.notify()
 
