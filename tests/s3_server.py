@@ -53,6 +53,7 @@ class S3Server:
             "name": "pacspace", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         master, volume, filer, s3 = _free_ports(4)
+        self._ports = (master, volume, filer, s3)
         self.endpoint = f"http://127.0.0.1:{s3}"
         self._log = open(self.root / "weed.log", "wb")
         self._proc = subprocess.Popen(
@@ -113,6 +114,10 @@ class S3Server:
             self._proc.kill()
             self._proc.wait()
         self._log.close()
+        # weed's gRPC sockets are always in /tmp, named by gRPC port: gone with the server, not left behind.
+        for port in self._ports:
+            for leftover in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-grpc-{port + GRPC_OFFSET}.sock"):
+                leftover.unlink(missing_ok=True)
         if not keep:
             shutil.rmtree(self.root, ignore_errors=True)
 
