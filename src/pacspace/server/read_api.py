@@ -262,7 +262,8 @@ async def get_consistency(request: web.Request) -> web.Response:
     old = _int_param(request, "old")
     if old > size:
         raise InvalidRange(f"old size {old} is larger than size {size}")
-    hashes = await _reading(_service(request).store, consistency_proof, old, size, _service(request).store)
+    store = _service(request).store
+    hashes = await _reading(store, consistency_proof, old, size, store)
     return web.json_response({"old": old, "size": size, "hashes": [_b64(h) for h in hashes]})
 
 

@@ -38,8 +38,8 @@ class LogTables(ABC):
     origin: str
     # Which engine holds the tables ("sqlite", "postgresql"): for /health and the operator.
     engine: str
-    # Whether a bundle read may wait on a network (a database server, an object store): the server then reads
-    # bundles in a thread, so a slow store never stalls the requests its event loop serves meanwhile.
+    # Whether a read may wait on a network (a database server, an object store): the read API then reads in a
+    # thread, so a slow one never stalls the requests its event loop serves meanwhile.
     network_reads: bool = False
 
     def __init__(self, *, writable: bool) -> None:

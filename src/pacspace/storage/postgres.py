@@ -125,8 +125,8 @@ class PostgresLog(LogTables):
                 if self._write is None:
                     raise UntrustedState(f"the log has no object store yet: start `pacspace serve --objects {wanted}` "
                                          "(its writer records it) first")
-                bucket = S3Bucket.from_env(S3Location.parse(wanted))
-                bucket.check()  # a bucket that is missing or refuses these credentials is not recorded
+                self.objects = S3Bucket.from_env(S3Location.parse(wanted))
+                self.objects.check()  # a bucket that is missing or refuses these credentials is not recorded
                 self._write.execute("INSERT INTO objects (url, size) VALUES (%s, 0) ON CONFLICT DO NOTHING", (wanted,))
                 held = wanted
         # A reader opens the store when it first needs a bundle from it (_bucket): one that never does (fsck of
@@ -134,7 +134,7 @@ class PostgresLog(LogTables):
         if held is not None and self._write is not None:
             head = self._one("SELECT size FROM log_head")
             self._head_size = 0 if head is None else int(head[0])
-            self.objects = S3Bucket.from_env(S3Location.parse(held))
+            self.objects = self.objects or S3Bucket.from_env(S3Location.parse(held))
             self._mirror = ObjectMirror(self.objects, self)
             self._mirror.start()
 
