@@ -60,11 +60,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def add_two_parties(data_dir: Path) -> None:
-    """A provider ``acme`` (token ``tok-acme``) and a customer ``bob`` (``tok-bob``), as the operator adds them."""
-    from pacspace.storage.records import RecordStore
+def add_two_parties(data_dir: Path, database: str | None = None) -> None:
+    """A provider ``acme`` (token ``tok-acme``) and a customer ``bob`` (``tok-bob``), as the operator adds them
+    (to the log's records in ``database``, a PostgreSQL URL, if given)."""
+    from pacspace.datadir import open_records
 
-    store = RecordStore(data_dir)
+    store = open_records(data_dir, database)
     store.add_party("acme", "provider", "tok-acme", 1)
     store.add_party("bob", "customer", "tok-bob", 1)
     store.close()

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from pacspace.storage import record_ops
 from pacspace.appending import Appended, Appender, Commit, Fate, Group, Refused, Sequencing, Submission, TagGuard, settle_op
 from pacspace.errors import PoolFull, SequencerStopped
 from pacspace.records.seal import entry_from_ct_hash
@@ -82,16 +83,15 @@ def test_the_settle_decision_settles_a_run_by_tag_and_anything_else_row_by_row(t
         store.add_relationship(rel(rid), {"acme": b"w", "bob": b"w"})
     subs = {rid: [submission(0), submission(1)] for rid in RIDS}
     for rid, group in subs.items():
-        store.write([RecordStore.reserve_op(rid, [s[:4] for s in group])])
+        store.write([record_ops.Reserve(rid, [s[:4] for s in group])])
     chosen: list[str] = []
-    for name in ("settle_run_op", "settle_rows_op"):
-        real = getattr(RecordStore, name)
+    real = store.write
 
-        def spy(*args, _real=real, _name=name):
-            chosen.append(_name)
-            return _real(*args)
+    def spy(ops):
+        chosen.extend(type(op).__name__ for op in ops)
+        return real(ops)
 
-        monkeypatch.setattr(RecordStore, name, staticmethod(spy))
+    monkeypatch.setattr(store, "write", spy)
     # r0 placed at 0-1 and r1 refused by admission: a run, found by tag.
     rows = [(rid, s.seq) for rid in RIDS[:2] for s in subs[rid]]
     tags = [s.tag for rid in RIDS[:2] for s in subs[rid]]
@@ -100,13 +100,13 @@ def test_the_settle_decision_settles_a_run_by_tag_and_anything_else_row_by_row(t
     rows = [(rid, s.seq) for rid in RIDS[1:] for s in subs[rid]]
     tags = [s.tag for rid in RIDS[1:] for s in subs[rid]]
     store.write([settle_op(rows, tags, [2, 3, 7, 8], 9)])
-    assert chosen == ["settle_run_op", "settle_rows_op"]
+    assert chosen == ["SettleRun", "SettleRows"]
     assert indexes_of(store, "acme:r0") == [(0, 0), (1, 1)]
     assert indexes_of(store, "acme:r1") == [(0, 2), (1, 3)]
     assert indexes_of(store, "acme:r2") == [(0, 7), (1, 8)]
     assert settle_op(rows, tags, [None] * 4, 9) is None
     # An entry without a record's tag is settled by its row too.
-    assert settle_op([("acme:r0", 5)], [None], [4], 5) is not None and chosen[-1] == "settle_rows_op"
+    assert isinstance(settle_op([("acme:r0", 5)], [None], [4], 5), record_ops.SettleRows)
     store.close()
 
 
@@ -135,7 +135,7 @@ async def test_a_call_refused_before_the_pool_forgets_its_rows_and_the_relations
 
     appender = Appender(store, writer, Link(refuse))
     new = rel("acme:new")
-    create = RecordStore.add_relationship_op(new, {"acme": b"w", "bob": b"w"})
+    create = record_ops.AddRelationship(new, {"acme": b"w", "bob": b"w"})
     outcomes = await appender.append([Group(new, [submission(0)], create), Group(rel("acme:r0"), [submission(0)])])
     assert outcomes == [Refused(full), Refused(full)]
     assert store.unsettled() == [] and store.relationship("acme:new") is None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import new_log
 
+from pacspace.storage import record_ops
 from pacspace.client.home import Home
 from pacspace.client.http import PacspaceClient, ServerError
 from pacspace.client.records import RelationshipView, append_body, create_relationship, delta_maker, load_relationship, now_utc
@@ -299,9 +300,9 @@ async def test_accepting_waits_for_the_genesis_to_have_its_log_index(world):
     records = world.http.app[SERVICE].records
     blob = secrets.token_bytes(200)
     rel = Relationship("acme:waiting", "acme", "bob", "daily", "monthly", 1)
-    records.write_one(RecordStore.reserve_op(
+    records.write_one(record_ops.Reserve(
         rel.id, [(0, secrets.token_bytes(32), hashlib.sha256(blob).digest(), blob)],
-        before=RecordStore.add_relationship_op(rel, {"acme": b"w", "bob": b"w"}),
+        before=record_ops.AddRelationship(rel, {"acme": b"w", "bob": b"w"}),
     ))
     signature = {"signature": base64.b64encode(bytes(64)).decode()}
     await world.error("POST", f"/v1/relationships/{rel.id}/acceptance", "bob", 409, "previous_in_flight", json=signature)

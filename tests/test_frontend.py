@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -324,3 +325,41 @@ def test_a_failed_walk_is_walked_again(tmp_path, postgres_url, monkeypatch):
         view.latest
     assert view.latest.size == 10
     reader.close()
+
+
+async def test_a_frontend_needs_only_the_log_tables_that_operations_md_grants(tmp_path, postgres_url):
+    """The read-only role from docs/operations.md serves a frontend, and cannot read parties, relationships or
+    records: a frontend's host holds nothing a party told the log in confidence."""
+    import re
+
+    import psycopg
+
+    from pacspace.datadir import init_log
+
+    data = tmp_path / "data"
+    signer = init_log(data, "frontends.example/grants", int(time.time()), postgres_url)
+    await _fill(postgres_url, data, 20)
+    store = PostgresLog(postgres_url)
+    store.record_keys(signer.verifier.vkey(), signer.cosignature_verifier.vkey(), "")
+    store.close()
+    docs = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    grants = re.search(r"CREATE ROLE reader LOGIN;.*?\n\s*(GRANT SELECT ON pacspace_schema[^\n]*)", docs, re.S)
+    assert grants is not None, "operations.md no longer gives the frontend's grants"
+    name = "reader_" + os.urandom(4).hex()
+    database = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN")
+        conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {name}")
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {name}")
+        conn.execute(grants.group(1).replace("TO reader", f"TO {name}"))
+    reader_url = re.sub(r"//[^@/]*@", f"//{name}@", postgres_url)
+    process, base = _start_frontend(tmp_path, {**os.environ, "PACSPACE_DATABASE": reader_url})
+    try:
+        assert _get(f"{base}/checkpoint")[1].split(b"\n")[1] == b"20"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    with psycopg.connect(reader_url, autocommit=True) as conn:
+        for table in ("parties", "relationships", "wraps", "records", "unsettled", "settled"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"SELECT 1 FROM {table}")

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from pacspace.storage import record_ops
 from pacspace.errors import EntryTooLarge, MalformedInput
 from pacspace.server.context import SERVICE
 from pacspace.server.ipc import decode_records, encode_records
@@ -90,7 +91,7 @@ async def test_a_call_with_a_refused_relationship_settles_the_others_at_their_in
         ct_hash = hashlib.sha256(blob).digest()
         tag = tags.get(rid, tags["acme:r0"])
         if rid != "acme:r1":  # the refused one's row is never settled, whether stored or not
-            store.write([RecordStore.reserve_op(rid, [(0, tag, ct_hash, blob)])])
+            store.write([record_ops.Reserve(rid, [(0, tag, ct_hash, blob)])])
         entries.append(entry_from_ct_hash(tag, ct_hash))
         rows.append((rid, 0))
     resp = await client.post("/internal/v1/sequence", data=encode_records(entries, rows))

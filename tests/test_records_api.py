@@ -21,6 +21,7 @@ from pacspace.records.seal import RelationshipKeys, seal
 from pacspace.sequencer import SequencerConfig
 from pacspace.server.app import create_app
 from pacspace.server.context import SERVICE
+from pacspace.datadir import open_records
 from pacspace.storage.records import RecordStore
 
 B64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
@@ -29,10 +30,10 @@ B64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
 class World:
     """A server with a provider, a customer and an outsider provider, each with real keys."""
 
-    def __init__(self, client, vkey, tmp_path):
+    def __init__(self, client, vkey, tmp_path, database=None):
         self.http = client
         self.vkey = parse_vkey(vkey)
-        store = RecordStore(tmp_path)
+        store = open_records(tmp_path, database)
         self.tokens = {}
         for name, role in [("acme", "provider"), ("bob", "customer"), ("evil", "provider"), ("carol", "customer")]:
             self.tokens[name] = f"tok-{name}"
@@ -92,7 +93,7 @@ async def world(aiohttp_client, tmp_path, log_database):
     app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01),
                                   database=log_database))
     client = await aiohttp_client(app)
-    w = World(client, vkey, tmp_path)
+    w = World(client, vkey, tmp_path, log_database)
     w.app = app
     w.database, w.data_dir = log_database, tmp_path
     for who in w.tokens:
@@ -467,7 +468,7 @@ def test_records_db_from_a_newer_pacspace_is_refused(tmp_path):
 
 
 async def test_a_settle_that_fails_is_retried_until_the_record_reads_back(world, caplog):
-    """records.db refuses the settle write (another writer holds it past the busy timeout): the receipt is
+    """The records' tables refuse the settle write (another writer holds them past the lock's timeout): the receipt is
     already out, so the server keeps retrying; the record then reads back, and a retry gets its receipt."""
     import sqlite3
     import threading
@@ -478,19 +479,33 @@ async def test_a_settle_that_fails_is_retried_until_the_record_reads_back(world,
     real_submit = service.sequencer.submit_many
     released = threading.Event()
 
-    # The store's busy timeout, 10 s, shortened to 0.2 s so that the blocker below outlasts it in a second.
-    service.records._conn.execute("PRAGMA busy_timeout = 200")
+    if world.database is None:
+        # The store's busy timeout, 10 s, shortened to 0.2 s so that the blocker below outlasts it in a second.
+        service.records._conn.execute("PRAGMA busy_timeout = 200")
+    else:
+        service.records._write.execute("SET lock_timeout = '200ms'")
+
+    def take_the_write_lock():
+        if world.database is None:
+            blocker = sqlite3.connect(service.records.path, isolation_level=None, check_same_thread=False)
+            blocker.execute("BEGIN IMMEDIATE")
+            return lambda: (blocker.execute("ROLLBACK"), blocker.close())
+        import psycopg
+
+        from pacspace.storage.pg_records import RECORDS_LOCK
+
+        blocker = psycopg.connect(world.database, autocommit=True)
+        blocker.execute("SELECT pg_advisory_lock(%s)", (RECORDS_LOCK,))
+        return blocker.close
 
     async def submit_then_lock(entries):
         done = await real_submit(entries)
-        # Another writer takes records.db right after the commit and holds it past the busy timeout.
-        blocker = sqlite3.connect(service.records.path, isolation_level=None, check_same_thread=False)
-        blocker.execute("BEGIN IMMEDIATE")
+        # Another writer takes the records' write lock right after the commit and holds it past the timeout.
+        undo = take_the_write_lock()
 
         def release():
             released.wait(1.0)
-            blocker.execute("ROLLBACK")
-            blocker.close()
+            undo()
 
         threading.Thread(target=release, daemon=True).start()
         return done

@@ -374,35 +374,63 @@ def test_postgres_reads_survive_the_server_dropping_their_connection(tmp_path, p
     reader.close()
 
 
-async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_sees_one_history(tmp_path, postgres_url):
-    """`pacspace migrate`: same root, fsck passes on the copy, the SQLite files are set aside, and a client that
-    pinned the old log verifies the served log as consistent with what it saw before."""
+async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_sees_one_history(
+    tmp_path, postgres_url, aiohttp_client
+):
+    """`pacspace migrate`: same root, the records move too (records.db and its blobs set aside with the log's
+    files), fsck passes on the copy, and the customer whose monitor verified the old log reads the same
+    relationship from the moved one, consistent with what it saw before."""
     import os
     import subprocess
     import sys
 
-    from helpers import add_two_parties, cli, fill_log, free_port, wait_for_health
+    from helpers import add_two_parties, cli, fill_log, free_port, hour, register_two_homes, wait_for_health
 
     from pacspace.client.http import PacspaceClient
+    from pacspace.client.records import append_body, create_relationship, delta_maker, load_relationship
+    from pacspace.config import ServerConfig
     from pacspace.merkle import consistency_proof, verify_consistency
+    from pacspace.records.body import Line
+    from pacspace.sequencer import SequencerConfig
+    from pacspace.server.app import create_app
 
     env = {k: v for k, v in os.environ.items() if k != "PACSPACE_DATABASE"}
     data = tmp_path / "data"
     cli("init", "--data", str(data), env=env)
-    await fill_log(data, 1000)
+    await fill_log(data, 997)
     add_two_parties(data)
+    # Real records on the SQLite log: a relationship, its genesis and two deltas, read by the customer.
+    app = create_app(ServerConfig(data_dir=data, sequencer=SequencerConfig(pool_interval=0.01)))
+    http = await aiohttp_client(app)
+    url = str(http.make_url("")).rstrip("/")
+    acme, bob = await register_two_homes(url, tmp_path)
+    async with PacspaceClient(url, "tok-acme") as c:
+        rid = (await create_relationship(c, acme.keys(), "acme", "bob"))["relationship"]
+        view = await load_relationship(c, acme, rid, acme.log_key())
+        for n, q in enumerate(("10", "5")):
+            await append_body(c, acme, view, delta_maker("2026-11", hour(n), [Line("llm.requests", "request", q, {})]))
+    async with PacspaceClient(url, "tok-bob") as c:
+        seen = await load_relationship(c, bob, rid, bob.log_key())
+    assert len(seen.records) == 3
+    await http.close()
     signer = load_signer(data)
     old = open_log(data)
     before = open_checkpoint(old.latest_checkpoint(), signer.verifier)
     old.close()
+    assert before.size == 1000
     moved = cli("migrate", "--data", str(data), "--database", postgres_url, env=env)
-    assert moved.stdout.strip() == before.root_hash.hex() and "size 1,000" in moved.stderr
+    assert moved.stdout.strip() == before.root_hash.hex()
+    assert "size 1,000" in moved.stderr and "3 records" in moved.stderr
     assert not (data / "log.db").exists() and (data / "sqlite-migrated" / "log.db").exists()
-    assert (data / "records.db").exists()  # records, parties and relationships stay in DIR for now
+    assert not (data / "records.db").exists() and not (data / "blobs").exists()
+    assert (data / "sqlite-migrated" / "records.db").exists() and (data / "sqlite-migrated" / "blobs").is_dir()
     env["PACSPACE_DATABASE"] = postgres_url
-    assert "fsck: ok: size 1,000" in cli("fsck", "--data", str(data), env=env).stdout
+    checked = cli("fsck", "--data", str(data), env=env).stdout
+    assert "fsck: ok: size 1,000" in checked and "3 records verified" in checked
     again = cli("migrate", "--data", str(data), env=env, code=None)  # the mark is there: nothing to move
     assert again.returncode == 0 and again.stdout.strip() == before.root_hash.hex()
+    listed = cli("admin", "party", "list", "--data", str(data), env=env).stdout
+    assert "acme" in listed and "bob" in listed
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -413,10 +441,17 @@ async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_s
 
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())
         assert health == {"status": "ok", "size": 1000, "role": "sequencer", "storage": "postgresql"}
-        async with PacspaceClient(f"http://127.0.0.1:{port}", "tok-acme") as c:
+        moved_url = f"http://127.0.0.1:{port}"
+        async with PacspaceClient(moved_url, "tok-acme") as c:
             served = open_checkpoint(await c.checkpoint(), signer.verifier)
             assert (served.size, served.root_hash) == (before.size, before.root_hash)
-            assert (await c.inclusion(999, 1000))["hashes"]
+            view = await load_relationship(c, acme, rid, acme.log_key())
+            await append_body(c, acme, view, delta_maker("2026-11", hour(2), [Line("llm.requests", "request", "1", {})]))
+        async with PacspaceClient(moved_url, "tok-bob") as c:
+            # bob's home holds what it verified on the SQLite log: the moved log must extend it.
+            after = await load_relationship(c, bob, rid, bob.log_key())
+        assert [r.body for r in after.records[:3]] == [r.body for r in seen.records]
+        assert len(after.records) == 4
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -425,10 +460,10 @@ async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_s
 
     grown = open_log(data, postgres_url)
     await _sequence(grown, signer, [[b"after the move %d" % i for i in range(300)]], clock=time.time)
-    after = open_checkpoint(grown.latest_checkpoint(), signer.verifier)
-    assert after.size == 1300
-    verify_consistency(before.size, after.size, before.root_hash, after.root_hash,
-                       consistency_proof(before.size, after.size, grown))
+    after_cp = open_checkpoint(grown.latest_checkpoint(), signer.verifier)
+    assert after_cp.size == 1301
+    verify_consistency(before.size, after_cp.size, before.root_hash, after_cp.root_hash,
+                       consistency_proof(before.size, after_cp.size, grown))
     grown.close()
 
 
@@ -450,11 +485,15 @@ def test_a_directory_whose_log_is_in_a_database_never_gets_a_second_log(tmp_path
     assert "restore it from a backup" in refused.stderr
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('log_meta')").fetchone()[0] is None  # nothing created
-    # The directory's other tables (parties) are still managed there.
-    other = tmp_path / "other"
-    cli("init", "--data", str(other), "--database", postgres.database(), env=env)
-    added = cli("admin", "party", "add", "acme", "--role", "provider", "--data", str(other), env=env)
+    # The parties are in the database too: the directory holds only the key.
+    other, elsewhere = tmp_path / "other", postgres.database()
+    cli("init", "--data", str(other), "--database", elsewhere, env=env)
+    added = cli("admin", "party", "add", "acme", "--role", "provider", "--data", str(other), "--database", elsewhere, env=env)
     assert added.stdout.startswith("pst_")
+    assert "give --database" in cli("admin", "party", "list", "--data", str(other), env=env, code=2).stderr
+    with psycopg.connect(elsewhere, autocommit=True) as conn:
+        assert conn.execute("SELECT name, role FROM parties").fetchall() == [("acme", "provider")]
+    assert not (other / "records.db").exists()
 
 
 def test_an_init_that_crashed_after_creating_the_tables_is_completed_not_refused(tmp_path, postgres_url):
@@ -632,10 +671,10 @@ async def test_serve_rides_out_a_postgresql_restart(tmp_path, postgres, postgres
             await append_body(c, acme, view, delta(0))
         postgres.halt()  # (a client of its own after it: stopping PostgreSQL can outlast the server's keep-alive)
         try:
-            # Refused at once, saying so (503: the tag check against the log could not run); the client keeps
-            # the sealed record in its outbox.
+            # Refused at once, saying so (503: the record could not be stored); the client keeps the sealed
+            # record in its outbox.
             async with PacspaceClient(url, "tok-acme") as c:
-                with pytest.raises(OutboxPending, match=r"nothing was appended \(HTTP 503, admission_failed\)"):
+                with pytest.raises(OutboxPending, match=r"database did not answer.*\(HTTP 503, database_unavailable\)"):
                     await append_body(c, acme, view, delta(1))
         finally:
             postgres.resume()
@@ -652,3 +691,86 @@ async def test_serve_rides_out_a_postgresql_restart(tmp_path, postgres, postgres
         server.terminate()
         server.wait(timeout=30)
     cli("fsck", "--data", str(data), env=env)
+
+
+async def test_records_an_older_pacspace_kept_beside_a_log_in_a_database_move_in_when_serve_starts(
+    tmp_path, postgres_url, aiohttp_client
+):
+    """Before schema 3 a log in PostgreSQL kept its records in DIR/records.db. The first serve of this version
+    moves them into the database (blobs checked), sets the files aside, and settles a row a crash left
+    unsettled, from the log; nothing is read from two places, and nothing is merged."""
+    import base64
+    import os
+    import time
+
+    from helpers import add_two_parties, sequence
+
+    from pacspace.config import ServerConfig
+    from pacspace.datadir import open_records
+    from pacspace.logmove import move_records
+    from pacspace.records.seal import entry_from_ct_hash
+    from pacspace.sequencer import SequencerConfig
+    from pacspace.server.app import create_app
+    from pacspace.storage import record_ops
+    from pacspace.storage.records import RecordStore, Relationship
+
+    data = tmp_path / "data"
+    init_log(data, "example.com/old", int(time.time()), postgres_url)
+    add_two_parties(data)  # into DIR/records.db, as the older pacspace did
+    old = RecordStore(data)
+    old.add_relationship(Relationship("acme:r1", "acme", "bob", "daily", "monthly", 1), {"acme": b"wa", "bob": b"wb"})
+    blobs = [os.urandom(300) for _ in range(2)]
+    recs = [(seq, os.urandom(32), hashlib.sha256(b).digest(), b) for seq, b in enumerate(blobs)]
+    old.write([record_ops.Reserve("acme:r1", [recs[0]])])
+    log = open_log(data, postgres_url)
+    await sequence(log, load_signer(data), [[entry_from_ct_hash(r[1], r[2])] for r in recs])
+    log.close()
+    old.write([record_ops.settle("acme:r1", [(0, 0)], 1)])
+    old.write([record_ops.Reserve("acme:r1", [recs[1]])])  # in the log at 1, but its settle was lost
+    old.close()
+    with pytest.raises(UntrustedState, match="not in the database yet"):
+        open_records(data, postgres_url)  # nothing reads them from the database before they are moved
+
+    app = create_app(ServerConfig(data_dir=data, sequencer=SequencerConfig(pool_interval=0.01), database=postgres_url))
+    client = await aiohttp_client(app)
+    resp = await client.get("/v1/relationships/acme:r1/records", headers={"Authorization": "Bearer tok-acme"})
+    assert resp.status == 200, await resp.text()
+    rows = (await resp.json())["records"]
+    assert [(r["seq"], r["index"]) for r in rows] == [(0, 0), (1, 1)]
+    assert [base64.b64decode(r["ciphertext"]) for r in rows] == blobs
+    assert not (data / "records.db").exists() and (data / "sqlite-migrated" / "records.db").exists()
+    await client.close()
+
+    # Another records.db appears beside it (a restore of an old backup): never merged with the database's.
+    stray = RecordStore(data)
+    stray.add_party("carol", "customer", "tok-carol", 1)
+    stray.close()
+    with pytest.raises(UntrustedState, match="will not merge"):
+        move_records(data, postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM parties WHERE name = 'carol'").fetchone()[0] == 0
+
+
+def test_a_move_of_records_cut_short_after_its_commit_finishes_on_the_next_run(tmp_path, postgres_url):
+    """The copy committed, then the process died before records.db was set aside: the next command that opens
+    the records (here `admin party list`) finds the same counts in the database and only moves the files."""
+    import os
+    import time
+
+    from helpers import add_two_parties, cli
+
+    from pacspace.storage.pg_records import PostgresRecordStore
+    from pacspace.storage.records import RecordStore
+
+    data = tmp_path / "data"
+    init_log(data, "example.com/cut", int(time.time()), postgres_url)
+    add_two_parties(data)
+    source = RecordStore(data)
+    assert PostgresRecordStore.import_from(postgres_url, source) == 0
+    source.close()
+    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+    listed = cli("admin", "party", "list", "--data", str(data), env=env).stdout
+    assert "acme" in listed and "bob" in listed
+    assert not (data / "records.db").exists() and (data / "sqlite-migrated" / "records.db").exists()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM parties").fetchone()[0] == 2

@@ -8,6 +8,7 @@ import sqlite3
 
 import pytest
 
+from pacspace.storage import record_ops, record_writes
 from pacspace.errors import MalformedInput, NotFound, UntrustedState
 from pacspace.storage.records import (
     AcceptanceConflict,
@@ -40,12 +41,12 @@ def store(tmp_path):
 
 def test_a_bulk_reserve_stores_each_group_or_gives_its_error(store):
     first = [record(0)]
-    (result,) = store.write([RecordStore.reserve_many_op([("acme:r0", first), ("acme:r1", [record(0), record(1)])])])
+    (result,) = store.write([record_ops.ReserveMany([("acme:r0", first), ("acme:r1", [record(0), record(1)])])])
     assert result == [None, None]
-    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1), RecordStore.settle_op("acme:r1", [(0, 1), (1, 2)], 3)])
-    store.write([RecordStore.reserve_op("acme:r1", [record(2)])])
+    store.write([record_ops.settle("acme:r0", [(0, 0)], 1), record_ops.settle("acme:r1", [(0, 1), (1, 2)], 3)])
+    store.write([record_ops.Reserve("acme:r1", [record(2)])])
     waiting = store.unsettled_of("acme:r1")[0].tag
-    (result,) = store.write([RecordStore.reserve_many_op([
+    (result,) = store.write([record_ops.ReserveMany([
         ("acme:r0", first),                     # a retry: the stored row comes back
         ("acme:r1", [record(5)]),               # a gap
         ("acme:r2", [record(0, tag=waiting)]),  # the tag of a record waiting for the log
@@ -57,16 +58,16 @@ def test_a_bulk_reserve_stores_each_group_or_gives_its_error(store):
     assert result[3] is None
     assert store.records("acme:r2", -1, 10) == [] and store.unsettled_of("acme:r2") == []
     assert [r.seq for r in store.unsettled_of("acme:r3")] == [0]
-    (result,) = store.write([RecordStore.reserve_many_op([("acme:r3", [record(1)])])])
+    (result,) = store.write([record_ops.ReserveMany([("acme:r3", [record(1)])])])
     assert isinstance(result[0], InFlight)
 
 
 def test_a_settled_records_tag_is_left_to_the_log_to_refuse(store):
     """records.db keeps tags unique only among records waiting for the log (appending.TagGuard does the rest)."""
     first = record(0)
-    store.write([RecordStore.reserve_op("acme:r0", [first])])
-    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
-    (result,) = store.write([RecordStore.reserve_op("acme:r1", [record(0, tag=first[1])])])
+    store.write([record_ops.Reserve("acme:r0", [first])])
+    store.write([record_ops.settle("acme:r0", [(0, 0)], 1)])
+    (result,) = store.write([record_ops.Reserve("acme:r1", [record(0, tag=first[1])])])
     assert result is None
     assert [r.tag for r in store.unsettled_of("acme:r1")] == [first[1]]
 
@@ -77,9 +78,9 @@ def test_reconcile_drops_a_copy_of_an_entry_another_record_holds(store):
     from pacspace.merkle import leaf_hash
 
     original = record(0)
-    store.write([RecordStore.reserve_op("acme:r0", [original])])
-    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
-    store.write([RecordStore.reserve_op("acme:r1", [original])])
+    store.write([record_ops.Reserve("acme:r0", [original])])
+    store.write([record_ops.settle("acme:r0", [(0, 0)], 1)])
+    store.write([record_ops.Reserve("acme:r1", [original])])
     copy = store.unsettled_of("acme:r1")[0]
     in_log = {leaf_hash(copy.entry): 0}
     assert reconcile(store, in_log.get, published_size=1) == (0, 1)
@@ -88,8 +89,8 @@ def test_reconcile_drops_a_copy_of_an_entry_another_record_holds(store):
 
 
 def test_dropping_unacknowledged_records_frees_their_blobs(store):
-    store.write([RecordStore.reserve_op("acme:r0", [record(0), record(1)])])
-    store.write([RecordStore.drop_op("acme:r0", [1, 0])])
+    store.write([record_ops.Reserve("acme:r0", [record(0), record(1)])])
+    store.write([record_ops.Drop("acme:r0", [1, 0])])
     conn = sqlite3.connect(store.path)
     assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 0
@@ -97,12 +98,12 @@ def test_dropping_unacknowledged_records_frees_their_blobs(store):
 
 def test_blobs_live_in_segment_files_and_survive_a_reopen(store, tmp_path):
     rows = [record(0), record(1)]
-    store.write([RecordStore.reserve_op("acme:r0", rows)])
+    store.write([record_ops.Reserve("acme:r0", rows)])
     conn = sqlite3.connect(store.path)
     assert conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 2
     conn.close()
-    store.write([RecordStore.settle_op("acme:r0", [(0, 0), (1, 1)], 2)])
+    store.write([record_ops.settle("acme:r0", [(0, 0), (1, 1)], 2)])
     reopened = RecordStore(tmp_path, readonly=True)
     try:
         assert [r.blob for r in reopened.records("acme:r0", -1, 10)] == [rows[0][3], rows[1][3]]
@@ -113,26 +114,26 @@ def test_blobs_live_in_segment_files_and_survive_a_reopen(store, tmp_path):
 
 def test_a_refused_reserve_leaves_bytes_that_nothing_names(store):
     """The blobs are appended before the transaction: when it stores nothing, the bytes stay unread."""
-    store.write([RecordStore.reserve_op("acme:r0", [record(0)])])
-    (refused,) = store.write([RecordStore.reserve_op("acme:r0", [record(5)])])
+    store.write([record_ops.Reserve("acme:r0", [record(0)])])
+    (refused,) = store.write([record_ops.Reserve("acme:r0", [record(5)])])
     assert isinstance(refused, SeqConflict)
-    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
+    store.write([record_ops.settle("acme:r0", [(0, 0)], 1)])
     later = record(1)
-    store.write([RecordStore.reserve_op("acme:r0", [later])])
-    store.write([RecordStore.settle_op("acme:r0", [(1, 1)], 2)])
+    store.write([record_ops.Reserve("acme:r0", [later])])
+    store.write([record_ops.settle("acme:r0", [(1, 1)], 2)])
     assert store.records("acme:r0", 0, 10)[0].blob == later[3]
     assert sum(p.stat().st_size for p in (store.path.parent / "blobs").iterdir()) == 3 * 200
 
 
 def test_a_reserve_op_runs_only_through_write(store):
-    op = RecordStore.reserve_op("acme:r0", [record(0)])
+    op = record_ops.Reserve("acme:r0", [record(0)])
     with pytest.raises(RuntimeError, match="through RecordStore.write"):
-        op(sqlite3.connect(":memory:"))
+        record_writes.compile_op(op)(sqlite3.connect(":memory:"))
 
 
 def test_a_lost_segment_is_an_error_for_readers_and_a_missing_blob_for_fsck(store):
-    store.write([RecordStore.reserve_op("acme:r0", [record(0)])])
-    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
+    store.write([record_ops.Reserve("acme:r0", [record(0)])])
+    store.write([record_ops.settle("acme:r0", [(0, 0)], 1)])
     for path in (store.path.parent / "blobs").iterdir():
         path.unlink()
     reader = RecordStore(store.path.parent, readonly=True)
@@ -151,8 +152,8 @@ def test_a_version_3_file_keeps_its_blobs_and_writes_new_ones_to_segments(tmp_pa
     store.add_party("acme", "provider", "t1", 1)
     store.add_party("bob", "customer", "t2", 1)
     store.add_relationship(Relationship("acme:r", "acme", "bob", "daily", "monthly", 1), {"acme": b"w", "bob": b"w"})
-    store.write([RecordStore.reserve_op("acme:r", [old])])
-    store.write([RecordStore.settle_op("acme:r", [(0, 0)], 1)])
+    store.write([record_ops.Reserve("acme:r", [old])])
+    store.write([record_ops.settle("acme:r", [(0, 0)], 1)])
     store.close()
     # Back to version 3's layout: the blob in the database, no spans, no segment files.
     conn = sqlite3.connect(tmp_path / "records.db")
@@ -168,8 +169,8 @@ def test_a_version_3_file_keeps_its_blobs_and_writes_new_ones_to_segments(tmp_pa
     store = RecordStore(tmp_path)
     try:
         new = record(1)
-        store.write([RecordStore.reserve_op("acme:r", [new])])
-        store.write([RecordStore.settle_op("acme:r", [(1, 1)], 2)])
+        store.write([record_ops.Reserve("acme:r", [new])])
+        store.write([record_ops.settle("acme:r", [(1, 1)], 2)])
         assert [(r.seq, r.blob) for r in store.records("acme:r", -1, 10)] == [(0, old[3]), (1, new[3])]
         conn = sqlite3.connect(tmp_path / "records.db")
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -235,8 +236,8 @@ def test_a_version_1_file_is_migrated_on_open_with_every_record_and_blob(tmp_pat
         rel = store.relationship("acme:r")
         assert (rel.state, rel.acceptance, rel.decided_at) == ("accepted", None, None)
         # The migrated file takes new records after the old ones.
-        store.write([RecordStore.settle_op("acme:r", [(2, 12)], 13)])
-        (result,) = store.write([RecordStore.reserve_op("acme:r", [record(3)])])
+        store.write([record_ops.settle("acme:r", [(2, 12)], 13)])
+        (result,) = store.write([record_ops.Reserve("acme:r", [record(3)])])
         assert result is None and [r.seq for r in store.unsettled()] == [3]
     finally:
         store.close()
@@ -276,10 +277,10 @@ def test_a_version_2_file_is_migrated_on_open_and_keeps_every_record(tmp_path):
             (0, 0, records[0][3]), (1, 1, records[1][3])
         ]
         assert [(r.seq, r.tag) for r in store.unsettled()] == [(2, records[2][1])]
-        store.write([RecordStore.settle_op("acme:r", [(2, 2)], 3)])
+        store.write([record_ops.settle("acme:r", [(2, 2)], 3)])
         assert [r.index for r in store.records("acme:r", -1, 10)] == [0, 1, 2]
         # Two records can no longer claim one log index.
-        (result,) = store.write([lambda c: c.execute("INSERT INTO settled VALUES (99, 1, 3)")])
+        (result,) = store.run([lambda c: c.execute("INSERT INTO settled VALUES (99, 1, 3)")])
         assert isinstance(result, sqlite3.IntegrityError)
     finally:
         store.close()
@@ -323,7 +324,7 @@ def test_reconcile_settles_against_the_published_checkpoint_and_never_drops_a_co
     from pacspace.merkle import leaf_hash
 
     rows = [record(0), record(1), record(2)]
-    store.write([RecordStore.reserve_op("acme:r0", rows)])
+    store.write([record_ops.Reserve("acme:r0", rows)])
     entries = {leaf_hash(r.entry): i for i, r in enumerate(store.unsettled())}
     in_log = {h: i for h, i in entries.items() if i < 2}  # seq 2 never reached the log
     # The log holds seqs 0 and 1 at indexes 0 and 1, but only a checkpoint of size 1 is published
@@ -337,13 +338,13 @@ def test_reconcile_settles_against_the_published_checkpoint_and_never_drops_a_co
 
 def test_a_run_of_consecutive_indexes_settles_each_row_once(store):
     r0, r0b, r1 = record(0), record(1), record(0)
-    store.write([RecordStore.reserve_many_op([("acme:r0", [r0, r0b]), ("acme:r1", [r1])])])
+    store.write([record_ops.ReserveMany([("acme:r0", [r0, r0b]), ("acme:r1", [r1])])])
     run = [r1[1], r0[1], r0b[1]]  # the tags, in the order the log holds the entries
-    store.write([RecordStore.settle_run_op(run, 40, 43)])
+    store.write([record_ops.SettleRun(run, 40, 43)])
     assert [(r.index, r.checkpoint_size) for r in store.records("acme:r0", -1, 10)] == [(41, 43), (42, 43)]
     assert store.record("acme:r1", 0).index == 40
     assert store.unsettled_of("acme:r0") == [] and store.unsettled_of("acme:r1") == []
-    store.write([RecordStore.settle_run_op(run, 90, 93)])  # settling again changes nothing
+    store.write([record_ops.SettleRun(run, 90, 93)])  # settling again changes nothing
     assert store.record("acme:r0", 1).index == 42
     assert [r.index for r in store.records("acme:r1", -1, 10)] == [40]
 
@@ -352,33 +353,43 @@ def test_a_run_passes_over_tags_no_waiting_record_holds(store):
     """Only records waiting for the log are found by tag: another tag in the run settles nothing, and
     the others still get their own index."""
     a, b = record(0), record(1)
-    store.write([RecordStore.reserve_op("acme:r0", [a, b])])
-    store.write([RecordStore.settle_run_op([a[1], bytes(32), b[1]], 7, 10)])
+    store.write([record_ops.Reserve("acme:r0", [a, b])])
+    store.write([record_ops.SettleRun([a[1], bytes(32), b[1]], 7, 10)])
     assert [(r.seq, r.index) for r in store.records("acme:r0", -1, 10)] == [(0, 7), (1, 9)]
     assert store.settled_indexes([7, 8, 9]) == {7, 9}
     with pytest.raises(MalformedInput):
-        RecordStore.settle_run_op([b"short"], 0, 1)
+        record_ops.SettleRun([b"short"], 0, 1)
 
 
-def test_only_a_transaction_of_settles_alone_skips_its_fsync(store):
+def test_only_a_transaction_of_settles_alone_skips_its_fsync(store, monkeypatch):
     """Settles are re-derivable from the log (start-up reconciles them): alone, they commit without an
     fsync (synchronous=NORMAL); with any other op, or afterwards, the connection is FULL again."""
+    import functools
+
     from pacspace.storage import record_writes
 
     seen = []
+    real = record_writes.compile_op
 
-    def probe(conn):
-        seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+    def probing(op):
+        compiled = real(op)
 
-    settle_like = record_writes.rederivable(lambda conn: probe(conn))
-    assert record_writes.is_rederivable(RecordStore.settle_run_op([bytes(32)], 0, 1))
-    assert not record_writes.is_rederivable(RecordStore.reserve_op("acme:r0", [record(0)]))
-    store.write([settle_like])
-    store.write([settle_like, probe])
-    store.write([settle_like, RecordStore.reserve_op("acme:r0", [record(0)])])
-    store.write([probe])
-    assert seen == [1, 2, 2, 2, 2]  # 1 is NORMAL, 2 is FULL
+        @functools.wraps(compiled)  # keeps the blobs the op stages
+        def run(conn):
+            seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+            return compiled(conn)
+
+        return run
+
+    monkeypatch.setattr(record_writes, "compile_op", probing)
+    settle = record_ops.SettleRun([bytes(32)], 0, 1)
+    store.write([settle])
+    store.write([settle, record_ops.settle("acme:r0", [(0, 0)], 1)])
+    store.write([settle, record_ops.Reserve("acme:r0", [record(0)])])
+    store.write([record_ops.Drop("acme:r1", [0])])
+    assert seen == [1, 1, 1, 2, 2, 2]  # 1 is NORMAL, 2 is FULL
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert [r.seq for r in store.unsettled_of("acme:r0")] == [0]
 
 
 @pytest.mark.parametrize("alone", [True, False])
@@ -390,12 +401,14 @@ def test_an_op_that_fails_keeps_nothing_and_gives_its_error(store, alone):
         conn.execute("UPDATE parties SET x25519 = x'01' WHERE name = 'acme'")
         raise InFlight("refused after writing")
 
-    ops = [half_then_fail] if alone else [RecordStore.reserve_op("acme:r0", [record(0)]), half_then_fail]
-    results = store.write(ops)
+    from pacspace.storage import record_writes
+
+    ops = [half_then_fail] if alone else [record_writes.compile_op(record_ops.Reserve("acme:r0", [record(0)])), half_then_fail]
+    results = store.run(ops)
     assert isinstance(results[-1], InFlight)
     assert store.party("acme").x25519 is None
     assert [r.seq for r in store.unsettled_of("acme:r0")] == ([] if alone else [0])
-    store.write([lambda conn: conn.execute("UPDATE parties SET x25519 = x'02' WHERE name = 'bob'")])
+    store.run([lambda conn: conn.execute("UPDATE parties SET x25519 = x'02' WHERE name = 'bob'")])
     assert store.party("bob").x25519 == b"\x02"  # the connection is usable afterwards
 
 
@@ -430,7 +443,7 @@ def test_a_version_4_file_gains_consent_and_its_relationships_read_back_accepted
         assert [(r.id, r.state) for r in store.relationships_of("bob")] == [("acme:old", "accepted"), ("acme:new", "pending")]
         assert [r.id for r in store.relationships_of("bob", "pending")] == ["acme:new"]
         # Its customer may sign it once.
-        signed = store.write_one(RecordStore.accept_op("acme:old", b"s" * 64, 9))
+        signed = store.write_one(record_ops.Accept("acme:old", b"s" * 64, 9))
         assert (signed.state, signed.acceptance, signed.decided_at) == ("accepted", b"s" * 64, 9)
     finally:
         store.close()
@@ -443,34 +456,34 @@ def test_a_version_4_file_gains_consent_and_its_relationships_read_back_accepted
 
 def test_consent_moves_from_pending_once_and_repeats_only_the_same_decision(store):
     assert store.relationship("acme:r0").state == "pending"
-    accepted = store.write_one(RecordStore.accept_op("acme:r0", b"a" * 64, 10))
+    accepted = store.write_one(record_ops.Accept("acme:r0", b"a" * 64, 10))
     assert store.relationship("acme:r0") == accepted
     assert (accepted.state, accepted.acceptance, accepted.decided_at) == ("accepted", b"a" * 64, 10)
-    assert store.write_one(RecordStore.accept_op("acme:r0", b"a" * 64, 11)) == accepted  # a retry: unchanged
+    assert store.write_one(record_ops.Accept("acme:r0", b"a" * 64, 11)) == accepted  # a retry: unchanged
     with pytest.raises(AcceptanceConflict):
-        store.write_one(RecordStore.accept_op("acme:r0", b"b" * 64, 12))
+        store.write_one(record_ops.Accept("acme:r0", b"b" * 64, 12))
     with pytest.raises(RelationshipAccepted, match="cannot be declined"):
-        store.write_one(RecordStore.decline_op("acme:r0", 13))
-    declined = store.write_one(RecordStore.decline_op("acme:r1", 20))
+        store.write_one(record_ops.Decline("acme:r0", 13))
+    declined = store.write_one(record_ops.Decline("acme:r1", 20))
     assert (declined.state, declined.acceptance, declined.decided_at) == ("declined", None, 20)
-    assert store.write_one(RecordStore.decline_op("acme:r1", 21)) == declined
+    assert store.write_one(record_ops.Decline("acme:r1", 21)) == declined
     with pytest.raises(RelationshipDeclined):
-        store.write_one(RecordStore.accept_op("acme:r1", b"a" * 64, 22))
+        store.write_one(record_ops.Accept("acme:r1", b"a" * 64, 22))
     with pytest.raises(NotFound):
-        store.write_one(RecordStore.decline_op("acme:nope", 23))
+        store.write_one(record_ops.Decline("acme:nope", 23))
     assert store.relationship("acme:r0") == accepted and store.relationship("acme:r1") == declined
     assert [r.id for r in store.relationships_of("bob", "pending")] == ["acme:r2", "acme:r3"]
     # The state column takes nothing else.
-    (result,) = store.write([lambda c: c.execute("UPDATE relationships SET state = 'maybe' WHERE id = 'acme:r2'")])
+    (result,) = store.run([lambda c: c.execute("UPDATE relationships SET state = 'maybe' WHERE id = 'acme:r2'")])
     assert isinstance(result, sqlite3.IntegrityError)
 
 
 def test_has_unsettled_sees_a_relationships_waiting_rows_only(store):
-    store.write([RecordStore.reserve_op("acme:r0", [record(0), record(1)])])
+    store.write([record_ops.Reserve("acme:r0", [record(0), record(1)])])
     assert store.has_unsettled("acme:r0") and not store.has_unsettled("acme:r1")
-    store.write([RecordStore.settle_op("acme:r0", [(0, 0)], 1)])
+    store.write([record_ops.settle("acme:r0", [(0, 0)], 1)])
     assert store.has_unsettled("acme:r0")
-    store.write([RecordStore.settle_op("acme:r0", [(1, 1)], 2)])
+    store.write([record_ops.settle("acme:r0", [(1, 1)], 2)])
     assert not store.has_unsettled("acme:r0") and not store.has_unsettled("acme:nope")
 
 
@@ -482,7 +495,7 @@ def test_an_op_that_raises_unexpectedly_fails_alone_and_the_others_of_its_transa
         return [][0]
 
     with caplog.at_level("ERROR", logger="pacspace.storage"):
-        results = store.write([RecordStore.reserve_op("acme:r0", [record(0)]), broken, RecordStore.reserve_op("acme:r1", [record(0)])])
+        results = store.write([record_ops.Reserve("acme:r0", [record(0)]), broken, record_ops.Reserve("acme:r1", [record(0)])])
         (alone,) = store.write([broken])
     assert results[0] is None and results[2] is None
     for failed in (results[1], alone):
@@ -493,6 +506,6 @@ def test_an_op_that_raises_unexpectedly_fails_alone_and_the_others_of_its_transa
 
 
 def test_an_empty_group_is_refused_as_malformed_and_its_neighbours_are_stored(store):
-    (result,) = store.write([RecordStore.reserve_many_op([("acme:r0", []), ("acme:r1", [record(0)])])])
+    (result,) = store.write([record_ops.ReserveMany([("acme:r0", []), ("acme:r1", [record(0)])])])
     assert isinstance(result[0], MalformedInput) and result[1] is None
     assert [r.seq for r in store.unsettled_of("acme:r1")] == [0]

@@ -72,11 +72,26 @@ def data(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture
+def data_on_each(tmp_path: Path, log_database: str | None, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``data``, with the log and its records in SQLite, then in PostgreSQL (PACSPACE_DATABASE, which every
+    command this test starts inherits): the workers' record writes share records.db's lock, or PostgreSQL's."""
+    if log_database is None:
+        monkeypatch.delenv("PACSPACE_DATABASE", raising=False)
+    else:
+        monkeypatch.setenv("PACSPACE_DATABASE", log_database)
+    d = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "pacspace", "init", "--data", str(d)], check=True, capture_output=True)
+    add_two_parties(d, log_database)
+    return d
+
+
 def line(n: int) -> Line:
     return Line("llm.requests", "request", str(n), {"model": "m"})
 
 
-async def test_records_through_workers_read_back_with_proofs_by_hash_and_metrics(data, tmp_path):
+async def test_records_through_workers_read_back_with_proofs_by_hash_and_metrics(data_on_each, tmp_path):
+    data = data_on_each
     with serving(data) as (server, port):
         url = f"http://127.0.0.1:{port}"
         assert len(children(server.pid)) == 2
@@ -329,8 +344,9 @@ async def test_with_witnesses_no_worker_serves_an_older_checkpoint_and_a_retry_g
         await asyncio.to_thread(server.wait, 60)
 
 
-def test_fsck_beside_a_live_server_finds_no_fault(data):
+def test_fsck_beside_a_live_server_finds_no_fault(data_on_each):
     """Records settled after fsck read the log are skipped with a warning, not reported as faults."""
+    data = data_on_each
     import threading
 
     port = free_port()
@@ -370,8 +386,9 @@ def test_fsck_beside_a_live_server_finds_no_fault(data):
     assert final.returncode == 0 and "committed after the log was read" not in final.stderr
 
 
-def test_a_tag_is_taken_once_whichever_worker_each_record_reaches(data):
+def test_a_tag_is_taken_once_whichever_worker_each_record_reaches(data_on_each):
     """Each worker stores its record in records.db; the one process that sequences admits the tag once."""
+    data = data_on_each
     with serving(data) as (server, port):
         a, b = one_connection_per_worker(port, children(server.pid))
         for pinned, rid in ((a, "acme:r1"), (b, "acme:r2")):
@@ -391,9 +408,10 @@ def test_a_tag_is_taken_once_whichever_worker_each_record_reaches(data):
         assert [r["seq"] for r in json.loads(body)["records"]] == [0, 1]
 
 
-def test_after_a_receipt_the_next_record_goes_in_at_once_through_the_other_worker(data):
+def test_after_a_receipt_the_next_record_goes_in_at_once_through_the_other_worker(data_on_each):
     """The parent settles a sequence call's rows before it answers the worker: the next seq, sent the
     moment the receipt arrives, through the other worker, never finds the previous one still in flight."""
+    data = data_on_each
     with serving(data) as (server, port):
         a, b = one_connection_per_worker(port, children(server.pid))
         genesis = {"relationship": "acme:r1", "customer": "bob", "genesis": sealed_like(0),
@@ -473,9 +491,10 @@ async def test_a_failed_accept_is_logged_and_the_next_connection_still_handed_ov
         listener.close()
 
 
-async def test_a_customer_decides_through_either_worker_and_every_worker_reads_the_decision(data, tmp_path):
+async def test_a_customer_decides_through_either_worker_and_every_worker_reads_the_decision(data_on_each, tmp_path):
     """Acceptance and decline are records.db writes from whichever worker the customer reaches; the signature
     is checked there against the genesis the parent settled, and the other worker serves the result."""
+    data = data_on_each
     from pacspace.records.acceptance import sign_acceptance
     from pacspace.records.seal import public_entry
 

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -74,10 +73,13 @@ from .errors import AdmissionFailed, EntryTooLarge, MalformedInput, PacspaceErro
 from .merkle import leaf_hash
 from .records.seal import record_tag
 from .sequencer import Sequenced
-from .storage.records import InFlight, RecordConflict, RecordStore, Relationship, StoredRecord, TagConflict
+from .storage import record_ops
+from .storage.record_ops import RecordOp
+from .storage.records import InFlight, RecordConflict, Relationship, StoredRecord, TagConflict
 
 if TYPE_CHECKING:
     from .sequencer import Sequencer
+    from .storage.base import RecordTables
     from .server.writer import GroupWriter
     from .storage.logtables import LogTables
 
@@ -85,8 +87,8 @@ log = logging.getLogger("pacspace.server")
 
 # One record's row in records.db: (relationship id, seq).
 Row = tuple[str, int]
-# A records.db write op (RecordStore's *_op): run inside one transaction, all or nothing.
-Op = Callable[[sqlite3.Connection], Any]
+# A write op of the records' tables (storage/record_ops.py): run inside one transaction, all or nothing.
+Op = RecordOp
 
 # Refusals of a whole call that the sequencer raises before taking any of it: nothing was appended.
 NOT_APPENDED = (PoolFull, MalformedInput, EntryTooLarge, AdmissionFailed)
@@ -98,7 +100,7 @@ SETTLE_WAIT = 30.0
 
 
 class RecordRows(Protocol):
-    """records.db as the append path reads it (storage/records.py RecordStore).
+    """The records' tables as the append path reads them (storage/records.py, storage/pg_records.py).
 
     Reads see committed transactions only. Unsettled rows are always their
     relationship's last ones (reserve refuses a record behind one), so
@@ -221,8 +223,8 @@ class Group:
 
     rel: Relationship
     subs: list[Submission]
-    # The relationship's creation (RecordStore.add_relationship_op), stored with its genesis record or not at all.
-    create: Op | None = None
+    # The relationship's creation, stored with its genesis record or not at all.
+    create: record_ops.AddRelationship | None = None
 
 
 class Fate(Enum):
@@ -371,8 +373,8 @@ def settle_op(rows: Sequence[Row], tags: Sequence[bytes | None], indexes: Sequen
     first, last = placed[0][2], placed[-1][2]
     run = [tag for _, tag, _ in placed if tag is not None]
     if last - first + 1 == len(placed) == len(run):
-        return RecordStore.settle_run_op(run, first, size)
-    return RecordStore.settle_rows_op([(rid, seq, index) for (rid, seq), _, index in placed], size)
+        return record_ops.SettleRun(run, first, size)
+    return record_ops.SettleRows([(rid, seq, index) for (rid, seq), _, index in placed], size)
 
 
 def leaves_below(leaves: LeafIndex, hashes: Sequence[bytes], size: int) -> list[int | None]:
@@ -582,12 +584,12 @@ class Appender:
         plain = [i for i, g in enumerate(groups) if g.create is None]
         # All or nothing together: a genesis that fails takes its relationship with it.
         ops: list[Op] = [
-            RecordStore.reserve_op(groups[i].rel.id, [s[:4] for s in groups[i].subs], before=groups[i].create)
+            record_ops.Reserve(groups[i].rel.id, [s[:4] for s in groups[i].subs], before=groups[i].create)
             for i in creating
         ]
         if plain:
             records = [(groups[i].rel.id, [s[:4] for s in groups[i].subs]) for i in plain]
-            ops.append(RecordStore.reserve_many_op(records))
+            ops.append(record_ops.ReserveMany(records))
         answers = await self.writer.write(ops)
         results: list[Any] = [None] * len(groups)
         for i, answer in zip(creating, answers):
@@ -602,9 +604,9 @@ class Appender:
         """Step 5: drop the rows of groups whose entries were never appended (and a relationship their genesis would have made)."""
         undo: list[Op] = []
         for group in groups:
-            undo.append(RecordStore.drop_op(group.rel.id, [s.seq for s in group.subs]))
+            undo.append(record_ops.Drop(group.rel.id, [s.seq for s in group.subs]))
             if group.create is not None:
-                undo.append(RecordStore.drop_relationship_op(group.rel.id))
+                undo.append(record_ops.DropRelationship(group.rel.id))
         try:
             failures = [r for r in await self.writer.write(undo) if isinstance(r, BaseException)]
         except Exception as exc:
@@ -678,13 +680,13 @@ def _repair_ops(
         if index is None and not at_start:
             continue
         if index is None or index in taken:
-            ops.append(RecordStore.drop_op(rec.relationship, [rec.seq]))
+            ops.append(record_ops.Drop(rec.relationship, [rec.seq]))
             if rec.seq == 0:
                 # The genesis never reached the log: the relationship was never created.
-                ops.append(RecordStore.drop_relationship_op(rec.relationship))
+                ops.append(record_ops.DropRelationship(rec.relationship))
             dropped += 1
         elif index < published:
-            ops.append(RecordStore.settle_op(rec.relationship, [(rec.seq, index)], published))
+            ops.append(record_ops.settle(rec.relationship, [(rec.seq, index)], published))
             taken.add(index)
             settled += 1
     return ops, settled, dropped
@@ -712,7 +714,7 @@ def reconcile(store: RecordRows, find_leaf: Callable[[bytes], int | None], publi
 
 if TYPE_CHECKING:
 
-    def _ports(records: RecordStore, writer: GroupWriter, store: LogTables, sequencer: Sequencer, sequencing: Sequencing) -> None:
+    def _ports(records: RecordTables, writer: GroupWriter, store: LogTables, sequencer: Sequencer, sequencing: Sequencing) -> None:
         _rows: RecordRows = records
         _writer: RowWriter = writer
         _leaves: LeafIndex = store

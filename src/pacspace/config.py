@@ -44,6 +44,13 @@ class ServerConfig:
     database: str | None = field(default=None, repr=False)
     # The object store (s3://BUCKET[/PREFIX]) to keep the log's tiles and bundles in from now on (storage/objects.py).
     objects: str | None = None
+    # Where the other serves of a log in PostgreSQL reach this one when it sequences (server/standby.py);
+    # None: http://HOST:PORT.
+    advertise: str | None = None
+
+    @property
+    def advertised(self) -> str:
+        return self.advertise or f"http://{self.host}:{self.port}"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

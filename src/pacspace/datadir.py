@@ -24,7 +24,9 @@ from .errors import LogExists, LogLocked, LogNotFound, MalformedInput, Malformed
 from .merkle import EMPTY_ROOT, leaf_hash
 from .note import NoteSigner
 from .storage.database_url import redact
+from .storage.base import RecordTables
 from .storage.logtables import LogTables
+from .storage.records import RECORDS_NAME, RecordStore
 from .storage.sqlite import DB_NAME, SqliteLog
 from .tiles import TILE_WIDTH, iter_bundle, root_from_edge
 
@@ -212,6 +214,25 @@ def open_log(data_dir: Path, database: str | None = None, *, readonly: bool = Fa
     from .storage.postgres import PostgresLog
 
     return PostgresLog(database, readonly=readonly, objects=objects)
+
+
+def open_records(data_dir: Path, database: str | None = None, *, readonly: bool = False) -> RecordTables:
+    """The recordation tables: records.db in ``data_dir``, or in the PostgreSQL database at ``database``.
+
+    A records.db that an older pacspace left beside a log in a database must be moved in first
+    (logmove.move_records, which ``serve`` and ``migrate`` run): until then it is refused here, so that
+    nothing reads or writes records in two places.
+    """
+    if database is None:
+        return RecordStore(data_dir, readonly=readonly)
+    if (data_dir / RECORDS_NAME).exists():
+        raise UntrustedState(
+            f"{data_dir / RECORDS_NAME} holds records that are not in the database yet: start `pacspace serve` "
+            f"(or run `pacspace migrate --data {data_dir}`) with the same --database once, which moves them in"
+        )
+    from .storage.pg_records import PostgresRecordStore
+
+    return PostgresRecordStore(database, readonly=readonly)
 
 
 def load_state(store: LogTables, signer: NoteSigner) -> LogState:

@@ -109,6 +109,14 @@ class WriteFailed(PacspaceError):
         super().__init__(message)
 
 
+class DatabaseUnavailable(PacspaceError):
+    """The log's PostgreSQL database did not answer (down, restarting, unreachable) or its records stayed locked:
+    this request's write or read did not happen; a retry is safe (a record is never stored twice)."""
+
+    code = "database_unavailable"
+    http_status = 503
+
+
 class EntryTooLarge(PacspaceError):
     """An entry exceeds the 65,535 bytes an entry bundle can carry."""
 
@@ -148,6 +156,17 @@ class LogLocked(PacspaceError):
 
     code = "log_locked"
     http_status = 500
+
+
+class WriterElsewhere(LogLocked):
+    """Another process holds the writer's lock of the log in PostgreSQL: it sequences the log."""
+
+
+class SequencerUnavailable(PacspaceError):
+    """A standby could not reach the serve that sequences the log (it stopped, or another is taking over)."""
+
+    code = "sequencer_unavailable"
+    http_status = 503
 
 
 class ObjectStoreFailed(PacspaceError):

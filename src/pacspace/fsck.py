@@ -15,7 +15,7 @@ from .errors import ObjectCorrupt, PacspaceError
 from .merkle import HASH_SIZE, consistency_proof, leaf_hash, tree_hash, verify_consistency
 from .note import Ed25519Verifier
 from .records.seal import record_tag
-from .storage.records import RecordStore
+from .storage.base import RecordTables
 from .storage.logtables import LogTables
 from .tiles import TILE_WIDTH, extend, iter_bundle, pack_interior, tiles_for_size
 
@@ -180,7 +180,7 @@ def _check_checkpoints(store: LogTables, log_key: Ed25519Verifier, report: FsckR
             progress("checkpoints", i + 1, total)
 
 
-def fsck_records(store: LogTables, records: RecordStore, report: FsckReport) -> None:
+def fsck_records(store: LogTables, records: RecordTables, report: FsckReport) -> None:
     """Every stored record: its blob hashes to its ct_hash, its entry is the leaf at its index, and each
     relationship's seqs run gapless from 0. Unsettled rows are a warning: the server settles them at start."""
     relationship = None

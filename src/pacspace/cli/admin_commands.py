@@ -1,4 +1,5 @@
-"""Operator commands for parties: ``pacspace admin party add|revoke|list``. They act on the data directory."""
+"""Operator commands for parties: ``pacspace admin party add|revoke|list``. They act on the log's records: in the
+data directory, or in its PostgreSQL database (``--database``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import secrets
 import sys
 import time
 
-from ..datadir import has_log
+from ..datadir import WriteLock, has_log, log_exists, open_records
 from ..errors import LogNotFound, MalformedInput
+from ..storage.base import RecordTables
 from ..storage.record_values import UnknownParty
-from ..storage.records import RecordStore
-from .log_commands import data_arg
+from ..storage.records import RECORDS_NAME
+from .log_commands import data_arg, database_arg, database_url
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -33,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("name", help="the party's name: lower-case letters, digits, '.', '_' or '-' (at most 64)")
     p.add_argument("--role", required=True, choices=["provider", "customer"], help="what the party may do")
     data_arg(p)
+    database_arg(p)
     p.add_argument("--json", action="store_true", help='print {"name", "role", "token"}')
     p.set_defaults(run=cmd_add)
 
@@ -41,18 +44,30 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("name", help="the party's name")
     data_arg(p)
+    database_arg(p)
     p.set_defaults(run=cmd_revoke)
 
     p = party_sub.add_parser("list", help="list parties", description="List parties (never their tokens).")
     data_arg(p)
+    database_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(run=cmd_list)
 
 
-def _store(args: argparse.Namespace) -> RecordStore:
+def _store(args: argparse.Namespace) -> RecordTables:
+    database = database_url(args)
     if not has_log(args.data):
         raise LogNotFound(f"no log at {args.data} (run `pacspace init --data {args.data}` or `pacspace serve`)")
-    return RecordStore(args.data)
+    log_exists(args.data, database)  # refuses a --database that is not where the directory's log is
+    if database is not None and (args.data / RECORDS_NAME).exists():
+        from ..logmove import move_records
+
+        lock = WriteLock(args.data)  # a running serve holds it (and moved them when it started)
+        try:
+            move_records(args.data, database)
+        finally:
+            lock.close()
+    return open_records(args.data, database)
 
 
 def cmd_add(args: argparse.Namespace) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import sys
 
 from ..errors import MalformedInput, PacspaceError
 from ..server.protocol import raise_open_file_limit
@@ -40,3 +42,27 @@ def listen(host: str, port: int) -> socket.socket:
                 "privileges)"}.get(exc.errno or 0, "")
         raise CannotListen(f"cannot listen on {where}: {why}{hint}") from None
 
+
+
+# The environment variable that hands the listening socket to the process a standby's takeover executes.
+LISTEN_FD = "PACSPACE_LISTEN_FD"
+
+
+def inherited_listener() -> socket.socket | None:
+    """The listening socket :func:`reexec` handed to this process, if it is the one a takeover executed."""
+    fd = os.environ.pop(LISTEN_FD, None)
+    if fd is None:
+        return None
+    sock = socket.socket(fileno=int(fd))
+    sock.set_inheritable(False)
+    return sock
+
+
+def reexec(sock: socket.socket) -> None:
+    """Execute this command again, handing it the listening socket: connections wait in its backlog meanwhile,
+    never refused (server/standby.py, step 2). Does not return."""
+    sock.set_inheritable(True)
+    os.environ[LISTEN_FD] = str(sock.fileno())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import socket
 import logging
 import os
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from .. import exitcodes
 from ..config import DATABASE_ENV, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
-from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists, open_log, validate_origin
+from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists, open_log, open_records, validate_origin
 from ..errors import MalformedInput, MalformedNote
 from ..files import read_text
 from ..fsck import fsck, fsck_records
@@ -20,7 +22,7 @@ from ..sequencer import SequencerConfig
 from ..storage.records import RECORDS_NAME, RecordStore
 from ..storage.database_url import has_password, redact
 from .argtypes import port, seconds, whole
-from .listen import listen
+from .listen import inherited_listener, listen, reexec
 from .progress import ProgressBar
 
 
@@ -60,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="with --database: serve the log read-only (checkpoints, tiles, proofs, health) from the database, on "
         "any machine, beside the serve that sequences it; DIR is not used; one process (docs/operations.md) "
         "(default: serve and sequence the log)",
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="URL",
+        help="with --database: where the log's other serves reach this one while it sequences (they forward "
+        "writes to it and take over when it stops; docs/operations.md) (default: http://HOST:PORT)",
     )
     _origin_arg(p, None)
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
@@ -135,7 +143,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "migrate",
         help="move a SQLite log's tables into PostgreSQL",
         description="Copy the log in DIR (log.db) into the PostgreSQL database at --database, in one transaction, "
-        "then check that the copy reproduces the same latest checkpoint and root. DIR then holds the key and the "
+        "then check that the copy reproduces the same latest checkpoint and root; then copy its parties, "
+        "relationships and records (records.db and its blobs) the same way. DIR then holds the key and the "
         "mark of the database; the SQLite files move to DIR/sqlite-migrated. Run it with the server stopped. "
         "Serve the log afterwards with --database; clients see the same history. Exit 0 when moved.",
     )
@@ -169,8 +178,8 @@ def database_arg(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help=f"keep the log's tables in this PostgreSQL database, postgresql://USER@HOST[:PORT]/NAME (a password: "
         f"in ${DATABASE_ENV} or ~/.pgpass, never on the command line, which ps shows) "
-        f"(needs pip install 'pacspace[postgres]'); DIR then holds the log key, and records, parties and "
-        f"relationships for now (docs/operations.md) (default: ${DATABASE_ENV} if set, else SQLite in DIR)",
+        f"(needs pip install 'pacspace[postgres]'); DIR then holds only the log key (docs/operations.md) "
+        f"(default: ${DATABASE_ENV} if set, else SQLite in DIR)",
     )
 
 
@@ -250,6 +259,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ),
             witness_policy=args.witness_policy,
             witness_timeout=args.witness_timeout,
+            advertise=args.advertise,
         )
     except ValueError as exc:  # the configurations' own checks, for what the argument types do not cover
         raise MalformedInput(str(exc)) from None
@@ -257,6 +267,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parse_policy(read_text(args.witness_policy, "--witness-policy"))
     if args.frontend:
         return _serve_frontend(args, config)
+    if args.advertise is not None and database is None:
+        raise MalformedInput("--advertise needs --database: only serves of a log in PostgreSQL reach each other")
     origin = validate_origin(args.origin or DEFAULT_ORIGIN)
     exists = log_exists(args.data, database)
     if exists:
@@ -264,8 +276,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.origin is not None and args.origin != signer.name:
             raise MalformedInput(f"the log in {args.data} is {signer.name}, not {args.origin}: leave out --origin, "
                                  "or give another --data for a new log")
-    # Bound before anything is created: a port in use leaves no new data directory behind.
-    sock = listen(args.host, args.port)
+    # Bound before anything is created: a port in use leaves no new data directory behind. A standby that takes
+    # over hands its socket to the process it becomes (server/standby.py).
+    sock = inherited_listener() or listen(args.host, args.port)
+    if exists and database is not None and _sequenced_elsewhere(database):
+        return _serve_standby(args, config, sock)
     if not exists:
         signer = init_log(args.data, origin, int(time.time()), database)
         where = args.data if database is None else f"{redact(database)} (its key in {args.data})"
@@ -300,6 +315,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if app[FATAL]:
         print(f"pacspace: error: the sequencer stopped: {app[FATAL][0]}", file=sys.stderr)
         return exitcodes.FAILURE
+    return exitcodes.OK
+
+
+def _sequenced_elsewhere(database: str) -> bool:
+    from ..storage.pgconnect import connect, writer_elsewhere
+
+    probe = connect(database, "pacspace standby")
+    try:
+        return writer_elsewhere(probe)
+    finally:
+        probe.close()
+
+
+def _serve_standby(args: argparse.Namespace, config: ServerConfig, sock: socket.socket) -> int:
+    """Another serve sequences the log: serve reads, forward the rest to it, and take over when it stops."""
+    from aiohttp import web
+
+    from ..server.context import READS
+    from ..server.gctune import tune_for_serving
+    from ..server.standby import STANDBY, STOP_WAIT, create_standby_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_standby_app(config)
+
+    async def on_startup(app: web.Application) -> None:
+        reads = app[READS]
+        where = await asyncio.to_thread(reads.store.sequencer_url)
+        print(f"pacspace: log {reads.store.origin} at size {reads.latest.size:,} is sequenced by another serve "
+              f"({where or 'not reachable yet'}): this one serves its reads, forwards the rest there, and takes over "
+              "if it stops", file=sys.stderr)
+        print(f"pacspace: serving on http://{args.host}:{args.port}/ as a standby (Ctrl-C to stop)", file=sys.stderr)
+        tune_for_serving()
+
+    app.on_startup.append(on_startup)
+    web.run_app(app, sock=sock.dup(), print=None, access_log=None, shutdown_timeout=STOP_WAIT)
+    if app[STANDBY].take_over:
+        reexec(sock)
     return exitcodes.OK
 
 
@@ -341,8 +393,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if database is None:
         raise MalformedInput("migrate needs --database URL (or PACSPACE_DATABASE)")
     moved = move_to_database(args.data, database, ProgressBar())
-    print(f"pacspace: the log {moved.origin} (size {moved.size:,}) is in {redact(database)}; its SQLite files are in "
-          f"{moved.backup}. Serve it with --database.", file=sys.stderr)
+    print(f"pacspace: the log {moved.origin} (size {moved.size:,}) and its {moved.records:,} records are in "
+          f"{redact(database)}; its SQLite files are in {moved.backup}. Serve it with --database.", file=sys.stderr)
     print(moved.root_hex)
     return 0
 
@@ -354,11 +406,14 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             raise MalformedNote("--log-key must be an Ed25519 (type 0x01) vkey")
     else:
         verifier = load_signer(args.data).verifier
-    store = open_log(args.data, database_url(args), readonly=True)
+    database = database_url(args)
+    store = open_log(args.data, database, readonly=True)
     try:
         report = fsck(store, verifier, ProgressBar())
-        if report.ok and (args.data / RECORDS_NAME).exists():
-            records = RecordStore(args.data, readonly=True)
+        if report.ok and (database is not None or (args.data / RECORDS_NAME).exists()):
+            # A records.db still beside a log in a database (an older pacspace's, not moved in yet) is the one checked.
+            legacy = (args.data / RECORDS_NAME).exists()
+            records = RecordStore(args.data, readonly=True) if legacy else open_records(args.data, database, readonly=True)
             try:
                 fsck_records(store, records, report)
             finally:

@@ -13,13 +13,14 @@ from aiohttp import web
 from ..appending import SETTLE_WAIT, Sequencing, TagGuard, reconcile
 from ..config import ServerConfig
 from .. import highwater
-from ..datadir import WriteLock, load_signer, load_state, open_log
+from ..datadir import WriteLock, load_signer, load_state, open_log, open_records
 from ..errors import PacspaceError
 from ..sequencer import Sequencer
 from ..checkpoint import open_checkpoint
 from ..note import NoteSigner
 from ..policy import parse_policy
-from ..storage.records import RecordStore
+from ..logmove import move_records
+from ..storage.records import RECORDS_NAME
 from ..storage.logtables import LogTables
 from .witnessing import WitnessPool, WitnessQuorumFailed
 from .writer import GroupWriter
@@ -101,7 +102,12 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         store = open_log(config.data_dir, config.database, objects=config.objects)
         state = load_state(store, signer)
         highwater.check(config.data_dir, store, state.size, signer.verifier)
-        records = RecordStore(config.data_dir)
+        if config.database is not None:
+            # Records an older pacspace kept in records.db beside this log move into the database first.
+            moved = move_records(config.data_dir, config.database)
+            if moved:
+                log.info("moved %d records from %s into the database", moved, config.data_dir / RECORDS_NAME)
+        records = open_records(config.data_dir, config.database)
         sequencer = Sequencer(store, signer, state, config.sequencer, clock=time.time)
         if config.witness_policy is not None:
             await _use_witnesses(config, store, signer, sequencer)
@@ -121,6 +127,8 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         # checkpoints are published.
         policy_text = config.witness_policy.read_text() if config.witness_policy is not None else ""
         store.record_keys(service.vkey, service.timestamp_vkey, policy_text)
+        # For the log's other serves (standby.py), which forward writes here.
+        store.record_sequencer(config.advertised)
         task = asyncio.create_task(sequencer.run(), name="pacspace-sequencer")
         task.add_done_callback(lambda t: _on_sequencer_exit(app, t))
         writer_task = asyncio.create_task(writer.run(), name="pacspace-records-writer")

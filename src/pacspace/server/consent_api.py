@@ -9,16 +9,15 @@ before storing it; storage/consent.py decides which transitions are allowed.
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Callable
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import PacspaceError
 from ..records.acceptance import SIGNATURE_SIZE, acceptance_valid
-from ..storage.records import InFlight, RecordStore, Relationship, StoredRecord
+from ..storage import record_ops
+from ..storage.records import InFlight, Relationship, StoredRecord
 from .context import LogService
 from .records_api import Forbidden, _b64, _json, _party, _service, _visible, relationship_json
 
@@ -54,7 +53,7 @@ async def post_acceptance(request: web.Request) -> web.Response:
             "the signature does not verify: it must be the customer's registered Ed25519 key's signature "
             "over this relationship's id and genesis entry"
         )
-    accepted = await _decide(service, RecordStore.accept_op(rel.id, signature, int(time.time())))
+    accepted = await _decide(service, record_ops.Accept(rel.id, signature, int(time.time())))
     return web.json_response(relationship_json(service, accepted, rel.customer))
 
 
@@ -63,7 +62,7 @@ async def post_decline(request: web.Request) -> web.Response:
     if request.body_exists and request.content_length != 0:
         await _json(request)  # `{}` or any object: nothing in it is read
     service = _service(request)
-    declined = await _decide(service, RecordStore.decline_op(rel.id, int(time.time())))
+    declined = await _decide(service, record_ops.Decline(rel.id, int(time.time())))
     return web.json_response(relationship_json(service, declined, rel.customer))
 
 
@@ -87,7 +86,7 @@ def _customer_key(service: LogService, rel: Relationship) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(key)
 
 
-async def _decide(service: LogService, op: Callable[[sqlite3.Connection], Relationship]) -> Relationship:
+async def _decide(service: LogService, op: record_ops.Accept | record_ops.Decline) -> Relationship:
     """Run a consent op through the records writer; the relationship as it now is, or the op's error."""
     (result,) = await service.writer.write([op])
     if isinstance(result, BaseException):

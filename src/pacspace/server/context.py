@@ -13,7 +13,7 @@ from ..checkpoint import SignedCheckpoint
 from ..config import ServerConfig
 from ..merkle import RangeHashes
 from ..sequencer import Sequencer
-from ..storage.records import RecordStore
+from ..storage.base import RecordTables
 from ..storage.logtables import LogTables
 from .writer import GroupWriter
 
@@ -34,7 +34,7 @@ class LogService:
     sequencer: Sequencer | RemoteSequencer
     vkey: str
     timestamp_vkey: str
-    records: RecordStore
+    records: RecordTables
     writer: GroupWriter
     # Admission, sequencing and settling: appending.Sequencing where the sequencer runs, else RemoteSequencer.
     link: SequencerLink

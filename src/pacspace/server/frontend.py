@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -103,8 +103,12 @@ class FrontendReads:
         return f"# TYPE pacspace_tree_size gauge\npacspace_tree_size {self.latest.size}\n"
 
 
-def create_frontend_app(config: ServerConfig) -> web.Application:
-    """The frontend's application: the read API, with the same connection and body limits as ``serve``'s."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_frontend_app(config: ServerConfig, forward: Handler | None = None) -> web.Application:
+    """The frontend's application: the read API, with the same connection and body limits as ``serve``'s.
+    ``forward`` takes every other request (a standby's, standby.py); without it they answer 421."""
     if config.database is None:
         raise UntrustedState("a frontend serves a log in PostgreSQL: give --database")
     middleware = error_middleware(before=_before_handler, after=lambda request, _: bodies.release(request))
@@ -116,7 +120,7 @@ def create_frontend_app(config: ServerConfig) -> web.Application:
     app[FATAL] = []
     app.cleanup_ctx.append(_frontend_reads)
     read_api.add_routes(app)
-    app.router.add_route("*", "/{tail:.*}", _not_here)
+    app.router.add_route("*", "/{tail:.*}", forward or _not_here)
     return app
 
 

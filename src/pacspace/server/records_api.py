@@ -29,7 +29,8 @@ from ..keys import KeyUnusable, PublicKeys
 from ..receipt import Receipt
 from ..records.body import CADENCES
 from ..records.seal import BLOB_OVERHEAD, MAX_BUCKET, entry_from_ct_hash
-from ..storage.records import STATES, Party, RecordStore, Relationship, RelationshipDeclined, StoredRecord
+from ..storage import record_ops
+from ..storage.records import STATES, Party, Relationship, RelationshipDeclined, StoredRecord
 from ..records.batchwire import BatchRecord
 from . import batch_answer, bodies, refusals
 from .bodies import TooLarge
@@ -277,7 +278,7 @@ async def post_relationship(request: web.Request) -> web.Response:
         raise MalformedInput("the genesis record is seq 0")
     rel = Relationship(rid, party.name, customer.name, cadence, billing_cycle, int(time.time()))
     # The relationship, its wraps and its genesis record are stored together or not at all.
-    status, receipts = await _append(request, rel, [genesis], create=RecordStore.add_relationship_op(rel, wrap_bytes))
+    status, receipts = await _append(request, rel, [genesis], create=record_ops.AddRelationship(rel, wrap_bytes))
     return web.json_response({**_rel_json(rel), "receipt": receipts[0]}, status=status)
 
 
@@ -461,7 +462,7 @@ async def get_records(request: web.Request) -> web.Response:
 
 
 def _ciphertext(rec: StoredRecord) -> str:
-    assert rec.blob is not None  # RecordStore.records reads every record's blob, or raises
+    assert rec.blob is not None  # a record store's records() reads every record's blob, or raises
     return base64.b64encode(rec.blob).decode()
 
 

@@ -30,7 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from ..config import DATABASE_ENV, ServerConfig
-from ..datadir import open_log
+from ..datadir import open_log, open_records
 from ..errors import PacspaceError
 from ..note import Ed25519Verifier, parse_vkey
 from ..policy import parse_policy
@@ -71,14 +71,15 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
         raise PacspaceError("the parent passed a log key that is not Ed25519")
     policy = parse_policy(config.witness_policy.read_text()) if config.witness_policy is not None else None
     store = open_log(config.data_dir, config.database, readonly=True)
-    records = RecordStore(config.data_dir)
+    records = open_records(config.data_dir, config.database)
     session = aiohttp.ClientSession(
         connector=aiohttp.UnixConnector(path=str(link.ipc_path), limit=0),
         timeout=aiohttp.ClientTimeout(total=None),
     )
     try:
         remote = RemoteSequencer(session, store, verifier, policy)
-        writer = GroupWriter(records, inline=True)
+        # records.db's lock is local and brief; PostgreSQL's round trips are not, and run in a thread.
+        writer = GroupWriter(records, inline=isinstance(records, RecordStore))
         service = LogService(store, remote, link.vkey, link.timestamp_vkey, records, writer, remote)
         app[SERVICE] = app[READS] = service
         tasks = [

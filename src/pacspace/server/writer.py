@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ..errors import PacspaceError, WriteFailed
 
-Op = Callable[[sqlite3.Connection], Any]
+# A store's op: a record op (storage/record_ops.py), or a function of the recorder spool's connection.
+Op = Any
 Waiting = list[tuple[Sequence[Op], "asyncio.Future[list[Any]]"]]
 
 log = logging.getLogger("pacspace.server")

@@ -4,15 +4,21 @@ Modelled on Sunlight's ``Backend`` / ``LockBackend``: each method states what is
 true once it returns, so crash-safety can be reasoned about where it is used.
 storage/sqlite.py's ``SqliteLog`` implements both, which mypy checks there; the
 append protocol's own ports (records.db, the sequencer) are in appending.py.
+``RecordTables`` is the recordation tables as a whole, which records.db
+(storage/records.py) and PostgreSQL (storage/pg_records.py) implement.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..merkle import Node
+
+if TYPE_CHECKING:
+    from .record_ops import RecordOp
+    from .record_values import Party, Relationship, Role, StoredRecord
 
 
 @dataclass(frozen=True)
@@ -103,3 +109,64 @@ class LogWriter(Protocol):
         hash once it returns (the index itself is made durable later, by maintain).
         """
         ...
+
+
+class RecordTables(Protocol):
+    """Parties, relationships, wraps and records with their sealed blobs.
+
+    Reads see committed transactions only. A write's ops run in one transaction,
+    each all or nothing; the write is durable once it returns, unless every op
+    is a settle (record_ops.REDERIVABLE), which the log can re-derive.
+    """
+
+    def close(self) -> None: ...
+
+    def write(self, ops: Sequence[RecordOp]) -> list[Any]:
+        """Each op's result, or the error it raised (anything unexpected as WriteFailed)."""
+        ...
+
+    def write_one(self, op: RecordOp) -> Any:
+        """One op's result; its error raised."""
+        ...
+
+    def add_party(self, name: str, role: Role, token: str, now: int) -> Party: ...
+
+    def revoke_party(self, name: str, now: int) -> None: ...
+
+    def set_keys(self, name: str, x25519: bytes, ed25519: bytes) -> None: ...
+
+    def parties(self) -> list[Party]: ...
+
+    def party(self, name: str) -> Party | None: ...
+
+    def party_by_token(self, token: str) -> Party | None:
+        """The active party holding ``token``; revoked parties are never returned."""
+        ...
+
+    def add_relationship(self, rel: Relationship, wraps: dict[str, bytes], epoch: int = 0) -> None: ...
+
+    def relationship(self, rid: str) -> Relationship | None: ...
+
+    def relationships(self, rids: Sequence[str]) -> dict[str, Relationship]: ...
+
+    def relationships_of(self, party: str, state: str | None = None) -> list[Relationship]: ...
+
+    def wrap(self, rid: str, reader: str, epoch: int = 0) -> bytes | None: ...
+
+    def record(self, rid: str, seq: int) -> StoredRecord | None: ...
+
+    def records(self, rid: str, after_seq: int, limit: int) -> list[StoredRecord]:
+        """Settled records after ``after_seq``, in seq order, each with its blob."""
+        ...
+
+    def iter_records(self, page: int = 1000) -> Iterator[StoredRecord]:
+        """Every record with its blob (None if missing), by relationship and seq (fsck)."""
+        ...
+
+    def unsettled_of(self, rid: str) -> list[StoredRecord]: ...
+
+    def has_unsettled(self, rid: str) -> bool: ...
+
+    def unsettled(self) -> list[StoredRecord]: ...
+
+    def settled_indexes(self, indexes: Sequence[int]) -> set[int]: ...

@@ -1,4 +1,5 @@
-"""A customer's consent to a relationship: the write ops that accept or decline it (records.db, version 5).
+"""A customer's consent to a relationship: the write ops that accept or decline it (records.db since version 5,
+and PostgreSQL).
 
 A relationship is created pending. Its customer accepts it once, with a
 signature over its genesis entry (records/acceptance.py; the server checks the
@@ -11,9 +12,9 @@ no-op, so a client may retry.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from ..errors import NotFound
 from .record_values import (
@@ -25,10 +26,11 @@ from .record_values import (
     relationship_of,
 )
 
-Op = Callable[[sqlite3.Connection], Relationship]
+# Over sqlite3's connection, or one taking its ``?`` placeholders (PostgreSQL's, storage/pg_records.py).
+Op = Callable[[Any], Relationship]
 
 
-def _current(conn: sqlite3.Connection, rid: str) -> Relationship:
+def _current(conn: Any, rid: str) -> Relationship:
     row = conn.execute(f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id = ?", (rid,)).fetchone()
     if row is None:
         raise NotFound("no such relationship")
@@ -38,7 +40,7 @@ def _current(conn: sqlite3.Connection, rid: str) -> Relationship:
 def accept(rid: str, signature: bytes, now: int) -> Op:
     """An op storing the customer's acceptance ``signature``; returns the relationship as it now is."""
 
-    def op(conn: sqlite3.Connection) -> Relationship:
+    def op(conn: Any) -> Relationship:
         rel = _current(conn, rid)
         if rel.state == "declined":
             raise RelationshipDeclined("the customer declined this relationship; it cannot be accepted")
@@ -57,7 +59,7 @@ def accept(rid: str, signature: bytes, now: int) -> Op:
 def decline(rid: str, now: int) -> Op:
     """An op declining a pending relationship; returns the relationship as it now is."""
 
-    def op(conn: sqlite3.Connection) -> Relationship:
+    def op(conn: Any) -> Relationship:
         rel = _current(conn, rid)
         if rel.state == "accepted":
             raise RelationshipAccepted("an accepted relationship cannot be declined")

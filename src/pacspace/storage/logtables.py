@@ -314,6 +314,14 @@ class LogTables(ABC):
         """The log's (vkey, timestamp_vkey, witness policy) as its writer recorded them, if it did."""
         return None
 
+    def record_sequencer(self, url: str) -> None:
+        """The writer records where the other serves of the log reach it (server/standby.py); a log in SQLite
+        has no other serve."""
+
+    def sequencer_url(self) -> str | None:
+        """Where the log's sequencer said it is reached, if it did."""
+        return None
+
     def check_objects(self, head: int, open_note: Callable[[bytes], int]) -> tuple[list[str], list[str]]:
         """For fsck: the faults and warnings of the log's object store, if it has one (objects.check_store)."""
         return [], []

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from ..errors import LogLocked, UntrustedState
+from ..errors import UntrustedState, WriterElsewhere
 from .database_url import redact
 
 # pg_try_advisory_lock key of the log's one writer ("pacswrit").
@@ -48,7 +48,7 @@ def connect_writer(url: str, previous: Session | None = None) -> tuple[Connectio
         # One writer per database, as the data directory's flock is one per directory: held by the write
         # connection's session, so PostgreSQL releases it when the writer dies (kill -9 included).
         if not take_writer_lock(conn, previous):
-            raise LogLocked(f"another process is the writer of the log in {redact(url)}")
+            raise WriterElsewhere(f"another process is the writer of the log in {redact(url)}")
         row = conn.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
         if row is None:
             raise UntrustedState(f"{redact(url)}: the writer's session is not in pg_stat_activity")
@@ -79,6 +79,14 @@ def take_writer_lock(conn: Connection, previous: Session | None) -> bool:
         time.sleep(0.05)
         if try_lock(conn):
             return True
+    return False
+
+
+def writer_elsewhere(conn: Connection) -> bool:
+    """Whether another session holds the writer's lock now (this one takes it and lets go at once if it is free)."""
+    if not try_lock(conn):
+        return True
+    conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK,))
     return False
 
 

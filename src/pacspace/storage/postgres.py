@@ -346,6 +346,19 @@ class PostgresLog(LogTables):
 
         self._writing(record, lambda conn: False)
 
+    def record_sequencer(self, url: str) -> None:
+        """Where the other serves forward writes to (server/standby.py): recorded by each sequencer as it starts."""
+
+        def record(conn: Connection) -> None:
+            conn.execute("INSERT INTO log_meta (key, value) VALUES ('sequencer_url', %s) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (url,))
+
+        self._writing(record, lambda conn: False)
+
+    def sequencer_url(self) -> str | None:
+        row = self._one("SELECT value FROM log_meta WHERE key = 'sequencer_url'")
+        return None if row is None else str(row[0])
+
     def log_keys(self) -> tuple[str, str, str] | None:
         rows = dict(self._all("SELECT key, value FROM log_meta WHERE key IN ('vkey', 'timestamp_vkey', "
                               "'witness_policy')", ()))

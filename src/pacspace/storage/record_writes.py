@@ -1,30 +1,40 @@
-"""records.db's write ops for records, built before the write lock that every writing process
-queues on and run inside it (RecordStore.write): what they store, and with which statements.
+"""records.db's statements for the write ops (storage/record_ops.py), built before the write lock that every
+writing process queues on and run inside it (RecordStore.write).
 
-Two marks tell RecordStore.write how to run an op: :func:`staged_blobs` (blobs it must append
-to the segment files before the lock) and :func:`is_rederivable` (a settle, which the log can
-re-derive, so its transaction needs no fsync of its own).
+:func:`compile_op` turns an op into a function of the connection; :func:`staged_blobs` says which blobs
+RecordStore.write must append to the segment files before the lock.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import MalformedInput, PacspaceError
 from ..merkle import HASH_SIZE
+from . import consent, record_ops
+from .record_ops import RecordOp
 from .record_values import (
     RECORD_COLUMNS,
     RECORD_ROWS,
+    RELATIONSHIP_COLUMNS,
     InFlight,
+    KeysRegistered,
+    Party,
+    PartyExists,
     RecordConflict,
+    Relationship,
+    RelationshipExists,
+    Role,
     SeqConflict,
     StoredRecord,
     TagConflict,
+    UnknownParty,
     record_of,
+    token_hash,
 )
 from .segments import Placed
 
@@ -32,16 +42,20 @@ T = TypeVar("T")
 Records = Sequence[tuple[int, bytes, bytes, bytes]]
 
 
-def _existing(conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[StoredRecord]:
-    """A retry: every record must already be stored exactly as sent."""
+def stored_at(conn: Any, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[StoredRecord]:
+    """The stored rows at ``records``' seqs (``conn``: sqlite3's, or one taking its ``?`` placeholders)."""
     first, count = records[0][0], len(records)
     rows = conn.execute(
         f"SELECT {RECORD_COLUMNS} FROM {RECORD_ROWS} WHERE r.relationship = ? AND r.seq >= ? AND r.seq < ? ORDER BY r.seq",
         (rid, first, first + count),
     ).fetchall()
-    stored = [record_of(r) for r in rows]
-    if len(stored) != count or any((s.tag, s.ct_hash) != (r[1], r[2]) for s, r in zip(stored, records)):
-        raise RecordConflict(f"seq {first} already holds a different record")
+    return [record_of(r) for r in rows]
+
+
+def same_as_stored(stored: list[StoredRecord], records: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[StoredRecord]:
+    """A retry: every record must already be stored exactly as sent."""
+    if len(stored) != len(records) or any((s.tag, s.ct_hash) != (r[1], r[2]) for s, r in zip(stored, records)):
+        raise RecordConflict(f"seq {records[0][0]} already holds a different record")
     return stored
 
 
@@ -58,13 +72,15 @@ def _last_rows(conn: sqlite3.Connection, rids: str) -> list[tuple[int, bool] | N
     return [None if v is None else (v >> 1, bool(v & 1)) for (v,) in rows]
 
 
-def _check_next(
-    conn: sqlite3.Connection, rid: str, records: Sequence[tuple[int, bytes, bytes, bytes]], last: tuple[int, bool] | None
+def check_next(
+    existing: Callable[[], list[StoredRecord]], records: Sequence[tuple[int, bytes, bytes, bytes]], last: tuple[int, bool] | None
 ) -> list[StoredRecord] | None:
     """None if ``records`` may be stored next in the relationship; the stored rows if they are a retry; else raises.
 
     ``last`` is the relationship's last row (seq, unsettled): unsettled rows are always a
     relationship's last ones, so it says both what seq comes next and whether one is in flight.
+    ``existing`` reads the stored rows at ``records``' seqs (the same backend's query). Every record
+    store runs this decision.
     """
     if not records:
         raise MalformedInput("a group of records holds at least one")
@@ -73,7 +89,7 @@ def _check_next(
         raise SeqConflict("the records of one relationship must have consecutive seqs", first)
     expected = 0 if last is None else last[0] + 1
     if first < expected:
-        return _existing(conn, rid, records)
+        return same_as_stored(existing(), records)
     if first != expected:
         raise SeqConflict(f"the next seq of this relationship is {expected}, not {first}", expected)
     if last is not None and last[1]:
@@ -175,7 +191,7 @@ def settle_rows(keyed: str, checkpoint_size: int) -> Callable[[sqlite3.Connectio
         conn.execute(f"INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, :size FROM ({settling})", params)
         conn.execute(f"DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM ({settling}))", params)
 
-    return rederivable(op)
+    return op
 
 
 def settle_run(tags: bytes, first: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
@@ -201,7 +217,7 @@ def settle_run(tags: bytes, first: int, checkpoint_size: int) -> Callable[[sqlit
             params,
         )
 
-    return rederivable(op)
+    return op
 
 
 @dataclass
@@ -225,19 +241,6 @@ def _staging(op: Callable[[sqlite3.Connection], T], staged: Staged) -> Callable[
     return op
 
 
-# An op whose write the log can re-derive (a settle): see RecordStore.write.
-_MARK_REDERIVABLE = "pacspace_rederivable"
-
-
-def rederivable(op: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    setattr(op, _MARK_REDERIVABLE, True)
-    return op
-
-
-def is_rederivable(op: Callable[[sqlite3.Connection], Any]) -> bool:
-    return getattr(op, _MARK_REDERIVABLE, False)
-
-
 def staged_blobs(op: Callable[[sqlite3.Connection], Any]) -> Staged | None:
     """The blobs an op stores, which RecordStore.write appends to the segment files before the lock."""
     return getattr(op, _MARK_STAGED, None)
@@ -246,7 +249,7 @@ def staged_blobs(op: Callable[[sqlite3.Connection], Any]) -> Staged | None:
 def reserve(
     rid: str, records: Records, before: Callable[[sqlite3.Connection], None] | None = None
 ) -> Callable[[sqlite3.Connection], list[StoredRecord] | None]:
-    """RecordStore.reserve_op."""
+    """record_ops.Reserve."""
     many = reserve_many([(rid, records)])
 
     def op(conn: sqlite3.Connection) -> list[StoredRecord] | None:
@@ -263,7 +266,7 @@ def reserve(
 def reserve_many(
     groups: Sequence[tuple[str, Records]],
 ) -> Callable[[sqlite3.Connection], list[list[StoredRecord] | None | PacspaceError]]:
-    """RecordStore.reserve_many_op."""
+    """record_ops.ReserveMany."""
     # Built here, before the op takes the write lock every process waits on: usually every group is new.
     starts, at = [], 0
     for _, records in groups:
@@ -280,7 +283,7 @@ def reserve_many(
         lasts = _last_rows(conn, rids)
         for k, ((rid, records), last) in enumerate(zip(groups, lasts)):
             try:
-                results[k] = _check_next(conn, rid, records, last)
+                results[k] = check_next(lambda: stored_at(conn, rid, records), records, last)
                 if results[k] is None:
                     fresh.append(k)
             except PacspaceError as exc:
@@ -309,3 +312,122 @@ def reserve_many(
         return results
 
     return _staging(op, staged)
+
+
+# --- ops over sqlite3's connection or one taking its ``?`` placeholders (PostgreSQL's, storage/pg_records.py) ---
+
+
+def add_party(name: str, role: Role, token: str, now: int) -> Callable[[Any], Party]:
+    def op(conn: Any) -> Party:
+        if conn.execute("SELECT 1 FROM parties WHERE name = ?", (name,)).fetchone():
+            raise PartyExists(f"a party named {name!r} already exists")
+        conn.execute(
+            "INSERT INTO parties (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+            (name, role, token_hash(token), now),
+        )
+        return Party(name, role, now, None, None, None)
+
+    return op
+
+
+def revoke_party(name: str, now: int) -> Callable[[Any], None]:
+    def op(conn: Any) -> None:
+        cur = conn.execute("UPDATE parties SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
+        if cur.rowcount == 0:
+            raise UnknownParty(f"no active party named {name!r}")
+
+    return op
+
+
+def set_keys(name: str, x25519: bytes, ed25519: bytes) -> Callable[[Any], None]:
+    """A party's public keys, registered once; the same keys again is a no-op, other keys a KeysRegistered."""
+
+    def op(conn: Any) -> None:
+        row = conn.execute("SELECT x25519, ed25519 FROM parties WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownParty(f"no party named {name!r}")
+        if row[0] is not None and (bytes(row[0]), bytes(row[1])) != (x25519, ed25519):
+            raise KeysRegistered("keys are already registered for this party; they cannot be replaced")
+        conn.execute("UPDATE parties SET x25519 = ?, ed25519 = ? WHERE name = ?", (x25519, ed25519, name))
+
+    return op
+
+
+def add_relationship(rel: Relationship, wraps: Mapping[str, bytes], epoch: int) -> Callable[[Any], None]:
+    """record_ops.AddRelationship, for sqlite3's connection or one taking its ``?`` placeholders (PostgreSQL's)."""
+
+    def op(conn: Any) -> None:
+        row = conn.execute("SELECT provider, customer FROM relationships WHERE id = ?", (rel.id,)).fetchone()
+        if row is not None:
+            if tuple(row) == (rel.provider, rel.customer):
+                return  # a retry: the genesis reserve that follows returns the stored receipt
+            raise RelationshipExists("that relationship id is taken; draw another")
+        conn.execute(
+            f"INSERT INTO relationships ({RELATIONSHIP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', NULL, NULL)",
+            (rel.id, rel.provider, rel.customer, rel.cadence, rel.billing_cycle, rel.created_at),
+        )
+        conn.executemany(
+            "INSERT INTO wraps (relationship, reader, epoch, wrap) VALUES (?, ?, ?, ?)",
+            [(rel.id, reader, epoch, wrap) for reader, wrap in wraps.items()],
+        )
+
+    return op
+
+
+def _drop_relationship(rid: str) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        if conn.execute(
+            "SELECT 1 FROM records r JOIN settled s ON s.blob_id = r.blob_id WHERE r.relationship = ? LIMIT 1", (rid,)
+        ).fetchone():
+            return
+        conn.execute("DELETE FROM blobs WHERE id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
+        conn.execute("DELETE FROM spans WHERE blob_id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
+        conn.execute("DELETE FROM unsettled WHERE relationship = ?", (rid,))
+        conn.execute("DELETE FROM records WHERE relationship = ?", (rid,))
+        conn.execute("DELETE FROM wraps WHERE relationship = ?", (rid,))
+        conn.execute("DELETE FROM relationships WHERE id = ?", (rid,))
+
+    return op
+
+
+def _drop(rid: str, seqs: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        for seq in seqs:
+            row = conn.execute(
+                "DELETE FROM unsettled WHERE blob_id = (SELECT blob_id FROM records WHERE relationship = ? AND seq = ?) "
+                "RETURNING blob_id",
+                (rid, seq),
+            ).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM records WHERE relationship = ? AND seq = ?", (rid, seq))
+                conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
+                conn.execute("DELETE FROM spans WHERE blob_id = ?", (row[0],))
+
+    return op
+
+
+def compile_op(op: RecordOp | Callable[[sqlite3.Connection], Any]) -> Callable[[sqlite3.Connection], Any]:
+    """The op as records.db runs it; its parameters are built here, before the write lock. A function of the
+    connection is already one (a test's fault)."""
+    if callable(op):
+        return op
+    match op:
+        case record_ops.Reserve(rid, records, before):
+            return reserve(rid, records, None if before is None else compile_op(before))
+        case record_ops.ReserveMany(groups):
+            return reserve_many(groups)
+        case record_ops.SettleRun():
+            return settle_run(op.joined, op.first_index, op.checkpoint_size)
+        case record_ops.SettleRows(rows, size):
+            return settle_rows(json.dumps([[rid, seq, index] for rid, seq, index in rows]), size)
+        case record_ops.AddRelationship(rel, wraps, epoch):
+            return add_relationship(rel, wraps, epoch)
+        case record_ops.DropRelationship(rid):
+            return _drop_relationship(rid)
+        case record_ops.Drop(rid, seqs):
+            return _drop(rid, seqs)
+        case record_ops.Accept(rid, signature, now):
+            return consent.accept(rid, signature, now)
+        case record_ops.Decline(rid, now):
+            return consent.decline(rid, now)
+    raise TypeError(f"not a record op: {op!r}")

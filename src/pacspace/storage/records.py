@@ -30,11 +30,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import MalformedInput, PacspaceError, UntrustedState, WriteFailed
-from ..merkle import HASH_SIZE
-from . import consent, record_writes
+from ..errors import PacspaceError, UntrustedState, WriteFailed
+from . import record_ops, record_writes
+from .record_ops import AddRelationship, RecordOp
 from .record_values import (
     PARTY_COLUMNS,
     RECORD_COLUMNS,
@@ -105,6 +105,13 @@ def _op_failure(exc: Exception) -> Exception:
     failed = WriteFailed()
     failed.__cause__ = exc
     return failed
+
+
+def _raised(results: Sequence[T | BaseException]) -> T:
+    (result,) = results
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 class RecordStore:
@@ -186,18 +193,21 @@ class RecordStore:
         with self._read_lock:
             return self._reader.execute(sql, params).fetchall()
 
-    def write(self, ops: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T | BaseException]:
+    def write(self, ops: Sequence[RecordOp | Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         """Run ops in one transaction; each op all-or-nothing (a savepoint), its error returned (one that
         nobody raised on purpose as WriteFailed, see _op_failure).
 
-        Durable once it returns, unless every op is a settle (:func:`record_writes.rederivable`): a
+        Durable once it returns, unless every op is a settle (:data:`record_ops.REDERIVABLE`): a
         transaction of settles only is committed without its own fsync. What it records, a
         row's log index, the log already holds durably; a crash that loses it leaves the rows
         unsettled, and start-up settles them from the log (appending.reconcile). Its WAL frames become
         durable with the next durable commit of any process (one fsync covers the whole WAL).
         """
+        return self.run([record_writes.compile_op(op) for op in ops], rederivable=record_ops.rederivable(ops))
+
+    def run(self, ops: Sequence[Callable[[sqlite3.Connection], T]], *, rederivable: bool = False) -> list[T | BaseException]:
+        """Run functions of the connection as :meth:`write` runs ops (the party ops, and ops compiled before the lock)."""
         results: list[T | BaseException] = []
-        rederivable = all(record_writes.is_rederivable(op) for op in ops)
         staged = [s for s in map(record_writes.staged_blobs, ops) if s is not None]
         if staged:
             self._store_blobs(staged)
@@ -256,33 +266,19 @@ class RecordStore:
             # Recoverable: the WAL only grows until the next checkpoint (or SQLite's backstop) runs.
             log.warning("records.db checkpoint failed: %s", exc)
 
-    def write_one(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        (result,) = self.write([op])
-        if isinstance(result, BaseException):
-            raise result
-        return result
+    def write_one(self, op: RecordOp) -> Any:
+        return _raised(self.write([op]))
+
+    def _run_one(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return _raised(self.run([op]))
 
     # --- parties -----------------------------------------------------------
 
     def add_party(self, name: str, role: Role, token: str, now: int) -> Party:
-        def op(conn: sqlite3.Connection) -> Party:
-            if conn.execute("SELECT 1 FROM parties WHERE name = ?", (name,)).fetchone():
-                raise PartyExists(f"a party named {name!r} already exists")
-            conn.execute(
-                "INSERT INTO parties (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                (name, role, token_hash(token), now),
-            )
-            return Party(name, role, now, None, None, None)
-
-        return self.write_one(op)
+        return self._run_one(record_writes.add_party(name, role, token, now))
 
     def revoke_party(self, name: str, now: int) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute("UPDATE parties SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
-            if cur.rowcount == 0:
-                raise UnknownParty(f"no active party named {name!r}")
-
-        self.write_one(op)
+        self._run_one(record_writes.revoke_party(name, now))
 
     def parties(self) -> list[Party]:
         return [party_of(r) for r in self._read(f"SELECT {PARTY_COLUMNS} FROM parties ORDER BY name")]
@@ -300,60 +296,12 @@ class RecordStore:
 
     def set_keys(self, name: str, x25519: bytes, ed25519: bytes) -> None:
         """Register a party's public keys once; the same keys again is a no-op, other keys a KeysRegistered."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT x25519, ed25519 FROM parties WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise UnknownParty(f"no party named {name!r}")
-            if row[0] is not None and (bytes(row[0]), bytes(row[1])) != (x25519, ed25519):
-                raise KeysRegistered("keys are already registered for this party; they cannot be replaced")
-            conn.execute("UPDATE parties SET x25519 = ?, ed25519 = ? WHERE name = ?", (x25519, ed25519, name))
-
-        self.write_one(op)
+        self._run_one(record_writes.set_keys(name, x25519, ed25519))
 
     # --- relationships -----------------------------------------------------
 
     def add_relationship(self, rel: Relationship, wraps: dict[str, bytes], epoch: int = 0) -> None:
-        self.write_one(self.add_relationship_op(rel, wraps, epoch))
-
-    @staticmethod
-    def add_relationship_op(rel: Relationship, wraps: dict[str, bytes], epoch: int = 0) -> Callable[[sqlite3.Connection], None]:
-        """An op storing a new relationship and its wraps; it starts pending, whatever ``rel.state`` says."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT provider, customer FROM relationships WHERE id = ?", (rel.id,)).fetchone()
-            if row is not None:
-                if tuple(row) == (rel.provider, rel.customer):
-                    return  # a retry: the genesis reserve that follows returns the stored receipt
-                raise RelationshipExists("that relationship id is taken; draw another")
-            conn.execute(
-                f"INSERT INTO relationships ({RELATIONSHIP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', NULL, NULL)",
-                (rel.id, rel.provider, rel.customer, rel.cadence, rel.billing_cycle, rel.created_at),
-            )
-            conn.executemany(
-                "INSERT INTO wraps (relationship, reader, epoch, wrap) VALUES (?, ?, ?, ?)",
-                [(rel.id, reader, epoch, wrap) for reader, wrap in wraps.items()],
-            )
-
-        return op
-
-    @staticmethod
-    def drop_relationship_op(rid: str) -> Callable[[sqlite3.Connection], None]:
-        """Remove a relationship whose genesis never reached the log (it has no settled record)."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            if conn.execute(
-                "SELECT 1 FROM records r JOIN settled s ON s.blob_id = r.blob_id WHERE r.relationship = ? LIMIT 1", (rid,)
-            ).fetchone():
-                return
-            conn.execute("DELETE FROM blobs WHERE id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
-            conn.execute("DELETE FROM spans WHERE blob_id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
-            conn.execute("DELETE FROM unsettled WHERE relationship = ?", (rid,))
-            conn.execute("DELETE FROM records WHERE relationship = ?", (rid,))
-            conn.execute("DELETE FROM wraps WHERE relationship = ?", (rid,))
-            conn.execute("DELETE FROM relationships WHERE id = ?", (rid,))
-
-        return op
+        self.write_one(AddRelationship(rel, wraps, epoch))
 
     def relationship(self, rid: str) -> Relationship | None:
         rows = self._read(f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id = ?", (rid,))
@@ -375,21 +323,6 @@ class RecordStore:
         )
         return [relationship_of(r) for r in rows]
 
-    @staticmethod
-    def accept_op(rid: str, signature: bytes, now: int) -> Callable[[sqlite3.Connection], Relationship]:
-        """An op recording the customer's acceptance (a signature the caller checked); returns the relationship.
-
-        From pending, or from accepted without a signature (a relationship from before
-        consent). The same signature again is a no-op; another raises AcceptanceConflict,
-        a declined relationship RelationshipDeclined.
-        """
-        return consent.accept(rid, signature, now)
-
-    @staticmethod
-    def decline_op(rid: str, now: int) -> Callable[[sqlite3.Connection], Relationship]:
-        """An op declining a pending relationship (again: a no-op); returns it. Accepted: RelationshipAccepted."""
-        return consent.decline(rid, now)
-
     def wrap(self, rid: str, reader: str, epoch: int = 0) -> bytes | None:
         rows = self._read(
             "SELECT wrap FROM wraps WHERE relationship = ? AND reader = ? AND epoch = ?", (rid, reader, epoch)
@@ -397,79 +330,6 @@ class RecordStore:
         return bytes(rows[0][0]) if rows else None
 
     # --- records -----------------------------------------------------------
-
-    @staticmethod
-    def reserve_op(
-        rid: str,
-        records: Sequence[tuple[int, bytes, bytes, bytes]],
-        before: Callable[[sqlite3.Connection], None] | None = None,
-    ) -> Callable[[sqlite3.Connection], list[StoredRecord] | None]:
-        """An op that stores consecutive new records ``(seq, tag, ct_hash, blob)`` at the relationship's next seqs.
-
-        Returns None if stored; returns the existing rows if these exact records
-        are already there (a retry); raises SeqConflict, RecordConflict,
-        TagConflict if a tag repeats one of a record waiting for the log (tags
-        already in the log are refused when sequenced: appending.TagGuard), or
-        InFlight while an earlier record of the relationship awaits the log. Unsettled rows are therefore always a relationship's
-        last ones, so dropping them never leaves a gap. ``before`` runs first, in the same savepoint
-        (a relationship's creation with its genesis: if one fails, neither is kept).
-        """
-        return record_writes.reserve(rid, records, before)
-
-    @staticmethod
-    def reserve_many_op(
-        groups: Sequence[tuple[str, Sequence[tuple[int, bytes, bytes, bytes]]]],
-    ) -> Callable[[sqlite3.Connection], list[list[StoredRecord] | None | PacspaceError]]:
-        """reserve_op for many relationships (each at most once) in one op: each group's result, or its error.
-
-        Each group is all or nothing and independent of the others. The new rows
-        of every group go in with one statement per table; only if that fails
-        (a repeated tag) are the groups inserted one by one to find the culprit.
-        A tag or ct_hash that is not 32 bytes raises MalformedInput here, before
-        anything is written.
-        """
-        return record_writes.reserve_many(groups)
-
-    @staticmethod
-    def settle_rows_op(rows: Sequence[tuple[str, int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
-        """settle_op for many relationships' rows ``(relationship, seq, index)``: two statements for all.
-
-        A row already settled (or dropped) is left as it is, so settling twice is harmless.
-        """
-        # Built here, before the op takes the write lock every process waits on.
-        return record_writes.settle_rows(json.dumps([[rid, seq, index] for rid, seq, index in rows]), checkpoint_size)
-
-    @staticmethod
-    def settle_run_op(tags: Sequence[bytes], first_index: int, checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
-        """settle_rows_op for the records with these tags, which the log sequenced at consecutive indexes
-        from ``first_index`` (a batch of the sequencer). A tag that no record waiting for the log
-        holds is passed over: settling twice is harmless."""
-        if any(len(tag) != HASH_SIZE for tag in tags):
-            raise MalformedInput(f"a record's tag is {HASH_SIZE} bytes")
-        return record_writes.settle_run(b"".join(tags), first_index, checkpoint_size)
-
-    @staticmethod
-    def settle_op(rid: str, indexed: Sequence[tuple[int, int]], checkpoint_size: int) -> Callable[[sqlite3.Connection], None]:
-        """An op recording the log index of each (seq, index) and the size of the checkpoint that covers them."""
-        return RecordStore.settle_rows_op([(rid, seq, index) for seq, index in indexed], checkpoint_size)
-
-    @staticmethod
-    def drop_op(rid: str, seqs: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
-        """Remove records that were stored but never acknowledged by the log."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            for seq in seqs:
-                row = conn.execute(
-                    "DELETE FROM unsettled WHERE blob_id = (SELECT blob_id FROM records WHERE relationship = ? AND seq = ?) "
-                    "RETURNING blob_id",
-                    (rid, seq),
-                ).fetchone()
-                if row is not None:
-                    conn.execute("DELETE FROM records WHERE relationship = ? AND seq = ?", (rid, seq))
-                    conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
-                    conn.execute("DELETE FROM spans WHERE blob_id = ?", (row[0],))
-
-        return op
 
     def record(self, rid: str, seq: int) -> StoredRecord | None:
         rows = self._read(f"SELECT {_REC_BLOB} FROM {_BLOBS} WHERE r.relationship = ? AND r.seq = ? AND {_HAS_BLOB}", (rid, seq))
@@ -529,9 +389,24 @@ class RecordStore:
     def unsettled(self) -> list[StoredRecord]:
         return [record_of(r) for r in self._read(f"SELECT {RECORD_COLUMNS} FROM {_UNSETTLED} ORDER BY r.relationship, r.seq")]
 
+    def table(self, name: str, columns: str) -> list[tuple]:  # type: ignore[type-arg]
+        """Every row of a small table (parties, relationships, wraps), for a copy (logmove.move_records)."""
+        return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                for row in self._read(f"SELECT {columns} FROM {name}")]
+
+    def record_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM records")[0][0])
+
     def settled_indexes(self, indexes: Sequence[int]) -> set[int]:
         """Which of these log indexes a settled record already holds."""
         rows = self._read(
             "SELECT idx FROM settled WHERE idx IN (SELECT value FROM json_each(?))", (json.dumps(list(indexes)),)
         )
         return {int(r[0]) for r in rows}
+
+
+if TYPE_CHECKING:
+    from .base import RecordTables
+
+    def _implements(store: RecordStore) -> None:
+        _tables: RecordTables = store

@@ -1,0 +1,149 @@
+"""A ``serve`` of a log in PostgreSQL while another one sequences it: a standby, which takes over when it stops.
+
+Any number of ``pacspace serve --database URL`` processes may run against one log, on any machines, each with
+the log key in its ``--data`` directory. The one that holds the writer's lock (storage/pgconnect.py) sequences;
+each of the others is a standby. A standby:
+
+- serves the reads a stranger verifies the log with as a frontend does (frontend.py), from the database;
+- forwards every other request (records, relationships, parties, consent) to the sequencer, at the URL the
+  sequencer recorded in the database when it started (``--advertise``, else http://HOST:PORT), and sends
+  back its answer as it is. If the sequencer does not answer, the request gets ``503 sequencer_unavailable``:
+  it may or may not have been taken, and a retry is safe (a record is stored once, at its seq);
+- watches the lock, and takes over when the sequencer's session ends.
+
+The takeover, step by step:
+
+1. Every PROBE_INTERVAL the standby tries the writer's lock on a connection of its own, and lets go at once if
+   it got it. While the sequencer's session lives, it cannot: PostgreSQL ends that session, and with it the
+   lock, when the sequencer's connection closes (a stop, kill -9: its kernel closes the socket), or when its
+   keep-alives go unanswered (a machine that vanished: about 40 s, pgconnect.connect).
+2. The lock is free: the standby stops serving (requests under way get STOP_WAIT to finish) and executes its
+   own command line again, keeping its listening socket (cli/listen.py, ``reexec``), so connections wait in
+   its backlog rather than being refused.
+3. The new process is a ``serve`` like any other: it takes the lock with its writer connection and sequences
+   (load_state checks the log; reconcile settles or drops the rows the dead sequencer left; it records its
+   URL), or, if another standby won the lock meanwhile, it is a standby again.
+
+Fencing: a sequencer whose session ended lost its lock with it; its writer cannot take the lock back while
+another session holds it (pgconnect.take_writer_lock), and every commit compare-and-swaps the log's size in
+the batch's own transaction (postgres.py), so a commit it still had in flight either landed before the new
+sequencer loaded the log, or never lands. No two checkpoints of one size are ever stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from ..config import ServerConfig
+from ..datadir import load_signer
+from ..errors import SequencerUnavailable, UntrustedState
+from ..storage.pgconnect import Connection, connect, writer_elsewhere
+from .context import READS
+
+log = logging.getLogger("pacspace.server.standby")
+
+PROBE_INTERVAL = 0.5
+STOP_WAIT = 5.0
+# How long a forwarded request may take: a record's answer can wait for the witnesses' cosignatures.
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
+# Headers that belong to one connection, not to the request (RFC 9110 7.6.1), and those aiohttp sets itself.
+_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                  "transfer-encoding", "upgrade", "host", "content-length"))
+
+@dataclass
+class Standby:
+    """The standby's state: the session it forwards with, and whether it is to take over."""
+
+    config: ServerConfig
+    session: aiohttp.ClientSession | None = None
+    take_over: bool = False
+    _probe: Connection | None = field(default=None, repr=False)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        """Send ``request`` to the sequencer as it came, and its answer back as it is."""
+        reads = request.app[READS]
+        target = await asyncio.to_thread(reads.store.sequencer_url)
+        if target is None or self.session is None:
+            raise SequencerUnavailable("the log's sequencer has not said where it is reached yet: retry")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        body = await request.read()
+        try:
+            async with self.session.request(request.method, target.rstrip("/") + request.path_qs, headers=headers,
+                                            data=body, allow_redirects=False) as answer:
+                payload = await answer.read()
+                back = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP}
+                return web.Response(status=answer.status, body=payload, headers=back)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("could not forward %s %s to the sequencer at %s: %s", request.method, request.path, target,
+                        type(exc).__name__)
+            raise SequencerUnavailable("the log's sequencer did not answer (another serve may be taking over); "
+                                       "the request may not have been taken: retry (a record is stored once)") from None
+
+    async def watch(self) -> None:
+        """Step 1: probe the writer's lock until it is free, then stop this process for the takeover (step 2)."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                elsewhere = await asyncio.to_thread(self._lock_elsewhere)
+            except Exception as exc:  # the database is down: nobody can sequence now; keep probing
+                log.debug("could not probe the sequencer's lock: %s", exc)
+                continue
+            if not elsewhere:
+                log.info("the log's sequencer stopped: this serve takes over")
+                self.take_over = True
+                os.kill(os.getpid(), signal.SIGTERM)  # web.run_app's graceful stop
+                return
+
+    def _lock_elsewhere(self) -> bool:
+        assert self.config.database is not None
+        if self._probe is None or self._probe.closed or self._probe.broken:
+            self._probe = connect(self.config.database, "pacspace standby")
+        try:
+            return writer_elsewhere(self._probe)
+        except Exception:
+            self._probe.close()
+            raise
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+
+
+STANDBY = web.AppKey("standby", Standby)
+
+
+async def standby_context(app: web.Application) -> AsyncIterator[None]:
+    """The forwarding session and the lock's watcher, for the app's lifetime; a key in ``--data`` that is not the
+    log's is refused now, not when this serve takes over."""
+    standby = app[STANDBY]
+    if load_signer(standby.config.data_dir).verifier.vkey() != app[READS].vkey:
+        raise UntrustedState(f"the key in {standby.config.data_dir} is not the key of the log in the database: this "
+                             "serve could never sequence it")
+    standby.session = aiohttp.ClientSession(timeout=FORWARD_TIMEOUT, auto_decompress=False)
+    task = asyncio.create_task(standby.watch(), name="pacspace-standby-watch")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await standby.session.close()
+        await asyncio.to_thread(standby.close)
+
+
+def create_standby_app(config: ServerConfig) -> web.Application:
+    """A frontend (frontend.py) that forwards what it does not serve, and takes over when the sequencer stops."""
+    from .frontend import create_frontend_app
+
+    standby = Standby(config)
+    app = create_frontend_app(config, forward=standby.forward)
+    app[STANDBY] = standby
+    app.cleanup_ctx.append(standby_context)
+    return app

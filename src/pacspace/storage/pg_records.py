@@ -1,0 +1,550 @@
+"""The recordation tables in PostgreSQL (``--database``): parties, relationships, wraps, and records with their
+sealed blobs, beside the log's tables (schema version 3, storage/migrations.py).
+
+The same contract as records.db (storage/records.py), which the append protocol (appending.py) relies on:
+
+- A write runs its ops in one transaction, each all or nothing (a savepoint), and is durable once it
+  returns: the writer's connection commits with ``synchronous_commit`` on (pgconnect.require_durable). A
+  transaction of settles only commits with it off: what it records the log holds durably, and a crash
+  that loses it leaves rows unsettled, which start-up settles from the log (appending.reconcile).
+- Writers in every process (the sequencing ``serve`` and its HTTP workers) take one transaction-level
+  advisory lock (RECORDS_LOCK) first, as records.db's writers take its flock: the reserve decision
+  (which seq is next, whether one is in flight) reads, then writes, and must not interleave.
+- A connection lost mid-write fails that write (WriteFailed); the next write reconnects. A COMMIT whose
+  answer was lost may have committed: every op is safe to run again (a reserve returns the stored rows,
+  settles and drops are idempotent), and the group writer retries each caller's ops alone.
+
+The sealed blob is a column of its record's row (a few KB, stored once): records.db keeps blobs in segment
+files to keep them out of SQLite's write lock, which PostgreSQL's row locks do not need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+
+from ..errors import DatabaseUnavailable, PacspaceError, UntrustedState, WriteFailed
+from . import consent, record_ops, record_writes
+from .database_url import redact
+from .migrations import require_current
+from .pgconnect import Connection, connect, connect_reader, require_durable
+from .record_ops import RecordOp
+from .records import RecordStore
+from .record_values import (
+    PARTY_COLUMNS,
+    RECORD_COLUMNS,
+    RELATIONSHIP_COLUMNS,
+    Party,
+    Relationship,
+    Role,
+    StoredRecord,
+    TagConflict,
+    party_of,
+    record_of,
+    relationship_of,
+    token_hash,
+)
+
+log = logging.getLogger("pacspace.storage")
+T = TypeVar("T")
+# (phase, done, total), as cli/progress.py draws it.
+Progress = Callable[[str, int, int], None]
+
+# pg_advisory_xact_lock key that every records writer takes first ("pacsrecs").
+RECORDS_LOCK = 0x7061_6373_7265_6373
+WRITER_NAME = "pacspace records"
+LOCK_TIMEOUT_MS = 10_000
+
+_PARTY_ROW = "name, role, token_hash, created_at, revoked_at, x25519, ed25519"
+_REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, r.blob, s.idx, s.checkpoint_size"
+_RECORD_ROWS = "records r LEFT JOIN settled s ON s.blob_id = r.blob_id"
+_UNSETTLED = "unsettled u JOIN records r ON r.blob_id = u.blob_id LEFT JOIN settled s ON s.blob_id = u.blob_id"
+
+Op = Callable[[Connection], Any]
+
+
+class Qmark:
+    """A psycopg connection taking sqlite3's ``?`` placeholders, for the ops both stores share (record_writes)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> psycopg.Cursor[tuple[Any, ...]]:
+        return self._conn.execute(sql.replace("?", "%s"), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), rows)
+
+
+def _shared(op: Callable[[Any], T]) -> Callable[[Connection], T]:
+    return lambda conn: op(Qmark(conn))
+
+
+def _op_failure(exc: Exception) -> Exception:
+    """As records.py's: a refusal as raised; anything unexpected logged once and returned as WriteFailed."""
+    if isinstance(exc, PacspaceError):
+        return exc
+    log.error("a records write op failed; it alone is undone", exc_info=exc)
+    failed = WriteFailed()
+    failed.__cause__ = exc
+    return failed
+
+
+def _raised(results: Sequence[Any]) -> Any:
+    (result,) = results
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class PostgresRecordStore:
+    """The recordation tables of the log in the PostgreSQL database at ``url`` (see the module's contract)."""
+
+    engine = "postgresql"
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.url = url
+        self.path = redact(url)
+        self._readonly = readonly
+        self._write: Connection | None = None
+        self._write_lock = threading.Lock()
+        self._reader = connect_reader(url)
+        self._read_lock = threading.Lock()
+        try:
+            require_current(self._reader, self.path)
+            if not readonly:
+                self._write = self._connect_writer()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect_writer(self) -> Connection:
+        conn = connect(self.url, WRITER_NAME)
+        try:
+            require_durable(conn, self.path)
+            # As records.db's busy timeout: a writer stuck holding the lock fails this write, not every write forever.
+            conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+            return conn
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        for conn in (self._reader, self._write):
+            if conn is not None and not conn.closed:
+                conn.close()
+
+    # --- writes ------------------------------------------------------------
+
+    def write(self, ops: Sequence[RecordOp | Op]) -> list[Any]:
+        """Run ops in one transaction; each op all or nothing, its error returned. Durable once it returns,
+        unless every op is a settle (see the module's docstring)."""
+        return self.run([_compile(op) for op in ops], rederivable=record_ops.rederivable(ops))
+
+    def run(self, ops: Sequence[Callable[[Connection], T]], *, rederivable: bool = False) -> list[T | BaseException]:
+        if self._readonly:
+            raise UntrustedState(f"the records in {self.path} were opened read-only")
+        with self._write_lock:
+            for attempt in (1, 2):
+                begun: list[bool] = []
+                try:
+                    conn = self._write
+                    if conn is None or conn.closed or conn.broken:
+                        conn = self._write = self._connect_writer()
+                    return self._transaction(conn, ops, rederivable, begun)
+                except psycopg.errors.LockNotAvailable:
+                    raise DatabaseUnavailable(
+                        f"another writer held the records' lock for {LOCK_TIMEOUT_MS // 1000} s; nothing was stored: retry"
+                    ) from None
+                except (psycopg.OperationalError, psycopg.InterfaceError, UntrustedState) as exc:
+                    if self._write is not None and (self._write.broken or self._write.closed):
+                        self._write.close()
+                    if attempt == 1 and not begun:
+                        continue  # a connection the server dropped while it was idle (a restart): nothing was sent
+                    # The connection went during the transaction: it failed whole, or, if what got lost was
+                    # COMMIT's answer, it committed. Either way every op is safe to run again.
+                    log.warning("a records write to %s failed: %s", self.path, _first_line(exc))
+                    raise DatabaseUnavailable("the log's database did not answer; the records were not stored: retry") from None
+            raise AssertionError("unreachable")
+
+    @staticmethod
+    def _transaction(
+        conn: Connection, ops: Sequence[Callable[[Connection], T]], rederivable: bool, begun: list[bool]
+    ) -> list[T | BaseException]:
+        """The ops in one transaction; ``begun`` gets an item once the server answered its first statement."""
+        results: list[T | BaseException] = []
+        if len(ops) == 1:
+            # The transaction is the op's all-or-nothing: no savepoint.
+            try:
+                with conn.transaction():
+                    _begin(conn, rederivable)
+                    begun.append(True)
+                    results.append(ops[0](conn))
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except Exception as exc:
+                results = [_op_failure(exc)]
+            return results
+        with conn.transaction():
+            _begin(conn, rederivable)
+            begun.append(True)
+            for op in ops:
+                try:
+                    with conn.transaction():  # a savepoint: undone alone, the other ops still commit
+                        results.append(op(conn))
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    raise
+                except Exception as exc:
+                    results.append(_op_failure(exc))
+        return results
+
+    def write_one(self, op: RecordOp) -> Any:
+        return _raised(self.write([op]))
+
+    # --- reads -------------------------------------------------------------
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """A read; a connection the server dropped (a restart, a failover) is replaced once, then retried."""
+        with self._read_lock:
+            try:
+                try:
+                    return self._reader.execute(sql, params).fetchall()
+                except psycopg.OperationalError:
+                    if not self._reader.closed and not self._reader.broken:
+                        raise
+                    self._reader = connect_reader(self.url)
+                    return self._reader.execute(sql, params).fetchall()
+            except (psycopg.OperationalError, UntrustedState) as exc:
+                log.warning("a records read from %s failed: %s", self.path, _first_line(exc))
+                raise DatabaseUnavailable("the log's database did not answer: retry") from None
+
+    # --- parties -----------------------------------------------------------
+
+    def add_party(self, name: str, role: Role, token: str, now: int) -> Party:
+        return _raised(self.run([_shared(record_writes.add_party(name, role, token, now))]))  # type: ignore[no-any-return]
+
+    def revoke_party(self, name: str, now: int) -> None:
+        _raised(self.run([_shared(record_writes.revoke_party(name, now))]))
+
+    def set_keys(self, name: str, x25519: bytes, ed25519: bytes) -> None:
+        """Register a party's public keys once; the same keys again is a no-op, other keys a KeysRegistered."""
+        _raised(self.run([_shared(record_writes.set_keys(name, x25519, ed25519))]))
+
+    def parties(self) -> list[Party]:
+        return [party_of(r) for r in self._read(f"SELECT {PARTY_COLUMNS} FROM parties ORDER BY name")]
+
+    def party(self, name: str) -> Party | None:
+        rows = self._read(f"SELECT {PARTY_COLUMNS} FROM parties WHERE name = %s", (name,))
+        return party_of(rows[0]) if rows else None
+
+    def party_by_token(self, token: str) -> Party | None:
+        """The active party holding ``token``; revoked parties are never returned."""
+        rows = self._read(
+            f"SELECT {PARTY_COLUMNS} FROM parties WHERE token_hash = %s AND revoked_at IS NULL", (token_hash(token),)
+        )
+        return party_of(rows[0]) if rows else None
+
+    # --- relationships -----------------------------------------------------
+
+    def add_relationship(self, rel: Relationship, wraps: dict[str, bytes], epoch: int = 0) -> None:
+        self.write_one(record_ops.AddRelationship(rel, wraps, epoch))
+
+    def relationship(self, rid: str) -> Relationship | None:
+        rows = self._read(f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id = %s", (rid,))
+        return relationship_of(rows[0]) if rows else None
+
+    def relationships(self, rids: Sequence[str]) -> dict[str, Relationship]:
+        """The relationships among ``rids`` that exist, by id, with one query."""
+        rows = self._read(f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id = ANY(%s::text[])", (list(rids),))
+        return {r[0]: relationship_of(r) for r in rows}
+
+    def relationships_of(self, party: str, state: str | None = None) -> list[Relationship]:
+        """The party's relationships (as provider or customer), all or those in ``state``."""
+        rows = self._read(
+            f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE (provider = %s OR customer = %s) "
+            "AND (%s::text IS NULL OR state = %s) ORDER BY created_at, id",
+            (party, party, state, state),
+        )
+        return [relationship_of(r) for r in rows]
+
+    def wrap(self, rid: str, reader: str, epoch: int = 0) -> bytes | None:
+        rows = self._read("SELECT wrap FROM wraps WHERE relationship = %s AND reader = %s AND epoch = %s", (rid, reader, epoch))
+        return bytes(rows[0][0]) if rows else None
+
+    # --- records -----------------------------------------------------------
+
+    def record(self, rid: str, seq: int) -> StoredRecord | None:
+        rows = self._read(f"SELECT {_REC_BLOB} FROM {_RECORD_ROWS} WHERE r.relationship = %s AND r.seq = %s", (rid, seq))
+        return record_of(rows[0]) if rows else None
+
+    def records(self, rid: str, after_seq: int, limit: int) -> list[StoredRecord]:
+        """Settled records (with a log index) after ``after_seq``, in seq order."""
+        rows = self._read(
+            f"SELECT {_REC_BLOB} FROM {_RECORD_ROWS} WHERE r.relationship = %s AND r.seq > %s AND s.idx IS NOT NULL "
+            "ORDER BY r.seq LIMIT %s",
+            (rid, after_seq, limit),
+        )
+        return [record_of(r) for r in rows]
+
+    def iter_records(self, page: int = 1000) -> Iterator[StoredRecord]:
+        """Every record with its blob, by relationship and seq, read in pages (fsck)."""
+        after: tuple[str, int] = ("", -1)
+        while True:
+            rows = self._read(
+                f"SELECT {_REC_BLOB} FROM {_RECORD_ROWS} WHERE (r.relationship, r.seq) > (%s, %s) "
+                "ORDER BY r.relationship, r.seq LIMIT %s",
+                (*after, page),
+            )
+            if not rows:
+                return
+            yield from map(record_of, rows)
+            after = (rows[-1][0], rows[-1][1])
+
+    def unsettled_of(self, rid: str) -> list[StoredRecord]:
+        """One relationship's rows still without a log index (its last ones), in seq order."""
+        rows = self._read(f"SELECT {RECORD_COLUMNS} FROM {_UNSETTLED} WHERE u.relationship = %s ORDER BY r.seq", (rid,))
+        return [record_of(r) for r in rows]
+
+    def has_unsettled(self, rid: str) -> bool:
+        """Whether the relationship has a row still without its log index."""
+        rows = self._read("SELECT EXISTS (SELECT 1 FROM unsettled WHERE relationship = %s)", (rid,))
+        return bool(rows[0][0])
+
+    def unsettled(self) -> list[StoredRecord]:
+        return [record_of(r) for r in self._read(f"SELECT {RECORD_COLUMNS} FROM {_UNSETTLED} ORDER BY r.relationship, r.seq")]
+
+    def settled_indexes(self, indexes: Sequence[int]) -> set[int]:
+        """Which of these log indexes a settled record already holds."""
+        rows = self._read("SELECT idx FROM settled WHERE idx = ANY(%s::bigint[])", (list(indexes),))
+        return {int(r[0]) for r in rows}
+
+    @staticmethod
+    def import_from(url: str, source: RecordStore, progress: Progress | None = None) -> int:
+        """Copy every row of records.db (``source``) into the database, in one transaction; how many records.
+
+        Step 2 of logmove.move_records: a database holding exactly as many parties and records already
+        got this copy before (a crash before records.db was moved aside); any other non-empty one is refused.
+        """
+        parties = source.table("parties", _PARTY_ROW)
+        total = source.record_count()
+        conn = connect(url)
+        try:
+            require_durable(conn, redact(url))
+            with conn.transaction(), conn.cursor() as cur:
+                require_current(conn, redact(url))
+                _begin(conn, rederivable=False)
+                held = conn.execute("SELECT (SELECT count(*) FROM parties), (SELECT count(*) FROM records)").fetchone()
+                assert held is not None
+                if tuple(held) == (len(parties), total) and total + len(parties) > 0:
+                    return total
+                if tuple(held) != (0, 0):
+                    raise UntrustedState(
+                        f"{redact(url)} holds {held[0]} parties and {held[1]} records already, and {source.path} "
+                        f"holds {len(parties)} and {total}: pacspace will not merge them"
+                    )
+                for table, columns in (("parties", _PARTY_ROW), ("relationships", RELATIONSHIP_COLUMNS),
+                                       ("wraps", "relationship, reader, epoch, wrap")):
+                    rows = parties if table == "parties" else source.table(table, columns)
+                    with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                done = 0
+                with cur.copy("COPY records (relationship, seq, tag, ct_hash, blob_id, blob) FROM STDIN") as copy:
+                    waiting, settled = [], []
+                    for done, rec in enumerate(source.iter_records(), 1):
+                        if rec.blob is None or hashlib.sha256(rec.blob).digest() != rec.ct_hash:
+                            raise UntrustedState(f"{source.path}: record {rec.seq} of {rec.relationship} has no "
+                                                 "blob, or one that does not match its ct_hash (see `pacspace fsck`)")
+                        copy.write_row((rec.relationship, rec.seq, rec.tag, rec.ct_hash, done, rec.blob))
+                        if rec.index is None:
+                            waiting.append((done, rec.relationship, rec.seq, rec.tag))
+                        else:
+                            settled.append((done, rec.index, rec.checkpoint_size))
+                        if progress and done % 1000 == 0:
+                            progress("records", done, total)
+                for table, columns, rows in (("unsettled", "blob_id, relationship, seq, tag", waiting),
+                                             ("settled", "blob_id, idx, checkpoint_size", settled)):
+                    with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                if done:
+                    conn.execute("SELECT setval(pg_get_serial_sequence('records', 'blob_id'), %s)", (done,))
+                if progress:
+                    progress("records", done, total)
+                return done
+        finally:
+            conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _begin(conn: Connection, rederivable: bool) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (RECORDS_LOCK,))
+    if rederivable:
+        conn.execute("SET LOCAL synchronous_commit = off")
+
+
+# --- the ops' statements ------------------------------------------------------------------------
+
+
+def _compile(op: RecordOp | Op) -> Op:
+    """The op as PostgreSQL runs it. A function of the connection is already one (a test's fault)."""
+    if callable(op):
+        return op
+    match op:
+        case record_ops.Reserve(rid, records, before):
+            many = _reserve_many([(rid, records)])
+            first = None if before is None else _compile(before)
+
+            def reserve(conn: Connection) -> list[StoredRecord] | None:
+                if first is not None:
+                    first(conn)
+                (result,) = many(conn)
+                if isinstance(result, BaseException):
+                    raise result
+                return result  # type: ignore[no-any-return]
+
+            return reserve
+        case record_ops.ReserveMany(groups):
+            return _reserve_many(groups)
+        case record_ops.SettleRun():
+            return _settle_run(op)
+        case record_ops.SettleRows(rows, size):
+            return _settle_rows(rows, size)
+        case record_ops.AddRelationship(rel, wraps, epoch):
+            return _shared(record_writes.add_relationship(rel, wraps, epoch))
+        case record_ops.DropRelationship(rid):
+            return _drop_relationship(rid)
+        case record_ops.Drop(rid, seqs):
+            return _drop(rid, list(seqs))
+        case record_ops.Accept(rid, signature, now):
+            return _shared(consent.accept(rid, signature, now))
+        case record_ops.Decline(rid, now):
+            return _shared(consent.decline(rid, now))
+    raise TypeError(f"not a record op: {op!r}")
+
+
+def _last_rows(conn: Connection, rids: list[str]) -> list[tuple[int, bool] | None]:
+    """Each relationship's last (seq, unsettled), or None if it has no record: one statement for all."""
+    rows = conn.execute(
+        "SELECT (SELECT r.seq * 2 + (EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id))::int "
+        "FROM records r WHERE r.relationship = w.rid ORDER BY r.seq DESC LIMIT 1) "
+        "FROM unnest(%s::text[]) WITH ORDINALITY AS w(rid, k) ORDER BY w.k",
+        (rids,),
+    ).fetchall()
+    return [None if v is None else (int(v) >> 1, bool(v & 1)) for (v,) in rows]
+
+
+def _insert(conn: Connection, groups: Sequence[tuple[str, Sequence[record_ops.Record]]]) -> None:
+    """New records, waiting for the log: one statement for every row of every group."""
+    rows = [(rid, *record) for rid, records in groups for record in records]
+    conn.execute(
+        "WITH fresh AS (INSERT INTO records (relationship, seq, tag, ct_hash, blob) "
+        "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bytea[], %s::bytea[], %s::bytea[]) "
+        "RETURNING blob_id, relationship, seq, tag) "
+        "INSERT INTO unsettled (blob_id, relationship, seq, tag) SELECT blob_id, relationship, seq, tag FROM fresh",
+        [list(column) for column in zip(*rows)],
+    )
+
+
+def _reserve_many(groups: Sequence[tuple[str, Sequence[record_ops.Record]]]) -> Callable[[Connection], list[Any]]:
+    rids = [rid for rid, _ in groups]
+
+    def op(conn: Connection) -> list[Any]:
+        results: list[Any] = [None] * len(groups)
+        fresh: list[int] = []
+        for k, ((rid, records), last) in enumerate(zip(groups, _last_rows(conn, rids))):
+            try:
+                results[k] = record_writes.check_next(
+                    lambda: record_writes.stored_at(Qmark(conn), rid, records), records, last  # noqa: B023 (called at once)
+                )
+                if results[k] is None:
+                    fresh.append(k)
+            except PacspaceError as exc:
+                results[k] = exc
+        if not fresh:
+            return results
+        try:
+            with conn.transaction():
+                _insert(conn, [groups[k] for k in fresh])
+            return results
+        except psycopg.errors.UniqueViolation:
+            pass
+        for k in fresh:
+            try:
+                with conn.transaction():
+                    _insert(conn, [groups[k]])
+            except psycopg.errors.UniqueViolation:
+                # (relationship, seq) cannot collide after the checks, under the writers' lock: the tag is what repeats.
+                results[k] = TagConflict("a tag repeats a record that is being committed")
+        return results
+
+    return op
+
+
+# Settled rows go from ``unsettled`` to ``settled``; a row not waiting any more (settled before, or dropped) is
+# passed over, so settling twice is harmless.
+_SETTLE = (
+    "{found}, moved AS (INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, %(size)s FROM found "
+    "RETURNING blob_id) DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM moved)"
+)
+
+
+def _settle_run(op: record_ops.SettleRun) -> Op:
+    found = (
+        "WITH found AS (SELECT u.blob_id, %(first)s + t.k - 1 AS idx FROM unnest(%(tags)s::bytea[]) WITH ORDINALITY "
+        "AS t(tag, k) JOIN unsettled u ON u.tag = t.tag)"
+    )
+    params = {"tags": list(op.tags), "first": op.first_index, "size": op.checkpoint_size}
+    return lambda conn: conn.execute(_SETTLE.format(found=found), params)
+
+
+def _settle_rows(rows: Sequence[tuple[str, int, int]], size: int) -> Op:
+    found = (
+        "WITH found AS (SELECT u.blob_id, j.idx FROM unnest(%(rids)s::text[], %(seqs)s::bigint[], %(idxs)s::bigint[]) "
+        "AS j(rid, seq, idx) JOIN unsettled u ON u.relationship = j.rid AND u.seq = j.seq)"
+    )
+    rids, seqs, idxs = ([list(c) for c in zip(*rows)] if rows else ([], [], []))
+    params = {"rids": rids, "seqs": seqs, "idxs": idxs, "size": size}
+    return lambda conn: conn.execute(_SETTLE.format(found=found), params)
+
+
+def _drop(rid: str, seqs: list[int]) -> Op:
+    def op(conn: Connection) -> None:
+        conn.execute(
+            "WITH gone AS (DELETE FROM unsettled WHERE relationship = %s AND seq = ANY(%s::bigint[]) RETURNING blob_id) "
+            "DELETE FROM records WHERE blob_id IN (SELECT blob_id FROM gone)",
+            (rid, seqs),
+        )
+
+    return op
+
+
+def _drop_relationship(rid: str) -> Op:
+    def op(conn: Connection) -> None:
+        if conn.execute(
+            "SELECT 1 FROM records r JOIN settled s ON s.blob_id = r.blob_id WHERE r.relationship = %s LIMIT 1", (rid,)
+        ).fetchone():
+            return
+        conn.execute("DELETE FROM unsettled WHERE relationship = %s", (rid,))
+        conn.execute("DELETE FROM records WHERE relationship = %s", (rid,))
+        conn.execute("DELETE FROM wraps WHERE relationship = %s", (rid,))
+        conn.execute("DELETE FROM relationships WHERE id = %s", (rid,))
+
+    return op
+
+
+if TYPE_CHECKING:
+    from .base import RecordTables
+
+    def _implements(store: PostgresRecordStore) -> None:
+        _tables: RecordTables = store

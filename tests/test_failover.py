@@ -1,0 +1,198 @@
+"""Three ``serve --database`` processes on one log: one sequences, the others are standbys that forward writes
+to it and take over when it stops (server/standby.py). The sequencer is SIGKILLed at random moments while
+records go in through all three."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from helpers import add_two_parties, cli, free_port, wait_for_health
+
+from pacspace.checkpoint import open_checkpoint
+from pacspace.datadir import load_signer
+from pacspace.merkle import verify_consistency
+from pacspace.receipt import verify_receipt
+
+KILLS = 20
+APPENDERS = 3
+
+
+def _call(port: int, method: str, path: str, body: object | None = None, token: str = "tok-acme",
+          timeout: float = 30) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def _health(port: int) -> dict | None:  # type: ignore[type-arg]
+    try:
+        status, body = _call(port, "GET", "/health", timeout=2)
+    except OSError:
+        return None
+    return json.loads(body) if status == 200 else None
+
+
+def _sealed(seq: int) -> dict[str, object]:
+    from pacspace.records.seal import BLOB_OVERHEAD
+
+    return {"seq": seq, "tag": base64.b64encode(os.urandom(32)).decode(),
+            "ciphertext": base64.b64encode(os.urandom(BLOB_OVERHEAD + 100)).decode()}
+
+
+class Serves:
+    """The three serve processes, each with its own copy of the log key, restarted after each kill."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.env = env
+        self.dirs = [tmp_path / f"serve{i}" for i in range(3)]
+        self.ports = [free_port() for _ in range(3)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * 3
+        self.logs = [tmp_path / f"serve{i}.log" for i in range(3)]
+        for d in self.dirs[1:]:
+            d.mkdir(mode=0o700)
+            for name in ("log.key", "database"):
+                shutil.copy2(self.dirs[0] / name, d / name)
+
+    def start(self, i: int) -> None:
+        with open(self.logs[i], "ab") as out:
+            self.procs[i] = subprocess.Popen(
+                [sys.executable, "-m", "pacspace", "serve", "--data", str(self.dirs[i]), "--port", str(self.ports[i]),
+                 "--workers", "0", "--pool-interval", "0.01"], env=self.env, stdout=subprocess.DEVNULL, stderr=out)
+        wait_for_health(f"http://127.0.0.1:{self.ports[i]}")
+
+    def sequencer(self, deadline: float) -> int:
+        while time.monotonic() < deadline:
+            for i, port in enumerate(self.ports):
+                health = _health(port)
+                if health is not None and health.get("role") == "sequencer":
+                    return i
+            time.sleep(0.05)
+        raise AssertionError("no serve took over as the sequencer:\n" + "\n".join(p.read_text() for p in self.logs))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            if proc is not None:
+                proc.wait(timeout=60)
+
+
+def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_sequencer(tmp_path, postgres_url):
+    """Every acknowledged receipt is found afterwards at its index, every checkpoint a client was given is
+    consistent with the final one, and fsck passes. Each kill, a standby takes over by itself."""
+    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+    first = tmp_path / "serve0"
+    cli("init", "--data", str(first), env=env)
+    add_two_parties(first, postgres_url)
+    serves = Serves(tmp_path, env)
+    receipts: list[tuple[str, int, dict]] = []  # type: ignore[type-arg]
+    unexpected: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def append(k: int) -> None:
+        rid, seq, pending = f"acme:r{k}", 0, None
+        rng = random.Random(k)
+        while not stop.is_set() and len(unexpected) < 5:
+            if pending is None:
+                pending = _sealed(seq)
+            port = rng.choice(serves.ports)
+            try:
+                if seq == 0:
+                    wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
+                    status, body = _call(port, "POST", "/v1/relationships", {
+                        "relationship": rid, "customer": "bob", "genesis": pending, "wraps": wraps})
+                else:
+                    status, body = _call(port, "POST", f"/v1/relationships/{rid}/records", pending)
+            except OSError:
+                time.sleep(0.05)  # that serve was killed, or is taking over: the same record again, elsewhere
+                continue
+            if status in (200, 201):
+                answer = json.loads(body)
+                with lock:
+                    receipts.append((rid, seq, answer["receipt"] if seq == 0 else answer))
+                seq, pending = seq + 1, None
+            elif status == 503 or (status == 409 and json.loads(body)["error"] == "previous_in_flight"):
+                time.sleep(0.05)
+            else:
+                unexpected.append(f"{rid} seq {seq}: {status} {body[:300]!r}")
+
+    try:
+        serves.start(0)
+        serves.start(1)
+        serves.start(2)
+        assert serves.sequencer(time.monotonic() + 10) == 0
+        assert {_health(p)["role"] for p in serves.ports[1:]} == {"frontend"}  # type: ignore[index]
+        threads = [threading.Thread(target=append, args=(k,)) for k in range(APPENDERS)]
+        for t in threads:
+            t.start()
+        rng = random.Random(7)
+        for _ in range(KILLS):
+            current = serves.sequencer(time.monotonic() + 60)
+            time.sleep(rng.uniform(0.3, 1.2))  # appends under way through all three
+            before = len(receipts)
+            proc = serves.procs[current]
+            assert proc is not None and proc.poll() is None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            serves.sequencer(time.monotonic() + 60)  # another one took over by itself
+            deadline = time.monotonic() + 60
+            while len(receipts) <= before and not unexpected:  # and records go in again
+                assert time.monotonic() < deadline, "no record was acknowledged after the takeover"
+                time.sleep(0.05)
+            serves.start(current)  # back, as a standby
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        assert not unexpected, unexpected
+        assert len(receipts) > KILLS * APPENDERS
+        port = serves.ports[serves.sequencer(time.monotonic() + 60)]
+        status, body = _call(port, "GET", "/checkpoint")
+        assert status == 200
+        vkey = load_signer(first).verifier
+        final = open_checkpoint(body, vkey)
+        # Every acknowledged record is there, at the index its receipt gave, with its entry.
+        for k in range(APPENDERS):
+            stored: dict[int, dict] = {}  # type: ignore[type-arg]
+            while True:
+                status, body = _call(port, "GET", f"/v1/relationships/acme:r{k}/records?limit=1000&after_seq={len(stored) - 1}")
+                assert status == 200, body
+                page = json.loads(body)["records"]
+                stored.update((r["seq"], r) for r in page)
+                if len(page) < 1000:
+                    break
+            for rid, seq, receipt in receipts:
+                if rid == f"acme:r{k}":
+                    assert stored[seq]["index"] == receipt["index"], (rid, seq)
+        # Every checkpoint a client was given is consistent with the final one, and includes its record.
+        for rid, seq, receipt in receipts:
+            given = open_checkpoint(receipt["checkpoint"].encode(), vkey)
+            assert given.size <= final.size
+            status, body = _call(port, "GET", f"/v1/proof/consistency?old={given.size}&size={final.size}")
+            assert status == 200, body
+            hashes = [base64.b64decode(h) for h in json.loads(body)["hashes"]]
+            verify_consistency(given.size, final.size, given.root_hash, final.root_hash, hashes)
+            verified = verify_receipt(receipt["proof"], vkey)  # the record's entry, under that checkpoint
+            assert (verified.index, verified.leaf_hash) == (receipt["index"], base64.b64decode(receipt["leaf_hash"]))
+    finally:
+        stop.set()
+        serves.stop()
+    checked = cli("fsck", "--data", str(first), env=env)
+    assert "fsck: ok" in checked.stdout
