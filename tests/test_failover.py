@@ -163,7 +163,9 @@ def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_seque
             t.join(timeout=120)
         assert not unexpected, unexpected
         assert len(receipts) > KILLS * APPENDERS
-        port = serves.ports[serves.sequencer(time.monotonic() + 60)]
+        sequencing = serves.sequencer(time.monotonic() + 60)
+        port = serves.ports[(sequencing + 1) % 3]  # a standby: it serves the reads, and forwards the records' reads
+        assert _health(port)["role"] == "frontend"  # type: ignore[index]
         status, body = _call(port, "GET", "/checkpoint")
         assert status == 200
         vkey = load_signer(first).verifier
@@ -196,3 +198,22 @@ def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_seque
         serves.stop()
     checked = cli("fsck", "--data", str(first), env=env)
     assert "fsck: ok" in checked.stdout
+
+
+def test_a_standby_whose_key_is_not_the_logs_is_refused_at_start(tmp_path, postgres_url):
+    """A serve that could never sequence the log (another log's key beside the database's mark) says so at once."""
+    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+    cli("init", "--data", str(tmp_path / "serve0"), env=env)
+    serves = Serves(tmp_path, env)
+    try:
+        serves.start(0)
+        other = tmp_path / "other"
+        cli("init", "--data", str(other), "--origin", load_signer(serves.dirs[0]).name,
+            env={k: v for k, v in env.items() if k != "PACSPACE_DATABASE"})
+        shutil.copy2(other / "log.key", serves.dirs[1] / "log.key")
+        refused = cli("serve", "--data", str(serves.dirs[1]), "--port", str(serves.ports[1]), env=env, code=1)
+        assert "is not the key of the log in the database" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert _health(serves.ports[0])["role"] == "sequencer"  # type: ignore[index]
+    finally:
+        serves.stop()

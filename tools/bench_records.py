@@ -15,6 +15,10 @@ customer and 1,000 relationships, then measures:
   default) or as JSON (``--encoding json``, the only one a server from before
   issue 20 takes).
 
+``--backends sqlite,postgres`` runs the whole benchmark once on each, in this order, in the same run: the
+second with the log and its records in a throwaway PostgreSQL on 127.0.0.1 (fsync on; tests/postgres_server.py,
+Debian's binaries), as ``serve --database`` keeps them; then prints each figure's ratio to SQLite's.
+
 ``--server-src DIR`` runs the server (and the commands that create its data
 directory and parties) from another source tree, e.g. a ``git worktree`` of
 the previous commit, for interleaved comparisons; the load generator stays
@@ -327,9 +331,51 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="run the server under cProfile, writing its stats here")
     parser.add_argument("--encoding", choices=("binary", "json"), default="binary", help="the batch phase's encoding")
     parser.add_argument("--server-src", type=Path, help="run the server from this source tree (its src/ directory)")
+    parser.add_argument("--backends", default="sqlite", help="sqlite, postgres, or both in turn: sqlite,postgres")
     args = parser.parse_args()
     if args.server_src:
         SERVER_ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(args.server_src.resolve()), os.environ.get("PYTHONPATH")) if p)
+    SERVER_ENV.pop("PACSPACE_DATABASE", None)
+    backends = args.backends.split(",")
+    postgres = None
+    if "postgres" in backends:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from postgres_server import PostgresServer, find_bindir
+
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
+        postgres = PostgresServer(bindir)  # started by its constructor
+    results = {}
+    try:
+        for backend in backends:
+            env = dict(SERVER_ENV)
+            if backend == "postgres":
+                assert postgres is not None
+                env["PACSPACE_DATABASE"] = postgres.database()
+            print(f"--- {backend}", file=sys.stderr, flush=True)
+            results[backend] = run_one(args, env)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+    if len(results) > 1:
+        base = results[backends[0]]
+        for backend in backends[1:]:
+            ratios = {}
+            for phase in ("single", "batch"):
+                if phase in base and phase in results[backend]:
+                    ratios[f"{phase} records/s"] = round(results[backend][phase]["records_per_s"] / base[phase]["records_per_s"], 2)
+            results[f"{backend} / {backends[0]}"] = ratios
+    text = json.dumps(results if len(results) > 1 else results[backends[0]], indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+def run_one(args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
+    """The whole benchmark against one fresh log, its server started with ``env``."""
+    global SERVER_ENV
+    SERVER_ENV = env
     data = args.work / "data"
     if data.exists():
         shutil.rmtree(data)
@@ -341,6 +387,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL, stderr=(args.work / "server.log").open("w"), env=SERVER_ENV,
     )
     url = f"http://127.0.0.1:{port}"
+    results: dict[str, object] = {}
     try:
         for _ in range(200):
             try:
@@ -349,17 +396,18 @@ def main() -> None:
             except OSError:
                 time.sleep(0.05)
         token, provider, rels = asyncio.run(setup(url, data, args.relationships))
-        results = {"sealing_per_s": sealing_rate(provider, rels)}
+        results["sealing_per_s"] = sealing_rate(provider, rels)
         print(f"sealing: {results['sealing_per_s']:,.0f}/s", file=sys.stderr)
         if "single" in args.phases:
             cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
             if args.client == "wrk":
-                results["single"] = wrk_phase(url, token, provider, rels, args.per_relationship, args.concurrency,
-                                              args.seconds, args.work, server.pid)
+                single = wrk_phase(url, token, provider, rels, args.per_relationship, args.concurrency,
+                                   args.seconds, args.work, server.pid)
             else:
-                results["single"] = asyncio.run(single_phase(url, token, provider, rels, args.per_relationship, args.concurrency))
-                results["single"]["server_cores"] = cpu_used(cpu0, cpu_seconds(server.pid), time.perf_counter() - t0)
-            print(f"single: {results['single']}", file=sys.stderr)
+                single = asyncio.run(single_phase(url, token, provider, rels, args.per_relationship, args.concurrency))
+                single["server_cores"] = cpu_used(cpu0, cpu_seconds(server.pid), time.perf_counter() - t0)
+            results["single"] = single
+            print(f"single: {single}", file=sys.stderr)
         if "batch" in args.phases:
             results["batch"] = asyncio.run(batch_phase(url, token, provider, rels, args.batch_rounds, args.batch_size,
                                                        args.batch_in_flight, server.pid, args.encoding))
@@ -367,10 +415,7 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    return results
 
 
 if __name__ == "__main__":
