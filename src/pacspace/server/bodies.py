@@ -137,6 +137,16 @@ def release(request: web.Request) -> None:
         request.app[BUDGET].release(held)
 
 
+async def read_forwarded(request: web.Request) -> bytes:
+    """The body a standby forwards to the sequencer (standby.py), held to the largest limit of any route, the body
+    budget and the body timeout; the sequencer then applies the route's own limit for the caller's role."""
+    if not request.can_read_body:
+        return b""
+    data = bytearray()
+    await _read(request, MAX_BODY, data.extend)
+    return bytes(data)
+
+
 async def read_json(request: web.Request, role: str) -> dict[str, Any]:
     """The body, a JSON object of at most the route's limit for ``role``."""
     data = bytearray()

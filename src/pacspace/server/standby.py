@@ -36,6 +36,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -46,11 +47,14 @@ from ..config import ServerConfig
 from ..datadir import load_signer
 from ..errors import SequencerUnavailable, UntrustedState
 from ..storage.pgconnect import Connection, connect, writer_elsewhere
+from . import bodies
 from .context import READS
 
 log = logging.getLogger("pacspace.server.standby")
 
 PROBE_INTERVAL = 0.5
+# How long a standby forwards to the URL it read before reading it again.
+TARGET_TTL = 1.0
 STOP_WAIT = 5.0
 # How long a forwarded request may take: a record's answer can wait for the witnesses' cosignatures.
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
@@ -66,15 +70,23 @@ class Standby:
     session: aiohttp.ClientSession | None = None
     take_over: bool = False
     _probe: Connection | None = field(default=None, repr=False)
+    _target: str | None = field(default=None, repr=False)
+    _target_at: float = field(default=0.0, repr=False)
+
+    async def _sequencer_url(self, request: web.Request) -> str | None:
+        """The URL the sequencer recorded, read again after TARGET_TTL or after a forward to it failed."""
+        if self._target is None or time.monotonic() - self._target_at > TARGET_TTL:
+            self._target = await asyncio.to_thread(request.app[READS].store.sequencer_url)
+            self._target_at = time.monotonic()
+        return self._target
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """Send ``request`` to the sequencer as it came, and its answer back as it is."""
-        reads = request.app[READS]
-        target = await asyncio.to_thread(reads.store.sequencer_url)
+        target = await self._sequencer_url(request)
         if target is None or self.session is None:
             raise SequencerUnavailable("the log's sequencer has not said where it is reached yet: retry")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        body = await request.read()
+        body = await bodies.read_forwarded(request)
         try:
             async with self.session.request(request.method, target.rstrip("/") + request.path_qs, headers=headers,
                                             data=body, allow_redirects=False) as answer:
@@ -82,6 +94,7 @@ class Standby:
                 back = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP}
                 return web.Response(status=answer.status, body=payload, headers=back)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self._target = None  # a new sequencer records its URL as it starts
             log.warning("could not forward %s %s to the sequencer at %s: %s", request.method, request.path, target,
                         type(exc).__name__)
             raise SequencerUnavailable("the log's sequencer did not answer (another serve may be taking over); "

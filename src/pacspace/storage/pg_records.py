@@ -423,7 +423,7 @@ def _compile(op: RecordOp | Op) -> Op:
         case record_ops.AddRelationship(rel, wraps, epoch):
             return _shared(record_writes.add_relationship(rel, wraps, epoch))
         case record_ops.DropRelationship(rid):
-            return _drop_relationship(rid)
+            return _shared(record_writes.drop_relationship(rid))
         case record_ops.Drop(rid, seqs):
             return _drop(rid, list(seqs))
         case record_ops.Accept(rid, signature, now):
@@ -525,20 +525,6 @@ def _drop(rid: str, seqs: list[int]) -> Op:
             "DELETE FROM records WHERE blob_id IN (SELECT blob_id FROM gone)",
             (rid, seqs),
         )
-
-    return op
-
-
-def _drop_relationship(rid: str) -> Op:
-    def op(conn: Connection) -> None:
-        if conn.execute(
-            "SELECT 1 FROM records r JOIN settled s ON s.blob_id = r.blob_id WHERE r.relationship = %s LIMIT 1", (rid,)
-        ).fetchone():
-            return
-        conn.execute("DELETE FROM unsettled WHERE relationship = %s", (rid,))
-        conn.execute("DELETE FROM records WHERE relationship = %s", (rid,))
-        conn.execute("DELETE FROM wraps WHERE relationship = %s", (rid,))
-        conn.execute("DELETE FROM relationships WHERE id = %s", (rid,))
 
     return op
 

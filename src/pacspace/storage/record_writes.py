@@ -374,20 +374,32 @@ def add_relationship(rel: Relationship, wraps: Mapping[str, bytes], epoch: int) 
     return op
 
 
-def _drop_relationship(rid: str) -> Callable[[sqlite3.Connection], None]:
-    def op(conn: sqlite3.Connection) -> None:
+def drop_relationship(rid: str, blob_deletes: Sequence[str] = ()) -> Callable[[Any], None]:
+    """record_ops.DropRelationship. ``blob_deletes``: the store's statements that remove the blobs of the
+    relationship's records kept apart from their rows (records.db's), run first."""
+
+    def op(conn: Any) -> None:
         if conn.execute(
             "SELECT 1 FROM records r JOIN settled s ON s.blob_id = r.blob_id WHERE r.relationship = ? LIMIT 1", (rid,)
         ).fetchone():
             return
-        conn.execute("DELETE FROM blobs WHERE id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
-        conn.execute("DELETE FROM spans WHERE blob_id IN (SELECT blob_id FROM records WHERE relationship = ?)", (rid,))
-        conn.execute("DELETE FROM unsettled WHERE relationship = ?", (rid,))
-        conn.execute("DELETE FROM records WHERE relationship = ?", (rid,))
-        conn.execute("DELETE FROM wraps WHERE relationship = ?", (rid,))
-        conn.execute("DELETE FROM relationships WHERE id = ?", (rid,))
+        for statement in (*blob_deletes, *_RELATIONSHIP_DELETES):
+            conn.execute(statement, (rid,))
 
     return op
+
+
+_RELATIONSHIP_DELETES = (
+    "DELETE FROM unsettled WHERE relationship = ?",
+    "DELETE FROM records WHERE relationship = ?",
+    "DELETE FROM wraps WHERE relationship = ?",
+    "DELETE FROM relationships WHERE id = ?",
+)
+# records.db's blobs: in ``blobs`` before schema 4, in the segment files (where ``spans`` says) since.
+_BLOB_DELETES = (
+    "DELETE FROM blobs WHERE id IN (SELECT blob_id FROM records WHERE relationship = ?)",
+    "DELETE FROM spans WHERE blob_id IN (SELECT blob_id FROM records WHERE relationship = ?)",
+)
 
 
 def _drop(rid: str, seqs: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
@@ -423,7 +435,7 @@ def compile_op(op: RecordOp | Callable[[sqlite3.Connection], Any]) -> Callable[[
         case record_ops.AddRelationship(rel, wraps, epoch):
             return add_relationship(rel, wraps, epoch)
         case record_ops.DropRelationship(rid):
-            return _drop_relationship(rid)
+            return drop_relationship(rid, _BLOB_DELETES)
         case record_ops.Drop(rid, seqs):
             return _drop(rid, seqs)
         case record_ops.Accept(rid, signature, now):
