@@ -26,6 +26,8 @@ from pacspace.receipt import verify_receipt
 
 KILLS = 20
 APPENDERS = 3
+# A record not acknowledged for this long is stuck (409 previous_in_flight for good, 503s that never end).
+STUCK = 30.0
 
 
 def _call(port: int, method: str, path: str, body: object | None = None, token: str = "tok-acme",
@@ -69,12 +71,18 @@ class Serves:
             for name in ("log.key", "database"):
                 shutil.copy2(self.dirs[0] / name, d / name)
 
-    def start(self, i: int) -> None:
+    def start(self, i: int, wait: bool = True) -> None:
         with open(self.logs[i], "ab") as out:
             self.procs[i] = subprocess.Popen(
                 [sys.executable, "-m", "pacspace", "serve", "--data", str(self.dirs[i]), "--port", str(self.ports[i]),
                  "--workers", "0", "--pool-interval", "0.01"], env=self.env, stdout=subprocess.DEVNULL, stderr=out)
-        wait_for_health(f"http://127.0.0.1:{self.ports[i]}")
+        if wait:
+            wait_for_health(f"http://127.0.0.1:{self.ports[i]}")
+
+    def all_alive(self) -> None:
+        """No serve exited by itself: a standby that lost a takeover race, or a deposed sequencer, stays a standby."""
+        for proc, log in zip(self.procs, self.logs):
+            assert proc is not None and proc.poll() is None, log.read_text()
 
     def sequencer(self, deadline: float) -> int:
         while time.monotonic() < deadline:
@@ -110,10 +118,15 @@ def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_seque
     def append(k: int) -> None:
         rid, seq, pending = f"acme:r{k}", 0, None
         rng = random.Random(k)
+        waiting_since, status = time.monotonic(), 0
         while not stop.is_set() and len(unexpected) < 5:
+            if time.monotonic() - waiting_since > STUCK:
+                unexpected.append(f"{rid} seq {seq}: not acknowledged for {STUCK} s (last answer {status})")
+                return
             if pending is None:
                 pending = _sealed(seq)
             port = rng.choice(serves.ports)
+            status = 0
             try:
                 if seq == 0:
                     wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
@@ -128,7 +141,7 @@ def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_seque
                 answer = json.loads(body)
                 with lock:
                     receipts.append((rid, seq, answer["receipt"] if seq == 0 else answer))
-                seq, pending = seq + 1, None
+                seq, pending, waiting_since = seq + 1, None, time.monotonic()
             elif status == 503 or (status == 409 and json.loads(body)["error"] == "previous_in_flight"):
                 time.sleep(0.05)
             else:
@@ -146,7 +159,7 @@ def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_seque
         rng = random.Random(7)
         for _ in range(KILLS):
             current = serves.sequencer(time.monotonic() + 60)
-            time.sleep(rng.uniform(0.3, 1.2))  # appends under way through all three
+            time.sleep(rng.uniform(0.2, 0.8))  # appends under way through all three
             before = len(receipts)
             proc = serves.procs[current]
             assert proc is not None and proc.poll() is None
@@ -157,11 +170,15 @@ def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_seque
             while len(receipts) <= before and not unexpected:  # and records go in again
                 assert time.monotonic() < deadline, "no record was acknowledged after the takeover"
                 time.sleep(0.05)
-            serves.start(current)  # back, as a standby
+            serves.start(current, wait=False)  # back, as a standby
+            others = [p for i, p in enumerate(serves.procs) if i != current]
+            assert all(p is not None and p.poll() is None for p in others), "a serve exited during a takeover"
         stop.set()
         for t in threads:
             t.join(timeout=120)
         assert not unexpected, unexpected
+        wait_for_health(f"http://127.0.0.1:{serves.ports[current]}")
+        serves.all_alive()
         assert len(receipts) > KILLS * APPENDERS
         sequencing = serves.sequencer(time.monotonic() + 60)
         port = serves.ports[(sequencing + 1) % 3]  # a standby: it serves the reads, and forwards the records' reads
@@ -216,4 +233,102 @@ def test_a_standby_whose_key_is_not_the_logs_is_refused_at_start(tmp_path, postg
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         assert _health(serves.ports[0])["role"] == "sequencer"  # type: ignore[index]
     finally:
+        serves.stop()
+
+
+def test_a_restart_of_postgresql_leaves_one_sequencer_and_both_serves_taking_records(tmp_path, postgres, postgres_url):
+    """Every session ends at once, the sequencer's included: whichever serve takes the lock first sequences, the
+    other (if it was the sequencer, it finds out at its next commit) becomes its standby. Records sent through
+    either keep going in; none stays in flight for good (the deposed one's records writes are fenced)."""
+    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+    cli("init", "--data", str(tmp_path / "serve0"), env=env)
+    add_two_parties(tmp_path / "serve0", postgres_url)
+    serves = Serves(tmp_path, env)
+    wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
+
+    def appended(port: int, rid: str, seq: int, record: dict, deadline: float) -> dict:  # type: ignore[type-arg]
+        while True:
+            assert time.monotonic() < deadline, f"{rid} seq {seq} never went in:\n" + serves.logs[0].read_text()
+            try:
+                if seq == 0:
+                    status, body = _call(port, "POST", "/v1/relationships",
+                                         {"relationship": rid, "customer": "bob", "genesis": record, "wraps": wraps})
+                else:
+                    status, body = _call(port, "POST", f"/v1/relationships/{rid}/records", record)
+            except OSError:
+                status, body = 0, b""
+            if status in (200, 201):
+                return json.loads(body)  # type: ignore[no-any-return]
+            assert status in (0, 503) or json.loads(body)["error"] == "previous_in_flight", body
+            time.sleep(0.1)
+
+    try:
+        serves.start(0)
+        serves.start(1)
+        for i, port in enumerate(serves.ports[:2]):
+            appended(port, f"acme:p{i}", 0, _sealed(0), time.monotonic() + 30)
+        for round_ in range(3):
+            postgres.halt()
+            postgres.resume()
+            for seq in range(1, 4):
+                for i, port in enumerate(serves.ports[:2]):
+                    appended(port, f"acme:p{i}", round_ * 3 + seq, _sealed(round_ * 3 + seq), time.monotonic() + 60)
+            roles = sorted(str((_health(p) or {}).get("role")) for p in serves.ports[:2])
+            assert roles == ["frontend", "sequencer"], roles
+            for proc, log in zip(serves.procs[:2], serves.logs):
+                assert proc is not None and proc.poll() is None, log.read_text()
+    finally:
+        serves.procs = serves.procs[:2]
+        serves.stop()
+    checked = cli("fsck", "--data", str(tmp_path / "serve0"), env=env)
+    assert "fsck: ok" in checked.stdout
+
+
+def test_a_standby_never_forwards_in_a_loop_and_refuses_a_database_behind_what_it_saw_published(tmp_path, postgres_url):
+    """The URL the sequencer recorded leads back to a standby (a shared address, a stale one): the request is
+    answered 503, once, not sent round again. A standby remembers the checkpoint it saw published in its own
+    directory, as a sequencer does, so a database that later comes back older is refused before it could take
+    over and sign a second history."""
+    import psycopg
+
+    from pacspace import highwater
+    from pacspace.server.standby import TARGET_TTL
+
+    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+    cli("init", "--data", str(tmp_path / "serve0"), env=env)
+    add_two_parties(tmp_path / "serve0", postgres_url)
+    serves = Serves(tmp_path, env)
+    wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
+    try:
+        serves.start(0)
+        serves.start(1)
+        status, body = _call(serves.ports[1], "POST", "/v1/relationships",
+                             {"relationship": "acme:r1", "customer": "bob", "genesis": _sealed(0), "wraps": wraps})
+        assert status == 201, body  # forwarded to the sequencer
+        size = open_checkpoint(json.loads(body)["receipt"]["checkpoint"].encode(), load_signer(serves.dirs[0]).verifier).size
+        deadline = time.monotonic() + 10
+        while (mark := highwater.read(serves.dirs[1])) is None or mark.size < size:
+            assert time.monotonic() < deadline, "the standby did not remember the published checkpoint"
+            time.sleep(0.1)
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("UPDATE log_meta SET value = %s WHERE key = 'sequencer_url'", (f"http://127.0.0.1:{serves.ports[1]}",))
+        time.sleep(TARGET_TTL + 0.2)
+        status, body = _call(serves.ports[1], "POST", "/v1/relationships/acme:r1/records", _sealed(1))
+        assert status == 503 and json.loads(body)["error"] == "sequencer_unavailable", body
+        assert "Pacspace-Forwarded" not in json.loads(body)["message"]
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("UPDATE log_meta SET value = %s WHERE key = 'sequencer_url'", (f"http://127.0.0.1:{serves.ports[0]}",))
+        time.sleep(TARGET_TTL + 0.2)
+        status, body = _call(serves.ports[1], "POST", "/v1/relationships/acme:r1/records", _sealed(1))
+        assert status == 201, body
+        proc = serves.procs[1]
+        assert proc is not None
+        proc.terminate()
+        proc.wait(timeout=30)
+        # The database "comes back older": here, the mark says the standby saw more than it holds.
+        highwater.write(serves.dirs[1], highwater.Published(size + 10, os.urandom(32)))
+        refused = cli("serve", "--data", str(serves.dirs[1]), "--port", str(serves.ports[1]), env=env, code=1)
+        assert "behind size" in refused.stderr, refused.stderr
+    finally:
+        serves.procs = serves.procs[:2]
         serves.stop()

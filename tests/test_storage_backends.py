@@ -774,3 +774,141 @@ def test_a_move_of_records_cut_short_after_its_commit_finishes_on_the_next_run(t
     assert not (data / "records.db").exists() and (data / "sqlite-migrated" / "records.db").exists()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM parties").fetchone()[0] == 2
+
+
+def _records_with_two_parties(url: str, **kwargs):  # type: ignore[no-untyped-def]
+    from pacspace.storage.pg_records import PostgresRecordStore
+    from pacspace.storage.records import Relationship
+
+    store = PostgresRecordStore(url, **kwargs)
+    store.add_party("acme", "provider", "tok-acme", 1)
+    store.add_party("bob", "customer", "tok-bob", 1)
+    store.add_relationship(Relationship("acme:r1", "acme", "bob", "daily", "monthly", 1), {"acme": b"wa", "bob": b"wb"})
+    return store
+
+
+def _record(seq: int) -> tuple[int, bytes, bytes, bytes]:
+    import os
+
+    blob = os.urandom(200)
+    return (seq, os.urandom(32), hashlib.sha256(blob).digest(), blob)
+
+
+def test_a_sequencer_that_another_took_over_from_stores_no_record(tmp_path, postgres_url):
+    """Each serve that starts sequencing claims a new epoch; the records' writes of the one before (its processes
+    may still live: a session lost to a database restart) then store nothing and say why."""
+    import time
+
+    from pacspace.errors import SequencerUnavailable
+    from pacspace.storage import record_ops
+    from pacspace.storage.pg_records import PostgresRecordStore
+
+    init_log(tmp_path / "d", "example.com/epochs", int(time.time()), postgres_url)
+    old = _records_with_two_parties(postgres_url)
+    first = old.claim_epoch()
+    assert old.write([record_ops.Reserve("acme:r1", [_record(0)])]) == [None]
+    worker_of_old = PostgresRecordStore(postgres_url, epoch=first)  # an HTTP worker of the old sequencer
+    new = PostgresRecordStore(postgres_url)
+    assert new.claim_epoch() == first + 1
+    for store in (old, worker_of_old):  # the whole write is refused: its callers answer 503 sequencer_unavailable
+        with pytest.raises(SequencerUnavailable, match="no longer sequences"):
+            store.write([record_ops.settle("acme:r1", [(0, 0)], 1)])
+        with pytest.raises(SequencerUnavailable):
+            store.write([record_ops.Reserve("acme:r2", [_record(0)]), record_ops.Drop("acme:r1", [0])])
+    assert [r.seq for r in new.unsettled()] == [0]  # what the old one stored before stays, for reconcile
+    assert new.write([record_ops.settle("acme:r1", [(0, 0)], 1)]) == [None]
+    # An operator's command (admin party) is no sequencer: it writes whatever the epoch.
+    admin = PostgresRecordStore(postgres_url)
+    admin.add_party("carol", "customer", "tok-carol", 2)
+    for store in (old, worker_of_old, new, admin):
+        store.close()
+
+
+class _CutAtCommit:
+    """A TCP proxy to PostgreSQL that ends the first connection to send COMMIT: after passing it on (the answer
+    is lost, the transaction committed) or before (it never arrives: the server rolls back). Later connections
+    pass untouched. A misbehaving network, simulated; the database is real."""
+
+    def __init__(self, port: int, after: bool) -> None:
+        import socket
+        import threading
+
+        self.target, self.after, self.cut = port, after, threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, watching: bool) -> None:  # type: ignore[no-untyped-def]
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                if watching and not self.cut.is_set() and b"COMMIT\x00" in data:
+                    self.cut.set()
+                    if self.after:
+                        dst.sendall(data)
+                        import time
+
+                        time.sleep(0.3)  # the server commits; its answer never gets back
+                    for s in (src, dst):
+                        s.shutdown(socket.SHUT_RDWR)  # both ends see it at once, though another thread reads them
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_write_whose_commit_answer_is_lost_is_known_to_have_landed_or_not(tmp_path, postgres, postgres_url, landed):
+    """The connection goes while COMMIT is under way. Landed: the write's results are returned (the records are
+    stored once, and the client's receipt follows); not landed: 503 database_unavailable, and nothing is
+    stored. Either way the relationship goes on, never stuck in flight."""
+    import time
+
+    from pacspace.errors import DatabaseUnavailable
+    from pacspace.storage import record_ops
+    from pacspace.storage.pg_records import PostgresRecordStore
+
+    init_log(tmp_path / "d", "example.com/commits", int(time.time()), postgres_url)
+    _records_with_two_parties(postgres_url).close()
+    proxy = _CutAtCommit(postgres.port, after=landed)
+    through = postgres_url.replace(f":{postgres.port}/", f":{proxy.port}/")
+    store = PostgresRecordStore(through)
+    record = _record(0)
+    try:
+        if landed:
+            assert store.write([record_ops.Reserve("acme:r1", [record])]) == [None]
+        else:
+            with pytest.raises(DatabaseUnavailable, match="not stored"):
+                store.write([record_ops.Reserve("acme:r1", [record])])
+        assert proxy.cut.is_set()
+        direct = PostgresRecordStore(postgres_url)
+        assert [r.seq for r in direct.unsettled_of("acme:r1")] == ([0] if landed else [])
+        direct.close()
+        # The next write goes through (a new connection), and the relationship is where the answer said.
+        assert store.write([record_ops.Reserve("acme:r1", [record])]) == ([None] if not landed else [store.unsettled_of("acme:r1")])
+    finally:
+        store.close()
+        proxy.close()

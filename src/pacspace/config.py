@@ -12,6 +12,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 # Where `--database` is read from when not given, and how serve passes it to its workers.
 DATABASE_ENV = "PACSPACE_DATABASE"
+# How serve hands its HTTP workers the sequencer's epoch that fences their records' writes (storage/pg_records.py).
+EPOCH_ENV = "PACSPACE_SEQUENCER_EPOCH"
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,14 @@ class ServerConfig:
     advertise: str | None = None
 
     @property
-    def advertised(self) -> str:
-        return self.advertise or f"http://{self.host}:{self.port}"
+    def advertised(self) -> str | None:
+        """Where the log's other serves reach this one; None if nobody can tell (it listens on every address)."""
+        if self.advertise:
+            return self.advertise
+        if self.host in ("0.0.0.0", "::", ""):
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

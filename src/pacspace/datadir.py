@@ -216,12 +216,14 @@ def open_log(data_dir: Path, database: str | None = None, *, readonly: bool = Fa
     return PostgresLog(database, readonly=readonly, objects=objects)
 
 
-def open_records(data_dir: Path, database: str | None = None, *, readonly: bool = False) -> RecordTables:
+def open_records(data_dir: Path, database: str | None = None, *, readonly: bool = False,
+                 epoch: int | None = None) -> RecordTables:
     """The recordation tables: records.db in ``data_dir``, or in the PostgreSQL database at ``database``.
 
     A records.db that an older pacspace left beside a log in a database must be moved in first
     (logmove.move_records, which ``serve`` and ``migrate`` run): until then it is refused here, so that
-    nothing reads or writes records in two places.
+    nothing reads or writes records in two places. ``epoch``: the sequencer's (RecordTables.claim_epoch), for the
+    HTTP workers of the serve that claimed it.
     """
     if database is None:
         return RecordStore(data_dir, readonly=readonly)
@@ -232,7 +234,7 @@ def open_records(data_dir: Path, database: str | None = None, *, readonly: bool 
         )
     from .storage.pg_records import PostgresRecordStore
 
-    return PostgresRecordStore(database, readonly=readonly)
+    return PostgresRecordStore(database, readonly=readonly, epoch=epoch)
 
 
 def load_state(store: LogTables, signer: NoteSigner) -> LogState:

@@ -127,6 +127,8 @@ def move_records(data_dir: Path, database: str, progress: Progress | None = None
     """Move records.db (and its blobs) into the database; how many records it held (0: there was none).
     The caller holds the data directory's write lock. The steps are in the module's docstring."""
     if not (data_dir / RECORDS_NAME).exists():
+        if any((data_dir / name).exists() for name in RECORDS_FILES):
+            _move_aside(data_dir, RECORDS_FILES)  # a crash part-way through step 3 left these
         return 0
     from .storage.pg_records import PostgresRecordStore
 

@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import sys
+from typing import NoReturn
 
 from ..errors import MalformedInput, PacspaceError
 from ..server.protocol import raise_open_file_limit
@@ -58,11 +59,12 @@ def inherited_listener() -> socket.socket | None:
     return sock
 
 
-def reexec(sock: socket.socket) -> None:
-    """Execute this command again, handing it the listening socket: connections wait in its backlog meanwhile,
-    never refused (server/standby.py, step 2). Does not return."""
-    sock.set_inheritable(True)
-    os.environ[LISTEN_FD] = str(sock.fileno())
+def reexec(sock: socket.socket | None) -> NoReturn:
+    """Execute this command again, handing it the listening socket if given (connections wait in its backlog
+    meanwhile, never refused: server/standby.py, step 2), else it listens anew. Does not return."""
+    if sock is not None:
+        sock.set_inheritable(True)
+        os.environ[LISTEN_FD] = str(sock.fileno())
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import exitcodes
 from ..config import DATABASE_ENV, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 from ..datadir import DEFAULT_ORIGIN, init_log, load_signer, log_exists, open_log, open_records, validate_origin
-from ..errors import MalformedInput, MalformedNote
+from ..errors import MalformedInput, MalformedNote, PacspaceError, WriterElsewhere
 from ..files import read_text
 from ..fsck import fsck, fsck_records
 from ..note import Ed25519Verifier, parse_vkey
@@ -297,11 +297,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers = f" with {args.workers} HTTP workers" if args.workers else ""
         print(f"pacspace: serving on http://{args.host}:{args.port}/{workers} (Ctrl-C to stop)", file=sys.stderr)
 
+    # A serve of a log in PostgreSQL that another serve beat to the writer's lock, or that lost it (its session
+    # ended: a cut link, a database restart), becomes that one's standby: it executes itself again. Its socket
+    # closed as it stopped, so that nothing waits on a port nobody will answer; the new process listens anew.
     if args.workers:
         from ..server.supervisor import serve_with_workers
 
-        status = serve_with_workers(config, args.workers, announce, sock)
+        try:
+            status = serve_with_workers(config, args.workers, announce, sock)
+        except WriterElsewhere:
+            reexec(None)
         if status:
+            _standby_if_sequenced_elsewhere(database)
             print("pacspace: error: the server stopped on a failure (see the log above)", file=sys.stderr)
         return status
     app = create_app(config)
@@ -311,11 +318,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tune_for_serving()
 
     app.on_startup.append(on_startup)
-    web.run_app(app, sock=sock, print=None, access_log=None)
+    try:
+        web.run_app(app, sock=sock, print=None, access_log=None)
+    except WriterElsewhere:
+        reexec(None)
     if app[FATAL]:
+        _standby_if_sequenced_elsewhere(database)
         print(f"pacspace: error: the sequencer stopped: {app[FATAL][0]}", file=sys.stderr)
         return exitcodes.FAILURE
     return exitcodes.OK
+
+
+def _standby_if_sequenced_elsewhere(database: str | None) -> None:
+    """After the sequencer stopped on a failure: if another serve holds the writer's lock now, become its standby."""
+    if database is None:
+        return
+    try:
+        elsewhere = _sequenced_elsewhere(database)
+    except PacspaceError:
+        return
+    if elsewhere:
+        print("pacspace: another serve sequences the log now: this one becomes its standby", file=sys.stderr)
+        reexec(None)
 
 
 def _sequenced_elsewhere(database: str) -> bool:
@@ -337,7 +361,7 @@ def _serve_standby(args: argparse.Namespace, config: ServerConfig, sock: socket.
     from ..server.standby import STANDBY, STOP_WAIT, create_standby_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_standby_app(config)
+    app = create_standby_app(config, sock)
 
     async def on_startup(app: web.Application) -> None:
         reads = app[READS]
@@ -349,9 +373,9 @@ def _serve_standby(args: argparse.Namespace, config: ServerConfig, sock: socket.
         tune_for_serving()
 
     app.on_startup.append(on_startup)
-    web.run_app(app, sock=sock.dup(), print=None, access_log=None, shutdown_timeout=STOP_WAIT)
+    web.run_app(app, sock=sock, print=None, access_log=None, shutdown_timeout=STOP_WAIT)
     if app[STANDBY].take_over:
-        reexec(sock)
+        reexec(app[STANDBY].handoff)
     return exitcodes.OK
 
 
@@ -378,6 +402,13 @@ def _serve_frontend(args: argparse.Namespace, config: ServerConfig) -> int:
         objects = reads.store.object_store()
         if objects:
             print(f"pacspace: its entry bundles are read from the object store {objects}", file=sys.stderr)
+        from ..storage.postgres import PostgresLog
+
+        assert isinstance(reads.store, PostgresLog)  # a frontend serves only a log in PostgreSQL
+        private = await asyncio.to_thread(reads.store.private_tables_readable)
+        if private:
+            print(f"pacspace: warning: this frontend's database role may read {', '.join(private)}, which it never "
+                  "needs: grant it only the log's tables (docs/operations.md, read-only frontends)", file=sys.stderr)
         print(f"pacspace: serving it read-only on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
         tune_for_serving()
 

@@ -108,6 +108,10 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
             if moved:
                 log.info("moved %d records from %s into the database", moved, config.data_dir / RECORDS_NAME)
         records = open_records(config.data_dir, config.database)
+        # Before reconcile: every row another serve that sequenced before can still write is refused from now on,
+        # so the rows reconcile finds are all it ever wrote. Then the log's other serves forward writes here.
+        epoch = records.claim_epoch()
+        store.record_sequencer(config.advertised or "")
         sequencer = Sequencer(store, signer, state, config.sequencer, clock=time.time)
         if config.witness_policy is not None:
             await _use_witnesses(config, store, signer, sequencer)
@@ -120,15 +124,14 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         writer = GroupWriter(records)
         sequencing = Sequencing(sequencer, TagGuard(store.tags_in_log), store, writer)
         service = LogService(
-            store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer, sequencing
+            store, sequencer, signer.verifier.vkey(), signer.cosignature_verifier.vkey(), records, writer, sequencing,
+            epoch=epoch,
         )
         app[SERVICE] = app[READS] = service
         # For frontends, which have no data directory: the public keys, and the witness policy that says which
         # checkpoints are published.
         policy_text = config.witness_policy.read_text() if config.witness_policy is not None else ""
         store.record_keys(service.vkey, service.timestamp_vkey, policy_text)
-        # For the log's other serves (standby.py), which forward writes here.
-        store.record_sequencer(config.advertised)
         task = asyncio.create_task(sequencer.run(), name="pacspace-sequencer")
         task.add_done_callback(lambda t: _on_sequencer_exit(app, t))
         writer_task = asyncio.create_task(writer.run(), name="pacspace-records-writer")

@@ -40,6 +40,8 @@ class LogService:
     link: SequencerLink
     # Receipts of one batch share most of their inclusion paths.
     proof_ranges: RangeHashes = field(default_factory=RangeHashes)
+    # The sequencer's epoch that fences the records' writes (RecordTables.claim_epoch), for its HTTP workers.
+    epoch: int | None = None
     appender: Appender = field(init=False)
 
     def __post_init__(self) -> None:

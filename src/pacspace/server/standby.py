@@ -36,6 +36,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -43,10 +44,13 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from .. import highwater
+from ..checkpoint import open_checkpoint
 from ..config import ServerConfig
 from ..datadir import load_signer
 from ..errors import SequencerUnavailable, UntrustedState
 from ..storage.pgconnect import Connection, connect, writer_elsewhere
+from ..storage.records import RECORDS_NAME
 from . import bodies
 from .context import READS
 
@@ -57,7 +61,11 @@ PROBE_INTERVAL = 0.5
 TARGET_TTL = 1.0
 STOP_WAIT = 5.0
 # How long a forwarded request may take: a record's answer can wait for the witnesses' cosignatures.
-FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
+# (``connect`` covers the wait for one of the session's connections too.)
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=5, sock_read=120)
+# Set on every request a standby forwards: one that arrives with it came from a standby, so the URL the sequencer
+# recorded leads to a standby (a load balancer, a stale or shared address); forwarding it again would loop.
+FORWARDED = "Pacspace-Forwarded"
 # Headers that belong to one connection, not to the request (RFC 9110 7.6.1), and those aiohttp sets itself.
 _HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                   "transfer-encoding", "upgrade", "host", "content-length"))
@@ -67,8 +75,12 @@ class Standby:
     """The standby's state: the session it forwards with, and whether it is to take over."""
 
     config: ServerConfig
+    # The socket this serve listens on; at a takeover, a duplicate of it (``handoff``) outlives the app, which
+    # closes the original as it stops, for the process the takeover executes.
+    listener: socket.socket | None = None
     session: aiohttp.ClientSession | None = None
     take_over: bool = False
+    handoff: socket.socket | None = None
     _probe: Connection | None = field(default=None, repr=False)
     _target: str | None = field(default=None, repr=False)
     _target_at: float = field(default=0.0, repr=False)
@@ -82,10 +94,16 @@ class Standby:
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """Send ``request`` to the sequencer as it came, and its answer back as it is."""
+        if FORWARDED in request.headers:
+            log.warning("a forwarded request reached a standby: the sequencer's recorded URL does not lead to it "
+                        "(give the sequencing serve an --advertise URL that reaches only it)")
+            raise SequencerUnavailable("the log's sequencer is not reachable at the address it recorded: retry later")
         target = await self._sequencer_url(request)
         if target is None or self.session is None:
-            raise SequencerUnavailable("the log's sequencer has not said where it is reached yet: retry")
+            raise SequencerUnavailable("the log's sequencer has not said where it is reached (it listens on every "
+                                       "address and was given no --advertise): retry later")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers[FORWARDED] = "1"
         body = await bodies.read_forwarded(request)
         try:
             async with self.session.request(request.method, target.rstrip("/") + request.path_qs, headers=headers,
@@ -112,6 +130,8 @@ class Standby:
             if not elsewhere:
                 log.info("the log's sequencer stopped: this serve takes over")
                 self.take_over = True
+                if self.listener is not None:
+                    self.handoff = self.listener.dup()
                 os.kill(os.getpid(), signal.SIGTERM)  # web.run_app's graceful stop
                 return
 
@@ -136,26 +156,42 @@ STANDBY = web.AppKey("standby", Standby)
 async def standby_context(app: web.Application) -> AsyncIterator[None]:
     """The forwarding session and the lock's watcher, for the app's lifetime; a key in ``--data`` that is not the
     log's is refused now, not when this serve takes over."""
-    standby = app[STANDBY]
-    if load_signer(standby.config.data_dir).verifier.vkey() != app[READS].vkey:
-        raise UntrustedState(f"the key in {standby.config.data_dir} is not the key of the log in the database: this "
-                             "serve could never sequence it")
+    standby, reads = app[STANDBY], app[READS]
+    data_dir = standby.config.data_dir
+    verifier = load_signer(data_dir).verifier
+    if verifier.vkey() != reads.vkey:
+        raise UntrustedState(f"the key in {data_dir} is not the key of the log in the database: this serve could "
+                             "never sequence it")
+    if (data_dir / RECORDS_NAME).exists():
+        raise UntrustedState(f"{data_dir / RECORDS_NAME} is there: this serve could not take over while it is (its "
+                             "records are not the database's). If the log's records were moved into the database "
+                             f"from another directory, this is an old copy: move it aside")
+    # As a sequencer does (highwater.py): a database behind what this directory saw published is refused, and what
+    # it sees published is remembered, so a takeover after the database comes back older is refused too.
+    stored = await asyncio.to_thread(lambda: open_checkpoint(reads.store.latest_checkpoint(), verifier).size)
+    await asyncio.to_thread(highwater.check, data_dir, reads.store, stored, verifier)
     standby.session = aiohttp.ClientSession(timeout=FORWARD_TIMEOUT, auto_decompress=False)
-    task = asyncio.create_task(standby.watch(), name="pacspace-standby-watch")
+
+    def published() -> highwater.Published:
+        return highwater.Published(reads.latest.size, reads.latest.checkpoint.root_hash)
+
+    tasks = [asyncio.create_task(standby.watch(), name="pacspace-standby-watch"),
+             asyncio.create_task(highwater.remember(data_dir, published), name="pacspace-published")]
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await standby.session.close()
         await asyncio.to_thread(standby.close)
 
 
-def create_standby_app(config: ServerConfig) -> web.Application:
+def create_standby_app(config: ServerConfig, listener: socket.socket | None = None) -> web.Application:
     """A frontend (frontend.py) that forwards what it does not serve, and takes over when the sequencer stops."""
     from .frontend import create_frontend_app
 
-    standby = Standby(config)
+    standby = Standby(config, listener)
     app = create_frontend_app(config, forward=standby.forward)
     app[STANDBY] = standby
     app.cleanup_ctx.append(standby_context)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..config import DATABASE_ENV, ServerConfig
+from ..config import DATABASE_ENV, EPOCH_ENV, ServerConfig
 from ..cores import helper_processes
 from .app import create_app
 from .context import FATAL, SERVICE
@@ -69,11 +69,13 @@ class WorkerPool:
     """The worker processes: started with their end of a connection channel and the parent's Unix socket,
     handed connections in turn, watched, stopped."""
 
-    def __init__(self, config: ServerConfig, count: int, ipc_path: Path, vkeys: tuple[str, str]) -> None:
+    def __init__(self, config: ServerConfig, count: int, ipc_path: Path, vkeys: tuple[str, str],
+                 epoch: int | None = None) -> None:
         self._config = config
         self._count = count
         self._ipc_path = ipc_path
         self._vkeys = vkeys
+        self._epoch = epoch
         self._procs: list[asyncio.subprocess.Process] = []
         self._channels: list[socket.socket] = []
         self._next = 0
@@ -97,6 +99,9 @@ class WorkerPool:
                 env = {k: v for k, v in os.environ.items() if k != DATABASE_ENV}
                 if self._config.database:
                     env[DATABASE_ENV] = self._config.database
+                env.pop(EPOCH_ENV, None)
+                if self._epoch is not None:
+                    env[EPOCH_ENV] = str(self._epoch)
                 self._procs.append(await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,), env=env))
             finally:
                 theirs.close()
@@ -205,7 +210,7 @@ async def _run(
         site = web.UnixSite(runner, str(ipc_path))
         await site.start()
         service = app[SERVICE]
-        pool = WorkerPool(config, workers, ipc_path, (service.vkey, service.timestamp_vkey))
+        pool = WorkerPool(config, workers, ipc_path, (service.vkey, service.timestamp_vkey), service.epoch)
         await pool.start()
         try:
             await pool.ready(WORKER_START_TIMEOUT)

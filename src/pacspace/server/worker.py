@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..config import DATABASE_ENV, ServerConfig
+from ..config import DATABASE_ENV, EPOCH_ENV, ServerConfig
 from ..datadir import open_log, open_records
 from ..errors import PacspaceError
 from ..note import Ed25519Verifier, parse_vkey
@@ -71,7 +71,8 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
         raise PacspaceError("the parent passed a log key that is not Ed25519")
     policy = parse_policy(config.witness_policy.read_text()) if config.witness_policy is not None else None
     store = open_log(config.data_dir, config.database, readonly=True)
-    records = open_records(config.data_dir, config.database)
+    epoch = os.environ.get(EPOCH_ENV)
+    records = open_records(config.data_dir, config.database, epoch=None if epoch is None else int(epoch))
     session = aiohttp.ClientSession(
         connector=aiohttp.UnixConnector(path=str(link.ipc_path), limit=0),
         timeout=aiohttp.ClientTimeout(total=None),

@@ -121,6 +121,12 @@ class RecordTables(Protocol):
 
     def close(self) -> None: ...
 
+    def claim_epoch(self) -> int | None:
+        """Called by the serve that sequences, before it reconciles: from now on, the append path's writes of any
+        serve that sequenced before are refused. The epoch to hand this serve's workers; None where no other
+        serve can write (records.db, one directory's)."""
+        ...
+
     def write(self, ops: Sequence[RecordOp]) -> list[Any]:
         """Each op's result, or the error it raised (anything unexpected as WriteFailed)."""
         ...

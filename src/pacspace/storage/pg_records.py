@@ -23,12 +23,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
-from ..errors import DatabaseUnavailable, PacspaceError, UntrustedState, WriteFailed
+from ..errors import DatabaseUnavailable, PacspaceError, SequencerUnavailable, UntrustedState, WriteFailed
 from . import consent, record_ops, record_writes
 from .database_url import redact
 from .migrations import require_current
@@ -59,6 +61,8 @@ Progress = Callable[[str, int, int], None]
 RECORDS_LOCK = 0x7061_6373_7265_6373
 WRITER_NAME = "pacspace records"
 LOCK_TIMEOUT_MS = 10_000
+# How long a write whose COMMIT answer was lost waits for PostgreSQL to say whether it committed.
+COMMIT_STATUS_WAIT = 5.0
 
 _PARTY_ROW = "name, role, token_hash, created_at, revoked_at, x25519, ed25519"
 _REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, r.blob, s.idx, s.checkpoint_size"
@@ -108,8 +112,10 @@ class PostgresRecordStore:
 
     engine = "postgresql"
 
-    def __init__(self, url: str, *, readonly: bool = False) -> None:
+    def __init__(self, url: str, *, readonly: bool = False, epoch: int | None = None) -> None:
+        """``epoch``: the sequencer's epoch this store writes for (claim_epoch); None: not fenced (``admin``)."""
         self.url = url
+        self.epoch = epoch
         self.path = redact(url)
         self._readonly = readonly
         self._write: Connection | None = None
@@ -152,12 +158,12 @@ class PostgresRecordStore:
             raise UntrustedState(f"the records in {self.path} were opened read-only")
         with self._write_lock:
             for attempt in (1, 2):
-                begun: list[bool] = []
+                tried = _Attempt()
                 try:
                     conn = self._write
                     if conn is None or conn.closed or conn.broken:
                         conn = self._write = self._connect_writer()
-                    return self._transaction(conn, ops, rederivable, begun)
+                    return self._transaction(conn, ops, rederivable, tried)
                 except psycopg.errors.LockNotAvailable:
                     raise DatabaseUnavailable(
                         f"another writer held the records' lock for {LOCK_TIMEOUT_MS // 1000} s; nothing was stored: retry"
@@ -165,35 +171,60 @@ class PostgresRecordStore:
                 except (psycopg.OperationalError, psycopg.InterfaceError, UntrustedState) as exc:
                     if self._write is not None and (self._write.broken or self._write.closed):
                         self._write.close()
-                    if attempt == 1 and not begun:
+                    if attempt == 1 and tried.xid is None:
                         continue  # a connection the server dropped while it was idle (a restart): nothing was sent
-                    # The connection went during the transaction: it failed whole, or, if what got lost was
-                    # COMMIT's answer, it committed. Either way every op is safe to run again.
                     log.warning("a records write to %s failed: %s", self.path, _first_line(exc))
-                    raise DatabaseUnavailable("the log's database did not answer; the records were not stored: retry") from None
+                    message = "the log's database did not answer; the records were not stored: retry"
+                    if tried.results is not None:  # only COMMIT was left: did it land before its answer was lost?
+                        committed = self._committed(tried.xid)
+                        if committed:
+                            return tried.results
+                        if committed is None:
+                            message = "the log's database did not answer: retry (a record is stored once)"
+                    raise DatabaseUnavailable(message) from None
             raise AssertionError("unreachable")
 
-    @staticmethod
+    def _committed(self, xid: str | None) -> bool | None:
+        """Whether the transaction ``xid`` committed, asked on a new connection once the old one was lost: True,
+        False (it was rolled back, so nothing of it is stored), or None (PostgreSQL cannot say now)."""
+        if xid is None:
+            return False
+        deadline = time.monotonic() + COMMIT_STATUS_WAIT
+        while True:
+            try:
+                conn = self._write = self._connect_writer()
+                row = conn.execute("SELECT txid_status(%s::bigint)", (xid,)).fetchone()
+            except (psycopg.Error, UntrustedState):
+                return None
+            status = None if row is None else row[0]
+            if status == "committed":
+                return True
+            if status == "aborted":
+                return False
+            if status != "in progress" or time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)  # the old session is still finishing it
+
     def _transaction(
-        conn: Connection, ops: Sequence[Callable[[Connection], T]], rederivable: bool, begun: list[bool]
+        self, conn: Connection, ops: Sequence[Callable[[Connection], T]], rederivable: bool, tried: _Attempt
     ) -> list[T | BaseException]:
-        """The ops in one transaction; ``begun`` gets an item once the server answered its first statement."""
+        """The ops in one transaction. ``tried`` gets its id once the server answered its first statements, and its
+        results just before COMMIT."""
         results: list[T | BaseException] = []
         if len(ops) == 1:
             # The transaction is the op's all-or-nothing: no savepoint.
             try:
                 with conn.transaction():
-                    _begin(conn, rederivable)
-                    begun.append(True)
+                    tried.xid = _begin(conn, rederivable, self.epoch)
                     results.append(ops[0](conn))
-            except (psycopg.OperationalError, psycopg.InterfaceError):
+                    tried.results = results
+            except (psycopg.OperationalError, psycopg.InterfaceError, Deposed):
                 raise
             except Exception as exc:
                 results = [_op_failure(exc)]
             return results
         with conn.transaction():
-            _begin(conn, rederivable)
-            begun.append(True)
+            tried.xid = _begin(conn, rederivable, self.epoch)
             for op in ops:
                 try:
                     with conn.transaction():  # a savepoint: undone alone, the other ops still commit
@@ -202,7 +233,27 @@ class PostgresRecordStore:
                     raise
                 except Exception as exc:
                     results.append(_op_failure(exc))
+            tried.results = results
         return results
+
+    def claim_epoch(self) -> int:
+        """Fence the records' writes for the serve that now sequences the log: bump the sequencer's epoch in the
+        database, and from now on write only while it is still this one. Taken under the records' lock, so each
+        write of the previous sequencer (its processes may still live: a lost session, a slow kill) committed
+        before, or finds the epoch changed and stores nothing. Run before reconcile, which then sees every row
+        the previous sequencer will ever have written."""
+
+        def bump(conn: Connection) -> int:
+            row = conn.execute(
+                "INSERT INTO log_meta (key, value) VALUES ('sequencer_epoch', '1') ON CONFLICT (key) "
+                "DO UPDATE SET value = (log_meta.value::bigint + 1)::text RETURNING value"
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        self.epoch = None
+        self.epoch = _raised(self.run([bump]))
+        return self.epoch
 
     def write_one(self, op: RecordOp) -> Any:
         return _raised(self.write([op]))
@@ -338,7 +389,7 @@ class PostgresRecordStore:
             require_durable(conn, redact(url))
             with conn.transaction(), conn.cursor() as cur:
                 require_current(conn, redact(url))
-                _begin(conn, rederivable=False)
+                _begin(conn, rederivable=False, epoch=None)
                 held = conn.execute("SELECT (SELECT count(*) FROM parties), (SELECT count(*) FROM records)").fetchone()
                 assert held is not None
                 if tuple(held) == (len(parties), total) and total + len(parties) > 0:
@@ -387,10 +438,29 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _begin(conn: Connection, rederivable: bool) -> None:
+@dataclass
+class _Attempt:
+    """One write transaction as far as it got: its id once begun, its results once only COMMIT was left."""
+
+    xid: str | None = None
+    results: list[Any] | None = None
+
+
+class Deposed(SequencerUnavailable):
+    """Another serve sequences the log since this store's epoch: the append path's writes here are refused."""
+
+
+def _begin(conn: Connection, rederivable: bool, epoch: int | None) -> str:
+    """The records' lock, then (a statement of its own, so that it reads what committed while we waited for the
+    lock) the transaction's id and the sequencer's epoch, which must be ``epoch`` if given."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (RECORDS_LOCK,))
+    row = conn.execute("SELECT txid_current()::text, (SELECT value FROM log_meta WHERE key = 'sequencer_epoch')").fetchone()
+    assert row is not None
+    if epoch is not None and row[1] != str(epoch):
+        raise Deposed("this serve no longer sequences the log (another one took over): retry")
     if rederivable:
         conn.execute("SET LOCAL synchronous_commit = off")
+    return str(row[0])
 
 
 # --- the ops' statements ------------------------------------------------------------------------
@@ -504,8 +574,7 @@ def _settle_run(op: record_ops.SettleRun) -> Op:
         "WITH found AS (SELECT u.blob_id, %(first)s + t.k - 1 AS idx FROM unnest(%(tags)s::bytea[]) WITH ORDINALITY "
         "AS t(tag, k) JOIN unsettled u ON u.tag = t.tag)"
     )
-    params = {"tags": list(op.tags), "first": op.first_index, "size": op.checkpoint_size}
-    return lambda conn: conn.execute(_SETTLE.format(found=found), params)
+    return _settling(found, {"tags": list(op.tags), "first": op.first_index, "size": op.checkpoint_size})
 
 
 def _settle_rows(rows: Sequence[tuple[str, int, int]], size: int) -> Op:
@@ -514,8 +583,14 @@ def _settle_rows(rows: Sequence[tuple[str, int, int]], size: int) -> Op:
         "AS j(rid, seq, idx) JOIN unsettled u ON u.relationship = j.rid AND u.seq = j.seq)"
     )
     rids, seqs, idxs = ([list(c) for c in zip(*rows)] if rows else ([], [], []))
-    params = {"rids": rids, "seqs": seqs, "idxs": idxs, "size": size}
-    return lambda conn: conn.execute(_SETTLE.format(found=found), params)
+    return _settling(found, {"rids": rids, "seqs": seqs, "idxs": idxs, "size": size})
+
+
+def _settling(found: str, params: dict[str, Any]) -> Op:
+    def op(conn: Connection) -> None:
+        conn.execute(_SETTLE.format(found=found), params)
+
+    return op
 
 
 def _drop(rid: str, seqs: list[int]) -> Op:

@@ -357,7 +357,14 @@ class PostgresLog(LogTables):
 
     def sequencer_url(self) -> str | None:
         row = self._one("SELECT value FROM log_meta WHERE key = 'sequencer_url'")
-        return None if row is None else str(row[0])
+        return str(row[0]) if row is not None and row[0] else None
+
+    def private_tables_readable(self) -> list[str]:
+        """The recordation tables this connection's role may read: none, for a frontend's role as docs/operations.md
+        grants it; a role granted every table (or default privileges from before schema 3) reads them all."""
+        rows = self._all("SELECT t FROM unnest(ARRAY['parties', 'relationships', 'wraps', 'records']) AS t "
+                         "WHERE has_table_privilege(t, 'SELECT')", ())
+        return [str(r[0]) for r in rows]
 
     def log_keys(self) -> tuple[str, str, str] | None:
         rows = dict(self._all("SELECT key, value FROM log_meta WHERE key IN ('vkey', 'timestamp_vkey', "

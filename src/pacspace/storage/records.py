@@ -266,6 +266,10 @@ class RecordStore:
             # Recoverable: the WAL only grows until the next checkpoint (or SQLite's backstop) runs.
             log.warning("records.db checkpoint failed: %s", exc)
 
+    def claim_epoch(self) -> None:
+        """Nothing to fence: records.db has one directory's serve, whose lock (``DIR/lock``) keeps out any other."""
+        return None
+
     def write_one(self, op: RecordOp) -> Any:
         return _raised(self.write([op]))
 
