@@ -16,7 +16,8 @@ customer and 1,000 relationships, then measures:
   issue 20 takes).
 
 ``--backends sqlite,postgres`` runs the whole benchmark once on each, in this order, in the same run: the
-second with the log and its records in a throwaway PostgreSQL on 127.0.0.1 (fsync on; tests/postgres_server.py,
+second (after an os.sync() and a 5 s pause, so that the first's writes still being flushed do not slow its
+fsyncs) with the log and its records in a throwaway PostgreSQL on 127.0.0.1 (fsync on; tests/postgres_server.py,
 Debian's binaries), as ``serve --database`` keeps them; then prints each figure's ratio to SQLite's.
 
 ``--server-src DIR`` runs the server (and the commands that create its data
@@ -353,6 +354,9 @@ def main() -> None:
             if backend == "postgres":
                 assert postgres is not None
                 env["PACSPACE_DATABASE"] = postgres.database()
+            # The previous backend's writes still being flushed would slow this one's fsyncs: flush them first.
+            os.sync()
+            time.sleep(5)
             print(f"--- {backend}", file=sys.stderr, flush=True)
             results[backend] = run_one(args, env)
     finally:

@@ -7,12 +7,16 @@ The same contract as records.db (storage/records.py), which the append protocol 
   returns: the writer's connection commits with ``synchronous_commit`` on (pgconnect.require_durable). A
   transaction of settles only commits with it off: what it records the log holds durably, and a crash
   that loses it leaves rows unsettled, which start-up settles from the log (appending.reconcile).
-- Writers in every process (the sequencing ``serve`` and its HTTP workers) take one transaction-level
-  advisory lock (RECORDS_LOCK) first, as records.db's writers take its flock: the reserve decision
-  (which seq is next, whether one is in flight) reads, then writes, and must not interleave.
-- A connection lost mid-write fails that write (WriteFailed); the next write reconnects. A COMMIT whose
-  answer was lost may have committed: every op is safe to run again (a reserve returns the stored rows,
-  settles and drops are idempotent), and the group writer retries each caller's ops alone.
+- Writers in every process (the sequencing ``serve`` and its HTTP workers) lock, first, what their decisions
+  read (_Locks): the records' lock, shared, then the lock of each relationship (or party) an op decides about
+  (which seq is next, whether one is in flight, whether it is accepted), in one order for all. records.db's
+  writers queue on one flock for all relationships; here writes of different relationships commit side by
+  side. Settles lock no relationship: each moves the rows it names, and row locks order it with a drop.
+  claim_epoch takes the records' lock exclusively, so it waits for every write under way and holds off new ones.
+- A connection lost mid-write fails that write (DatabaseUnavailable), unless only COMMIT's answer was lost and
+  PostgreSQL then says the transaction committed (txid_status): the write succeeded. The next write reconnects.
+- The append path's writes are fenced by the sequencer's epoch (claim_epoch): a serve that no longer sequences
+  stores nothing more (Deposed).
 
 The sealed blob is a column of its record's row (a few KB, stored once): records.db keeps blobs in segment
 files to keep them out of SQLite's write lock, which PostgreSQL's row locks do not need.
@@ -57,8 +61,10 @@ T = TypeVar("T")
 # (phase, done, total), as cli/progress.py draws it.
 Progress = Callable[[str, int, int], None]
 
-# pg_advisory_xact_lock key that every records writer takes first ("pacsrecs").
+# pg_advisory_xact_lock key that every records writer takes first ("pacsrecs"), shared or exclusive (_Locks).
 RECORDS_LOCK = 0x7061_6373_7265_6373
+# The first half of the two-key advisory locks of relationships and parties ("pcsr").
+KEY_LOCKS = 0x7063_7372
 WRITER_NAME = "pacspace records"
 LOCK_TIMEOUT_MS = 10_000
 # How long a write whose COMMIT answer was lost waits for PostgreSQL to say whether it committed.
@@ -151,9 +157,15 @@ class PostgresRecordStore:
     def write(self, ops: Sequence[RecordOp | Op]) -> list[Any]:
         """Run ops in one transaction; each op all or nothing, its error returned. Durable once it returns,
         unless every op is a settle (see the module's docstring)."""
-        return self.run([_compile(op) for op in ops], rederivable=record_ops.rederivable(ops))
+        compiled = [_compile(op) for op in ops]
+        keys = sorted({key for _, locked in compiled for key in locked})
+        return self.run([fn for fn, _ in compiled], rederivable=record_ops.rederivable(ops), keys=keys)
 
-    def run(self, ops: Sequence[Callable[[Connection], T]], *, rederivable: bool = False) -> list[T | BaseException]:
+    def run(self, ops: Sequence[Callable[[Connection], T]], *, rederivable: bool = False, keys: Sequence[str] = (),
+            exclusive: bool = False) -> list[T | BaseException]:
+        """Run functions of the connection as :meth:`write` runs ops, holding the locks of ``keys`` (relationship ids,
+        or "party:NAME"), or, ``exclusive``, the records' lock alone (no other writer meanwhile)."""
+        lock = _Locks(keys, exclusive)
         if self._readonly:
             raise UntrustedState(f"the records in {self.path} were opened read-only")
         with self._write_lock:
@@ -163,7 +175,7 @@ class PostgresRecordStore:
                     conn = self._write
                     if conn is None or conn.closed or conn.broken:
                         conn = self._write = self._connect_writer()
-                    return self._transaction(conn, ops, rederivable, tried)
+                    return self._transaction(conn, ops, rederivable, lock, tried)
                 except psycopg.errors.LockNotAvailable:
                     raise DatabaseUnavailable(
                         f"another writer held the records' lock for {LOCK_TIMEOUT_MS // 1000} s; nothing was stored: retry"
@@ -206,7 +218,7 @@ class PostgresRecordStore:
             time.sleep(0.05)  # the old session is still finishing it
 
     def _transaction(
-        self, conn: Connection, ops: Sequence[Callable[[Connection], T]], rederivable: bool, tried: _Attempt
+        self, conn: Connection, ops: Sequence[Callable[[Connection], T]], rederivable: bool, lock: _Locks, tried: _Attempt
     ) -> list[T | BaseException]:
         """The ops in one transaction. ``tried`` gets its id once the server answered its first statements, and its
         results just before COMMIT."""
@@ -215,7 +227,7 @@ class PostgresRecordStore:
             # The transaction is the op's all-or-nothing: no savepoint.
             try:
                 with conn.transaction():
-                    tried.xid = _begin(conn, rederivable, self.epoch)
+                    tried.xid = _begin(conn, rederivable, self.epoch, lock)
                     results.append(ops[0](conn))
                     tried.results = results
             except (psycopg.OperationalError, psycopg.InterfaceError, Deposed):
@@ -224,7 +236,7 @@ class PostgresRecordStore:
                 results = [_op_failure(exc)]
             return results
         with conn.transaction():
-            tried.xid = _begin(conn, rederivable, self.epoch)
+            tried.xid = _begin(conn, rederivable, self.epoch, lock)
             for op in ops:
                 try:
                     with conn.transaction():  # a savepoint: undone alone, the other ops still commit
@@ -252,7 +264,7 @@ class PostgresRecordStore:
             return int(row[0])
 
         self.epoch = None
-        self.epoch = _raised(self.run([bump]))
+        self.epoch = _raised(self.run([bump], exclusive=True))
         return self.epoch
 
     def write_one(self, op: RecordOp) -> Any:
@@ -278,14 +290,14 @@ class PostgresRecordStore:
     # --- parties -----------------------------------------------------------
 
     def add_party(self, name: str, role: Role, token: str, now: int) -> Party:
-        return _raised(self.run([_shared(record_writes.add_party(name, role, token, now))]))  # type: ignore[no-any-return]
+        return _raised(self.run([_shared(record_writes.add_party(name, role, token, now))], keys=[f"party:{name}"]))  # type: ignore[no-any-return]
 
     def revoke_party(self, name: str, now: int) -> None:
-        _raised(self.run([_shared(record_writes.revoke_party(name, now))]))
+        _raised(self.run([_shared(record_writes.revoke_party(name, now))], keys=[f"party:{name}"]))
 
     def set_keys(self, name: str, x25519: bytes, ed25519: bytes) -> None:
         """Register a party's public keys once; the same keys again is a no-op, other keys a KeysRegistered."""
-        _raised(self.run([_shared(record_writes.set_keys(name, x25519, ed25519))]))
+        _raised(self.run([_shared(record_writes.set_keys(name, x25519, ed25519))], keys=[f"party:{name}"]))
 
     def parties(self) -> list[Party]:
         return [party_of(r) for r in self._read(f"SELECT {PARTY_COLUMNS} FROM parties ORDER BY name")]
@@ -312,7 +324,7 @@ class PostgresRecordStore:
 
     def relationships(self, rids: Sequence[str]) -> dict[str, Relationship]:
         """The relationships among ``rids`` that exist, by id, with one query."""
-        rows = self._read(f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id = ANY(%s::text[])", (list(rids),))
+        rows = self._read(f"SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id = ANY(%b::text[])", (list(rids),))
         return {r[0]: relationship_of(r) for r in rows}
 
     def relationships_of(self, party: str, state: str | None = None) -> list[Relationship]:
@@ -372,7 +384,7 @@ class PostgresRecordStore:
 
     def settled_indexes(self, indexes: Sequence[int]) -> set[int]:
         """Which of these log indexes a settled record already holds."""
-        rows = self._read("SELECT idx FROM settled WHERE idx = ANY(%s::bigint[])", (list(indexes),))
+        rows = self._read("SELECT idx FROM settled WHERE idx = ANY(%b::bigint[])", (list(indexes),))
         return {int(r[0]) for r in rows}
 
     @staticmethod
@@ -389,7 +401,7 @@ class PostgresRecordStore:
             require_durable(conn, redact(url))
             with conn.transaction(), conn.cursor() as cur:
                 require_current(conn, redact(url))
-                _begin(conn, rederivable=False, epoch=None)
+                _begin(conn, rederivable=False, epoch=None, lock=_Locks((), exclusive=True))
                 held = conn.execute("SELECT (SELECT count(*) FROM parties), (SELECT count(*) FROM records)").fetchone()
                 assert held is not None
                 if tuple(held) == (len(parties), total) and total + len(parties) > 0:
@@ -450,10 +462,28 @@ class Deposed(SequencerUnavailable):
     """Another serve sequences the log since this store's epoch: the append path's writes here are refused."""
 
 
-def _begin(conn: Connection, rederivable: bool, epoch: int | None) -> str:
-    """The records' lock, then (a statement of its own, so that it reads what committed while we waited for the
-    lock) the transaction's id and the sequencer's epoch, which must be ``epoch`` if given."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (RECORDS_LOCK,))
+@dataclass(frozen=True)
+class _Locks:
+    """What a write transaction locks first: the records' lock, shared (writers of other relationships go on
+    beside it) or exclusive (claim_epoch, import_from: nobody else writes meanwhile); then, shared, the key of each
+    relationship (or party) it decides about, in one order for all, so two writers never wait for each other."""
+
+    keys: Sequence[str]
+    exclusive: bool = False
+
+
+def _begin(conn: Connection, rederivable: bool, epoch: int | None, lock: _Locks) -> str:
+    """The locks, then (a statement of its own, so that it reads what committed while we waited for them) the
+    transaction's id and the sequencer's epoch, which must be ``epoch`` if given."""
+    take = "pg_advisory_xact_lock" if lock.exclusive else "pg_advisory_xact_lock_shared"
+    conn.execute(f"SELECT {take}(%s)", (RECORDS_LOCK,))
+    if lock.keys:
+        # hashtext: two keys that share a hash only wait for each other. Taken in the hashes' order.
+        conn.execute(
+            "SELECT count(pg_advisory_xact_lock(%s::int4, h)) FROM "
+            "(SELECT DISTINCT hashtext(k) AS h FROM unnest(%b::text[]) AS k ORDER BY h) AS ordered",
+            (KEY_LOCKS, list(lock.keys)),
+        )
     row = conn.execute("SELECT txid_current()::text, (SELECT value FROM log_meta WHERE key = 'sequencer_epoch')").fetchone()
     assert row is not None
     if epoch is not None and row[1] != str(epoch):
@@ -466,14 +496,15 @@ def _begin(conn: Connection, rederivable: bool, epoch: int | None) -> str:
 # --- the ops' statements ------------------------------------------------------------------------
 
 
-def _compile(op: RecordOp | Op) -> Op:
-    """The op as PostgreSQL runs it. A function of the connection is already one (a test's fault)."""
+def _compile(op: RecordOp | Op) -> tuple[Op, list[str]]:
+    """The op as PostgreSQL runs it, and the relationships it decides about (their locks, _Locks). A function of
+    the connection is already one (a test's fault)."""
     if callable(op):
-        return op
+        return op, []
     match op:
         case record_ops.Reserve(rid, records, before):
             many = _reserve_many([(rid, records)])
-            first = None if before is None else _compile(before)
+            first = None if before is None else _compile(before)[0]
 
             def reserve(conn: Connection) -> list[StoredRecord] | None:
                 if first is not None:
@@ -483,23 +514,25 @@ def _compile(op: RecordOp | Op) -> Op:
                     raise result
                 return result  # type: ignore[no-any-return]
 
-            return reserve
+            return reserve, [rid]
         case record_ops.ReserveMany(groups):
-            return _reserve_many(groups)
+            return _reserve_many(groups), [rid for rid, _ in groups]
         case record_ops.SettleRun():
-            return _settle_run(op)
+            # A settle decides nothing: it moves the rows it names from waiting to settled, row by row (and
+            # PostgreSQL's row locks order it with a drop of the same row), so it locks no relationship.
+            return _settle_run(op), []
         case record_ops.SettleRows(rows, size):
-            return _settle_rows(rows, size)
+            return _settle_rows(rows, size), []
         case record_ops.AddRelationship(rel, wraps, epoch):
-            return _shared(record_writes.add_relationship(rel, wraps, epoch))
+            return _shared(record_writes.add_relationship(rel, wraps, epoch)), [rel.id]
         case record_ops.DropRelationship(rid):
-            return _shared(record_writes.drop_relationship(rid))
+            return _shared(record_writes.drop_relationship(rid)), [rid]
         case record_ops.Drop(rid, seqs):
-            return _drop(rid, list(seqs))
+            return _drop(rid, list(seqs)), [rid]
         case record_ops.Accept(rid, signature, now):
-            return _shared(consent.accept(rid, signature, now))
+            return _shared(consent.accept(rid, signature, now)), [rid]
         case record_ops.Decline(rid, now):
-            return _shared(consent.decline(rid, now))
+            return _shared(consent.decline(rid, now)), [rid]
     raise TypeError(f"not a record op: {op!r}")
 
 
@@ -508,22 +541,28 @@ def _last_rows(conn: Connection, rids: list[str]) -> list[tuple[int, bool] | Non
     rows = conn.execute(
         "SELECT (SELECT r.seq * 2 + (EXISTS (SELECT 1 FROM unsettled u WHERE u.blob_id = r.blob_id))::int "
         "FROM records r WHERE r.relationship = w.rid ORDER BY r.seq DESC LIMIT 1) "
-        "FROM unnest(%s::text[]) WITH ORDINALITY AS w(rid, k) ORDER BY w.k",
+        "FROM unnest(%b::text[]) WITH ORDINALITY AS w(rid, k) ORDER BY w.k",
         (rids,),
     ).fetchall()
     return [None if v is None else (int(v) >> 1, bool(v & 1)) for (v,) in rows]
 
 
 def _insert(conn: Connection, groups: Sequence[tuple[str, Sequence[record_ops.Record]]]) -> None:
-    """New records, waiting for the log: one statement for every row of every group."""
+    """New records, waiting for the log: their ids drawn at once, then the rows with their blobs, and their waiting
+    rows, copied in (COPY, binary: an array of a few MB of blobs cost PostgreSQL several times as long)."""
     rows = [(rid, *record) for rid, records in groups for record in records]
-    conn.execute(
-        "WITH fresh AS (INSERT INTO records (relationship, seq, tag, ct_hash, blob) "
-        "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bytea[], %s::bytea[], %s::bytea[]) "
-        "RETURNING blob_id, relationship, seq, tag) "
-        "INSERT INTO unsettled (blob_id, relationship, seq, tag) SELECT blob_id, relationship, seq, tag FROM fresh",
-        [list(column) for column in zip(*rows)],
-    )
+    ids = [int(r[0]) for r in conn.execute(
+        "SELECT nextval(pg_get_serial_sequence('records', 'blob_id')) FROM generate_series(1, %s)", (len(rows),)
+    )]
+    with conn.cursor() as cur:
+        with cur.copy("COPY records (relationship, seq, tag, ct_hash, blob_id, blob) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "int8", "bytea", "bytea", "int8", "bytea"])
+            for (rid, seq, tag, ct_hash, blob), blob_id in zip(rows, ids):
+                copy.write_row((rid, seq, tag, ct_hash, blob_id, blob))
+        with cur.copy("COPY unsettled (blob_id, relationship, seq, tag) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "text", "int8", "bytea"])
+            for (rid, seq, tag, _, _), blob_id in zip(rows, ids):
+                copy.write_row((blob_id, rid, seq, tag))
 
 
 def _reserve_many(groups: Sequence[tuple[str, Sequence[record_ops.Record]]]) -> Callable[[Connection], list[Any]]:
@@ -571,7 +610,7 @@ _SETTLE = (
 
 def _settle_run(op: record_ops.SettleRun) -> Op:
     found = (
-        "WITH found AS (SELECT u.blob_id, %(first)s + t.k - 1 AS idx FROM unnest(%(tags)s::bytea[]) WITH ORDINALITY "
+        "WITH found AS (SELECT u.blob_id, %(first)s + t.k - 1 AS idx FROM unnest(%(tags)b::bytea[]) WITH ORDINALITY "
         "AS t(tag, k) JOIN unsettled u ON u.tag = t.tag)"
     )
     return _settling(found, {"tags": list(op.tags), "first": op.first_index, "size": op.checkpoint_size})
@@ -579,7 +618,7 @@ def _settle_run(op: record_ops.SettleRun) -> Op:
 
 def _settle_rows(rows: Sequence[tuple[str, int, int]], size: int) -> Op:
     found = (
-        "WITH found AS (SELECT u.blob_id, j.idx FROM unnest(%(rids)s::text[], %(seqs)s::bigint[], %(idxs)s::bigint[]) "
+        "WITH found AS (SELECT u.blob_id, j.idx FROM unnest(%(rids)b::text[], %(seqs)b::bigint[], %(idxs)b::bigint[]) "
         "AS j(rid, seq, idx) JOIN unsettled u ON u.relationship = j.rid AND u.seq = j.seq)"
     )
     rids, seqs, idxs = ([list(c) for c in zip(*rows)] if rows else ([], [], []))
