@@ -23,6 +23,7 @@ from pacspace.checkpoint import open_checkpoint
 from pacspace.datadir import load_signer
 from pacspace.merkle import verify_consistency
 from pacspace.receipt import verify_receipt
+from pacspace.storage.pgconnect import WRITER_LOCK
 
 KILLS = 20
 APPENDERS = 3
@@ -332,3 +333,69 @@ def test_a_standby_never_forwards_in_a_loop_and_refuses_a_database_behind_what_i
     finally:
         serves.procs = serves.procs[:2]
         serves.stop()
+
+
+def test_a_sequencer_whose_session_is_ended_steps_down_or_takes_its_lock_back_and_nothing_stalls(tmp_path, postgres_url):
+    """The sequencer's session with PostgreSQL ends (an operator, a cut link) while it is idle: within about a
+    second it notices (it checks its lock every second, as an idle sequencer writes nothing); if the standby took
+    the lock meanwhile, it becomes a standby itself. Either way one serve sequences, both stay up, and records go
+    in through both; none is left answering 503 for good."""
+    import psycopg
+
+    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+    cli("init", "--data", str(tmp_path / "serve0"), env=env)
+    add_two_parties(tmp_path / "serve0", postgres_url)
+    serves = Serves(tmp_path, env)
+    wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
+
+    def appended(port: int, rid: str, seq: int, record: dict) -> None:  # type: ignore[type-arg]
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, f"{rid} seq {seq} never went in"
+            try:
+                if seq == 0:
+                    status, body = _call(port, "POST", "/v1/relationships",
+                                         {"relationship": rid, "customer": "bob", "genesis": record, "wraps": wraps})
+                else:
+                    status, body = _call(port, "POST", f"/v1/relationships/{rid}/records", record)
+            except OSError:
+                status, body = 0, b""
+            if status in (200, 201):
+                return
+            assert status in (0, 503) or json.loads(body)["error"] == "previous_in_flight", body
+            time.sleep(0.1)
+
+    try:
+        serves.start(0)
+        serves.start(1)
+        seen = set()
+        for round_ in range(4):
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                ended = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                     "WHERE application_name IN ('pacspace writer', 'pacspace records')").fetchone()
+                assert ended is not None and ended[0] >= 1
+                if round_ % 2:
+                    # Another session takes the lock at once (as a standby that won the race would): the
+                    # sequencer's check finds it held, and it steps down.
+                    conn.execute("SELECT pg_advisory_lock(%s)", (WRITER_LOCK,))
+                    time.sleep(3)
+            time.sleep(3)  # the standby's probe and the sequencer's check both run in this time
+            roles = [str((_health(p) or {}).get("role")) for p in serves.ports[:2]]
+            deadline = time.monotonic() + 30
+            while sorted(roles) != ["frontend", "sequencer"]:
+                assert time.monotonic() < deadline, roles
+                time.sleep(0.2)
+                roles = [str((_health(p) or {}).get("role")) for p in serves.ports[:2]]
+            seen.add(roles.index("sequencer"))
+            for i, port in enumerate(serves.ports[:2]):
+                appended(port, f"acme:s{round_}{i}", 0, _sealed(0))
+                appended(port, f"acme:s{round_}{i}", 1, _sealed(1))
+            for proc, log in zip(serves.procs[:2], serves.logs):
+                assert proc is not None and proc.poll() is None, log.read_text()
+    finally:
+        serves.procs = serves.procs[:2]
+        serves.stop()
+    stepped_down = [log.read_text().count("another serve sequences the log now") for log in serves.logs[:2]]
+    assert sum(stepped_down) >= 2, stepped_down  # each round that held the lock deposed the sequencer
+    checked = cli("fsck", "--data", str(tmp_path / "serve0"), env=env)
+    assert "fsck: ok" in checked.stdout

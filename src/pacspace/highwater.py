@@ -104,8 +104,11 @@ def _write_if_grown(data_dir: Path, now: Published, last: Published | None) -> P
     retried on the next round: it weakens the rollback check, and must not stop serving."""
     if last is None or now.size > last.size:
         try:
+            on_disk = read(data_dir)  # another process of this directory (a standby beside) may have written more
+            if on_disk is not None and on_disk.size >= now.size:
+                return on_disk
             write(data_dir, now)
-        except OSError as exc:
+        except (OSError, UntrustedState) as exc:
             log.error("could not record the published checkpoint in %s: %s", data_dir / HIGH_WATER_NAME, exc)
             return last
         return now

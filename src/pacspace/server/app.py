@@ -14,7 +14,7 @@ from ..appending import SETTLE_WAIT, Sequencing, TagGuard, reconcile
 from ..config import ServerConfig
 from .. import highwater
 from ..datadir import WriteLock, load_signer, load_state, open_log, open_records
-from ..errors import PacspaceError
+from ..errors import PacspaceError, WriterElsewhere
 from ..sequencer import Sequencer
 from ..checkpoint import open_checkpoint
 from ..note import NoteSigner
@@ -140,6 +140,8 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
             return highwater.Published(sequencer.published.size, sequencer.published.root_hash)
 
         marker_task = asyncio.create_task(highwater.remember(config.data_dir, published), name="pacspace-published")
+        # An idle sequencer writes nothing, so it would never learn that it lost the writer's lock: look every second.
+        lease_task = asyncio.create_task(_watch_lease(app, store), name="pacspace-lease")
         log.info("log %s open at size %d", signer.name, state.size)
         yield
         await sequencing.settled(SETTLE_WAIT)
@@ -147,7 +149,8 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         writer_task.cancel()
         task.cancel()
         marker_task.cancel()
-        for t in (task, writer_task, marker_task):
+        lease_task.cancel()
+        for t in (task, writer_task, marker_task, lease_task):
             try:
                 await t
             except (asyncio.CancelledError, PacspaceError):
@@ -170,6 +173,24 @@ def _on_sequencer_exit(app: web.Application, task: asyncio.Task[None]) -> None:
     app[FATAL].append(exc)
     log.error("sequencer stopped: %s; shutting down", exc)
     app[ON_FATAL](exc)
+
+
+LEASE_INTERVAL = 1.0
+
+
+async def _watch_lease(app: web.Application, store: LogTables) -> None:
+    """Stop (FATAL) the moment this serve is no longer the log's writer, so that it steps down (cli: a standby)."""
+    while True:
+        await asyncio.sleep(LEASE_INTERVAL)
+        try:
+            await asyncio.to_thread(store.check_writer)
+        except WriterElsewhere as exc:
+            app[FATAL].append(exc)
+            log.error("this serve no longer sequences the log: %s; stopping", exc)
+            app[ON_FATAL](exc)
+            return
+        except Exception as exc:  # the database is down: the sequencer's next commit says so if it lasts
+            log.debug("could not check the writer's lock: %s", exc)
 
 
 def _terminate(exc: BaseException) -> None:

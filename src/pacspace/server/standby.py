@@ -170,7 +170,10 @@ async def standby_context(app: web.Application) -> AsyncIterator[None]:
     # it sees published is remembered, so a takeover after the database comes back older is refused too.
     stored = await asyncio.to_thread(lambda: open_checkpoint(reads.store.latest_checkpoint(), verifier).size)
     await asyncio.to_thread(highwater.check, data_dir, reads.store, stored, verifier)
-    standby.session = aiohttp.ClientSession(timeout=FORWARD_TIMEOUT, auto_decompress=False)
+    # No cap of its own on connections to the sequencer, which caps what it takes (protocol.py): a pool of 100
+    # that one party's slow requests filled would stall every other party's.
+    standby.session = aiohttp.ClientSession(timeout=FORWARD_TIMEOUT, auto_decompress=False,
+                                            connector=aiohttp.TCPConnector(limit=0))
 
     def published() -> highwater.Published:
         return highwater.Published(reads.latest.size, reads.latest.checkpoint.root_hash)

@@ -314,6 +314,10 @@ class LogTables(ABC):
         """The log's (vkey, timestamp_vkey, witness policy) as its writer recorded them, if it did."""
         return None
 
+    def check_writer(self) -> None:
+        """The writer: raise (WriterElsewhere) if it is no longer the log's writer. Nothing to check for a log in
+        SQLite: the directory's flock cannot be lost."""
+
     def record_sequencer(self, url: str) -> None:
         """The writer records where the other serves of the log reach it (server/standby.py); a log in SQLite
         has no other serve."""

@@ -142,6 +142,9 @@ class PostgresRecordStore:
             require_durable(conn, self.path)
             # As records.db's busy timeout: a writer stuck holding the lock fails this write, not every write forever.
             conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+            # A transaction whose client went silent (a cut link) holds the locks its relationships' writers wait
+            # for: PostgreSQL ends it after this long, not hours later.
+            conn.execute("SET idle_in_transaction_session_timeout = '30s'")
             return conn
         except BaseException:
             conn.close()
@@ -204,6 +207,8 @@ class PostgresRecordStore:
         deadline = time.monotonic() + COMMIT_STATUS_WAIT
         while True:
             try:
+                if self._write is not None:
+                    self._write.close()
                 conn = self._write = self._connect_writer()
                 row = conn.execute("SELECT txid_status(%s::bigint)", (xid,)).fetchone()
             except (psycopg.Error, UntrustedState):
@@ -565,6 +570,11 @@ def _insert(conn: Connection, groups: Sequence[tuple[str, Sequence[record_ops.Re
                 copy.write_row((blob_id, rid, seq, tag))
 
 
+# A tag that a record waiting for the log holds: found at once, or, if that record's transaction has not committed,
+# after waiting for it, which two transactions holding each other's tags turn into a deadlock, or a lock timeout.
+_TAG_CLASH = (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable)
+
+
 def _reserve_many(groups: Sequence[tuple[str, Sequence[record_ops.Record]]]) -> Callable[[Connection], list[Any]]:
     rids = [rid for rid, _ in groups]
 
@@ -586,13 +596,13 @@ def _reserve_many(groups: Sequence[tuple[str, Sequence[record_ops.Record]]]) -> 
             with conn.transaction():
                 _insert(conn, [groups[k] for k in fresh])
             return results
-        except psycopg.errors.UniqueViolation:
+        except _TAG_CLASH:
             pass
         for k in fresh:
             try:
                 with conn.transaction():
                     _insert(conn, [groups[k]])
-            except psycopg.errors.UniqueViolation:
+            except _TAG_CLASH:
                 # (relationship, seq) cannot collide after the checks, under the writers' lock: the tag is what repeats.
                 results[k] = TagConflict("a tag repeats a record that is being committed")
         return results
@@ -603,8 +613,9 @@ def _reserve_many(groups: Sequence[tuple[str, Sequence[record_ops.Record]]]) -> 
 # Settled rows go from ``unsettled`` to ``settled``; a row not waiting any more (settled before, or dropped) is
 # passed over, so settling twice is harmless.
 _SETTLE = (
-    "{found}, moved AS (INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, %(size)s FROM found "
-    "RETURNING blob_id) DELETE FROM unsettled WHERE blob_id IN (SELECT blob_id FROM moved)"
+    "{found}, moved AS (DELETE FROM unsettled u USING found f WHERE u.blob_id = f.blob_id RETURNING u.blob_id, f.idx) "
+    "INSERT INTO settled (blob_id, idx, checkpoint_size) SELECT blob_id, idx, %(size)s FROM moved "
+    "ON CONFLICT (blob_id) DO NOTHING"
 )
 
 

@@ -346,6 +346,14 @@ class PostgresLog(LogTables):
 
         self._writing(record, lambda conn: False)
 
+    def check_writer(self) -> None:
+        """A round trip on the writer's connection: if PostgreSQL ended its session (a restart, a cut link, an
+        operator), the lock went with it, and taking it back fails (WriterElsewhere) when another serve holds it."""
+        def ping(conn: Connection) -> None:
+            conn.execute("SELECT 1")
+
+        self._writing(ping, lambda conn: True)
+
     def record_sequencer(self, url: str) -> None:
         """Where the other serves forward writes to (server/standby.py): recorded by each sequencer as it starts."""
 
