@@ -579,17 +579,9 @@ def _reserve_many(groups: Sequence[tuple[str, Sequence[record_ops.Record]]]) -> 
     rids = [rid for rid, _ in groups]
 
     def op(conn: Connection) -> list[Any]:
-        results: list[Any] = [None] * len(groups)
-        fresh: list[int] = []
-        for k, ((rid, records), last) in enumerate(zip(groups, _last_rows(conn, rids))):
-            try:
-                results[k] = record_writes.check_next(
-                    lambda: record_writes.stored_at(Qmark(conn), rid, records), records, last  # noqa: B023 (called at once)
-                )
-                if results[k] is None:
-                    fresh.append(k)
-            except PacspaceError as exc:
-                results[k] = exc
+        results, fresh = record_writes.decide(
+            groups, _last_rows(conn, rids), lambda rid, records: record_writes.stored_at(Qmark(conn), rid, records)
+        )
         if not fresh:
             return results
         try:

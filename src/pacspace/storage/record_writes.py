@@ -97,6 +97,25 @@ def check_next(
     return None
 
 
+def decide(
+    groups: Sequence[tuple[str, Records]],
+    lasts: Sequence[tuple[int, bool] | None],
+    stored: Callable[[str, Records], list[StoredRecord]],
+) -> tuple[list[list[StoredRecord] | None | PacspaceError], list[int]]:
+    """Each group's reserve decision (:func:`check_next`, given its relationship's last row): its result (None to
+    store it, the stored rows of a retry, or its error), and which groups to store. Every record store runs this."""
+    results: list[list[StoredRecord] | None | PacspaceError] = [None] * len(groups)
+    fresh: list[int] = []
+    for k, ((rid, records), last) in enumerate(zip(groups, lasts)):
+        try:
+            results[k] = check_next(lambda: stored(rid, records), records, last)  # noqa: B023 (called at once)
+            if results[k] is None:
+                fresh.append(k)
+        except PacspaceError as exc:
+            results[k] = exc
+    return results, fresh
+
+
 # Integers handed to SQL as fixed-width decimal digits in a blob: ``substr`` of a blob is O(1), and
 # the cast is a fraction of the cost of json_extract, which parses the row's JSON each call.
 _DIGITS = 20
@@ -278,16 +297,7 @@ def reserve_many(
 
     def op(conn: sqlite3.Connection) -> list[list[StoredRecord] | None | PacspaceError]:
         placed = staged.placed_or_raise()
-        results: list[list[StoredRecord] | None | PacspaceError] = [None] * len(groups)
-        fresh: list[int] = []
-        lasts = _last_rows(conn, rids)
-        for k, ((rid, records), last) in enumerate(zip(groups, lasts)):
-            try:
-                results[k] = check_next(lambda: stored_at(conn, rid, records), records, last)
-                if results[k] is None:
-                    fresh.append(k)
-            except PacspaceError as exc:
-                results[k] = exc
+        results, fresh = decide(groups, _last_rows(conn, rids), lambda rid, records: stored_at(conn, rid, records))
         if not fresh:
             return results
         conn.execute("SAVEPOINT reserve_all")
