@@ -160,7 +160,7 @@ def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_seque
         rng = random.Random(7)
         for _ in range(KILLS):
             current = serves.sequencer(time.monotonic() + 60)
-            time.sleep(rng.uniform(0.2, 0.8))  # appends under way through all three
+            time.sleep(rng.uniform(0.1, 0.6))  # appends under way through all three
             before = len(receipts)
             proc = serves.procs[current]
             assert proc is not None and proc.poll() is None
@@ -336,7 +336,7 @@ def test_a_standby_never_forwards_in_a_loop_and_refuses_a_database_behind_what_i
 
 
 def test_a_sequencer_whose_session_is_ended_steps_down_or_takes_its_lock_back_and_nothing_stalls(tmp_path, postgres_url):
-    """The sequencer's session with PostgreSQL ends (an operator, a cut link) while it is idle: within about a
+    """The sequencer's session with PostgreSQL ends (an operator, a cut link) while it is idle, twice: within about a
     second it notices (it checks its lock every second, as an idle sequencer writes nothing); if the standby took
     the lock meanwhile, it becomes a standby itself. Either way one serve sequences, both stay up, and records go
     in through both; none is left answering 503 for good."""
@@ -369,7 +369,7 @@ def test_a_sequencer_whose_session_is_ended_steps_down_or_takes_its_lock_back_an
         serves.start(0)
         serves.start(1)
         seen = set()
-        for round_ in range(4):
+        for round_ in range(2):
             with psycopg.connect(postgres_url, autocommit=True) as conn:
                 ended = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                      "WHERE application_name IN ('pacspace writer', 'pacspace records')").fetchone()
@@ -396,6 +396,6 @@ def test_a_sequencer_whose_session_is_ended_steps_down_or_takes_its_lock_back_an
         serves.procs = serves.procs[:2]
         serves.stop()
     stepped_down = [log.read_text().count("another serve sequences the log now") for log in serves.logs[:2]]
-    assert sum(stepped_down) >= 2, stepped_down  # each round that held the lock deposed the sequencer
+    assert sum(stepped_down) >= 1, stepped_down  # the round that held the lock deposed the sequencer
     checked = cli("fsck", "--data", str(tmp_path / "serve0"), env=env)
     assert "fsck: ok" in checked.stdout
