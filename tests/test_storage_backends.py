@@ -912,3 +912,38 @@ def test_a_write_whose_commit_answer_is_lost_is_known_to_have_landed_or_not(tmp_
     finally:
         store.close()
         proxy.close()
+
+
+def test_a_settle_and_a_repair_of_the_same_row_at_once_both_succeed_and_settle_it_once(tmp_path, postgres_url):
+    """Settles lock no relationship (writers of other relationships go on beside them): the sequencer's settle of a
+    batch, still uncommitted, and another process's repair of one of its rows (a client's retry) meet on the row.
+    The later one waits for it, finds it settled, and does nothing; neither fails, so no row of the batch is
+    left unsettled."""
+    import threading
+    import time
+
+    from pacspace.storage import record_ops
+    from pacspace.storage.pg_records import PostgresRecordStore, _compile
+
+    init_log(tmp_path / "d", "example.com/settles", int(time.time()), postgres_url)
+    sequencer = _records_with_two_parties(postgres_url)
+    records = [_record(0), _record(1)]
+    assert sequencer.write([record_ops.Reserve("acme:r1", records)]) == [None]
+    worker = PostgresRecordStore(postgres_url)
+    settle, _ = _compile(record_ops.SettleRun([r[1] for r in records], 0, 2))
+
+    def slow_settle(conn):  # type: ignore[no-untyped-def]
+        settle(conn)
+        time.sleep(1.0)  # still uncommitted while the repair arrives
+
+    outcome: list[object] = []
+    first = threading.Thread(target=lambda: outcome.append(sequencer.run([slow_settle], rederivable=True)))
+    first.start()
+    time.sleep(0.3)
+    repaired = worker.write([record_ops.settle("acme:r1", [(1, 1)], 2)])
+    first.join(timeout=30)
+    assert repaired == [None] and outcome == [[None]]
+    assert [(r.seq, r.index) for r in worker.records("acme:r1", -1, 10)] == [(0, 0), (1, 1)]
+    assert worker.unsettled() == []
+    for store in (sequencer, worker):
+        store.close()
