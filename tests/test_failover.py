@@ -58,6 +58,31 @@ def _sealed(seq: int) -> dict[str, object]:
             "ciphertext": base64.b64encode(os.urandom(BLOB_OVERHEAD + 100)).decode()}
 
 
+_WRAPS = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
+
+
+def _post(port: int, rid: str, seq: int, record: dict) -> tuple[int, bytes]:  # type: ignore[type-arg]
+    """A relationship's record at ``seq``: its genesis (creating it) or the next one."""
+    if seq == 0:
+        return _call(port, "POST", "/v1/relationships",
+                     {"relationship": rid, "customer": "bob", "genesis": record, "wraps": _WRAPS})
+    return _call(port, "POST", f"/v1/relationships/{rid}/records", record)
+
+
+def _appended(port: int, rid: str, seq: int, record: dict, deadline: float, why: str = "") -> None:  # type: ignore[type-arg]
+    """Send the record until it is acknowledged; only a serve that is down, a 503, or in-flight may delay it."""
+    while True:
+        assert time.monotonic() < deadline, f"{rid} seq {seq} never went in{why}"
+        try:
+            status, body = _post(port, rid, seq, record)
+        except OSError:
+            status, body = 0, b""
+        if status in (200, 201):
+            return
+        assert status in (0, 503) or json.loads(body)["error"] == "previous_in_flight", body
+        time.sleep(0.1)
+
+
 class Serves:
     """The three serve processes, each with its own copy of the log key, restarted after each kill."""
 
@@ -129,12 +154,7 @@ def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_seque
             port = rng.choice(serves.ports)
             status = 0
             try:
-                if seq == 0:
-                    wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
-                    status, body = _call(port, "POST", "/v1/relationships", {
-                        "relationship": rid, "customer": "bob", "genesis": pending, "wraps": wraps})
-                else:
-                    status, body = _call(port, "POST", f"/v1/relationships/{rid}/records", pending)
+                status, body = _post(port, rid, seq, pending)
             except OSError:
                 time.sleep(0.05)  # that serve was killed, or is taking over: the same record again, elsewhere
                 continue
@@ -245,23 +265,8 @@ def test_a_restart_of_postgresql_leaves_one_sequencer_and_both_serves_taking_rec
     cli("init", "--data", str(tmp_path / "serve0"), env=env)
     add_two_parties(tmp_path / "serve0", postgres_url)
     serves = Serves(tmp_path, env)
-    wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
-
-    def appended(port: int, rid: str, seq: int, record: dict, deadline: float) -> dict:  # type: ignore[type-arg]
-        while True:
-            assert time.monotonic() < deadline, f"{rid} seq {seq} never went in:\n" + serves.logs[0].read_text()
-            try:
-                if seq == 0:
-                    status, body = _call(port, "POST", "/v1/relationships",
-                                         {"relationship": rid, "customer": "bob", "genesis": record, "wraps": wraps})
-                else:
-                    status, body = _call(port, "POST", f"/v1/relationships/{rid}/records", record)
-            except OSError:
-                status, body = 0, b""
-            if status in (200, 201):
-                return json.loads(body)  # type: ignore[no-any-return]
-            assert status in (0, 503) or json.loads(body)["error"] == "previous_in_flight", body
-            time.sleep(0.1)
+    def appended(port: int, rid: str, seq: int, record: dict, deadline: float) -> None:  # type: ignore[type-arg]
+        _appended(port, rid, seq, record, deadline, ":\n" + serves.logs[0].read_text())
 
     try:
         serves.start(0)
@@ -299,12 +304,10 @@ def test_a_standby_never_forwards_in_a_loop_and_refuses_a_database_behind_what_i
     cli("init", "--data", str(tmp_path / "serve0"), env=env)
     add_two_parties(tmp_path / "serve0", postgres_url)
     serves = Serves(tmp_path, env)
-    wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
     try:
         serves.start(0)
         serves.start(1)
-        status, body = _call(serves.ports[1], "POST", "/v1/relationships",
-                             {"relationship": "acme:r1", "customer": "bob", "genesis": _sealed(0), "wraps": wraps})
+        status, body = _post(serves.ports[1], "acme:r1", 0, _sealed(0))
         assert status == 201, body  # forwarded to the sequencer
         size = open_checkpoint(json.loads(body)["receipt"]["checkpoint"].encode(), load_signer(serves.dirs[0]).verifier).size
         deadline = time.monotonic() + 10
@@ -346,24 +349,8 @@ def test_a_sequencer_whose_session_is_ended_steps_down_or_takes_its_lock_back_an
     cli("init", "--data", str(tmp_path / "serve0"), env=env)
     add_two_parties(tmp_path / "serve0", postgres_url)
     serves = Serves(tmp_path, env)
-    wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
-
     def appended(port: int, rid: str, seq: int, record: dict) -> None:  # type: ignore[type-arg]
-        deadline = time.monotonic() + 30
-        while True:
-            assert time.monotonic() < deadline, f"{rid} seq {seq} never went in"
-            try:
-                if seq == 0:
-                    status, body = _call(port, "POST", "/v1/relationships",
-                                         {"relationship": rid, "customer": "bob", "genesis": record, "wraps": wraps})
-                else:
-                    status, body = _call(port, "POST", f"/v1/relationships/{rid}/records", record)
-            except OSError:
-                status, body = 0, b""
-            if status in (200, 201):
-                return
-            assert status in (0, 503) or json.loads(body)["error"] == "previous_in_flight", body
-            time.sleep(0.1)
+        _appended(port, rid, seq, record, time.monotonic() + 30)
 
     try:
         serves.start(0)

@@ -38,7 +38,7 @@ from ..errors import DatabaseUnavailable, PacspaceError, SequencerUnavailable, U
 from . import consent, record_ops, record_writes
 from .database_url import redact
 from .migrations import require_current
-from .pgconnect import Connection, connect, connect_reader, require_durable
+from .pgconnect import Connection, connect, connect_reader, first_line, require_durable
 from .record_ops import RecordOp
 from .records import RecordStore
 from .record_values import (
@@ -188,7 +188,7 @@ class PostgresRecordStore:
                         self._write.close()
                     if attempt == 1 and tried.xid is None:
                         continue  # a connection the server dropped while it was idle (a restart): nothing was sent
-                    log.warning("a records write to %s failed: %s", self.path, _first_line(exc))
+                    log.warning("a records write to %s failed: %s", self.path, first_line(exc))
                     message = "the log's database did not answer; the records were not stored: retry"
                     if tried.results is not None:  # only COMMIT was left: did it land before its answer was lost?
                         committed = self._committed(tried.xid)
@@ -289,7 +289,7 @@ class PostgresRecordStore:
                     self._reader = connect_reader(self.url)
                     return self._reader.execute(sql, params).fetchall()
             except (psycopg.OperationalError, UntrustedState) as exc:
-                log.warning("a records read from %s failed: %s", self.path, _first_line(exc))
+                log.warning("a records read from %s failed: %s", self.path, first_line(exc))
                 raise DatabaseUnavailable("the log's database did not answer: retry") from None
 
     # --- parties -----------------------------------------------------------
@@ -448,11 +448,6 @@ class PostgresRecordStore:
                 return done
         finally:
             conn.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass

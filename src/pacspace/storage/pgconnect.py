@@ -38,8 +38,13 @@ def connect(url: str, name: str = "pacspace") -> Connection:
                                keepalives=1, keepalives_idle=20, keepalives_interval=5, keepalives_count=4,
                                tcp_user_timeout=60_000, options=SERVER_KEEPALIVES)
     except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UntrustedState(f"cannot connect to {redact(url)}: {first}") from None
+        raise UntrustedState(f"cannot connect to {redact(url)}: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """A driver error's first line (psycopg's go on with details and hints), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def connect_writer(url: str, previous: Session | None = None) -> tuple[Connection, Session]:

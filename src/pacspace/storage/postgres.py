@@ -53,7 +53,7 @@ from .base import Batch
 from .database_url import redact
 from .logtables import LogTables, TileRow, as_bytes
 from .migrations import migrate, require_current, schema_version
-from .pgconnect import RECONNECT_PAUSE, RECONNECT_WAIT, Connection, Session, connect, connect_reader, \
+from .pgconnect import RECONNECT_PAUSE, RECONNECT_WAIT, Connection, Session, connect, connect_reader, first_line, \
     connect_writer, require_durable
 from .objects import ObjectMirror, check_bundle, check_store
 from .s3 import S3Bucket, S3Location
@@ -106,8 +106,7 @@ class PostgresLog(LogTables):
             self._open_objects(objects)
         except psycopg.errors.InsufficientPrivilege as exc:
             self.close()
-            first = str(exc).strip().splitlines()[0]
-            raise UntrustedState(f"{redact(url)}: the role may not read the log's tables ({first}); grant it "
+            raise UntrustedState(f"{redact(url)}: the role may not read the log's tables ({first_line(exc)}); grant it "
                                  "SELECT on them (docs/operations.md)") from None
         except BaseException:
             self.close()
