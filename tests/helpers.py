@@ -317,3 +317,41 @@ async def closed_by_peer(reader, timeout: float = 10.0) -> bool:  # type: ignore
         return False
     except ConnectionError:
         return True
+
+
+def http_call(port: int, method: str, path: str, body: object | None = None, token: str = "tok-acme",
+              timeout: float = 30) -> tuple[int, bytes]:
+    """One request to a server process on 127.0.0.1, JSON in; (status, body)."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def sealed_record(seq: int) -> dict[str, object]:
+    """A record as a provider's client sends it: a random tag and ciphertext (the log never opens either)."""
+    import base64
+    import os
+
+    from pacspace.records.seal import BLOB_OVERHEAD
+
+    return {"seq": seq, "tag": base64.b64encode(os.urandom(32)).decode(),
+            "ciphertext": base64.b64encode(os.urandom(BLOB_OVERHEAD + 100)).decode()}
+
+
+def post_record(port: int, rid: str, seq: int, record: dict, token: str = "tok-acme") -> tuple[int, bytes]:  # type: ignore[type-arg]
+    """acme's record of ``rid`` (with bob) at ``seq``: its genesis (creating the relationship) or the next one."""
+    import base64
+
+    if seq == 0:
+        wraps = {"provider": base64.b64encode(b"p" * 40).decode(), "customer": base64.b64encode(b"c" * 40).decode()}
+        return http_call(port, "POST", "/v1/relationships",
+                         {"relationship": rid, "customer": "bob", "genesis": record, "wraps": wraps}, token)
+    return http_call(port, "POST", f"/v1/relationships/{rid}/records", record, token)

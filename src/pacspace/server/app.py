@@ -111,6 +111,7 @@ async def _log_service(app: web.Application) -> AsyncIterator[None]:
         # Before reconcile: every row another serve that sequenced before can still write is refused from now on,
         # so the rows reconcile finds are all it ever wrote. Then the log's other serves forward writes here.
         epoch = records.claim_epoch()
+        records.mirror_blobs()
         store.record_sequencer(config.advertised or "")
         sequencer = Sequencer(store, signer, state, config.sequencer, clock=time.time)
         if config.witness_policy is not None:

@@ -64,7 +64,7 @@ class LogService:
         return await self.link.find_leaves(hashes, size)
 
     async def metrics_text(self) -> str:
-        return await self.sequencer.metrics_text()
+        return await self.sequencer.metrics_text() + self.records.metrics_text()
 
 
 class LogReads(Protocol):

@@ -35,6 +35,7 @@ from ..records.batchwire import BatchRecord
 from . import batch_answer, bodies, refusals
 from .bodies import TooLarge
 from .context import SERVICE, LogService
+from .read_api import reading
 
 log = logging.getLogger("pacspace.server")
 
@@ -443,7 +444,8 @@ async def get_records(request: web.Request) -> web.Response:
     # A record committed while its checkpoint awaited the witnesses may have lost its answer, and no settle
     # followed: once its entry is published, it is settled here, so that its sender sees it.
     await service.appender.ready_to_read(rel.id)
-    rows = service.records.records(rel.id, after, limit)
+    # From the database, and with an object store, blobs from there too: in a thread, as the log's reads.
+    rows = await reading(service.store, service.records.records, rel.id, after, limit)
     return web.json_response(
         {
             "relationship": rel.id,

@@ -127,6 +127,15 @@ class RecordTables(Protocol):
         serve can write (records.db, one directory's)."""
         ...
 
+    def mirror_blobs(self) -> None:
+        """Called by the serve that sequences: move settled records' blobs to the log's object store from now on,
+        in a thread of its own, if the log has one (storage/blobs.py); nothing where it cannot have one."""
+        ...
+
+    def metrics_text(self) -> str:
+        """Prometheus gauges of what mirror_blobs started ("" if nothing)."""
+        ...
+
     def write(self, ops: Sequence[RecordOp]) -> list[Any]:
         """Each op's result, or the error it raised (anything unexpected as WriteFailed)."""
         ...

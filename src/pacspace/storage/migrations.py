@@ -112,6 +112,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             checkpoint_size bigint NOT NULL
         );
     """),
+    Migration(4, "records' sealed blobs in the object store (--objects)", """
+        -- A settled record's blob moves to the object store, named by its ct_hash; its row keeps NULL
+        -- (storage/blobs.py). The index finds the rows whose blob is still here.
+        ALTER TABLE records ALTER COLUMN blob DROP NOT NULL;
+        CREATE INDEX records_inline ON records (blob_id) WHERE blob IS NOT NULL;
+    """),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -35,27 +35,17 @@ A failure of the store (down, refusing) leaves everything in PostgreSQL, and the
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from ..errors import InvalidRange, ObjectCorrupt, PacspaceError
 from ..merkle import HASH_SIZE, leaf_hash
 from ..tiles import TILE_WIDTH, TileRef, bundle_prefix, full_tile_count, iter_bundle, partial_width, tile_levels
+from .mirroring import MirrorThread
 from .s3 import S3Bucket
-
-log = logging.getLogger("pacspace.storage")
 
 # Entries one round brings the store forward by, at most (unless one checkpoint spans more): 256 bundles.
 STEP_ENTRIES = 256 * TILE_WIDTH
-
-
-# A round at most this often once the store has caught up with the log; back to back while it is behind.
-ROUND_INTERVAL = 1.0
-FAILURE_LOG_INTERVAL = 60.0
-STOP_WAIT = 2.0  # seconds a shutdown waits for the round in flight
 
 
 class MirrorRows(Protocol):
@@ -88,64 +78,17 @@ class MirrorRows(Protocol):
         ...
 
 
-class ObjectMirror:
+class ObjectMirror(MirrorThread):
     """Brings the object store up to the log, a round at a time (the steps above), in a thread of its own: after
     commits, at start, and while idle until it has caught up. Only the writer runs one."""
 
+    what = "tiles and bundles"
+
     def __init__(self, bucket: S3Bucket, rows: MirrorRows) -> None:
-        self.bucket = bucket
+        super().__init__(bucket)
         self.rows = rows
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._failing: str | None = None
-        self._failing_logged = 0.0
         self._checkpoint_put = -1  # the size of the last `checkpoint` this mirror put
         self.mirrored = 0  # the size the store holds every object of, as this mirror last read or moved it
-        self._thread = threading.Thread(target=self._run, name="pacspace-objects", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def notify(self) -> None:
-        """The log grew: a round is due (at most one per ROUND_INTERVAL once the store has caught up)."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        """Stop between two objects. A round still waiting on the store after STOP_WAIT is left to end with the
-        process, like a crash (the next start repeats it): a store that hangs never holds up a shutdown."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=STOP_WAIT)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            behind = self._round()
-            if not behind:
-                self._wake.wait(ROUND_INTERVAL)
-                self._stop.wait(ROUND_INTERVAL)  # a floor between rounds once caught up, however often woken
-                self._wake.clear()
-
-    def _round(self) -> bool:
-        """A round; a failure is logged (once until it changes) and retried ROUND_INTERVAL later."""
-        try:
-            behind = self.run_round()
-        except Exception as exc:  # the store or the database: nothing is lost, the next round tries again
-            if self._stop.is_set():
-                return False  # the connections closed under a round the shutdown did not wait for
-            kind = type(exc).__name__
-            message = f"{kind}: {exc}" if not isinstance(exc, PacspaceError) else str(exc)
-            # Once for each kind of failure, and again every FAILURE_LOG_INTERVAL while it lasts: its details
-            # (the object a round stopped at) change from round to round.
-            if kind != self._failing or time.monotonic() - self._failing_logged >= FAILURE_LOG_INTERVAL:
-                log.error("the object store %s was not brought up to the log: %s", self.bucket, message)
-                self._failing_logged = time.monotonic()
-            self._failing = kind
-            return False
-        if self._failing is not None:
-            log.info("the object store %s is being brought up to the log again", self.bucket)
-            self._failing = None
-        return behind
 
     def metrics_text(self, tree_size: int) -> str:
         """The mirror's gauges, from memory."""
@@ -153,7 +96,7 @@ class ObjectMirror:
                  ("pacspace_objects_lag", "Entries committed that the object store does not hold yet.",
                   max(0, tree_size - self.mirrored)),
                  ("pacspace_objects_failing", "1 while rounds of the object store's mirror fail.",
-                  int(self._failing is not None))]
+                  int(self.failing))]
         return "".join(f"# HELP {n} {h}\n# TYPE {n} gauge\n{n} {v}\n" for n, h, v in lines)
 
     def run_round(self) -> bool:
@@ -167,7 +110,7 @@ class ObjectMirror:
             return False
         moved: list[tuple[str, bytes]] = []
         for ref in new_objects(mirrored, target):
-            if self._stop.is_set():
+            if self.stopping:
                 return False  # the process is stopping: the next start repeats this round
             data = object_bytes(ref, self.rows.committed_tile, self.rows.stored_bundle)
             put_object(self.bucket, ref.path(), data)
@@ -177,12 +120,12 @@ class ObjectMirror:
             if self.bucket.get(key) != data:
                 raise ObjectCorrupt(f"{self.bucket}/{key} does not hold what was put there; the bundle stays in the "
                                     "database")
-        if self._stop.is_set() or not self.rows.advance_mirror(mirrored, target):
-            return not self._stop.is_set()  # another writer moved it: start again from what it did
+        if self.stopping or not self.rows.advance_mirror(mirrored, target):
+            return not self.stopping  # another writer moved it: start again from what it did
         self.mirrored = target
         self._put_checkpoint(target)
         for ref in set(partial_objects(mirrored)) - set(partial_objects(target)):
-            if not self._stop.is_set():
+            if not self.stopping:
                 self.bucket.delete(ref.path())
         return target < sizes[-1] or len(sizes) == 4096
 
@@ -191,7 +134,7 @@ class ObjectMirror:
         if held is not None and checkpoint_size(held) > size:
             self._checkpoint_put = size  # a later writer's is there already: never move it back
             return
-        if not self._stop.is_set():
+        if not self.stopping:
             self.bucket.put("checkpoint", self.rows.checkpoint_at(size))
             self._checkpoint_put = size
 

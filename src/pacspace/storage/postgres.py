@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..errors import CheckpointConflict, LogExists, LogLocked, MalformedInput, ObjectStoreFailed, UntrustedState
+from ..errors import CheckpointConflict, LogExists, LogLocked, ObjectStoreFailed, UntrustedState
 from ..merkle import leaf_hash
 from ..records.seal import record_tag
 from ..tiles import TILE_WIDTH, TileRef, iter_bundle
@@ -56,7 +56,7 @@ from .migrations import migrate, require_current, schema_version
 from .pgconnect import RECONNECT_PAUSE, RECONNECT_WAIT, Connection, Session, connect, connect_reader, first_line, \
     connect_writer, require_durable
 from .objects import ObjectMirror, check_bundle, check_store
-from .s3 import S3Bucket, S3Location
+from .s3 import S3Bucket, S3Location, open_bucket
 
 log = logging.getLogger("pacspace.storage")
 
@@ -143,11 +143,7 @@ class PostgresLog(LogTables):
         if self.objects is None:
             url = self.object_store()
             if url is not None:
-                try:
-                    self.objects = S3Bucket.from_env(S3Location.parse(url))
-                except MalformedInput as exc:  # this server's configuration, not the client's request
-                    log.error("%s", exc)
-                    raise ObjectStoreFailed(f"this server cannot read the log's object store: {exc}") from None
+                self.objects = open_bucket(url)
         return self.objects
 
     def object_store(self) -> str | None:

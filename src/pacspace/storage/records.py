@@ -270,6 +270,12 @@ class RecordStore:
         """Nothing to fence: records.db has one directory's serve, whose lock (``DIR/lock``) keeps out any other."""
         return None
 
+    def mirror_blobs(self) -> None:
+        """Nothing to move: records.db's log has no object store (``--objects`` needs ``--database``)."""
+
+    def metrics_text(self) -> str:
+        return ""
+
     def write_one(self, op: RecordOp) -> Any:
         return _raised(self.write([op]))
 

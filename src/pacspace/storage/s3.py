@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import hmac
 import http.client
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ TIMEOUT = 10.0
 # 2-byte length. A store that answers with more is refused before it is read.
 MAX_OBJECT = 256 * (2 + 0xFFFF)
 _CHUNK = 1 << 16
+log = logging.getLogger("pacspace.storage")
 _UNRESERVED = "-_.~"  # SigV4 encodes everything but these (and '/' in a path)
 
 
@@ -227,6 +229,16 @@ class S3Bucket:
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         conn = self._local.conn = cls(self._host, timeout=TIMEOUT)
         return conn, False
+
+
+def open_bucket(url: str) -> S3Bucket:
+    """The object store a log recorded (``url``), with this process's credentials: ObjectStoreFailed if it has
+    none (this server's configuration, not a client's request, so it is logged too)."""
+    try:
+        return S3Bucket.from_env(S3Location.parse(url))
+    except MalformedInput as exc:
+        log.error("%s", exc)
+        raise ObjectStoreFailed(f"this server cannot read the log's object store: {exc}") from None
 
 
 def _read(reply: http.client.HTTPResponse, deadline: float) -> bytes:

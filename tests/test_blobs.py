@@ -1,0 +1,175 @@
+"""Records' sealed blobs in the object store (storage/blobs.py), through a real ``serve --database --objects``
+on a real PostgreSQL and a real S3-compatible server (SeaweedFS): settled blobs leave the database for the
+store and come back byte for byte; one tampered with or lost is never served and fsck names it; a store that
+is down stops nobody's appends and costs nothing once it is back."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+from helpers import add_two_parties, cli, free_port, http_call, post_record, sealed_record, wait_for_health
+
+from pacspace import exitcodes
+from pacspace.storage.blobs import blob_key
+
+
+class Serve:
+    def __init__(self, data: Path, env: dict[str, str], *args: str) -> None:
+        self.port = free_port()
+        self.stderr = data.parent / f"serve-{self.port}.log"
+        with open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(self.port),
+                 "--pool-interval", "0.01", *args], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        wait_for_health(f"http://127.0.0.1:{self.port}")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        return self.stderr.read_text()
+
+
+def _append(port: int, rid: str, count: int, start: int = 0) -> dict[int, str]:
+    """``count`` records of ``rid`` from seq ``start``, each acknowledged; their ciphertexts by seq."""
+    sent = {}
+    for seq in range(start, start + count):
+        record = sealed_record(seq)
+        status, body = post_record(port, rid, seq, record)
+        assert status in (200, 201), body
+        sent[seq] = str(record["ciphertext"])
+    return sent
+
+
+def _page(port: int, rid: str, token: str = "tok-acme") -> tuple[int, dict]:  # type: ignore[type-arg]
+    status, body = http_call(port, "GET", f"/v1/relationships/{rid}/records?limit=1000", token=token)
+    return status, json.loads(body)
+
+
+def _inline(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM records WHERE blob IS NOT NULL").fetchone()[0])
+
+
+def _wait_moved(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _inline(url):
+        assert time.monotonic() < deadline, f"{_inline(url)} blobs are still in the database"
+        time.sleep(0.1)
+
+
+def _setup(tmp_path: Path, postgres_url: str, s3_env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    env = {**os.environ, **s3_env, "PACSPACE_DATABASE": postgres_url}
+    data = tmp_path / "data"
+    cli("init", "--data", str(data), env=env)
+    add_two_parties(data, postgres_url)
+    return data, env
+
+
+def test_settled_blobs_move_to_the_store_and_come_back_byte_for_byte(tmp_path, postgres_url, s3, s3_env):
+    """Every record's blob leaves the database for ``blob/<hex ct_hash>``, the API (and its HTTP workers) serve
+    the same bytes from there, a customer sees them too, and fsck checks each against its ct_hash."""
+    data, env = _setup(tmp_path, postgres_url, s3_env)
+    url = f"s3://{s3.bucket()}/logs/one"
+    serve = Serve(data, env, "--objects", url, "--workers", "1")
+    try:
+        sent = {rid: _append(serve.port, rid, 30) for rid in ("acme:a", "acme:b")}
+        _wait_moved(postgres_url)
+        bucket = s3.client(url)
+        for rid, ciphertexts in sent.items():
+            for token in ("tok-acme", "tok-bob"):
+                status, page = _page(serve.port, rid, token)
+                assert status == 200, page
+                assert {r["seq"]: r["ciphertext"] for r in page["records"]} == ciphertexts
+            for ct in ciphertexts.values():
+                blob = base64.b64decode(ct)
+                import hashlib
+
+                assert bucket.get(blob_key(hashlib.sha256(blob).digest())) == blob
+        # Records sent after the move are served from their rows until they move too, then from the store.
+        more = _append(serve.port, "acme:a", 5, start=30)
+        status, page = _page(serve.port, "acme:a")
+        assert {r["seq"]: r["ciphertext"] for r in page["records"]} == {**sent["acme:a"], **more}
+        _wait_moved(postgres_url)
+        metrics = http_call(serve.port, "GET", "/metrics")[1].decode()
+        assert "pacspace_blobs_moved 65\n" in metrics and "pacspace_blobs_failing 0\n" in metrics
+    finally:
+        err = serve.stop()
+    assert "Traceback" not in err, err
+    assert "fsck: ok" in cli("fsck", "--data", str(data), env=env).stdout
+
+
+def test_a_tampered_or_lost_blob_is_never_served_and_fsck_names_it(tmp_path, postgres_url, s3, s3_env):
+    """The store is untrusted: a blob that does not hash to its record's ct_hash, or is gone, fails that page
+    (502 object_corrupt), never the other relationships', and fsck reports it."""
+    data, env = _setup(tmp_path, postgres_url, s3_env)
+    url = f"s3://{s3.bucket()}"
+    serve = Serve(data, env, "--objects", url, "--workers", "0")
+    try:
+        sent = {rid: _append(serve.port, rid, 3) for rid in ("acme:a", "acme:b", "acme:c")}
+        _wait_moved(postgres_url)
+        bucket = s3.client(url)
+
+        def key(rid: str, seq: int) -> str:
+            import hashlib
+
+            return blob_key(hashlib.sha256(base64.b64decode(sent[rid][seq])).digest())
+
+        bucket.put(key("acme:a", 1), b"\x01" + base64.b64decode(sent["acme:a"][1])[1:])
+        bucket.delete(key("acme:b", 2))
+        for rid in ("acme:a", "acme:b"):
+            status, answer = _page(serve.port, rid)
+            assert (status, answer["error"]) == (502, "object_corrupt"), answer
+            assert "records" not in answer
+        status, page = _page(serve.port, "acme:c")
+        assert status == 200 and {r["seq"]: r["ciphertext"] for r in page["records"]} == sent["acme:c"]
+        assert _append(serve.port, "acme:a", 1, start=3)  # and records keep going in
+    finally:
+        serve.stop()
+    checked = cli("fsck", "--data", str(data), env=env, code=exitcodes.VERIFICATION_FAILED)
+    assert "fault: relationship acme:a seq 1: the blob does not match its ct_hash" in checked.stderr
+    assert "fault: relationship acme:b seq 2: its blob is missing" in checked.stderr
+    assert checked.stderr.count("fault:") == 2, checked.stderr
+
+
+def test_a_store_that_is_down_stops_no_append_and_the_blobs_move_once_it_is_back(tmp_path, postgres_url, s3, s3_env):
+    """With the store unreachable, records still go in and the ones not yet moved are served from their rows;
+    only the moved ones wait for it (503 object_store_failed). Back up, the next rounds move the rest."""
+    data, env = _setup(tmp_path, postgres_url, s3_env)
+    url = f"s3://{s3.bucket()}"
+    serve = Serve(data, env, "--objects", url, "--workers", "0")
+    moved = _append(serve.port, "acme:moved", 3)
+    _wait_moved(postgres_url)
+    serve.stop()
+    down = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    serve = Serve(data, down, "--workers", "0")
+    try:
+        waiting = _append(serve.port, "acme:waiting", 4)
+        status, page = _page(serve.port, "acme:waiting")
+        assert status == 200 and {r["seq"]: r["ciphertext"] for r in page["records"]} == waiting
+        status, answer = _page(serve.port, "acme:moved")
+        assert (status, answer["error"]) == (503, "object_store_failed"), answer
+        deadline = time.monotonic() + 20
+        while "pacspace_blobs_failing 1\n" not in http_call(serve.port, "GET", "/metrics")[1].decode():
+            assert time.monotonic() < deadline, "no round of the blobs' mirror failed"
+            time.sleep(0.1)
+        assert _inline(postgres_url) == 4
+    finally:
+        err = serve.stop()
+    assert "did not take the log's sealed blobs" in err and "Traceback" not in err, err
+    serve = Serve(data, env, "--workers", "0")
+    try:
+        _wait_moved(postgres_url)
+        for rid, ciphertexts in (("acme:moved", moved), ("acme:waiting", waiting)):
+            status, page = _page(serve.port, rid)
+            assert status == 200 and {r["seq"]: r["ciphertext"] for r in page["records"]} == ciphertexts
+    finally:
+        serve.stop()
+    assert "fsck: ok" in cli("fsck", "--data", str(data), env=env).stdout
