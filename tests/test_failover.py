@@ -222,13 +222,22 @@ def test_three_serves_lose_no_acknowledged_record_over_twenty_kills_of_the_seque
     assert "fsck: ok" in checked.stdout
 
 
-def test_a_standby_whose_key_is_not_the_logs_is_refused_at_start(tmp_path, postgres_url):
-    """A serve that could never sequence the log (another log's key beside the database's mark) says so at once."""
-    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+def test_a_standby_that_could_never_sequence_is_refused_at_start(tmp_path, postgres_url, s3, s3_env):
+    """A serve that could never sequence the log says so at once, in one line: another log's key beside the
+    database's mark, another bucket than the log's, or no credentials for the log's bucket."""
+    env = {**os.environ, **s3_env, "PACSPACE_DATABASE": postgres_url}
     cli("init", "--data", str(tmp_path / "serve0"), env=env)
+    bucket = f"s3://{s3.bucket()}"
     serves = Serves(tmp_path, env)
     try:
+        serves.args = ("--objects", bucket)
         serves.start(0)
+        port = str(serves.ports[1])
+        for args, penv, says in (
+                (("--objects", f"s3://{s3.bucket()}"), env, f"the log's objects are in {bucket}, not s3://"),
+                ((), {k: v for k, v in env.items() if not k.startswith("AWS_")}, "needs AWS_ACCESS_KEY_ID")):
+            refused = cli("serve", "--data", str(serves.dirs[1]), "--port", port, *args, env=penv, code=1)
+            assert says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         other = tmp_path / "other"
         cli("init", "--data", str(other), "--origin", load_signer(serves.dirs[0]).name,
             env={k: v for k, v in env.items() if k != "PACSPACE_DATABASE"})

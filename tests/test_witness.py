@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -219,3 +220,68 @@ def test_state_survives_sigkill_after_a_reply(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_two_witness_processes_share_their_state_in_postgresql(tmp_path, postgres_url):
+    """``witness serve --database``: two processes of one witness key on one database hold one state. Each sees
+    what the other cosigned (409 with its size), and of two requests racing from one size, through one each,
+    only one is cosigned: the state never goes back, and never forks."""
+    import threading
+
+    data = tmp_path / "w"
+    subprocess.run([sys.executable, "-m", "pacspace", "witness", "init", "--data", str(data), "--name", "witness.example/w1"],
+                   check=True, capture_output=True)
+    policy = tmp_path / "policy"
+    policy.write_text(f"log {LOG.verifier.vkey()}\nquorum none\n")
+    ports = [free_port(), free_port()]
+    env = {**os.environ, "PACSPACE_WITNESS_DATABASE": postgres_url}
+    procs = [subprocess.Popen([sys.executable, "-m", "pacspace", "witness", "serve", "--data", str(data), "--policy",
+                               str(policy), "--port", str(p)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for p in ports]
+
+    def post(port: int, raw: bytes) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/add-checkpoint", data=raw),
+                                        timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    try:
+        for port in ports:
+            for _ in range(400):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/checkpoint?origin=x", timeout=1)
+                except urllib.error.HTTPError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        assert post(ports[0], body(0, 10))[0] == 200
+        assert post(ports[1], body(0, 20)) == (409, b"10\n")
+        assert post(ports[1], body(10, 20))[0] == 200
+        for round_ in range(5):
+            old = 20 + 30 * round_
+            answers: list[tuple[int, bytes]] = []
+            racers = [threading.Thread(target=lambda p=p, s=s: answers.append(post(p, body(old, s))))
+                      for p, s in ((ports[0], old + 10), (ports[1], old + 30))]
+            for t in racers:
+                t.start()
+            for t in racers:
+                t.join()
+            statuses = sorted(status for status, _ in answers)
+            assert statuses == [200, 409], answers
+            if answers[0][0] == 409:
+                won = int(answers[0][1])
+            else:
+                won = int(answers[1][1])
+            assert won in (old + 10, old + 30)
+            if won != old + 30:  # bring it to the next round's start
+                assert post(ports[0], body(won, old + 30))[0] == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/checkpoint?origin={ORIGIN}", timeout=5) as r:
+            assert r.read().startswith(note(170)[: note(170).index(b"\n\n")])
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            _, err = proc.communicate(timeout=10)
+            assert b"Traceback" not in err, err

@@ -183,16 +183,16 @@ def database_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def database_url(args: argparse.Namespace) -> str | None:
-    """--database, else $PACSPACE_DATABASE, checked: a postgresql:// URL, with psycopg importable."""
-    url: str | None = args.database or os.environ.get(DATABASE_ENV) or None
+def database_url(args: argparse.Namespace, env: str = DATABASE_ENV) -> str | None:
+    """--database, else $``env`` (PACSPACE_DATABASE), checked: a postgresql:// URL, with psycopg importable."""
+    url: str | None = args.database or os.environ.get(env) or None
     if url is None:
         return None
     if not url.startswith(("postgresql://", "postgres://")):
         raise MalformedInput("--database takes a postgresql:// URL")
     if args.database and has_password(args.database):
         print("pacspace: warning: a password in --database is visible to every user of this machine (ps); set "
-              f"{DATABASE_ENV} or use ~/.pgpass instead", file=sys.stderr)
+              f"{env} or use ~/.pgpass instead", file=sys.stderr)
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -358,8 +358,9 @@ def _serve_standby(args: argparse.Namespace, config: ServerConfig, sock: socket.
 
     from ..server.context import READS
     from ..server.gctune import tune_for_serving
-    from ..server.standby import STANDBY, STOP_WAIT, create_standby_app
+    from ..server.standby import STANDBY, STOP_WAIT, check_object_store, create_standby_app
 
+    check_object_store(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_standby_app(config, sock)
 

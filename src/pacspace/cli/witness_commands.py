@@ -19,6 +19,8 @@ from .argtypes import port
 from .listen import listen
 
 KEY_NAME = "witness.key"
+# Not PACSPACE_DATABASE: a witness beside a log must never take the log's database by accident.
+WITNESS_DATABASE_ENV = "PACSPACE_WITNESS_DATABASE"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="a C2SP tlog-policy file; its 'log' lines are the logs witnessed")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=port, default=8081, help="port to listen on")
+    p.add_argument("--database", metavar="URL",
+                   help="keep the witness's state (the latest checkpoint cosigned per log) in this PostgreSQL "
+                   "database, postgresql://USER@HOST[:PORT]/NAME, so that several witness processes with this key "
+                   f"can share it (a password: in ${WITNESS_DATABASE_ENV} or ~/.pgpass) (default: "
+                   f"${WITNESS_DATABASE_ENV} if set, else witness.db in DIR)")
     p.set_defaults(run=cmd_serve)
 
 
@@ -75,11 +82,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..server.witness_app import create_witness_app
 
+    from .log_commands import database_url
+
     logs = parse_log_policy(read_text(args.policy, "--policy"))
     signer = _signer(args.data)
+    database = database_url(args, WITNESS_DATABASE_ENV)
     sock = listen(args.host, args.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..storage.database_url import redact
+
+    state = args.data / "witness.db" if database is None else redact(database)
     print(f"pacspace: witness {signer.name} ({signer.cosignature_verifier.vkey()}) for {len(logs)} log(s) "
-          f"on http://{args.host}:{args.port}/", file=sys.stderr)
-    web.run_app(create_witness_app(args.data, signer, logs), sock=sock, print=None, access_log=None)
+          f"on http://{args.host}:{args.port}/, its state in {state}", file=sys.stderr)
+    web.run_app(create_witness_app(args.data, signer, logs, database=database), sock=sock, print=None, access_log=None)
     return 0

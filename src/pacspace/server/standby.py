@@ -48,7 +48,8 @@ from .. import highwater
 from ..checkpoint import open_checkpoint
 from ..config import ServerConfig
 from ..datadir import load_signer
-from ..errors import SequencerUnavailable, UntrustedState
+from ..errors import MalformedInput, SequencerUnavailable, UntrustedState
+from ..storage.s3 import S3Bucket, S3Location
 from ..storage.pgconnect import Connection, connect, writer_elsewhere
 from ..storage.records import RECORDS_NAME
 from . import bodies
@@ -151,6 +152,26 @@ class Standby:
 
 
 STANDBY = web.AppKey("standby", Standby)
+
+
+def check_object_store(config: ServerConfig) -> None:
+    """Before a standby serves: refuse one that could not use the log's object store once it took over (another
+    bucket given, or no credentials for the log's), rather than find out then."""
+    assert config.database is not None
+    probe = connect(config.database, "pacspace standby")
+    try:
+        row = probe.execute("SELECT url FROM objects").fetchone()
+    finally:
+        probe.close()
+    held = None if row is None else str(row[0])
+    if held is None:
+        return
+    if config.objects is not None and str(S3Location.parse(config.objects)) != held:
+        raise UntrustedState(f"the log's objects are in {held}, not {config.objects}; a log keeps its object store")
+    try:
+        S3Bucket.from_env(S3Location.parse(held))
+    except MalformedInput as exc:
+        raise UntrustedState(f"this serve could not use the log's object store once it took over: {exc}") from None
 
 
 async def standby_context(app: web.Application) -> AsyncIterator[None]:

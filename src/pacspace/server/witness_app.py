@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..errors import NotFound, PacspaceError
 from ..note import Ed25519Verifier, NoteSignature, NoteSigner, parse_note
-from ..storage.witness import WitnessStore
+from ..storage.witness import PostgresWitnessStore, WitnessState, WitnessStore
 from ..witness import (
     MAX_REQUEST,
     Latest,
@@ -34,7 +34,7 @@ log = logging.getLogger("pacspace.witness")
 class Witness:
     signer: NoteSigner
     logs: dict[str, Ed25519Verifier]
-    store: WitnessStore
+    store: WitnessState
     clock: Callable[[], float]
     by_hash: dict[str, str]  # hex SHA-256 of an origin -> the origin
 
@@ -48,12 +48,14 @@ def origin_hash(origin: str) -> str:
 
 
 def create_witness_app(
-    data_dir: Path, signer: NoteSigner, logs: dict[str, Ed25519Verifier], clock: Callable[[], float] = time.time
+    data_dir: Path, signer: NoteSigner, logs: dict[str, Ed25519Verifier], clock: Callable[[], float] = time.time,
+    database: str | None = None,
 ) -> web.Application:
+    """``database``: a PostgreSQL URL to keep the witness's state in, instead of ``data_dir``/witness.db."""
     app = web.Application(client_max_size=MAX_REQUEST)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = WitnessStore(data_dir)
+        store: WitnessState = WitnessStore(data_dir) if database is None else PostgresWitnessStore(database)
         witness = Witness(signer, logs, store, clock, {origin_hash(o): o for o in logs})
         _cosign_what_older_versions_stored(witness)
         app[WITNESS] = witness
@@ -106,11 +108,16 @@ async def add_checkpoint(request: web.Request) -> web.Response:
         if exc.http_status == 409 and exc.size is not None:
             return web.Response(status=409, body=f"{exc.size}\n".encode(), headers={"Content-Type": "text/x.tlog.size"})
         return web.Response(status=exc.http_status, text=f"{exc}\n")
+    except PacspaceError as exc:  # its database is down: nothing was stored or cosigned
+        return web.Response(status=exc.http_status, text=f"{exc}\n")
     return web.Response(body=given[-1].line().encode("utf-8"), content_type="text/plain", charset="utf-8")
 
 
-def _latest_response(witness: Witness, origin: str | None) -> web.Response:
-    latest = witness.store.latest(origin) if origin in witness.logs else None
+async def _latest_response(witness: Witness, origin: str | None) -> web.Response:
+    try:
+        latest = await asyncio.to_thread(witness.store.latest, origin) if origin in witness.logs else None
+    except PacspaceError as exc:
+        return web.Response(status=exc.http_status, text=f"{exc}\n")
     if latest is None:
         raise web.HTTPNotFound(text=f"{NotFound('no checkpoint cosigned for that log')}\n")
     return web.Response(body=latest.note, content_type="text/plain", charset="utf-8")
@@ -119,9 +126,9 @@ def _latest_response(witness: Witness, origin: str | None) -> web.Response:
 async def get_monitoring_checkpoint(request: web.Request) -> web.Response:
     """The latest checkpoint cosigned for a log, with the cosignature add-checkpoint returned for it."""
     witness = request.app[WITNESS]
-    return _latest_response(witness, witness.by_hash.get(request.match_info["origin_hash"]))
+    return await _latest_response(witness, witness.by_hash.get(request.match_info["origin_hash"]))
 
 
 async def get_checkpoint_by_query(request: web.Request) -> web.Response:
     """``GET /checkpoint?origin=``, the form earlier pacspace witnesses served: the same bytes."""
-    return _latest_response(request.app[WITNESS], request.query.get("origin", ""))
+    return await _latest_response(request.app[WITNESS], request.query.get("origin", ""))
