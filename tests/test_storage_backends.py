@@ -375,11 +375,12 @@ def test_postgres_reads_survive_the_server_dropping_their_connection(tmp_path, p
 
 
 async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_sees_one_history(
-    tmp_path, postgres_url, aiohttp_client
+    tmp_path, postgres_url, aiohttp_client, s3, s3_env
 ):
-    """`pacspace migrate`: same root, the records move too (records.db and its blobs set aside with the log's
-    files), fsck passes on the copy, and the customer whose monitor verified the old log reads the same
-    relationship from the moved one, consistent with what it saw before."""
+    """`pacspace migrate --objects`: same root, the records move too (records.db and its blobs set aside with the
+    log's files), fsck passes on the copy, the first serve moves the bundles and blobs to the bucket, and the
+    customer whose monitor verified the old log reads the same relationship from the moved one, consistent with
+    what it saw before."""
     import os
     import subprocess
     import sys
@@ -418,9 +419,10 @@ async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_s
     before = open_checkpoint(old.latest_checkpoint(), signer.verifier)
     old.close()
     assert before.size == 1000
-    moved = cli("migrate", "--data", str(data), "--database", postgres_url, env=env)
+    bucket = f"s3://{s3.bucket()}"
+    moved = cli("migrate", "--data", str(data), "--database", postgres_url, "--objects", bucket, env=env)
     assert moved.stdout.strip() == before.root_hash.hex()
-    assert "size 1,000" in moved.stderr and "3 records" in moved.stderr
+    assert "size 1,000" in moved.stderr and "3 records" in moved.stderr and bucket in moved.stderr
     assert not (data / "log.db").exists() and (data / "sqlite-migrated" / "log.db").exists()
     assert not (data / "records.db").exists() and not (data / "blobs").exists()
     assert (data / "sqlite-migrated" / "records.db").exists() and (data / "sqlite-migrated" / "blobs").is_dir()
@@ -441,6 +443,16 @@ async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_s
 
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())
         assert health == {"status": "ok", "size": 1000, "role": "sequencer", "storage": "postgresql"}
+        import time
+
+        import psycopg
+
+        deadline = time.monotonic() + 60
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            while conn.execute("SELECT (SELECT count(*) FROM records WHERE blob IS NOT NULL) + "
+                               "(SELECT count(*) FROM bundles WHERE n < 3)").fetchone()[0]:  # type: ignore[index]
+                assert time.monotonic() < deadline, "the serve did not move the bundles and blobs to the bucket"
+                time.sleep(0.1)
         moved_url = f"http://127.0.0.1:{port}"
         async with PacspaceClient(moved_url, "tok-acme") as c:
             served = open_checkpoint(await c.checkpoint(), signer.verifier)
@@ -456,8 +468,6 @@ async def test_migrate_moves_a_sqlite_log_with_its_records_and_a_pinned_client_s
         server.terminate()
         server.wait(timeout=30)
     # The moved log grows like any other; the old checkpoint stays consistent with the new ones.
-    import time
-
     grown = open_log(data, postgres_url)
     await _sequence(grown, signer, [[b"after the move %d" % i for i in range(300)]], clock=time.time)
     after_cp = open_checkpoint(grown.latest_checkpoint(), signer.verifier)

@@ -21,6 +21,7 @@ from ..note import Ed25519Verifier, parse_vkey
 from ..sequencer import SequencerConfig
 from ..storage.records import RECORDS_NAME, RecordStore
 from ..storage.database_url import has_password, redact
+from ..storage.s3 import S3Location
 from .argtypes import port, seconds, whole
 from .listen import inherited_listener, listen, reexec
 from .progress import ProgressBar
@@ -48,14 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     data_arg(p)
     database_arg(p)
-    p.add_argument(
-        "--objects",
-        metavar="s3://BUCKET[/PREFIX]",
-        help="with --database: keep the log's entry bundles and a copy of its tiles in this S3-compatible bucket "
-        "from now on (endpoint and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and "
-        "AWS_SECRET_ACCESS_KEY); recorded in the database, so later runs and every other process use it without "
-        "the flag (docs/operations.md) (default: the store the database records, if any)",
-    )
+    objects_arg(p)
     p.add_argument(
         "--frontend",
         action="store_true",
@@ -146,10 +140,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "then check that the copy reproduces the same latest checkpoint and root; then copy its parties, "
         "relationships and records (records.db and its blobs) the same way. DIR then holds the key and the "
         "mark of the database; the SQLite files move to DIR/sqlite-migrated. Run it with the server stopped. "
+        "With --objects, the database records the bucket, and the next serve moves the bundles and blobs there. "
         "Serve the log afterwards with --database; clients see the same history. Exit 0 when moved.",
     )
     data_arg(p)
     database_arg(p)
+    objects_arg(p)
     p.set_defaults(run=cmd_migrate)
 
 
@@ -169,6 +165,17 @@ def data_arg(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_DATA_DIR,
         metavar="DIR",
         help=f"the log's data directory (default: ./{DEFAULT_DATA_DIR})",
+    )
+
+
+def objects_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--objects",
+        metavar="s3://BUCKET[/PREFIX]",
+        help="with --database: keep the log's entry bundles, its records' sealed blobs and a copy of its tiles in "
+        "this S3-compatible bucket from now on (endpoint and credentials from AWS_ENDPOINT_URL, AWS_REGION, "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); recorded in the database, so later runs and every other "
+        "process use it without the flag (docs/operations.md) (default: the store the database records, if any)",
     )
 
 
@@ -424,9 +431,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     database = database_url(args)
     if database is None:
         raise MalformedInput("migrate needs --database URL (or PACSPACE_DATABASE)")
+    if args.objects is not None:
+        S3Location.parse(args.objects)  # a malformed URL is refused before anything moves
     moved = move_to_database(args.data, database, ProgressBar())
     print(f"pacspace: the log {moved.origin} (size {moved.size:,}) and its {moved.records:,} records are in "
           f"{redact(database)}; its SQLite files are in {moved.backup}. Serve it with --database.", file=sys.stderr)
+    if args.objects is not None:
+        from ..storage.postgres import PostgresLog
+
+        # The log's writer records the bucket (once it answered); the next serve's mirrors copy the log there.
+        PostgresLog(database, objects=args.objects, mirror=False).close()
+        print(f"pacspace: its bundles and blobs go to the object store {args.objects} once it is served",
+              file=sys.stderr)
     print(moved.root_hex)
     return 0
 

@@ -72,9 +72,10 @@ class PostgresLog(LogTables):
     engine = "postgresql"
     network_reads = True
 
-    def __init__(self, url: str, *, readonly: bool = False, objects: str | None = None) -> None:
+    def __init__(self, url: str, *, readonly: bool = False, objects: str | None = None, mirror: bool = True) -> None:
         """``objects``: the object store (s3://...) to keep the log's tiles and bundles in from now on; once a log
-        has one, every process uses it without being told, and another one is refused."""
+        has one, every process uses it without being told, and another one is refused. ``mirror``: the writer
+        brings the store up to the log in a thread (not for ``migrate``, which only records the store)."""
         super().__init__(writable=not readonly)
         self.url = url
         self.objects: S3Bucket | None = None
@@ -103,7 +104,7 @@ class PostgresLog(LogTables):
             if origin is None:
                 raise UntrustedState(f"{redact(url)}: the database has the schema but no log (run `pacspace init`)")
             self.origin = str(origin[0])
-            self._open_objects(objects)
+            self._open_objects(objects, mirror)
         except psycopg.errors.InsufficientPrivilege as exc:
             self.close()
             raise UntrustedState(f"{redact(url)}: the role may not read the log's tables ({first_line(exc)}); grant it "
@@ -112,7 +113,7 @@ class PostgresLog(LogTables):
             self.close()
             raise
 
-    def _open_objects(self, wanted: str | None) -> None:
+    def _open_objects(self, wanted: str | None, mirror: bool) -> None:
         """The log's object store: the one it has, or ``wanted``, which the writer records for every process."""
         row = self._one("SELECT url FROM objects")
         held = None if row is None else str(row[0])
@@ -130,7 +131,7 @@ class PostgresLog(LogTables):
                 held = wanted
         # A reader opens the store when it first needs a bundle from it (_bucket): one that never does (fsck of
         # a log the store has not taken a bundle of, init, migrate) needs no credentials.
-        if held is not None and self._write is not None:
+        if held is not None and self._write is not None and mirror:
             head = self._one("SELECT size FROM log_head")
             self._head_size = 0 if head is None else int(head[0])
             self.objects = self.objects or S3Bucket.from_env(S3Location.parse(held))
