@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -318,6 +319,11 @@ def test_a_standby_never_forwards_in_a_loop_and_refuses_a_database_behind_what_i
         time.sleep(TARGET_TTL + 0.2)
         status, body = _call(serves.ports[1], "POST", "/v1/relationships/acme:r1/records", _sealed(1))
         assert status == 201, body
+        # A bad token is refused by the standby itself, before it reads a byte of the body it declared.
+        with socket.create_connection(("127.0.0.1", serves.ports[1]), timeout=10) as sock:
+            sock.sendall(b"POST /v1/relationships/acme:r1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                         b"tok-nobody\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 401 ")
         proc = serves.procs[1]
         assert proc is not None
         proc.terminate()

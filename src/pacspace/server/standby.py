@@ -37,6 +37,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -51,9 +52,11 @@ from ..datadir import load_signer
 from ..errors import MalformedInput, SequencerUnavailable, UntrustedState
 from ..storage.s3 import S3Bucket, S3Location
 from ..storage.pgconnect import Connection, connect, writer_elsewhere
+from ..storage.record_values import token_hash
 from ..storage.records import RECORDS_NAME
 from . import bodies
 from .context import READS
+from .records_api import PRIVATE_PREFIXES, Unauthorized
 
 log = logging.getLogger("pacspace.server.standby")
 
@@ -61,6 +64,9 @@ PROBE_INTERVAL = 0.5
 # How long a standby forwards to the URL it read before reading it again.
 TARGET_TTL = 1.0
 STOP_WAIT = 5.0
+# How long a token found in the database is taken without looking again (the sequencer checks every request).
+TOKEN_TTL = 5.0
+MAX_KNOWN = 10_000
 # How long a forwarded request may take: a record's answer can wait for the witnesses' cosignatures.
 # (``connect`` covers the wait for one of the session's connections too.)
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=5, sock_read=120)
@@ -85,6 +91,9 @@ class Standby:
     _probe: Connection | None = field(default=None, repr=False)
     _target: str | None = field(default=None, repr=False)
     _target_at: float = field(default=0.0, repr=False)
+    _tokens: Connection | None = field(default=None, repr=False)
+    _tokens_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _known: dict[bytes, float] = field(default_factory=dict, repr=False)  # token hash -> when it was last found
 
     async def _sequencer_url(self, request: web.Request) -> str | None:
         """The URL the sequencer recorded, read again after TARGET_TTL or after a forward to it failed."""
@@ -103,6 +112,10 @@ class Standby:
         if target is None or self.session is None:
             raise SequencerUnavailable("the log's sequencer has not said where it is reached (it listens on every "
                                        "address and was given no --advertise): retry later")
+        if request.path.startswith(PRIVATE_PREFIXES) and not await self._token_known(request):
+            # Refused here, before its body is read: a flood of bad tokens costs the sequencer nothing, and takes
+            # no share of this standby's body budget from the parties it serves. The sequencer checks again.
+            raise Unauthorized("a valid bearer token is required")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers[FORWARDED] = "1"
         body = await bodies.read_forwarded(request)
@@ -118,6 +131,35 @@ class Standby:
                         type(exc).__name__)
             raise SequencerUnavailable("the log's sequencer did not answer (another serve may be taking over); "
                                        "the request may not have been taken: retry (a record is stored once)") from None
+
+    async def _token_known(self, request: web.Request) -> bool:
+        """Whether the request's bearer token is an active party's (found in the last TOKEN_TTL seconds)."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        key = token_hash(token.strip())
+        now = time.monotonic()
+        if now - self._known.get(key, -TOKEN_TTL) < TOKEN_TTL:
+            return True
+        try:
+            found = await asyncio.to_thread(self._find_token, key)
+        except Exception as exc:  # the database is down: let the sequencer answer for the token
+            log.debug("could not look up a token: %s", exc)
+            return True
+        if found:
+            if len(self._known) >= MAX_KNOWN:
+                self._known.clear()
+            self._known[key] = now
+        return found
+
+    def _find_token(self, key: bytes) -> bool:
+        assert self.config.database is not None
+        with self._tokens_lock:
+            if self._tokens is None or self._tokens.closed or self._tokens.broken:
+                self._tokens = connect(self.config.database, "pacspace standby")
+            row = self._tokens.execute("SELECT 1 FROM parties WHERE token_hash = %s AND revoked_at IS NULL",
+                                       (key,)).fetchone()
+            return row is not None
 
     async def watch(self) -> None:
         """Step 1: probe the writer's lock until it is free, then stop this process for the takeover (step 2)."""
@@ -147,8 +189,9 @@ class Standby:
             raise
 
     def close(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
+        for conn in (self._probe, self._tokens):
+            if conn is not None:
+                conn.close()
 
 
 STANDBY = web.AppKey("standby", Standby)
