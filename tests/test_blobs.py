@@ -163,7 +163,7 @@ def test_a_store_that_is_down_stops_no_append_and_the_blobs_move_once_it_is_back
         assert _inline(postgres_url) == 4
     finally:
         err = serve.stop()
-    assert "did not take the log's sealed blobs" in err and "Traceback" not in err, err
+    assert "the log's sealed blobs were not brought to the object store" in err and "Traceback" not in err, err
     serve = Serve(data, env, "--workers", "0")
     try:
         _wait_moved(postgres_url)
@@ -173,3 +173,35 @@ def test_a_store_that_is_down_stops_no_append_and_the_blobs_move_once_it_is_back
     finally:
         serve.stop()
     assert "fsck: ok" in cli("fsck", "--data", str(data), env=env).stdout
+
+
+def test_no_blob_moves_into_a_bucket_that_does_not_carry_the_logs_mark(tmp_path, postgres_url, s3, s3_env):
+    """A sequencer whose endpoint leads to another store (here: the same bucket with the log's mark gone) moves
+    nothing out of the database, says why, and moves everything once the bucket is the log's again."""
+    from pacspace.storage.objects import STORE_MARK
+
+    data, env = _setup(tmp_path, postgres_url, s3_env)
+    url = f"s3://{s3.bucket()}"
+    serve = Serve(data, env, "--objects", url, "--workers", "0")
+    _append(serve.port, "acme:a", 2)
+    _wait_moved(postgres_url)
+    serve.stop()
+    bucket = s3.client(url)
+    mark = bucket.get(STORE_MARK)
+    assert mark is not None and mark.startswith(b"localhost/pacspace\n")
+    bucket.delete(STORE_MARK)
+    serve = Serve(data, env, "--workers", "0")
+    try:
+        sent = _append(serve.port, "acme:b", 3)
+        deadline = time.monotonic() + 20
+        while "pacspace_blobs_failing 1\n" not in http_call(serve.port, "GET", "/metrics")[1].decode():
+            assert time.monotonic() < deadline, "the blobs' mirror did not stop"
+            time.sleep(0.1)
+        assert _inline(postgres_url) == 3
+        bucket.put(STORE_MARK, mark)
+        _wait_moved(postgres_url)
+        status, page = _page(serve.port, "acme:b")
+        assert status == 200 and {r["seq"]: r["ciphertext"] for r in page["records"]} == sent
+    finally:
+        err = serve.stop()
+    assert "is not the store the log's objects went to" in err, err

@@ -300,7 +300,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"pacspace: log {signer.name} at size {size:,}, vkey {signer.verifier.vkey()}", file=sys.stderr)
         objects = app[SERVICE].store.object_store()
         if objects:
-            print(f"pacspace: its entry bundles go to the object store {objects}", file=sys.stderr)
+            print(f"pacspace: its entry bundles and sealed blobs go to the object store {objects}", file=sys.stderr)
         workers = f" with {args.workers} HTTP workers" if args.workers else ""
         print(f"pacspace: serving on http://{args.host}:{args.port}/{workers} (Ctrl-C to stop)", file=sys.stderr)
 

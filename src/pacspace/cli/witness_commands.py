@@ -90,8 +90,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ..storage.database_url import redact
+    from ..storage.witness import WITNESS_DB
 
-    state = args.data / "witness.db" if database is None else redact(database)
+    state = args.data / WITNESS_DB if database is None else redact(database)
     print(f"pacspace: witness {signer.name} ({signer.cosignature_verifier.vkey()}) for {len(logs)} log(s) "
           f"on http://{args.host}:{args.port}/, its state in {state}", file=sys.stderr)
     web.run_app(create_witness_app(args.data, signer, logs, database=database), sock=sock, print=None, access_log=None)

@@ -68,11 +68,11 @@ async def post_decline(request: web.Request) -> web.Response:
 
 async def _settled_genesis(service: LogService, rid: str) -> StoredRecord:
     """The relationship's genesis record, once it has its log index (settled from the log here if it can be)."""
-    genesis = service.records.record(rid, 0)
+    genesis = service.records.record(rid, 0, blob=False)
     if genesis is not None and genesis.index is None:
         # Just committed (its settle is written behind the provider's answer), or its answer lost in a witness outage.
         await service.appender.ready_to_read(rid)
-        genesis = service.records.record(rid, 0)
+        genesis = service.records.record(rid, 0, blob=False)
     if genesis is None or genesis.index is None:
         raise InFlight("the relationship's genesis record is still being committed; retry when it has its receipt")
     return genesis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +20,9 @@ from .writer import GroupWriter
 
 if TYPE_CHECKING:
     from .remote import RemoteSequencer
+
+
+RECORD_READERS = 4
 
 
 @dataclass
@@ -43,6 +47,10 @@ class LogService:
     # The sequencer's epoch that fences the records' writes (RecordTables.claim_epoch), for its HTTP workers.
     epoch: int | None = None
     appender: Appender = field(init=False)
+    # Pages of records read from a database (and their blobs from an object store) wait here, not on the default
+    # pool, which the append path also uses: many slow pages hold up other pages, never an append.
+    record_reads: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(RECORD_READERS, thread_name_prefix="pacspace-record-reads"))
 
     def __post_init__(self) -> None:
         self.appender = Appender(self.records, self.writer, self.link)

@@ -100,7 +100,7 @@ async def get_tile(request: web.Request) -> web.Response:
     ref = parse_tile_path("tile/" + request.match_info["path"])
     service = _service(request)
     size = (await service.newest(ref.min_tree_size())).size
-    data = await reading(service.store, _tile_bytes, service.store, ref, size)
+    data = await _reading(service.store, _tile_bytes, service.store, ref, size)
     headers = {"Cache-Control": IMMUTABLE_CACHE}
     if ref.level is None:
         # C2SP tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer; gzip for any client that takes it.
@@ -114,7 +114,7 @@ async def get_tile(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/octet-stream", headers=headers)
 
 
-async def reading(store: LogTables, read: Callable[..., T], *args: Any) -> T:
+async def _reading(store: LogTables, read: Callable[..., T], *args: Any) -> T:
     """A storage read: in a thread where it may wait on a network (a database server, an object store), so a
     slow one stalls only the requests that need it; inline on local files, where a thread costs more."""
     if store.network_reads:
@@ -227,7 +227,7 @@ async def get_inclusion(request: web.Request) -> web.Response:
     if index >= size:
         raise InvalidRange(f"index {index} is not in a tree of size {size}")
     store = _service(request).store
-    return web.json_response(await reading(store, _inclusion_body, store, index, size))
+    return web.json_response(await _reading(store, _inclusion_body, store, index, size))
 
 
 def _hash_param(request: web.Request) -> bytes:
@@ -254,7 +254,7 @@ async def get_by_hash(request: web.Request) -> web.Response:
     (index,) = await service.find_leaves([leaf], size)
     if index is None:
         raise NotFound(f"no leaf with this hash in the tree of size {size}")
-    return web.json_response(await reading(store, _inclusion_body, store, index, size))
+    return web.json_response(await _reading(store, _inclusion_body, store, index, size))
 
 
 async def get_consistency(request: web.Request) -> web.Response:
@@ -263,7 +263,7 @@ async def get_consistency(request: web.Request) -> web.Response:
     if old > size:
         raise InvalidRange(f"old size {old} is larger than size {size}")
     store = _service(request).store
-    hashes = await reading(store, consistency_proof, old, size, store)
+    hashes = await _reading(store, consistency_proof, old, size, store)
     return web.json_response({"old": old, "size": size, "hashes": [_b64(h) for h in hashes]})
 
 

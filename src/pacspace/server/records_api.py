@@ -35,7 +35,6 @@ from ..records.batchwire import BatchRecord
 from . import batch_answer, bodies, refusals
 from .bodies import TooLarge
 from .context import SERVICE, LogService
-from .read_api import reading
 
 log = logging.getLogger("pacspace.server")
 
@@ -444,8 +443,11 @@ async def get_records(request: web.Request) -> web.Response:
     # A record committed while its checkpoint awaited the witnesses may have lost its answer, and no settle
     # followed: once its entry is published, it is settled here, so that its sender sees it.
     await service.appender.ready_to_read(rel.id)
-    # From the database, and with an object store, blobs from there too: in a thread, as the log's reads.
-    rows = await reading(service.store, service.records.records, rel.id, after, limit)
+    if service.store.network_reads:  # from the database, and blobs from an object store: in a thread of their own
+        rows = await asyncio.get_running_loop().run_in_executor(
+            service.record_reads, service.records.records, rel.id, after, limit)
+    else:
+        rows = service.records.records(rel.id, after, limit)
     return web.json_response(
         {
             "relationship": rel.id,

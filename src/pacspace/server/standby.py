@@ -40,6 +40,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -66,6 +67,7 @@ TARGET_TTL = 1.0
 STOP_WAIT = 5.0
 # How long a token found in the database is taken without looking again (the sequencer checks every request).
 TOKEN_TTL = 5.0
+UNKNOWN_TTL = 1.0
 MAX_KNOWN = 10_000
 # How long a forwarded request may take: a record's answer can wait for the witnesses' cosignatures.
 # (``connect`` covers the wait for one of the session's connections too.)
@@ -93,7 +95,12 @@ class Standby:
     _target_at: float = field(default=0.0, repr=False)
     _tokens: Connection | None = field(default=None, repr=False)
     _tokens_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _known: dict[bytes, float] = field(default_factory=dict, repr=False)  # token hash -> when it was last found
+    # Token hash -> when it was last found (or, in _unknown, not found).
+    _known: dict[bytes, float] = field(default_factory=dict, repr=False)
+    _unknown: dict[bytes, float] = field(default_factory=dict, repr=False)
+    # Lookups wait here, one at a time: a flood of bad tokens never takes the threads the lock's probe runs in.
+    _lookups: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="pacspace-standby-tokens"), repr=False)
 
     async def _sequencer_url(self, request: web.Request) -> str | None:
         """The URL the sequencer recorded, read again after TARGET_TTL or after a forward to it failed."""
@@ -141,15 +148,17 @@ class Standby:
         now = time.monotonic()
         if now - self._known.get(key, -TOKEN_TTL) < TOKEN_TTL:
             return True
+        if now - self._unknown.get(key, -UNKNOWN_TTL) < UNKNOWN_TTL:
+            return False
         try:
-            found = await asyncio.to_thread(self._find_token, key)
+            found = await asyncio.get_running_loop().run_in_executor(self._lookups, self._find_token, key)
         except Exception as exc:  # the database is down: let the sequencer answer for the token
             log.debug("could not look up a token: %s", exc)
             return True
-        if found:
-            if len(self._known) >= MAX_KNOWN:
-                self._known.clear()
-            self._known[key] = now
+        seen = self._known if found else self._unknown
+        if len(seen) >= MAX_KNOWN:
+            seen.clear()
+        seen[key] = now
         return found
 
     def _find_token(self, key: bytes) -> bool:
@@ -157,6 +166,7 @@ class Standby:
         with self._tokens_lock:
             if self._tokens is None or self._tokens.closed or self._tokens.broken:
                 self._tokens = connect(self.config.database, "pacspace standby")
+                self._tokens.execute("SET statement_timeout = '5s'")
             row = self._tokens.execute("SELECT 1 FROM parties WHERE token_hash = %s AND revoked_at IS NULL",
                                        (key,)).fetchone()
             return row is not None
@@ -189,6 +199,7 @@ class Standby:
             raise
 
     def close(self) -> None:
+        self._lookups.shutdown(wait=False, cancel_futures=True)
         for conn in (self._probe, self._tokens):
             if conn is not None:
                 conn.close()

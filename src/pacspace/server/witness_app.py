@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..errors import NotFound, PacspaceError
 from ..note import Ed25519Verifier, NoteSignature, NoteSigner, parse_note
-from ..storage.witness import PostgresWitnessStore, WitnessState, WitnessStore
+from ..storage.witness import WitnessState, WitnessStore
 from ..witness import (
     MAX_REQUEST,
     Latest,
@@ -55,7 +55,13 @@ def create_witness_app(
     app = web.Application(client_max_size=MAX_REQUEST)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store: WitnessState = WitnessStore(data_dir) if database is None else PostgresWitnessStore(database)
+        store: WitnessState
+        if database is None:
+            store = WitnessStore(data_dir)
+        else:
+            from ..storage.pg_witness import PostgresWitnessStore
+
+            store = PostgresWitnessStore(database)
         witness = Witness(signer, logs, store, clock, {origin_hash(o): o for o in logs})
         _cosign_what_older_versions_stored(witness)
         app[WITNESS] = witness
@@ -108,7 +114,7 @@ async def add_checkpoint(request: web.Request) -> web.Response:
         if exc.http_status == 409 and exc.size is not None:
             return web.Response(status=409, body=f"{exc.size}\n".encode(), headers={"Content-Type": "text/x.tlog.size"})
         return web.Response(status=exc.http_status, text=f"{exc}\n")
-    except PacspaceError as exc:  # its database is down: nothing was stored or cosigned
+    except PacspaceError as exc:  # its database did not answer (503)
         return web.Response(status=exc.http_status, text=f"{exc}\n")
     return web.Response(body=given[-1].line().encode("utf-8"), content_type="text/plain", charset="utf-8")
 

@@ -168,7 +168,9 @@ class RecordTables(Protocol):
 
     def wrap(self, rid: str, reader: str, epoch: int = 0) -> bytes | None: ...
 
-    def record(self, rid: str, seq: int) -> StoredRecord | None: ...
+    def record(self, rid: str, seq: int, blob: bool = True) -> StoredRecord | None:
+        """One record; with its blob unless ``blob`` is False (then the blob may be left out: None)."""
+        ...
 
     def records(self, rid: str, after_seq: int, limit: int) -> list[StoredRecord]:
         """Settled records after ``after_seq``, in seq order, each with its blob."""

@@ -114,9 +114,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     """),
     Migration(4, "records' sealed blobs in the object store (--objects)", """
         -- A settled record's blob moves to the object store, named by its ct_hash; its row keeps NULL
-        -- (storage/blobs.py). The index finds the rows whose blob is still here.
+        -- (storage/blobs.py). The index that finds the rows whose blob is still here is made by the first
+        -- sequencer of a log with an object store (pg_records.INLINE_INDEX): without one, every insert would
+        -- pay for an index nothing reads.
         ALTER TABLE records ALTER COLUMN blob DROP NOT NULL;
-        CREATE INDEX records_inline ON records (blob_id) WHERE blob IS NOT NULL;
+        -- What the bucket's ``pacspace-log`` object holds (objects.claim_mark): a mirror moves nothing into a
+        -- bucket that does not hold it (another endpoint, another store).
+        ALTER TABLE objects ADD COLUMN mark text;
     """),
 )
 LATEST = MIGRATIONS[-1].version

@@ -34,10 +34,16 @@ class MirrorThread:
         self._stop = threading.Event()
         self._failing: str | None = None
         self._failing_logged = 0.0
+        self._checked = False
         self._thread = threading.Thread(target=self._run, name=f"pacspace-{self.what}", daemon=True)
 
     def run_round(self) -> bool:
         """One round; whether the store is still behind after it."""
+        raise NotImplementedError
+
+    def check_store(self) -> None:
+        """Raise unless the bucket this process reaches is the log's (objects.check_mark); run before the first
+        round, and again before each round until it passes."""
         raise NotImplementedError
 
     @property
@@ -74,6 +80,9 @@ class MirrorThread:
     def _round(self) -> bool:
         """A round; a failure is logged (once until it changes) and retried ROUND_INTERVAL later."""
         try:
+            if not self._checked:
+                self.check_store()
+                self._checked = True
             behind = self.run_round()
         except Exception as exc:  # the store or the database: nothing is lost, the next round tries again
             if self._stop.is_set():
@@ -83,11 +92,16 @@ class MirrorThread:
             # Once for each kind of failure, and again every FAILURE_LOG_INTERVAL while it lasts: its details
             # (the object a round stopped at) change from round to round.
             if kind != self._failing or time.monotonic() - self._failing_logged >= FAILURE_LOG_INTERVAL:
-                log.error("the object store %s did not take the log's %s: %s", self.bucket, self.what, message)
+                log.error("the log's %s were not brought to the object store %s: %s", self.what, self.bucket, message)
                 self._failing_logged = time.monotonic()
             self._failing = kind
             return False
         if self._failing is not None:
-            log.info("the object store %s takes the log's %s again", self.bucket, self.what)
+            log.info("the log's %s are being brought to the object store %s again", self.what, self.bucket)
             self._failing = None
         return behind
+
+
+def gauges(lines: list[tuple[str, str, int]]) -> str:
+    """Prometheus text of (name, help, value) gauges."""
+    return "".join(f"# HELP {n} {h}\n# TYPE {n} gauge\n{n} {v}\n" for n, h, v in lines)

@@ -7,7 +7,9 @@ it. What the store adds is room: an entry bundle, the bulk of a log, leaves Post
 it. It also holds every full tile and, at the size it was last brought up to, the partial tiles and the
 ``checkpoint``, so the bucket alone is a static C2SP tlog-tiles log that a stranger can verify.
 
-The mirror runs in the writer's process, off the commit path (LogWriter.maintain). One round:
+The mirror runs in the writer's process, off the commit path (LogWriter.maintain). Before its first round, step 0:
+the bucket this process reaches must hold the log's mark (``pacspace-log``, claim_mark), which the first mirror
+put there and the database recorded; a process whose AWS_ENDPOINT_URL leads elsewhere moves nothing. One round:
 
 1. Read the size M the store was last brought up to (``objects.size``) and pick the next target T: the
    largest committed checkpoint size within STEP_ENTRIES of M, or the smallest beyond it. Only committed
@@ -35,21 +37,34 @@ A failure of the store (down, refusing) leaves everything in PostgreSQL, and the
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from ..errors import InvalidRange, ObjectCorrupt, PacspaceError
+from ..errors import InvalidRange, ObjectCorrupt, ObjectStoreFailed, PacspaceError, UntrustedState
 from ..merkle import HASH_SIZE, leaf_hash
 from ..tiles import TILE_WIDTH, TileRef, bundle_prefix, full_tile_count, iter_bundle, partial_width, tile_levels
-from .mirroring import MirrorThread
+from .mirroring import MirrorThread, gauges
 from .s3 import S3Bucket
 
+# The object that names the log a bucket holds the objects of (claim_mark).
+STORE_MARK = "pacspace-log"
 # Entries one round brings the store forward by, at most (unless one checkpoint spans more): 256 bundles.
 STEP_ENTRIES = 256 * TILE_WIDTH
 
 
 class MirrorRows(Protocol):
     """What the mirror reads and writes in the database (storage/postgres.py implements it)."""
+
+    origin: str
+
+    def store_mark(self) -> str | None:
+        """The mark the log's object store was given (claim_mark), if it was given one yet."""
+        ...
+
+    def record_store_mark(self, mark: str) -> None:
+        """Record the store's mark, unless one is recorded already (durable once it returns)."""
+        ...
 
     def mirrored_size(self) -> int:
         """The size the store was last brought up to (``objects.size``)."""
@@ -92,12 +107,18 @@ class ObjectMirror(MirrorThread):
 
     def metrics_text(self, tree_size: int) -> str:
         """The mirror's gauges, from memory."""
-        lines = [("pacspace_objects_size", "Size of the log the object store holds every object of.", self.mirrored),
-                 ("pacspace_objects_lag", "Entries committed that the object store does not hold yet.",
-                  max(0, tree_size - self.mirrored)),
-                 ("pacspace_objects_failing", "1 while rounds of the object store's mirror fail.",
-                  int(self.failing))]
-        return "".join(f"# HELP {n} {h}\n# TYPE {n} gauge\n{n} {v}\n" for n, h, v in lines)
+        return gauges([("pacspace_objects_size", "Size of the log the object store holds every object of.", self.mirrored),
+                       ("pacspace_objects_lag", "Entries committed that the object store does not hold yet.",
+                        max(0, tree_size - self.mirrored)),
+                       ("pacspace_objects_failing", "1 while rounds of the object store's mirror fail.",
+                        int(self.failing))])
+
+    def check_store(self) -> None:
+        mark = self.rows.store_mark()
+        if mark is None:
+            mark = claim_mark(self.bucket, self.rows.origin)
+            self.rows.record_store_mark(mark)
+        check_mark(self.bucket, mark)
 
     def run_round(self) -> bool:
         """One round (steps 1-5); whether the store is still behind the log after it."""
@@ -137,6 +158,29 @@ class ObjectMirror(MirrorThread):
         if not self.stopping:
             self.bucket.put("checkpoint", self.rows.checkpoint_at(size))
             self._checkpoint_put = size
+
+
+def claim_mark(bucket: S3Bucket, origin: str) -> str:
+    """Step 0, once per log: put the log's mark in its bucket (STORE_MARK: the origin and a random id), or read
+    the one a crash left there before the database recorded it. UntrustedState if the bucket holds another log's."""
+    mark = f"{origin}\n{secrets.token_hex(16)}\n"
+    if bucket.put_if_absent(STORE_MARK, mark.encode()):
+        return mark
+    held = (bucket.get(STORE_MARK) or b"").decode("utf-8", "replace")
+    if held.split("\n", 1)[0] != origin:
+        raise UntrustedState(f"{bucket} holds another log's objects ({STORE_MARK} names {held.split(chr(10), 1)[0]!r})")
+    return held
+
+
+def check_mark(bucket: S3Bucket, recorded: str | None) -> None:
+    """Before a mirror moves anything out of the database: the bucket this process reaches (its AWS_ENDPOINT_URL,
+    its credentials) is the one the log's objects went to, which every other process reads."""
+    if recorded is None:
+        raise ObjectStoreFailed(f"{bucket} has not been given the log's mark yet (the tiles' mirror gives it)")
+    held = bucket.get(STORE_MARK)
+    if held != recorded.encode():
+        raise UntrustedState(f"{bucket} at this endpoint is not the store the log's objects went to ({STORE_MARK} is "
+                             f"{'missing' if held is None else 'another'}): check AWS_ENDPOINT_URL; nothing is moved")
 
 
 def checkpoint_size(note: bytes) -> int:

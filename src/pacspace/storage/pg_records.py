@@ -26,13 +26,11 @@ from the store, checked against the row's ``ct_hash``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,13 +38,12 @@ import psycopg
 
 from ..errors import DatabaseUnavailable, PacspaceError, SequencerUnavailable, UntrustedState, WriteFailed
 from . import consent, record_ops, record_writes
-from .blobs import PARALLEL, BlobMirror, InlineBlob, read_blobs
+from .blobs import PostgresBlobs
 from .database_url import redact
 from .migrations import require_current
 from .pgconnect import Connection, connect, connect_reader, first_line, require_durable
 from .record_ops import RecordOp
 from .records import RecordStore
-from .s3 import S3Bucket, open_bucket
 from .record_values import (
     PARTY_COLUMNS,
     RECORD_COLUMNS,
@@ -134,10 +131,7 @@ class PostgresRecordStore:
         self._write_lock = threading.Lock()
         self._reader = connect_reader(url)
         self._read_lock = threading.Lock()
-        self._bucket: S3Bucket | None = None
-        self._blob_pool: ThreadPoolExecutor | None = None
-        self._mirror: BlobMirror | None = None
-        self._mirror_conn: Connection | None = None
+        self.blobs = PostgresBlobs(url, self.path, self._store_url)
         try:
             require_current(self._reader, self.path)
             if not readonly:
@@ -161,11 +155,8 @@ class PostgresRecordStore:
             raise
 
     def close(self) -> None:
-        if self._mirror is not None:
-            self._mirror.stop()
-        if self._blob_pool is not None:
-            self._blob_pool.shutdown(wait=False, cancel_futures=True)
-        for conn in (self._reader, self._write, self._mirror_conn):
+        self.blobs.close()
+        for conn in (self._reader, self._write):
             if conn is not None and not conn.closed:
                 conn.close()
 
@@ -361,9 +352,12 @@ class PostgresRecordStore:
 
     # --- records -----------------------------------------------------------
 
-    def record(self, rid: str, seq: int) -> StoredRecord | None:
-        rows = self._read(f"SELECT {_REC_BLOB} FROM {_RECORD_ROWS} WHERE r.relationship = %s AND r.seq = %s", (rid, seq))
-        return self._with_blobs([record_of(rows[0])])[0] if rows else None
+    def record(self, rid: str, seq: int, blob: bool = True) -> StoredRecord | None:
+        columns = _REC_BLOB if blob else RECORD_COLUMNS
+        rows = self._read(f"SELECT {columns} FROM {_RECORD_ROWS} WHERE r.relationship = %s AND r.seq = %s", (rid, seq))
+        if not rows:
+            return None
+        return self.blobs.fill([record_of(rows[0])])[0] if blob else record_of(rows[0])
 
     def records(self, rid: str, after_seq: int, limit: int) -> list[StoredRecord]:
         """Settled records (with a log index) after ``after_seq``, in seq order."""
@@ -372,7 +366,7 @@ class PostgresRecordStore:
             "ORDER BY r.seq LIMIT %s",
             (rid, after_seq, limit),
         )
-        return self._with_blobs([record_of(r) for r in rows])
+        return self.blobs.fill([record_of(r) for r in rows])
 
     def iter_records(self, page: int = 1000) -> Iterator[StoredRecord]:
         """Every record with its blob, by relationship and seq, read in pages (fsck): a blob in the object store as
@@ -386,60 +380,20 @@ class PostgresRecordStore:
             )
             if not rows:
                 return
-            yield from self._with_blobs([record_of(r) for r in rows], check=False)
+            yield from self.blobs.fill([record_of(r) for r in rows], check=False)
             after = (rows[-1][0], rows[-1][1])
 
-    def _with_blobs(self, records: list[StoredRecord], check: bool = True) -> list[StoredRecord]:
-        """The records with the blobs the object store holds for them read in (their rows hold NULL), checked
-        (blobs.read_blobs; unchecked for fsck, which checks each itself)."""
-        moved = [i for i, rec in enumerate(records) if rec.blob is None and rec.index is not None]
-        if not moved:
-            return records
-        if self._bucket is None:
-            url = self._read("SELECT url FROM objects")
-            if not url:
-                raise UntrustedState(f"{self.path}: records whose blobs are in an object store, but the log has none")
-            self._bucket = open_bucket(str(url[0][0]))
-        if self._blob_pool is None and len(moved) > 1:
-            self._blob_pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="pacspace-blob-get")
-        blobs = read_blobs(self._bucket, [records[i].ct_hash for i in moved], self._blob_pool, check=check)
-        for i, blob in zip(moved, blobs):
-            records[i] = dataclasses.replace(records[i], blob=blob)
-        return records
-
-    # --- the blob mirror (storage/blobs.py's BlobRows) ---------------------------
+    # --- blobs in the object store (storage/blobs.py) -----------------------
 
     def mirror_blobs(self) -> None:
-        """In the sequencing serve: start moving settled records' blobs to the log's object store, if it has one."""
-        url = self._read("SELECT url FROM objects")
-        if not url or self._mirror is not None:
-            return
-        self._mirror_conn = connect(self.url, "pacspace blobs")
-        require_durable(self._mirror_conn, self.path)
-        self._mirror = BlobMirror(open_bucket(str(url[0][0])), self)
-        self._mirror.start()
+        self.blobs.start_mirror()
 
     def metrics_text(self) -> str:
-        return "" if self._mirror is None else self._mirror.metrics_text()
+        return self.blobs.metrics_text()
 
-    def _on_mirror_conn(self, use: Callable[[Connection], T]) -> T:
-        conn = self._mirror_conn
-        if conn is None or conn.closed or conn.broken:
-            conn = self._mirror_conn = connect(self.url, "pacspace blobs")
-            require_durable(conn, self.path)
-        with conn.transaction():
-            return use(conn)
-
-    def inline_blobs(self, limit: int) -> list[InlineBlob]:
-        rows = self._on_mirror_conn(lambda conn: conn.execute(
-            "SELECT r.blob_id, r.ct_hash, r.blob FROM records r JOIN settled s ON s.blob_id = r.blob_id "
-            "WHERE r.blob IS NOT NULL ORDER BY r.blob_id LIMIT %s", (limit,)).fetchall())
-        return [InlineBlob(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
-
-    def offload_blobs(self, blob_ids: Sequence[int]) -> int:
-        return self._on_mirror_conn(lambda conn: conn.execute(
-            "UPDATE records SET blob = NULL WHERE blob_id = ANY(%b::bigint[]) AND blob IS NOT NULL",
-            (list(blob_ids),)).rowcount)
+    def _store_url(self) -> str | None:
+        rows = self._read("SELECT url FROM objects")
+        return str(rows[0][0]) if rows else None
 
     def unsettled_of(self, rid: str) -> list[StoredRecord]:
         """One relationship's rows still without a log index (its last ones), in seq order."""
@@ -710,8 +664,6 @@ def _drop(rid: str, seqs: list[int]) -> Op:
 
 if TYPE_CHECKING:
     from .base import RecordTables
-    from .blobs import BlobRows
 
     def _implements(store: PostgresRecordStore) -> None:
         _tables: RecordTables = store
-        _rows: BlobRows = store

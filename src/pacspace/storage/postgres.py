@@ -391,6 +391,16 @@ class PostgresLog(LogTables):
 
     # --- the object store's mirror (objects.MirrorRows) -----------------------------------------------
 
+    def store_mark(self) -> str | None:
+        row = self._one("SELECT mark FROM objects")
+        return None if row is None or row[0] is None else str(row[0])
+
+    def record_store_mark(self, mark: str) -> None:
+        def record(conn: Connection) -> None:
+            conn.execute("UPDATE objects SET mark = %s WHERE mark IS NULL", (mark,))
+
+        self._writing(record, lambda conn: self.store_mark() is not None)
+
     def mirrored_size(self) -> int:
         row = self._one("SELECT size FROM objects")
         return 0 if row is None else int(row[0])

@@ -341,7 +341,8 @@ class RecordStore:
 
     # --- records -----------------------------------------------------------
 
-    def record(self, rid: str, seq: int) -> StoredRecord | None:
+    def record(self, rid: str, seq: int, blob: bool = True) -> StoredRecord | None:
+        # The blob is read either way: it is a local read of a few KB.
         rows = self._read(f"SELECT {_REC_BLOB} FROM {_BLOBS} WHERE r.relationship = ? AND r.seq = ? AND {_HAS_BLOB}", (rid, seq))
         return self._with_blob(rows[0]) if rows else None
 
