@@ -378,8 +378,9 @@ def test_the_issues_examples_as_a_user_runs_them(args, content, tmp_path, fixtur
     assert result.stderr.startswith("pacspace: error: ")
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:8080", f"http://127.0.0.1:{free_port()}"])
+@pytest.mark.parametrize("url", ["127.0.0.1:8080", "http://127.0.0.1:{free}"])
 def test_a_bad_or_unreachable_url_as_a_user_meets_it(url, tmp_path, fixtures):
+    url = url.format(free=free_port())  # a port nobody listens on, chosen when the test runs
     env = {**os.environ, "PACSPACE_HOME": str(fixtures.home), "PACSPACE_TOKEN": "t", "PACSPACE_URL": url}
     result = subprocess.run([sys.executable, "-m", "pacspace", "relationship", "list"], capture_output=True,
                             text=True, env=env, timeout=120)

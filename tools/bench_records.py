@@ -33,6 +33,7 @@ with the server.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import asyncio
 import base64
 import json
@@ -332,14 +333,16 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="run the server under cProfile, writing its stats here")
     parser.add_argument("--encoding", choices=("binary", "json"), default="binary", help="the batch phase's encoding")
     parser.add_argument("--server-src", type=Path, help="run the server from this source tree (its src/ directory)")
-    parser.add_argument("--backends", default="sqlite", help="sqlite, postgres, or both in turn: sqlite,postgres")
+    parser.add_argument("--backends", default="sqlite",
+                        help="sqlite, postgres, postgres+s3 (with --objects on a throwaway SeaweedFS), or several in "
+                        "turn: sqlite,postgres,postgres+s3")
     args = parser.parse_args()
     if args.server_src:
         SERVER_ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(args.server_src.resolve()), os.environ.get("PYTHONPATH")) if p)
     SERVER_ENV.pop("PACSPACE_DATABASE", None)
     backends = args.backends.split(",")
-    postgres = None
-    if "postgres" in backends:
+    postgres = s3 = None
+    if any(b.startswith("postgres") for b in backends):
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
         from postgres_server import PostgresServer, find_bindir
 
@@ -349,19 +352,30 @@ def main() -> None:
         postgres = PostgresServer(bindir)  # started by its constructor
     results = {}
     try:
+        if "postgres+s3" in backends:
+            from s3_server import start_s3
+
+            s3 = start_s3()
         for backend in backends:
             env = dict(SERVER_ENV)
-            if backend == "postgres":
+            extra: list[str] = []
+            if backend.startswith("postgres"):
                 assert postgres is not None
                 env["PACSPACE_DATABASE"] = postgres.database()
+            if backend == "postgres+s3":
+                assert s3 is not None
+                env.update(s3.env())
+                extra = ["--objects", f"s3://{s3.bucket()}"]
             # The previous backend's writes still being flushed would slow this one's fsyncs: flush them first.
             os.sync()
             time.sleep(5)
             print(f"--- {backend}", file=sys.stderr, flush=True)
-            results[backend] = run_one(args, env)
+            results[backend] = run_one(args, env, extra)
     finally:
         if postgres is not None:
             postgres.stop()
+        if s3 is not None:
+            s3.stop()
     if len(results) > 1:
         base = results[backends[0]]
         for backend in backends[1:]:
@@ -376,8 +390,9 @@ def main() -> None:
         args.out.write_text(text + "\n")
 
 
-def run_one(args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
-    """The whole benchmark against one fresh log, its server started with ``env``."""
+def run_one(args: argparse.Namespace, env: dict[str, str], extra: Sequence[str] = ()) -> dict[str, object]:
+    """The whole benchmark against one fresh log, its server started with ``env`` and ``extra`` arguments. With
+    ``--objects`` among them, also how long the sealed blobs then take to leave the database (blobs_moved_per_s)."""
     global SERVER_ENV
     SERVER_ENV = env
     data = args.work / "data"
@@ -387,7 +402,7 @@ def run_one(args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
     pacspace("init", "--data", str(data), "--origin", "bench.example/records")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, *(["-m", "cProfile", "-o", str(args.profile)] if args.profile else []), "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), *args.serve_args.split()],
+        [sys.executable, *(["-m", "cProfile", "-o", str(args.profile)] if args.profile else []), "-m", "pacspace", "serve", "--data", str(data), "--port", str(port), *args.serve_args.split(), *extra],
         stdout=subprocess.DEVNULL, stderr=(args.work / "server.log").open("w"), env=SERVER_ENV,
     )
     url = f"http://127.0.0.1:{port}"
@@ -416,10 +431,30 @@ def run_one(args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
             results["batch"] = asyncio.run(batch_phase(url, token, provider, rels, args.batch_rounds, args.batch_size,
                                                        args.batch_in_flight, server.pid, args.encoding))
             print(f"batch: {results['batch']}", file=sys.stderr)
+        if "--objects" in extra:
+            results["blobs"] = blob_drain(env["PACSPACE_DATABASE"])
+            print(f"blobs: {results['blobs']}", file=sys.stderr)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
     return results
+
+
+def blob_drain(database: str) -> dict[str, float]:
+    """From the end of the timed phases: how long until the blob mirror has moved every settled blob to the store."""
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        def inline() -> int:
+            return int(conn.execute("SELECT count(*) FROM records WHERE blob IS NOT NULL").fetchone()[0])  # type: ignore[index]
+
+        t0, waiting = time.perf_counter(), inline()
+        total = int(conn.execute("SELECT count(*) FROM records").fetchone()[0])  # type: ignore[index]
+        while inline() and time.perf_counter() - t0 < 1800:
+            time.sleep(0.5)
+        seconds = time.perf_counter() - t0
+    return {"records": total, "inline_after_phases": waiting, "drain_s": round(seconds, 1),
+            "blobs_moved_per_s": round(waiting / seconds, 0) if waiting else 0.0}
 
 
 if __name__ == "__main__":
