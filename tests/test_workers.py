@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,12 +40,14 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start(data: Path, port: int, workers: int = 2, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+def start(data: Path, port: int, workers: int = 2, extra: tuple[str, ...] = (),
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pacspace", "serve", "--data", str(data), "--port", str(port),
          "--pool-interval", "0.01", "--workers", str(workers), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=env,
     )
     wait_for_health(f"http://127.0.0.1:{port}")
     return proc
@@ -146,12 +147,13 @@ def test_a_worker_that_dies_stops_the_server_with_an_error(data):
         assert not alive(pid)
 
 
-def test_sigterm_stops_workers_then_the_sequencer_and_removes_the_private_socket(data):
+def test_sigterm_stops_workers_then_the_sequencer_and_removes_the_private_socket(data, tmp_path):
     port = free_port()
-    before = set(Path(tempfile.gettempdir()).glob("pacspace-*"))
-    server = start(data, port)
+    tmp = tmp_path / "tmp"  # the server's own temporary directory: other tests' servers make theirs elsewhere
+    tmp.mkdir()
+    server = start(data, port, env={**os.environ, "TMPDIR": str(tmp)})
     workers = children(server.pid)
-    private = set(Path(tempfile.gettempdir()).glob("pacspace-*")) - before
+    private = set(tmp.glob("pacspace-*"))
     assert len(private) == 1
     (directory,) = private
     assert directory.stat().st_mode & 0o777 == 0o700
