@@ -18,7 +18,7 @@ import psycopg
 from helpers import add_two_parties, cli, free_port, http_call, post_record, sealed_record, wait_for_health
 
 from pacspace import exitcodes
-from pacspace.storage.blobs import blob_key
+from pacspace.storage.blobs import pack_key
 
 
 class Serve:
@@ -65,6 +65,15 @@ def _wait_moved(url: str, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def _place(url: str, rid: str, seq: int) -> tuple[str, int, int]:
+    """Where the record's blob moved: its pack's key in the bucket, its offset and its length there."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pack, pack_at, pack_length FROM records WHERE relationship = %s AND seq = %s",
+                           (rid, seq)).fetchone()
+    assert row is not None and row[0] is not None, (rid, seq)
+    return pack_key(bytes(row[0])), int(row[1]), int(row[2])
+
+
 def _setup(tmp_path: Path, postgres_url: str, s3_env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     env = {**os.environ, **s3_env, "PACSPACE_DATABASE": postgres_url}
     data = tmp_path / "data"
@@ -88,11 +97,9 @@ def test_settled_blobs_move_to_the_store_and_come_back_byte_for_byte(tmp_path, p
                 status, page = _page(serve.port, rid, token)
                 assert status == 200, page
                 assert {r["seq"]: r["ciphertext"] for r in page["records"]} == ciphertexts
-            for ct in ciphertexts.values():
-                blob = base64.b64decode(ct)
-                import hashlib
-
-                assert bucket.get(blob_key(hashlib.sha256(blob).digest())) == blob
+            for seq, ct in ciphertexts.items():
+                key, at, length = _place(postgres_url, rid, seq)
+                assert bucket.get_range(key, at, length) == base64.b64decode(ct)
         # Records sent after the move are served from their rows until they move too, then from the store.
         more = _append(serve.port, "acme:a", 5, start=30)
         status, page = _page(serve.port, "acme:a")
@@ -107,8 +114,9 @@ def test_settled_blobs_move_to_the_store_and_come_back_byte_for_byte(tmp_path, p
 
 
 def test_a_tampered_or_lost_blob_is_never_served_and_fsck_names_it(tmp_path, postgres_url, s3, s3_env):
-    """The store is untrusted: a blob that does not hash to its record's ct_hash, or is gone, fails that page
-    (502 object_corrupt), never the other relationships', and fsck reports it."""
+    """The store is untrusted: a blob that does not hash to its record's ct_hash fails that relationship's page
+    (502 object_corrupt), never another's, even one whose blobs share its pack; a pack that is gone fails the
+    pages of the records in it. fsck names each record."""
     data, env = _setup(tmp_path, postgres_url, s3_env)
     url = f"s3://{s3.bucket()}"
     serve = Serve(data, env, "--objects", url, "--workers", "0")
@@ -116,27 +124,32 @@ def test_a_tampered_or_lost_blob_is_never_served_and_fsck_names_it(tmp_path, pos
         sent = {rid: _append(serve.port, rid, 3) for rid in ("acme:a", "acme:b", "acme:c")}
         _wait_moved(postgres_url)
         bucket = s3.client(url)
-
-        def key(rid: str, seq: int) -> str:
-            import hashlib
-
-            return blob_key(hashlib.sha256(base64.b64decode(sent[rid][seq])).digest())
-
-        bucket.put(key("acme:a", 1), b"\x01" + base64.b64decode(sent["acme:a"][1])[1:])
-        bucket.delete(key("acme:b", 2))
-        for rid in ("acme:a", "acme:b"):
-            status, answer = _page(serve.port, rid)
-            assert (status, answer["error"]) == (502, "object_corrupt"), answer
-            assert "records" not in answer
+        key, at, length = _place(postgres_url, "acme:a", 1)
+        pack = bytearray(bucket.get(key) or b"")
+        pack[at] ^= 1
+        bucket.put(key, bytes(pack))
+        status, answer = _page(serve.port, "acme:a")
+        assert (status, answer["error"]) == (502, "object_corrupt") and "records" not in answer, answer
+        assert "s3://" not in answer["message"]  # where the store is stays in the server's log
+        for rid in ("acme:b", "acme:c"):
+            status, page = _page(serve.port, rid)
+            assert status == 200 and {r["seq"]: r["ciphertext"] for r in page["records"]} == sent[rid]
+        sent["acme:d"] = _append(serve.port, "acme:d", 2)  # and records keep going in
+        _wait_moved(postgres_url)
+        for seq in (0, 1):
+            bucket.delete(_place(postgres_url, "acme:d", seq)[0])
+        status, answer = _page(serve.port, "acme:d")
+        assert (status, answer["error"]) == (502, "object_corrupt"), answer
         status, page = _page(serve.port, "acme:c")
         assert status == 200 and {r["seq"]: r["ciphertext"] for r in page["records"]} == sent["acme:c"]
-        assert _append(serve.port, "acme:a", 1, start=3)  # and records keep going in
     finally:
-        serve.stop()
+        err = serve.stop()
+    assert "does not hold the record's blob (tampered with or damaged)" in err and "is missing" in err, err
     checked = cli("fsck", "--data", str(data), env=env, code=exitcodes.VERIFICATION_FAILED)
     assert "fault: relationship acme:a seq 1: the blob does not match its ct_hash" in checked.stderr
-    assert "fault: relationship acme:b seq 2: its blob is missing" in checked.stderr
-    assert checked.stderr.count("fault:") == 2, checked.stderr
+    assert "fault: relationship acme:d seq 0: its blob is missing" in checked.stderr
+    assert "fault: relationship acme:d seq 1: its blob is missing" in checked.stderr
+    assert checked.stderr.count("fault:") == 3, checked.stderr
 
 
 def test_a_store_that_is_down_stops_no_append_and_the_blobs_move_once_it_is_back(tmp_path, postgres_url, s3, s3_env):

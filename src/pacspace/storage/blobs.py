@@ -3,25 +3,29 @@ comes back is checked.
 
 A record's blob is written into its PostgreSQL row with the record (storage/pg_records.py), so an append never
 waits on the store. Once the record is settled (in the log, acknowledged), the blob is immutable and never
-deleted, and it moves to the store: the database keeps the row (its tag and ``ct_hash``) and gives up the bytes.
+deleted, and it moves to the store: the database keeps the row (its tag and ``ct_hash``) and, instead of the
+bytes, where they are: the pack, and the blob's offset and length in it.
 
-Each blob is one object, ``blob/<hex ct_hash>``: named by the SHA-256 of its bytes, which the row holds and
-the log's entry commits to. The store is untrusted, as for tiles: what it gives back is served only if it
-hashes to the row's ``ct_hash`` (ObjectCorrupt otherwise, and nothing is served). The name tells a reader of
-the bucket nothing the public log does not (its entries carry every ``ct_hash``), and the bytes are sealed to
-the relationship's parties. Two records with the same bytes share one object.
+A pack is one object holding the blobs of one round, end to end, named ``blob/<hex SHA-256 of the pack>``: a
+round cut short and made again with other rows names another object, never another version of one. A blob is
+read back with a range request, and served only if it hashes to its row's ``ct_hash``, which the log's entry
+commits to (ObjectCorrupt otherwise, and nothing is served): the store is untrusted, as for tiles. One object
+a round, not one a blob: each request to the store costs the sequencer a signature and a round trip, and a
+round's one PUT and one GET replace a thousand.
 
 The mirror runs in the sequencing serve, off the commit path, a round at a time (storage/mirroring.py), once
 the bucket at this process's endpoint carries the log's mark (objects.check_mark: blobs never move into another
 store than the one every other process reads):
 
-1. Read up to ROUND_BLOBS settled records whose blob is still in their row, lowest ``blob_id`` first, but for
-   those set aside. An unsettled record's blob stays in its row: the row may yet be dropped.
-2. Put each blob, if absent (``If-None-Match: *``), and read it back: the store must hold exactly the bytes it
-   was given (a "200" is not proof). A blob the store holds other bytes for, or one whose row does not match
-   its ``ct_hash``, is set aside for SET_ASIDE seconds and logged: it stays in its row, and the others move on.
-3. In one transaction, empty the rows of the blobs the store holds. A crash before COMMIT repeats the round
-   from step 1; the puts are idempotent. After COMMIT the store holds the only copy.
+1. Read the lowest-``blob_id`` settled records whose blob is still in their row (up to ROUND_BLOBS, and
+   PACK_BYTES of blobs), but for those set aside: a row whose blob does not match its ``ct_hash`` is set aside
+   for SET_ASIDE seconds and logged, and stays. An unsettled record's blob stays in its row: the row may yet be
+   dropped.
+2. Put the pack, if absent (``If-None-Match: *``; one there with other bytes is ObjectCorrupt: the round
+   stops, overwriting nothing), and read it back: the store must hold exactly the bytes it was given (a "200"
+   is not proof).
+3. In one transaction, replace those rows' blobs by their place in the pack. A crash before COMMIT repeats the
+   round from step 1 (a pack no row names is garbage, never wrong). After COMMIT the store holds the only copy.
 
 A store that is down leaves the blobs in their rows, readable as before, and the next round tries again.
 """
@@ -41,17 +45,21 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ..errors import ObjectCorrupt, UntrustedState
 from .mirroring import MirrorThread, gauges
 from .objects import check_mark, put_object
-from .record_values import StoredRecord
+from .record_values import StoredRecord, record_of
 from .s3 import S3Bucket, open_bucket
 
 log = logging.getLogger("pacspace.storage")
 T = TypeVar("T")
 
-ROUND_BLOBS = 512
+ROUND_BLOBS = 1024
+PACK_BYTES = 8 << 20  # below s3.MAX_OBJECT; a single blob is at most 64 KiB and some
 # Requests to the store in flight at once, for a round's puts and for a page of records read back.
 PARALLEL = 8
 SET_ASIDE = 300.0
 MAX_SET_ASIDE = 10_000
+# A record's columns (record_values.record_of), then where its blob is if it moved to the store (pack, at, length).
+RECORD_WITH_PLACE = "r.relationship, r.seq, r.tag, r.ct_hash, r.blob, s.idx, s.checkpoint_size, r.pack, r.pack_at, " \
+    "r.pack_length"
 # The rows whose blob the mirror has yet to move (storage/migrations.py, version 4).
 INLINE_INDEX = "CREATE INDEX IF NOT EXISTS records_inline ON records (blob_id) WHERE blob IS NOT NULL"
 
@@ -63,6 +71,15 @@ class InlineBlob:
     blob: bytes
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a moved blob is: its pack (the SHA-256 naming it), and its offset and length there."""
+
+    pack: bytes
+    at: int
+    length: int
+
+
 class BlobRows(Protocol):
     """What the blob mirror reads and writes in the database (PostgresBlobs implements it)."""
 
@@ -70,8 +87,9 @@ class BlobRows(Protocol):
         """Up to ``limit`` settled records whose blob is still in their row, but for ``skip``, lowest blob_id first."""
         ...
 
-    def offload_blobs(self, blob_ids: Sequence[int]) -> int:
-        """Empty these rows' blob, in one transaction, durable once it returns; how many it emptied."""
+    def offload_blobs(self, places: Sequence[tuple[int, Place]]) -> int:
+        """Replace these rows' (blob_id) blobs by their places, in one transaction, durable once it returns; how
+        many it changed."""
         ...
 
     def store_mark(self) -> str | None:
@@ -79,31 +97,32 @@ class BlobRows(Protocol):
         ...
 
 
-def blob_key(ct_hash: bytes) -> str:
-    return "blob/" + ct_hash.hex()
+def pack_key(pack: bytes) -> str:
+    return "blob/" + pack.hex()
 
 
-def read_blobs(bucket: S3Bucket, ct_hashes: Sequence[bytes], pool: ThreadPoolExecutor | None = None, *,
+def read_blobs(bucket: S3Bucket, wanted: Sequence[tuple[bytes, Place]], pool: ThreadPoolExecutor | None = None, *,
                check: bool = True) -> list[bytes | None]:
-    """The blobs of these ct_hashes from the store, each checked against its hash: ObjectCorrupt for one that is
-    missing or holds other bytes (never served; the object's name is logged, not told to the client),
-    ObjectStoreFailed if the store does not answer. Unchecked (``check=False``, for fsck, which reports each):
-    as the store holds them, None for one it does not."""
+    """The blobs at these places, each checked against its ct_hash: ObjectCorrupt for one that is missing or is
+    other bytes (never served; where it is goes to the log, not to the client), ObjectStoreFailed if the store
+    does not answer. Unchecked (``check=False``, for fsck, which reports each): as the store holds them, None
+    where it holds no pack."""
 
-    def one(ct_hash: bytes) -> bytes | None:
-        data = bucket.get(blob_key(ct_hash))
+    def one(item: tuple[bytes, Place]) -> bytes | None:
+        ct_hash, place = item
+        data = bucket.get_range(pack_key(place.pack), place.at, place.length)
         if not check:
             return data
         if data is None or hashlib.sha256(data).digest() != ct_hash:
             what = "is missing" if data is None else "does not hold the record's blob (tampered with or damaged)"
-            log.error("%s/%s %s: it is not served (restore it from a backup of the bucket)", bucket,
-                      blob_key(ct_hash), what)
+            log.error("%s/%s %s at %d+%d: it is not served (restore it from a backup of the bucket)", bucket,
+                      pack_key(place.pack), what, place.at, place.length)
             raise ObjectCorrupt("a record's blob in the log's object store is missing or damaged; it is not served")
         return data
 
-    if pool is None or len(ct_hashes) < 2:
-        return [one(h) for h in ct_hashes]
-    return list(pool.map(one, ct_hashes))
+    if pool is None or len(wanted) < 2:
+        return [one(w) for w in wanted]
+    return list(pool.map(one, wanted))
 
 
 class BlobMirror(MirrorThread):
@@ -116,11 +135,6 @@ class BlobMirror(MirrorThread):
         self.rows = rows
         self.moved = 0  # blobs this mirror moved since it started
         self._aside: dict[int, float] = {}  # blob_id -> until when it is set aside
-        self._pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="pacspace-blob-put")
-
-    def stop(self) -> None:
-        super().stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def check_store(self) -> None:
         check_mark(self.bucket, self.rows.store_mark())
@@ -132,35 +146,30 @@ class BlobMirror(MirrorThread):
         inline = self.rows.inline_blobs(ROUND_BLOBS, list(self._aside))
         if not inline or self.stopping:
             return False
-        whole = [row for row in inline if self._matches(row)]
-        unique = list({row.ct_hash: row for row in whole}.values())  # records with the same bytes: one object
-        held = {row.ct_hash for row, ok in zip(unique, self._pool.map(self._put, unique)) if ok}
+        parts: list[bytes] = []
+        placed: list[tuple[int, int, int]] = []
+        size = 0
+        for row in inline:
+            if hashlib.sha256(row.blob).digest() != row.ct_hash:
+                self._set_aside(row, "in the database does not match its ct_hash (see `pacspace fsck`)")
+                continue
+            if parts and size + len(row.blob) > PACK_BYTES:
+                break
+            placed.append((row.blob_id, size, len(row.blob)))
+            parts.append(row.blob)
+            size += len(row.blob)
+        if not parts:
+            return True  # every row of the round was set aside: the next round reads past them
+        pack = b"".join(parts)
+        name = hashlib.sha256(pack).digest()
+        put_object(self.bucket, pack_key(name), pack)
+        if self.bucket.get(pack_key(name)) != pack:
+            raise ObjectCorrupt(f"{self.bucket}/{pack_key(name)} does not hold what was put there; its blobs stay in "
+                                "the database")
         if self.stopping:
             return False
-        done = [row.blob_id for row in whole if row.ct_hash in held]
-        self.moved += self.rows.offload_blobs(done) if done else 0
-        return len(inline) == ROUND_BLOBS and bool(done)
-
-    def _matches(self, row: InlineBlob) -> bool:
-        if hashlib.sha256(row.blob).digest() == row.ct_hash:
-            return True
-        self._set_aside(row, "in the database does not match its ct_hash (see `pacspace fsck`)")
-        return False
-
-    def _put(self, row: InlineBlob) -> bool:
-        """Step 2 for one blob: whether the store now holds it. A store that fails raises (the round fails)."""
-        if self.stopping:
-            return False
-        key = blob_key(row.ct_hash)
-        try:
-            put_object(self.bucket, key, row.blob)
-        except ObjectCorrupt:
-            self._set_aside(row, f"is not put: {self.bucket}/{key} holds other bytes, which are not overwritten")
-            return False
-        if self.bucket.get(key) != row.blob:
-            self._set_aside(row, f"is not moved: {self.bucket}/{key} does not hold what was put there")
-            return False
-        return True
+        self.moved += self.rows.offload_blobs([(blob_id, Place(name, at, length)) for blob_id, at, length in placed])
+        return len(inline) == ROUND_BLOBS or len(placed) < len(inline)
 
     def _set_aside(self, row: InlineBlob, why: str) -> None:
         if len(self._aside) < MAX_SET_ASIDE:
@@ -170,7 +179,7 @@ class BlobMirror(MirrorThread):
 
     def metrics_text(self) -> str:
         return gauges([("pacspace_blobs_moved", "Sealed blobs this sequencer moved to the object store.", self.moved),
-                       ("pacspace_blobs_set_aside", "Sealed blobs the store did not take (see the log).",
+                       ("pacspace_blobs_set_aside", "Sealed blobs set aside: their row does not match (see the log).",
                         len(self._aside)),
                        ("pacspace_blobs_failing", "1 while rounds of the sealed blobs' mirror fail.",
                         int(self.failing))])
@@ -199,15 +208,16 @@ class PostgresBlobs:
         if self._conn is not None:
             self._conn.close()
 
-    def fill(self, records: list[StoredRecord], check: bool = True) -> list[StoredRecord]:
-        """The records with the blobs the store holds for them read in (their rows hold NULL), checked (read_blobs;
-        unchecked for fsck, which checks each itself)."""
-        moved = [i for i, rec in enumerate(records) if rec.blob is None and rec.index is not None]
+    def fill(self, rows: Sequence[Sequence[Any]], check: bool = True) -> list[StoredRecord]:
+        """Records from rows of ``RECORD_WITH_PLACE``, with the blobs the store holds for them read in (where their
+        row names a place instead of the bytes), checked (read_blobs; unchecked for fsck, which checks each)."""
+        records = [record_of(tuple(row[:7])) for row in rows]
+        moved = [i for i, row in enumerate(rows) if row[4] is None and row[7] is not None]
         if not moved:
             return records
         bucket, pool = self._reader()
-        blobs = read_blobs(bucket, [records[i].ct_hash for i in moved], pool, check=check)
-        for i, blob in zip(moved, blobs):
+        wanted = [(records[i].ct_hash, Place(bytes(rows[i][7]), int(rows[i][8]), int(rows[i][9]))) for i in moved]
+        for i, blob in zip(moved, read_blobs(bucket, wanted, pool, check=check)):
             records[i] = dataclasses.replace(records[i], blob=blob)
         return records
 
@@ -261,10 +271,16 @@ class PostgresBlobs:
             (list(skip), limit)).fetchall())
         return [InlineBlob(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
 
-    def offload_blobs(self, blob_ids: Sequence[int]) -> int:
+    def offload_blobs(self, places: Sequence[tuple[int, Place]]) -> int:
+        ids = [blob_id for blob_id, _ in places]
+        pack = places[0][1].pack
+        assert all(place.pack == pack for _, place in places)  # one round, one pack
         return self._run(lambda conn: int(conn.execute(
-            "UPDATE records SET blob = NULL WHERE blob_id = ANY(%b::bigint[]) AND blob IS NOT NULL",
-            (list(blob_ids),)).rowcount))
+            "UPDATE records r SET blob = NULL, pack = %(pack)s, pack_at = v.at, pack_length = v.length "
+            "FROM unnest(%(ids)b::bigint[], %(ats)b::int[], %(lengths)b::int[]) AS v(id, at, length) "
+            "WHERE r.blob_id = v.id AND r.blob IS NOT NULL",
+            {"pack": pack, "ids": ids, "ats": [p.at for _, p in places],
+             "lengths": [p.length for _, p in places]}).rowcount))
 
     def store_mark(self) -> str | None:
         row = self._run(lambda conn: conn.execute("SELECT mark FROM objects").fetchone())

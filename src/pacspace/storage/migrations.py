@@ -113,11 +113,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
     """),
     Migration(4, "records' sealed blobs in the object store (--objects)", """
-        -- A settled record's blob moves to the object store, named by its ct_hash; its row keeps NULL
-        -- (storage/blobs.py). The index that finds the rows whose blob is still here is made by the first
-        -- sequencer of a log with an object store (pg_records.INLINE_INDEX): without one, every insert would
-        -- pay for an index nothing reads.
+        -- A settled record's blob moves to the object store, in a pack of a round's blobs; its row keeps NULL
+        -- and where it is: the pack's SHA-256, the offset and the length (storage/blobs.py). The index that
+        -- finds the rows whose blob is still here is made by the first sequencer of a log with an object store
+        -- (blobs.INLINE_INDEX): without one, every insert would pay for an index nothing reads.
         ALTER TABLE records ALTER COLUMN blob DROP NOT NULL;
+        ALTER TABLE records ADD COLUMN pack bytea, ADD COLUMN pack_at integer, ADD COLUMN pack_length integer;
         -- What the bucket's ``pacspace-log`` object holds (objects.claim_mark): a mirror moves nothing into a
         -- bucket that does not hold it (another endpoint, another store).
         ALTER TABLE objects ADD COLUMN mark text;

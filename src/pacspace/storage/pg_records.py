@@ -38,7 +38,7 @@ import psycopg
 
 from ..errors import DatabaseUnavailable, PacspaceError, SequencerUnavailable, UntrustedState, WriteFailed
 from . import consent, record_ops, record_writes
-from .blobs import PostgresBlobs
+from .blobs import RECORD_WITH_PLACE, PostgresBlobs
 from .database_url import redact
 from .migrations import require_current
 from .pgconnect import Connection, connect, connect_reader, first_line, require_durable
@@ -74,7 +74,6 @@ LOCK_TIMEOUT_MS = 10_000
 COMMIT_STATUS_WAIT = 5.0
 
 _PARTY_ROW = "name, role, token_hash, created_at, revoked_at, x25519, ed25519"
-_REC_BLOB = "r.relationship, r.seq, r.tag, r.ct_hash, r.blob, s.idx, s.checkpoint_size"
 _RECORD_ROWS = "records r LEFT JOIN settled s ON s.blob_id = r.blob_id"
 _UNSETTLED = "unsettled u JOIN records r ON r.blob_id = u.blob_id LEFT JOIN settled s ON s.blob_id = u.blob_id"
 
@@ -353,20 +352,20 @@ class PostgresRecordStore:
     # --- records -----------------------------------------------------------
 
     def record(self, rid: str, seq: int, blob: bool = True) -> StoredRecord | None:
-        columns = _REC_BLOB if blob else RECORD_COLUMNS
+        columns = RECORD_WITH_PLACE if blob else RECORD_COLUMNS
         rows = self._read(f"SELECT {columns} FROM {_RECORD_ROWS} WHERE r.relationship = %s AND r.seq = %s", (rid, seq))
         if not rows:
             return None
-        return self.blobs.fill([record_of(rows[0])])[0] if blob else record_of(rows[0])
+        return self.blobs.fill(rows)[0] if blob else record_of(rows[0])
 
     def records(self, rid: str, after_seq: int, limit: int) -> list[StoredRecord]:
         """Settled records (with a log index) after ``after_seq``, in seq order."""
         rows = self._read(
-            f"SELECT {_REC_BLOB} FROM {_RECORD_ROWS} WHERE r.relationship = %s AND r.seq > %s AND s.idx IS NOT NULL "
+            f"SELECT {RECORD_WITH_PLACE} FROM {_RECORD_ROWS} WHERE r.relationship = %s AND r.seq > %s AND s.idx IS NOT NULL "
             "ORDER BY r.seq LIMIT %s",
             (rid, after_seq, limit),
         )
-        return self.blobs.fill([record_of(r) for r in rows])
+        return self.blobs.fill(rows)
 
     def iter_records(self, page: int = 1000) -> Iterator[StoredRecord]:
         """Every record with its blob, by relationship and seq, read in pages (fsck): a blob in the object store as
@@ -374,13 +373,13 @@ class PostgresRecordStore:
         after: tuple[str, int] = ("", -1)
         while True:
             rows = self._read(
-                f"SELECT {_REC_BLOB} FROM {_RECORD_ROWS} WHERE (r.relationship, r.seq) > (%s, %s) "
+                f"SELECT {RECORD_WITH_PLACE} FROM {_RECORD_ROWS} WHERE (r.relationship, r.seq) > (%s, %s) "
                 "ORDER BY r.relationship, r.seq LIMIT %s",
                 (*after, page),
             )
             if not rows:
                 return
-            yield from self.blobs.fill([record_of(r) for r in rows], check=False)
+            yield from self.blobs.fill(rows, check=False)
             after = (rows[-1][0], rows[-1][1])
 
     # --- blobs in the object store (storage/blobs.py) -----------------------

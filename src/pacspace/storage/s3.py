@@ -1,7 +1,8 @@
 """An S3-compatible bucket, as the object store of a log (``--objects s3://BUCKET[/PREFIX]``).
 
-Four operations, nothing else: GET an object, PUT one only if the key is free (``If-None-Match: *``), PUT
-one unconditionally (the bucket's ``checkpoint``, the one object that changes), and HEAD the bucket. Requests
+A few operations, nothing else: GET an object (or a range of it), PUT one only if the key is free
+(``If-None-Match: *``), PUT one unconditionally (the bucket's ``checkpoint``, the one object that changes),
+DELETE one, and HEAD the bucket. Requests
 are signed with AWS Signature Version 4 (``sign_v4``, a pure function checked against AWS's published
 example in the tests). Endpoint and credentials come from the standard environment variables:
 ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (default: AWS itself), ``AWS_REGION`` or
@@ -147,6 +148,18 @@ class S3Bucket:
         if response.status == 404:
             return None
         self._expect(response, "GET", key, 200)
+        return response.body
+
+    def get_range(self, key: str, start: int, length: int) -> bytes | None:
+        """``length`` bytes of the object from ``start`` (an HTTP Range request), or None if there is no object. A
+        store that answers with the whole object is cut to the range; one that answers shorter gives fewer bytes
+        (which the caller's check refuses)."""
+        response = self._request("GET", key, headers={"Range": f"bytes={start}-{start + length - 1}"})
+        if response.status == 404:
+            return None
+        if response.status == 200:
+            return response.body[start:start + length]
+        self._expect(response, "GET", key, 206)
         return response.body
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
