@@ -218,3 +218,30 @@ def test_no_blob_moves_into_a_bucket_that_does_not_carry_the_logs_mark(tmp_path,
     finally:
         err = serve.stop()
     assert "is not the store the log's objects went to" in err, err
+
+
+def test_a_row_whose_blob_does_not_match_is_set_aside_and_the_others_move(tmp_path, postgres_url, s3, s3_env):
+    """A damaged row (its blob no longer hashes to its ct_hash) never goes to the store and never holds up the
+    rows after it: it is set aside, logged and counted, and fsck names it."""
+    data, env = _setup(tmp_path, postgres_url, s3_env)
+    serve = Serve(data, env, "--workers", "0")  # no bucket yet: every blob stays in its row
+    sent = {rid: _append(serve.port, rid, 3) for rid in ("acme:a", "acme:b")}
+    serve.stop()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE records SET blob = '\\x00'::bytea || substring(blob from 2) "
+                     "WHERE relationship = 'acme:a' AND seq = 1")
+    serve = Serve(data, env, "--objects", f"s3://{s3.bucket()}", "--workers", "0")
+    try:
+        deadline = time.monotonic() + 30
+        while _inline(postgres_url) != 1:
+            assert time.monotonic() < deadline, f"{_inline(postgres_url)} blobs are still in the database"
+            time.sleep(0.1)
+        assert "pacspace_blobs_set_aside 1\n" in http_call(serve.port, "GET", "/metrics")[1].decode()
+        status, page = _page(serve.port, "acme:b")
+        assert status == 200 and {r["seq"]: r["ciphertext"] for r in page["records"]} == sent["acme:b"]
+    finally:
+        err = serve.stop()
+    assert "does not match its ct_hash" in err, err
+    checked = cli("fsck", "--data", str(data), env=env, code=exitcodes.VERIFICATION_FAILED)
+    assert "fault: relationship acme:a seq 1: the blob does not match its ct_hash" in checked.stderr
+    assert checked.stderr.count("fault:") == 1, checked.stderr
