@@ -83,7 +83,7 @@ def _setup(tmp_path: Path, postgres_url: str, s3_env: dict[str, str]) -> tuple[P
 
 
 def test_settled_blobs_move_to_the_store_and_come_back_byte_for_byte(tmp_path, postgres_url, s3, s3_env):
-    """Every record's blob leaves the database for ``blob/<hex ct_hash>``, the API (and its HTTP workers) serve
+    """Every record's blob leaves the database for a pack in the bucket, the API (and its HTTP workers) serve
     the same bytes from there, a customer sees them too, and fsck checks each against its ct_hash."""
     data, env = _setup(tmp_path, postgres_url, s3_env)
     url = f"s3://{s3.bucket()}/logs/one"
@@ -218,6 +218,27 @@ def test_no_blob_moves_into_a_bucket_that_does_not_carry_the_logs_mark(tmp_path,
     finally:
         err = serve.stop()
     assert "is not the store the log's objects went to" in err, err
+    # A log whose bucket was filled before marks (the database records none): the mark is given only to a bucket
+    # that holds the log's checkpoint, which this process then reaches.
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE objects SET mark = NULL")
+    bucket.delete(STORE_MARK)
+    checkpoint = bucket.get("checkpoint")
+    assert checkpoint is not None
+    bucket.delete("checkpoint")
+    serve = Serve(data, env, "--workers", "0")
+    try:
+        sent = _append(serve.port, "acme:c", 1)
+        time.sleep(3)  # rounds that find no checkpoint there
+        assert _inline(postgres_url) == 1 and bucket.get(STORE_MARK) is None
+        bucket.put("checkpoint", checkpoint)
+        _wait_moved(postgres_url)
+        assert (bucket.get(STORE_MARK) or b"").startswith(b"localhost/pacspace\n")
+        status, page = _page(serve.port, "acme:c")
+        assert status == 200 and {r["seq"]: r["ciphertext"] for r in page["records"]} == sent
+    finally:
+        err = serve.stop()
+    assert "does not hold the log's objects" in err, err
 
 
 def test_a_row_whose_blob_does_not_match_is_set_aside_and_the_others_move(tmp_path, postgres_url, s3, s3_env):

@@ -7,10 +7,12 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,8 +151,16 @@ def test_a_worker_that_dies_stops_the_server_with_an_error(data):
 
 def test_sigterm_stops_workers_then_the_sequencer_and_removes_the_private_socket(data, tmp_path):
     port = free_port()
-    tmp = tmp_path / "tmp"  # the server's own temporary directory: other tests' servers make theirs elsewhere
-    tmp.mkdir()
+    # The server's own temporary directory, where other tests' servers make none; short, as a unix socket's path
+    # must be (tmp_path, under xdist, is too long).
+    tmp = Path(tempfile.mkdtemp(prefix="ps-"))
+    try:
+        _sigterm_stops_workers(data, port, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sigterm_stops_workers(data: Path, port: int, tmp: Path) -> None:
     server = start(data, port, env={**os.environ, "TMPDIR": str(tmp)})
     workers = children(server.pid)
     private = set(tmp.glob("pacspace-*"))
@@ -563,3 +573,17 @@ def test_workers_cap_their_connections_time_out_slow_heads_and_answer_bad_framin
         server.terminate()
         assert server.wait(timeout=60) == 0
     assert b"Traceback" not in server.stderr.read()
+
+
+def test_a_long_tmpdir_does_not_stop_the_workers(data, tmp_path):
+    """The sequencer's private socket needs a short path (108 bytes on Linux): under a $TMPDIR too long for one,
+    it goes under /tmp instead of the server failing to start."""
+    long_tmp = tmp_path / ("t" * 100)
+    long_tmp.mkdir()
+    port = free_port()
+    server = start(data, port, env={**os.environ, "TMPDIR": str(long_tmp)})
+    try:
+        assert len(children(server.pid)) == 2
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0

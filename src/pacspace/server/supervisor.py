@@ -181,6 +181,10 @@ async def hand_out_connections(listener: socket.socket, pool: WorkerPool) -> Non
                 log.warning("no worker could take a connection; closed it")
 
 
+# The longest path a unix socket takes on Linux (sun_path is 108 bytes, with its NUL).
+MAX_SOCKET_PATH = 107
+
+
 def serve_with_workers(
     config: ServerConfig, workers: int, announce: Callable[[web.Application], None], listener: socket.socket | None = None
 ) -> int:
@@ -191,6 +195,9 @@ def serve_with_workers(
         listener = socket.create_server((config.host, config.port), backlog=4096)
     listener.setblocking(False)
     ipc_dir = Path(tempfile.mkdtemp(prefix="pacspace-"))  # 0700: only this user reaches the sequencer
+    if len(bytes(ipc_dir / "sequencer.sock")) > MAX_SOCKET_PATH:  # a long $TMPDIR: a unix socket's path is short
+        ipc_dir.rmdir()
+        ipc_dir = Path(tempfile.mkdtemp(prefix="pacspace-", dir="/tmp"))
     try:
         return asyncio.run(_run(config, listener, workers, ipc_dir / "sequencer.sock", announce))
     finally:

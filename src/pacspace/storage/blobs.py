@@ -52,7 +52,8 @@ log = logging.getLogger("pacspace.storage")
 T = TypeVar("T")
 
 ROUND_BLOBS = 1024
-PACK_BYTES = 8 << 20  # below s3.MAX_OBJECT; a single blob is at most 64 KiB and some
+# A pack's bytes, at most (and one blob more): read back within s3.TIMEOUT from a store giving 0.2 MB/s.
+PACK_BYTES = 2 << 20
 # Requests to the store in flight at once, for a round's puts and for a page of records read back.
 PARALLEL = 8
 SET_ASIDE = 300.0
@@ -136,8 +137,12 @@ class BlobMirror(MirrorThread):
         self.moved = 0  # blobs this mirror moved since it started
         self._aside: dict[int, float] = {}  # blob_id -> until when it is set aside
 
-    def check_store(self) -> None:
-        check_mark(self.bucket, self.rows.store_mark())
+    def check_store(self) -> bool:
+        recorded = self.rows.store_mark()
+        if recorded is None:
+            return False  # the tiles' mirror, in this process, gives the bucket its mark first
+        check_mark(self.bucket, recorded)
+        return True
 
     def run_round(self) -> bool:
         """One round (steps 1-3); whether more blobs may be waiting."""
@@ -159,17 +164,34 @@ class BlobMirror(MirrorThread):
             parts.append(row.blob)
             size += len(row.blob)
         if not parts:
-            return True  # every row of the round was set aside: the next round reads past them
-        pack = b"".join(parts)
-        name = hashlib.sha256(pack).digest()
-        put_object(self.bucket, pack_key(name), pack)
-        if self.bucket.get(pack_key(name)) != pack:
-            raise ObjectCorrupt(f"{self.bucket}/{pack_key(name)} does not hold what was put there; its blobs stay in "
-                                "the database")
+            return False  # every row read was set aside: the next round, a round interval later, reads past them
+        name = self._put_pack(parts, placed)
         if self.stopping:
             return False
         self.moved += self.rows.offload_blobs([(blob_id, Place(name, at, length)) for blob_id, at, length in placed])
         return len(inline) == ROUND_BLOBS or len(placed) < len(inline)
+
+    def _put_pack(self, parts: list[bytes], placed: list[tuple[int, int, int]]) -> bytes:
+        """Step 2: put the pack and read it back; its name. A name the store holds other bytes under (a pack of an
+        earlier round that no row named, since damaged) is never overwritten: the pack loses its last blob, which
+        names another object, and is put again."""
+        while True:
+            pack = b"".join(parts)
+            name = hashlib.sha256(pack).digest()
+            try:
+                put_object(self.bucket, pack_key(name), pack)
+            except ObjectCorrupt:
+                if len(parts) == 1:
+                    raise
+                log.warning("%s/%s holds other bytes than its name says; it is left as it is", self.bucket,
+                            pack_key(name))
+                parts.pop()
+                placed.pop()
+                continue
+            if self.bucket.get(pack_key(name)) != pack:
+                raise ObjectCorrupt(f"{self.bucket}/{pack_key(name)} does not hold what was put there; its blobs stay "
+                                    "in the database")
+            return name
 
     def _set_aside(self, row: InlineBlob, why: str) -> None:
         if len(self._aside) < MAX_SET_ASIDE:
@@ -266,9 +288,12 @@ class PostgresBlobs:
 
     def inline_blobs(self, limit: int, skip: Sequence[int]) -> list[InlineBlob]:
         rows = self._run(lambda conn: conn.execute(
-            "SELECT r.blob_id, r.ct_hash, r.blob FROM records r JOIN settled s ON s.blob_id = r.blob_id "
-            "WHERE r.blob IS NOT NULL AND r.blob_id <> ALL(%b::bigint[]) ORDER BY r.blob_id LIMIT %s",
-            (list(skip), limit)).fetchall())
+            "SELECT blob_id, ct_hash, blob FROM (SELECT r.blob_id, r.ct_hash, r.blob, "
+            "sum(octet_length(r.blob)) OVER (ORDER BY r.blob_id) - octet_length(r.blob) AS before "
+            "FROM records r JOIN settled s ON s.blob_id = r.blob_id "
+            "WHERE r.blob IS NOT NULL AND r.blob_id <> ALL(%b::bigint[]) ORDER BY r.blob_id LIMIT %s) t "
+            "WHERE before < %s ORDER BY blob_id",  # a pack's worth: the rest are read by the next round
+            (list(skip), limit, PACK_BYTES)).fetchall())
         return [InlineBlob(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
 
     def offload_blobs(self, places: Sequence[tuple[int, Place]]) -> int:

@@ -41,9 +41,9 @@ class MirrorThread:
         """One round; whether the store is still behind after it."""
         raise NotImplementedError
 
-    def check_store(self) -> None:
+    def check_store(self) -> bool:
         """Raise unless the bucket this process reaches is the log's (objects.check_mark); run before the first
-        round, and again before each round until it passes."""
+        round, and again before each round until it returns True (False: not known yet, nothing to report)."""
         raise NotImplementedError
 
     @property
@@ -81,8 +81,9 @@ class MirrorThread:
         """A round; a failure is logged (once until it changes) and retried ROUND_INTERVAL later."""
         try:
             if not self._checked:
-                self.check_store()
-                self._checked = True
+                self._checked = self.check_store()
+                if not self._checked:
+                    return False
             behind = self.run_round()
         except Exception as exc:  # the store or the database: nothing is lost, the next round tries again
             if self._stop.is_set():

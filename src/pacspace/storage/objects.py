@@ -113,12 +113,13 @@ class ObjectMirror(MirrorThread):
                        ("pacspace_objects_failing", "1 while rounds of the object store's mirror fail.",
                         int(self.failing))])
 
-    def check_store(self) -> None:
+    def check_store(self) -> bool:
         mark = self.rows.store_mark()
         if mark is None:
-            mark = claim_mark(self.bucket, self.rows.origin)
-            self.rows.record_store_mark(mark)
+            self.rows.record_store_mark(claim_mark(self.bucket, self.rows.origin, self.rows.mirrored_size()))
+            mark = self.rows.store_mark()  # another writer's, if it recorded one first
         check_mark(self.bucket, mark)
+        return True
 
     def run_round(self) -> bool:
         """One round (steps 1-5); whether the store is still behind the log after it."""
@@ -160,13 +161,22 @@ class ObjectMirror(MirrorThread):
             self._checkpoint_put = size
 
 
-def claim_mark(bucket: S3Bucket, origin: str) -> str:
+def claim_mark(bucket: S3Bucket, origin: str, mirrored: int) -> str:
     """Step 0, once per log: put the log's mark in its bucket (STORE_MARK: the origin and a random id), or read
-    the one a crash left there before the database recorded it. UntrustedState if the bucket holds another log's."""
+    the one a crash left there before the database recorded it. UntrustedState if the bucket holds another log's,
+    or, for a log whose objects went to a bucket before marks (``mirrored`` > 0), if this one does not hold the
+    log's ``checkpoint``: then this process reaches another store than they went to."""
+    if mirrored:
+        note = bucket.get("checkpoint")
+        if note is None or note.split(b"\n", 1)[0] != origin.encode():
+            raise UntrustedState(f"{bucket} at this endpoint does not hold the log's objects (no checkpoint of "
+                                 f"{origin}): check AWS_ENDPOINT_URL; nothing is moved")
     mark = f"{origin}\n{secrets.token_hex(16)}\n"
     if bucket.put_if_absent(STORE_MARK, mark.encode()):
         return mark
     held = (bucket.get(STORE_MARK) or b"").decode("utf-8", "replace")
+    if not held:
+        raise ObjectStoreFailed(f"{bucket} refused {STORE_MARK} but gives none back: try again")
     if held.split("\n", 1)[0] != origin:
         raise UntrustedState(f"{bucket} holds another log's objects ({STORE_MARK} names {held.split(chr(10), 1)[0]!r})")
     return held

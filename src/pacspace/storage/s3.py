@@ -32,7 +32,7 @@ from ..errors import MalformedInput, ObjectStoreFailed
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Seconds one request may wait on the store; one that takes longer is treated as down (an object is at most
-# ~70 KiB). A read waiting on a hung store holds up the server's shutdown by at most this much.
+# a few MiB: a bundle, or a pack of blobs, blobs.PACK_BYTES). A read waiting on a hung store holds up the server's shutdown by at most this much.
 TIMEOUT = 10.0
 # The largest object pacspace stores: an entry bundle of 256 entries of at most 65,535 bytes, each with its
 # 2-byte length. A store that answers with more is refused before it is read.
@@ -157,6 +157,8 @@ class S3Bucket:
         response = self._request("GET", key, headers={"Range": f"bytes={start}-{start + length - 1}"})
         if response.status == 404:
             return None
+        if response.status == 416:  # the object is shorter than it should be: no bytes, which the caller refuses
+            return b""
         if response.status == 200:
             return response.body[start:start + length]
         self._expect(response, "GET", key, 206)
