@@ -165,7 +165,9 @@ def cli(*args: str, env: dict[str, str], code: int | None = 0):  # type: ignore[
 class World:
     """A real `pacspace serve` process on a data directory under ``tmp``, and parties with their homes."""
 
-    def __init__(self, tmp: Path, extra_serve: tuple[str, ...] = ()) -> None:
+    def __init__(self, tmp: Path, extra_serve: tuple[str, ...] = (), database: str | None = None) -> None:
+        """``database``: keep the log and its records in this PostgreSQL database (PACSPACE_DATABASE for the
+        operator's commands and the server), instead of the data directory."""
         import os
 
         self.tmp = tmp
@@ -174,7 +176,10 @@ class World:
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra = extra_serve
         self.proc = None
-        self.base = {**os.environ, "PACSPACE_URL": self.url}
+        self.base = {k: v for k, v in os.environ.items() if k != "PACSPACE_DATABASE"}
+        self.base["PACSPACE_URL"] = self.url
+        if database is not None:
+            self.base["PACSPACE_DATABASE"] = database
         self.env: dict[str, dict[str, str]] = {}
 
     def start(self) -> None:
@@ -184,7 +189,7 @@ class World:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pacspace", "serve", "--data", str(self.data), "--port", str(self.port),
              "--pool-interval", "0.02", *self.extra],
-            cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.base,
         )
         wait_for_health(self.url)
 

@@ -30,10 +30,11 @@ from pacspace.server.app import create_app
 
 
 @pytest.fixture
-async def setup(aiohttp_client, tmp_path):
-    new_log(tmp_path / "log")
-    add_two_parties(tmp_path / "log")
-    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
+async def setup(aiohttp_client, tmp_path, log_database):
+    new_log(tmp_path / "log", database=log_database)
+    add_two_parties(tmp_path / "log", log_database)
+    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01),
+                                  database=log_database))
     server = await aiohttp_client(app)
     url = str(server.make_url("")).rstrip("/")
     acme, bob = await register_two_homes(url, tmp_path)
@@ -56,6 +57,7 @@ async def test_customer_verifies_everything_and_the_close_adds_up(setup):
     assert isinstance(close, Close) and close.totals[0].quantity == "13" and close.record_count == 3
 
 
+@pytest.mark.parametrize("log_database", [None])  # the misbehaving server is simulated in records.db
 async def test_hidden_records_are_detected(setup):
     url, acme, bob, rid, data = setup
     async with PacspaceClient(url, "tok-bob") as c:

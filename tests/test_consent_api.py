@@ -21,7 +21,7 @@ from pacspace.records.body import Common, Delta, Line
 from pacspace.records.seal import Sealed, entry_from_ct_hash, seal
 from pacspace.sequencer import SequencerConfig
 from pacspace.server.app import create_app
-from pacspace.storage.records import RecordStore
+from pacspace.datadir import open_records
 
 PARTIES = {"acme": "provider", "evil": "provider", "bob": "customer", "carol": "customer"}
 
@@ -46,6 +46,7 @@ class World:
         self.data = data
         self.url = str(http.make_url("")).rstrip("/")
         self.homes = {name: Home(base / name) for name in PARTIES}
+        self.database: str | None = None
 
     async def register(self) -> None:
         for name, home in self.homes.items():
@@ -105,20 +106,22 @@ def line(n: int) -> Line:
     return Line("llm.requests", "request", str(n), {"model": "m"})
 
 
-async def start(aiohttp_client, data: Path, base: Path) -> World:  # type: ignore[no-untyped-def]
-    app = create_app(ServerConfig(data_dir=data, sequencer=SequencerConfig(pool_interval=0.01)))
+async def start(aiohttp_client, data: Path, base: Path, database: str | None = None) -> World:  # type: ignore[no-untyped-def]
+    app = create_app(ServerConfig(data_dir=data, sequencer=SequencerConfig(pool_interval=0.01), database=database))
     return World(await aiohttp_client(app), data, base)
 
 
 @pytest.fixture
-async def world(aiohttp_client, tmp_path):  # type: ignore[no-untyped-def]
+async def world(aiohttp_client, tmp_path, log_database):  # type: ignore[no-untyped-def]
+    """The consent API on each backend (log_database)."""
     data = tmp_path / "log"
-    new_log(data)
-    store = RecordStore(data)
+    new_log(data, database=log_database)
+    store = open_records(data, log_database)
     for name, role in PARTIES.items():
         store.add_party(name, role, token(name), 1)
     store.close()
-    w = await start(aiohttp_client, data, tmp_path)
+    w = await start(aiohttp_client, data, tmp_path, log_database)
+    w.database = log_database
     await w.register()
     return w
 
@@ -268,6 +271,7 @@ def back_to_version_4(data: Path) -> None:
     conn.close()
 
 
+@pytest.mark.parametrize("log_database", [None])  # records.db's schema history; PostgreSQL's starts with consent
 async def test_a_relationship_from_before_consent_is_accepted_and_its_customer_may_sign_it_once(
     aiohttp_client, tmp_path, world
 ):
@@ -275,7 +279,7 @@ async def test_a_relationship_from_before_consent_is_accepted_and_its_customer_m
     await world.append(rid)
     await world.http.close()  # stops the server
     back_to_version_4(world.data)
-    restarted = await start(aiohttp_client, world.data, tmp_path)
+    restarted = await start(aiohttp_client, world.data, tmp_path, world.database)
     restarted.homes = world.homes
     detail = await restarted.json("GET", f"/v1/relationships/{rid}", "bob")
     assert (detail["state"], detail["acceptance"], detail["decided_at"]) == ("accepted", None, None)

@@ -27,8 +27,9 @@ from pacspace.records.seal import seal
 
 
 @pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
+def world(tmp_path, log_database):
+    """A real serve, on each backend (log_database: SQLite, then PostgreSQL), with two providers and two customers."""
+    w = World(tmp_path, database=log_database)
     w.start()
     for name, role in (("acme", "provider"), ("mallory", "provider"), ("bob", "customer"), ("carol", "customer")):
         w.party(name, role)
@@ -155,14 +156,14 @@ async def _append_garbage(w: World, rid: str) -> None:
         await c.append(rid, 3, os.urandom(32), os.urandom(300))
 
 
-def test_a_witness_outage_leaves_nothing_in_doubt(tmp_path):
+def test_a_witness_outage_leaves_nothing_in_doubt(tmp_path, log_database):
     """With a witness policy and the witness down, `record` fails (503) with its record committed but unpublished.
     Once the witness is back, the next command sends the kept record first and gets its receipt: no restart."""
     witness_data = tmp_path / "witness"
     witness_vkey = cli("witness", "init", "--data", str(witness_data), "--name", "witness.example/w1",
                        env=dict(os.environ)).stdout.strip()
     witness_port = free_port()
-    w = World(tmp_path)
+    w = World(tmp_path, database=log_database)
     cli("init", "--data", str(w.data), env=w.base)
     log_vkey = cli("log-key", "--data", str(w.data), env=w.base).stdout.strip()
     (tmp_path / "witness-log-policy").write_text(f"log {log_vkey}\nquorum none\n")

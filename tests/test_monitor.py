@@ -30,10 +30,12 @@ from pacspace.server.app import create_app
 
 
 @pytest.fixture
-async def world(aiohttp_client, aiohttp_server, tmp_path):
-    new_log(tmp_path / "log")
-    add_two_parties(tmp_path / "log")
-    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01)))
+async def world(aiohttp_client, aiohttp_server, tmp_path, log_database):
+    """A served log on each backend (log_database), a relationship with three deltas, the customer's monitor."""
+    new_log(tmp_path / "log", database=log_database)
+    add_two_parties(tmp_path / "log", log_database)
+    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.01),
+                                  database=log_database))
     real = await aiohttp_client(app)
     upstream = str(real.make_url("")).rstrip("/")
     proxy = Proxy(upstream)

@@ -28,7 +28,7 @@ from pacspace.records.rules import RuleBroken
 from pacspace.records.seal import _bucket, commitment_for
 from pacspace.sequencer import SequencerConfig
 from pacspace.server.app import create_app
-from pacspace.storage.records import RecordStore
+from pacspace.datadir import open_records
 
 
 class SlowProxy(Proxy):
@@ -50,13 +50,14 @@ class SlowProxy(Proxy):
 
 
 @pytest.fixture
-async def w(aiohttp_client, aiohttp_server, tmp_path):
-    new_log(tmp_path / "log")
-    store = RecordStore(tmp_path / "log")
+async def w(aiohttp_client, aiohttp_server, tmp_path, log_database):
+    new_log(tmp_path / "log", database=log_database)
+    store = open_records(tmp_path / "log", log_database)
     for name, role in (("acme", "provider"), ("mallory", "provider"), ("bob", "customer")):
         store.add_party(name, role, f"tok-{name}", 1)
     store.close()
-    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.005)))
+    app = create_app(ServerConfig(data_dir=tmp_path / "log", sequencer=SequencerConfig(pool_interval=0.005),
+                                  database=log_database))
     world = type("World", (), {})()
     world.upstream = str((await aiohttp_client(app)).make_url("")).rstrip("/")
     world.proxy = SlowProxy(world.upstream)

@@ -35,12 +35,13 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-async def world(aiohttp_client, tmp_path):
+async def world(aiohttp_client, tmp_path, log_database):
     from helpers import new_log
 
-    vkey = new_log(tmp_path)
-    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01), body_timeout=2.0))
-    w = World(await aiohttp_client(app), vkey, tmp_path)
+    vkey = new_log(tmp_path, database=log_database)
+    app = create_app(ServerConfig(data_dir=tmp_path, sequencer=SequencerConfig(pool_interval=0.01), body_timeout=2.0,
+                                  database=log_database))
+    w = World(await aiohttp_client(app), vkey, tmp_path, log_database)
     w.app = app
     for who in w.tokens:
         await w.register(who)
