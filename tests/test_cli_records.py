@@ -21,7 +21,13 @@ def run(*args, env, ok=True):
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, log_database, monkeypatch):
+    """`pacspace serve` in tmp_path, on each backend: with PostgreSQL, PACSPACE_DATABASE is set for the server and
+    for every command the test then runs, as an operator exports it."""
+    if log_database is None:
+        monkeypatch.delenv("PACSPACE_DATABASE", raising=False)
+    else:
+        monkeypatch.setenv("PACSPACE_DATABASE", log_database)
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pacspace", "serve", "--port", str(port), "--pool-interval", "0.02"],
@@ -129,6 +135,7 @@ def test_readme_flow(tmp_path, server):
     assert bad.returncode == 6 and bad.stderr.startswith("pacspace: error:")
 
 
+@pytest.mark.parametrize("log_database", [None])  # it damages records.db and its segment files (test_blobs: PostgreSQL)
 def test_fsck_checks_records_too(tmp_path, server):
     base = {**os.environ, "PACSPACE_URL": server}
     data = str(tmp_path / "pacspace-data")

@@ -16,11 +16,11 @@ from test_cli_records import run, server  # noqa: F401  (the real-server fixture
 
 from pacspace.client.http import PacspaceClient
 from pacspace.client.records import create_relationship, load_relationship
+from pacspace.datadir import open_records
 from pacspace.recorder.config import load_config
 from pacspace.recorder.events import cloudevent
 from pacspace.recorder.spool import Spool
 from pacspace.records.body import Delta
-from pacspace.storage.records import RecordStore
 
 RELATIONSHIPS = 120
 HOURS = (10, 11, 12, 13)
@@ -48,7 +48,7 @@ async def _verify(url, bob, rids):  # type: ignore[no-untyped-def]
 def test_a_flush_killed_at_any_moment_commits_each_window_exactly_once(tmp_path, server):  # noqa: F811
     from datetime import datetime, timezone
 
-    store = RecordStore(tmp_path / "pacspace-data")
+    store = open_records(tmp_path / "pacspace-data", os.environ.get("PACSPACE_DATABASE"))  # the server's backend
     store.add_party("acme", "provider", "tok-acme", 1)
     store.add_party("bob", "customer", "tok-bob", 1)
     store.close()
