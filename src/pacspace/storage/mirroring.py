@@ -20,6 +20,7 @@ log = logging.getLogger("pacspace.storage")
 ROUND_INTERVAL = 1.0
 FAILURE_LOG_INTERVAL = 60.0
 STOP_WAIT = 2.0  # seconds a shutdown waits for the round in flight
+MAX_BACKOFF = 30.0
 
 
 class MirrorThread:
@@ -34,6 +35,7 @@ class MirrorThread:
         self._stop = threading.Event()
         self._failing: str | None = None
         self._failing_logged = 0.0
+        self._failures = 0  # rounds failed in a row
         self._checked = False
         self._thread = threading.Thread(target=self._run, name=f"pacspace-{self.what}", daemon=True)
 
@@ -72,13 +74,15 @@ class MirrorThread:
     def _run(self) -> None:
         while not self._stop.is_set():
             behind = self._round()
-            if not behind:
+            if self._failures:  # rounds that keep failing are tried less and less often: 1, 2, 4 ... MAX_BACKOFF s
+                self._stop.wait(min(MAX_BACKOFF, ROUND_INTERVAL * 2 ** (self._failures - 1)))
+            elif not behind:
                 self._wake.wait(ROUND_INTERVAL)
                 self._stop.wait(ROUND_INTERVAL)  # a floor between rounds once caught up, however often woken
                 self._wake.clear()
 
     def _round(self) -> bool:
-        """A round; a failure is logged (once until it changes) and retried ROUND_INTERVAL later."""
+        """A round; a failure is logged (once until it changes) and retried later (_run's backoff)."""
         try:
             if not self._checked:
                 self._checked = self.check_store()
@@ -96,7 +100,9 @@ class MirrorThread:
                 log.error("the log's %s were not brought to the object store %s: %s", self.what, self.bucket, message)
                 self._failing_logged = time.monotonic()
             self._failing = kind
+            self._failures += 1
             return False
+        self._failures = 0
         if self._failing is not None:
             log.info("the log's %s are being brought to the object store %s again", self.what, self.bucket)
             self._failing = None
