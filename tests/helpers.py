@@ -115,6 +115,21 @@ def wait_for_health(url: str, attempts: int = 400) -> None:
     raise TimeoutError(f"no answer from {url}/health")
 
 
+def wait_for_witness(port: int, attempts: int = 400) -> None:
+    """Poll a `pacspace witness serve` started a moment ago until it answers (a 404 for an unknown origin)."""
+    import urllib.error
+    import urllib.request
+
+    for _ in range(attempts):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/checkpoint?origin=x", timeout=1)
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"no witness answered on port {port}")
+
+
 async def fill_log(data: Path, count: int, chunk: int = 50_000) -> None:
     """Grow the log in ``data`` by ``count`` entries through the sequencer's bulk path (for benchmarks)."""
     import asyncio

@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import free_port
+from helpers import free_port, wait_for_witness
 
 from pacspace.checkpoint import Checkpoint, sign_checkpoint
 from pacspace.merkle import EMPTY_ROOT, ListHashReader, consistency_proof, leaf_hash, tree_hash
@@ -193,14 +192,8 @@ def test_state_survives_sigkill_after_a_reply(tmp_path):
     def start():
         proc = subprocess.Popen([sys.executable, "-m", "pacspace", "witness", "serve", "--data", str(data), "--policy",
                                  str(policy), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/checkpoint?origin=x", timeout=1)
-            except urllib.error.HTTPError:
-                return proc
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("witness did not start")
+        wait_for_witness(port)
+        return proc
 
     def post(raw):
         try:
@@ -249,13 +242,7 @@ def test_two_witness_processes_share_their_state_in_postgresql(tmp_path, postgre
 
     try:
         for port in ports:
-            for _ in range(400):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/checkpoint?origin=x", timeout=1)
-                except urllib.error.HTTPError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_for_witness(port)
         assert post(ports[0], body(0, 10))[0] == 200
         assert post(ports[1], body(0, 20)) == (409, b"10\n")
         assert post(ports[1], body(10, 20))[0] == 200

@@ -17,12 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import entry, free_port  # noqa: E402
+from helpers import entry, free_port, wait_for_witness  # noqa: E402
 
 from pacspace.datadir import init_log, load_signer, load_state  # noqa: E402
 from pacspace.policy import parse_policy  # noqa: E402
@@ -76,13 +74,7 @@ def main() -> None:
                                        str(work / "witness-policy"), "--port", str(port)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         lines.append(f"witness w{i} {out} http://127.0.0.1:{port}")
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/checkpoint?origin=x", timeout=1)
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_witness(port)
     lines += ["group two 2 w0 w1 w2", "quorum two"]
     try:
         plain = asyncio.run(latencies(data, args.samples, None))
