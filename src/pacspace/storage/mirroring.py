@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 
 from ..errors import PacspaceError
 from .s3 import S3Bucket
@@ -23,7 +24,7 @@ STOP_WAIT = 2.0  # seconds a shutdown waits for the round in flight
 MAX_BACKOFF = 30.0
 
 
-class MirrorThread:
+class MirrorThread(ABC):
     """Runs ``run_round`` after notify(), at start, and while idle until it has caught up. Subclasses say what
     they mirror (``what``, for the log) and do one round."""
 
@@ -39,14 +40,14 @@ class MirrorThread:
         self._checked = False
         self._thread = threading.Thread(target=self._run, name=f"pacspace-{self.what}", daemon=True)
 
+    @abstractmethod
     def run_round(self) -> bool:
         """One round; whether the store is still behind after it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def check_store(self) -> bool:
         """Raise unless the bucket this process reaches is the log's (objects.check_mark); run before the first
         round, and again before each round until it returns True (False: not known yet, nothing to report)."""
-        raise NotImplementedError
 
     @property
     def failing(self) -> bool:
