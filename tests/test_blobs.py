@@ -213,6 +213,10 @@ def test_no_blob_moves_into_a_bucket_that_does_not_carry_the_logs_mark(tmp_path,
         assert _inline(postgres_url) == 3
         bucket.put(STORE_MARK, mark)
         _wait_moved(postgres_url)
+        deadline = time.monotonic() + 60  # the tiles' mirror too, which backed off as long (its step 5)
+        while bucket.get("checkpoint") is None:
+            assert time.monotonic() < deadline, "the tiles' mirror put no checkpoint"
+            time.sleep(0.1)
         status, page = _page(serve.port, "acme:b")
         assert status == 200 and {r["seq"]: r["ciphertext"] for r in page["records"]} == sent
     finally:

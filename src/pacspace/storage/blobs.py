@@ -21,8 +21,8 @@ store than the one every other process reads):
    PACK_BYTES of blobs), but for those set aside: a row whose blob does not match its ``ct_hash`` is set aside
    for SET_ASIDE seconds and logged, and stays. An unsettled record's blob stays in its row: the row may yet be
    dropped.
-2. Put the pack, if absent (``If-None-Match: *``; one there with other bytes is ObjectCorrupt: the round
-   stops, overwriting nothing), and read it back: the store must hold exactly the bytes it was given (a "200"
+2. Put the pack, if absent (``If-None-Match: *``; other bytes under its name, a put cut short, are replaced:
+   the name is the pack's hash), and read it back: the store must hold exactly the bytes it was given (a "200"
    is not proof).
 3. In one transaction, replace those rows' blobs by their place in the pack. A crash before COMMIT repeats the
    round from step 1 (a pack no row names is garbage, never wrong). After COMMIT the store holds the only copy.
@@ -165,33 +165,22 @@ class BlobMirror(MirrorThread):
             size += len(row.blob)
         if not parts:
             return False  # every row read was set aside: the next round, a round interval later, reads past them
-        name = self._put_pack(parts, placed)
+        name = self._put_pack(parts)
         if self.stopping:
             return False
         self.moved += self.rows.offload_blobs([(blob_id, Place(name, at, length)) for blob_id, at, length in placed])
         return len(inline) == ROUND_BLOBS or len(placed) < len(inline)
 
-    def _put_pack(self, parts: list[bytes], placed: list[tuple[int, int, int]]) -> bytes:
-        """Step 2: put the pack and read it back; its name. A name the store holds other bytes under (a pack of an
-        earlier round that no row named, since damaged) is never overwritten: the pack loses its last blob, which
-        names another object, and is put again."""
-        while True:
-            pack = b"".join(parts)
-            name = hashlib.sha256(pack).digest()
-            try:
-                put_object(self.bucket, pack_key(name), pack)
-            except ObjectCorrupt:
-                if len(parts) == 1:
-                    raise
-                log.warning("%s/%s holds other bytes than its name says; it is left as it is", self.bucket,
-                            pack_key(name))
-                parts.pop()
-                placed.pop()
-                continue
-            if self.bucket.get(pack_key(name)) != pack:
-                raise ObjectCorrupt(f"{self.bucket}/{pack_key(name)} does not hold what was put there; its blobs stay "
-                                    "in the database")
-            return name
+    def _put_pack(self, parts: list[bytes]) -> bytes:
+        """Step 2: put the pack and read it back; its name. Other bytes under that name (a put of an earlier round
+        cut short) are replaced: the name is the hash of the bytes, so only this pack's belong there."""
+        pack = b"".join(parts)
+        name = hashlib.sha256(pack).digest()
+        put_object(self.bucket, pack_key(name), pack)
+        if self.bucket.get(pack_key(name)) != pack:
+            raise ObjectCorrupt(f"{self.bucket}/{pack_key(name)} does not hold what was put there; its blobs stay "
+                                "in the database")
+        return name
 
     def _set_aside(self, row: InlineBlob, why: str) -> None:
         if len(self._aside) < MAX_SET_ASIDE:

@@ -17,8 +17,9 @@ put there and the database recorded; a process whose AWS_ENDPOINT_URL leads else
 2. Put every full tile and full entry bundle that T implies and M did not, then T's partial tiles and
    partial bundle (immutable too under their C2SP ``.p/W`` names), each with ``If-None-Match: *``. An object
    already there with the same bytes counts as put: a crash after step 2 repeats it harmlessly. One with
-   other bytes was tampered with or damaged: ObjectCorrupt, and the round stops, overwriting nothing and
-   deleting nothing (fsck shows it; the operator restores the object from a backup).
+   other bytes (a PUT cut short, on a store that keeps part of one; or tampering) is put again, and logged: no
+   reader was ever sent to it, and the database holds the right bytes (put_object). An object the database
+   recorded as moved is never put again; a tampered one is found by its reader's check and by fsck.
 3. Read every full bundle of step 2 back: the store must hold exactly the bytes it was given. A store's "200"
    is not proof (one that acknowledges a PUT it dropped, or one it refused because another object was there,
    would otherwise cost the log those entries at step 4).
@@ -37,6 +38,7 @@ A failure of the store (down, refusing) leaves everything in PostgreSQL, and the
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
@@ -46,6 +48,8 @@ from ..merkle import HASH_SIZE, leaf_hash
 from ..tiles import TILE_WIDTH, TileRef, bundle_prefix, full_tile_count, iter_bundle, partial_width, tile_levels
 from .mirroring import MirrorThread, gauges
 from .s3 import S3Bucket
+
+log = logging.getLogger("pacspace.storage")
 
 # The object that names the log a bucket holds the objects of (claim_mark).
 STORE_MARK = "pacspace-log"
@@ -175,8 +179,12 @@ def claim_mark(bucket: S3Bucket, origin: str, mirrored: int) -> str:
     if bucket.put_if_absent(STORE_MARK, mark.encode()):
         return mark
     held = (bucket.get(STORE_MARK) or b"").decode("utf-8", "replace")
-    if not held:
-        raise ObjectStoreFailed(f"{bucket} refused {STORE_MARK} but gives none back: try again")
+    if held.count("\n") != 2 or not held.endswith("\n"):  # a put cut short, on a store that keeps part of one
+        log.warning("%s/%s is not a mark (a put cut short?); it is put again", bucket, STORE_MARK)
+        bucket.put(STORE_MARK, mark.encode())
+        held = (bucket.get(STORE_MARK) or b"").decode("utf-8", "replace")
+        if held != mark:
+            raise ObjectStoreFailed(f"{bucket} does not give back the {STORE_MARK} put there: try again")
     if held.split("\n", 1)[0] != origin:
         raise UntrustedState(f"{bucket} holds another log's objects ({STORE_MARK} names {held.split(chr(10), 1)[0]!r})")
     return held
@@ -229,13 +237,21 @@ def partial_objects(size: int) -> list[TileRef]:
 
 
 def put_object(bucket: S3Bucket, key: str, data: bytes) -> None:
-    """Put an immutable object once: stored now, or already there with the same bytes; ObjectCorrupt otherwise."""
+    """Put an immutable object whose bytes the database still holds: stored now, already there with the same
+    bytes, or replaced. Other bytes under its name are a PUT cut short (a store that does not check Content-MD5
+    may keep what it received of it) or tampering, and no reader has ever been sent there for this object (a
+    reader is, only once the database records it moved), so the log's own bytes are the ones to put. Replacing is
+    logged. ObjectCorrupt if the store still gives back other bytes."""
     if bucket.put_if_absent(key, data):
         return
     held = bucket.get(key)
-    if held != data:
-        raise ObjectCorrupt(f"{bucket}/{key} holds other bytes than the log's (tampered with or damaged); "
-                            "it is not overwritten: restore it from a backup")
+    if held == data:
+        return
+    log.warning("%s/%s held %s bytes other than the log's (a put cut short, or tampering); it is put again",
+                bucket, key, "no" if held is None else f"{len(held):,}")
+    bucket.put(key, data)
+    if bucket.get(key) != data:
+        raise ObjectCorrupt(f"{bucket}/{key} does not hold what was put there; it stays in the database")
 
 
 def object_bytes(ref: TileRef, tile: Callable[[int, int], bytes | None], bundle: Callable[[int], bytes | None]) -> bytes:

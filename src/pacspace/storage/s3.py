@@ -16,6 +16,7 @@ botocore would add tens of megabytes and its own threads to every pacspace proce
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import hmac
@@ -205,6 +206,10 @@ class S3Bucket:
         path = path or "/"
         payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         extra = dict(headers or {})
+        if body:
+            # Not every S3-compatible store checks x-amz-content-sha256 (SeaweedFS does not, and keeps an empty object
+            # for a PUT whose sender died after its headers), but they check Content-MD5: a body cut short is refused.
+            extra["Content-MD5"] = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode("ascii")
         if self._credentials.session_token:
             extra["X-Amz-Security-Token"] = self._credentials.session_token
         when = datetime.datetime.now(datetime.timezone.utc)
