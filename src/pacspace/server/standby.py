@@ -51,6 +51,7 @@ from ..checkpoint import open_checkpoint
 from ..config import ServerConfig
 from ..datadir import load_signer
 from ..errors import MalformedInput, SequencerUnavailable, UntrustedState
+from ..storage.objects import RECORDED_STORE, kept_store
 from ..storage.s3 import S3Bucket, S3Location
 from ..storage.pgconnect import Connection, connect, writer_elsewhere
 from ..storage.record_values import token_hash
@@ -214,14 +215,14 @@ def check_object_store(config: ServerConfig) -> None:
     assert config.database is not None
     probe = connect(config.database, "pacspace standby")
     try:
-        row = probe.execute("SELECT url FROM objects").fetchone()
+        row = probe.execute(RECORDED_STORE).fetchone()
     finally:
         probe.close()
     held = None if row is None else str(row[0])
     if held is None:
         return
-    if config.objects is not None and str(S3Location.parse(config.objects)) != held:
-        raise UntrustedState(f"the log's objects are in {held}, not {config.objects}; a log keeps its object store")
+    if config.objects is not None:
+        kept_store(held, config.objects)
     try:
         S3Bucket.from_env(S3Location.parse(held))
     except MalformedInput as exc:

@@ -47,7 +47,7 @@ from ..errors import InvalidRange, ObjectCorrupt, ObjectStoreFailed, PacspaceErr
 from ..merkle import HASH_SIZE, leaf_hash
 from ..tiles import TILE_WIDTH, TileRef, bundle_prefix, full_tile_count, iter_bundle, partial_width, tile_levels
 from .mirroring import MirrorThread, gauges
-from .s3 import S3Bucket
+from .s3 import S3Bucket, S3Location
 
 log = logging.getLogger("pacspace.storage")
 
@@ -188,6 +188,19 @@ def claim_mark(bucket: S3Bucket, origin: str, mirrored: int) -> str:
     if held.split("\n", 1)[0] != origin:
         raise UntrustedState(f"{bucket} holds another log's objects ({STORE_MARK} names {held.split(chr(10), 1)[0]!r})")
     return held
+
+
+# The store a log's objects went to, as its database records it (one row, or none).
+RECORDED_STORE = "SELECT url FROM objects"
+
+
+def kept_store(held: str | None, wanted: str) -> str:
+    """The object store of a log whose database records ``held`` (None: none yet), for a process given
+    ``wanted`` (``--objects``), normalized. UntrustedState if the log has another: a log keeps its object store."""
+    wanted = str(S3Location.parse(wanted))
+    if held is not None and held != wanted:
+        raise UntrustedState(f"the log's objects are in {held}, not {wanted}; a log keeps its object store")
+    return wanted
 
 
 def check_mark(bucket: S3Bucket, recorded: str | None) -> None:

@@ -41,6 +41,7 @@ from . import consent, record_ops, record_writes
 from .blobs import RECORD_WITH_PLACE, PostgresBlobs
 from .database_url import redact
 from .migrations import require_current
+from .objects import RECORDED_STORE
 from .pgconnect import Connection, connect, connect_reader, first_line, require_durable
 from .record_ops import RecordOp
 from .records import RecordStore
@@ -391,7 +392,7 @@ class PostgresRecordStore:
         return self.blobs.metrics_text()
 
     def _store_url(self) -> str | None:
-        rows = self._read("SELECT url FROM objects")
+        rows = self._read(RECORDED_STORE)
         return str(rows[0][0]) if rows else None
 
     def unsettled_of(self, rid: str) -> list[StoredRecord]:

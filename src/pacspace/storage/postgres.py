@@ -55,7 +55,7 @@ from .logtables import LogTables, TileRow, as_bytes
 from .migrations import migrate, require_current, schema_version
 from .pgconnect import RECONNECT_PAUSE, RECONNECT_WAIT, Connection, Session, connect, connect_reader, first_line, \
     connect_writer, require_durable
-from .objects import ObjectMirror, check_bundle, check_store
+from .objects import RECORDED_STORE, ObjectMirror, check_bundle, check_store, kept_store
 from .s3 import S3Bucket, S3Location, open_bucket
 
 log = logging.getLogger("pacspace.storage")
@@ -115,12 +115,9 @@ class PostgresLog(LogTables):
 
     def _open_objects(self, wanted: str | None, mirror: bool) -> None:
         """The log's object store: the one it has, or ``wanted``, which the writer records for every process."""
-        row = self._one("SELECT url FROM objects")
-        held = None if row is None else str(row[0])
+        held = self.object_store()
         if wanted is not None:
-            wanted = str(S3Location.parse(wanted))
-            if held is not None and held != wanted:
-                raise UntrustedState(f"the log's objects are in {held}, not {wanted}; a log keeps its object store")
+            wanted = kept_store(held, wanted)
             if held is None:
                 if self._write is None:
                     raise UntrustedState(f"the log has no object store yet: start `pacspace serve --objects {wanted}` "
@@ -148,7 +145,7 @@ class PostgresLog(LogTables):
         return self.objects
 
     def object_store(self) -> str | None:
-        row = self._one("SELECT url FROM objects")
+        row = self._one(RECORDED_STORE)
         return None if row is None else str(row[0])
 
     def metrics_text(self) -> str:
