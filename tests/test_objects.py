@@ -5,7 +5,9 @@ detected and never served, and a store that is down or a round cut short loses n
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ from pacspace.storage.postgres import PostgresLog
 from pacspace.storage.s3 import EMPTY_SHA256, TIMEOUT, Credentials, S3Location, sign_v4
 from pacspace.tiles import TILE_WIDTH, TileRef, encode_bundle, full_tile_count, iter_bundle, root_from_edge, \
     tile_levels, tiles_for_size
+from tcp_relay import TcpRelay, shut
 
 ORIGIN = "objects.example/log"
 T0 = 1_780_000_000
@@ -410,30 +413,27 @@ async def test_a_store_that_acknowledges_what_it_did_not_keep_costs_the_log_noth
     PostgresLog(postgres_url).close()
 
 
-def _cutting_proxy(endpoint: str, body_bytes: int) -> tuple[str, threading.Thread]:
-    """An endpoint that forwards one request to ``endpoint`` and cuts it after its headers and ``body_bytes`` of
-    its body: a writer killed in the middle of a PUT, as the store sees it."""
-    upstream = urllib.parse.urlsplit(endpoint)
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(10)
+class _CutInTheBody(TcpRelay):
+    """A relay to the store that cuts the first request after its headers and ``body_bytes`` of its body: a
+    writer killed in the middle of a PUT, as the store sees it."""
 
-    def run() -> None:
-        client, _ = listener.accept()
-        server = socket.create_connection((upstream.hostname, upstream.port), timeout=10)
-        received = b""
-        with client, server, listener:
-            client.settimeout(10)
-            while b"\r\n\r\n" not in received or len(received) < received.index(b"\r\n\r\n") + 4 + body_bytes:
-                chunk = client.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
-            server.sendall(received[:received.index(b"\r\n\r\n") + 4 + body_bytes])
-            time.sleep(0.3)  # the store has what was sent; then both sides of the connection close
+    def __init__(self, port: int, body_bytes: int) -> None:
+        self.body_bytes, self.received, self.done = body_bytes, b"", threading.Event()
+        super().__init__(port)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread
+    def forward(self, data: bytes, src: socket.socket, dst: socket.socket, upstream: bool) -> bool:
+        if not upstream:
+            dst.sendall(data)
+            return True
+        self.received += data
+        end = self.received.find(b"\r\n\r\n")
+        if end < 0 or len(self.received) < end + 4 + self.body_bytes:
+            return True
+        dst.sendall(self.received[:end + 4 + self.body_bytes])
+        time.sleep(0.3)  # the store has what was sent; then both sides of the connection close
+        shut(src, dst)
+        self.done.set()
+        return False
 
 
 @pytest.mark.parametrize("body_bytes", [0, 100_000])
@@ -444,12 +444,19 @@ def test_a_put_cut_short_leaves_nothing_in_the_store(s3, body_bytes):
 
     name = s3.bucket()
     data = os.urandom(200_000)
-    endpoint, proxy = _cutting_proxy(s3.endpoint, body_bytes)
-    cut = S3Bucket(S3Location(name), endpoint=endpoint, region="us-east-1",
+    relay = _CutInTheBody(int(urllib.parse.urlsplit(s3.endpoint).port or 0), body_bytes)
+    cut = S3Bucket(S3Location(name), endpoint=f"http://127.0.0.1:{relay.port}", region="us-east-1",
                    credentials=s3.client(f"s3://{name}")._credentials)
-    with pytest.raises(ObjectStoreFailed):
-        cut.put_if_absent("tile/entries/000", data)
-    proxy.join(timeout=15)
+    try:
+        with pytest.raises(ObjectStoreFailed):
+            cut.put_if_absent("tile/entries/000", data)
+        assert relay.done.wait(15)
+    finally:
+        relay.close()
+    # What lets the store tell: the PUT says which bytes it carries (SeaweedFS, given none, has kept an empty
+    # object for a PUT cut after its headers, on this machine, though not every time).
+    headers = relay.received.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"content-md5: " + base64.b64encode(hashlib.md5(data).digest()).lower() in headers, headers
     time.sleep(0.5)
     assert s3.client(f"s3://{name}").get("tile/entries/000") is None
     # Whole, it is stored.

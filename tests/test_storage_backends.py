@@ -5,6 +5,8 @@ guarantees hold (one writer per size, versioned schema, nothing left by a refuse
 from __future__ import annotations
 
 import hashlib
+import socket
+import time
 
 import psycopg
 import pytest
@@ -18,6 +20,7 @@ from pacspace.storage.base import Batch
 from pacspace.storage.migrations import LATEST
 from pacspace.storage.database_url import redact
 from pacspace.storage.postgres import PostgresLog
+from tcp_relay import TcpRelay, shut
 
 ORIGIN = "backends.example/log"
 T0 = 1_780_000_000
@@ -192,58 +195,33 @@ def test_postgres_writer_connects_again_and_takes_its_lock_again_when_its_connec
     reader.close()
 
 
-class _CuttableLink:
+class _CuttableLink(TcpRelay):
     """A TCP relay to PostgreSQL that can cut its links as a failing network does to one side only: ``cut`` closes
     the client's end of every link, while PostgreSQL's ends stay open, so their sessions (and any lock they hold)
     live on until PostgreSQL notices, which can take hours. A misbehaving network, simulated."""
 
     def __init__(self, port: int) -> None:
-        import socket
-        import threading
-
-        self._upstream_port = port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
         self._links: list[tuple[socket.socket, socket.socket]] = []
         self._kept: list[socket.socket] = []  # PostgreSQL's ends of cut links: open, silent
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(port)
 
-    def _accept(self) -> None:
-        import socket
-        import threading
+    def opened(self, client: socket.socket, server: socket.socket) -> None:
+        with self.lock:
+            self._links.append((client, server))
 
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self._upstream_port))
-            with self._lock:
-                self._links.append((client, server))
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst) -> None:  # type: ignore[no-untyped-def]
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
+    def ended(self, src: socket.socket, dst: socket.socket) -> None:
+        pass  # a cut link's PostgreSQL end stays open
 
     def cut(self) -> None:
-        import socket
-
-        with self._lock:
+        with self.lock:
             links, self._links = self._links, []
         for client, server in links:
-            client.shutdown(socket.SHUT_RDWR)
+            shut(client)
             client.close()
             self._kept.append(server)
 
     def close(self) -> None:
-        self._listener.close()
+        super().close()
         for sock in self._kept:
             sock.close()
 
@@ -834,60 +812,27 @@ def test_a_sequencer_that_another_took_over_from_stores_no_record(tmp_path, post
         store.close()
 
 
-class _CutAtCommit:
+class _CutAtCommit(TcpRelay):
     """A TCP proxy to PostgreSQL that ends the first connection to send COMMIT: after passing it on (the answer
     is lost, the transaction committed) or before (it never arrives: the server rolls back). Later connections
     pass untouched. A misbehaving network, simulated; the database is real."""
 
     def __init__(self, port: int, after: bool) -> None:
-        import socket
         import threading
 
-        self.target, self.after, self.cut = port, after, threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.after, self.cut = after, threading.Event()
+        super().__init__(port)
 
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src, dst, watching: bool) -> None:  # type: ignore[no-untyped-def]
-        import socket
-
-        try:
-            while data := src.recv(65536):
-                if watching and not self.cut.is_set() and b"COMMIT\x00" in data:
-                    self.cut.set()
-                    if self.after:
-                        dst.sendall(data)
-                        import time
-
-                        time.sleep(0.3)  # the server commits; its answer never gets back
-                    for s in (src, dst):
-                        s.shutdown(socket.SHUT_RDWR)  # both ends see it at once, though another thread reads them
-                    return
+    def forward(self, data: bytes, src: socket.socket, dst: socket.socket, upstream: bool) -> bool:
+        if upstream and not self.cut.is_set() and b"COMMIT\x00" in data:
+            self.cut.set()
+            if self.after:
                 dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.server.close()
+                time.sleep(0.3)  # the server commits; its answer never gets back
+            shut(src, dst)
+            return False
+        dst.sendall(data)
+        return True
 
 
 @pytest.mark.parametrize("landed", [True, False])
