@@ -245,6 +245,27 @@ def test_postgres_writer_ends_its_own_lost_session_that_still_holds_the_lock(tmp
         link.close()
 
 
+def test_two_logs_on_one_server_never_take_each_others_writer_for_their_own(tmp_path, postgres, postgres_url):
+    """Each log in a database of its own on one PostgreSQL server: one log's writer is no writer of the other
+    (its standbys would otherwise wait on it, and never take over)."""
+    from pacspace.storage.pgconnect import connect, writer_elsewhere
+
+    other_url = postgres.database()
+    _new_postgres_log(tmp_path / "a", postgres_url)[1].close()
+    init_log(tmp_path / "b", "example.com/another-log", T0, other_url)
+    writer = PostgresLog(postgres_url)
+    try:
+        mine, theirs = connect(postgres_url), connect(other_url)
+        try:
+            assert writer_elsewhere(mine) and not writer_elsewhere(theirs)
+        finally:
+            mine.close()
+            theirs.close()
+        PostgresLog(other_url).close()  # the other log's writer opens beside it
+    finally:
+        writer.close()
+
+
 def test_postgres_writer_waits_for_a_server_that_is_coming_back(tmp_path, postgres, postgres_url):
     import threading
     import time

@@ -91,11 +91,14 @@ def take_writer_lock(conn: Connection, previous: Session | None) -> bool:
 
 
 def writer_elsewhere(conn: Connection) -> bool:
-    """Whether a session holds the writer's lock now: read from pg_locks, never taken, so that a probe never
-    stands in the way of a writer taking its lock back."""
+    """Whether a session holds the writer's lock of this database's log now: read from pg_locks, never taken, so
+    that a probe never stands in the way of a writer taking its lock back. pg_locks shows the whole server's
+    locks, and another database on it may hold another log, whose writer takes the same lock number there."""
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
-        "AND classid = %s AND objid = %s)", (WRITER_LOCK >> 32, WRITER_LOCK & 0xFFFF_FFFF)
+        "AND classid = %s AND objid = %s "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        (WRITER_LOCK >> 32, WRITER_LOCK & 0xFFFF_FFFF),
     ).fetchone()
     return row is not None and bool(row[0])
 
