@@ -266,6 +266,54 @@ def test_two_logs_on_one_server_never_take_each_others_writer_for_their_own(tmp_
         writer.close()
 
 
+def test_a_database_outage_is_a_503_that_says_nothing_of_where_the_database_is(tmp_path, postgres, postgres_url):
+    """PostgreSQL stops under a real serve: readers get 503 database_unavailable with a message that names
+    no host, port or driver error (the server's log has them); once it is back, the same requests answer."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from helpers import cli, free_port, wait_for_health
+
+    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+    cli("init", "--data", str(tmp_path / "d"), env=env)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "pacspace", "serve", "--data", str(tmp_path / "d"), "--port",
+                               str(port), "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def get(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}")
+        assert get("/checkpoint")[0] == 200
+        postgres.halt()
+        try:
+            answers = [get(path) for path in ("/checkpoint", "/tile/0/000.p/1", "/v1/log") for _ in range(3)]
+        finally:
+            postgres.resume()
+        assert all(status == 503 for status, _ in answers), answers
+        for _, body in answers:
+            answer = json.loads(body)
+            assert answer["error"] == "database_unavailable", answer
+            assert str(postgres.port) not in answer["message"] and "127.0.0.1" not in answer["message"], answer
+        deadline = time.monotonic() + 30
+        while get("/checkpoint")[0] != 200:
+            assert time.monotonic() < deadline, "the serve did not read the database again"
+            time.sleep(0.2)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert b"cannot connect to" in err  # the operator's log says what the client was not told
+
+
 def test_postgres_writer_waits_for_a_server_that_is_coming_back(tmp_path, postgres, postgres_url):
     import threading
     import time

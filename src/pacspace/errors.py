@@ -17,6 +17,9 @@ class PacspaceError(Exception):
     http_status = 500
     # What the pacspace command exits with (pacspace.exitcodes): one meaning per code.
     exit_code = exitcodes.FAILURE
+    # What an HTTP client is told instead of the message, for errors whose message is the operator's (where the
+    # database or the object store is, and how reaching it failed): the server logs the message.
+    public_message: str | None = None
 
     def details(self) -> dict[str, object]:
         """Extra fields for the JSON error body (machine-readable hints, never secrets)."""
@@ -175,6 +178,16 @@ class ObjectStoreFailed(PacspaceError):
 
     code = "object_store_failed"
     http_status = 503
+    public_message = "the log's object store did not answer: retry"
+
+
+class DatabaseUnreachable(UntrustedState):
+    """No connection to the log's PostgreSQL database could be made (down, restarting, unreachable): at start,
+    the server does not run; for a request, it did not happen, and a retry is safe."""
+
+    code = "database_unavailable"
+    http_status = 503
+    public_message = "the log's database did not answer: retry"
 
 
 class ObjectCorrupt(UntrustedState):

@@ -59,8 +59,12 @@ def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if exc.http_status == 401:
             headers = {"WWW-Authenticate": 'Bearer realm="pacspace"'}
+        message = str(exc)
+        if exc.public_message is not None:
+            log.warning("%s %s: %s", request.method, request.path, message)
+            message = exc.public_message
         return web.json_response(
-            {"error": exc.code, "message": str(exc), **exc.details()}, status=exc.http_status, headers=headers
+            {"error": exc.code, "message": message, **exc.details()}, status=exc.http_status, headers=headers
         )
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from ..errors import UntrustedState, WriterElsewhere
+from ..errors import DatabaseUnreachable, UntrustedState, WriterElsewhere
 from .database_url import redact
 
 # pg_try_advisory_lock key of the log's one writer ("pacswrit").
@@ -38,7 +38,7 @@ def connect(url: str, name: str = "pacspace") -> Connection:
                                keepalives=1, keepalives_idle=20, keepalives_interval=5, keepalives_count=4,
                                tcp_user_timeout=60_000, options=SERVER_KEEPALIVES)
     except psycopg.Error as exc:
-        raise UntrustedState(f"cannot connect to {redact(url)}: {first_line(exc)}") from None
+        raise DatabaseUnreachable(f"cannot connect to {redact(url)}: {first_line(exc)}") from None
 
 
 def first_line(exc: BaseException) -> str:
