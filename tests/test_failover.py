@@ -234,9 +234,15 @@ def test_a_standby_that_could_never_sequence_is_refused_at_start(tmp_path, postg
         serves.args = ("--objects", bucket)
         serves.start(0)
         port = str(serves.ports[1])
+        deadline = time.monotonic() + 30  # the sequencer's mirror gives the bucket its mark, which a standby checks
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            while conn.execute("SELECT mark FROM objects").fetchone() in (None, (None,)):
+                assert time.monotonic() < deadline, "the bucket was given no mark"
+                time.sleep(0.1)
         for args, penv, says in (
                 (("--objects", f"s3://{s3.bucket()}"), env, f"the log's objects are in {bucket}, not s3://"),
-                ((), {k: v for k, v in env.items() if not k.startswith("AWS_")}, "needs AWS_ACCESS_KEY_ID")):
+                ((), {k: v for k, v in env.items() if not k.startswith("AWS_")}, "needs AWS_ACCESS_KEY_ID"),
+                ((), {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}, "ConnectionRefusedError")):
             refused = cli("serve", "--data", str(serves.dirs[1]), "--port", port, *args, env=penv, code=1)
             assert says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         other = tmp_path / "other"

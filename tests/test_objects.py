@@ -307,6 +307,13 @@ async def test_a_tampered_object_is_detected_and_never_served(tmp_path, postgres
         unreachable = cli("fsck", "--data", str(tmp_path / "data"), env={
             **env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{another_port()}"}, code=1)
         assert "fault" not in unreachable.stderr and "ConnectionRefusedError" in unreachable.stderr
+        # Nor does another store that has a bucket of that name (here: the bucket without the log's mark).
+        mark = bucket.get(STORE_MARK)
+        assert mark is not None
+        bucket.delete(STORE_MARK)
+        elsewhere = cli("fsck", "--data", str(tmp_path / "data"), env=env, code=1)
+        assert "fault" not in elsewhere.stderr and "not the store the log's objects went to" in elsewhere.stderr
+        bucket.put(STORE_MARK, mark)
     finally:
         server.terminate()
         _, err = server.communicate(timeout=30)

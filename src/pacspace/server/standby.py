@@ -50,8 +50,8 @@ from .. import highwater
 from ..checkpoint import open_checkpoint
 from ..config import ServerConfig
 from ..datadir import load_signer
-from ..errors import MalformedInput, SequencerUnavailable, UntrustedState
-from ..storage.objects import RECORDED_STORE, kept_store
+from ..errors import MalformedInput, ObjectStoreFailed, SequencerUnavailable, UntrustedState
+from ..storage.objects import check_mark, kept_store
 from ..storage.s3 import S3Bucket, S3Location
 from ..storage.pgconnect import Connection, connect, writer_elsewhere
 from ..storage.record_values import token_hash
@@ -210,23 +210,26 @@ STANDBY = web.AppKey("standby", Standby)
 
 
 def check_object_store(config: ServerConfig) -> None:
-    """Before a standby serves: refuse one that could not use the log's object store once it took over (another
-    bucket given, or no credentials for the log's), rather than find out then."""
+    """Before a standby serves: refuse one that could not use the log's object store if it took over (another
+    bucket given, no credentials for the log's, or an endpoint that does not lead to it), rather than find out
+    then."""
     assert config.database is not None
     probe = connect(config.database, "pacspace standby")
     try:
-        row = probe.execute(RECORDED_STORE).fetchone()
+        row = probe.execute("SELECT url, mark FROM objects").fetchone()
     finally:
         probe.close()
-    held = None if row is None else str(row[0])
-    if held is None:
+    if row is None:
         return
+    held, mark = str(row[0]), None if row[1] is None else str(row[1])
     if config.objects is not None:
         kept_store(held, config.objects)
     try:
-        S3Bucket.from_env(S3Location.parse(held))
-    except MalformedInput as exc:
-        raise UntrustedState(f"this serve could not use the log's object store once it took over: {exc}") from None
+        bucket = S3Bucket.from_env(S3Location.parse(held))
+        if mark is not None:
+            check_mark(bucket, mark)
+    except (MalformedInput, ObjectStoreFailed) as exc:
+        raise UntrustedState(f"this serve could not use the log's object store if it took over: {exc}") from None
 
 
 async def standby_context(app: web.Application) -> AsyncIterator[None]:

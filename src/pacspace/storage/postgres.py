@@ -55,7 +55,7 @@ from .logtables import LogTables, TileRow, as_bytes
 from .migrations import migrate, require_current, schema_version
 from .pgconnect import RECONNECT_PAUSE, RECONNECT_WAIT, Connection, Session, connect, connect_reader, first_line, \
     connect_writer, require_durable
-from .objects import RECORDED_STORE, ObjectMirror, check_bundle, check_store, kept_store
+from .objects import RECORDED_STORE, ObjectMirror, check_bundle, check_mark, check_store, kept_store
 from .s3 import S3Bucket, S3Location, open_bucket
 
 log = logging.getLogger("pacspace.storage")
@@ -378,6 +378,9 @@ class PostgresLog(LogTables):
         bucket = self._bucket()
         if bucket is None:
             return [], []
+        mark = self.store_mark()
+        if mark is not None:  # another store at this endpoint proves nothing about the log's: not a fault of it
+            check_mark(bucket, mark)
         return check_store(bucket, self, self.mirrored_size(), head, open_note)
 
     def committed_tile(self, level: int, n: int) -> bytes | None:
