@@ -363,3 +363,9 @@ async def test_a_frontend_needs_only_the_log_tables_that_operations_md_grants(tm
         for table in ("parties", "relationships", "wraps", "records", "unsettled", "settled"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"SELECT 1 FROM {table}")
+    # fsck with that role says, in one line, what it may not read (it checks the records too).
+    from helpers import cli
+
+    refused = cli("fsck", "--data", str(data), "--database", reader_url, env=dict(os.environ), code=1)
+    assert "may not read the records' tables" in refused.stderr and "internal error" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("pacspace: error:"), refused.stderr  # after progress

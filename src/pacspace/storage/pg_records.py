@@ -293,6 +293,9 @@ class PostgresRecordStore:
                         raise
                     self._reader = connect_reader(self.url)
                     return self._reader.execute(sql, params).fetchall()
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise UntrustedState(f"{self.path}: the role may not read the records' tables ({first_line(exc)}); "
+                                     "grant it SELECT on them, or use the role of the log's serve") from None
             except (psycopg.OperationalError, UntrustedState) as exc:
                 log.warning("a records read from %s failed: %s", self.path, first_line(exc))
                 raise DatabaseUnavailable("the log's database did not answer: retry") from None
