@@ -212,6 +212,14 @@ def test_no_blob_moves_into_a_bucket_that_does_not_carry_the_logs_mark(tmp_path,
             assert time.monotonic() < deadline, "the blobs' mirror did not stop"
             time.sleep(0.1)
         assert _inline(postgres_url) == 3
+        # A blob this store does not give back is no proof of damage here: the store is not the log's (503).
+        key = _place(postgres_url, "acme:a", 0)[0]
+        pack = bucket.get(key)
+        assert pack is not None
+        bucket.delete(key)
+        status, answer = _page(serve.port, "acme:a")
+        assert (status, answer["error"]) == (503, "object_store_failed"), answer
+        bucket.put(key, pack)
         bucket.put(STORE_MARK, mark)
         _wait_moved(postgres_url)
         deadline = time.monotonic() + 60  # the tiles' mirror too, which backed off as long (its step 5)

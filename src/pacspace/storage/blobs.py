@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import ObjectCorrupt, UntrustedState
 from .mirroring import MirrorThread, gauges
-from .objects import check_mark, put_object
+from .objects import blame_the_store, check_mark, put_object
 from .record_values import StoredRecord, record_of
 from .s3 import S3Bucket, open_bucket
 
@@ -200,10 +200,12 @@ class PostgresBlobs:
     """The blobs of the records in a PostgreSQL database whose log has an object store: read back from there,
     checked, and moved there (the sequencer's mirror). ``store_url`` looks up the store the log recorded."""
 
-    def __init__(self, url: str, where: str, store_url: Callable[[], str | None]) -> None:
+    def __init__(self, url: str, where: str, store_url: Callable[[], str | None],
+                 store_mark: Callable[[], str | None]) -> None:
         self._url = url
         self._where = where
         self._store_url = store_url
+        self._store_mark = store_mark
         self._lock = threading.Lock()
         self._bucket: S3Bucket | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -228,7 +230,12 @@ class PostgresBlobs:
             return records
         bucket, pool = self._reader()
         wanted = [(records[i].ct_hash, Place(bytes(rows[i][7]), int(rows[i][8]), int(rows[i][9]))) for i in moved]
-        for i, blob in zip(moved, read_blobs(bucket, wanted, pool, check=check)):
+        try:
+            blobs = read_blobs(bucket, wanted, pool, check=check)
+        except ObjectCorrupt:
+            blame_the_store(bucket, self._store_mark())
+            raise
+        for i, blob in zip(moved, blobs):
             records[i] = dataclasses.replace(records[i], blob=blob)
         return records
 

@@ -214,6 +214,20 @@ def check_mark(bucket: S3Bucket, recorded: str | None) -> None:
                              f"{'missing' if held is None else 'another'}): check AWS_ENDPOINT_URL; nothing is moved")
 
 
+def blame_the_store(bucket: S3Bucket, recorded: str | None) -> None:
+    """Before an object that is missing or other bytes is called damaged: ObjectStoreFailed if the bucket this
+    process reaches lacks the log's mark (its AWS_ENDPOINT_URL leads to another store, where a bucket of that
+    name holds nothing of the log's): that proves nothing about the log's objects. A log given no mark yet
+    cannot tell."""
+    if recorded is None:
+        return
+    try:
+        check_mark(bucket, recorded)
+    except UntrustedState as exc:
+        log.error("%s", exc)
+        raise ObjectStoreFailed(str(exc)) from None
+
+
 def checkpoint_size(note: bytes) -> int:
     """The tree size a checkpoint note states (its second line), or -1 if it states none."""
     lines = note.split(b"\n", 2)

@@ -131,7 +131,7 @@ class PostgresRecordStore:
         self._write_lock = threading.Lock()
         self._reader = connect_reader(url)
         self._read_lock = threading.Lock()
-        self.blobs = PostgresBlobs(url, self.path, self._store_url)
+        self.blobs = PostgresBlobs(url, self.path, self._store_url, self._store_mark)
         try:
             require_current(self._reader, self.path)
             if not readonly:
@@ -397,6 +397,10 @@ class PostgresRecordStore:
     def _store_url(self) -> str | None:
         rows = self._read(RECORDED_STORE)
         return str(rows[0][0]) if rows else None
+
+    def _store_mark(self) -> str | None:
+        rows = self._read("SELECT mark FROM objects")
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def unsettled_of(self, rid: str) -> list[StoredRecord]:
         """One relationship's rows still without a log index (its last ones), in seq order."""

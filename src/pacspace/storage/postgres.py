@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..errors import CheckpointConflict, LogExists, LogLocked, ObjectStoreFailed, UntrustedState
+from ..errors import CheckpointConflict, LogExists, LogLocked, ObjectCorrupt, ObjectStoreFailed, UntrustedState
 from ..merkle import leaf_hash
 from ..records.seal import record_tag
 from ..tiles import TILE_WIDTH, TileRef, iter_bundle
@@ -55,7 +55,7 @@ from .logtables import LogTables, TileRow, as_bytes
 from .migrations import migrate, require_current, schema_version
 from .pgconnect import RECONNECT_PAUSE, RECONNECT_WAIT, Connection, Session, connect, connect_reader, first_line, \
     connect_writer, require_durable
-from .objects import RECORDED_STORE, ObjectMirror, check_bundle, check_mark, check_store, kept_store
+from .objects import RECORDED_STORE, ObjectMirror, blame_the_store, check_bundle, check_mark, check_store, kept_store
 from .s3 import S3Bucket, S3Location, open_bucket
 
 log = logging.getLogger("pacspace.storage")
@@ -290,8 +290,13 @@ class PostgresLog(LogTables):
             return None
         data = bucket.get(TileRef(None, n).path())
         if data is None:
+            blame_the_store(bucket, self.store_mark())
             return None
-        check_bundle(data, n, self.read_tile(0, n), str(bucket))
+        try:
+            check_bundle(data, n, self.read_tile(0, n), str(bucket))
+        except ObjectCorrupt:
+            blame_the_store(bucket, self.store_mark())
+            raise
         with self._cache_lock:
             self._store_bundles[n] = data
             self._store_bytes += len(data)
