@@ -245,6 +245,24 @@ def test_postgres_writer_ends_its_own_lost_session_that_still_holds_the_lock(tmp
         link.close()
 
 
+def test_init_of_a_new_directory_on_a_database_that_holds_a_log_leaves_the_directory_as_it_was(tmp_path, postgres_url):
+    """A careless second machine: `init` (or a first `serve`) in a new directory, on the log's database. Refused,
+    saying how to run another serve of that log, and no key is left behind to name a log no database holds."""
+    import os
+
+    from helpers import cli, free_port
+
+    env = {**os.environ, "PACSPACE_DATABASE": postgres_url}
+    cli("init", "--data", str(tmp_path / "first"), "--origin", "example.com/the-log", env=env)
+    for command in (["init", "--origin", "example.com/the-log"], ["serve", "--port", str(free_port())]):
+        fresh = tmp_path / f"fresh-{command[0]}"
+        refused = cli(command[0], "--data", str(fresh), *command[1:], env=env, code=1)
+        assert "already holds a log (example.com/the-log)" in refused.stderr, refused.stderr
+        assert "log.key and database files" in refused.stderr, refused.stderr
+        assert not (fresh / "log.key").exists() and not (fresh / "database.pending").exists()
+        assert not (fresh / "database").exists()
+
+
 def test_two_logs_on_one_server_never_take_each_others_writer_for_their_own(tmp_path, postgres, postgres_url):
     """Each log in a database of its own on one PostgreSQL server: one log's writer is no writer of the other
     (its standbys would otherwise wait on it, and never take over)."""
@@ -534,7 +552,7 @@ def test_a_directory_whose_log_is_in_a_database_never_gets_a_second_log(tmp_path
     data = tmp_path / "data"
     cli("init", "--data", str(data), "--database", postgres_url, env=env)
     refused = cli("init", "--data", str(data), env=env, code=1)
-    assert "was created in" in refused.stderr and not (data / "log.db").exists()
+    assert "already has its log, created in" in refused.stderr and not (data / "log.db").exists()
     # The database loses the log (dropped, restored empty, another server behind the URL): never re-created.
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("DROP TABLE log_meta, log_head, tiles, bundles, checkpoints, leaf_index, tag_index, objects, pacspace_schema")

@@ -86,10 +86,11 @@ def init_log(data_dir: Path, origin: str, timestamp: int, database: str | None =
             raise LogExists(f"a log already exists at {data_dir}; refusing to touch it")
         for mark in (data_dir / DATABASE_NAME, data_dir / PENDING_NAME):
             if mark.exists() and (database is None or mark.name == DATABASE_NAME):
-                raise LogExists(f"the log of {data_dir} was created in {mark.read_text().strip()}; if that database "
-                                "lost it, restore it from a backup: creating it again would sign a second history "
-                                "with the same key")
-        if (data_dir / KEY_NAME).exists():
+                raise LogExists(f"{data_dir} already has its log, created in {mark.read_text().strip()} (`pacspace "
+                                "serve` runs it); if that database lost it, restore it from a backup: creating it "
+                                "again would sign a second history with the same key")
+        new_key = not (data_dir / KEY_NAME).exists()
+        if not new_key:
             signer = load_signer(data_dir)
             if signer.name != origin:
                 raise LogExists(
@@ -103,7 +104,18 @@ def init_log(data_dir: Path, origin: str, timestamp: int, database: str | None =
         if database is None:
             SqliteLog.create(data_dir, origin, first.format()).close()
         else:
-            _init_in_database(data_dir, database, signer, first.format())
+            pending = (data_dir / PENDING_NAME).exists()
+            try:
+                _init_in_database(data_dir, database, signer, first.format())
+            except LogExists:
+                # Another log is there: the key made for this one signed nothing anyone saw, and goes, with the
+                # mark, so that the directory is as it was (not a key that names a log no database holds).
+                if new_key:
+                    (data_dir / KEY_NAME).unlink()
+                if not pending:
+                    (data_dir / PENDING_NAME).unlink(missing_ok=True)
+                fsync_dir(data_dir)
+                raise
     finally:
         lock.close()
     return signer
@@ -141,7 +153,9 @@ def _init_in_database(data_dir: Path, database: str, signer: NoteSigner, first_c
         finally:
             held.close()
         if not ours:
-            raise
+            raise LogExists(f"{redact(database)} already holds a log ({held.origin}): a serve of it on another machine "
+                            "runs with a copy of the data directory of the serve that created it (its log.key and "
+                            "database files); a new log needs a database of its own") from None
     os.rename(pending, data_dir / DATABASE_NAME)
     fsync_dir(data_dir)
 
