@@ -566,6 +566,7 @@ def test_a_directory_whose_log_is_in_a_database_never_gets_a_second_log(tmp_path
     added = cli("admin", "party", "add", "acme", "--role", "provider", "--data", str(other), "--database", elsewhere, env=env)
     assert added.stdout.startswith("pst_")
     assert "give --database" in cli("admin", "party", "list", "--data", str(other), env=env, code=2).stderr
+    assert "give --database" in cli("fsck", "--data", str(other), env=env, code=2).stderr  # not "no log here"
     with psycopg.connect(elsewhere, autocommit=True) as conn:
         assert conn.execute("SELECT name, role FROM parties").fetchall() == [("acme", "provider")]
     assert not (other / "records.db").exists()

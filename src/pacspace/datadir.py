@@ -224,6 +224,7 @@ def open_log(data_dir: Path, database: str | None = None, *, readonly: bool = Fa
     if database is None:
         if objects is not None:
             raise MalformedInput("--objects needs --database: an object store holds the bundles of a log in PostgreSQL")
+        log_exists(data_dir)  # refuses a directory whose log is in a database, saying to give --database
         return SqliteLog.open(data_dir, readonly=readonly)
     from .storage.postgres import PostgresLog
 
