@@ -167,8 +167,8 @@ def _end_the_writers_session(url: str) -> None:
     from pacspace.storage.pgconnect import WRITER_NAME
 
     with psycopg.connect(url, autocommit=True) as admin:
-        ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                              (WRITER_NAME,)).fetchall()
+        ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
+                              "AND datname = current_database()", (WRITER_NAME,)).fetchall()
     assert ended == [(True,)]
 
 
@@ -381,8 +381,9 @@ def test_postgres_init_refuses_a_database_that_holds_a_log_and_changes_nothing(t
     before = PostgresLog(postgres_url, readonly=True)
     first = before.latest_checkpoint()
     before.close()
-    with pytest.raises(LogExists, match="already holds the log backends.example/log"):
+    with pytest.raises(LogExists, match=r"already holds a log \(backends.example/log\)"):
         init_log(tmp_path / "b", "other.example/log", T0, postgres_url)
+    assert not (tmp_path / "b" / "log.key").exists()  # the key made for the refused log is gone with it
     after = PostgresLog(postgres_url, readonly=True)
     assert after.origin == ORIGIN and after.latest_checkpoint() == first and after.checkpoint_count() == 1
     after.close()
@@ -419,7 +420,7 @@ def test_the_command_line_keeps_the_log_where_it_was_made(tmp_path, postgres_url
     refused = cli("serve", "--data", str(pg), "--port", str(free_port()), env=env, code=2)
     assert "is in the database" in refused.stderr and not (pg / "log.db").exists()
     again = cli("init", "--data", str(tmp_path / "other"), "--database", url, env=env, code=None)
-    assert again.returncode != 0 and "already holds the log" in again.stderr and "hunter2" not in again.stderr
+    assert again.returncode != 0 and "already holds a log" in again.stderr and "hunter2" not in again.stderr
     cli("init", "--data", str(lite), env=env)
     refused = cli("serve", "--data", str(lite), "--database", url, "--port", str(free_port()), env=env, code=2)
     assert "holds a SQLite log" in refused.stderr
@@ -433,7 +434,7 @@ def test_postgres_reads_survive_the_server_dropping_their_connection(tmp_path, p
     first = reader.latest_checkpoint()
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
-                              "'pacspace' AND pid <> pg_backend_pid()").fetchall()
+                              "'pacspace' AND pid <> pg_backend_pid() AND datname = current_database()").fetchall()
     assert ended == [(True,)]
     assert reader.latest_checkpoint() == first  # a new connection, the same answer
     reader.close()
