@@ -53,9 +53,9 @@ def lines_files(folder: Path) -> list[tuple[str, Path]]:
     return out
 
 
-async def month_world(aiohttp_client: Any, tmp_path: Path) -> Any:
-    """A log server in process; acme records and closes the month for bob, who accepts; acme also invites bob to a
-    second relationship, left pending."""
+async def month_world(aiohttp_client: Any, tmp_path: Path, database: str | None = None) -> Any:
+    """A log server in process (its tables in ``database``, a PostgreSQL URL, if given); acme records and closes the
+    month for bob, who accepts; acme also invites bob to a second relationship, left pending."""
     from types import SimpleNamespace
 
     from helpers import accept_as, served_log_with_two_homes
@@ -63,7 +63,7 @@ async def month_world(aiohttp_client: Any, tmp_path: Path) -> Any:
     from pacspace.client.http import PacspaceClient
     from pacspace.client.records import create_relationship, load_relationship
 
-    url, acme, bob = await served_log_with_two_homes(aiohttp_client, tmp_path)
+    url, acme, bob = await served_log_with_two_homes(aiohttp_client, tmp_path, database)
     async with PacspaceClient(url, "tok-acme") as c:
         rid = (await create_relationship(c, acme.keys(), "acme", "bob"))["relationship"]
         view = await load_relationship(c, acme, rid, acme.log_key())

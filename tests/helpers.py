@@ -85,8 +85,9 @@ async def register_two_homes(url: str, base: Path):  # type: ignore[no-untyped-d
     return acme, bob
 
 
-async def served_log_with_two_homes(aiohttp_client, base: Path):  # type: ignore[no-untyped-def]
-    """A log server (in-process, real storage) under ``base/log`` with acme and bob, their homes registered.
+async def served_log_with_two_homes(aiohttp_client, base: Path, database: str | None = None):  # type: ignore[no-untyped-def]
+    """A log server (in-process, real storage) under ``base/log`` with acme and bob, their homes registered; its
+    tables in ``database`` (a PostgreSQL URL) if given.
 
     Returns (url, acme's home, bob's home).
     """
@@ -94,9 +95,10 @@ async def served_log_with_two_homes(aiohttp_client, base: Path):  # type: ignore
     from pacspace.sequencer import SequencerConfig
     from pacspace.server.app import create_app
 
-    new_log(base / "log")
-    add_two_parties(base / "log")
-    app = create_app(ServerConfig(data_dir=base / "log", sequencer=SequencerConfig(pool_interval=0.01)))
+    new_log(base / "log", database=database)
+    add_two_parties(base / "log", database)
+    app = create_app(ServerConfig(data_dir=base / "log", sequencer=SequencerConfig(pool_interval=0.01),
+                                  database=database))
     url = str((await aiohttp_client(app)).make_url("")).rstrip("/")
     acme, bob = await register_two_homes(url, base)
     return url, acme, bob

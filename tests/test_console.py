@@ -24,8 +24,15 @@ from pacspace.records.seal import RelationshipKeys
 
 
 @pytest.fixture
-async def world(aiohttp_client, tmp_path):
-    return await month_world(aiohttp_client, tmp_path)
+async def world(aiohttp_client, tmp_path, log_database):
+    """The month's world, its log and records on each backend (log_database: SQLite, then PostgreSQL)."""
+    return await month_world(aiohttp_client, tmp_path, log_database)
+
+
+# A test of the console's own handling (its forms, hosts, token, uploads and files; a server's answers rewritten or
+# missing; a bug in a handler; here and in tests/test_console_hostile.py) reads nothing of the log's storage past the
+# world's setup, which the tests that do read it run on PostgreSQL too: on SQLite only, to keep the PostgreSQL run short.
+CONSOLE_ONLY = pytest.mark.parametrize("log_database", [None])
 
 
 async def start(aiohttp_client, world, token=None, url=None, poll=True):
@@ -108,14 +115,20 @@ async def test_a_record_drill_down_checks_its_proof_again(aiohttp_client, world)
     assert 'data-verdict="failed"' in await period.text()
 
 
-@pytest.mark.parametrize("invoice,mapping,prices,verdict", [
+FORMATS = [
     ("stripe-invoice.json", "stripe-mapping.json", "prices.json", "match"),
     ("stripe-invoice.json", "stripe-mapping.json", None, "match"),
     ("stripe-invoice-differs.json", "stripe-mapping.json", "prices.json", "differs"),
     ("stripe-invoice.json", None, None, "differs"),  # unmapped: the prices' ids name no meter
     ("lago-invoice.json", "lago-mapping.json", "prices.json", "match"),
     ("invoice.csv", None, "prices.json", "match"),
-])
+]
+
+
+# Every format on SQLite; on PostgreSQL the first: each is read by the console and checked against the same
+# verified copy of the log.
+@pytest.mark.parametrize("log_database,invoice,mapping,prices,verdict",
+                         [("sqlite", *f) for f in FORMATS] + [("postgres", *FORMATS[0])], indirect=["log_database"])
 async def test_the_invoice_check_in_every_format(aiohttp_client, world, invoice, mapping, prices, verdict):
     client, console = await start(aiohttp_client, world)
     resp = await check(client, world, invoice, mapping, prices)
@@ -129,6 +142,7 @@ async def test_the_invoice_check_in_every_format(aiohttp_client, world, invoice,
     assert f'data-verdict="{verdict}"' in report
 
 
+@CONSOLE_ONLY
 async def test_a_malformed_invoice_is_refused_with_a_reason_and_no_verdict(aiohttp_client, world):
     client, _ = await start(aiohttp_client, world)
     resp = await check(client, world, b"\x00\xffnot an invoice")
@@ -140,6 +154,7 @@ async def test_a_malformed_invoice_is_refused_with_a_reason_and_no_verdict(aioht
     assert "<script>alert" not in page
 
 
+@CONSOLE_ONLY
 async def test_the_api_answers_json_and_json_errors(aiohttp_client, world):
     client, _ = await start(aiohttp_client, world)
     bill = await client.get(f"/api/r/{world.rid}/p/{PERIOD}")
@@ -158,6 +173,7 @@ async def test_the_api_answers_json_and_json_errors(aiohttp_client, world):
     assert refused.status == 403 and (await refused.json())["error"] == "forbidden"
 
 
+@CONSOLE_ONLY
 async def test_forms_need_the_csrf_token_and_the_consoles_own_origin(aiohttp_client, world):
     client, console = await start(aiohttp_client, world)
     csrf = csrf_of(await (await client.get("/")).text())
@@ -169,6 +185,7 @@ async def test_forms_need_the_csrf_token_and_the_consoles_own_origin(aiohttp_cli
     assert console.state.relationship(world.invited) is None
 
 
+@CONSOLE_ONLY
 async def test_a_page_that_rebinds_its_name_to_loopback_gets_nothing(aiohttp_client, world):
     client, _ = await start(aiohttp_client, world)
     for host in ("evil.example", "evil.example:8070", "192.0.2.1"):
@@ -177,6 +194,7 @@ async def test_a_page_that_rebinds_its_name_to_loopback_gets_nothing(aiohttp_cli
     assert (await client.get("/", headers={"Host": "localhost:8070"})).status == 200
 
 
+@CONSOLE_ONLY
 async def test_with_a_token_every_page_needs_it(aiohttp_client, world):
     token = "s3cret-console-token-0123456789"
     client, _ = await start(aiohttp_client, world, token=token)
@@ -234,6 +252,7 @@ async def test_a_wrong_fingerprint_accepts_nothing_and_says_why(aiohttp_client, 
     assert [i.relationship for i in console.poller.status.invitations] == [world.invited]
 
 
+@CONSOLE_ONLY
 async def test_with_the_server_down_the_console_shows_what_was_verified(aiohttp_client, world):
     await start(aiohttp_client, world)
     # The same copy, now with a server that is not there.
@@ -265,6 +284,7 @@ async def test_downloads_carry_no_secret_and_the_bundle_verifies(aiohttp_client,
     assert "Content-Security-Policy" in report and 'data-verdict="match"' in report and "<script" not in report
 
 
+@CONSOLE_ONLY
 async def test_the_csv_is_safe_to_open_in_a_spreadsheet(aiohttp_client, world):
     client, _ = await start(aiohttp_client, world)
     hostile = b"meter,dimensions,quantity\nllm.requests,model==HYPERLINK(\"x\");,1\n=cmd|' /C calc'!A0,,2\n"
@@ -275,6 +295,7 @@ async def test_the_csv_is_safe_to_open_in_a_spreadsheet(aiohttp_client, world):
     assert not any(c.startswith(("=", "+", "@")) for c in cells)
 
 
+@CONSOLE_ONLY
 async def test_evidence_files_are_served_from_the_evidence_folder_only(aiohttp_client, world):
     client, _ = await start(aiohttp_client, world)
     folder = world.bob.path / "evidence"

@@ -209,8 +209,9 @@ def cli(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-async def test_bill_verify_reads_a_stripe_invoice_and_checks_its_amounts(aiohttp_client, tmp_path):
-    world = await month_world(aiohttp_client, tmp_path)
+async def test_bill_verify_reads_a_stripe_invoice_and_checks_its_amounts(aiohttp_client, tmp_path, log_database):
+    """On each backend of the log and its records (log_database: SQLite, then PostgreSQL)."""
+    world = await month_world(aiohttp_client, tmp_path, log_database)
     await monitor_once(world)
     base = ["bill", "verify", "--relationship", world.rid, "--period", PERIOD, "--home", str(world.bob.path)]
     with_prices = ["--mapping", str(fixture("stripe-mapping.json")), "--prices", str(fixture("prices.json"))]

@@ -40,12 +40,13 @@ def old(*args: str, env: dict[str, str], src: Path, code: int = 0) -> subprocess
     return result
 
 
-def test_an_older_provider_and_an_older_monitor_against_this_server(tmp_path):
+def test_an_older_provider_and_an_older_monitor_against_this_server(tmp_path, log_database):
+    """On each backend of the server's log and records (log_database: SQLite, then PostgreSQL)."""
     src = _old_source(tmp_path / "old")
     probe = subprocess.run([sys.executable, "-c", "import pacspace.client.monitor as m; print(m.__file__)"],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)})
     assert probe.stdout.startswith(str(src)), "the older client must be the one that runs"
-    w = World(tmp_path)
+    w = World(tmp_path, database=log_database)
     w.start()
     try:
         w.party("acme", "provider")
