@@ -27,6 +27,10 @@ from selenium.webdriver.common.by import By
 from pacspace.client.chart import LEFT, RIGHT, WIDTH
 
 
+# The steps share one world and follow one another: one test process runs them all, in order (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("console_browser")
+
+
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("console-world")

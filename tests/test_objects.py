@@ -499,12 +499,22 @@ async def test_other_bytes_where_the_mirror_puts_are_replaced_by_the_logs(tmp_pa
     assert held.startswith(f"{ORIGIN}\n") and held.count("\n") == 2
     replaced = "\n".join(r.getMessage() for r in caplog.records if "put again" in r.getMessage())
     assert "/tile/entries/000 held 0 bytes" in replaced and "/tile/0/000 held 100 bytes" in replaced, replaced
-    assert f"/{STORE_MARK} is not a mark" in replaced, replaced
+    assert f"/{STORE_MARK} is a mark cut short" in replaced, replaced
     reader = PostgresLog(postgres_url, readonly=True)
     try:
         assert fsck(reader, signer.verifier).ok
     finally:
         reader.close()
+    # Bytes that are not the start of the log's are no put cut short: a tamperer's, or another log's that shares
+    # the bucket (whose only copy they may be): never overwritten. A pack's name is its hash: only its bytes fit.
+    from pacspace.storage.objects import put_object
+
+    bucket.put("tile/entries/999", b"another log's bundle")
+    with pytest.raises(ObjectCorrupt, match="not overwritten"):
+        put_object(bucket, "tile/entries/999", b"this log's bundle")
+    assert bucket.get("tile/entries/999") == b"another log's bundle"
+    put_object(bucket, "tile/entries/999", b"this log's bundle", named_by_hash=True)
+    assert bucket.get("tile/entries/999") == b"this log's bundle"
 
 
 async def test_the_bucket_checkpoint_is_put_again_and_fsck_refuses_a_forged_one(tmp_path, postgres_url, s3, s3_env):

@@ -190,9 +190,15 @@ class DatabaseUnreachable(UntrustedState):
     public_message = "the log's database did not answer: retry"
 
 
+class DatabaseRefused(UntrustedState):
+    """The log's database refused this server's role a read (a grant missing): the operator's to fix."""
+
+    public_message = "the log's database refused this server's read (see the server's log)"
+
+
 class ObjectCorrupt(UntrustedState):
-    """An object in the object store does not match the log (a tampered or damaged tile or bundle); it is never
-    served, and never overwritten."""
+    """An object in the object store does not match the log (a tampered or damaged tile, bundle or blob); it is
+    never served, and never overwritten once the database records it moved."""
 
     code = "object_corrupt"
     http_status = 502

@@ -61,7 +61,7 @@ def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
             headers = {"WWW-Authenticate": 'Bearer realm="pacspace"'}
         message = str(exc)
         if exc.public_message is not None:
-            log.warning("%s %s: %s", request.method, request.path, message)
+            log.warning("%s %r: %s", request.method, request.path, message)
             message = exc.public_message
         return web.json_response(
             {"error": exc.code, "message": message, **exc.details()}, status=exc.http_status, headers=headers

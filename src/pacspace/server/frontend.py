@@ -82,9 +82,11 @@ class FrontendReads:
             await asyncio.shield(self._refresh)
         except Exception as exc:  # the database: serve what was published, and say so at /health after a while
             message = str(exc) if isinstance(exc, PacspaceError) else type(exc).__name__
-            if message != self._failing:
+            # /health shows the public words only: where the database is stays in the log.
+            public = (exc.public_message if isinstance(exc, PacspaceError) else None) or message
+            if public != self._failing:
                 log.warning("the frontend could not read the log's newest checkpoint: %s", message)
-            self._failing = message
+            self._failing = public
             return
         self._refreshed_at = time.monotonic()
         self._failing = None

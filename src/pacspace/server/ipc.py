@@ -145,7 +145,7 @@ async def post_sequence(request: web.Request) -> web.Response:
     except PoolFull as exc:
         return web.json_response({"error": exc.code, "message": str(exc), "retry_after": exc.retry_after}, status=503)
     except PacspaceError as exc:
-        return web.json_response({"error": exc.code, "message": str(exc)}, status=exc.http_status)
+        return web.json_response({"error": exc.code, "message": exc.public_message or str(exc)}, status=exc.http_status)
     placed = [index for index in commit.indexes if index is not None]
     refused = frozenset(rid for (rid, _), i in zip(rows, commit.indexes) if i is None) if len(placed) < len(rows) else frozenset()
     if not placed or commit.checkpoint is None:

@@ -226,10 +226,16 @@ def check_object_store(config: ServerConfig) -> None:
         kept_store(held, config.objects)
     try:
         bucket = S3Bucket.from_env(S3Location.parse(held))
-        if mark is not None:
-            check_mark(bucket, mark)
-    except (MalformedInput, ObjectStoreFailed) as exc:
+    except MalformedInput as exc:
         raise UntrustedState(f"this serve could not use the log's object store if it took over: {exc}") from None
+    if mark is None:
+        return
+    try:
+        check_mark(bucket, mark)  # UntrustedState, refused: the endpoint leads to another store
+    except ObjectStoreFailed as exc:
+        # Down, or a wrong address: one cannot tell, and a store that is down must not cost the log its standbys
+        # (the sequencer, too, starts without it). Reads and a takeover wait for it, and say so.
+        log.warning("the log's object store does not answer now: %s", exc)
 
 
 async def standby_context(app: web.Application) -> AsyncIterator[None]:

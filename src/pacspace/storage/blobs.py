@@ -176,7 +176,7 @@ class BlobMirror(MirrorThread):
         cut short) are replaced: the name is the hash of the bytes, so only this pack's belong there."""
         pack = b"".join(parts)
         name = hashlib.sha256(pack).digest()
-        put_object(self.bucket, pack_key(name), pack)
+        put_object(self.bucket, pack_key(name), pack, named_by_hash=True)
         if self.bucket.get(pack_key(name)) != pack:
             raise ObjectCorrupt(f"{self.bucket}/{pack_key(name)} does not hold what was put there; its blobs stay "
                                 "in the database")

@@ -16,10 +16,10 @@ put there and the database recorded; a process whose AWS_ENDPOINT_URL leads else
    state is ever copied, so every object has exactly one possible content: the log's single history.
 2. Put every full tile and full entry bundle that T implies and M did not, then T's partial tiles and
    partial bundle (immutable too under their C2SP ``.p/W`` names), each with ``If-None-Match: *``. An object
-   already there with the same bytes counts as put: a crash after step 2 repeats it harmlessly. One with
-   other bytes (a PUT cut short, on a store that keeps part of one; or tampering) is put again, and logged: no
-   reader was ever sent to it, and the database holds the right bytes (put_object). An object the database
-   recorded as moved is never put again; a tampered one is found by its reader's check and by fsck.
+   already there with the same bytes counts as put: a crash after step 2 repeats it harmlessly. One holding
+   the start of them (a PUT cut short, on a store that keeps part of one) is put again, and logged. One with
+   other bytes (tampered with, or another log's sharing the bucket) is ObjectCorrupt, and the round stops,
+   overwriting nothing (put_object).
 3. Read every full bundle of step 2 back: the store must hold exactly the bytes it was given. A store's "200"
    is not proof (one that acknowledges a PUT it dropped, or one it refused because another object was there,
    would otherwise cost the log those entries at step 4).
@@ -178,9 +178,14 @@ def claim_mark(bucket: S3Bucket, origin: str, mirrored: int) -> str:
     mark = f"{origin}\n{secrets.token_hex(16)}\n"
     if bucket.put_if_absent(STORE_MARK, mark.encode()):
         return mark
-    held = (bucket.get(STORE_MARK) or b"").decode("utf-8", "replace")
-    if held.count("\n") != 2 or not held.endswith("\n"):  # a put cut short, on a store that keeps part of one
-        log.warning("%s/%s is not a mark (a put cut short?); it is put again", bucket, STORE_MARK)
+    got = bucket.get(STORE_MARK)
+    if got is None:
+        raise ObjectStoreFailed(f"{bucket} refused {STORE_MARK} but gives none back: try again")
+    held = got.decode("utf-8", "replace")
+    ours = f"{origin}\n"
+    if held.count("\n") < 2 and (ours.startswith(held) or held.startswith(ours)):
+        # This log's mark, cut short (a store that keeps part of a PUT): it was never recorded, put it again.
+        log.warning("%s/%s is a mark cut short; it is put again", bucket, STORE_MARK)
         bucket.put(STORE_MARK, mark.encode())
         held = (bucket.get(STORE_MARK) or b"").decode("utf-8", "replace")
         if held != mark:
@@ -263,19 +268,22 @@ def partial_objects(size: int) -> list[TileRef]:
     return refs
 
 
-def put_object(bucket: S3Bucket, key: str, data: bytes) -> None:
-    """Put an immutable object whose bytes the database still holds: stored now, already there with the same
-    bytes, or replaced. Other bytes under its name are a PUT cut short (a store that does not check Content-MD5
-    may keep what it received of it) or tampering, and no reader has ever been sent there for this object (a
-    reader is, only once the database records it moved), so the log's own bytes are the ones to put. Replacing is
-    logged. ObjectCorrupt if the store still gives back other bytes."""
+def put_object(bucket: S3Bucket, key: str, data: bytes, *, named_by_hash: bool = False) -> None:
+    """Put an immutable object whose bytes the database still holds: stored now, or already there with the same
+    bytes. Under its name, the start of those bytes (or nothing, after a 412) is a PUT cut short, on a store that
+    keeps part of one: it is put again, and logged. Other bytes are ObjectCorrupt and are left as they are (a
+    tamperer's, or another log's that shares the bucket, whose only copy they may be), unless the name is the
+    hash of the bytes (``named_by_hash``: a blob pack), when only these bytes belong there."""
     if bucket.put_if_absent(key, data):
         return
     held = bucket.get(key)
     if held == data:
         return
-    log.warning("%s/%s held %s bytes other than the log's (a put cut short, or tampering); it is put again",
-                bucket, key, "no" if held is None else f"{len(held):,}")
+    if not (named_by_hash or held is None or (len(held) < len(data) and data.startswith(held))):
+        raise ObjectCorrupt(f"{bucket}/{key} holds other bytes than the log's (tampered with, or another log's); "
+                            "it is not overwritten: restore it from a backup, or give this log a bucket of its own")
+    log.warning("%s/%s held %s bytes, not the log's (a put cut short); it is put again", bucket, key,
+                "no" if held is None else f"{len(held):,}")
     bucket.put(key, data)
     if bucket.get(key) != data:
         raise ObjectCorrupt(f"{bucket}/{key} does not hold what was put there; it stays in the database")

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
-from ..errors import DatabaseUnavailable, PacspaceError, SequencerUnavailable, UntrustedState, WriteFailed
+from ..errors import DatabaseRefused, DatabaseUnavailable, PacspaceError, SequencerUnavailable, UntrustedState, WriteFailed
 from . import consent, record_ops, record_writes
 from .blobs import RECORD_WITH_PLACE, PostgresBlobs
 from .database_url import redact
@@ -294,7 +294,7 @@ class PostgresRecordStore:
                     self._reader = connect_reader(self.url)
                     return self._reader.execute(sql, params).fetchall()
             except psycopg.errors.InsufficientPrivilege as exc:
-                raise UntrustedState(f"{self.path}: the role may not read the records' tables ({first_line(exc)}); "
+                raise DatabaseRefused(f"{self.path}: the role may not read the records' tables ({first_line(exc)}); "
                                      "grant it SELECT on them, or use the role of the log's serve") from None
             except (psycopg.OperationalError, UntrustedState) as exc:
                 log.warning("a records read from %s failed: %s", self.path, first_line(exc))
