@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import ObjectCorrupt, UntrustedState
 from .mirroring import MirrorThread, gauges
-from .objects import blame_the_store, check_mark, put_object
+from .objects import RECORDED_MARK, blame_the_store, check_mark, put_object
 from .record_values import StoredRecord, record_of
 from .s3 import S3Bucket, open_bucket
 
@@ -304,7 +304,7 @@ class PostgresBlobs:
              "lengths": [p.length for _, p in places]}).rowcount))
 
     def store_mark(self) -> str | None:
-        row = self._run(lambda conn: conn.execute("SELECT mark FROM objects").fetchone())
+        row = self._run(lambda conn: conn.execute(RECORDED_MARK).fetchone())
         return None if row is None or row[0] is None else str(row[0])
 
 

@@ -195,8 +195,9 @@ def claim_mark(bucket: S3Bucket, origin: str, mirrored: int) -> str:
     return held
 
 
-# The store a log's objects went to, as its database records it (one row, or none).
+# The store a log's objects went to, and the mark it was given, as its database records them (one row, or none).
 RECORDED_STORE = "SELECT url FROM objects"
+RECORDED_MARK = "SELECT mark FROM objects"
 
 
 def kept_store(held: str | None, wanted: str) -> str:

@@ -41,7 +41,7 @@ from . import consent, record_ops, record_writes
 from .blobs import RECORD_WITH_PLACE, PostgresBlobs
 from .database_url import redact
 from .migrations import require_current
-from .objects import RECORDED_STORE
+from .objects import RECORDED_MARK, RECORDED_STORE
 from .pgconnect import Connection, connect, connect_reader, first_line, require_durable
 from .record_ops import RecordOp
 from .records import RecordStore
@@ -399,7 +399,7 @@ class PostgresRecordStore:
         return str(rows[0][0]) if rows else None
 
     def _store_mark(self) -> str | None:
-        rows = self._read("SELECT mark FROM objects")
+        rows = self._read(RECORDED_MARK)
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def unsettled_of(self, rid: str) -> list[StoredRecord]:

@@ -55,7 +55,7 @@ from .logtables import LogTables, TileRow, as_bytes
 from .migrations import migrate, require_current, schema_version
 from .pgconnect import RECONNECT_PAUSE, RECONNECT_WAIT, Connection, Session, connect, connect_reader, first_line, \
     connect_writer, require_durable
-from .objects import RECORDED_STORE, ObjectMirror, blame_the_store, check_bundle, check_mark, check_store, kept_store
+from .objects import RECORDED_MARK, RECORDED_STORE, ObjectMirror, blame_the_store, check_bundle, check_mark, check_store, kept_store
 from .s3 import S3Bucket, S3Location, open_bucket
 
 log = logging.getLogger("pacspace.storage")
@@ -397,7 +397,7 @@ class PostgresLog(LogTables):
     # --- the object store's mirror (objects.MirrorRows) -----------------------------------------------
 
     def store_mark(self) -> str | None:
-        row = self._one("SELECT mark FROM objects")
+        row = self._one(RECORDED_MARK)
         return None if row is None or row[0] is None else str(row[0])
 
     def record_store_mark(self, mark: str) -> None:
