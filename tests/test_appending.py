@@ -39,7 +39,7 @@ async def rows(tmp_path):
     store.add_party("bob", "customer", "t2", 1)
     for rid in RIDS:
         store.add_relationship(rel(rid), {"acme": b"w", "bob": b"w"})
-    writer = GroupWriter(store, inline=True)
+    writer = GroupWriter(store, inline=lambda ops: True)
     task = asyncio.create_task(writer.run())
     yield store, writer
     task.cancel()

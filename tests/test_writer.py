@@ -61,7 +61,7 @@ async def test_ops_queued_during_a_transaction_share_the_next_and_a_cancelled_ca
 
 async def test_inline_ops_queued_together_share_a_transaction_even_if_a_caller_stopped_waiting():
     store = Store()
-    writer = GroupWriter(store, inline=True)
+    writer = GroupWriter(store, inline=lambda ops: True)
     first = asyncio.create_task(writer.write([lambda _: "a"]))
     gone = asyncio.create_task(writer.write([lambda _: "b"]))
     await asyncio.sleep(0)  # both queued; the writer has not run yet
@@ -93,7 +93,7 @@ def poisoned(_):  # type: ignore[no-untyped-def]
 poisoned.poison = True  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize("inline", [None, lambda ops: True])
 async def test_a_transaction_that_fails_is_logged_once_and_each_caller_retried_alone(inline, caplog):
     from pacspace.errors import PacspaceError
 
@@ -111,6 +111,35 @@ async def test_a_transaction_that_fails_is_logged_once_and_each_caller_retried_a
         assert [t for t in store.transactions if t] == [["a"], ["c"]]
         assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
         assert "IndexError" in caplog.text
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+class ThreadNoting(Store):
+    def write(self, ops):  # type: ignore[no-untyped-def]
+        self.threads = getattr(self, "threads", []) + [threading.get_ident()]
+        return super().write(ops)
+
+
+async def test_inline_says_of_each_transaction_whether_it_runs_on_the_loop():
+    """A worker's small transactions (single appends) run in a thread, so its loop answers and parses while one
+    waits for records.db's lock and the disk; a large batch's runs on the loop (worker.INLINE_RECORDS)."""
+    from pacspace.server.worker import INLINE_RECORDS, _large
+    from pacspace.storage.record_ops import ReserveMany
+
+    def records(n: int) -> ReserveMany:
+        return ReserveMany([("acme:r", [(seq, bytes(32), bytes(32), b"") for seq in range(1, n + 1)])])
+
+    assert not _large([records(1)] * (INLINE_RECORDS - 1)) and _large([records(INLINE_RECORDS)])
+    store = ThreadNoting()
+    writer = GroupWriter(store, inline=lambda ops: len(ops) > 1)
+    runner = asyncio.create_task(writer.run())
+    try:
+        assert await writer.write([lambda _: "small"]) == ["small"]
+        assert await writer.write([lambda _: "x", lambda _: "y"]) == ["x", "y"]
+        loop_thread = threading.get_ident()
+        assert store.threads[0] != loop_thread and store.threads[1] == loop_thread
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)

@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 import decimal
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Union
@@ -136,6 +137,10 @@ class Line:
         _dimensions(self.dimensions)
 
     def key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        return self._key
+
+    @cached_property  # the rules ask each line's key several times a record
+    def _key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
         return self.meter, self.unit, tuple(sorted(self.dimensions.items()))
 
     def to_json(self) -> dict[str, Any]:
@@ -447,6 +452,7 @@ def totals(deltas: Iterable[Delta]) -> tuple[Line, ...]:
     return tally.lines()
 
 
+@lru_cache(maxsize=1024)  # every delta of a month asks for the same month
 def period_bounds(period: str) -> tuple[str, str]:
     """A billing period (a month, YYYY-MM) as its first instant and the first instant after it."""
     year, month = int(period[:4]), int(period[5:7])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .. import exitcodes
 from ..errors import PacspaceError
-from .body import GENESIS_PREV, Close, Genesis, body_hash, encode_body
+from .body import GENESIS_PREV, Close, Genesis, encode_body
 from .rules import Ledger
 from .seal import Opened
 
@@ -42,7 +42,7 @@ def check_next(head: ChainHead | None, record: Opened) -> ChainHead:
             raise ChainError(f"seq {c.seq}: the chain must start with a genesis record at seq 0")
         if c.prev != GENESIS_PREV:
             raise ChainError("genesis must have an all-zero prev")
-        return ChainHead(c.relationship, 1, body_hash(record.encoded))
+        return ChainHead(c.relationship, 1, record.head)
     if c.relationship != head.relationship:
         raise ChainError(f"seq {c.seq}: belongs to relationship {c.relationship}, not {head.relationship}")
     if c.seq != head.next_seq:
@@ -51,7 +51,7 @@ def check_next(head: ChainHead | None, record: Opened) -> ChainHead:
         raise ChainError(f"seq {c.seq}: a second genesis record")
     if c.prev != head.head:
         raise ChainError(f"seq {c.seq}: prev does not name the previous record (a fork)")
-    return ChainHead(head.relationship, c.seq + 1, body_hash(record.encoded))
+    return ChainHead(head.relationship, c.seq + 1, record.head)
 
 
 def check_chain(records: Sequence[Opened]) -> ChainHead:

@@ -53,7 +53,7 @@ from typing import Any
 
 from .. import exitcodes
 from ..errors import PacspaceError
-from .body import Close, Delta, Genesis, InvalidBody, Line, Tally, body_hash, period_bounds
+from .body import Close, Delta, Genesis, InvalidBody, Line, Tally, period_bounds
 from .seal import Opened
 
 KINDS = (
@@ -242,7 +242,7 @@ class Ledger:
                     # Only usage moves the chain on: closing an empty month ahead of time passes no period.
                     self._latest = max(self._latest, body.period)
                 self._last_counted = seq
-        self._prev_seq, self._head = seq, body_hash(record.encoded)
+        self._prev_seq, self._head = seq, record.head
         return findings
 
     def _count_usage(self, record: Opened, delta: Delta) -> None:
@@ -250,7 +250,7 @@ class Ledger:
         run = self._runs.get(period)
         if run is None:
             run = self._runs[period] = _Run(seq, seq, 0, "")
-        run.last, run.count, run.head = seq, run.count + 1, body_hash(record.encoded)
+        run.last, run.count, run.head = seq, run.count + 1, record.head
         run.tally.add(delta)
         if delta.corrects is None:
             self._windows.add(delta)

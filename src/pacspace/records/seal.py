@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .. import exitcodes
 from ..errors import MalformedInput, PacspaceError
-from .body import Body, decode_body, encode_body
+from .body import Body, body_hash, decode_body, encode_body
 
 SEAL_VERSION = 0x01
 ENTRY_VERSION = 0x01
@@ -177,6 +177,11 @@ class Opened:
     body: Body
     encoded: bytes
     signature: bytes
+
+    @cached_property  # the chain and the rules both name a record by it
+    def head(self) -> str:
+        """What the next record's ``prev`` names: body_hash of the canonical body."""
+        return body_hash(self.encoded)
 
 
 def open_with_record_key(

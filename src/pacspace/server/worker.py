@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ..datadir import open_log, open_records
 from ..errors import PacspaceError
 from ..note import Ed25519Verifier, parse_vkey
 from ..policy import parse_policy
+from ..storage import record_ops
 from ..storage.records import RecordStore
 from .app import create_app
 from .context import CONFIG, READS, SERVICE, LogService
@@ -79,8 +80,9 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         remote = RemoteSequencer(session, store, verifier, policy)
-        # records.db's lock is local and brief; PostgreSQL's round trips are not, and run in a thread.
-        writer = GroupWriter(records, inline=isinstance(records, RecordStore))
+        # records.db's lock is local and brief: a large batch's transaction runs on the loop (writer.py).
+        # PostgreSQL's round trips are not brief, and always run in a thread.
+        writer = GroupWriter(records, inline=_large if isinstance(records, RecordStore) else None)
         service = LogService(store, remote, link.vkey, link.timestamp_vkey, records, writer, remote)
         app[SERVICE] = app[READS] = service
         tasks = [
@@ -100,6 +102,14 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
         await session.close()
         records.close()
         store.close()
+
+
+# A transaction storing at least this many records runs on the worker's loop (GroupWriter).
+INLINE_RECORDS = 256
+
+
+def _large(ops: Sequence[Any]) -> bool:
+    return record_ops.record_count(ops) >= INLINE_RECORDS
 
 
 def _die_with_parent(parent: int) -> None:

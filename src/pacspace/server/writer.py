@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..errors import PacspaceError, WriteFailed
@@ -25,14 +25,16 @@ class TransactionalStore(Protocol):
 class GroupWriter:
     """One task owns the store's writes. Ops queued while a transaction runs go in the next one.
 
-    A transaction runs in a thread, so the event loop keeps serving meanwhile, or with
-    ``inline`` on the loop itself. Inline suits an HTTP worker of ``serve --workers``: its
-    records.db transactions hold a lock every process waits on, and in a thread they ran
-    at the pace of the GIL, which the loop held for whole request bodies' JSON parsing
-    (measured in docs/performance.md); the other workers serve while this one writes.
+    A transaction runs in a thread, so the event loop keeps serving meanwhile (and
+    answers the requests whose transaction ended, while the next one waits for the
+    lock or the disk), or on the loop itself when ``inline`` says so of its ops. An
+    HTTP worker of ``serve --workers`` runs large batches inline: its records.db
+    transactions hold a lock every process waits on, and in a thread they ran at the
+    pace of the GIL, which the loop held while it parsed request bodies; the other
+    workers serve while this one writes (both measured in docs/performance.md).
     """
 
-    def __init__(self, store: TransactionalStore, *, inline: bool = False) -> None:
+    def __init__(self, store: TransactionalStore, *, inline: Callable[[Sequence[Op]], bool] | None = None) -> None:
         self._store = store
         self._inline = inline
         self._queue: list[tuple[Sequence[Op], asyncio.Future[list[Any]]]] = []
@@ -71,7 +73,7 @@ class GroupWriter:
                 at += len(ops)
 
     async def _write(self, ops: Sequence[Op]) -> list[Any]:
-        if self._inline:
+        if self._inline is not None and self._inline(ops):
             return self._store.write(ops)
         return await asyncio.to_thread(self._store.write, ops)
 

@@ -144,5 +144,16 @@ def settle(rid: str, indexed: Sequence[tuple[int, int]], checkpoint_size: int) -
     return SettleRows([(rid, seq, index) for seq, index in indexed], checkpoint_size)
 
 
+def record_count(ops: Sequence[object]) -> int:
+    """How many records the ops store."""
+    count = 0
+    for op in ops:
+        if isinstance(op, Reserve):
+            count += len(op.records)
+        elif isinstance(op, ReserveMany):
+            count += sum(len(records) for _, records in op.groups)
+    return count
+
+
 def rederivable(ops: Sequence[object]) -> bool:
     return all(isinstance(op, REDERIVABLE) for op in ops)
