@@ -126,12 +126,13 @@ async def test_inline_says_of_each_transaction_whether_it_runs_on_the_loop():
     """A worker's small transactions (single appends) run in a thread, so its loop answers and parses while one
     waits for records.db's lock and the disk; a large batch's runs on the loop (worker.INLINE_RECORDS)."""
     from pacspace.server.worker import INLINE_RECORDS, _large
-    from pacspace.storage.record_ops import ReserveMany
+    from pacspace.storage.record_ops import Drop, ReserveMany
 
     def records(n: int) -> ReserveMany:
         return ReserveMany([("acme:r", [(seq, bytes(32), bytes(32), b"") for seq in range(1, n + 1)])])
 
     assert not _large([records(1)] * (INLINE_RECORDS - 1)) and _large([records(INLINE_RECORDS)])
+    assert _large([Drop("acme:r", list(range(INLINE_RECORDS)))])  # forgetting a refused batch is as long
     store = ThreadNoting()
     writer = GroupWriter(store, inline=lambda ops: len(ops) > 1)
     runner = asyncio.create_task(writer.run())
@@ -143,3 +144,34 @@ async def test_inline_says_of_each_transaction_whether_it_runs_on_the_loop():
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+class SlowStore(Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished = threading.Event()
+
+    def write(self, ops):  # type: ignore[no-untyped-def]
+        results = super().write(ops)
+        self.finished.set()
+        return results
+
+
+async def test_a_cancelled_writer_waits_for_the_transaction_its_thread_runs():
+    """At shutdown the writer is cancelled, then the store closed: never while a transaction is in its thread."""
+    store = SlowStore()
+    store.gate.clear()  # the transaction blocks in its thread until the gate opens
+    writer = GroupWriter(store)
+    runner = asyncio.create_task(writer.run())
+    call = asyncio.ensure_future(writer.write([lambda _: "a"]))
+    for _ in range(100):  # until the writer has taken the op into its thread
+        await asyncio.sleep(0.01)
+        if not writer._queue:
+            break
+    runner.cancel()
+    await asyncio.sleep(0.05)
+    assert not runner.done()  # still waiting for its thread
+    store.gate.set()
+    await asyncio.gather(runner, return_exceptions=True)
+    assert store.finished.is_set() and store.transactions == [["a"]]
+    call.cancel()

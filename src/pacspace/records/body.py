@@ -134,7 +134,8 @@ class Line:
         _match(_NAME, self.meter, "meter")
         _match(_NAME, self.unit, "unit")
         _decimal(self.quantity, f"quantity of {self.meter}")
-        _dimensions(self.dimensions)
+        # Its own copy: the caller's dict could change under the cached key.
+        object.__setattr__(self, "dimensions", _dimensions(self.dimensions))
 
     def key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
         return self._key

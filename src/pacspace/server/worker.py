@@ -104,12 +104,12 @@ async def _worker_service(app: web.Application) -> AsyncIterator[None]:
         store.close()
 
 
-# A transaction storing at least this many records runs on the worker's loop (GroupWriter).
+# A transaction touching at least this many record rows runs on the worker's loop (GroupWriter).
 INLINE_RECORDS = 256
 
 
 def _large(ops: Sequence[Any]) -> bool:
-    return record_ops.record_count(ops) >= INLINE_RECORDS
+    return record_ops.rows_touched(ops) >= INLINE_RECORDS
 
 
 def _die_with_parent(parent: int) -> None:

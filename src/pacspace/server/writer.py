@@ -75,7 +75,14 @@ class GroupWriter:
     async def _write(self, ops: Sequence[Op]) -> list[Any]:
         if self._inline is not None and self._inline(ops):
             return self._store.write(ops)
-        return await asyncio.to_thread(self._store.write, ops)
+        running = asyncio.ensure_future(asyncio.to_thread(self._store.write, ops))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # A cancelled writer (the server stopping) still waits for the transaction its thread runs, so
+            # the store is never closed under it.
+            await asyncio.wait([running])
+            raise
 
     async def _isolate(self, queue: Waiting, exc: Exception) -> None:
         """A shared transaction failed: log it once, then run each caller's ops in a transaction of their own,

@@ -144,14 +144,20 @@ def settle(rid: str, indexed: Sequence[tuple[int, int]], checkpoint_size: int) -
     return SettleRows([(rid, seq, index) for seq, index in indexed], checkpoint_size)
 
 
-def record_count(ops: Sequence[object]) -> int:
-    """How many records the ops store."""
+def rows_touched(ops: Sequence[object]) -> int:
+    """How many record rows the ops store, settle or drop: what makes their transaction long."""
     count = 0
     for op in ops:
         if isinstance(op, Reserve):
             count += len(op.records)
         elif isinstance(op, ReserveMany):
             count += sum(len(records) for _, records in op.groups)
+        elif isinstance(op, Drop):
+            count += len(op.seqs)
+        elif isinstance(op, SettleRows):
+            count += len(op.rows)
+        elif isinstance(op, SettleRun):
+            count += len(op.tags)
     return count
 
 

@@ -156,15 +156,17 @@ class RecordStore:
         self._read_lock = threading.Lock()
 
     def close(self) -> None:
-        self._maintenance.shutdown(wait=True)
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-        self._reader.close()
-        self._conn.close()
-        self._segments.close()
-        if self._process_lock is not None:
-            os.close(self._process_lock)
-            self._process_lock = None
+        # After any transaction another thread is running: sqlite3 must not close a connection in use.
+        with self._lock:
+            self._maintenance.shutdown(wait=True)
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+            self._reader.close()
+            self._conn.close()
+            self._segments.close()
+            if self._process_lock is not None:
+                os.close(self._process_lock)
+                self._process_lock = None
 
     @contextmanager
     def _writer_turn(self, synchronous: str = "FULL") -> Iterator[None]:
@@ -254,7 +256,10 @@ class RecordStore:
         idle = self._maintenance_run is None or self._maintenance_run.done()
         if idle and now - self._checkpointed_at >= CHECKPOINT_INTERVAL:
             self._checkpointed_at = now
-            self._maintenance_run = self._maintenance.submit(self._checkpoint)
+            try:
+                self._maintenance_run = self._maintenance.submit(self._checkpoint)
+            except RuntimeError:
+                pass  # closing: the transaction is committed, and its checkpoint can wait for the next start
 
     def _checkpoint(self) -> None:
         try:
