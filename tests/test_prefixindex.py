@@ -126,3 +126,23 @@ def test_prefixes_of_many_keys_are_those_of_each_key():
     assert key_prefixes(keys) == [key_prefix(k) for k in keys]
     assert key_prefixes(keys, b"salt") == [key_prefix(k, b"salt") for k in keys]
     assert key_prefixes([]) == []
+
+
+def test_a_commit_reuses_the_prefixes_its_lookup_computed_and_finds_the_same(tmp_path):
+    """The tag index hashes each key once: admission's lookup leaves its salted prefixes for the commit."""
+    index = PrefixIndex(tmp_path, name="tags.db", salted=True)
+    looked_up = [bytes([i]) * 32 for i in range(1, 6)]
+    assert index.candidates_many(looked_up) == {}
+    assert len(index._looked_up) == 5
+    # The commit holds three of the looked-up keys and one never looked up.
+    fresh = b"\xee" * 32
+    index.add(0, [looked_up[0], None, looked_up[2], fresh, looked_up[4]])
+    assert set(index._looked_up) == {looked_up[1], looked_up[3]}  # consumed by the commit
+    for i, key in [(0, looked_up[0]), (2, looked_up[2]), (3, fresh), (4, looked_up[4])]:
+        assert i in index.candidates(key)
+    index.flush()
+    reopened = PrefixIndex(tmp_path, name="tags.db", salted=True, readonly=True)
+    assert reopened.candidates(looked_up[2]) == [2] and reopened.candidates(fresh) == [3]
+    assert reopened._looked_up == {}  # nothing commits through a read-only index: it keeps no memo
+    reopened.close()
+    index.close()

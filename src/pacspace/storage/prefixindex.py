@@ -40,6 +40,8 @@ FLUSH_AFTER = 1.0
 # The sequencer flushes inline beyond this, so memory and crash catch-up stay bounded.
 MAX_PENDING = 262_144
 _PREFIX = struct.Struct(">q")
+# Salted prefixes kept between a lookup and its commit (PrefixIndex._looked_up), at most.
+_MEMO_LIMIT = 65_536
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS leaves (prefix INTEGER NOT NULL, idx INTEGER NOT NULL, "
@@ -109,6 +111,9 @@ class PrefixIndex:
         self._pending_rows: list[tuple[int, int]] = []
         self._pending_since = 0.0
         self._salt = self._load_salt()
+        # Salted prefixes that candidates_many computed, by key: the commit that follows a lookup indexes the same
+        # keys, and SHA-256 per key is most of the index's cost. A memo, cleared when full.
+        self._looked_up: dict[bytes, int] = {}
         # Leaves [0, _size) are indexed (in memory or on disk); [0, _stored) on disk.
         self._size = self._stored = self._stored_size()
 
@@ -189,7 +194,19 @@ class PrefixIndex:
             self._size = start + len(keys)
 
     def _rows(self, keys: Sequence[bytes], indexes: Sequence[int]) -> list[tuple[int, int]]:
-        return list(zip(key_prefixes(keys, self._salt), indexes))
+        return list(zip(self._prefixes(keys), indexes))
+
+    def _prefixes(self, keys: Sequence[bytes]) -> list[int]:
+        """key_prefixes of ``keys``, taken from the lookups' memo where it holds them."""
+        memo = self._looked_up
+        if not memo:
+            return key_prefixes(keys, self._salt)
+        known = [memo.pop(key, None) for key in keys]
+        missing = [key for key, prefix in zip(keys, known) if prefix is None]
+        if not missing:
+            return known  # type: ignore[return-value]
+        computed = iter(key_prefixes(missing, self._salt))
+        return [next(computed) if prefix is None else prefix for prefix in known]
 
     def _remember(self, rows: list[tuple[int, int]]) -> None:
         """Put rows (in index order) in the pending map; the caller holds _lock."""
@@ -271,6 +288,10 @@ class PrefixIndex:
     def candidates_many(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
         """:meth:`candidates` of each key that has any, by the key's position, with one query for all of them."""
         prefixes = key_prefixes(keys, self._salt)
+        if self._salt and not self._readonly:
+            if len(self._looked_up) > _MEMO_LIMIT:
+                self._looked_up = {}
+            self._looked_up.update(zip(keys, prefixes))
         found: dict[int, set[int]] = {}
         with self._lock:
             for prefix in prefixes:
